@@ -1,0 +1,29 @@
+# The two set-up commands of the README: `make demo` (main job) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= fairal-out
+TORCH_SPEC ?= torch==2.13.0
+
+$(BIN)/fairal: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of PyTorch first: a bare torch requirement would fetch a multi-GB CUDA build.
+	# Set TORCH_SPEC to another build (e.g. a CUDA one) to use it instead.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/fairal
+
+demo: install
+	$(BIN)/fairal simulate $(OUT)/data-strong --bias strong --overwrite
+
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python benchmarks/bench_simulate.py
+
+.PHONY: install demo test bench

@@ -1,0 +1,103 @@
+"""``preview.png``: what the bias does to the structure, Group 1 against Group 2, in one picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _examples(manifest: pd.DataFrame) -> list[tuple[str, str]]:
+    """Template, Group 1 at the median and at the 90th percentile of the bias scale, two Group 2 subjects."""
+    g1 = manifest[manifest["group"] == 1].sort_values("bias_scale")
+    g2 = manifest[manifest["group"] == 2]
+    picks: list[tuple[str, str]] = []
+    if len(g1):
+        for q in (0.5, 0.9):
+            row = g1.iloc[min(int(q * len(g1)), len(g1) - 1)]
+            picks.append((row["case_id"], f"Group 1, {row['case_id']}\nbias c = {row['bias_scale']:.2f} SD"))
+    for _, row in g2.head(2).iterrows():
+        picks.append((row["case_id"], f"Group 2, {row['case_id']}\nno local bias"))
+    return picks
+
+
+def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.DataFrame) -> Path:
+    """Slices through the structure's centroid for the template and example subjects (label outlines: subject
+    in yellow, template in dashed cyan), per-group label frequency, and the volume distribution by group."""
+    box = state["preview_box"]
+    ref = state["template_label_crop"]
+    centroid = np.round(np.argwhere(ref).mean(0)).astype(int)
+    k = int(centroid[2])  # axial slice through the structure's centroid (third axis of the grid)
+    zoom = (box[0], box[1])
+    tpl = state["template"]
+    start = state["crop_start"]
+    tpl_img = tpl.image[
+        tuple(slice(int(s), int(s) + n) for s, n in zip(start, state["shape"], strict=True))
+    ]
+
+    def show(ax, img, lab, title):
+        ax.imshow(img[zoom[0], zoom[1], k].T, cmap="gray", origin="lower")
+        ax.contour(ref[zoom[0], zoom[1], k].T.astype(float), levels=[0.5], colors="cyan", linestyles="--",
+                   linewidths=1)
+        if lab is not None:
+            ax.contour(lab[zoom[0], zoom[1], k].T.astype(float), levels=[0.5], colors="yellow", linewidths=1.2)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+
+    picks = _examples(manifest)
+    n_top = 1 + len(picks)
+    fig, axes = plt.subplots(2, max(n_top, 4), figsize=(3.0 * max(n_top, 4), 6.4))
+    show(axes[0, 0], tpl_img, None, "template\n(cyan: template label)")
+    for ax, (case_id, title) in zip(axes[0, 1:], picks, strict=False):
+        img = np.asarray(nib.load(str(out / "images" / f"{case_id}.nii.gz")).dataobj)
+        lab = np.asarray(nib.load(str(out / "labels" / f"{case_id}.nii.gz")).dataobj)
+        show(ax, img, lab, title)
+    for ax in axes[0, n_top:]:
+        ax.axis("off")
+
+    # Label frequency per group, on the axial slice of the preview box.
+    kb = k - box[2].start
+    freq = {}
+    for g in (1, 2):
+        ids = manifest.loc[manifest["group"] == g, "case_id"]
+        if len(ids):
+            freq[g] = np.mean([results[c]["preview_label"][:, :, kb] for c in ids], axis=0)
+    ref_box = ref[box][:, :, kb].astype(float)
+    for col, g in enumerate((1, 2)):
+        ax = axes[1, col]
+        if g in freq:
+            im = ax.imshow(freq[g].T, cmap="magma", vmin=0, vmax=1, origin="lower")
+            ax.contour(ref_box.T, levels=[0.5], colors="cyan", linestyles="--", linewidths=1)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_title(f"Group {g}: label frequency\n(n = {int((manifest['group'] == g).sum())})", fontsize=8)
+        ax.axis("off")
+    ax = axes[1, 2]
+    if 1 in freq and 2 in freq:
+        im = ax.imshow((freq[1] - freq[2]).T, cmap="RdBu_r", vmin=-1, vmax=1, origin="lower")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title("frequency, Group 1 - Group 2", fontsize=8)
+    ax.axis("off")
+    ax = axes[1, 3]
+    for g, colour in ((1, "tab:red"), (2, "tab:blue")):
+        v = manifest.loc[manifest["group"] == g, "label_volume_mm3"]
+        if len(v):
+            ax.hist(v, bins=20, alpha=0.6, color=colour, label=f"Group {g}")
+    ax.axvline(ref.sum() * state["voxel_volume"], color="k", linestyle="--", linewidth=1, label="template")
+    ax.set_xlabel("structure volume (mm$^3$)", fontsize=8)
+    ax.set_ylabel("subjects", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.tick_params(labelsize=7)
+    for ax in axes[1, 4:]:
+        ax.axis("off")
+    fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid", fontsize=9)
+    fig.tight_layout()
+    path = out / "preview.png"
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path

