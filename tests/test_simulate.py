@@ -216,6 +216,11 @@ def test_manifest_matches_files(tiny_config, tmp_path):
         assert set(values.tolist()) <= {0, 1}
         assert np.isclose(np.asarray(lab.dataobj).sum(), row["label_volume_mm3"])
     assert info["n_per_group"] == {"1": 4, "2": 3}
+    # the fixed test split: min(15, half of each group) per group
+    assert m.loc[m["split"] == "test", "group"].value_counts().to_dict() == {1: 2, 2: 1}
+    assert set(m["split"]) == {"test", "pool"}
+    tpl_label = nib.load(str(out / "template" / "label.nii.gz"))
+    assert tpl_label.shape == OUT_SHAPE and np.asarray(tpl_label.dataobj).sum() > 0
     assert (out / "models" / "global.npz").is_file() and (out / "models" / "local.npz").is_file()
     assert DeformationModel.load(out / "models" / "local.npz").n_components == 4
 

@@ -41,6 +41,7 @@ class SimulationConfig:
     global_components: int = 10
     local_sd_mm: float = 0.75
     local_components: int = 4
+    test_per_group: int = 15
     template: str | None = None
     label: str | None = None
     label_value: float | None = None
@@ -145,6 +146,14 @@ def simulate_subject(state: dict, subject: Subject, return_psi: bool = False):
     return image.numpy(), (prob.numpy() >= 0.5), psi_vox
 
 
+def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
 def _write_subject(subject: Subject) -> dict:
     state = _STATE
     image, label, _ = simulate_subject(state, subject)
@@ -153,13 +162,8 @@ def _write_subject(subject: Subject) -> dict:
         image = np.round(image).astype(np.int16)
     else:
         image = image.astype(np.float32)
-    affine = state["out_affine"]
-    for data, sub in ((image, "images"), (label.astype(np.uint8), "labels")):
-        img = nib.Nifti1Image(data, affine)
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
-        img.header.set_xyzt_units("mm")
-        nib.save(img, str(out / sub / f"{subject.case_id}.nii.gz"))
+    _save_nifti(image, state["out_affine"], out / "images" / f"{subject.case_id}.nii.gz")
+    _save_nifti(label.astype(np.uint8), state["out_affine"], out / "labels" / f"{subject.case_id}.nii.gz")
     ref = state["template_label_crop"]
     inter = np.logical_and(label, ref).sum()
     denom = label.sum() + ref.sum()
@@ -228,12 +232,8 @@ def prepare(cfg: SimulationConfig) -> dict:
         lm = default_local_model(tpl, seed=cfg.model_seed, sd_mm=cfg.local_sd_mm, n_components=cfg.local_components)
     _check_model_grid(gm, out_affine, cfg.shape, "global")
     _check_model_grid(lm, tpl.affine, tpl.shape, "local", must_cover=np.argwhere(tpl.label))
-    crop = tuple(slice(int(s), int(s) + n) for s, n in zip(start, cfg.shape, strict=True))
-    label_crop = np.zeros(cfg.shape, bool)
-    # The output box may extend beyond the template (small templates); pad with background there.
-    src = tuple(slice(max(s.start, 0), min(s.stop, n)) for s, n in zip(crop, tpl.shape, strict=True))
-    dst = tuple(slice(a.start - s.start, a.stop - s.start) for a, s in zip(src, crop, strict=True))
-    label_crop[dst] = tpl.label[src]
+    image_crop = _crop(tpl.image, start, cfg.shape)
+    label_crop = _crop(tpl.label, start, cfg.shape)
     lab = np.argwhere(label_crop)
     lo = np.maximum(lab.min(0) - 10, 0)
     hi = np.minimum(lab.max(0) + 11, cfg.shape)
@@ -246,6 +246,7 @@ def prepare(cfg: SimulationConfig) -> dict:
         "crop_start": start,
         "shape": tuple(cfg.shape),
         "template_label_crop": label_crop,
+        "template_image_crop": image_crop,
         "preview_box": tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)),
         "voxel_volume": float(abs(np.linalg.det(out_affine[:3, :3]))),
         "integer_image": bool(integer),
@@ -253,6 +254,15 @@ def prepare(cfg: SimulationConfig) -> dict:
         # within 0.05 mm of exact and saves a fifth of a subject's time. A user's model may be rougher: exact.
         "global_stride": 1 if cfg.global_model else 2,
     }
+
+
+def _crop(volume: np.ndarray, start: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """``volume[start : start + shape]``, padded with zeros where the box extends beyond the volume."""
+    out = np.zeros(shape, volume.dtype)
+    src = tuple(slice(max(int(a), 0), min(int(a) + n, m)) for a, n, m in zip(start, shape, volume.shape, strict=True))
+    dst = tuple(slice(sl.start - int(a), sl.stop - int(a)) for sl, a in zip(src, start, strict=True))
+    out[dst] = volume[src]
+    return out
 
 
 def _check_model_grid(model: DeformationModel, affine, shape, name: str, must_cover=None) -> None:
@@ -309,13 +319,18 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
     subjects = draw_subjects(cfg, state["global_model"].n_components)
     tmp = _atomic_target(out, overwrite)
     try:
-        for sub in ("images", "labels", "models"):
+        for sub in ("images", "labels", "models", "template"):
             (tmp / sub).mkdir()
+        # The template on the output grid: the reference for Dice-to-template, crops and fallback ROIs.
+        tpl_image = state["template_image_crop"]
+        tpl_image = np.round(tpl_image).astype(np.int16) if state["integer_image"] else tpl_image.astype(np.float32)
+        _save_nifti(tpl_image, state["out_affine"], tmp / "template" / "image.nii.gz")
+        _save_nifti(state["template_label_crop"].astype(np.uint8), state["out_affine"], tmp / "template/label.nii.gz")
         state["out_dir"] = tmp
         results = _run_subjects(state, subjects, cfg.jobs, progress)
         _save_npz_deterministic(state["global_model"], tmp / "models" / "global.npz")
         _save_npz_deterministic(state["local_model"], tmp / "models" / "local.npz")
-        manifest = _manifest(subjects, results)
+        manifest = _manifest(subjects, results, test_split(subjects, cfg.seed, cfg.test_per_group))
         manifest.to_csv(tmp / "manifest.csv", index=False)
         _write_dataset_json(cfg, state, manifest, tmp)
         if cfg.preview:
@@ -359,7 +374,19 @@ def _run_subjects(state: dict, subjects: list[Subject], jobs: int, progress: boo
     return results
 
 
-def _manifest(subjects: list[Subject], results: dict[str, dict]) -> pd.DataFrame:
+def test_split(subjects: list[Subject], seed: int, per_group: int) -> set[str]:
+    """The fixed test set: ``per_group`` cases of each group (at most half of a group), drawn with the seed.
+    Every experiment on the dataset uses it; the rest is the training pool."""
+    rng = np.random.default_rng([seed, 0, 1])
+    test: set[str] = set()
+    for g in sorted({s.group for s in subjects}):
+        ids = [s.case_id for s in subjects if s.group == g]
+        n = min(per_group, len(ids) // 2)
+        test.update(rng.choice(ids, size=n, replace=False).tolist())
+    return test
+
+
+def _manifest(subjects: list[Subject], results: dict[str, dict], test: set[str]) -> pd.DataFrame:
     rows = []
     for s in subjects:
         r = results[s.case_id]
@@ -370,6 +397,7 @@ def _manifest(subjects: list[Subject], results: dict[str, dict]) -> pd.DataFrame
                 "bias_scale": s.bias_scale,
                 "image": f"images/{s.case_id}.nii.gz",
                 "label": f"labels/{s.case_id}.nii.gz",
+                "split": "test" if s.case_id in test else "pool",
                 "label_volume_mm3": round(r["label_volume_mm3"], 3),
                 "dice_to_template": round(r["dice_to_template"], 6),
             }
@@ -390,6 +418,10 @@ def group_summary(manifest: pd.DataFrame) -> pd.DataFrame:
     return agg.reset_index()
 
 
+def _counts(groups: pd.Series) -> dict[str, int]:
+    return {str(g): int(n) for g, n in groups.value_counts().sort_index().items()}
+
+
 def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFrame, tmp: Path) -> None:
     tpl: Template = state["template"]
     mu, sd = cfg.resolved_bias()
@@ -400,7 +432,8 @@ def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFra
         "format": "fairal-dataset/1",
         "settings": settings,
         "n_subjects": int(len(manifest)),
-        "n_per_group": {str(g): int(n) for g, n in manifest["group"].value_counts().sort_index().items()},
+        "n_per_group": _counts(manifest["group"]),
+        "n_test_per_group": _counts(manifest.loc[manifest["split"] == "test", "group"]),
         "groups": {"1": "local bias deformation of the structure", "2": "global deformation only"},
         "template": {"sources": tpl.sources, "sha256": tpl.checksums, "shape": list(tpl.shape)},
         "output_grid": {
