@@ -1,0 +1,155 @@
+"""Profiles: named, documented sets of settings that trade fidelity to the paper against time.
+
+| profile    | for                                           | runs on        |
+| ---------- | --------------------------------------------- | -------------- |
+| ``smoke``    | tests and CI: the whole pipeline on tiny data | any CPU, seconds |
+| ``quick``    | a first run of the whole grid                 | laptop CPU, minutes |
+| ``standard`` | meaningful results, all 24 runs, 1 seed       | 2-core CPU, about an hour |
+| ``paper``    | the paper's settings (full volumes, 200 epochs, 5 seeds) | GPU(s) |
+
+Any single setting can be overridden (``--set steps=200``); the records say which profile and overrides were used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from fairal.errors import FairalError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    # data (``reproduce`` simulates with these; ``baseline``/``run`` read any dataset)
+    n_subjects: int = 312
+    sim_shape: tuple[int, int, int] = (170, 170, 76)
+    test_per_group: int = 15
+    crop_margin: int | None = 12  # voxels around the template's structure; None = whole volume
+    downsample: int = 2  # 1 = the data's 1 mm grid
+    # model
+    features: tuple[int, ...] = (8, 16)
+    # training
+    lr: float = 1e-4
+    steps: int = 300
+    epochs: int | None = None  # if set, replaces steps: ceil(epochs * n / batch_size)
+    batch_size: int = 4
+    # baseline (Table 1): cohort sizes, the paper's 126
+    cohort_size: int = 126
+    # active learning
+    init_size: int = 10
+    acquire: int = 4
+    final_size: int = 86
+    warm_start: bool = True
+    seeds: int = 1
+    roi_dilation: int = 3
+    temperature: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    def with_overrides(self, overrides: dict[str, str]) -> Profile:
+        """A copy with settings replaced from ``key=value`` strings, each converted to the field's type."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        values = {}
+        for key, raw in overrides.items():
+            name = key.replace("-", "_")
+            if name not in fields or name in ("name", "description", "extra"):
+                known = ", ".join(sorted(n for n in fields if n not in ("name", "description", "extra")))
+                raise FairalError(f"unknown setting {key!r}; settings: {known}")
+            values[name] = _convert(name, raw, getattr(self, name))
+        return dataclasses.replace(self, **values)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _convert(name: str, raw: str, current):
+    text = raw.strip()
+    try:
+        if text.lower() in ("none", "null") and name in ("crop_margin", "epochs"):
+            return None
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(current, tuple):
+            return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+        if isinstance(current, int) or name in ("crop_margin", "epochs"):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+    except ValueError as err:
+        raise FairalError(f"setting {name}: cannot read {raw!r} as {type(current).__name__}") from err
+    return text
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            name="smoke",
+            description="the whole pipeline on tiny data in seconds (tests, CI); results mean nothing",
+            n_subjects=40,
+            sim_shape=(96, 112, 64),
+            test_per_group=4,
+            crop_margin=6,
+            downsample=2,
+            steps=20,
+            batch_size=4,
+            cohort_size=12,
+            init_size=10,
+            acquire=4,
+            final_size=18,
+        ),
+        Profile(
+            name="quick",
+            description="a first look at the whole grid in minutes on a laptop: small data, short training",
+            n_subjects=120,
+            sim_shape=(128, 144, 76),
+            test_per_group=15,
+            crop_margin=8,
+            downsample=2,
+            steps=60,
+            cohort_size=40,
+            final_size=38,
+        ),
+        Profile(
+            name="standard",
+            description="meaningful results on a 2-core CPU: full schedule 10 -> 86, 2 mm crop around the caudate, "
+            "warm-started rounds, 1 seed",
+            n_subjects=312,
+            crop_margin=12,
+            downsample=2,
+            steps=300,
+            cohort_size=126,
+        ),
+        Profile(
+            name="paper",
+            description="the paper's protocol: full 1 mm volumes, 200 epochs from scratch every round, 5 seeds (GPU)",
+            n_subjects=312,
+            crop_margin=None,
+            downsample=1,
+            epochs=200,
+            cohort_size=126,
+            warm_start=False,
+            seeds=5,
+        ),
+    )
+}
+
+
+def get_profile(name: str, overrides: dict[str, str] | None = None) -> Profile:
+    if name not in PROFILES:
+        raise FairalError(f"unknown profile {name!r}; profiles: {', '.join(PROFILES)}")
+    return PROFILES[name].with_overrides(overrides or {})
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """``["steps=200", "downsample=1"]`` -> ``{"steps": "200", "downsample": "1"}``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise FairalError(f"--set takes KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out

@@ -1,0 +1,149 @@
+"""Tests of the 3D U-Net: shapes, padding, initialisation, parameter and FLOP counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fairal.errors import FairalError
+from fairal.model import UNet3D, flops_per_voxel
+
+
+def test_paper_network_parameter_count() -> None:
+    # Hand count for features (8, 16), 1 -> 1 channel, bias-free 3x3x3 convs, GroupNorm with weight + bias:
+    #   encoder 0: 27*1*8 + 16 + 27*8*8 + 16           =  1976
+    #   encoder 1: 27*8*16 + 32 + 27*16*16 + 32        = 10432
+    #   up:        ConvTranspose3d 16->8, k=2: 8*16*8 + 8 = 1032
+    #   decoder 0: 27*16*8 + 16 + 27*8*8 + 16          =  5216
+    #   head:      8 + 1                               =     9
+    #   total                                          = 18665
+    model = UNet3D()
+    assert sum(p.numel() for p in model.parameters()) == 18665
+
+
+def test_group_norm_groups_are_capped_by_channels() -> None:
+    model = UNet3D(features=(2, 8), norm_groups=4)
+    groups = [m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    channels = [m.num_channels for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    # encoder 0 (2 channels -> 2 groups), encoder 1 (8 -> 4), decoder 0 (2 -> 2)
+    assert channels == [2, 2, 8, 8, 2, 2]
+    assert groups == [2, 2, 4, 4, 2, 2]
+
+
+@pytest.mark.parametrize(
+    ("features", "shape"),
+    [((8, 16), (16, 16, 16)), ((8, 16), (15, 17, 9)), ((4, 8, 8), (13, 6, 11)), ((4,), (5, 7, 3))],
+)
+def test_output_shape_equals_input_shape(features: tuple[int, ...], shape: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    model = UNet3D(features=features).eval()
+    x = torch.randn(2, 1, *shape)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 1, *shape)
+    assert torch.isfinite(y).all()
+
+
+def test_padding_is_replicate_at_far_end_then_cropped() -> None:
+    # For sizes that are not multiples of 2**(depth-1), forward must equal running the network on the input
+    # replicate-padded at the far end of each axis and cropping the result back.
+    torch.manual_seed(1)
+    model = UNet3D(features=(4, 8, 8)).eval()  # multiple of 4
+    x = torch.randn(1, 1, 9, 6, 7)
+    padded = F.pad(x, (0, 1, 0, 2, 0, 3), mode="replicate")  # z 7->8, y 6->8, x 9->12
+    assert padded.shape == (1, 1, 12, 8, 8)
+    with torch.no_grad():
+        expected = model(padded)[:, :, :9, :6, :7]
+        actual = model(x)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_foreground_prior_sets_output_bias() -> None:
+    model = UNet3D(foreground_prior=0.2)
+    # log(0.2 / 0.8) = log(0.25) = -1.3862944
+    assert model.head.bias.item() == pytest.approx(-1.3862944, abs=1e-6)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        proba = torch.sigmoid(model(torch.randn(1, 1, 8, 8, 8)))
+    torch.testing.assert_close(proba, torch.full_like(proba, 0.2))
+
+
+def test_multi_channel_input_and_output() -> None:
+    model = UNet3D(in_channels=2, out_channels=3)
+    with torch.no_grad():
+        y = model(torch.randn(1, 2, 8, 8, 8))
+    assert y.shape == (1, 3, 8, 8, 8)
+
+
+def test_flops_per_voxel_paper_network_by_hand() -> None:
+    # Multiply-adds per input voxel for features (8, 16):
+    #   level 0 encoder: 27*1*8 + 27*8*8           =  216 + 1728 = 1944
+    #   level 1 encoder: (27*8*16 + 27*16*16) / 8  = 10368 / 8   = 1296
+    #   up (one tap per output voxel): 16*8        =  128
+    #   level 0 decoder: 27*16*8 + 27*8*8          = 3456 + 1728 = 5184
+    #   head: 8*1                                  =    8
+    #   total 8560 MACs -> 17120 FLOPs
+    assert flops_per_voxel(UNet3D()) == pytest.approx(17120.0)
+
+
+def _hook_flops(model: UNet3D, x: torch.Tensor) -> float:
+    """FLOPs of every conv layer counted from the actual tensors of a forward pass."""
+    total = 0.0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        k = math.prod(module.kernel_size)
+        if isinstance(module, nn.ConvTranspose3d):
+            # every input element meets every kernel tap for every output channel
+            total += 2 * inputs[0].numel() * module.out_channels * k
+        else:
+            total += 2 * output.numel() * module.in_channels * k
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return total / x[0, 0].numel() / x.shape[0]
+
+
+@pytest.mark.parametrize(("features", "in_ch"), [((8, 16), 1), ((4, 8, 16), 2), ((6,), 1)])
+def test_flops_per_voxel_matches_a_measured_forward(features: tuple[int, ...], in_ch: int) -> None:
+    model = UNet3D(in_channels=in_ch, features=features, norm_groups=2)
+    x = torch.randn(1, in_ch, 8, 8, 8)
+    assert flops_per_voxel(model) == pytest.approx(_hook_flops(model, x), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"features": ()},
+        {"features": (8, 0)},
+        {"features": (6, 16), "norm_groups": 4},  # 6 channels cannot form 4 groups
+        {"norm_groups": 0},
+        {"in_channels": 0},
+        {"foreground_prior": 1.0},
+        {"foreground_prior": 0.0},
+    ],
+)
+def test_invalid_arguments_raise(kwargs: dict) -> None:
+    with pytest.raises(FairalError):
+        UNet3D(**kwargs)
+
+
+def test_wrong_input_rank_raises() -> None:
+    with pytest.raises(FairalError, match=r"\(N, 1, X, Y, Z\)"):
+        UNet3D()(torch.randn(1, 8, 8, 8))
+
+
+def test_flops_per_voxel_rejects_other_modules() -> None:
+    with pytest.raises(FairalError):
+        flops_per_voxel(nn.Conv3d(1, 1, 3))  # type: ignore[arg-type]
