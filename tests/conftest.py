@@ -64,3 +64,15 @@ def tiny_config(tiny_template):
         return SimulationConfig(**base)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A simulated dataset of 24 subjects on the tiny template (6 test and 6 pool cases per group)."""
+    from fairal.simulate.dataset import SimulationConfig, simulate_dataset
+
+    folder = tmp_path_factory.mktemp("tpl")
+    tpl, lab = make_template(folder)
+    cfg = SimulationConfig(n_subjects=24, shape=OUT_SHAPE, template=str(tpl), label=str(lab), label_value=LABEL_VALUE,
+                           jobs=1, preview=False)
+    return simulate_dataset(cfg, folder / "data", progress=False)

@@ -1,0 +1,104 @@
+"""Strategies, group weights and selection against hand-computed examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fairal.acquisition import (
+    group_weights,
+    localized_entropy,
+    mean_entropy,
+    roi_mask,
+    select_top_k,
+    strategy_scores,
+    voxel_entropy,
+)
+from fairal.errors import FairalError
+
+H01 = 0.1 * np.log(10) + 0.9 * np.log(1 / 0.9)  # 0.3250830 nats
+
+
+def test_voxel_entropy_by_hand():
+    h = voxel_entropy(np.array([0.5, 0.1, 0.9, 0.0, 1.0]))
+    np.testing.assert_allclose(h[:3], [np.log(2), H01, H01], rtol=1e-9)
+    assert h[3] < 1e-5 and h[4] < 1e-5
+
+
+def test_localized_entropy_is_the_roi_mean():
+    proba = np.array([0.9, 0.5, 0.1, 0.0, 0.0]).reshape(1, 1, 5)
+    roi = np.array([True, True, True, False, False]).reshape(1, 1, 5)
+    # Eq. 1: (H(0.9) + H(0.5) + H(0.1)) / 3 = (0.325083 + 0.693147 + 0.325083) / 3
+    assert localized_entropy(proba, roi) == pytest.approx((2 * H01 + np.log(2)) / 3, rel=1e-9)
+    assert mean_entropy(proba) == pytest.approx((2 * H01 + np.log(2)) / 5, abs=3e-6)
+    with pytest.raises(FairalError, match="empty"):
+        localized_entropy(proba, np.zeros_like(roi))
+
+
+def test_localized_entropy_is_size_normalised():
+    """Two predictions with the same boundary uncertainty but different sizes score the same (Eq. 1)."""
+    small = np.zeros((9, 9, 9))
+    small[4, 4, 4] = 0.9
+    big = np.zeros((9, 9, 9))
+    big[3:6, 3:6, 3:6] = 0.9
+    s = localized_entropy(small, roi_mask(small, 0)[0])
+    b = localized_entropy(big, roi_mask(big, 0)[0])
+    assert s == pytest.approx(b) == pytest.approx(H01)
+
+
+def test_roi_mask_dilation_and_fallbacks():
+    proba = np.zeros((5, 5, 5))
+    proba[2, 2, 2] = 0.8
+    roi, src = roi_mask(proba, 1)
+    assert src == "predicted" and roi.sum() == 7  # the voxel and its 6 face neighbours (ball of radius 1)
+    fallback = np.zeros((5, 5, 5), bool)
+    fallback[0, 0, 0] = True
+    roi, src = roi_mask(np.zeros((5, 5, 5)), 1, fallback)
+    assert src == "template" and roi.sum() == 4  # a corner voxel and its 3 neighbours inside the volume
+    roi, src = roi_mask(np.zeros((5, 5, 5)), 1, None)
+    assert src == "volume" and roi.all()
+
+
+def test_group_weights_by_hand():
+    # mean 0.75; population SD sqrt(0.0125) = 0.111803; z = -/+0.894427; softmax -> 1 / (1 + e^1.788854) = 0.143213
+    w = group_weights([0.9, 0.8, 0.6, 0.7], [1, 1, 2, 2], [1, 2])
+    assert w[1] == pytest.approx(0.143213, abs=1e-6) and w[2] == pytest.approx(0.856787, abs=1e-6)
+    # temperature 2 halves z: 1 / (1 + exp(-0.894427)) = 0.709803
+    assert group_weights([0.9, 0.8, 0.6, 0.7], [1, 1, 2, 2], [1, 2], temperature=2.0)[2] == pytest.approx(
+        0.709803, abs=1e-6)
+
+
+def test_group_weights_edge_cases():
+    assert group_weights([0.8, 0.8, 0.8], [1, 2, 2], [1, 2]) == {1: 0.5, 2: 0.5}  # std 0
+    assert group_weights([0.7], [1], [1, 2]) == {1: 0.5, 2: 0.5}  # one labeled case: std 0
+    # group 3 has no labeled case: its mean is the worst case's, 0.6 -> z3 = 1.341641;
+    # softmax(-0.894427, 0.894427, 1.341641) = (0.408842, 2.445960, 3.825312) / 6.680114
+    w = group_weights([0.9, 0.8, 0.6, 0.7], [1, 1, 2, 2], [1, 2, 3])
+    assert [w[g] for g in (1, 2, 3)] == pytest.approx([0.061203, 0.366153, 0.572644], abs=1e-6)
+    with pytest.raises(FairalError):
+        group_weights([], [], [1, 2])
+    with pytest.raises(FairalError, match="temperature"):
+        group_weights([0.5, 0.6], [1, 2], [1, 2], temperature=0)
+
+
+def test_strategy_scores_and_selection():
+    ids, groups = ["a", "b", "c"], [1, 2, 2]
+    ent, loc = [0.3, 0.2, 0.1], [0.5, 0.4, 0.45]
+    weights = {1: 0.2, 2: 0.8}
+    rng = np.random.default_rng(0)
+    s, w = strategy_scores("weighted-localized-entropy", ids, groups, ent, loc, weights, rng)
+    np.testing.assert_allclose(s, [0.1, 0.32, 0.36])  # Eq. 2: w_g * H_hat
+    np.testing.assert_allclose(w, [0.2, 0.8, 0.8])
+    assert select_top_k(ids, s, 2) == ["c", "b"]
+    assert select_top_k(ids, strategy_scores("entropy", ids, groups, ent, loc, weights, rng)[0], 1) == ["a"]
+    assert select_top_k(ids, strategy_scores("localized-entropy", ids, groups, ent, loc, weights, rng)[0], 1) == ["a"]
+    r1 = strategy_scores("random", ids, groups, ent, loc, weights, np.random.default_rng(3))[0]
+    r2 = strategy_scores("random", ids, groups, ent, loc, weights, np.random.default_rng(3))[0]
+    np.testing.assert_array_equal(r1, r2)
+    with pytest.raises(FairalError, match="unknown strategy"):
+        strategy_scores("bald", ids, groups, ent, loc, weights, rng)
+
+
+def test_selection_ties_break_by_case_id():
+    assert select_top_k(["b", "a", "c"], [1.0, 1.0, 0.5], 2) == ["a", "b"]
+    assert select_top_k(["b", "a"], [0.1, 0.2], 5) == ["a", "b"]

@@ -1,0 +1,117 @@
+"""One active-learning run on a tiny dataset: schedule, bookkeeping, and kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from fairal.config import get_profile
+from fairal.data import read_manifest
+from fairal.errors import FairalError
+from fairal.loop import ActiveLearningRun, RunSpec, initial_set, schedule
+
+TINY = {"init_size": "4", "acquire": "2", "final_size": "8", "steps": "3", "round_steps": "2", "crop_margin": "4",
+        "downsample": "1", "test_per_group": "6"}
+
+
+def _spec(data, strategy="weighted-localized-entropy", init="g1-heavy", seed=0, **over):
+    return RunSpec(str(data), strategy, init, seed, get_profile("smoke", {**TINY, **over}))
+
+
+def test_schedule_is_the_papers():
+    assert schedule(get_profile("standard")) == list(range(10, 87, 4))
+    assert len(schedule(get_profile("standard"))) == 20
+    with pytest.raises(FairalError, match="impossible budget"):
+        schedule(get_profile("standard", {"final_size": "85"}))
+
+
+def _fake_manifest(n_per_group=40):
+    rows = [{"case_id": f"{g}-{i:03d}", "group": g, "split": "pool"} for g in (1, 2) for i in range(n_per_group)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("init,n1", [("balanced", 5), ("g1-heavy", 8), ("g2-heavy", 2)])
+def test_initial_sets(init, n1):
+    m = _fake_manifest()
+    chosen = initial_set(m, init, 10, seed=3)
+    assert len(chosen) == 10 and sum(c.startswith("1-") for c in chosen) == n1
+    assert initial_set(m, init, 10, seed=3) == chosen  # a function of the seed only: the same for every strategy
+    assert initial_set(m, init, 10, seed=4) != chosen
+
+
+def test_run_records(tiny_dataset, tmp_path):
+    run = ActiveLearningRun(_spec(tiny_dataset), tmp_path / "run")
+    rounds = run.run()
+    assert rounds["n_labeled"].tolist() == [4, 6, 8]
+    assert rounds["n_labeled_g1"].iloc[0] == 3  # g1-heavy: round(0.8 * 4)
+    assert ((rounds["w_g1"] + rounds["w_g2"]) - 1).abs().max() < 1e-9
+    assert (rounds["g1_ratio"] == rounds["n_labeled_g1"] / rounds["n_labeled"]).all()
+    m = read_manifest(tiny_dataset)
+    test_ids = set(m.loc[m["split"] == "test", "case_id"])
+    cases = pd.read_csv(tmp_path / "run" / "cases.csv")
+    sel = pd.read_csv(tmp_path / "run" / "selections.csv")
+    picked = sel[sel["selected"]]
+    assert picked.groupby("round").size().tolist() == [2, 2]
+    assert picked["case_id"].is_unique  # no case acquired twice
+    assert not set(sel["case_id"]) & test_ids  # test cases are never candidates
+    for rnd, labeled in cases[cases["split"] == "labeled"].groupby("round"):
+        assert not set(labeled["case_id"]) & test_ids
+        if rnd > 0:  # the labeled set grows by exactly what was selected the round before
+            before = set(cases[(cases["round"] == rnd - 1) & (cases["split"] == "labeled")]["case_id"])
+            assert set(labeled["case_id"]) == before | set(picked[picked["round"] == rnd - 1]["case_id"])
+    assert set(cases[cases["split"] == "test"]["case_id"]) == test_ids
+    # a pool case is scored once per round; weighted scores are the weight times the localized entropy
+    assert (sel.groupby("round").size() == [12 - 4, 12 - 6]).all()
+    assert ((sel["score"] - sel["weight"] * sel["localized_entropy"]).abs() < 1e-12).all()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["settings"]["strategy"] == "weighted-localized-entropy" and config["schedule"] == [4, 6, 8]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_kill_and_resume_gives_identical_records(tiny_dataset, tmp_path, monkeypatch):
+    spec = _spec(tiny_dataset, strategy="random", init="balanced")
+    ActiveLearningRun(spec, tmp_path / "whole").run()
+
+    def kill_after_round_1(rnd):
+        if rnd == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        ActiveLearningRun(spec, tmp_path / "resumed").run(on_round=kill_after_round_1)
+    assert pd.read_csv(tmp_path / "resumed" / "rounds.csv")["round"].tolist() == [0, 1]
+    # a kill in the middle of round 2's training
+    import fairal.loop as loop_mod
+
+    real = loop_mod.train_model
+
+    def dies(*a, **k):
+        raise Killed
+
+    monkeypatch.setattr(loop_mod, "train_model", dies)
+    with pytest.raises(Killed):
+        ActiveLearningRun(spec, tmp_path / "resumed").run()
+    monkeypatch.setattr(loop_mod, "train_model", real)
+    ActiveLearningRun(spec, tmp_path / "resumed").run()
+    for name in ("rounds.csv", "cases.csv", "selections.csv"):
+        assert (tmp_path / "whole" / name).read_text() == (tmp_path / "resumed" / name).read_text(), name
+    # a finished run is not run again
+    monkeypatch.setattr(loop_mod, "train_model", dies)
+    run = ActiveLearningRun(spec, tmp_path / "resumed")
+    assert run.is_finished()
+    assert run.run()["n_labeled"].tolist() == [4, 6, 8]
+
+
+def test_a_run_folder_of_other_settings_is_refused(tiny_dataset, tmp_path):
+    ActiveLearningRun(_spec(tiny_dataset, strategy="entropy"), tmp_path / "r").run(on_round=lambda r: None)
+    with pytest.raises(FairalError, match="other settings"):
+        ActiveLearningRun(_spec(tiny_dataset, strategy="random"), tmp_path / "r").run()
+
+
+def test_impossible_budget(tiny_dataset, tmp_path):
+    with pytest.raises(FairalError, match="impossible budget: 40 labeled cases asked for"):
+        ActiveLearningRun(_spec(tiny_dataset, final_size="40"), tmp_path / "r")
