@@ -17,7 +17,10 @@ $(BIN)/fairal: pyproject.toml
 install: $(BIN)/fairal
 
 demo: install
-	$(BIN)/fairal simulate $(OUT)/data-strong --bias strong --overwrite
+	$(BIN)/fairal reproduce $(OUT) --profile quick
+
+smoke: install
+	$(BIN)/fairal reproduce $(OUT)-smoke --profile smoke
 
 test: install
 	$(BIN)/ruff check src tests benchmarks
@@ -26,4 +29,4 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_simulate.py
 
-.PHONY: install demo test bench
+.PHONY: install demo smoke test bench

@@ -81,7 +81,8 @@ def simulate(
         for col in ("group", "n", "volume (mm3)", "Dice to template", "min Dice"):
             table.add_column(col, justify="right")
         for _, r in summary.iterrows():
-            table.add_row(str(int(r["group"])), str(int(r["n"])), f"{r['volume_mean_mm3']:.0f} ± {r['volume_sd_mm3']:.0f}",
+            volume = f"{r['volume_mean_mm3']:.0f} ± {r['volume_sd_mm3']:.0f}"
+            table.add_row(str(int(r["group"])), str(int(r["n"])), volume,
                           f"{r['dice_to_template_mean']:.3f} ± {r['dice_to_template_sd']:.3f}",
                           f"{r['dice_to_template_min']:.3f}")
         Console().print(table)
@@ -139,6 +140,72 @@ def baseline(
         rich_table.add_row(r["cohort"], *[f"{v:.3f}" for v in r.iloc[1:]])
     Console().print(rich_table)
     Console().print(f"records in {out}/baseline_table.csv and baseline_cases.csv")
+
+
+@app.command()
+@_clear_errors
+def run(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder (from fairal simulate).")],
+    strategy: Annotated[str, typer.Option(help="random, entropy, localized-entropy, weighted-localized-entropy.")],
+    init: Annotated[str, typer.Option(help="Initial labeled set: balanced, g1-heavy or g2-heavy.")],
+    out: Annotated[Path, typer.Option(help="Run folder (records; resumed if it holds this run).")],
+    seed: Annotated[int, typer.Option(help="Seed of the initial set, training and random draws.")] = 0,
+    profile: ProfileOpt = "standard",
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """One active-learning run: train, evaluate, score the pool, acquire, until the final budget."""
+    from fairal.config import get_profile, parse_overrides
+    from fairal.loop import ActiveLearningRun, RunSpec
+
+    prof = get_profile(profile, parse_overrides(set_))
+    al = ActiveLearningRun(RunSpec(str(data_dir), strategy, init, seed, prof), out)
+    if al.is_finished():
+        Console().print(f"{out} holds this run, finished: nothing to do")
+        return
+    sizes = al.sizes
+
+    def report(rnd: int) -> None:
+        if not quiet:
+            last = pd.read_csv(out / "rounds.csv").iloc[-1]
+            Console().print(f"round {rnd:2d}/{len(sizes) - 1}: {int(last['n_labeled'])} labeled "
+                            f"(Group 1 {last['g1_ratio']:.0%}), Dice {last['dice_all']:.3f}, "
+                            f"Delta {last['delta']:.3f}, ESSP {last['essp']:.3f}, w_g1 {last['w_g1']:.2f}")
+
+    import pandas as pd
+
+    al.run(progress=False, on_round=report)
+    Console().print(f"records in {out}: rounds.csv, cases.csv, selections.csv")
+
+
+@app.command()
+@_clear_errors
+def reproduce(
+    out: Annotated[Path, typer.Argument(help="Output folder: data/, baseline/, runs/, summary.csv.")],
+    profile: ProfileOpt = "quick",
+    seeds: Annotated[int | None, typer.Option(help="Seeds per scenario (default: the profile's).")] = None,
+    jobs: Annotated[int, typer.Option(help="Worker processes (0 = one per core).")] = 0,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """The paper's whole experiment: both datasets, baselines, and the grid of AL runs, resumable."""
+    from fairal.config import get_profile, parse_overrides
+    from fairal.experiments import reproduce as run_grid
+    from fairal.experiments import summarise_final
+
+    prof = get_profile(profile, parse_overrides(set_))
+    table = run_grid(out, prof, seeds=seeds, jobs=jobs, progress=not quiet)
+    if table.empty:
+        return
+    summary = summarise_final(table)
+    view = Table(title=f"final budget ({int(table['n_labeled'].max())} labeled), profile {prof.name}")
+    for col in ("dataset", "init", "strategy", "dice_all", "delta", "essp", "g1_ratio", "Δ vs entropy"):
+        view.add_column(col, justify="right")
+    for _, r in summary.iterrows():
+        view.add_row(r["dataset"], r["init"], r["strategy"], f"{r['dice_all']:.3f}", f"{r['delta']:.3f}",
+                     f"{r['essp']:.3f}", f"{r['g1_ratio']:.2f}", f"{r['delta_reduction_vs_entropy']:+.0%}")
+    Console(width=max(Console().width, 110)).print(view)
+    Console().print(f"tables: {out}/summary.csv, baselines: {out}/baseline/*/baseline_table.csv")
 
 
 def main() -> None:

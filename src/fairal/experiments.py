@@ -11,11 +11,11 @@ import pandas as pd
 import torch
 
 from fairal.config import Profile
-from fairal.data import VolumeSet, load_volumes, read_manifest
+from fairal.data import load_volumes, read_manifest
 from fairal.errors import FairalError
-from fairal.metrics import dice_from_proba, fairness_summary
-from fairal.model import UNet3D
-from fairal.train import TrainConfig, predict_proba, save_checkpoint, train_model
+from fairal.fit import evaluate, model_factory, train_config
+from fairal.metrics import fairness_summary
+from fairal.train import save_checkpoint, train_model
 
 #: The paper's training cohorts: balanced (half of each group), Group 1 only, Group 2 only.
 COHORTS = ("all", "g1", "g2")
@@ -47,26 +47,6 @@ def baseline_cohorts(manifest: pd.DataFrame, size: int, seed: int = 0) -> dict[s
             chosen += rng.choice(ids[g], size=n, replace=False).tolist() if n else []
         cohorts[name] = sorted(chosen)
     return cohorts
-
-
-def train_config(profile: Profile, seed: int, num_threads: int | None = None) -> TrainConfig:
-    return TrainConfig(lr=profile.lr, steps=profile.steps, epochs=profile.epochs, batch_size=profile.batch_size,
-                       seed=seed, num_threads=num_threads)
-
-
-def model_factory(profile: Profile, volumes: VolumeSet, train_rows: list[int]):
-    """A U-Net whose output bias starts at the training labels' foreground fraction (guards against collapse)."""
-    prior = float(volumes.labels[train_rows].float().mean()) if train_rows else None
-    prior = min(max(prior, 1e-4), 0.5) if prior is not None else None
-    return lambda: UNet3D(features=profile.features, foreground_prior=prior)
-
-
-def evaluate(model: torch.nn.Module, volumes: VolumeSet, rows: list[int], batch_size: int = 4) -> list[float]:
-    """Per-case Dice (threshold 0.5) of ``model`` on the cases at ``rows``."""
-    dices = []
-    for row, proba in zip(rows, predict_proba(model, volumes.images[rows], batch_size=batch_size), strict=True):
-        dices.append(dice_from_proba(proba[0] if proba.ndim == 4 else proba, volumes.labels[row, 0].numpy()))
-    return dices
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
@@ -121,3 +101,176 @@ def run_baseline(
     tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
     tmp.replace(out / "baseline.json")
     return table
+
+
+# --- the paper's grid ----------------------------------------------------------------------------------------
+
+DATASETS = {"strong": "strong", "weak": "weak"}  # dataset name -> bias preset
+
+
+def run_dir(out: Path, dataset: str, init: str, strategy: str, seed: int) -> Path:
+    return Path(out) / "runs" / dataset / init / strategy / f"seed-{seed}"
+
+
+def ensure_dataset(out: Path, name: str, profile: Profile, progress: bool) -> Path:
+    """Simulate the dataset with the profile's size, or reuse it if one with the same settings is there."""
+    from fairal.simulate.dataset import SimulationConfig, simulate_dataset
+
+    cfg = SimulationConfig(bias=DATASETS[name], n_subjects=profile.n_subjects, shape=profile.sim_shape,
+                           test_per_group=profile.test_per_group, seed=0)
+    path = Path(out) / "data" / name
+    info = path / "dataset.json"
+    if info.is_file():
+        settings = json.loads(info.read_text()).get("settings", {})
+        same = (settings.get("n_subjects") == cfg.n_subjects and settings.get("bias") == cfg.bias
+                and list(settings.get("shape", [])) == list(cfg.shape)
+                and settings.get("test_per_group", 15) == cfg.test_per_group)
+        if same:
+            return path
+        raise FairalError(f"{path} holds a dataset of other settings than profile {profile.name}'s; "
+                          "use another output folder or delete it")
+    return simulate_dataset(cfg, path, progress=progress)
+
+
+def grid(seeds: int) -> list[tuple[str, str, str, int]]:
+    from fairal.acquisition import STRATEGIES
+    from fairal.loop import INITS
+
+    return [(d, i, s, seed) for d in DATASETS for i in INITS for s in STRATEGIES for seed in range(seeds)]
+
+
+def final_budget_table(out: Path, seeds: int | None = None) -> pd.DataFrame:
+    """Each finished run's last round (dataset, init, strategy, seed, dice_all, dice_g1, dice_g2, delta, essp,
+    g1_ratio); runs still going are left out."""
+    rows = []
+    for rounds_csv in sorted(Path(out).glob("runs/*/*/*/seed-*/rounds.csv")):
+        state = rounds_csv.parent / "state.json"
+        if not state.is_file() or not json.loads(state.read_text()).get("finished"):
+            continue
+        last = pd.read_csv(rounds_csv).iloc[-1]
+        dataset, init, strategy, seed = rounds_csv.parts[-5:-1]
+        rows.append({"dataset": dataset, "init": init, "strategy": strategy, "seed": int(seed.split("-")[1]),
+                     **{k: float(last[k]) for k in ("n_labeled", "dice_all", "dice_g1", "dice_g2", "delta", "essp",
+                                                    "g1_ratio")}})
+    return pd.DataFrame(rows)
+
+
+_QUEUE = None
+
+
+def _init_grid_worker(threads: int, queue) -> None:
+    global _QUEUE
+    torch.set_num_threads(threads)
+    _QUEUE = queue
+
+
+def _grid_task(task: dict) -> dict:
+    """One unit of the grid in a worker process: a dataset's baselines or one AL run."""
+    import warnings
+
+    from fairal.loop import ActiveLearningRun, RunSpec
+
+    warnings.simplefilter("ignore", RuntimeWarning)  # collapse warnings are recorded in state.json
+    profile: Profile = task["profile"]
+
+    def tick(_rnd=None):
+        if _QUEUE is not None:
+            _QUEUE.put(1)
+
+    if task["kind"] == "baseline":
+        run_baseline(task["data_dir"], task["out"], profile, seed=0, progress=False)
+        tick()
+    else:
+        spec = RunSpec(task["data_dir"], task["strategy"], task["init"], task["seed"], profile)
+        ActiveLearningRun(spec, task["out"]).run(on_round=tick)
+    return task
+
+
+def reproduce(out: str | Path, profile: Profile, seeds: int | None = None, jobs: int = 0,
+              progress: bool = True) -> pd.DataFrame:
+    """The whole paper experiment on this machine: both datasets, their baselines, and the grid
+    2 datasets x 3 initial sets x 4 strategies x seeds, run in a process pool, skipping finished work.
+    Returns the final-budget table (one row per finished run)."""
+    import multiprocessing
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fairal.loop import ActiveLearningRun, RunSpec, schedule
+
+    out = Path(out)
+    seeds = seeds or profile.seeds
+    n_rounds = len(schedule(profile))
+    data = {name: ensure_dataset(out, name, profile, progress) for name in DATASETS}
+    tasks, done_units = [], 0
+    for name, path in data.items():
+        # Build the volume cache once here, so that the workers only read it.
+        load_volumes(path, read_manifest(path), crop_margin=profile.crop_margin, downsample=profile.downsample)
+        base_out = out / "baseline" / name
+        if (base_out / "baseline_table.csv").is_file():
+            done_units += 1
+        else:
+            tasks.append({"kind": "baseline", "data_dir": str(path), "out": str(base_out), "profile": profile})
+    for name, init, strategy, seed in grid(seeds):
+        target = run_dir(out, name, init, strategy, seed)
+        run = ActiveLearningRun(RunSpec(str(data[name]), strategy, init, seed, profile), target)
+        state = target / "state.json"
+        if run.is_finished():
+            done_units += n_rounds
+            continue
+        if state.is_file():
+            done_units += int(json.loads(state.read_text())["completed_round"]) + 1
+        tasks.append({"kind": "run", "data_dir": str(data[name]), "out": str(target), "profile": profile,
+                      "init": init, "strategy": strategy, "seed": seed})
+    total = len(DATASETS) + len(grid(seeds)) * n_rounds
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(jobs or cores, max(len(tasks), 1)))
+    threads = max(1, cores // jobs)
+    failures = []
+    columns = (TextColumn("grid (baselines + rounds)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        task_id = bar.add_task("grid", total=total, completed=done_units)
+        if tasks:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Manager() as manager:
+                q = manager.Queue()
+                with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_grid_worker,
+                                         initargs=(threads, q)) as pool:
+                    pending = {pool.submit(_grid_task, t): t for t in tasks}
+                    while pending:
+                        finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                        while True:
+                            try:
+                                q.get_nowait()
+                                bar.advance(task_id)
+                            except queue_mod.Empty:
+                                break
+                        for fut in finished:
+                            t = pending.pop(fut)
+                            try:
+                                fut.result()
+                            except Exception as err:  # one broken run must not stop the grid
+                                failures.append((t, err))
+    if failures:
+        lines = "; ".join(f"{t.get('out')}: {err}" for t, err in failures[:5])
+        raise FairalError(f"{len(failures)} of {len(tasks)} grid tasks failed ({lines}); finished runs are kept, "
+                          "run the same command again to retry the rest")
+    table = final_budget_table(out)
+    if not table.empty:
+        summary = summarise_final(table)
+        _atomic_csv(summary, out / "summary.csv")
+    return table
+
+
+def summarise_final(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds of the final-budget metrics per scenario and strategy, with the Delta reduction
+    against ``entropy`` (1 - Delta / Delta_entropy, the paper's 75% / 86%)."""
+    keys = ["dataset", "init", "strategy"]
+    metrics = ["dice_all", "dice_g1", "dice_g2", "delta", "essp", "g1_ratio"]
+    summary = table.groupby(keys, sort=False)[metrics].mean().reset_index()
+    summary.insert(3, "n_seeds", table.groupby(keys, sort=False).size().to_numpy())
+    ent = summary[summary["strategy"] == "entropy"].set_index(["dataset", "init"])["delta"]
+    ref = [ent.get((d, i), np.nan) for d, i in zip(summary["dataset"], summary["init"], strict=True)]
+    summary["delta_reduction_vs_entropy"] = 1 - summary["delta"] / np.asarray(ref, dtype=float)
+    return summary

@@ -31,7 +31,7 @@ from fairal.acquisition import (
 from fairal.config import Profile
 from fairal.data import VolumeSet, load_volumes, read_manifest
 from fairal.errors import FairalError
-from fairal.experiments import evaluate, model_factory, train_config
+from fairal.fit import evaluate, model_factory, train_config
 from fairal.metrics import fairness_summary
 from fairal.train import load_checkpoint, predict_proba, save_checkpoint, train_model
 

@@ -47,7 +47,7 @@ class SimulationConfig:
     label_value: float | None = None
     global_model: str | None = None
     local_model: str | None = None
-    jobs: int = 0  # 0 = one per core
+    jobs: int = 0  # 0 = one per core (one process for fewer than 64 subjects)
     preview: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -347,7 +347,8 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
 def _run_subjects(state: dict, subjects: list[Subject], jobs: int, progress: bool) -> dict[str, dict]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    jobs = jobs or min(os.cpu_count() or 1, len(subjects))
+    # Auto: a worker per core, but no pool for a few subjects (starting a worker costs seconds).
+    jobs = jobs or min(os.cpu_count() or 1, max(1, len(subjects) // 32))
     results: dict[str, dict] = {}
     columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:
