@@ -115,3 +115,21 @@ def test_a_run_folder_of_other_settings_is_refused(tiny_dataset, tmp_path):
 def test_impossible_budget(tiny_dataset, tmp_path):
     with pytest.raises(FairalError, match="impossible budget: 40 labeled cases asked for"):
         ActiveLearningRun(_spec(tiny_dataset, final_size="40"), tmp_path / "r")
+
+
+def test_run_command(tiny_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from fairal.cli import app
+
+    args = ["run", str(tiny_dataset), "--strategy", "localized-entropy", "--init", "balanced", "--out",
+            str(tmp_path / "r"), "--profile", "smoke"]
+    for k, v in TINY.items():
+        args += ["--set", f"{k}={v}"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "round  2/2: 8 labeled" in res.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "finished: nothing to do" in again.output
+    bad = CliRunner().invoke(app, args[:5] + ["g3-heavy"] + args[6:])
+    assert bad.exit_code == 2 and "unknown initial set 'g3-heavy'" in bad.output

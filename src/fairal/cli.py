@@ -20,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True, soft_wrap=True)
+stdout = Console(soft_wrap=True)  # no hard line breaks inside messages: scripts and tests read them
 
 
 def _clear_errors(fn):
@@ -85,7 +86,7 @@ def simulate(
             table.add_row(str(int(r["group"])), str(int(r["n"])), volume,
                           f"{r['dice_to_template_mean']:.3f} ± {r['dice_to_template_sd']:.3f}",
                           f"{r['dice_to_template_min']:.3f}")
-        Console().print(table)
+        stdout.print(table)
 
 
 @app.command("build-model")
@@ -138,8 +139,8 @@ def baseline(
         rich_table.add_column(col, justify="right")
     for _, r in table.iterrows():
         rich_table.add_row(r["cohort"], *[f"{v:.3f}" for v in r.iloc[1:]])
-    Console().print(rich_table)
-    Console().print(f"records in {out}/baseline_table.csv and baseline_cases.csv")
+    stdout.print(rich_table)
+    stdout.print(f"records in {out}/baseline_table.csv and baseline_cases.csv")
 
 
 @app.command()
@@ -161,21 +162,21 @@ def run(
     prof = get_profile(profile, parse_overrides(set_))
     al = ActiveLearningRun(RunSpec(str(data_dir), strategy, init, seed, prof), out)
     if al.is_finished():
-        Console().print(f"{out} holds this run, finished: nothing to do")
+        stdout.print(f"{out} holds this run, finished: nothing to do")
         return
     sizes = al.sizes
 
     def report(rnd: int) -> None:
         if not quiet:
             last = pd.read_csv(out / "rounds.csv").iloc[-1]
-            Console().print(f"round {rnd:2d}/{len(sizes) - 1}: {int(last['n_labeled'])} labeled "
+            stdout.print(f"round {rnd:2d}/{len(sizes) - 1}: {int(last['n_labeled'])} labeled "
                             f"(Group 1 {last['g1_ratio']:.0%}), Dice {last['dice_all']:.3f}, "
                             f"Delta {last['delta']:.3f}, ESSP {last['essp']:.3f}, w_g1 {last['w_g1']:.2f}")
 
     import pandas as pd
 
     al.run(progress=False, on_round=report)
-    Console().print(f"records in {out}: rounds.csv, cases.csv, selections.csv")
+    stdout.print(f"records in {out}: rounds.csv, cases.csv, selections.csv")
 
 
 @app.command()
@@ -204,8 +205,8 @@ def reproduce(
     for _, r in summary.iterrows():
         view.add_row(r["dataset"], r["init"], r["strategy"], f"{r['dice_all']:.3f}", f"{r['delta']:.3f}",
                      f"{r['essp']:.3f}", f"{r['g1_ratio']:.2f}", f"{r['delta_reduction_vs_entropy']:+.0%}")
-    Console(width=max(Console().width, 110)).print(view)
-    Console().print(f"tables: {out}/summary.csv, baselines: {out}/baseline/*/baseline_table.csv")
+    Console(width=max(stdout.width, 110)).print(view)
+    stdout.print(f"tables: {out}/summary.csv, baselines: {out}/baseline/*/baseline_table.csv")
 
 
 def main() -> None:

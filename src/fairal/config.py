@@ -47,7 +47,8 @@ class Profile:
     acquire: int = 4
     final_size: int = 86
     warm_start: bool = True
-    round_steps: int = 150  # steps of a warm-started round (the first round, and cold rounds, use steps/epochs)
+    first_round_steps: int | None = None  # steps of the AL run's first round (None: ``steps``)
+    round_steps: int = 150  # steps of a warm-started round (cold rounds use steps/epochs)
     seeds: int = 1
     roi_dilation: int = 3
     temperature: float = 1.0
@@ -72,7 +73,7 @@ class Profile:
 def _convert(name: str, raw: str, current):
     text = raw.strip()
     try:
-        if text.lower() in ("none", "null") and name in ("crop_margin", "epochs"):
+        if text.lower() in ("none", "null") and name in ("crop_margin", "epochs", "first_round_steps"):
             return None
         if isinstance(current, bool):
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -80,7 +81,7 @@ def _convert(name: str, raw: str, current):
             return text.lower() in ("true", "1", "yes")
         if isinstance(current, tuple):
             return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
-        if isinstance(current, int) or name in ("crop_margin", "epochs"):
+        if isinstance(current, int) or name in ("crop_margin", "epochs", "first_round_steps"):
             return int(text)
         if isinstance(current, float):
             return float(text)
@@ -133,6 +134,8 @@ PROFILES: dict[str, Profile] = {
             lr=1e-3,
             steps=1000,
             cohort_size=126,
+            first_round_steps=500,
+            round_steps=120,
         ),
         Profile(
             name="paper",

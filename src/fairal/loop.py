@@ -203,6 +203,8 @@ class ActiveLearningRun:
         rows = vol.rows(labeled)
         cfg = train_config(p, _round_seed(self.spec.seed, rnd))
         factory = model_factory(p, vol, rows)
+        if rnd == 0 and p.first_round_steps is not None:
+            cfg = dataclasses.replace(cfg, steps=p.first_round_steps, epochs=None)
         warm = p.warm_start and rnd > 0
         if warm:
             cfg = dataclasses.replace(cfg, steps=p.round_steps, epochs=None)

@@ -95,7 +95,9 @@ def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.
     ax.tick_params(labelsize=7)
     for ax in axes[1, 4:]:
         ax.axis("off")
-    fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid", fontsize=9)
+    left = "right" if state["out_affine"][0, 0] < 0 else "left"  # RAS: x falling with i = toward the patient's left
+    fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid "
+                 f"(patient's left on the {left} of each panel)", fontsize=9)
     fig.tight_layout()
     path = out / "preview.png"
     fig.savefig(path, dpi=110, metadata={"Software": None})
