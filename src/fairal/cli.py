@@ -182,7 +182,7 @@ def run(
 @app.command()
 @_clear_errors
 def reproduce(
-    out: Annotated[Path, typer.Argument(help="Output folder: data/, baseline/, runs/, summary.csv.")],
+    out: Annotated[Path, typer.Argument(help="Output folder: data/, baseline/, runs/, report/.")],
     profile: ProfileOpt = "quick",
     seeds: Annotated[int | None, typer.Option(help="Seeds per scenario (default: the profile's).")] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes (0 = one per core).")] = 0,
@@ -192,21 +192,37 @@ def reproduce(
     """The paper's whole experiment: both datasets, baselines, and the grid of AL runs, resumable."""
     from fairal.config import get_profile, parse_overrides
     from fairal.experiments import reproduce as run_grid
-    from fairal.experiments import summarise_final
 
     prof = get_profile(profile, parse_overrides(set_))
-    table = run_grid(out, prof, seeds=seeds, jobs=jobs, progress=not quiet)
-    if table.empty:
-        return
-    summary = summarise_final(table)
-    view = Table(title=f"final budget ({int(table['n_labeled'].max())} labeled), profile {prof.name}")
-    for col in ("dataset", "init", "strategy", "dice_all", "delta", "essp", "g1_ratio", "Δ vs entropy"):
-        view.add_column(col, justify="right")
-    for _, r in summary.iterrows():
-        view.add_row(r["dataset"], r["init"], r["strategy"], f"{r['dice_all']:.3f}", f"{r['delta']:.3f}",
-                     f"{r['essp']:.3f}", f"{r['g1_ratio']:.2f}", f"{r['delta_reduction_vs_entropy']:+.0%}")
-    Console(width=max(stdout.width, 110)).print(view)
-    stdout.print(f"tables: {out}/summary.csv, baselines: {out}/baseline/*/baseline_table.csv")
+    run_grid(out, prof, seeds=seeds, jobs=jobs, progress=not quiet)
+    from fairal.report import build_report
+    from fairal.report.records import final_table, load_results
+
+    path = build_report(out)
+    final = final_table(load_results(out))
+    if not final.empty:
+        view = Table(title=f"final budget ({int(final['n_labeled'].max())} labeled), profile {prof.name}")
+        for col in ("dataset", "init", "strategy", "dice_all", "delta", "essp", "g1_ratio", "Δ vs entropy"):
+            view.add_column(col, justify="right")
+        for _, r in final.iterrows():
+            view.add_row(r["dataset"], r["init"], r["strategy"], f"{r['dice_all']:.3f}", f"{r['delta']:.3f}",
+                         f"{r['essp']:.3f}", f"{r['g1_ratio']:.2f}", f"{r['delta_reduction_vs_entropy']:+.0%}")
+        Console(width=max(stdout.width, 110)).print(view)
+    stdout.print(f"report: {path} (tables and figures beside it)")
+
+
+@app.command()
+@_clear_errors
+def report(
+    results: Annotated[Path, typer.Argument(help="Results folder (from fairal reproduce), complete or partial.")],
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: RESULTS/report).")] = None,
+) -> None:
+    """The paper's Table 1 and Figures 1-4 from the runs in RESULTS: CSV/Markdown tables, PNG/SVG figures and
+    one self-contained report.html."""
+    from fairal.report import build_report
+
+    path = build_report(results, out)
+    stdout.print(f"report: {path}")
 
 
 def main() -> None:

@@ -139,22 +139,6 @@ def grid(seeds: int) -> list[tuple[str, str, str, int]]:
     return [(d, i, s, seed) for d in DATASETS for i in INITS for s in STRATEGIES for seed in range(seeds)]
 
 
-def final_budget_table(out: Path, seeds: int | None = None) -> pd.DataFrame:
-    """Each finished run's last round (dataset, init, strategy, seed, dice_all, dice_g1, dice_g2, delta, essp,
-    g1_ratio); runs still going are left out."""
-    rows = []
-    for rounds_csv in sorted(Path(out).glob("runs/*/*/*/seed-*/rounds.csv")):
-        state = rounds_csv.parent / "state.json"
-        if not state.is_file() or not json.loads(state.read_text()).get("finished"):
-            continue
-        last = pd.read_csv(rounds_csv).iloc[-1]
-        dataset, init, strategy, seed = rounds_csv.parts[-5:-1]
-        rows.append({"dataset": dataset, "init": init, "strategy": strategy, "seed": int(seed.split("-")[1]),
-                     **{k: float(last[k]) for k in ("n_labeled", "dice_all", "dice_g1", "dice_g2", "delta", "essp",
-                                                    "g1_ratio")}})
-    return pd.DataFrame(rows)
-
-
 _QUEUE = None
 
 
@@ -186,11 +170,11 @@ def _grid_task(task: dict) -> dict:
     return task
 
 
-def reproduce(out: str | Path, profile: Profile, seeds: int | None = None, jobs: int = 0,
-              progress: bool = True) -> pd.DataFrame:
+def reproduce(
+    out: str | Path, profile: Profile, seeds: int | None = None, jobs: int = 0, progress: bool = True
+) -> None:
     """The whole paper experiment on this machine: both datasets, their baselines, and the grid
-    2 datasets x 3 initial sets x 4 strategies x seeds, run in a process pool, skipping finished work.
-    Returns the final-budget table (one row per finished run)."""
+    2 datasets x 3 initial sets x 4 strategies x seeds, run in a process pool, skipping finished work."""
     import multiprocessing
     import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -256,21 +240,3 @@ def reproduce(out: str | Path, profile: Profile, seeds: int | None = None, jobs:
         lines = "; ".join(f"{t.get('out')}: {err}" for t, err in failures[:5])
         raise FairalError(f"{len(failures)} of {len(tasks)} grid tasks failed ({lines}); finished runs are kept, "
                           "run the same command again to retry the rest")
-    table = final_budget_table(out)
-    if not table.empty:
-        summary = summarise_final(table)
-        _atomic_csv(summary, out / "summary.csv")
-    return table
-
-
-def summarise_final(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds of the final-budget metrics per scenario and strategy, with the Delta reduction
-    against ``entropy`` (1 - Delta / Delta_entropy, the paper's 75% / 86%)."""
-    keys = ["dataset", "init", "strategy"]
-    metrics = ["dice_all", "dice_g1", "dice_g2", "delta", "essp", "g1_ratio"]
-    summary = table.groupby(keys, sort=False)[metrics].mean().reset_index()
-    summary.insert(3, "n_seeds", table.groupby(keys, sort=False).size().to_numpy())
-    ent = summary[summary["strategy"] == "entropy"].set_index(["dataset", "init"])["delta"]
-    ref = [ent.get((d, i), np.nan) for d, i in zip(summary["dataset"], summary["init"], strict=True)]
-    summary["delta_reduction_vs_entropy"] = 1 - summary["delta"] / np.asarray(ref, dtype=float)
-    return summary

@@ -1,0 +1,130 @@
+"""``fairal report``: tables (CSV, Markdown), figures (PNG, SVG) and a self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from fairal.report.figures import write_figures
+from fairal.report.records import Results, final_table, load_results
+
+PAPER_TABLE1 = pd.DataFrame(
+    [("strong", "all", 0.88, 0.93, 0.91, 0.91, 0.04), ("strong", "g1", 0.89, 0.88, 0.89, 0.89, 0.01),
+     ("strong", "g2", 0.75, 0.93, 0.84, 0.71, 0.18), ("weak", "all", 0.90, 0.91, 0.90, 0.89, 0.01),
+     ("weak", "g1", 0.90, 0.90, 0.90, 0.90, 0.002), ("weak", "g2", 0.86, 0.91, 0.88, 0.84, 0.04)],
+    columns=["dataset", "cohort", "dice_g1", "dice_g2", "dice_all", "essp", "delta"],
+)
+
+HOW_TO_READ = """
+<p><b>How to read this.</b> Each active-learning run starts from 10 labeled volumes (balanced 5 + 5, or 8 + 2 /
+2 + 8 Group 1 + Group 2) and acquires 4 per round. After each round the model is evaluated on the fixed test set
+(15 + 15). <i>Dice</i> is the mean over all test cases; <i>&Delta;</i> is the sum over groups of |Dice<sub>all</sub>
+&minus; Dice<sub>g</sub>| (lower is fairer); <i>ESSP</i> = Dice / (1 + &Delta;) (higher is better: accuracy with a
+penalty for unfairness). The <i>Group 1 ratio</i> is the share of Group 1 (biased anatomy) in the labeled set.
+In the final-budget table, <i>&Delta; reduction vs entropy</i> is 1 &minus; &Delta; / &Delta;<sub>entropy</sub> in the
+same scenario (the paper reports 75% for the strong and 86% for the weak bias), and <i>ESSP AUC</i> is the area under
+the ESSP curve divided by the range of labeled-set sizes: the curve's mean level over the whole budget.</p>
+"""
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table (numbers rounded to ``digits``)."""
+    def cell(v):
+        if isinstance(v, float):
+            return "" if pd.isna(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + " --- |" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def table1(results: Results) -> pd.DataFrame:
+    """Our baselines next to the paper's Table 1."""
+    if results.baselines.empty:
+        return pd.DataFrame()
+    ours = results.baselines[["dataset", "cohort", "dice_g1", "dice_g2", "dice_all", "essp", "delta"]]
+    merged = ours.merge(PAPER_TABLE1, on=["dataset", "cohort"], how="left", suffixes=("", "_paper"))
+    return merged
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/></figure>'
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of the results in ``folder`` into ``out`` (default ``folder/report``); returns the
+    path of ``report.html``."""
+    folder = Path(folder)
+    results = load_results(folder)
+    out = Path(out) if out is not None else folder / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    figs = write_figures(results, out)
+    t1 = table1(results)
+    final = final_table(results)
+    if not t1.empty:
+        t1.to_csv(out / "table1_baselines.csv", index=False)
+        _write(out / "table1_baselines.md", markdown_table(t1))
+    if not final.empty:
+        final.to_csv(out / "final_budget.csv", index=False)
+        _write(out / "final_budget.md", markdown_table(final))
+    missing = results.missing
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>fairal report</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
+        "text-align:right}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}"
+        ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5em 1em}</style></head><body>",
+        "<h1>fairal: fairness-aware active learning, results</h1>",
+        f"<p>Results folder: <code>{html.escape(str(folder.resolve()))}</code>. "
+        f"{len(results.finished)} finished active-learning runs of {len(results.expected)} expected.</p>",
+    ]
+    if missing:
+        listed = "".join(f"<li>{html.escape(' / '.join(map(str, m)))}</li>" for m in missing[:50])
+        more = f"<li>... and {len(missing) - 50} more</li>" if len(missing) > 50 else ""
+        parts.append(f"<div class='warn'><b>Partial results:</b> {len(missing)} runs are missing or unfinished "
+                     f"(dataset / initial set / strategy / seed):<ul>{listed}{more}</ul></div>")
+    parts.append(HOW_TO_READ)
+    if results.previews:
+        parts.append("<h2>The synthetic data</h2><p>Group 1 (local caudate deformation) against Group 2, per "
+                     "dataset: slices through the left caudate, label frequency per group, volume by group.</p>")
+        for d, p in results.previews.items():
+            parts.append(f"<h3>{html.escape(d)} bias</h3>" + _img(p, f"preview of the {d} dataset"))
+    if not t1.empty:
+        parts.append("<h2>Table 1: baselines by training cohort</h2><p>Columns with <code>_paper</code> are the "
+                     "paper's values. Cohorts: <code>all</code> 63 + 63, <code>g1</code> / <code>g2</code> 126 of "
+                     "one group.</p>" + t1.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+    if not final.empty:
+        parts.append("<h2>Final budget</h2><p>Mean over seeds at the last round of finished runs.</p>"
+                     + final.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+    captions = {"fig1_essp": "Figure 1: ESSP per round, rows: initial set, columns: dataset.",
+                "fig2_delta_dice_strong": "Figure 2: Δ and Dice, strong bias.",
+                "fig3_group1_ratio": "Figure 3: Group 1 ratio of the labeled set per round.",
+                "fig4_delta_dice_weak": "Figure 4: Δ and Dice, weak bias."}
+    if figs:
+        n_seeds = int(results.rounds["seed"].nunique())
+        band = (f"Lines: mean of {n_seeds} seeds; bands: bootstrap 95% CI of the mean across seeds."
+                if n_seeds > 1 else "One seed per run: no band.")
+        parts.append(f"<h2>Figures</h2><p>{band} x axis: labeled images.</p>")
+        for name in ("fig1_essp", "fig2_delta_dice_strong", "fig4_delta_dice_weak", "fig3_group1_ratio"):
+            if name in figs:
+                parts.append(f"<h3>{html.escape(captions[name])}</h3>" + _img(figs[name][0], captions[name]))
+    if results.settings:
+        parts.append("<h2>Settings</h2><p>Profile and settings of the runs (from a run's <code>config.json"
+                     "</code>):</p><pre>" + html.escape(json.dumps(results.settings, indent=2)) + "</pre>")
+    parts.append("</body></html>")
+    target = out / "report.html"
+    _write(target, "\n".join(parts))
+    return target

@@ -1,0 +1,144 @@
+"""Reading a results folder (what ``fairal reproduce`` writes) into tidy tables, and the summary statistics of
+the report: final-budget table, Delta reduction against entropy, area under the ESSP curve, seed bands."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fairal.errors import FairalError
+
+#: Strategy order and names as in the paper's figures.
+STRATEGY_ORDER = ["random", "entropy", "localized-entropy", "weighted-localized-entropy"]
+INIT_ORDER = ["balanced", "g1-heavy", "g2-heavy"]
+DATASET_ORDER = ["strong", "weak"]
+
+
+@dataclass
+class Results:
+    rounds: pd.DataFrame  # one row per (dataset, init, strategy, seed, round)
+    baselines: pd.DataFrame  # one row per (dataset, cohort)
+    finished: set[tuple[str, str, str, int]]
+    expected: list[tuple[str, str, str, int]]
+    settings: dict = field(default_factory=dict)
+    previews: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> list[tuple[str, str, str, int]]:
+        return [k for k in self.expected if k not in self.finished]
+
+
+def _order(values, preferred):
+    return [v for v in preferred if v in values] + sorted(v for v in values if v not in preferred)
+
+
+def load_results(folder: str | Path) -> Results:
+    """All runs under ``folder/runs/DATASET/INIT/STRATEGY/seed-N``, the baselines under ``folder/baseline/``.
+
+    The expected grid is every dataset x init x strategy x seed seen anywhere (the profile's four strategies and
+    three initial sets at least), so a grid still running shows which runs are missing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FairalError(f"results folder not found: {folder}")
+    frames, finished, settings = [], set(), {}
+    for rounds_csv in sorted(folder.glob("runs/*/*/*/seed-*/rounds.csv")):
+        dataset, init, strategy, seed_dir = rounds_csv.parts[-5:-1]
+        seed = int(seed_dir.split("-", 1)[1])
+        df = pd.read_csv(rounds_csv)
+        if df.empty:
+            continue
+        df.insert(0, "seed", seed)
+        df.insert(0, "strategy", strategy)
+        df.insert(0, "init", init)
+        df.insert(0, "dataset", dataset)
+        frames.append(df)
+        state = rounds_csv.parent / "state.json"
+        if state.is_file() and json.loads(state.read_text()).get("finished"):
+            finished.add((dataset, init, strategy, seed))
+        config = rounds_csv.parent / "config.json"
+        if not settings and config.is_file():
+            settings = json.loads(config.read_text()).get("settings", {})
+    rounds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["dataset", "init", "strategy", "seed", "round", "n_labeled"])
+    base_frames = []
+    for table in sorted(folder.glob("baseline/*/baseline_table.csv")):
+        df = pd.read_csv(table)
+        df.insert(0, "dataset", table.parent.name)
+        base_frames.append(df)
+    baselines = pd.concat(base_frames, ignore_index=True) if base_frames else pd.DataFrame()
+    if rounds.empty and baselines.empty:
+        raise FairalError(f"{folder} holds no run (runs/*/*/*/seed-*/rounds.csv) and no baseline")
+    datasets = _order(set(rounds["dataset"]) | set(baselines.get("dataset", [])), DATASET_ORDER)
+    inits = _order(set(rounds["init"]) | set(INIT_ORDER), INIT_ORDER)
+    strategies = _order(set(rounds["strategy"]) | set(STRATEGY_ORDER), STRATEGY_ORDER)
+    seeds = sorted(set(rounds["seed"])) or [0]
+    expected = [(d, i, s, n) for d in datasets for i in inits for s in strategies for n in seeds]
+    previews = {d: folder / "data" / d / "preview.png" for d in datasets
+                if (folder / "data" / d / "preview.png").is_file()}
+    return Results(rounds, baselines, finished, expected, settings, previews)
+
+
+def area_under_curve(n_labeled: np.ndarray, values: np.ndarray) -> float:
+    """Trapezoidal area under a metric's curve over the labeled-set sizes, divided by the size range: the
+    curve's mean level over the budget (in the metric's units), comparable across schedules."""
+    x = np.asarray(n_labeled, dtype=float)
+    y = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return float(y[0]) if y.size else float("nan")
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+
+
+def final_table(results: Results) -> pd.DataFrame:
+    """Per dataset, initial set and strategy, over finished runs (mean over seeds): Dice (all, per group),
+    Delta, ESSP at the final budget, the Delta reduction against ``entropy`` (1 - Delta / Delta_entropy),
+    the area under the ESSP curve and the final Group 1 ratio."""
+    r = results.rounds
+    if r.empty:
+        return pd.DataFrame()
+    keys = ["dataset", "init", "strategy", "seed"]
+    done = r[[tuple(k) in results.finished for k in r[keys].itertuples(index=False, name=None)]]
+    if done.empty:
+        return pd.DataFrame()
+    last = done.sort_values("round").groupby(keys).tail(1)
+    auc = done.groupby(keys).apply(lambda g: area_under_curve(g["n_labeled"], g["essp"]), include_groups=False)
+    last = last.set_index(keys).assign(essp_auc=auc).reset_index()
+    cols = ["n_labeled", "dice_all", "dice_g1", "dice_g2", "delta", "essp", "essp_auc", "g1_ratio"]
+    table = last.groupby(keys[:3])[cols].mean().reset_index()
+    table.insert(3, "n_seeds", last.groupby(keys[:3]).size().to_numpy())
+    ent = table[table["strategy"] == "entropy"].set_index(["dataset", "init"])["delta"]
+    ref = np.array([ent.get((d, i), np.nan) for d, i in zip(table["dataset"], table["init"], strict=True)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["delta_reduction_vs_entropy"] = 1 - table["delta"].to_numpy() / ref
+    rank = {s: i for i, s in enumerate(_order(set(table["strategy"]), STRATEGY_ORDER))}
+    table["_d"] = table["dataset"].map({d: i for i, d in enumerate(_order(set(table["dataset"]), DATASET_ORDER))})
+    table["_i"] = table["init"].map({d: i for i, d in enumerate(_order(set(table["init"]), INIT_ORDER))})
+    table["_s"] = table["strategy"].map(rank)
+    return table.sort_values(["_d", "_i", "_s"]).drop(columns=["_d", "_i", "_s"]).reset_index(drop=True)
+
+
+def seed_band(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and bootstrap 95% CI of the mean across seeds (resampling seeds with replacement); with one seed
+    the interval is the value itself."""
+    v = np.asarray(values, dtype=float)
+    if v.size <= 1:
+        m = float(v.mean()) if v.size else float("nan")
+        return m, m, m
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def curves(results: Results, metric: str) -> pd.DataFrame:
+    """Mean and 95% band across seeds of ``metric`` per dataset, init, strategy and labeled-set size."""
+    rows = []
+    for key, g in results.rounds.groupby(["dataset", "init", "strategy", "n_labeled"]):
+        mean, lo, hi = seed_band(g[metric].to_numpy())
+        rows.append((*key, mean, lo, hi, len(g)))
+    return pd.DataFrame(rows, columns=["dataset", "init", "strategy", "n_labeled", "mean", "lo", "hi", "n_seeds"])

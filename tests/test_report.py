@@ -1,0 +1,109 @@
+"""The report on a small synthetic records fixture: numbers, figures, the HTML page, partial grids."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fairal.cli import app
+from fairal.report import build_report
+from fairal.report.records import area_under_curve, final_table, load_results, seed_band
+
+ROUND_COLS = ["round", "n_labeled", "n_labeled_g1", "n_labeled_g2", "g1_ratio", "dice_all", "dice_g1", "dice_g2",
+              "delta", "essp", "w_g1", "w_g2"]
+
+
+def _write_run(folder, dataset, init, strategy, seed, essp, delta, finished=True):
+    d = folder / "runs" / dataset / init / strategy / f"seed-{seed}"
+    d.mkdir(parents=True)
+    rows = []
+    for r, (e, dl) in enumerate(zip(essp, delta, strict=True)):
+        n = 10 + 4 * r
+        rows.append([r, n, n // 2, n - n // 2, 0.5, e * (1 + dl), 0.8, 0.9, dl, e, 0.5, 0.5])
+    pd.DataFrame(rows, columns=ROUND_COLS).to_csv(d / "rounds.csv", index=False)
+    (d / "state.json").write_text(json.dumps({"completed_round": len(rows) - 1, "finished": finished}))
+    (d / "config.json").write_text(json.dumps({"settings": {"strategy": strategy, "profile": {"name": "smoke"}}}))
+
+
+@pytest.fixture
+def records(tmp_path):
+    for dataset in ("strong", "weak"):
+        for init in ("balanced", "g1-heavy", "g2-heavy"):
+            for seed in (0, 1):
+                _write_run(tmp_path, dataset, init, "entropy", seed, [0.7, 0.7, 0.7], [0.3, 0.25, 0.2])
+                _write_run(tmp_path, dataset, init, "weighted-localized-entropy", seed, [0.6, 0.7, 0.8 + 0.1 * seed],
+                           [0.1, 0.08, 0.05])
+        base = tmp_path / "baseline" / dataset
+        base.mkdir(parents=True)
+        pd.DataFrame({"cohort": ["all", "g1", "g2"], "dice_g1": [0.9, 0.9, 0.7], "dice_g2": [0.95, 0.9, 0.95],
+                      "dice_all": [0.925, 0.9, 0.825], "essp": [0.88, 0.9, 0.66], "delta": [0.05, 0.0, 0.25]}
+                     ).to_csv(base / "baseline_table.csv", index=False)
+    return tmp_path
+
+
+def test_area_under_curve_by_hand():
+    # ((0.6 + 0.7) / 2 * 4 + (0.7 + 0.8) / 2 * 4) / 8 = (2.6 + 3.0) / 8 = 0.7
+    assert area_under_curve(np.array([10, 14, 18]), np.array([0.6, 0.7, 0.8])) == pytest.approx(0.7)
+    assert area_under_curve(np.array([18, 10, 14]), np.array([0.8, 0.6, 0.7])) == pytest.approx(0.7)  # any order
+    assert area_under_curve(np.array([10]), np.array([0.5])) == 0.5
+
+
+def test_seed_band():
+    mean, lo, hi = seed_band(np.array([0.7, 0.9]))
+    assert mean == pytest.approx(0.8) and 0.7 <= lo < mean < hi <= 0.9
+    assert seed_band(np.array([0.4])) == (0.4, 0.4, 0.4)
+
+
+def test_final_table_numbers(records):
+    table = final_table(load_results(records)).set_index(["dataset", "init", "strategy"])
+    wle = table.loc[("strong", "balanced", "weighted-localized-entropy")]
+    ent = table.loc[("strong", "balanced", "entropy")]
+    assert wle["n_seeds"] == 2 and wle["n_labeled"] == 18
+    assert wle["essp"] == pytest.approx(0.85)  # mean of 0.8 and 0.9
+    assert wle["delta_reduction_vs_entropy"] == pytest.approx(1 - 0.05 / 0.2)  # 75%
+    assert ent["delta_reduction_vs_entropy"] == pytest.approx(0.0)
+    # ESSP AUC: seed 0 -> 0.7; seed 1 -> ((0.6+0.7)*2 + (0.7+0.9)*2) / 8 = 0.725; mean 0.7125
+    assert wle["essp_auc"] == pytest.approx(0.7125)
+    assert ent["essp_auc"] == pytest.approx(0.7)
+
+
+def test_report_files_and_html(records):
+    html_path = build_report(records)
+    out = html_path.parent
+    for name in ("fig1_essp", "fig2_delta_dice_strong", "fig3_group1_ratio", "fig4_delta_dice_weak"):
+        assert (out / f"{name}.png").stat().st_size > 10_000
+        assert (out / f"{name}.svg").stat().st_size > 10_000
+    t1 = pd.read_csv(out / "table1_baselines.csv")
+    assert t1.loc[(t1["dataset"] == "strong") & (t1["cohort"] == "g2"), "delta_paper"].item() == 0.18
+    md = (out / "final_budget.md").read_text()
+    assert md.startswith("| dataset | init | strategy |") and "| strong | balanced | entropy |" in md
+    page = html_path.read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert not re.search(r"""(src|href)=["']?(https?:|//|[\w./-]+\.(png|svg|css|js))""", page)  # self-contained
+    assert "Table 1" in page and "How to read this" in page
+    assert "mean of 2 seeds; bands: bootstrap 95% CI of the mean across seeds" in page
+
+
+def test_partial_grid_lists_missing_runs(records):
+    _write_run(records, "weak", "g2-heavy", "localized-entropy", 0, [0.5, 0.6], [0.2, 0.1], finished=False)
+    results = load_results(records)
+    assert ("weak", "g2-heavy", "localized-entropy", 0) in results.missing
+    # random and localized entropy were never run: 2 datasets x 3 inits x 2 strategies x 2 seeds = 24 missing
+    assert len(results.missing) == 24
+    table = final_table(results)
+    assert "localized-entropy" not in set(table["strategy"])  # unfinished runs stay out of the final table
+    page = build_report(records).read_text()
+    assert "Partial results:</b> 24 runs" in page and "weak / g2-heavy / localized-entropy / 0" in page
+
+
+def test_report_command_errors_and_output(records, tmp_path):
+    res = CliRunner().invoke(app, ["report", str(records), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "rep" / "report.html").is_file()
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "empty-folder")])
+    assert res.exit_code == 2 and "results folder not found" in res.output
