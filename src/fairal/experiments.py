@@ -14,6 +14,7 @@ from fairal.config import Profile
 from fairal.data import load_volumes, read_manifest
 from fairal.errors import FairalError
 from fairal.fit import evaluate, model_factory, train_config
+from fairal.io import write_csv, write_json
 from fairal.metrics import fairness_summary
 from fairal.train import save_checkpoint, train_model
 
@@ -47,12 +48,6 @@ def baseline_cohorts(manifest: pd.DataFrame, size: int, seed: int = 0) -> dict[s
             chosen += rng.choice(ids[g], size=n, replace=False).tolist() if n else []
         cohorts[name] = sorted(chosen)
     return cohorts
-
-
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
 
 
 def run_baseline(
@@ -92,14 +87,12 @@ def run_baseline(
         save_checkpoint(result.model, out / "checkpoints" / f"baseline-{name}.pt",
                         {"cohort": name, "profile": profile.name, "seed": seed})
     table = pd.DataFrame(table_rows, columns=BASELINE_TABLE_COLUMNS)
-    _atomic_csv(pd.DataFrame(case_rows), out / "baseline_cases.csv")
-    _atomic_csv(table, out / "baseline_table.csv")
+    write_csv(out / "baseline_cases.csv", pd.DataFrame(case_rows))
+    write_csv(out / "baseline_table.csv", table)
     info = {"data_dir": str(data_dir.resolve()), "profile": profile.as_dict(), "seed": seed,
             "cohorts": {k: len(v) for k, v in cohorts.items()}, "n_test": len(test_ids),
             "grid": list(volumes.spatial_shape), "crop_box": volumes.box, "training": diagnostics}
-    tmp = out / f".baseline.json.partial-{os.getpid()}"
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
-    tmp.replace(out / "baseline.json")
+    write_json(out / "baseline.json", info)
     return table
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from fairal.config import Profile
 from fairal.data import VolumeSet, load_volumes, read_manifest
 from fairal.errors import FairalError
 from fairal.fit import evaluate, model_factory, train_config
+from fairal.io import write_csv, write_json
 from fairal.metrics import fairness_summary
 from fairal.train import load_checkpoint, predict_proba, save_checkpoint, train_model
 
@@ -99,18 +99,6 @@ def _round_seed(seed: int, rnd: int) -> int:
     return int(np.random.SeedSequence([seed, rnd]).generate_state(1)[0] % (2**31 - 1))
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def _write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
 def _versions() -> dict[str, str]:
     import fairal
 
@@ -172,8 +160,8 @@ class ActiveLearningRun:
             return pd.read_csv(self.out / "rounds.csv")
         self.out.mkdir(parents=True, exist_ok=True)
         if state is None:
-            _write_json({"settings": self.spec.settings(), "versions": _versions(),
-                         "schedule": self.sizes}, self.out / "config.json")
+            write_json(self.out / "config.json",
+                       {"settings": self.spec.settings(), "versions": _versions(), "schedule": self.sizes})
             records = {"rounds": [], "cases": [], "selections": []}
             labeled = initial_set(self.manifest, self.spec.init, self.profile.init_size, self.spec.seed)
             start = 0
@@ -245,14 +233,15 @@ class ActiveLearningRun:
             records["selections"] += rows_sel
             next_labeled = sorted(labeled + selected)
         # Records first, then the checkpoint, then the state: a kill between them repeats this round only.
-        _write_csv(pd.DataFrame(records["rounds"], columns=ROUND_COLUMNS), self.out / "rounds.csv")
-        _write_csv(pd.DataFrame(records["cases"], columns=CASE_COLUMNS), self.out / "cases.csv")
-        _write_csv(pd.DataFrame(records["selections"], columns=SELECTION_COLUMNS), self.out / "selections.csv")
+        write_csv(self.out / "rounds.csv", pd.DataFrame(records["rounds"], columns=ROUND_COLUMNS))
+        write_csv(self.out / "cases.csv", pd.DataFrame(records["cases"], columns=CASE_COLUMNS))
+        write_csv(self.out / "selections.csv", pd.DataFrame(records["selections"], columns=SELECTION_COLUMNS))
         ckpt_dir = self.out / "checkpoints"
         save_checkpoint(model, ckpt_dir / f"round-{rnd:02d}.pt", {"round": rnd, "n_labeled": len(labeled)})
-        _write_json({"completed_round": rnd, "next_labeled": next_labeled, "finished": finished,
-                     "train": {"seed": result.seed, "restarts": result.restarts, "collapsed": result.collapsed,
-                               "train_dice": result.train_dice}}, self.out / "state.json")
+        write_json(self.out / "state.json",
+                   {"completed_round": rnd, "next_labeled": next_labeled, "finished": finished,
+                    "train": {"seed": result.seed, "restarts": result.restarts, "collapsed": result.collapsed,
+                              "train_dice": result.train_dice}})
         for old in ckpt_dir.glob("round-*.pt"):  # only the last round's model is needed (warm start, resume)
             if old.name != f"round-{rnd:02d}.pt":
                 old.unlink(missing_ok=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from fairal.io import write_text
 from fairal.report.figures import write_figures
 from fairal.report.records import Results, final_table, load_results
 
@@ -58,12 +58,6 @@ def _img(path: Path, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/></figure>'
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of the results in ``folder`` into ``out`` (default ``folder/report``); returns the
     path of ``report.html``."""
@@ -76,10 +70,10 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
     final = final_table(results)
     if not t1.empty:
         t1.to_csv(out / "table1_baselines.csv", index=False)
-        _write(out / "table1_baselines.md", markdown_table(t1))
+        write_text(out / "table1_baselines.md", markdown_table(t1))
     if not final.empty:
         final.to_csv(out / "final_budget.csv", index=False)
-        _write(out / "final_budget.md", markdown_table(final))
+        write_text(out / "final_budget.md", markdown_table(final))
     missing = results.missing
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>fairal report</title>",
@@ -126,5 +120,5 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
                      "</code>):</p><pre>" + html.escape(json.dumps(results.settings, indent=2)) + "</pre>")
     parts.append("</body></html>")
     target = out / "report.html"
-    _write(target, "\n".join(parts))
+    write_text(target, "\n".join(parts))
     return target
