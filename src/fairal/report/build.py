@@ -83,7 +83,9 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
         ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5em 1em}</style></head><body>",
         "<h1>fairal: fairness-aware active learning, results</h1>",
         f"<p>Results folder: <code>{html.escape(str(folder.resolve()))}</code>. "
-        f"{len(results.finished)} finished active-learning runs of {len(results.expected)} expected.</p>",
+        f"{len(results.finished)} finished active-learning runs of {len(results.expected)} expected. "
+        f"Profile: <b>{html.escape(str(results.settings.get('profile', {}).get('name', 'unknown')))}</b> "
+        "(all settings at the end of this page).</p>",
     ]
     if missing:
         listed = "".join(f"<li>{html.escape(' / '.join(map(str, m)))}</li>" for m in missing[:50])
@@ -102,7 +104,8 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
                      "one group.</p>" + t1.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
     if not final.empty:
         parts.append("<h2>Final budget</h2><p>Mean over seeds at the last round of finished runs.</p>"
-                     + final.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+                     + final.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="",
+                                     formatters={"delta_reduction_vs_entropy": lambda v: f"{v:+.0%}"}))
     captions = {"fig1_essp": "Figure 1: ESSP per round, rows: initial set, columns: dataset.",
                 "fig2_delta_dice_strong": "Figure 2: Δ and Dice, strong bias.",
                 "fig3_group1_ratio": "Figure 3: Group 1 ratio of the labeled set per round.",

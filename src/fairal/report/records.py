@@ -111,6 +111,7 @@ def final_table(results: Results) -> pd.DataFrame:
     last = last.set_index(keys).assign(essp_auc=auc).reset_index()
     cols = ["n_labeled", "dice_all", "dice_g1", "dice_g2", "delta", "essp", "essp_auc", "g1_ratio"]
     table = last.groupby(keys[:3])[cols].mean().reset_index()
+    table["n_labeled"] = table["n_labeled"].round().astype(int)
     table.insert(3, "n_seeds", last.groupby(keys[:3]).size().to_numpy())
     ent = table[table["strategy"] == "entropy"].set_index(["dataset", "init"])["delta"]
     ref = np.array([ent.get((d, i), np.nan) for d, i in zip(table["dataset"], table["init"], strict=True)])
