@@ -134,8 +134,8 @@ PROFILES: dict[str, Profile] = {
             lr=1e-3,
             steps=1000,
             cohort_size=126,
-            first_round_steps=500,
-            round_steps=120,
+            first_round_steps=300,
+            round_steps=60,
         ),
         Profile(
             name="paper",
