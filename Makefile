@@ -5,11 +5,11 @@ BIN := $(VENV)/bin
 OUT ?= fairal-out
 TORCH_SPEC ?= torch==2.13.0
 
+# PyTorch is installed first, as the CPU build: a bare torch requirement would fetch a multi-GB CUDA build.
+# An already installed torch is kept; TORCH_SPEC picks another build (e.g. a CUDA one).
 $(BIN)/fairal: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of PyTorch first: a bare torch requirement would fetch a multi-GB CUDA build.
-	# Set TORCH_SPEC to another build (e.g. a CUDA one) to use it instead.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@

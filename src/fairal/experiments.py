@@ -180,10 +180,11 @@ def reproduce(
     seeds = seeds or profile.seeds
     n_rounds = len(schedule(profile))
     data = {name: ensure_dataset(out, name, profile, progress) for name in DATASETS}
+    manifests = {name: read_manifest(path, test_per_group=profile.test_per_group) for name, path in data.items()}
     tasks, done_units = [], 0
     for name, path in data.items():
         # Build the volume cache once here, so that the workers only read it.
-        load_volumes(path, read_manifest(path), crop_margin=profile.crop_margin, downsample=profile.downsample)
+        load_volumes(path, manifests[name], crop_margin=profile.crop_margin, downsample=profile.downsample)
         base_out = out / "baseline" / name
         if (base_out / "baseline_table.csv").is_file():
             done_units += 1
@@ -191,7 +192,8 @@ def reproduce(
             tasks.append({"kind": "baseline", "data_dir": str(path), "out": str(base_out), "profile": profile})
     for name, init, strategy, seed in grid(seeds):
         target = run_dir(out, name, init, strategy, seed)
-        run = ActiveLearningRun(RunSpec(str(data[name]), strategy, init, seed, profile), target)
+        run = ActiveLearningRun(RunSpec(str(data[name]), strategy, init, seed, profile), target,
+                                manifest=manifests[name])
         state = target / "state.json"
         if run.is_finished():
             done_units += n_rounds
