@@ -18,7 +18,7 @@ Any single setting can be overridden (``--set steps=200``); the records say whic
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fairal.errors import FairalError
 
@@ -52,7 +52,6 @@ class Profile:
     seeds: int = 1
     roi_dilation: int = 3
     temperature: float = 1.0
-    extra: dict = field(default_factory=dict)
 
     def with_overrides(self, overrides: dict[str, str]) -> Profile:
         """A copy with settings replaced from ``key=value`` strings, each converted to the field's type."""
@@ -60,8 +59,8 @@ class Profile:
         values = {}
         for key, raw in overrides.items():
             name = key.replace("-", "_")
-            if name not in fields or name in ("name", "description", "extra"):
-                known = ", ".join(sorted(n for n in fields if n not in ("name", "description", "extra")))
+            if name not in fields or name in ("name", "description"):
+                known = ", ".join(sorted(n for n in fields if n not in ("name", "description")))
                 raise FairalError(f"unknown setting {key!r}; settings: {known}")
             values[name] = _convert(name, raw, getattr(self, name))
         return dataclasses.replace(self, **values)

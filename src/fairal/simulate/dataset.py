@@ -8,7 +8,7 @@ import os
 import shutil
 import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -49,7 +49,6 @@ class SimulationConfig:
     local_model: str | None = None
     jobs: int = 0  # 0 = one per core (one process for fewer than 64 subjects)
     preview: bool = True
-    extra: dict = field(default_factory=dict)
 
     def resolved_bias(self) -> tuple[float, float]:
         if self.bias not in BIAS_PRESETS:
