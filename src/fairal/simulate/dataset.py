@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,26 +177,6 @@ def _write_subject(subject: Subject) -> dict:
 # --- driver ------------------------------------------------------------------------------------------------
 
 
-def _save_npz_deterministic(model: DeformationModel, path: Path) -> None:
-    """Like ``np.savez_compressed`` but with fixed zip timestamps, so the same seed gives identical bytes."""
-    arrays = {
-        "format_version": np.int64(1),
-        "mean": model.mean.astype(np.float32),
-        "basis": model.basis.astype(np.float32),
-        "eigenvalues": model.eigenvalues.astype(np.float64),
-        "affine": model.affine.astype(np.float64),
-        "mask": model.mask.astype(bool),
-        "kind": np.str_(model.kind),
-        "description": np.str_(model.description),
-    }
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, arr in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
-
-
 def _versions() -> dict[str, str]:
     import monai
     import scipy
@@ -327,8 +306,8 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
         _save_nifti(state["template_label_crop"].astype(np.uint8), state["out_affine"], tmp / "template/label.nii.gz")
         state["out_dir"] = tmp
         results = _run_subjects(state, subjects, cfg.jobs, progress)
-        _save_npz_deterministic(state["global_model"], tmp / "models" / "global.npz")
-        _save_npz_deterministic(state["local_model"], tmp / "models" / "local.npz")
+        state["global_model"].save(tmp / "models" / "global.npz")
+        state["local_model"].save(tmp / "models" / "local.npz")
         manifest = _manifest(subjects, results, test_split(subjects, cfg.seed, cfg.test_per_group))
         manifest.to_csv(tmp / "manifest.csv", index=False)
         _write_dataset_json(cfg, state, manifest, tmp)

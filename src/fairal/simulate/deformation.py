@@ -12,6 +12,7 @@ diffeomorphism) or a displacement field (used as is). On disk: ``.npz`` read wit
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,17 +78,24 @@ class DeformationModel:
         return field
 
     def save(self, path: str | Path) -> None:
-        np.savez_compressed(
-            path,
-            format_version=np.int64(FORMAT_VERSION),
-            mean=self.mean.astype(np.float32),
-            basis=self.basis.astype(np.float32),
-            eigenvalues=self.eigenvalues.astype(np.float64),
-            affine=self.affine.astype(np.float64),
-            mask=self.mask.astype(bool),
-            kind=np.str_(self.kind),
-            description=np.str_(self.description),
-        )
+        """Write the model as a compressed ``.npz`` with fixed zip timestamps, so that the same model always
+        gives the same bytes (``np.savez_compressed`` stamps the current time)."""
+        arrays = {
+            "format_version": np.int64(FORMAT_VERSION),
+            "mean": self.mean.astype(np.float32),
+            "basis": self.basis.astype(np.float32),
+            "eigenvalues": self.eigenvalues.astype(np.float64),
+            "affine": self.affine.astype(np.float64),
+            "mask": self.mask.astype(bool),
+            "kind": np.str_(self.kind),
+            "description": np.str_(self.description),
+        }
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, arr in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with zf.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
 
     @classmethod
     def load(cls, path: str | Path) -> DeformationModel:
