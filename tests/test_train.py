@@ -306,3 +306,12 @@ def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
 def test_restart_seed_stride_is_documented_value() -> None:
     assert train_mod.RESTART_SEED_STRIDE == 1000
     assert math.isclose(TrainConfig().lr, 1e-4)
+
+
+def test_device_setting_is_validated():
+    from fairal.train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(FairalError, match="device must be auto, cpu, cuda or cuda:N"):
+        TrainConfig(device="tpu")

@@ -185,7 +185,13 @@ def reproduce(
     out: Annotated[Path, typer.Argument(help="Output folder: data/, baseline/, runs/, report/.")],
     profile: ProfileOpt = "quick",
     seeds: Annotated[int | None, typer.Option(help="Seeds per scenario (default: the profile's).")] = None,
-    jobs: Annotated[int, typer.Option(help="Worker processes (0 = one per core).")] = 0,
+    jobs: Annotated[int, typer.Option(help="Worker processes of the local executor (0 = one per core).")] = 0,
+    executor: Annotated[str, typer.Option(help="local (process pool) or ray (one Ray task per run).")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join: auto or ray://HOST:PORT (default: a local Ray).")
+    ] = None,
+    cpus_per_task: Annotated[int, typer.Option(help="CPUs (and torch threads) per Ray task.")] = 1,
+    gpus_per_task: Annotated[float, typer.Option(help="GPUs per Ray task, fractional (e.g. 0.25).")] = 0.0,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -194,7 +200,8 @@ def reproduce(
     from fairal.experiments import reproduce as run_grid
 
     prof = get_profile(profile, parse_overrides(set_))
-    run_grid(out, prof, seeds=seeds, jobs=jobs, progress=not quiet)
+    run_grid(out, prof, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor, address=address,
+             cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
     from fairal.report import build_report
     from fairal.report.records import final_table, load_results
 

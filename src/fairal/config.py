@@ -37,6 +37,7 @@ class Profile:
     features: tuple[int, ...] = (8, 16)
     # training
     lr: float = 1e-4
+    device: str = "auto"  # auto: a GPU if this process has one, else the CPU
     steps: int = 300
     epochs: int | None = None  # if set, replaces steps: ceil(epochs * n / batch_size)
     batch_size: int = 4

@@ -132,13 +132,139 @@ def grid(seeds: int) -> list[tuple[str, str, str, int]]:
     return [(d, i, s, seed) for d in DATASETS for i in INITS for s in STRATEGIES for seed in range(seeds)]
 
 
-_QUEUE = None
+def reproduce(
+    out: str | Path, profile: Profile, seeds: int | None = None, jobs: int = 0, progress: bool = True,
+    executor: str = "local", address: str | None = None, cpus_per_task: int = 1, gpus_per_task: float = 0.0,
+    max_retries: int = 3,
+) -> None:
+    """The whole paper experiment: both datasets, their baselines, and the grid 2 datasets x 3 initial sets x
+    4 strategies x seeds, skipping finished work.
+
+    ``executor="local"`` runs the tasks in a process pool on this machine; ``"ray"`` runs one Ray task per AL run
+    (and per dataset's baselines) on a local Ray or the cluster at ``address``. Either way every task writes its
+    records into ``out`` itself, so ``out`` must be on a filesystem that the workers share; a task that fails or
+    whose worker is lost is retried by Ray (``max_retries``) and resumes after its last complete round.
+    ``gpus_per_task`` may be fractional (the U-Net is tiny: 0.25 runs four tasks per GPU); with the profile's
+    ``device=auto`` a task then trains on the GPU that Ray gives it.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fairal.loop import ActiveLearningRun, RunSpec, schedule
+
+    if executor not in ("local", "ray"):
+        raise FairalError(f"--executor must be local or ray, got {executor!r}")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError as err:
+            raise FairalError("--executor ray needs Ray: pip install 'fairal[ray]'") from err
+    out = Path(out)
+    seeds = seeds or profile.seeds
+    n_rounds = len(schedule(profile))
+    data = {name: ensure_dataset(out, name, profile, progress) for name in DATASETS}
+    manifests = {name: read_manifest(path, test_per_group=profile.test_per_group) for name, path in data.items()}
+    tasks = []
+    for name, path in data.items():
+        # Build the volume cache once here, so that the workers only read it.
+        load_volumes(path, manifests[name], crop_margin=profile.crop_margin, downsample=profile.downsample)
+        base_out = out / "baseline" / name
+        if not (base_out / "baseline_table.csv").is_file():
+            tasks.append({"kind": "baseline", "data_dir": str(path), "out": str(base_out), "profile": profile})
+    for name, init, strategy, seed in grid(seeds):
+        target = run_dir(out, name, init, strategy, seed)
+        run = ActiveLearningRun(RunSpec(str(data[name]), strategy, init, seed, profile), target,
+                                manifest=manifests[name])
+        if not run.is_finished():
+            tasks.append({"kind": "run", "data_dir": str(data[name]), "out": str(target), "profile": profile,
+                          "init": init, "strategy": strategy, "seed": seed})
+    total = len(DATASETS) + len(grid(seeds)) * n_rounds
+    columns = (TextColumn("grid (baselines + rounds)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        task_id = bar.add_task("grid", total=total, completed=_units_done(out, n_rounds))
+
+        def refresh() -> None:
+            bar.update(task_id, completed=_units_done(out, n_rounds))
+
+        if executor == "ray":
+            failures = _execute_ray(tasks, address, cpus_per_task, gpus_per_task, max_retries, refresh)
+        else:
+            failures = _execute_local(tasks, jobs, refresh)
+        refresh()
+    if failures:
+        lines = "; ".join(f"{t.get('out')}: {err}" for t, err in failures[:5])
+        raise FairalError(f"{len(failures)} of {len(tasks)} grid tasks failed ({lines}); finished runs are kept, "
+                          "run the same command again to retry the rest")
 
 
-def _init_grid_worker(threads: int, queue) -> None:
-    global _QUEUE
+def _units_done(out: Path, n_rounds: int) -> int:
+    """Progress from the records on disk: finished baselines plus complete rounds of every run."""
+    done = sum(1 for _ in out.glob("baseline/*/baseline_table.csv"))
+    for state in out.glob("runs/*/*/*/seed-*/state.json"):
+        try:
+            done += int(json.loads(state.read_text())["completed_round"]) + 1
+        except (OSError, ValueError, KeyError):
+            pass  # being replaced right now: counted at the next refresh
+    return done
+
+
+def _execute_local(tasks: list[dict], jobs: int, refresh) -> list:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    if not tasks:
+        return []
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(jobs or cores, len(tasks)))
+    threads = max(1, cores // jobs)
+    failures = []
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        pending = {pool.submit(_grid_task, t): t for t in tasks}
+        while pending:
+            finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            refresh()
+            for fut in finished:
+                t = pending.pop(fut)
+                try:
+                    fut.result()
+                except Exception as err:  # one broken run must not stop the grid
+                    failures.append((t, err))
+    return failures
+
+
+def _execute_ray(
+    tasks: list[dict], address: str | None, cpus_per_task: int, gpus_per_task: float, max_retries: int, refresh
+) -> list:
+    import ray
+
+    if not tasks:
+        return []
+    if not ray.is_initialized():
+        env = {k: v for k, v in os.environ.items() if k == "FAIRAL_FAULT_ONCE"}
+        kwargs = {"runtime_env": {"env_vars": env}} if env else {}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, **kwargs)
+    remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=max_retries,
+                        retry_exceptions=True)(_ray_task)
+    refs = {remote.remote(t, cpus_per_task): t for t in tasks}
+    failures = []
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        refresh()
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception as err:  # retries used up
+                failures.append((refs[ref], err))
+    return failures
+
+
+def _ray_task(task: dict, threads: int) -> dict:
     torch.set_num_threads(threads)
-    _QUEUE = queue
+    return _grid_task(task)
 
 
 def _grid_task(task: dict) -> dict:
@@ -149,89 +275,29 @@ def _grid_task(task: dict) -> dict:
 
     warnings.simplefilter("ignore", RuntimeWarning)  # collapse warnings are recorded in state.json
     profile: Profile = task["profile"]
-
-    def tick(_rnd=None):
-        if _QUEUE is not None:
-            _QUEUE.put(1)
-
     if task["kind"] == "baseline":
         run_baseline(task["data_dir"], task["out"], profile, seed=0, progress=False)
-        tick()
     else:
         spec = RunSpec(task["data_dir"], task["strategy"], task["init"], task["seed"], profile)
-        ActiveLearningRun(spec, task["out"]).run(on_round=tick)
+        ActiveLearningRun(spec, task["out"]).run(on_round=_fault_injection(task["out"]))
     return task
 
 
-def reproduce(
-    out: str | Path, profile: Profile, seeds: int | None = None, jobs: int = 0, progress: bool = True
-) -> None:
-    """The whole paper experiment on this machine: both datasets, their baselines, and the grid
-    2 datasets x 3 initial sets x 4 strategies x seeds, run in a process pool, skipping finished work."""
-    import multiprocessing
-    import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+def _fault_injection(run_out: str):
+    """For fault-tolerance tests: with ``FAIRAL_FAULT_ONCE=DIR``, the first run to finish a round kills its own
+    worker process once (a marker file in DIR remembers it), as a lost node would."""
+    marker_dir = os.environ.get("FAIRAL_FAULT_ONCE")
+    if not marker_dir:
+        return None
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def maybe_die(rnd: int) -> None:
+        marker = Path(marker_dir) / "fault-injected"
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, f"{run_out} round {rnd}\n".encode())
+        os.close(fd)
+        os._exit(1)
 
-    from fairal.loop import ActiveLearningRun, RunSpec, schedule
-
-    out = Path(out)
-    seeds = seeds or profile.seeds
-    n_rounds = len(schedule(profile))
-    data = {name: ensure_dataset(out, name, profile, progress) for name in DATASETS}
-    manifests = {name: read_manifest(path, test_per_group=profile.test_per_group) for name, path in data.items()}
-    tasks, done_units = [], 0
-    for name, path in data.items():
-        # Build the volume cache once here, so that the workers only read it.
-        load_volumes(path, manifests[name], crop_margin=profile.crop_margin, downsample=profile.downsample)
-        base_out = out / "baseline" / name
-        if (base_out / "baseline_table.csv").is_file():
-            done_units += 1
-        else:
-            tasks.append({"kind": "baseline", "data_dir": str(path), "out": str(base_out), "profile": profile})
-    for name, init, strategy, seed in grid(seeds):
-        target = run_dir(out, name, init, strategy, seed)
-        run = ActiveLearningRun(RunSpec(str(data[name]), strategy, init, seed, profile), target,
-                                manifest=manifests[name])
-        state = target / "state.json"
-        if run.is_finished():
-            done_units += n_rounds
-            continue
-        if state.is_file():
-            done_units += int(json.loads(state.read_text())["completed_round"]) + 1
-        tasks.append({"kind": "run", "data_dir": str(data[name]), "out": str(target), "profile": profile,
-                      "init": init, "strategy": strategy, "seed": seed})
-    total = len(DATASETS) + len(grid(seeds)) * n_rounds
-    cores = os.cpu_count() or 1
-    jobs = max(1, min(jobs or cores, max(len(tasks), 1)))
-    threads = max(1, cores // jobs)
-    failures = []
-    columns = (TextColumn("grid (baselines + rounds)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        task_id = bar.add_task("grid", total=total, completed=done_units)
-        if tasks:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Manager() as manager:
-                q = manager.Queue()
-                with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_grid_worker,
-                                         initargs=(threads, q)) as pool:
-                    pending = {pool.submit(_grid_task, t): t for t in tasks}
-                    while pending:
-                        finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                        while True:
-                            try:
-                                q.get_nowait()
-                                bar.advance(task_id)
-                            except queue_mod.Empty:
-                                break
-                        for fut in finished:
-                            t = pending.pop(fut)
-                            try:
-                                fut.result()
-                            except Exception as err:  # one broken run must not stop the grid
-                                failures.append((t, err))
-    if failures:
-        lines = "; ".join(f"{t.get('out')}: {err}" for t, err in failures[:5])
-        raise FairalError(f"{len(failures)} of {len(tasks)} grid tasks failed ({lines}); finished runs are kept, "
-                          "run the same command again to retry the rest")
+    return maybe_die

@@ -14,7 +14,7 @@ from fairal.train import TrainConfig, predict_proba
 
 def train_config(profile: Profile, seed: int, num_threads: int | None = None) -> TrainConfig:
     return TrainConfig(lr=profile.lr, steps=profile.steps, epochs=profile.epochs, batch_size=profile.batch_size,
-                       seed=seed, num_threads=num_threads)
+                       seed=seed, num_threads=num_threads, device=profile.device)
 
 
 def model_factory(profile: Profile, volumes: VolumeSet, train_rows: list[int]):

@@ -72,6 +72,7 @@ class TrainConfig:
     min_train_dice: float = 0.05
     max_restarts: int = 2
     num_threads: int | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         def is_int(v: object) -> bool:
@@ -93,6 +94,7 @@ class TrainConfig:
             raise FairalError(f"min_train_dice must lie in [0, 1], got {self.min_train_dice!r}")
         if not is_int(self.max_restarts) or self.max_restarts < 0:
             raise FairalError(f"max_restarts must be an integer >= 0, got {self.max_restarts!r}")
+        resolve_device(self.device)
         if self.num_threads is not None and (not is_int(self.num_threads) or self.num_threads < 1):
             raise FairalError(f"num_threads must be None or an integer >= 1, got {self.num_threads!r}")
 
@@ -165,6 +167,23 @@ def resolve_bf16(setting: str | bool) -> bool:
     raise FairalError(f"bf16 must be 'auto', 'on' or 'off', got {setting!r}")
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: the GPU that this process may use if there is one (Ray assigns it), else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise FairalError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from err
+    if device.type not in ("cpu", "cuda"):
+        raise FairalError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last_3d if channels_last else torch.contiguous_format
 
@@ -203,8 +222,9 @@ def train_step(
     The model must already be in the memory format that ``channels_last`` asks for.
     """
     fmt = _memory_format(channels_last)
-    x = images.to(dtype=torch.float32, memory_format=fmt)
-    y = labels.to(dtype=torch.float32, memory_format=fmt)
+    device = _model_device(model)
+    x = images.to(device=device, dtype=torch.float32, memory_format=fmt)
+    y = labels.to(device=device, dtype=torch.float32, memory_format=fmt)
     optimizer.zero_grad(set_to_none=True)
     with _autocast(bf16):
         logits = model(x)
@@ -280,7 +300,7 @@ def _train_once(
     model = model_factory()
     if not isinstance(model, nn.Module):
         raise FairalError(f"model_factory must return a torch.nn.Module, got {type(model).__name__}")
-    model = model.to(memory_format=_memory_format(config.channels_last))
+    model = model.to(device=resolve_device(config.device), memory_format=_memory_format(config.channels_last))
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(seed)
@@ -417,10 +437,10 @@ def predict_proba(
     model.eval()
 
     def run(batch: list[torch.Tensor]) -> Iterator[np.ndarray]:
-        x = torch.stack(batch).to(memory_format=fmt)
+        x = torch.stack(batch).to(device=_model_device(model), memory_format=fmt)
         with torch.inference_mode(), _autocast(use_bf16):
             logits = model(x)
-        proba = torch.sigmoid(logits.float()).contiguous().numpy()
+        proba = torch.sigmoid(logits.float()).contiguous().cpu().numpy()
         for p in proba:
             yield p[0] if p.shape[0] == 1 else p
 
