@@ -125,9 +125,9 @@ def crop_box(
         ref = np.asarray(nib.load(str(tpl)).dataobj) > 0
     else:
         ref = np.zeros(shape, bool)
-        for case, p in zip(manifest["case_id"], manifest["label_path"], strict=True):
-            if manifest.loc[manifest["case_id"] == case, "split"].item() == "pool":
-                ref |= _read(p, case, "label")[0] > 0.5
+        pool = manifest[manifest["split"] == "pool"]
+        for case, p in zip(pool["case_id"], pool["label_path"], strict=True):
+            ref |= _read(p, case, "label")[0] > 0.5
     if ref.shape != tuple(shape) or not ref.any():
         raise FairalError(f"cannot place a crop box: the reference label in {data_dir} is empty or of another shape")
     idx = np.argwhere(ref)
@@ -181,8 +181,11 @@ def load_volumes(
         except Exception:
             cache_file.unlink(missing_ok=True)  # a stale or broken cache is rebuilt, never trusted
 
-    first_img, first_affine = _read(manifest["image_path"].iloc[0], ids[0], "image")
-    shape = first_img.shape
+    try:  # the header gives the grid; the data are read once, below
+        shape = tuple(nib.load(manifest["image_path"].iloc[0]).shape)
+    except Exception as err:
+        raise FairalError(f"case {ids[0]}: image {manifest['image_path'].iloc[0]} is not a readable NIfTI image: "
+                          f"{err}") from err
     if len(shape) != 3:
         raise FairalError(f"case {ids[0]}: images must be 3D, got shape {shape}")
     box = crop_box(data_dir, manifest, shape, crop_margin)

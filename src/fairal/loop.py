@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
+from fairal import versions
 from fairal.acquisition import (
     STRATEGIES,
     group_weights,
@@ -99,12 +99,6 @@ def _round_seed(seed: int, rnd: int) -> int:
     return int(np.random.SeedSequence([seed, rnd]).generate_state(1)[0] % (2**31 - 1))
 
 
-def _versions() -> dict[str, str]:
-    import fairal
-
-    return {"fairal": fairal.__version__, "torch": torch.__version__.split("+")[0], "numpy": np.__version__}
-
-
 class ActiveLearningRun:
     """A run folder: ``config.json``, ``rounds.csv``, ``cases.csv``, ``selections.csv``, ``state.json``,
     ``checkpoints/``."""
@@ -161,7 +155,7 @@ class ActiveLearningRun:
         self.out.mkdir(parents=True, exist_ok=True)
         if state is None:
             write_json(self.out / "config.json",
-                       {"settings": self.spec.settings(), "versions": _versions(), "schedule": self.sizes})
+                       {"settings": self.spec.settings(), "versions": versions(), "schedule": self.sizes})
             records = {"rounds": [], "cases": [], "selections": []}
             labeled = initial_set(self.manifest, self.spec.init, self.profile.init_size, self.spec.seed)
             start = 0

@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from fairal import versions
 from fairal.errors import FairalError
 from fairal.simulate.deformation import DeformationModel, default_global_model, default_local_model
 from fairal.simulate.template import Template, crop_box, load_template, sha256
@@ -175,23 +176,6 @@ def _write_subject(subject: Subject) -> dict:
 
 
 # --- driver ------------------------------------------------------------------------------------------------
-
-
-def _versions() -> dict[str, str]:
-    import monai
-    import scipy
-    import torch
-
-    import fairal
-
-    return {
-        "fairal": fairal.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "nibabel": nib.__version__,
-        "torch": torch.__version__.split("+")[0],
-        "monai": monai.__version__,
-    }
 
 
 def prepare(cfg: SimulationConfig) -> dict:
@@ -429,6 +413,6 @@ def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFra
                       else None},
         },
         "summary": group_summary(manifest).round(6).to_dict(orient="records"),
-        "versions": _versions(),
+        "versions": versions(),
     }
     (tmp / "dataset.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
