@@ -32,7 +32,7 @@ def main() -> None:
             t0 = time.perf_counter()
             reproduce(work / executor, profile, progress=False, executor=executor)
             times[executor] = time.perf_counter() - t0
-        n_runs = len(grid(profile.seeds))
+        n_runs = len(grid(profile.seeds, profile.strategies))
         print(f"profile {profile.name}: {n_runs} AL runs + {len(DATASETS)} baseline tasks (datasets made beforehand)")
         print(f"local executor: {times['local']:.1f} s; Ray (local, 1 CPU per task): {times['ray']:.1f} s; "
               f"ratio {times['ray'] / times['local']:.2f}x")

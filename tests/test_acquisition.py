@@ -96,9 +96,78 @@ def test_strategy_scores_and_selection():
     r2 = strategy_scores("random", ids, groups, ent, loc, weights, np.random.default_rng(3))[0]
     np.testing.assert_array_equal(r1, r2)
     with pytest.raises(FairalError, match="unknown strategy"):
-        strategy_scores("bald", ids, groups, ent, loc, weights, rng)
+        strategy_scores("coreset", ids, groups, ent, loc, weights, rng)
 
 
 def test_selection_ties_break_by_case_id():
     assert select_top_k(["b", "a", "c"], [1.0, 1.0, 0.5], 2) == ["a", "b"]
     assert select_top_k(["b", "a"], [0.1, 0.2], 5) == ["a", "b"]
+
+
+# --- strategies beyond the paper ---------------------------------------------------------------------------------
+
+def test_strategy_names_compose():
+    from fairal.acquisition import STRATEGIES, parse_strategy
+
+    s = parse_strategy("stochastic-weighted-localized-entropy")
+    assert (s.base, s.weighted, s.stochastic, s.temperature) == ("localized-entropy", True, True, None)
+    s = parse_strategy("weighted-bald-t0.5")
+    assert (s.base, s.weighted, s.temperature, s.needs_dropout) == ("bald", True, 0.5, True)
+    assert all(parse_strategy(n).name == n for n in STRATEGIES)
+    for bad, message in (("coreset", "unknown strategy"), ("localized-entropy-t2", "needs group weights"),
+                         ("stochastic-random", "just 'random'"), ("weighted-entropy-t0", "must be > 0")):
+        with pytest.raises(FairalError, match=message):
+            parse_strategy(bad)
+
+
+def test_mutual_information_by_hand():
+    from fairal.acquisition import mutual_information
+
+    # two samples that agree (0.5, 0.5): no disagreement, MI 0; samples 0 and 1: H(0.5) - 0 = ln 2
+    mi, mean = mutual_information(np.array([[0.5, 0.0, 0.2], [0.5, 1.0, 0.6]]))
+    np.testing.assert_allclose(mean, [0.5, 0.5, 0.4])
+    h = lambda p: -(p * np.log(p) + (1 - p) * np.log(1 - p))  # noqa: E731
+    # p is clipped to [1e-7, 1 - 1e-7], so H(0) is 1.7e-6, not 0
+    np.testing.assert_allclose(mi, [0.0, np.log(2), h(0.4) - (h(0.2) + h(0.6)) / 2], atol=1e-5)
+    with pytest.raises(FairalError, match="at least 2"):
+        mutual_information(np.ones((1, 3)))
+
+
+def test_stochastic_batch_picks_the_best_random_batch():
+    from fairal.acquisition import select, stochastic_batch
+
+    ids = ["a", "b", "c", "d", "e"]
+    scores = [0.9, 0.1, 0.8, 0.2, 0.3]
+    # With every 2-subset drawn often enough, the best batch is the top 2: {a, c}, in score order.
+    assert stochastic_batch(ids, scores, 2, 500, np.random.default_rng(0)) == ["a", "c"]
+    # One candidate batch: whatever it is, it is the first draw of the same generator, in score order.
+    first = np.random.default_rng(5).choice(5, size=2, replace=False)
+    expected = sorted((ids[i] for i in first), key=lambda c: -scores[ids.index(c)])
+    assert stochastic_batch(ids, scores, 2, 1, np.random.default_rng(5)) == expected
+    a = select("stochastic-localized-entropy", ids, scores, 3, 4, np.random.default_rng(1))
+    assert a == select("stochastic-localized-entropy", ids, scores, 3, 4, np.random.default_rng(1))
+    assert select("localized-entropy", ids, scores, 2, 4, np.random.default_rng(1)) == ["a", "c"]
+    assert stochastic_batch(ids, scores, 9, 3, np.random.default_rng(0)) == ["a", "c", "e", "d", "b"]
+
+
+def test_expected_weights_and_three_groups():
+    from fairal.acquisition import expected_weights
+
+    w = {"A": 0.2, "B": 0.3, "C": 0.5}
+    got = expected_weights(np.array([[1.0, 0.0, 0.0], [0.5, 0.25, 0.25]]), w, ["A", "B", "C"])
+    np.testing.assert_allclose(got, [0.2, 0.5 * 0.2 + 0.25 * 0.3 + 0.25 * 0.5])
+    with pytest.raises(FairalError, match="sum to 1"):
+        expected_weights(np.array([[0.5, 0.2, 0.2]]), w, ["A", "B", "C"])
+    # three groups: DSC 0.9, 0.8 (A), 0.6 (B), 0.7 (C); mean 0.75, population std sqrt(0.0125)
+    weights = group_weights([0.9, 0.8, 0.6, 0.7], ["A", "A", "B", "C"], ["A", "B", "C"])
+    sd = np.sqrt(0.0125)
+    z = np.array([0.75 - 0.85, 0.75 - 0.6, 0.75 - 0.7]) / sd
+    np.testing.assert_allclose([weights[g] for g in "ABC"], np.exp(z) / np.exp(z).sum())
+    # a labeled case of unknown group counts in the overall mean and std only
+    weights = group_weights([0.9, 0.8, 0.6, 0.7], ["A", None, "B", "B"], ["A", "B"])
+    z = np.array([0.75 - 0.9, 0.75 - 0.65]) / sd
+    np.testing.assert_allclose([weights["A"], weights["B"]], np.exp(z) / np.exp(z).sum())
+    s, used = strategy_scores("weighted-localized-entropy", ["x", "y"], [None, "A"], [0, 0], [0.4, 0.2],
+                              np.array([0.35, 0.2]), np.random.default_rng(0))
+    np.testing.assert_allclose(s, [0.14, 0.04])
+    np.testing.assert_allclose(used, [0.35, 0.2])

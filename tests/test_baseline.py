@@ -131,10 +131,13 @@ def test_bad_datasets_name_the_case(dataset_copy, tmp_path):
     nib.save(nib.Nifti1Image(data, lab.affine), str(lab_path))
     with pytest.raises(FairalError, match=f"case {first}: label is not binary"):
         load_volumes(dataset_copy, read_manifest(dataset_copy), cache=False)
-    # unknown group and missing column
-    _edit_manifest(dataset_copy, lambda m: m.__setitem__("group", m["group"].replace({2: 3})))
-    with pytest.raises(FairalError, match="unknown group"):
-        baseline_cohorts(read_manifest(dataset_copy), 4)
+    # other and more groups: one cohort per group; then a missing column
+    _edit_manifest(dataset_copy, lambda m: m.__setitem__("group", [3 if i % 3 == 0 else g
+                                                                   for i, g in enumerate(m["group"])]))
+    cohorts = baseline_cohorts(read_manifest(dataset_copy), 4)
+    assert list(cohorts) == ["all", "g1", "g2", "g3"] and all(len(c) == 4 for c in cohorts.values())
+    m3 = read_manifest(dataset_copy)
+    assert sorted(m3.set_index("case_id").loc[cohorts["all"], "group"]) == [1, 2, 3, 3]  # 4 = 1 + 1 + 2
     _edit_manifest(dataset_copy, lambda m: m.pop("group"))
     with pytest.raises(FairalError, match="lacks the column"):
         read_manifest(dataset_copy)

@@ -132,4 +132,40 @@ def test_run_command(tiny_dataset, tmp_path):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "finished: nothing to do" in again.output
     bad = CliRunner().invoke(app, args[:5] + ["g3-heavy"] + args[6:])
-    assert bad.exit_code == 2 and "unknown initial set 'g3-heavy'" in bad.output
+    assert bad.exit_code == 2 and "initial set g3-heavy: the dataset has no group 3" in bad.output
+    bad = CliRunner().invoke(app, args[:5] + ["mostly-g1"] + args[6:])
+    assert bad.exit_code == 2 and "unknown initial set 'mostly-g1'" in bad.output
+
+
+def test_initial_sets_of_three_groups():
+    from fairal.loop import initial_counts
+
+    assert initial_counts([1, 2, 3], "balanced", 10) == {1: 4, 2: 3, 3: 3}
+    assert initial_counts([1, 2, 3], "g2-heavy", 10) == {1: 1, 2: 8, 3: 1}
+    assert initial_counts(["a", "b"], "gb-heavy", 10) == {"a": 2, "b": 8}
+    with pytest.raises(FairalError, match="no group 3"):
+        initial_counts([1, 2], "g3-heavy", 10)
+
+
+def test_a_run_with_three_groups_and_new_strategies(tiny_dataset, tmp_path):
+    """Groups 1, 2 and 3 (a third of the cases relabelled) everywhere: initial set, weights, metrics, records."""
+    m = pd.read_csv(tiny_dataset / "manifest.csv")
+    m["image"] = [str(tiny_dataset / p) for p in m["image"]]
+    m["label"] = [str(tiny_dataset / p) for p in m["label"]]
+    m.loc[m.index % 3 == 0, "group"] = 3
+    data = tmp_path / "three"
+    data.mkdir()
+    m.to_csv(data / "manifest.csv", index=False)
+    for strategy in ("weighted-bald", "stochastic-weighted-localized-entropy-t0.5"):
+        rounds = ActiveLearningRun(_spec(data, strategy, "balanced", mc_samples="2"), tmp_path / strategy).run()
+        for col in ("n_labeled_g3", "dice_g3", "w_g3", "g1_ratio"):
+            assert col in rounds.columns
+        assert rounds[["n_labeled_g1", "n_labeled_g2", "n_labeled_g3"]].iloc[0].tolist() == [2, 1, 1]
+        assert ((rounds[["w_g1", "w_g2", "w_g3"]].sum(axis=1)) - 1).abs().max() < 1e-9
+        sel = pd.read_csv(tmp_path / strategy / "selections.csv")
+        assert sel.groupby("round")["selected"].sum().tolist() == [2, 2]
+        if strategy == "weighted-bald":
+            assert (sel["bald"] >= 0).all()
+            assert (sel["score"] - sel["weight"] * sel["bald"]).abs().max() < 1e-12
+        else:
+            assert sel["bald"].isna().all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -147,3 +148,33 @@ def test_wrong_input_rank_raises() -> None:
 def test_flops_per_voxel_rejects_other_modules() -> None:
     with pytest.raises(FairalError):
         flops_per_voxel(nn.Conv3d(1, 1, 3))  # type: ignore[arg-type]
+
+
+def test_mc_dropout_samples_only_the_dropout_layers():
+    from torch import nn
+
+    from fairal.model import enable_mc_dropout
+    from fairal.train import predict_mc_dropout, predict_proba
+
+    torch.manual_seed(0)
+    plain, dropped = UNet3D(), UNet3D(dropout=0.3)
+    assert set(plain.state_dict()) == set(dropped.state_dict())  # checkpoints fit either
+    assert not any(isinstance(m, nn.Dropout3d) for m in plain.modules())
+    assert enable_mc_dropout(dropped) == 2  # after the deepest encoder block and the decoder block
+    assert all(not m.training for m in dropped.modules() if isinstance(m, nn.GroupNorm | nn.Conv3d))
+    assert all(m.training for m in dropped.modules() if isinstance(m, nn.Dropout3d))
+    x = torch.rand(3, 1, 8, 10, 6)
+    a = list(predict_mc_dropout(dropped, x, samples=4, seed=1, bf16="off"))
+    b = list(predict_mc_dropout(dropped, x, samples=4, seed=1, bf16="off"))
+    c = list(predict_mc_dropout(dropped, x, samples=4, seed=2, bf16="off"))
+    assert len(a) == 3 and a[0].shape == (4, 8, 10, 6)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))  # same seed, same draws
+    assert not np.array_equal(a[0], c[0])
+    assert not np.allclose(a[0][0], a[0][1])  # the samples differ from each other
+    assert not dropped.training and not any(m.training for m in dropped.modules())  # left in eval mode
+    d1, d2 = list(predict_proba(dropped, x, bf16="off")), list(predict_proba(dropped, x, bf16="off"))
+    assert all(np.array_equal(u, v) for u, v in zip(d1, d2, strict=True))  # evaluation is deterministic
+    with pytest.raises(FairalError, match="dropout layers"):
+        list(predict_mc_dropout(plain, x, samples=4, seed=1))
+    with pytest.raises(FairalError, match="dropout must lie"):
+        UNet3D(dropout=1.0)

@@ -107,3 +107,32 @@ def test_report_command_errors_and_output(records, tmp_path):
     assert (tmp_path / "rep" / "report.html").is_file()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "empty-folder")])
     assert res.exit_code == 2 and "results folder not found" in res.output
+
+
+def test_strategies_beyond_the_paper_get_their_own_figures(records):
+    for dataset in ("strong", "weak"):
+        for init in ("balanced", "g1-heavy", "g2-heavy"):
+            for seed in (0, 1):
+                _write_run(records, dataset, init, "weighted-bald", seed, [0.65, 0.75, 0.85], [0.1, 0.06, 0.04])
+    out = build_report(records).parent
+    for name in ("fig5_beyond_essp", "fig6_beyond_delta"):
+        assert (out / f"{name}.png").stat().st_size > 10_000
+    final = pd.read_csv(out / "final_budget.csv")
+    row = final[(final["dataset"] == "strong") & (final["init"] == "balanced") & (final["strategy"] == "weighted-bald")]
+    assert row["delta_reduction_vs_entropy"].item() == pytest.approx(1 - 0.04 / 0.2)
+    assert final["strategy"].tolist()[:3] == ["entropy", "weighted-localized-entropy", "weighted-bald"]
+
+
+def test_three_groups_in_the_final_table(tmp_path):
+    d = tmp_path / "runs" / "mine" / "balanced" / "entropy" / "seed-0"
+    d.mkdir(parents=True)
+    pd.DataFrame([[0, 10, 4, 3, 3, 0.8, 0.9, 0.8, 0.7, 0.2, 0.667, 0.3, 0.3, 0.4],
+                  [1, 14, 5, 5, 4, 0.85, 0.9, 0.85, 0.8, 0.1, 0.773, 0.3, 0.3, 0.4]],
+                 columns=["round", "n_labeled", "n_labeled_g1", "n_labeled_g2", "n_labeled_g3", "dice_all", "dice_g1",
+                          "dice_g2", "dice_g3", "delta", "essp", "w_g1", "w_g2", "w_g3"]).to_csv(d / "rounds.csv",
+                                                                                                index=False)
+    (d / "state.json").write_text(json.dumps({"completed_round": 1, "finished": True}))
+    final = final_table(load_results(tmp_path))
+    assert final[["dice_g1", "dice_g2", "dice_g3"]].iloc[0].tolist() == [0.9, 0.85, 0.8]
+    out = build_report(tmp_path).parent
+    assert (out / "fig1_essp.png").is_file() and not (out / "fig3_group1_ratio.png").exists()  # no g1_ratio column

@@ -1,33 +1,100 @@
-"""Acquisition: voxel entropy, the volume scores of each strategy, the group weights, and top-k selection.
+"""Acquisition: voxel uncertainties, the volume scores of each strategy, the group weights, and the selection.
 
 Scoring is kept apart from selection: each strategy turns per-case statistics into one score per pool case,
-and :func:`select_top_k` picks the cases to annotate, so any score composes with the same selection rule.
+and :func:`select` picks the cases to annotate (the top k, or the best of random candidate batches), so any
+score composes with either selection rule.
 
-| strategy | score of a pool case x |
+A strategy name is composed as ``[stochastic-][weighted-]BASE[-tT]``:
+
+| part | meaning |
 | --- | --- |
 | ``random`` | a seeded uniform draw |
 | ``entropy`` | mean voxel entropy over the whole (cropped) volume |
 | ``localized-entropy`` | Eq. 1: mean voxel entropy over R, the predicted mask dilated by r voxels |
-| ``weighted-localized-entropy`` | Eq. 2: ``w_g(x) * localized entropy`` |
+| ``bald`` | MC-dropout BALD: mean voxel mutual information ``H[E p] - E H[p]`` over R (dropout samples) |
+| ``weighted-`` | Eq. 2: the score times the group weight ``w_g(x)`` (expected weight if the group is unknown) |
+| ``-tT`` | the softmax temperature T of the group weights (default: the profile's, 1 in the paper) |
+| ``stochastic-`` | Gaillochet et al. 2023: draw random candidate batches of the budget's size and take the one with \
+the highest mean score |
+
+The paper's four are ``random``, ``entropy``, ``localized-entropy`` and ``weighted-localized-entropy``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from fairal.config import ALL_STRATEGIES, PAPER_STRATEGIES
 from fairal.errors import FairalError
 
-STRATEGIES = ("random", "entropy", "localized-entropy", "weighted-localized-entropy")
+__all__ = ["PAPER_STRATEGIES", "STRATEGIES", "Strategy", "parse_strategy", "group_weights", "expected_weights",
+           "strategy_scores", "select", "select_top_k", "stochastic_batch", "rank_cases"]
+
+#: The paper's four, then the ones beyond it that the grid runs by default (any composed name also works).
+STRATEGIES = ALL_STRATEGIES
+BASES = ("random", "entropy", "localized-entropy", "bald")
 _EPS = 1e-7
+_NAME = re.compile(r"^(?P<stochastic>stochastic-)?(?P<weighted>weighted-)?(?P<base>[a-z-]+?)(?:-t(?P<t>[0-9.]+))?$")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A parsed strategy name: its base score, whether it is group-weighted, its own softmax temperature (None:
+    the profile's) and whether it selects by stochastic batches."""
+
+    name: str
+    base: str
+    weighted: bool = False
+    temperature: float | None = None
+    stochastic: bool = False
+
+    @property
+    def needs_dropout(self) -> bool:
+        return self.base == "bald"
+
+
+def parse_strategy(name: str) -> Strategy:
+    """Read ``[stochastic-][weighted-]BASE[-tT]``; a clear error for anything else."""
+    known = ", ".join(STRATEGIES)
+    m = _NAME.match(str(name).strip())
+    if not m or m["base"] not in BASES:
+        raise FairalError(f"unknown strategy {name!r}: a name is [stochastic-][weighted-]BASE[-tT] with BASE one of "
+                          f"{', '.join(BASES)} (e.g. {known})")
+    temperature = None
+    if m["t"] is not None:
+        try:
+            temperature = float(m["t"])
+        except ValueError:
+            raise FairalError(f"strategy {name!r}: cannot read the temperature {m['t']!r}") from None
+        if not m["weighted"]:
+            raise FairalError(f"strategy {name!r}: a temperature (-t{m['t']}) needs group weights (weighted-...)")
+        if temperature <= 0:
+            raise FairalError(f"strategy {name!r}: the softmax temperature must be > 0")
+    if m["stochastic"] and m["base"] == "random":
+        raise FairalError(f"strategy {name!r}: random candidate batches of random scores are just 'random'")
+    return Strategy(str(name).strip(), m["base"], bool(m["weighted"]), temperature, bool(m["stochastic"]))
 
 
 def voxel_entropy(proba: np.ndarray) -> np.ndarray:
     """Binary entropy (nats) of the sigmoid output p: ``H = -p log p - (1 - p) log(1 - p)``; 0 at p = 0 or 1."""
     p = np.clip(np.asarray(proba, dtype=np.float64), _EPS, 1 - _EPS)
     return -(p * np.log(p) + (1 - p) * np.log1p(-p))
+
+
+def mutual_information(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BALD's voxel mutual information from T dropout samples ``(T, X, Y, Z)`` of the foreground probability:
+    ``I = H(mean_t p_t) - mean_t H(p_t)`` (>= 0). Returns ``(I, mean_t p_t)``."""
+    s = np.asarray(samples, dtype=np.float64)
+    if s.ndim < 2 or s.shape[0] < 2:
+        raise FairalError(f"BALD needs at least 2 dropout samples, got shape {s.shape}")
+    mean = s.mean(axis=0)
+    mi = voxel_entropy(mean) - voxel_entropy(s).mean(axis=0)
+    return np.maximum(mi, 0.0), mean
 
 
 def _ball(radius: int) -> np.ndarray:
@@ -56,12 +123,21 @@ def roi_mask(proba: np.ndarray, dilation: int, fallback: np.ndarray | None = Non
 
 def localized_entropy(proba: np.ndarray, roi: np.ndarray) -> float:
     """Eq. 1: ``H_hat = (1 / |R|) * sum_{v in R} H(v)``, the size-normalised entropy inside R."""
+    return _roi_mean(voxel_entropy(np.asarray(proba)), roi)
+
+
+def _roi_mean(values: np.ndarray, roi: np.ndarray) -> float:
     roi = np.asarray(roi, bool)
-    if roi.shape != np.shape(proba):
-        raise FairalError(f"ROI shape {roi.shape} differs from the probability map's {np.shape(proba)}")
+    if roi.shape != np.shape(values):
+        raise FairalError(f"ROI shape {roi.shape} differs from the probability map's {np.shape(values)}")
     if not roi.any():
         raise FairalError("the ROI of the localized entropy is empty")
-    return float(voxel_entropy(np.asarray(proba)[roi]).mean())
+    return float(np.asarray(values)[roi].mean())
+
+
+def localized_bald(mi: np.ndarray, roi: np.ndarray) -> float:
+    """The ``bald`` score: mean voxel mutual information inside R (R from the mean dropout prediction)."""
+    return _roi_mean(mi, roi)
 
 
 def mean_entropy(proba: np.ndarray) -> float:
@@ -77,15 +153,17 @@ def group_weights(
 ) -> dict:
     """Section 3.2: ``z_g = (mean DSC_all - mean DSC_g) / std DSC_all``, ``w_g = softmax(z / T)_g``.
 
-    ``dice``/``groups``: the trained model's Dice on each labeled case and its group. ``std`` is the population
-    standard deviation over the labeled set. ``temperature`` T = 1 is the paper's softmax. Edge cases:
+    ``dice``/``groups``: the trained model's Dice on each labeled case and its group (``None`` for a case whose
+    group is unknown: it counts in ``DSC_all`` and its std, in no group). ``std`` is the population standard
+    deviation over the labeled set. ``temperature`` T = 1 is the paper's softmax; any number of groups. Edge cases:
 
     - ``std = 0`` (all labeled cases segmented equally well, or one labeled case): equal weights.
     - a group of ``all_groups`` with no labeled case: its mean Dice is taken as the worst labeled case's Dice,
       so the group the model has never been trained on is favoured, but no more than the worst observed case.
     """
     d = np.asarray(dice, dtype=np.float64)
-    g = np.asarray(groups, dtype=object)
+    g = np.empty(len(groups), dtype=object)
+    g[:] = list(groups)
     if d.size == 0:
         raise FairalError("group weights need at least one labeled case")
     if d.shape != g.shape:
@@ -93,6 +171,8 @@ def group_weights(
     if temperature <= 0:
         raise FairalError(f"the softmax temperature must be > 0, got {temperature}")
     groups_all = list(dict.fromkeys(all_groups))
+    if not groups_all:
+        raise FairalError("group weights need at least one group")
     overall, sd = float(d.mean()), float(d.std())
     if sd < 1e-12:
         return {k: 1.0 / len(groups_all) for k in groups_all}
@@ -103,33 +183,98 @@ def group_weights(
     return {k: float(v) for k, v in zip(groups_all, w, strict=True)}
 
 
+def expected_weights(proba: np.ndarray, weights: Mapping[Hashable, float], order: Sequence[Hashable]) -> np.ndarray:
+    """The weight of a case whose group is unknown: ``sum_g p(g|x) w_g``. ``proba`` is (n_cases, n_groups) with
+    columns in ``order``; each row must sum to 1."""
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != len(order):
+        raise FairalError(f"group probabilities must be (cases, {len(order)}), got {p.shape}")
+    if p.size and (np.any(p < -1e-9) or not np.allclose(p.sum(axis=1), 1.0, atol=1e-6)):
+        raise FairalError("group probabilities must be >= 0 and sum to 1 for each case")
+    w = np.array([weights[g] for g in order], dtype=np.float64)
+    return p @ w
+
+
 def strategy_scores(
-    strategy: str,
+    strategy: str | Strategy,
     case_ids: Sequence[str],
     groups: Sequence[Hashable],
     entropy: Sequence[float],
     localized: Sequence[float],
-    weights: Mapping[Hashable, float],
+    weights: Mapping[Hashable, float] | Sequence[float] | np.ndarray,
     rng: np.random.Generator,
+    bald: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of the pool cases under ``strategy`` and the group weight each case got (1 where unused)."""
+    """Scores of the pool cases under ``strategy`` and the group weight each case got (1 where unused).
+
+    ``weights`` is either a mapping group -> w_g (every case's group known) or one weight per case (already
+    expected over the groups where a case's group is unknown)."""
+    s = strategy if isinstance(strategy, Strategy) else parse_strategy(strategy)
     n = len(case_ids)
-    if strategy not in STRATEGIES:
-        raise FairalError(f"unknown strategy {strategy!r}; strategies: {', '.join(STRATEGIES)}")
-    ones = np.ones(n)
-    if strategy == "random":
-        return rng.random(n), ones
-    if strategy == "entropy":
-        return np.asarray(entropy, dtype=np.float64), ones
-    if strategy == "localized-entropy":
-        return np.asarray(localized, dtype=np.float64), ones
-    w = np.array([weights[g] for g in groups], dtype=np.float64)  # Eq. 2
-    return w * np.asarray(localized, dtype=np.float64), w
+    if s.base == "random":
+        base = rng.random(n)
+    elif s.base == "entropy":
+        base = np.asarray(entropy, dtype=np.float64)
+    elif s.base == "localized-entropy":
+        base = np.asarray(localized, dtype=np.float64)
+    else:
+        if bald is None:
+            raise FairalError(f"strategy {s.name} needs the BALD scores (MC-dropout samples)")
+        base = np.asarray(bald, dtype=np.float64)
+    if not s.weighted:
+        return base, np.ones(n)
+    if isinstance(weights, Mapping):
+        w = np.array([weights[g] for g in groups], dtype=np.float64)
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (n,):
+            raise FairalError(f"{w.size} weights for {n} cases")
+    return w * base, w  # Eq. 2
 
 
 def select_top_k(case_ids: Sequence[str], scores: Sequence[float], k: int) -> list[str]:
     """The ``k`` highest scores; ties broken by case id (ascending), so selection is deterministic."""
+    return rank_cases(case_ids, scores)[: _check_k(k)]
+
+
+def rank_cases(case_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
+    """All cases by descending score, ties by case id."""
+    order = sorted(range(len(case_ids)), key=lambda i: (-float(scores[i]), str(case_ids[i])))
+    return [case_ids[i] for i in order]
+
+
+def _check_k(k: int) -> int:
     if k < 0:
         raise FairalError(f"cannot select {k} cases")
-    order = sorted(range(len(case_ids)), key=lambda i: (-float(scores[i]), str(case_ids[i])))
-    return [case_ids[i] for i in order[:k]]
+    return k
+
+
+def stochastic_batch(
+    case_ids: Sequence[str], scores: Sequence[float], k: int, n_batches: int, rng: np.random.Generator
+) -> list[str]:
+    """Gaillochet et al. (2023): draw ``n_batches`` random batches of ``k`` distinct cases and keep the one with
+    the highest mean score (the first drawn on a tie); its cases in score order. Diversity comes from the random
+    batches, informativeness from the score."""
+    k = _check_k(k)
+    n = len(case_ids)
+    if n_batches < 1:
+        raise FairalError(f"stochastic batches need at least one candidate batch, got {n_batches}")
+    if k >= n:
+        return rank_cases(case_ids, scores)
+    if k == 0:
+        return []
+    s = np.asarray(scores, dtype=np.float64)
+    batches = np.stack([rng.choice(n, size=k, replace=False) for _ in range(n_batches)])
+    best = batches[int(np.argmax(s[batches].mean(axis=1)))]
+    return rank_cases([case_ids[i] for i in best], s[best])
+
+
+def select(
+    strategy: str | Strategy, case_ids: Sequence[str], scores: Sequence[float], k: int, n_batches: int,
+    rng: np.random.Generator,
+) -> list[str]:
+    """The cases to annotate: the top ``k`` scores, or with ``stochastic-`` the best random candidate batch."""
+    s = strategy if isinstance(strategy, Strategy) else parse_strategy(strategy)
+    if s.stochastic:
+        return stochastic_batch(case_ids, scores, k, n_batches, rng)
+    return select_top_k(case_ids, scores, k)

@@ -138,7 +138,7 @@ def baseline(
     for col in table.columns:
         rich_table.add_column(col, justify="right")
     for _, r in table.iterrows():
-        rich_table.add_row(r["cohort"], *[f"{v:.3f}" for v in r.iloc[1:]])
+        rich_table.add_row(r["cohort"], *["" if v is None or v != v else f"{v:.3f}" for v in r.iloc[1:]])
     stdout.print(rich_table)
     stdout.print(f"records in {out}/baseline_table.csv and baseline_cases.csv")
 
@@ -147,8 +147,10 @@ def baseline(
 @_clear_errors
 def run(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder (from fairal simulate).")],
-    strategy: Annotated[str, typer.Option(help="random, entropy, localized-entropy, weighted-localized-entropy.")],
-    init: Annotated[str, typer.Option(help="Initial labeled set: balanced, g1-heavy or g2-heavy.")],
+    strategy: Annotated[str, typer.Option(help="random, entropy, localized-entropy, weighted-localized-entropy, "
+                                          "or [stochastic-][weighted-]BASE[-tT] (BASE: random, entropy, "
+                                          "localized-entropy, bald); see docs/REPRODUCTION.md.")],
+    init: Annotated[str, typer.Option(help="Initial labeled set: balanced, g1-heavy or g2-heavy (any gX-heavy).")],
     out: Annotated[Path, typer.Option(help="Run folder (records; resumed if it holds this run).")],
     seed: Annotated[int, typer.Option(help="Seed of the initial set, training and random draws.")] = 0,
     profile: ProfileOpt = "standard",
@@ -169,9 +171,12 @@ def run(
     def report(rnd: int) -> None:
         if not quiet:
             last = pd.read_csv(out / "rounds.csv").iloc[-1]
+            groups = [c[len("n_labeled_g"):] for c in last.index if c.startswith("n_labeled_g")]
+            mix = " + ".join(f"{int(last[f'n_labeled_g{g}'])}" for g in groups)
+            w = ", ".join(f"w_g{g} {last[f'w_g{g}']:.2f}" for g in groups)
             stdout.print(f"round {rnd:2d}/{len(sizes) - 1}: {int(last['n_labeled'])} labeled "
-                            f"(Group 1 {last['g1_ratio']:.0%}), Dice {last['dice_all']:.3f}, "
-                            f"Delta {last['delta']:.3f}, ESSP {last['essp']:.3f}, w_g1 {last['w_g1']:.2f}")
+                         f"(groups {'/'.join(groups)}: {mix}), Dice {last['dice_all']:.3f}, "
+                         f"Delta {last['delta']:.3f}, ESSP {last['essp']:.3f}, {w}")
 
     import pandas as pd
 
@@ -192,6 +197,9 @@ def reproduce(
     ] = None,
     cpus_per_task: Annotated[int, typer.Option(help="CPUs (and torch threads) per Ray task.")] = 1,
     gpus_per_task: Annotated[float, typer.Option(help="GPUs per Ray task, fractional (e.g. 0.25).")] = 0.0,
+    strategies: Annotated[
+        str | None, typer.Option(help="Comma-separated strategies of the grid (default: the profile's).")
+    ] = None,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -199,9 +207,14 @@ def reproduce(
     from fairal.config import get_profile, parse_overrides
     from fairal.experiments import reproduce as run_grid
 
-    prof = get_profile(profile, parse_overrides(set_))
+    overrides = parse_overrides(set_)
+    if strategies is not None:
+        overrides["strategies"] = strategies
+    prof = get_profile(profile, overrides)
     run_grid(out, prof, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor, address=address,
              cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
+    import pandas as pd
+
     from fairal.report import build_report
     from fairal.report.records import final_table, load_results
 
@@ -212,10 +225,71 @@ def reproduce(
         for col in ("dataset", "init", "strategy", "dice_all", "delta", "essp", "g1_ratio", "Δ vs entropy"):
             view.add_column(col, justify="right")
         for _, r in final.iterrows():
+            ratio = f"{r['g1_ratio']:.2f}" if "g1_ratio" in r and pd.notna(r["g1_ratio"]) else ""
             view.add_row(r["dataset"], r["init"], r["strategy"], f"{r['dice_all']:.3f}", f"{r['delta']:.3f}",
-                         f"{r['essp']:.3f}", f"{r['g1_ratio']:.2f}", f"{r['delta_reduction_vs_entropy']:+.0%}")
+                         f"{r['essp']:.3f}", ratio, f"{r['delta_reduction_vs_entropy']:+.0%}")
         Console(width=max(stdout.width, 110)).print(view)
     stdout.print(f"report: {path} (tables and figures beside it)")
+
+
+@app.command()
+@_clear_errors
+def query(
+    data: Annotated[Path, typer.Argument(help="CSV of your cases: case_id, image, label (empty = unlabeled) and the "
+                                         "--group-by columns.")],
+    budget: Annotated[int, typer.Option(help="How many cases to annotate next.")],
+    out: Annotated[Path, typer.Option(help="Output folder: query.csv, montage.png, model.pt, query.json.")],
+    strategy: Annotated[str, typer.Option(help="Acquisition strategy, e.g. weighted-localized-entropy, "
+                                          "weighted-bald, stochastic-weighted-localized-entropy.")]
+    = "weighted-localized-entropy",
+    group_by: Annotated[
+        list[str] | None, typer.Option(help="Sensitive-attribute column (repeat for intersectional groups).")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="A trained model (model.pt of an earlier query) instead of "
+                                               "training on the labeled cases.")] = None,
+    spacing: Annotated[float, typer.Option(help="Voxel size (mm) of the common grid the images are resampled to.")]
+    = 2.0,
+    group_dice: Annotated[str, typer.Option(help="Dice of the group weights: labeled (the model on its training "
+                                            "cases, the paper) or cross-validated (5 folds, out-of-fold).")]
+    = "labeled",
+    seed: Annotated[int, typer.Option(help="Seed of training and of every random draw.")] = 0,
+    profile: ProfileOpt = "standard",
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+) -> None:
+    """Rank the unlabeled cases of your own data for annotation, fairness-aware: the top --budget cases first."""
+    from fairal.config import get_profile, parse_overrides
+    from fairal.query import run_query
+
+    prof = get_profile(profile, parse_overrides(set_))
+    table = run_query(data, budget, strategy, out, prof, group_by=group_by or [], model_path=model, seed=seed,
+                      spacing=spacing, overwrite=overwrite, progress=not quiet, group_dice=group_dice)
+    if not quiet:
+        import json
+
+        info = json.loads((out / "query.json").read_text())
+        if "weighted" in strategy:
+            dice = ", ".join(f"{g} {d:.3f}" for g, d in info["labeled_dice"].items())
+            weights = ", ".join(f"{g} {w:.3f}" for g, w in info["weights"].items())
+            stdout.print(f"group Dice ({group_dice}): {dice}; group weights: {weights}")
+            if len(set(round(w, 6) for w in info["weights"].values())) == 1 and group_dice == "labeled":
+                stdout.print("the weights are equal: the model segments its labeled cases equally well (no spread "
+                             "in Dice); --group-dice cross-validated measures it on cases it has not seen")
+        unknown = info["unknown_groups"]
+        if unknown["n_unlabeled_unknown"]:
+            acc = (f", cross-validated accuracy {unknown['classifier_cv_accuracy']:.2f} against a majority rate of "
+                   f"{unknown['majority_rate']:.2f}" if unknown["method"] == "classifier" else "")
+            stdout.print(f"{unknown['n_unlabeled_unknown']} unlabeled cases of unknown group: p(group) from the "
+                         f"group {unknown['method']}{acc}")
+        view = Table(title=f"annotate next ({strategy}, {budget} of {len(table)} unlabeled cases)")
+        for col in ("rank", "case_id", "group", "score", "entropy", "weight", "reason"):
+            view.add_column(col, justify="left" if col in ("case_id", "group", "reason") else "right")
+        for _, r in table.head(budget).iterrows():
+            view.add_row(str(r["rank"]), str(r["case_id"]), str(r["group"]) or "?", f"{r['score']:.4g}",
+                         f"{r['entropy']:.4g}", f"{r['weight']:.3f}", str(r["reason"]))
+        Console(width=max(stdout.width, 140)).print(view)
+    stdout.print(f"ranked list in {out}/query.csv, pictures in {out}/montage.png")
 
 
 @app.command()

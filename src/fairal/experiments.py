@@ -18,28 +18,35 @@ from fairal.io import write_csv, write_json
 from fairal.metrics import fairness_summary
 from fairal.train import save_checkpoint, train_model
 
-#: The paper's training cohorts: balanced (half of each group), Group 1 only, Group 2 only.
+#: The paper's training cohorts: balanced (an equal share of each group), then one cohort of each group alone.
 COHORTS = ("all", "g1", "g2")
-BASELINE_TABLE_COLUMNS = ["cohort", "dice_g1", "dice_g2", "dice_all", "essp", "delta"]
+
+
+def baseline_columns(groups: list) -> list[str]:
+    """``baseline_table.csv``'s columns; for the paper's groups: cohort, dice_g1, dice_g2, dice_all, essp, delta."""
+    return ["cohort", *[f"dice_g{g}" for g in groups], "dice_all", "essp", "delta"]
+
+
+BASELINE_TABLE_COLUMNS = baseline_columns([1, 2])
 
 
 def baseline_cohorts(manifest: pd.DataFrame, size: int, seed: int = 0) -> dict[str, list[str]]:
-    """The three training cohorts drawn (seeded) from the pool, never from the test split.
+    """The training cohorts drawn (seeded) from the pool, never from the test split.
 
-    ``all`` = size/2 of each group (the paper: 63 + 63), ``g1`` / ``g2`` = ``size`` of one group (126).
+    ``all`` = ``size`` split evenly over the groups (the paper: 63 + 63), ``g<g>`` = ``size`` cases of group g
+    alone (126), for every group of the dataset.
     """
-    groups = set(manifest["group"])
-    if not groups <= {1, 2}:
-        raise FairalError(f"the baseline compares groups 1 and 2; the manifest has unknown group(s) "
-                          f"{sorted(map(str, groups - {1, 2}))}")
+    groups = sorted(set(manifest["group"]), key=str)
     pool = manifest[manifest["split"] == "pool"]
-    ids = {g: sorted(pool.loc[pool["group"] == g, "case_id"]) for g in (1, 2)}
-    need = {"all": {1: size // 2, 2: size - size // 2}, "g1": {1: size, 2: 0}, "g2": {1: 0, 2: size}}
+    ids = {g: sorted(pool.loc[pool["group"] == g, "case_id"]) for g in groups}
+    base, extra = divmod(size, len(groups))
+    need = {"all": {g: base + (i >= len(groups) - extra) for i, g in enumerate(groups)}}
+    need.update({f"g{g}": {h: size if h == g else 0 for h in groups} for g in groups})
     rng = np.random.default_rng([seed, 3])
     cohorts = {}
-    for name in COHORTS:
+    for name, counts in need.items():
         chosen: list[str] = []
-        for g, n in need[name].items():
+        for g, n in counts.items():
             if n > len(ids[g]):
                 raise FairalError(
                     f"cohort {name} needs {n} Group {g} cases for training but the pool has {len(ids[g])} "
@@ -56,9 +63,9 @@ def run_baseline(
     """Train the U-Net on each cohort and evaluate it on the fixed test split; write the records to ``out``.
 
     Writes ``baseline_cases.csv`` (cohort, case_id, group, dice), ``baseline_table.csv`` (cohort, dice_g1,
-    dice_g2, dice_all, essp, delta), ``baseline.json`` (settings, versions, training diagnostics) and the three
-    models under ``checkpoints/``. Everything is validated before any file is written, and each file is moved
-    into place whole.
+    dice_g2, dice_all, essp, delta; one dice_g<g> per group), ``baseline.json`` (settings, versions, training
+    diagnostics) and one model per cohort under ``checkpoints/``. Everything is validated before any file is
+    written, and each file is moved into place whole.
     """
     data_dir, out = Path(data_dir), Path(out)
     manifest = read_manifest(data_dir, test_per_group=profile.test_per_group, seed=0)
@@ -70,13 +77,14 @@ def run_baseline(
     test_rows = volumes.rows(test_ids)
     test_groups = volumes.groups[test_rows]
     case_rows, table_rows, diagnostics = [], [], {}
-    for name in COHORTS:
+    columns = baseline_columns(sorted(set(manifest["group"]), key=str))
+    for name in cohorts:
         rows = volumes.rows(cohorts[name])
         result = train_model(volumes.images[rows], volumes.labels[rows], train_config(profile, seed),
                              model_factory(profile, volumes, rows), progress=progress)
         dices = evaluate(result.model, volumes, test_rows, profile.batch_size)
         summary = fairness_summary(dices, test_groups)
-        table_rows.append({"cohort": name, **{k: summary[k] for k in BASELINE_TABLE_COLUMNS[1:]}})
+        table_rows.append({"cohort": name, **{k: summary.get(k) for k in columns[1:]}})
         case_rows += [{"cohort": name, "case_id": c, "group": g, "dice": d}
                       for c, g, d in zip(test_ids, test_groups, dices, strict=True)]
         diagnostics[name] = {"n_train": len(rows), "train_dice": result.train_dice, "restarts": result.restarts,
@@ -86,7 +94,7 @@ def run_baseline(
         (out / "checkpoints").mkdir(exist_ok=True)
         save_checkpoint(result.model, out / "checkpoints" / f"baseline-{name}.pt",
                         {"cohort": name, "profile": profile.name, "seed": seed})
-    table = pd.DataFrame(table_rows, columns=BASELINE_TABLE_COLUMNS)
+    table = pd.DataFrame(table_rows, columns=columns)
     write_csv(out / "baseline_cases.csv", pd.DataFrame(case_rows))
     write_csv(out / "baseline_table.csv", table)
     info = {"data_dir": str(data_dir.resolve()), "profile": profile.as_dict(), "seed": seed,
@@ -125,11 +133,17 @@ def ensure_dataset(out: Path, name: str, profile: Profile, progress: bool) -> Pa
     return simulate_dataset(cfg, path, progress=progress)
 
 
-def grid(seeds: int) -> list[tuple[str, str, str, int]]:
-    from fairal.acquisition import STRATEGIES
+def grid(seeds: int, strategies: tuple[str, ...] | list[str]) -> list[tuple[str, str, str, int]]:
+    """Every (dataset, initial set, strategy, seed) of the experiment; strategy names are checked first."""
+    from fairal.acquisition import parse_strategy
     from fairal.loop import INITS
 
-    return [(d, i, s, seed) for d in DATASETS for i in INITS for s in STRATEGIES for seed in range(seeds)]
+    if not strategies:
+        raise FairalError("the grid needs at least one strategy (--strategies)")
+    for s in strategies:
+        parse_strategy(s)
+    strategies = list(dict.fromkeys(strategies))
+    return [(d, i, s, seed) for d in DATASETS for i in INITS for s in strategies for seed in range(seeds)]
 
 
 def reproduce(
@@ -138,7 +152,7 @@ def reproduce(
     max_retries: int = 3,
 ) -> None:
     """The whole paper experiment: both datasets, their baselines, and the grid 2 datasets x 3 initial sets x
-    4 strategies x seeds, skipping finished work.
+    the profile's strategies (the paper's 4, and more at ``smoke``/``standard``) x seeds, skipping finished work.
 
     ``executor="local"`` runs the tasks in a process pool on this machine; ``"ray"`` runs one Ray task per AL run
     (and per dataset's baselines) on a local Ray or the cluster at ``address``. Either way every task writes its
@@ -161,6 +175,7 @@ def reproduce(
     out = Path(out)
     seeds = seeds or profile.seeds
     n_rounds = len(schedule(profile))
+    runs = grid(seeds, profile.strategies)
     data = {name: ensure_dataset(out, name, profile, progress) for name in DATASETS}
     manifests = {name: read_manifest(path, test_per_group=profile.test_per_group) for name, path in data.items()}
     tasks = []
@@ -170,20 +185,21 @@ def reproduce(
         base_out = out / "baseline" / name
         if not (base_out / "baseline_table.csv").is_file():
             tasks.append({"kind": "baseline", "data_dir": str(path), "out": str(base_out), "profile": profile})
-    for name, init, strategy, seed in grid(seeds):
+    for name, init, strategy, seed in runs:
         target = run_dir(out, name, init, strategy, seed)
         run = ActiveLearningRun(RunSpec(str(data[name]), strategy, init, seed, profile), target,
                                 manifest=manifests[name])
         if not run.is_finished():
             tasks.append({"kind": "run", "data_dir": str(data[name]), "out": str(target), "profile": profile,
                           "init": init, "strategy": strategy, "seed": seed})
-    total = len(DATASETS) + len(grid(seeds)) * n_rounds
+    total = len(DATASETS) + len(runs) * n_rounds
     columns = (TextColumn("grid (baselines + rounds)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress) as bar:
-        task_id = bar.add_task("grid", total=total, completed=_units_done(out, n_rounds))
+        keys = {run_dir(out, *r) for r in runs}
+        task_id = bar.add_task("grid", total=total, completed=_units_done(out, n_rounds, keys))
 
         def refresh() -> None:
-            bar.update(task_id, completed=_units_done(out, n_rounds))
+            bar.update(task_id, completed=_units_done(out, n_rounds, keys))
 
         if executor == "ray":
             failures = _execute_ray(tasks, address, cpus_per_task, gpus_per_task, max_retries, refresh)
@@ -196,10 +212,12 @@ def reproduce(
                           "run the same command again to retry the rest")
 
 
-def _units_done(out: Path, n_rounds: int) -> int:
-    """Progress from the records on disk: finished baselines plus complete rounds of every run."""
+def _units_done(out: Path, n_rounds: int, runs: set[Path]) -> int:
+    """Progress from the records on disk: finished baselines plus complete rounds of the grid's runs."""
     done = sum(1 for _ in out.glob("baseline/*/baseline_table.csv"))
     for state in out.glob("runs/*/*/*/seed-*/state.json"):
+        if state.parent not in runs:
+            continue
         try:
             done += int(json.loads(state.read_text())["completed_round"]) + 1
         except (OSError, ValueError, KeyError):

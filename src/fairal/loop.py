@@ -18,29 +18,31 @@ import numpy as np
 import pandas as pd
 
 from fairal import versions
-from fairal.acquisition import (
-    STRATEGIES,
-    group_weights,
-    localized_entropy,
-    mean_entropy,
-    roi_mask,
-    select_top_k,
-    strategy_scores,
-)
+from fairal.acquisition import group_weights, parse_strategy, select, strategy_scores
 from fairal.config import Profile
 from fairal.data import VolumeSet, load_volumes, read_manifest
 from fairal.errors import FairalError
-from fairal.fit import evaluate, model_factory, train_config
+from fairal.fit import evaluate, model_factory, train_config, uncertainty_stats
 from fairal.io import write_csv, write_json
 from fairal.metrics import fairness_summary
-from fairal.train import load_checkpoint, predict_proba, save_checkpoint, train_model
+from fairal.train import load_checkpoint, save_checkpoint, train_model
 
-#: Share of Group 1 in the initial labeled set (the paper: 5 + 5, 8 + 2, 2 + 8).
-INITS = {"balanced": 0.5, "g1-heavy": 0.8, "g2-heavy": 0.2}
-ROUND_COLUMNS = ["round", "n_labeled", "n_labeled_g1", "n_labeled_g2", "g1_ratio", "dice_all", "dice_g1", "dice_g2",
-                 "delta", "essp", "w_g1", "w_g2"]
+#: Initial labeled sets: ``balanced`` splits evenly over the groups (the paper: 5 + 5); ``gX-heavy`` gives group X
+#: 80% and splits the rest evenly over the others (the paper: 8 + 2 and 2 + 8).
+INITS = ("balanced", "g1-heavy", "g2-heavy")
+HEAVY_SHARE = 0.8
 CASE_COLUMNS = ["round", "case_id", "group", "split", "dice"]
-SELECTION_COLUMNS = ["round", "case_id", "group", "entropy", "localized_entropy", "weight", "score", "selected"]
+SELECTION_COLUMNS = ["round", "case_id", "group", "entropy", "localized_entropy", "bald", "weight", "score",
+                     "selected"]
+
+
+def round_columns(groups: list) -> list[str]:
+    """Columns of ``rounds.csv`` for a dataset's groups; for the paper's groups 1 and 2: round, n_labeled,
+    n_labeled_g1, n_labeled_g2, g1_ratio, dice_all, dice_g1, dice_g2, delta, essp, w_g1, w_g2."""
+    per = [f"n_labeled_g{g}" for g in groups]
+    ratio = ["g1_ratio"] if 1 in groups else []
+    return (["round", "n_labeled", *per, *ratio, "dice_all", *[f"dice_g{g}" for g in groups], "delta", "essp",
+             *[f"w_g{g}" for g in groups]])
 
 
 @dataclass(frozen=True)
@@ -54,16 +56,40 @@ class RunSpec:
     profile: Profile
 
     def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise FairalError(f"unknown strategy {self.strategy!r}; strategies: {', '.join(STRATEGIES)}")
-        if self.init not in INITS:
-            raise FairalError(f"unknown initial set {self.init!r}; initial sets: {', '.join(INITS)}")
+        parse_strategy(self.strategy)
+        _heavy_group(self.init)
         if self.seed < 0:
             raise FairalError(f"--seed must be >= 0, got {self.seed}")
 
     def settings(self) -> dict:
+        """What the run's records depend on (the grid's list of strategies is not part of one run)."""
+        profile = {k: v for k, v in self.profile.as_dict().items() if k != "strategies"}
         return {"data_dir": str(Path(self.data_dir).resolve()), "strategy": self.strategy, "init": self.init,
-                "seed": self.seed, "profile": self.profile.as_dict()}
+                "seed": self.seed, "profile": profile}
+
+
+def same_settings(stored: dict, current: dict) -> bool:
+    """A stored run matches these settings; a profile setting added after the run was written counts as equal
+    when it holds its default (the default keeps the earlier behaviour)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Profile)}
+    stored = json.loads(json.dumps(stored, default=str))
+    current = json.loads(json.dumps(current, default=str))
+    old, new = dict(stored.get("profile", {})), dict(current.get("profile", {}))
+    for key in set(new) - set(old):
+        if key in defaults and json.loads(json.dumps(defaults[key], default=str)) == new[key]:
+            old[key] = new[key]
+    return {**stored, "profile": old} == {**current, "profile": new}
+
+
+def _heavy_group(init: str):
+    """``balanced`` -> None; ``g<X>-heavy`` -> X (an int when it reads as one)."""
+    if init == "balanced":
+        return None
+    if init.startswith("g") and init.endswith("-heavy") and len(init) > len("g-heavy"):
+        name = init[1:-len("-heavy")]
+        return int(name) if name.isdigit() else name
+    raise FairalError(f"unknown initial set {init!r}; initial sets: balanced, g<GROUP>-heavy (e.g. "
+                      f"{', '.join(INITS)})")
 
 
 def schedule(profile: Profile) -> list[int]:
@@ -77,15 +103,32 @@ def schedule(profile: Profile) -> list[int]:
     return list(range(profile.init_size, profile.final_size + 1, profile.acquire))
 
 
+def initial_counts(groups: list, init: str, size: int) -> dict:
+    """Cases per group in the initial set. ``balanced``: ``size`` split evenly (the first groups get the
+    remainder); ``gX-heavy``: ``round(0.8 * size)`` of group X, the rest split evenly over the other groups."""
+    heavy = _heavy_group(init)
+    if heavy is not None and heavy not in groups:
+        raise FairalError(f"initial set {init}: the dataset has no group {heavy} (groups: "
+                          f"{', '.join(map(str, groups))})")
+    if heavy is None or len(groups) == 1:
+        others, rest = list(groups), size
+        need = {}
+    else:
+        need = {heavy: int(round(HEAVY_SHARE * size))}
+        others, rest = [g for g in groups if g != heavy], size - need[heavy]
+    base, extra = divmod(rest, len(others))
+    need.update({g: base + (i < extra) for i, g in enumerate(others)})
+    return {g: need[g] for g in groups}
+
+
 def initial_set(manifest: pd.DataFrame, init: str, size: int, seed: int) -> list[str]:
-    """The initial labeled set: ``round(share * size)`` Group 1 and the rest Group 2 cases, drawn from the pool
-    with ``seed`` alone, so that every strategy of one seed starts from the same set."""
-    if init not in INITS:
-        raise FairalError(f"unknown initial set {init!r}; initial sets: {', '.join(INITS)}")
+    """The initial labeled set (:func:`initial_counts` per group), drawn from the pool with ``seed`` alone, so
+    that every strategy of one seed starts from the same set."""
     pool = manifest[manifest["split"] == "pool"]
-    n1 = int(round(INITS[init] * size))
-    need = {1: n1, 2: size - n1}
-    rng = np.random.default_rng([seed, 4, list(INITS).index(init)])
+    groups = sorted(set(manifest["group"]), key=str)
+    need = initial_counts(groups, init, size)
+    index = list(INITS).index(init) if init in INITS else 3 + sum(map(ord, init))
+    rng = np.random.default_rng([seed, 4, index])
     chosen: list[str] = []
     for g, n in need.items():
         ids = sorted(pool.loc[pool["group"] == g, "case_id"])
@@ -117,6 +160,9 @@ class ActiveLearningRun:
             raise FairalError(f"impossible budget: {self.profile.final_size} labeled cases asked for, the pool of "
                               f"{spec.data_dir} has {len(pool)}")
         self.groups = sorted(set(self.manifest["group"]), key=str)
+        self.strategy = parse_strategy(spec.strategy)
+        self.columns = round_columns(self.groups)
+        initial_counts(self.groups, spec.init, self.profile.init_size)  # an init that names no group fails here
         self._volumes = volumes
 
     # -- state ------------------------------------------------------------------------------------------------
@@ -130,7 +176,7 @@ class ActiveLearningRun:
             config = json.loads((self.out / "config.json").read_text())
         except (OSError, ValueError) as err:
             raise FairalError(f"{self.out} holds an unreadable run state: {err}") from err
-        if config.get("settings") != json.loads(json.dumps(self.spec.settings(), default=str)):
+        if not same_settings(config.get("settings", {}), self.spec.settings()):
             raise FairalError(f"{self.out} holds a run with other settings; choose another --out or delete it")
         return state
 
@@ -178,13 +224,13 @@ class ActiveLearningRun:
                 on_round(rnd)
             if finished:
                 break
-        return pd.DataFrame(records["rounds"], columns=ROUND_COLUMNS)
+        return pd.DataFrame(records["rounds"], columns=self.columns)
 
     def _round(self, rnd, labeled, records, vol, test_ids, pool_ids, group_of, progress):
         p = self.profile
         rows = vol.rows(labeled)
         cfg = train_config(p, _round_seed(self.spec.seed, rnd))
-        factory = model_factory(p, vol, rows)
+        factory = model_factory(p, vol, rows, dropout=p.mc_dropout if self.strategy.needs_dropout else 0.0)
         if rnd == 0 and p.first_round_steps is not None:
             cfg = dataclasses.replace(cfg, steps=p.first_round_steps, epochs=None)
         warm = p.warm_start and rnd > 0
@@ -205,14 +251,17 @@ class ActiveLearningRun:
         summary = fairness_summary(test_dice, vol.groups[test_rows])
         labeled_dice = evaluate(model, vol, rows, batch_size=8)
         labeled_groups = [group_of[c] for c in labeled]
-        weights = group_weights(labeled_dice, labeled_groups, self.groups, p.temperature)
-        n1 = sum(g == 1 for g in labeled_groups)
-        records["rounds"].append({
-            "round": rnd, "n_labeled": len(labeled), "n_labeled_g1": n1, "n_labeled_g2": len(labeled) - n1,
-            "g1_ratio": n1 / len(labeled), "dice_all": summary["dice_all"], "dice_g1": summary.get("dice_g1"),
-            "dice_g2": summary.get("dice_g2"), "delta": summary["delta"], "essp": summary["essp"],
-            "w_g1": weights.get(1), "w_g2": weights.get(2),
-        })
+        temperature = self.strategy.temperature or p.temperature
+        weights = group_weights(labeled_dice, labeled_groups, self.groups, temperature)
+        row = {"round": rnd, "n_labeled": len(labeled), "dice_all": summary["dice_all"], "delta": summary["delta"],
+               "essp": summary["essp"]}
+        for g in self.groups:
+            row[f"n_labeled_g{g}"] = sum(x == g for x in labeled_groups)
+            row[f"dice_g{g}"] = summary.get(f"dice_g{g}")
+            row[f"w_g{g}"] = weights[g]
+        if 1 in self.groups:
+            row["g1_ratio"] = row["n_labeled_g1"] / len(labeled)
+        records["rounds"].append(row)
         records["cases"] += [{"round": rnd, "case_id": c, "group": group_of[c], "split": "labeled", "dice": d}
                              for c, d in zip(labeled, labeled_dice, strict=True)]
         records["cases"] += [{"round": rnd, "case_id": c, "group": group_of[c], "split": "test", "dice": d}
@@ -227,7 +276,7 @@ class ActiveLearningRun:
             records["selections"] += rows_sel
             next_labeled = sorted(labeled + selected)
         # Records first, then the checkpoint, then the state: a kill between them repeats this round only.
-        write_csv(self.out / "rounds.csv", pd.DataFrame(records["rounds"], columns=ROUND_COLUMNS))
+        write_csv(self.out / "rounds.csv", pd.DataFrame(records["rounds"], columns=self.columns))
         write_csv(self.out / "cases.csv", pd.DataFrame(records["cases"], columns=CASE_COLUMNS))
         write_csv(self.out / "selections.csv", pd.DataFrame(records["selections"], columns=SELECTION_COLUMNS))
         ckpt_dir = self.out / "checkpoints"
@@ -244,18 +293,18 @@ class ActiveLearningRun:
     def _acquire(self, model, vol, candidates, group_of, weights, rnd, k):
         p = self.profile
         rows = vol.rows(candidates)
-        fallback = vol.roi[0].numpy()
-        ent, loc = [], []
-        for proba in predict_proba(model, vol.images[rows], batch_size=8):
-            ent.append(mean_entropy(proba))
-            roi, _ = roi_mask(proba, p.roi_dilation, fallback)
-            loc.append(localized_entropy(proba, roi))
+        stats = uncertainty_stats(model, vol.images[rows], vol.roi[0].numpy(), p, self.strategy.needs_dropout,
+                                  seed=_round_seed(self.spec.seed, rnd))
         groups = [group_of[c] for c in candidates]
         rng = np.random.default_rng([self.spec.seed, rnd, 5])
-        scores, w = strategy_scores(self.spec.strategy, candidates, groups, ent, loc, weights, rng)
-        selected = select_top_k(candidates, scores, k)
+        scores, w = strategy_scores(self.strategy, candidates, groups, stats["entropy"], stats["localized_entropy"],
+                                    weights, rng, bald=stats["bald"])
+        selected = select(self.strategy, candidates, scores, k, p.stochastic_batches, rng)
         chosen = set(selected)
-        rows_sel = [{"round": rnd, "case_id": c, "group": g, "entropy": e, "localized_entropy": lo,
+        rows_sel = [{"round": rnd, "case_id": c, "group": g, "entropy": e, "localized_entropy": lo, "bald": b,
                      "weight": wi, "score": s, "selected": c in chosen}
-                    for c, g, e, lo, wi, s in zip(candidates, groups, ent, loc, w, scores, strict=True)]
+                    for c, g, e, lo, b, wi, s in zip(candidates, groups, stats["entropy"],
+                                                     stats["localized_entropy"], stats["bald"], w, scores,
+                                                     strict=True)]
         return selected, rows_sel
+

@@ -16,24 +16,28 @@ from torch import nn
 
 from fairal.errors import FairalError
 
-__all__ = ["UNet3D", "flops_per_voxel"]
+__all__ = ["UNet3D", "enable_mc_dropout", "flops_per_voxel"]
 
 
-def _conv_block(in_ch: int, out_ch: int, norm_groups: int) -> nn.Sequential:
-    """Two [Conv3d 3x3x3 (padding 1) -> GroupNorm -> ReLU] blocks.
+def _conv_block(in_ch: int, out_ch: int, norm_groups: int, dropout: float = 0.0) -> nn.Sequential:
+    """Two [Conv3d 3x3x3 (padding 1) -> GroupNorm -> ReLU] blocks, then channel dropout if ``dropout > 0``.
 
     The convolutions carry no bias: GroupNorm subtracts the per-group mean straight after, which would
-    cancel it.
+    cancel it. The dropout layer comes last and has no weights, so the parameter names (and checkpoints) are the
+    same with or without it.
     """
     groups = min(norm_groups, out_ch)
-    return nn.Sequential(
+    layers = [
         nn.Conv3d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
         nn.GroupNorm(groups, out_ch),
         nn.ReLU(inplace=True),
         nn.Conv3d(out_ch, out_ch, kernel_size=3, padding=1, bias=False),
         nn.GroupNorm(groups, out_ch),
         nn.ReLU(inplace=True),
-    )
+    ]
+    if dropout > 0:
+        layers.append(nn.Dropout3d(dropout))
+    return nn.Sequential(*layers)
 
 
 class UNet3D(nn.Module):
@@ -58,6 +62,9 @@ class UNet3D(nn.Module):
             ``log(p / (1 - p))`` so that the initial prediction is ``p`` everywhere. A small positive prior
             keeps the output layer's gradient alive at the start and guards against the collapse in which
             every ReLU feeding the output dies and the network never predicts foreground.
+        dropout: channel dropout (``Dropout3d``) after every conv block but the first, for MC-dropout BALD;
+            0 (the paper's network) adds no layer. GroupNorm has no running statistics, so switching only the
+            dropout layers to training mode (:func:`enable_mc_dropout`) samples the network without changing it.
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class UNet3D(nn.Module):
         features: Sequence[int] = (8, 16),
         norm_groups: int = 4,
         foreground_prior: float | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         features = tuple(features)
@@ -88,6 +96,8 @@ class UNet3D(nn.Module):
                 )
         if foreground_prior is not None and not (0.0 < float(foreground_prior) < 1.0):
             raise FairalError(f"foreground_prior must lie strictly between 0 and 1, got {foreground_prior!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise FairalError(f"dropout must lie in [0, 1), got {dropout!r}")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -95,11 +105,12 @@ class UNet3D(nn.Module):
         self.norm_groups = norm_groups
         self.foreground_prior = foreground_prior
         self.depth = len(features)
+        self.dropout = float(dropout)
 
         self.encoders = nn.ModuleList()
         prev = in_channels
-        for ch in features:
-            self.encoders.append(_conv_block(prev, ch, norm_groups))
+        for level, ch in enumerate(features):
+            self.encoders.append(_conv_block(prev, ch, norm_groups, self.dropout if level > 0 else 0.0))
             prev = ch
         self.pool = nn.MaxPool3d(kernel_size=2, stride=2)
         # ups[i] / decoders[i] bring level i+1 back to level i.
@@ -108,7 +119,7 @@ class UNet3D(nn.Module):
             for i in range(self.depth - 1)
         )
         self.decoders = nn.ModuleList(
-            _conv_block(2 * features[i], features[i], norm_groups) for i in range(self.depth - 1)
+            _conv_block(2 * features[i], features[i], norm_groups, self.dropout) for i in range(self.depth - 1)
         )
         self.head = nn.Conv3d(features[0], out_channels, kernel_size=1)
         if foreground_prior is not None:
@@ -149,6 +160,18 @@ class UNet3D(nn.Module):
         if any(pads):
             x = x[:, :, : spatial[0], : spatial[1], : spatial[2]]
         return x
+
+
+def enable_mc_dropout(model: nn.Module) -> int:
+    """Evaluation mode for everything but the dropout layers, which sample (Monte-Carlo dropout). Returns the
+    number of dropout layers switched on (0: the model cannot sample)."""
+    model.eval()
+    n = 0
+    for layer in model.modules():
+        if isinstance(layer, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d | nn.AlphaDropout):
+            layer.train()
+            n += 1
+    return n
 
 
 def flops_per_voxel(model: UNet3D) -> float:

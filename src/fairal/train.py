@@ -36,6 +36,7 @@ __all__ = [
     "train_step",
     "train_model",
     "predict_proba",
+    "predict_mc_dropout",
     "save_checkpoint",
     "load_checkpoint",
 ]
@@ -427,32 +428,81 @@ def predict_proba(
     autocasts to bfloat16 as in training (pass "off" for full-precision probabilities: bf16 logits carry only
     ~3 significant digits).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise FairalError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if isinstance(volumes, torch.Tensor) and volumes.dim() != 5:
-        raise FairalError(f"a tensor of volumes must have shape (N, C, X, Y, Z), got {tuple(volumes.shape)}")
     use_bf16 = resolve_bf16(bf16)
     fmt = _memory_format(channels_last)
     model.to(memory_format=fmt)
     model.eval()
 
-    def run(batch: list[torch.Tensor]) -> Iterator[np.ndarray]:
-        x = torch.stack(batch).to(device=_model_device(model), memory_format=fmt)
+    def run(x: torch.Tensor) -> Iterator[np.ndarray]:
         with torch.inference_mode(), _autocast(use_bf16):
             logits = model(x)
         proba = torch.sigmoid(logits.float()).contiguous().cpu().numpy()
         for p in proba:
             yield p[0] if p.shape[0] == 1 else p
 
+    yield from _batched(model, volumes, batch_size, fmt, run)
+
+
+def predict_mc_dropout(
+    model: nn.Module,
+    volumes: Iterable[torch.Tensor] | torch.Tensor,
+    samples: int,
+    seed: int,
+    batch_size: int = 4,
+    *,
+    channels_last: bool = True,
+    bf16: str | bool = "auto",
+) -> Iterator[np.ndarray]:
+    """Yield ``samples`` Monte-Carlo dropout predictions per case, a float32 array (samples, X, Y, Z) of the
+    foreground probability, for MC-dropout BALD (Gal et al. 2017).
+
+    Only the model's dropout layers sample (:func:`fairal.model.enable_mc_dropout`); everything else, GroupNorm
+    included, runs as in evaluation. The draws come from ``seed`` (and the batch's position), so the same seed,
+    inputs and batch size give the same samples. A model without dropout layers is refused: its samples would all
+    be equal and BALD zero.
+    """
+    from fairal.model import enable_mc_dropout
+
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise FairalError(f"MC dropout needs at least 2 samples, got {samples!r}")
+    use_bf16 = resolve_bf16(bf16)
+    fmt = _memory_format(channels_last)
+    model.to(memory_format=fmt)
+    if enable_mc_dropout(model) == 0:
+        raise FairalError("MC-dropout BALD needs a model with dropout layers (dropout > 0)")
+    device = _model_device(model)
+    counter = iter(range(1 << 62))
+
+    def run(x: torch.Tensor) -> Iterator[np.ndarray]:
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(), _autocast(use_bf16):
+            torch.manual_seed(int(np.random.SeedSequence([seed, next(counter)]).generate_state(1)[0]))
+            draws = torch.stack([torch.sigmoid(model(x).float()) for _ in range(samples)], dim=1)
+        for d in draws.contiguous().cpu().numpy():  # (samples, C, X, Y, Z)
+            yield d[:, 0] if d.shape[1] == 1 else d
+
+    try:
+        yield from _batched(model, volumes, batch_size, fmt, run)
+    finally:
+        model.eval()
+
+
+def _batched(model, volumes, batch_size, fmt, run) -> Iterator[np.ndarray]:
+    """Stream ``volumes`` through ``run`` in batches of up to ``batch_size`` cases of one shape."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FairalError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(volumes, torch.Tensor) and volumes.dim() != 5:
+        raise FairalError(f"a tensor of volumes must have shape (N, C, X, Y, Z), got {tuple(volumes.shape)}")
+    device = _model_device(model)
     batch: list[torch.Tensor] = []
     for volume in volumes:
         case = _as_case(volume)
         if batch and (case.shape != batch[0].shape or len(batch) == batch_size):
-            yield from run(batch)
+            yield from run(torch.stack(batch).to(device=device, memory_format=fmt))
             batch = []
         batch.append(case)
     if batch:
-        yield from run(batch)
+        yield from run(torch.stack(batch).to(device=device, memory_format=fmt))
 
 
 _ALLOWED_META = (str, int, float, bool, type(None))

@@ -48,7 +48,8 @@ def table1(results: Results) -> pd.DataFrame:
     """Our baselines next to the paper's Table 1."""
     if results.baselines.empty:
         return pd.DataFrame()
-    ours = results.baselines[["dataset", "cohort", "dice_g1", "dice_g2", "dice_all", "essp", "delta"]]
+    groups = [c for c in results.baselines.columns if c.startswith("dice_g")]
+    ours = results.baselines[["dataset", "cohort", *groups, "dice_all", "essp", "delta"]]
     merged = ours.merge(PAPER_TABLE1, on=["dataset", "cohort"], how="left", suffixes=("", "_paper"))
     return merged
 
@@ -109,13 +110,18 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
     captions = {"fig1_essp": "Figure 1: ESSP per round, rows: initial set, columns: dataset.",
                 "fig2_delta_dice_strong": "Figure 2: Δ and Dice, strong bias.",
                 "fig3_group1_ratio": "Figure 3: Group 1 ratio of the labeled set per round.",
-                "fig4_delta_dice_weak": "Figure 4: Δ and Dice, weak bias."}
+                "fig4_delta_dice_weak": "Figure 4: Δ and Dice, weak bias.",
+                "fig5_beyond_essp": "Figure 5: ESSP of the strategies beyond the paper (dashed) against entropy "
+                                    "and weighted localized entropy.",
+                "fig6_beyond_delta": "Figure 6: Δ of the strategies beyond the paper (dashed) against entropy "
+                                     "and weighted localized entropy."}
     if figs:
         n_seeds = int(results.rounds["seed"].nunique())
         band = (f"Lines: mean of {n_seeds} seeds; bands: bootstrap 95% CI of the mean across seeds."
                 if n_seeds > 1 else "One seed per run: no band.")
         parts.append(f"<h2>Figures</h2><p>{band} x axis: labeled images.</p>")
-        for name in ("fig1_essp", "fig2_delta_dice_strong", "fig4_delta_dice_weak", "fig3_group1_ratio"):
+        for name in ("fig1_essp", "fig2_delta_dice_strong", "fig4_delta_dice_weak", "fig3_group1_ratio",
+                     "fig5_beyond_essp", "fig6_beyond_delta"):
             if name in figs:
                 parts.append(f"<h3>{html.escape(captions[name])}</h3>" + _img(figs[name][0], captions[name]))
     if results.settings:

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fairal.config import ALL_STRATEGIES, PAPER_STRATEGIES
 from fairal.errors import FairalError
 
-#: Strategy order and names as in the paper's figures.
-STRATEGY_ORDER = ["random", "entropy", "localized-entropy", "weighted-localized-entropy"]
+#: Strategy order: the paper's four as in its figures, then the ones beyond it.
+STRATEGY_ORDER = list(ALL_STRATEGIES)
 INIT_ORDER = ["balanced", "g1-heavy", "g2-heavy"]
 DATASET_ORDER = ["strong", "weak"]
 
@@ -39,7 +40,7 @@ def _order(values, preferred):
 def load_results(folder: str | Path) -> Results:
     """All runs under ``folder/runs/DATASET/INIT/STRATEGY/seed-N``, the baselines under ``folder/baseline/``.
 
-    The expected grid is every dataset x init x strategy x seed seen anywhere (the profile's four strategies and
+    The expected grid is every dataset x init x strategy x seed seen anywhere (the paper's four strategies and
     three initial sets at least), so a grid still running shows which runs are missing.
     """
     folder = Path(folder)
@@ -75,7 +76,7 @@ def load_results(folder: str | Path) -> Results:
         raise FairalError(f"{folder} holds no run (runs/*/*/*/seed-*/rounds.csv) and no baseline")
     datasets = _order(set(rounds["dataset"]) | set(baselines.get("dataset", [])), DATASET_ORDER)
     inits = _order(set(rounds["init"]) | set(INIT_ORDER), INIT_ORDER)
-    strategies = _order(set(rounds["strategy"]) | set(STRATEGY_ORDER), STRATEGY_ORDER)
+    strategies = _order(set(rounds["strategy"]) | set(PAPER_STRATEGIES), STRATEGY_ORDER)
     seeds = sorted(set(rounds["seed"])) or [0]
     expected = [(d, i, s, n) for d in datasets for i in inits for s in strategies for n in seeds]
     previews = {d: folder / "data" / d / "preview.png" for d in datasets
@@ -109,7 +110,9 @@ def final_table(results: Results) -> pd.DataFrame:
     last = done.sort_values("round").groupby(keys).tail(1)
     auc = done.groupby(keys).apply(lambda g: area_under_curve(g["n_labeled"], g["essp"]), include_groups=False)
     last = last.set_index(keys).assign(essp_auc=auc).reset_index()
-    cols = ["n_labeled", "dice_all", "dice_g1", "dice_g2", "delta", "essp", "essp_auc", "g1_ratio"]
+    groups = [c for c in r.columns if c.startswith("dice_g")]
+    ratio = ["g1_ratio"] if "g1_ratio" in r.columns else []
+    cols = ["n_labeled", "dice_all", *groups, "delta", "essp", "essp_auc", *ratio]
     table = last.groupby(keys[:3])[cols].mean().reset_index()
     table["n_labeled"] = table["n_labeled"].round().astype(int)
     table.insert(3, "n_seeds", last.groupby(keys[:3]).size().to_numpy())

@@ -1,0 +1,220 @@
+"""A lab's own data: a CSV of cases (``case_id, image, label`` and sensitive-attribute columns), read into one
+common grid.
+
+The CSV: one row per case; ``image`` and ``label`` are NIfTI paths (relative to the CSV's folder or absolute);
+an empty ``label`` marks an unlabeled case (a candidate for annotation). The columns named by ``--group-by`` hold
+the sensitive attributes; several columns make intersectional groups (``F/site-A``); an empty value in any of them
+makes the case's group unknown.
+
+Images may have any size, spacing and orientation. They are resampled, by their affines, onto one grid: RAS axes,
+isotropic ``spacing`` mm, covering the bounding box of the labeled structures in world coordinates plus a margin
+(or a grid saved with a model). So the images must share a world space, as images registered (even affinely) to
+one template do; a case whose image covers too little of the grid is refused. Resampling is linear for images and
+linear-then-0.5 for labels, as in the simulator.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from nibabel.processing import resample_from_to
+
+from fairal.data import VolumeSet, _normalise
+from fairal.errors import FairalError
+
+OWN_COLUMNS = ("case_id", "image", "label")
+GROUP_SEPARATOR = "/"
+#: A case's image must cover at least this share of the common grid.
+MIN_COVERAGE = 0.5
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The common grid: ``shape`` voxels, ``affine`` voxel -> world (mm, RAS)."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    def as_meta(self) -> dict:
+        return {"shape": list(self.shape), "affine": [[float(v) for v in row] for row in self.affine]}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Grid:
+        try:
+            return cls(tuple(int(v) for v in meta["shape"]), np.asarray(meta["affine"], dtype=np.float64))
+        except (KeyError, TypeError, ValueError) as err:
+            raise FairalError(f"the model's saved grid is unreadable: {err}") from err
+
+
+def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read and validate the CSV. Returns it with ``image_path``, ``label_path`` (absolute; ``""`` if unlabeled),
+    ``labeled``, ``group`` (the group's name, ``None`` if unknown) and ``group_known``."""
+    path = Path(csv_path)
+    if not path.is_file():
+        raise FairalError(f"{path}: file not found")
+    try:
+        t = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as err:
+        raise FairalError(f"{path} is not a readable CSV file: {err}") from err
+    missing = [c for c in OWN_COLUMNS if c not in t.columns]
+    if missing:
+        raise FairalError(f"{path} lacks the column(s) {', '.join(missing)} (needs {', '.join(OWN_COLUMNS)}; "
+                          f"has {', '.join(t.columns)})")
+    absent = [c for c in group_by if c not in t.columns]
+    if absent:
+        raise FairalError(f"{path}: no column {', '.join(map(repr, absent))} for --group-by (columns: "
+                          f"{', '.join(t.columns)})")
+    if t.empty:
+        raise FairalError(f"{path} lists no case")
+    t["case_id"] = t["case_id"].str.strip()
+    if (t["case_id"] == "").any():
+        raise FairalError(f"{path}: row {int(np.argmax(t['case_id'] == '')) + 2} has no case_id")
+    dup = t["case_id"][t["case_id"].duplicated()].tolist()
+    if dup:
+        raise FairalError(f"{path}: case ids must be unique; repeated: {', '.join(dup[:5])}")
+    base = path.resolve().parent
+    for col in ("image", "label"):
+        t[f"{col}_path"] = ["" if not p.strip() else str((base / p.strip()).resolve()) for p in t[col]]
+    for case, img, lab, rel_img, rel_lab in zip(t["case_id"], t["image_path"], t["label_path"], t["image"],
+                                                t["label"], strict=True):
+        if not img:
+            raise FairalError(f"{path}: case {case} has no image")
+        if not Path(img).is_file():
+            raise FairalError(f"case {case}: image file not found: {rel_img} (looked for {img})")
+        if lab and not Path(lab).is_file():
+            raise FairalError(f"case {case}: label file not found: {rel_lab} (looked for {lab})")
+    t["labeled"] = t["label_path"] != ""
+    if group_by:
+        values = t[list(group_by)].apply(lambda col: col.str.strip())
+        known = (values != "").all(axis=1)
+        t["group"] = [GROUP_SEPARATOR.join(row) if k else None
+                      for row, k in zip(values.itertuples(index=False, name=None), known, strict=True)]
+        t["group_known"] = known.to_numpy()
+    else:
+        t["group"] = "all"
+        t["group_known"] = True
+    return t
+
+
+def _load(path: str, case: str, what: str) -> nib.Nifti1Image:
+    try:
+        img = nib.load(path)
+        shape = img.shape
+        if len(shape) == 4 and shape[3] == 1:
+            img = img.slicer[..., 0]
+        elif len(shape) != 3:
+            raise FairalError(f"case {case}: {what} {path} must be a 3D volume, got shape {shape}")
+        return img
+    except FairalError:
+        raise
+    except Exception as err:
+        raise FairalError(f"case {case}: {what} {path} is not a readable NIfTI image: {err}") from err
+
+
+def _data(img: nib.Nifti1Image, case: str, what: str, path: str) -> np.ndarray:
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:
+        raise FairalError(f"case {case}: {what} {path} is corrupt: {err}") from err
+    if not np.isfinite(data).all():
+        raise FairalError(f"case {case}: {what} {path} holds NaN or infinite values")
+    return data
+
+
+def _check_pair(case: str, img: nib.Nifti1Image, lab: nib.Nifti1Image, img_path: str, lab_path: str) -> None:
+    if tuple(lab.shape[:3]) != tuple(img.shape[:3]):
+        raise FairalError(f"case {case}: label shape {tuple(lab.shape[:3])} differs from its image's "
+                          f"{tuple(img.shape[:3])} (image {img_path}, label {lab_path})")
+    if not np.allclose(lab.affine, img.affine, atol=1e-3):
+        raise FairalError(f"case {case}: label and image are not on the same grid (their affines differ; image "
+                          f"{img_path}, label {lab_path})")
+
+
+def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float) -> Grid:
+    """The common grid: RAS, ``spacing`` mm, around the union of the labeled structures' world bounding boxes,
+    widened by ``margin_mm`` on every side."""
+    if spacing <= 0:
+        raise FairalError(f"--spacing must be > 0 mm, got {spacing}")
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    labeled = cases[cases["labeled"]]
+    if labeled.empty:
+        raise FairalError("no labeled case: label at least one case (a path in the 'label' column), or give a "
+                          "model trained by fairal query (--model) that carries its grid")
+    for case, path in zip(labeled["case_id"], labeled["label_path"], strict=True):
+        lab = _load(path, case, "label")
+        idx = np.argwhere(_data(lab, case, "label", path) > 0.5)
+        if idx.size == 0:
+            continue
+        corners = np.array([[a, b, c] for a in (idx[:, 0].min(), idx[:, 0].max())
+                            for b in (idx[:, 1].min(), idx[:, 1].max()) for c in (idx[:, 2].min(), idx[:, 2].max())])
+        world = nib.affines.apply_affine(lab.affine, corners)
+        lo, hi = np.minimum(lo, world.min(0)), np.maximum(hi, world.max(0))
+    if not np.all(np.isfinite(lo)):
+        raise FairalError("every label is empty: no structure to place the analysis grid around")
+    lo, hi = lo - margin_mm, hi + margin_mm
+    shape = tuple(int(math.ceil((b - a) / spacing)) + 1 for a, b in zip(lo, hi, strict=True))
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = lo
+    return Grid(shape, affine)  # type: ignore[arg-type]
+
+
+def _coverage(img: nib.Nifti1Image, grid: Grid) -> float:
+    """Share of the grid's voxel centres that lie inside the image's field of view."""
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij"), -1).reshape(-1, 3)
+    to_img = np.linalg.inv(img.affine) @ grid.affine
+    vox = nib.affines.apply_affine(to_img, ijk)
+    inside = np.all((vox >= -0.5) & (vox <= np.array(img.shape[:3]) - 0.5), axis=1)
+    return float(inside.mean())
+
+
+def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2) -> VolumeSet:
+    """Every case resampled onto ``grid``: images normalised as for the simulated data, labels binary (zeros for
+    unlabeled cases). ``splits`` holds ``labeled``/``unlabeled``; ``groups`` the group names (``None`` unknown);
+    ``roi`` the union of the labeled structures (the fallback region of an empty prediction)."""
+    ids = cases["case_id"].tolist()
+
+    def one(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        case, img_path, lab_path = ids[i], cases["image_path"].iloc[i], cases["label_path"].iloc[i]
+        img = _load(img_path, case, "image")
+        data = _data(img, case, "image", img_path)
+        cover = _coverage(img, grid)
+        if cover < MIN_COVERAGE:
+            raise FairalError(f"case {case}: image {img_path} covers only {cover:.0%} of the analysis region; are "
+                              "all images in one world space (e.g. registered to one template)?")
+        target = (grid.shape, grid.affine)
+        res = resample_from_to(nib.Nifti1Image(data, img.affine), target, order=1, mode="constant", cval=0.0)
+        image = _normalise(np.asarray(res.dataobj, dtype=np.float32))
+        label = np.zeros(grid.shape, np.uint8)
+        if lab_path:
+            lab = _load(lab_path, case, "label")
+            _check_pair(case, img, lab, img_path, lab_path)
+            values = _data(lab, case, "label", lab_path)
+            if not set(np.unique(values).tolist()) <= {0.0, 1.0}:
+                raise FairalError(f"case {case}: label {lab_path} is not binary (values "
+                                  f"{np.unique(values)[:6].tolist()}): expected 0 and 1")
+            res = resample_from_to(nib.Nifti1Image(values, lab.affine), target, order=1, mode="constant", cval=0.0)
+            label = (np.asarray(res.dataobj) >= 0.5).astype(np.uint8)
+        return torch.from_numpy(image.astype(np.float32))[None], torch.from_numpy(label)[None]
+
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        loaded = list(pool.map(one, range(len(ids))))
+    images = torch.stack([a for a, _ in loaded])
+    labels = torch.stack([b for _, b in loaded])
+    labeled = torch.from_numpy(cases["labeled"].to_numpy(bool).copy())
+    roi = labels[labeled].amax(dim=0).bool() if bool(labeled.any()) else torch.zeros(labels.shape[1:], dtype=bool)
+    groups = np.empty(len(ids), dtype=object)
+    groups[:] = cases["group"].tolist()
+    splits = np.where(cases["labeled"].to_numpy(), "labeled", "unlabeled")
+    box = tuple((0, n) for n in grid.shape)
+    return VolumeSet(ids, groups, splits, images, labels, roi, box, 1)

@@ -1,0 +1,173 @@
+"""``fairal query`` on a tiny own-data study: three groups, unknown groups, unlabeled rows, any grid."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fairal.cli import app
+from fairal.config import get_profile
+from fairal.errors import FairalError
+from fairal.owndata import load_cases, read_cases, structure_grid
+from fairal.query import MIN_PER_GROUP, group_probabilities, run_query
+
+from .own_data import make_study
+
+FAST = {"steps": "30", "batch_size": "4", "mc_samples": "3", "stochastic_batches": "20"}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return make_study(tmp_path_factory.mktemp("study"))
+
+
+def _profile(**extra):
+    return get_profile("smoke", {**FAST, **extra})
+
+
+def test_read_cases_groups_and_intersections(study):
+    t = read_cases(study, ["site"])
+    assert len(t) == 24 and t["labeled"].sum() == 12
+    assert set(t.loc[t["group_known"], "group"]) == {"A", "B", "C"}
+    assert (~t["group_known"]).sum() == 3 and t.loc[~t["group_known"], "label_path"].eq("").all()
+    both = read_cases(study, ["site", "sex"])
+    assert {"A/F", "A/M", "C/F"} <= set(both["group"].dropna())
+    assert both["group"].isna().sum() == 3  # an empty site makes the intersection unknown
+    assert read_cases(study, [])["group"].eq("all").all()
+
+
+def test_common_grid_aligns_any_size_spacing_and_orientation(study):
+    t = read_cases(study, ["site"])
+    grid = structure_grid(t, spacing=2.0, margin_mm=4.0)
+    assert grid.spacing == (2.0, 2.0, 2.0)
+    vol = load_cases(t, grid)
+    labeled = t.index[t["labeled"]]
+    masks = {t["case_id"][i]: vol.labels[i, 0].numpy().astype(bool) for i in labeled}
+    for case, m in masks.items():  # 1 mm RAS (a), 1.5 mm (b), 1 mm LAS with x flipped (c): same place in the world
+        centre = nib.affines.apply_affine(grid.affine, np.argwhere(m).mean(0))
+        assert np.linalg.norm(centre - [4.0, 2.0, 0.0]) < 2.0, (case, centre)
+    assert masks["c00"].sum() < 0.6 * masks["a00"].sum()  # site C's structure is smaller
+    assert vol.images.shape[2:] == grid.shape and float(vol.images.max()) > 0.5
+
+
+def test_query_is_deterministic_and_explains_its_ranks(study, tmp_path):
+    prof = _profile()
+    a = run_query(study, 4, "weighted-localized-entropy", tmp_path / "a", prof, group_by=["site"], seed=3,
+                  progress=False)
+    b = run_query(study, 4, "weighted-localized-entropy", tmp_path / "b", prof, group_by=["site"], seed=3,
+                  progress=False)
+    pd.testing.assert_frame_equal(a, b)
+    assert (tmp_path / "a" / "query.csv").read_text() == (tmp_path / "b" / "query.csv").read_text()
+    assert list(a.columns[:6]) == ["rank", "case_id", "group", "score", "entropy", "weight"]
+    assert a["rank"].tolist() == list(range(1, 13)) and a["selected"].sum() == 4
+    assert a["score"].is_monotonic_decreasing
+    info = json.loads((tmp_path / "a" / "query.json").read_text())
+    w = info["weights"]
+    assert set(w) == {"A", "B", "C"} and sum(w.values()) == pytest.approx(1.0)
+    known = a[a["group_known"]]
+    np.testing.assert_allclose(known["weight"], [w[g] for g in known["group"]])
+    np.testing.assert_allclose(known["score"], known["weight"] * known["entropy"])
+    unknown = a[~a["group_known"]]
+    assert len(unknown) == 3 and unknown["group"].fillna("").eq("").all()
+    p = unknown[["p_group_A", "p_group_B", "p_group_C"]].to_numpy()
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    np.testing.assert_allclose(unknown["weight"], p @ np.array([w["A"], w["B"], w["C"]]))  # sum_g p(g|x) w_g
+    assert info["unknown_groups"]["method"] == "classifier"  # 7 cases of known group per site: enough
+    assert "expected weight" in unknown["reason"].iloc[0] and "weight" in known["reason"].iloc[0]
+    assert (tmp_path / "a" / "montage.png").stat().st_size > 1000
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left behind
+
+
+def test_other_strategies_and_a_saved_model(study, tmp_path):
+    prof = _profile()
+    first = run_query(study, 3, "stochastic-weighted-localized-entropy", tmp_path / "s", prof, group_by=["site"],
+                      progress=False)
+    assert first["selected"].sum() == 3 and "random batches" in first["reason"].iloc[0]
+    again = run_query(study, 3, "stochastic-weighted-localized-entropy", tmp_path / "s2", prof, group_by=["site"],
+                      progress=False)
+    assert first["case_id"].tolist() == again["case_id"].tolist()
+    bald = run_query(study, 3, "weighted-bald", tmp_path / "bald", prof, group_by=["site"],
+                     group_dice="cross-validated", model_path=tmp_path / "s" / "model.pt", progress=False)
+    assert (bald["bald"] >= 0).all() and bald["bald"].notna().all()
+    info = json.loads((tmp_path / "bald" / "query.json").read_text())
+    assert info["training"] == {"trained": False} and info["group_dice"] == "cross-validated"
+    with pytest.raises(FairalError, match="--group-dice must be one of"):
+        run_query(study, 3, "weighted-bald", tmp_path / "x", prof, group_dice="test-set")
+
+
+def test_query_command_and_clear_errors(study, tmp_path):
+    args = ["query", str(study), "--budget", "2", "--group-by", "site", "--profile", "smoke"]
+    for k, v in FAST.items():
+        args += ["--set", f"{k}={v}"]
+    ok = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "q")])
+    assert ok.exit_code == 0, ok.output
+    assert "annotate next" in ok.output and (tmp_path / "q" / "query.csv").is_file()
+    again = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "q")])
+    assert again.exit_code == 2 and "exists and is not empty" in again.output
+
+    def fails(table: pd.DataFrame, message: str, extra=()) -> None:
+        path = tmp_path / "bad.csv"
+        table.to_csv(path, index=False)
+        res = CliRunner().invoke(app, ["query", str(path), "--budget", "2", "--out", str(tmp_path / "never"),
+                                       "--profile", "smoke", "--set", "steps=2", *extra])
+        assert res.exit_code == 2, res.output
+        assert message in res.output, res.output
+        assert not (tmp_path / "never").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
+
+    base = pd.read_csv(study, dtype=str, keep_default_na=False)
+    base["image"] = [str(study.parent / p) for p in base["image"]]
+    base["label"] = [str(study.parent / p) if p else "" for p in base["label"]]
+    missing = base.copy()
+    missing.loc[2, "image"] = str(study.parent / "images" / "gone.nii.gz")
+    fails(missing, "case a02: image file not found")
+    mismatch = base.copy()
+    mismatch.loc[0, "label"] = base.loc[8, "label"]  # a 1.5 mm label (22x22x19) for a 1 mm image (32x32x28)
+    fails(mismatch, "case a00: label shape (22, 22, 19) differs from its image's (32, 32, 28)")
+    fails(base.assign(label=""), "no labeled case in any group")
+    fails(base, "impossible budget: 20 cases asked for", extra=["--budget", "20"])
+    fails(base, "no column 'scanner' for --group-by", extra=["--group-by", "scanner"])
+    fails(base.drop(columns=["label"]), "lacks the column(s) label")
+    fails(base, "unknown strategy 'coreset'", extra=["--strategy", "coreset"])
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"not a nifti file")
+    broken = base.copy()
+    broken.loc[1, "image"] = str(corrupt)
+    fails(broken, "case a01: image")
+    no_group = base.copy()
+    no_group.loc[no_group["label"] != "", "site"] = ""
+    fails(no_group, "no labeled case has a known group", extra=["--group-by", "site"])
+
+
+def test_group_probabilities_frequencies_and_classifier():
+    order = ["A", "B", "C"]
+    groups = np.array(["A", "A", "B", "C", None, None], dtype=object)
+    known = np.array([True, True, True, True, False, False])
+    gm = group_probabilities(np.zeros((6, 2)), groups, known, order)
+    assert gm.method == "frequencies"
+    np.testing.assert_allclose(gm.proba, [[0.5, 0.25, 0.25]] * 2)  # 2 A, 1 B, 1 C among the known
+    rng = np.random.default_rng(0)
+    n = MIN_PER_GROUP + 3
+    centres = {"A": [0, 0], "B": [6, 0], "C": [0, 6]}
+    feats = np.concatenate([rng.normal(centres[g], 0.5, (n, 2)) for g in order] + [np.array([[6.0, 0.0]])])
+    groups = np.array([g for g in order for _ in range(n)] + [None], dtype=object)
+    known = np.array([True] * (3 * n) + [False])
+    gm = group_probabilities(feats, groups, known, order)
+    assert gm.method == "classifier" and gm.cv_accuracy > 0.9 and gm.chance_accuracy == pytest.approx(1 / 3)
+    assert gm.proba.shape == (1, 3) and gm.proba[0, 1] > 0.8  # the unknown case sits in B's cluster
+
+
+def test_query_needs_no_folder_copy(study, tmp_path):
+    # paths in the CSV are relative to the CSV: the study folder moved elsewhere still works
+    moved = tmp_path / "moved"
+    shutil.copytree(study.parent, moved)
+    t = read_cases(moved / "study.csv", ["site"])
+    assert all(str(moved) in p for p in t["image_path"])
+    with pytest.raises(FairalError, match="must be > 0 mm"):
+        structure_grid(t, spacing=0, margin_mm=1)
