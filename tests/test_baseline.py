@@ -132,12 +132,17 @@ def test_bad_datasets_name_the_case(dataset_copy, tmp_path):
     with pytest.raises(FairalError, match=f"case {first}: label is not binary"):
         load_volumes(dataset_copy, read_manifest(dataset_copy), cache=False)
     # other and more groups: one cohort per group; then a missing column
-    _edit_manifest(dataset_copy, lambda m: m.__setitem__("group", [3 if i % 3 == 0 else g
-                                                                   for i, g in enumerate(m["group"])]))
-    cohorts = baseline_cohorts(read_manifest(dataset_copy), 4)
-    assert list(cohorts) == ["all", "g1", "g2", "g3"] and all(len(c) == 4 for c in cohorts.values())
+    def third_group(m):  # every other Group 2 case of the pool becomes Group 3
+        twos = m.index[(m["group"] == 2) & (m["split"] == "pool")]
+        m.loc[twos[::2], "group"] = 3
+
+    _edit_manifest(dataset_copy, third_group)
     m3 = read_manifest(dataset_copy)
-    assert sorted(m3.set_index("case_id").loc[cohorts["all"], "group"]) == [1, 2, 3, 3]  # 4 = 1 + 1 + 2
+    cohorts = baseline_cohorts(m3, 3)
+    assert list(cohorts) == ["all", "g1", "g2", "g3"] and all(len(c) == 3 for c in cohorts.values())
+    group_of = m3.set_index("case_id")["group"]
+    assert sorted(group_of[cohorts["all"]]) == [1, 2, 3] and set(group_of[cohorts["g3"]]) == {3}
+    assert sorted(group_of[baseline_cohorts(m3, 2)["all"]]) == [2, 3]  # the remainder goes to the last groups
     _edit_manifest(dataset_copy, lambda m: m.pop("group"))
     with pytest.raises(FairalError, match="lacks the column"):
         read_manifest(dataset_copy)
