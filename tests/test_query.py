@@ -171,3 +171,17 @@ def test_query_needs_no_folder_copy(study, tmp_path):
     assert all(str(moved) in p for p in t["image_path"])
     with pytest.raises(FairalError, match="must be > 0 mm"):
         structure_grid(t, spacing=0, margin_mm=1)
+
+
+def test_no_known_group_is_fine_without_weights(study, tmp_path):
+    t = pd.read_csv(study, dtype=str, keep_default_na=False).assign(site="")
+    t["image"] = [str(study.parent / p) for p in t["image"]]
+    t["label"] = [str(study.parent / p) if p else "" for p in t["label"]]
+    t.to_csv(tmp_path / "blind.csv", index=False)
+    ranked = run_query(tmp_path / "blind.csv", 2, "localized-entropy", tmp_path / "q", _profile(), group_by=["site"],
+                       progress=False)
+    assert (ranked["weight"] == 1.0).all() and not ranked["group_known"].any()
+    np.testing.assert_allclose(ranked["score"], ranked["entropy"])
+    with pytest.raises(FairalError, match="no labeled case has a known group"):
+        run_query(tmp_path / "blind.csv", 2, "weighted-localized-entropy", tmp_path / "w", _profile(),
+                  group_by=["site"], progress=False)

@@ -188,7 +188,7 @@ def run_query(
     for i, g in enumerate(groups_u):
         if known_u[i]:
             p_group[i, order.index(g)] = 1.0
-    if (~known_u).any():
+    if (~known_u).any() and order:  # with no known group at all there is nothing to weigh (unweighted strategies)
         feats = case_features(model, vol.images)
         all_known = cases["group_known"].to_numpy(bool)
         all_groups = np.empty(len(cases), dtype=object)
@@ -245,7 +245,7 @@ def run_query(
         write_json(tmp / "query.json", {
             "csv": str(Path(csv_path).resolve()), "strategy": strat.name, "budget": budget, "seed": seed,
             "group_by": list(group_by), "groups": [str(g) for g in order],
-            "weights": {str(g): weights[g] for g in order},
+            "weights": {str(g): weights[g] for g in order} if strat.weighted else None,
             "temperature": strat.temperature or profile.temperature,
             "group_dice": group_dice,
             "labeled_dice": {str(g): float(d.mean()) for g, d in lab_table.groupby("group")["dice"]},
