@@ -15,25 +15,15 @@ and prints seconds (median of ``--repeats``) and the ratio to the reference, mea
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
+from bench_train import _median_seconds  # the benchmarks' shared timer (this script's folder is on sys.path)
 
 from fairal.acquisition import select
 from fairal.config import get_profile
 from fairal.fit import uncertainty_stats
 from fairal.model import UNet3D
-
-
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -48,13 +38,17 @@ def main() -> None:
     images = torch.rand(args.cases, 1, *args.shape)
     model = UNet3D(features=profile.features, dropout=profile.mc_dropout)
     fallback = np.zeros(args.shape, bool)
-    ref = _median(lambda: uncertainty_stats(model, images, fallback, profile, bald=False, seed=0), args.repeats)
-    bald = _median(lambda: uncertainty_stats(model, images, fallback, profile, bald=True, seed=0), args.repeats)
+
+    def timed(fn) -> float:
+        return _median_seconds(fn, args.repeats, warmup=0)
+
+    ref = timed(lambda: uncertainty_stats(model, images, fallback, profile, bald=False, seed=0))
+    bald = timed(lambda: uncertainty_stats(model, images, fallback, profile, bald=True, seed=0))
     ids = [f"c{i:04d}" for i in range(args.cases)]
     scores = np.random.default_rng(0).random(args.cases)
-    top = _median(lambda: select("localized-entropy", ids, scores, 4, 50, np.random.default_rng(0)), args.repeats)
-    stoch = _median(lambda: select("stochastic-localized-entropy", ids, scores, 4, profile.stochastic_batches,
-                                   np.random.default_rng(0)), args.repeats)
+    top = timed(lambda: select("localized-entropy", ids, scores, 4, 50, np.random.default_rng(0)))
+    stoch = timed(lambda: select("stochastic-localized-entropy", ids, scores, 4, profile.stochastic_batches,
+                                 np.random.default_rng(0)))
     print(f"pool of {args.cases} cases of {tuple(args.shape)} voxels, {torch.get_num_threads()} threads")
     print(f"deterministic scoring (entropy, localized entropy): {ref:.2f} s")
     print(f"+ MC-dropout BALD, {args.samples} samples:            {bald:.2f} s  ({bald / ref:.1f}x)")

@@ -37,10 +37,10 @@ def evaluate(model: torch.nn.Module, volumes: VolumeSet, rows: list[int], batch_
 
 def uncertainty_stats(model, images, fallback, profile: Profile, bald: bool, seed: int, batch_size: int = 8,
                       keep_proba: bool = False) -> dict:
-    """Per case: mean entropy, localized entropy (Eq. 1) in R, the ROI's source and size, and with ``bald`` the
-    mean MC-dropout mutual information in the same R (NaN otherwise). R comes from the deterministic prediction.
-    ``keep_proba`` also returns the probability maps and ROIs (for pictures)."""
-    out: dict = {"entropy": [], "localized_entropy": [], "bald": [], "roi_source": [], "roi_voxels": [],
+    """Per case: mean entropy, localized entropy (Eq. 1) in R, the ROI's source, the predicted voxels, and with
+    ``bald`` the mean MC-dropout mutual information in the same R (NaN otherwise). R comes from the deterministic
+    prediction. ``keep_proba`` also returns the probability maps and ROIs (for pictures)."""
+    out: dict = {"entropy": [], "localized_entropy": [], "bald": [], "roi_source": [],
                  "predicted_voxels": []}
     if keep_proba:
         out["proba"], out["roi"] = [], []
@@ -50,7 +50,6 @@ def uncertainty_stats(model, images, fallback, profile: Profile, bald: bool, see
         roi, source = roi_mask(proba, profile.roi_dilation, fallback)
         out["localized_entropy"].append(localized_entropy(proba, roi))
         out["roi_source"].append(source)
-        out["roi_voxels"].append(int(roi.sum()))
         out["predicted_voxels"].append(int((proba > 0.5).sum()))
         rois.append(roi)
         if keep_proba:

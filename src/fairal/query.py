@@ -180,9 +180,10 @@ def run_query(
         if group_dice == "cross-validated":
             weight_dice = out_of_fold_dice(vol, rows_l, lab_groups, profile, seed, dropout, progress=progress)
         weights = group_weights(weight_dice, lab_groups, order, temperature)
-    known_u = cases.set_index("case_id").loc[unlabeled_ids, "group_known"].to_numpy(bool)
+    unlabeled = cases[~cases["labeled"]]  # in unlabeled_ids order
+    known_u = unlabeled["group_known"].to_numpy(bool)
     groups_u = np.empty(len(unlabeled_ids), dtype=object)
-    groups_u[:] = cases.set_index("case_id").loc[unlabeled_ids, "group"].tolist()
+    groups_u[:] = unlabeled["group"].tolist()
     gm = GroupModel("none needed", order, np.zeros((0, len(order))))
     p_group = np.zeros((len(unlabeled_ids), len(order)))
     for i, g in enumerate(groups_u):
@@ -208,7 +209,8 @@ def run_query(
     scores, w = strategy_scores(strat, unlabeled_ids, list(groups_u), stats["entropy"], stats["localized_entropy"],
                                 case_w, rng, bald=stats["bald"])
     chosen = select(strat, unlabeled_ids, scores, budget, profile.stochastic_batches, rng)
-    rest = [c for c in rank_cases(unlabeled_ids, scores) if c not in set(chosen)]
+    picked = set(chosen)
+    rest = [c for c in rank_cases(unlabeled_ids, scores) if c not in picked]
     ranking = chosen + rest
     pos = {c: i for i, c in enumerate(unlabeled_ids)}
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
