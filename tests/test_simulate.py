@@ -20,7 +20,7 @@ from fairal.simulate.dataset import (
     simulate_dataset,
     simulate_subject,
 )
-from fairal.simulate.deformation import DeformationModel, build_model
+from fairal.simulate.deformation import DEFAULT_LOCAL_SD_MM, DeformationModel, build_model
 from fairal.simulate.template import load_template
 from fairal.simulate.warp import integrate, jacobian_determinant, sample_world
 
@@ -65,7 +65,8 @@ def test_group2_gets_no_local_field(tiny_config):
 
 
 def test_change_from_template_grows_with_abs_c(tiny_config):
-    state = prepare(tiny_config())
+    # 0.75 mm per SD: on the tiny template's hard 1 mm label, the anchored 0.305 mm moves no voxel at c = 1
+    state = prepare(tiny_config(local_sd_mm=0.75))
     ref = state["template_label_crop"]
     for sign in (+1, -1):
         dices, volumes = [], []
@@ -124,7 +125,7 @@ def test_default_models_orthonormal_and_scaled(tiny_config, tmp_path):
     assert np.isclose(gm.eigenvalues.sum() / np.prod(gm.shape), 4.0)
     lm = state["local_model"]
     speed = np.sqrt((lm.sample(np.array([1.0])) ** 2).sum(0))
-    assert np.isclose(speed.max(), 0.75, rtol=1e-4)  # one SD of PC1 = 0.75 mm at its fastest
+    assert np.isclose(speed.max(), DEFAULT_LOCAL_SD_MM, rtol=1e-4)  # one SD of PC1 = its scale at its fastest
     gm.save(tmp_path / "g.npz")
     back = DeformationModel.load(tmp_path / "g.npz")
     np.testing.assert_array_equal(back.basis, gm.basis)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fairal.errors import FairalError
+from fairal.simulate.deformation import DEFAULT_GLOBAL_RMS_MM, DEFAULT_LOCAL_SD_MM
 
 app = typer.Typer(
     help="Fairness-aware active learning for 3D brain MRI segmentation.",
@@ -55,8 +56,11 @@ def simulate(
     global_sampling: Annotated[
         str, typer.Option(help="per-component (z_k ~ N(0,1) each) or one-scalar (SimBA: one z for all).")
     ] = "per-component",
-    global_rms_mm: Annotated[float, typer.Option(help="RMS velocity of the default global model (mm).")] = 1.5,
-    local_sd_mm: Annotated[float, typer.Option(help="One SD of the default local PC1 at the boundary (mm).")] = 0.75,
+    global_rms_mm: Annotated[float, typer.Option(help="RMS velocity of the default global model (mm); the default "
+                                                 "is anchored in anatomy (fairal calibrate).")] = DEFAULT_GLOBAL_RMS_MM,
+    local_sd_mm: Annotated[float, typer.Option(help="One SD of the default local PC1 at the boundary (mm); the "
+                                               "default is anchored in anatomy (fairal calibrate).")]
+    = DEFAULT_LOCAL_SD_MM,
     model_seed: Annotated[int, typer.Option(help="Seed of the default deformation models.")] = 0,
     jobs: Annotated[int, typer.Option(help="Worker processes (0 = one per core).")] = 0,
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = True,
@@ -110,6 +114,42 @@ def build_model_cmd(
     tmp.replace(out)
     sd = ", ".join(f"{v:.3g}" for v in model.eigenvalues[:5] ** 0.5)
     typer.echo(f"wrote {out}: {model.n_components} components on a {model.shape} grid (SD of the first: {sd} mm)")
+
+
+@app.command()
+@_clear_errors
+def calibrate(
+    cv: Annotated[float, typer.Option(help="Between-subject coefficient of variation of the structure's volume "
+                                      "(default: healthy adult caudate, Raz et al. 2003).")] = 0.12,
+    n_subjects: Annotated[int, typer.Option(help="Unbiased subjects drawn to calibrate the global model.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed of the subjects' draws (as in fairal simulate).")] = 0,
+    template: Annotated[Path | None, typer.Option(help="Template T1 image (NIfTI); default MNI152.")] = None,
+    label: Annotated[Path | None, typer.Option(help="Label map or 4D probability atlas on the template.")] = None,
+    label_value: Annotated[float | None, typer.Option(help="Label value (3D) or volume index (4D atlas).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the numbers to this JSON file.")] = None,
+) -> None:
+    """Anchor the default deformation models in anatomy: the global RMS velocity at which unbiased subjects'
+    structure volume varies with CV --cv, and the local PC1 scale at which one SD shrinks it by one natural SD."""
+    from fairal.io import write_json
+    from fairal.simulate.calibrate import calibrate as run_calibration
+
+    if n_subjects < 2:
+        raise FairalError(f"--n-subjects must be at least 2, got {n_subjects}")
+    cal = run_calibration(cv=cv, n_subjects=n_subjects, seed=seed, template=str(template) if template else None,
+                          label=str(label) if label else None, label_value=label_value)
+    v0 = cal.template_volume_mm3
+    stdout.print(f"template structure: {v0:.0f} mm3; one natural SD = {cv:g} x {v0:.0f} = {cv * v0:.0f} mm3")
+    stdout.print(f"global model: RMS velocity {cal.global_rms_mm:.3f} mm (CV of {cal.n_subjects} unbiased subjects "
+                 f"at that scale: {cal.group2_cv:.3f})")
+    stdout.print(f"local model: one SD of PC1 = {cal.local_sd_mm:.3f} mm at the boundary")
+    view = Table(title="structure volume against the local coefficient c (PC1 alone)")
+    for col in ("c", "volume (mm3)", "change", "change in natural SDs"):
+        view.add_column(col, justify="right")
+    for c, v in cal.local_curve:
+        view.add_row(f"{c:g}", f"{v:.0f}", f"{v / v0 - 1:+.1%}", f"{(v - v0) / (cv * v0):+.2f}")
+    stdout.print(view)
+    if out is not None:
+        write_json(out, cal.as_dict())
 
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Settings profile: smoke, quick, standard, paper.")]

@@ -25,7 +25,7 @@ from fairal.errors import FairalError
 from fairal.fit import evaluate, model_factory, train_config, uncertainty_stats
 from fairal.io import write_csv, write_json
 from fairal.metrics import fairness_summary
-from fairal.train import load_checkpoint, save_checkpoint, train_model
+from fairal.train import describe_device, load_checkpoint, save_checkpoint, train_model
 
 #: Initial labeled sets: ``balanced`` splits evenly over the groups (the paper: 5 + 5); ``gX-heavy`` gives group X
 #: 80% and splits the rest evenly over the others (the paper: 8 + 2 and 2 + 8).
@@ -201,7 +201,8 @@ class ActiveLearningRun:
         self.out.mkdir(parents=True, exist_ok=True)
         if state is None:
             write_json(self.out / "config.json",
-                       {"settings": self.spec.settings(), "versions": versions(), "schedule": self.sizes})
+                       {"settings": self.spec.settings(), "versions": versions(), "schedule": self.sizes,
+                        "device": describe_device(self.profile.device)})
             records = {"rounds": [], "cases": [], "selections": []}
             labeled = initial_set(self.manifest, self.spec.init, self.profile.init_size, self.spec.seed)
             start = 0

@@ -181,6 +181,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def describe_device(name: str) -> str:
+    """The device that ``name`` resolves to, in words for the records: ``cpu`` or ``cuda:0 (NVIDIA H200)``."""
+    device = resolve_device(name)
+    if device.type != "cuda":
+        return "cpu"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 

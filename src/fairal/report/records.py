@@ -146,3 +146,32 @@ def curves(results: Results, metric: str) -> pd.DataFrame:
         mean, lo, hi = seed_band(g[metric].to_numpy())
         rows.append((*key, mean, lo, hi, len(g)))
     return pd.DataFrame(rows, columns=["dataset", "init", "strategy", "n_labeled", "mean", "lo", "hi", "n_seeds"])
+
+
+# --- tidy records: what docs/results/ holds ------------------------------------------------------------------
+
+#: The keys that name a run in the tidy tables.
+RUN_KEYS = ["dataset", "init", "strategy", "seed"]
+
+
+def tidy_records(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The finished runs under ``folder/runs/`` as two tidy tables: every round of every run (``rounds.csv``'s
+    columns after ``dataset, init, strategy, seed``) and the per-case test Dice of each run's final round
+    (``dataset, init, strategy, seed, round, case_id, group, dice``). Unfinished runs are left out."""
+    folder = Path(folder)
+    rounds, cases = [], []
+    for rounds_csv in sorted(folder.glob("runs/*/*/*/seed-*/rounds.csv")):
+        run = rounds_csv.parent
+        state = run / "state.json"
+        if not state.is_file() or not json.loads(state.read_text()).get("finished"):
+            continue
+        dataset, init, strategy, seed_dir = rounds_csv.parts[-5:-1]
+        key = {"dataset": dataset, "init": init, "strategy": strategy, "seed": int(seed_dir.split("-", 1)[1])}
+        r = pd.read_csv(rounds_csv)
+        rounds.append(r.assign(**key)[[*RUN_KEYS, *r.columns]])
+        c = pd.read_csv(run / "cases.csv")
+        last = c[(c["round"] == r["round"].max()) & (c["split"] == "test")]
+        cases.append(last.assign(**key)[[*RUN_KEYS, "round", "case_id", "group", "dice"]])
+    if not rounds:
+        return pd.DataFrame(columns=RUN_KEYS), pd.DataFrame(columns=[*RUN_KEYS, "round", "case_id", "group", "dice"])
+    return pd.concat(rounds, ignore_index=True), pd.concat(cases, ignore_index=True)

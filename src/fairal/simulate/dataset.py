@@ -16,7 +16,13 @@ import pandas as pd
 
 from fairal import versions
 from fairal.errors import FairalError
-from fairal.simulate.deformation import DeformationModel, default_global_model, default_local_model
+from fairal.simulate.deformation import (
+    DEFAULT_GLOBAL_RMS_MM,
+    DEFAULT_LOCAL_SD_MM,
+    DeformationModel,
+    default_global_model,
+    default_local_model,
+)
 from fairal.simulate.template import Template, crop_box, load_template, sha256
 
 #: Bias presets, the seed paper's N(mu, sigma) of the local PC1 coefficient for Group 1 (in SD units).
@@ -37,9 +43,9 @@ class SimulationConfig:
     shape: tuple[int, int, int] = DEFAULT_SHAPE
     global_sampling: str = "per-component"
     model_seed: int = 0
-    global_rms_mm: float = 1.5
+    global_rms_mm: float = DEFAULT_GLOBAL_RMS_MM
     global_components: int = 10
-    local_sd_mm: float = 0.75
+    local_sd_mm: float = DEFAULT_LOCAL_SD_MM
     local_components: int = 4
     test_per_group: int = 15
     template: str | None = None

@@ -24,6 +24,12 @@ from fairal.simulate.template import Template, load_nifti
 
 FORMAT_VERSION = 1
 KINDS = ("velocity", "displacement")
+#: The anchored scales of the default models (``fairal calibrate``, docs/simulation.md): with the MNI152 template and
+#: the Harvard-Oxford left caudate, a global RMS velocity of 4.09 mm makes the caudate volume of unbiased subjects
+#: vary with a CV of 0.12, and one SD of the local PC1 (0.305 mm at the boundary) shrinks it by 0.12 of its volume:
+#: one natural SD of healthy adult caudate volume (Raz et al. 2003).
+DEFAULT_GLOBAL_RMS_MM = 4.09
+DEFAULT_LOCAL_SD_MM = 0.305
 
 
 @dataclass
@@ -155,7 +161,7 @@ def default_global_model(
     out_shape: tuple[int, int, int],
     seed: int = 0,
     n_components: int = 10,
-    rms_mm: float = 1.5,
+    rms_mm: float = DEFAULT_GLOBAL_RMS_MM,
     smoothness_mm: float = 10.0,
     spacing_mm: float = 4.0,
     decay: float = 0.75,
@@ -192,7 +198,7 @@ def default_global_model(
 def default_local_model(
     tpl: Template,
     seed: int = 0,
-    sd_mm: float = 0.75,
+    sd_mm: float = DEFAULT_LOCAL_SD_MM,
     n_components: int = 4,
     taper_mm: float = 3.0,
     smoothness_mm: float = 1.5,

@@ -1,0 +1,274 @@
+"""The experiments behind docs/REPRODUCTION.md, as one resumable job, and their tidy records.
+
+Parts (run in this order of priority, each task resumable, on a process pool):
+
+- ``baselines``: Table 1 (cohorts all / g1 / g2) on the anchored strong and weak datasets, one training per seed
+  (the seed draws the cohorts and the training);
+- ``seeds``: the paper's 24 active-learning runs (2 datasets x 3 initial sets x 4 strategies) per seed;
+- ``ablations``: entropy and localized entropy on the strong dataset under single changes of the ``standard``
+  profile (whole volume instead of the crop, ROI dilation 1 / 5, 1 mm instead of 2 mm, cold-started rounds);
+- ``extras``: the strategies beyond the paper of the ``standard`` grid, per seed;
+- ``sweep``: the bias scale at 0.5x / 2x of the anchored unit: datasets and Table 1 per seed.
+
+``--deadline S`` stops starting tasks after S seconds and stops the running ones at S + ``--grace``; what finished
+is kept (a run stopped halfway resumes after its last complete round when started again). ``--export DIR`` writes
+the tidy tables of what finished (``DIR/standard``, ``DIR/ablations``, ``DIR/sweep``)::
+
+    python scripts/evidence.py evidence --parts baselines,seeds,ablations,extras --seeds 5 --jobs 16
+    python scripts/evidence.py evidence --parts sweep --scales 0.5,2 --baseline-seeds 3 --jobs 2
+    python scripts/evidence.py evidence --export docs/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+import pandas as pd
+
+DATASETS = ("strong", "weak")
+INITS = ("balanced", "g1-heavy", "g2-heavy")
+#: Single changes of the standard profile, for entropy and localized entropy on the strong dataset. The ROI
+#: dilation only changes localized entropy (entropy does not use the ROI).
+ABLATIONS = {
+    "whole-volume": ({"crop_margin": "none"}, ("entropy", "localized-entropy")),
+    "dilation-1": ({"roi_dilation": "1"}, ("localized-entropy",)),
+    "dilation-5": ({"roi_dilation": "5"}, ("localized-entropy",)),
+    "1mm": ({"downsample": "1"}, ("entropy", "localized-entropy")),
+    "cold-start": ({"warm_start": "false", "steps": "300"}, ("entropy", "localized-entropy")),
+}
+
+
+def _data(out: Path, scale: float) -> Path:
+    return out / "data" if scale == 1 else out / "sweep" / f"x{scale:g}" / "data"
+
+
+def ensure_dataset(out: Path, name: str, scale: float, jobs: int, profile: str) -> Path:
+    """The anchored dataset ``name`` with the local PC1 scaled by ``scale``, of the profile's size; simulated once."""
+    from fairal.config import get_profile
+    from fairal.simulate.dataset import SimulationConfig, simulate_dataset
+    from fairal.simulate.deformation import DEFAULT_LOCAL_SD_MM
+
+    path = _data(out, scale) / name
+    if not (path / "manifest.csv").is_file():
+        p = get_profile(profile)
+        cfg = SimulationConfig(bias=name, local_sd_mm=DEFAULT_LOCAL_SD_MM * scale, jobs=jobs,
+                               n_subjects=p.n_subjects, shape=p.sim_shape, test_per_group=p.test_per_group)
+        simulate_dataset(cfg, path, progress=False)
+    return path
+
+
+def tasks(out: Path, parts: list[str], seeds: int, baseline_seeds: int, ablation_seeds: int, scales: list[float],
+          ablation_inits: list[str], profile: str = "standard") -> list[dict]:
+    from fairal.config import PAPER_STRATEGIES, STANDARD_EXTRAS
+
+    todo = []
+    for part in parts:
+        if part == "baselines":
+            todo += [{"kind": "baseline", "data": str(_data(out, 1) / d), "seed": s, "profile": profile,
+                      "out": str(out / "baseline" / d / f"seed-{s}")} for s in range(baseline_seeds) for d in DATASETS]
+        elif part in ("seeds", "extras"):
+            strategies = PAPER_STRATEGIES if part == "seeds" else STANDARD_EXTRAS
+            todo += [{"kind": "run", "data": str(_data(out, 1) / d), "init": i, "strategy": st, "seed": s,
+                      "overrides": {}, "profile": profile, "out": str(out / "runs" / d / i / st / f"seed-{s}")}
+                     for s in range(seeds) for d in DATASETS for i in INITS for st in strategies]
+        elif part == "ablations":
+            for s in range(ablation_seeds):
+                for variant, (overrides, strategies) in ABLATIONS.items():
+                    todo += [{"kind": "run", "data": str(_data(out, 1) / "strong"), "init": i, "strategy": st,
+                              "seed": s, "overrides": overrides, "profile": profile,
+                              "out": str(out / "ablations" / variant / "runs" / "strong" / i / st / f"seed-{s}")}
+                             for i in ablation_inits for st in strategies]
+        elif part == "sweep":
+            todo += [{"kind": "baseline", "data": str(_data(out, sc) / d), "seed": s, "profile": profile,
+                      "out": str(_data(out, sc).parent / "baseline" / d / f"seed-{s}")}
+                     for s in range(baseline_seeds) for sc in scales for d in DATASETS]
+        else:
+            raise SystemExit(f"unknown part {part!r}")
+    return todo
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    # Deterministic convolution algorithms on a GPU: the same seed gives the same records there too.
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def run_task(task: dict) -> dict:
+    import warnings
+
+    from fairal.config import get_profile
+    from fairal.experiments import run_baseline
+    from fairal.loop import ActiveLearningRun, RunSpec
+
+    warnings.simplefilter("ignore", RuntimeWarning)
+    start = time.perf_counter()
+    if task["kind"] == "baseline":
+        if not (Path(task["out"]) / "baseline_table.csv").is_file():
+            run_baseline(task["data"], task["out"], get_profile(task["profile"]), seed=task["seed"], progress=False)
+    else:
+        profile = get_profile(task["profile"], task["overrides"])
+        spec = RunSpec(task["data"], task["strategy"], task["init"], task["seed"], profile)
+        ActiveLearningRun(spec, task["out"]).run()
+    return {**task, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def execute(todo: list[dict], jobs: int, deadline: float | None, grace: float, log) -> None:
+    import multiprocessing
+
+    t0 = time.monotonic()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    queue = list(todo)
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+    running: dict = {}
+    try:
+        while queue or running:
+            late = deadline is not None and time.monotonic() - t0 > deadline
+            while queue and len(running) < jobs and not late:
+                t = queue.pop(0)
+                running[pool.submit(run_task, t)] = t
+            if not running:
+                break
+            done, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
+            for fut in done:
+                t = running.pop(fut)
+                try:
+                    r = fut.result()
+                    log(f"{time.monotonic() - t0:7.1f}s done {r['seconds']:6.1f}s {t['out']}")
+                except Exception as err:  # one broken task must not stop the others
+                    log(f"{time.monotonic() - t0:7.1f}s FAILED {t['out']}: {err!r}")
+            if deadline is not None and time.monotonic() - t0 > deadline + grace:
+                log(f"deadline: stopping {len(running)} running and {len(queue)} queued tasks")
+                break
+    finally:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        return ""
+
+
+def _baselines(root: Path, scale: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    tables, cases = [], []
+    for table in sorted(root.glob("baseline/*/seed-*/baseline_table.csv")):
+        key = {"scale": scale, "dataset": table.parent.parent.name, "seed": int(table.parent.name.split("-")[1])}
+        t = pd.read_csv(table)
+        tables.append(t.assign(**key)[[*key, *t.columns]])
+        c = pd.read_csv(table.parent / "baseline_cases.csv")
+        cases.append(c.assign(**key)[[*key, *c.columns]])
+    empty = pd.DataFrame()
+    return (pd.concat(tables, ignore_index=True) if tables else empty,
+            pd.concat(cases, ignore_index=True) if cases else empty)
+
+
+def _volumes(data: Path, scale: float) -> pd.DataFrame:
+    frames = []
+    for d in DATASETS:
+        m = data / d / "manifest.csv"
+        if m.is_file():
+            t = pd.read_csv(m)[["case_id", "group", "bias_scale", "split", "label_volume_mm3", "dice_to_template"]]
+            frames.append(t.assign(scale=scale, dataset=d)[["scale", "dataset", *t.columns]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def export(out: Path, dest: Path, scales: list[float], profile: str = "standard") -> None:
+    """The tidy tables of what finished under ``out``."""
+    from fairal import versions
+    from fairal.report.records import tidy_records
+
+    std = dest / "standard"
+    std.mkdir(parents=True, exist_ok=True)
+    rounds, cases = tidy_records(out)
+    rounds.to_csv(std / "rounds.csv", index=False)
+    cases.to_csv(std / "cases.csv", index=False)
+    base, base_cases = _baselines(out, 1.0)
+    base.drop(columns="scale", errors="ignore").to_csv(std / "baselines.csv", index=False)
+    base_cases.drop(columns="scale", errors="ignore").to_csv(std / "baseline_cases.csv", index=False)
+    config = next(iter(sorted(out.glob("runs/*/*/*/seed-*/config.json"))), None)
+    info = {"profile": profile, "commit": _git_commit(), "versions": versions(),
+            "device": json.loads(config.read_text()).get("device") if config else None,
+            "run_settings": json.loads(config.read_text())["settings"] if config else None}
+    (std / "settings.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    abl_rounds, abl_cases = [], []
+    for variant in ABLATIONS:
+        r, c = tidy_records(out / "ablations" / variant)
+        if len(r):
+            abl_rounds.append(r.assign(variant=variant))
+            abl_cases.append(c.assign(variant=variant))
+    if abl_rounds:
+        (dest / "ablations").mkdir(parents=True, exist_ok=True)
+        pd.concat(abl_rounds).to_csv(dest / "ablations" / "rounds.csv", index=False)
+        pd.concat(abl_cases).to_csv(dest / "ablations" / "cases.csv", index=False)
+    sweep_tables, sweep_cases, vols = [], [], []
+    for scale in sorted({1.0, *scales}):
+        root = out if scale == 1 else out / "sweep" / f"x{scale:g}"
+        t, c = _baselines(root, scale)
+        sweep_tables.append(t)
+        sweep_cases.append(c)
+        vols.append(_volumes(_data(out, scale), scale))
+    if any(len(t) for t in sweep_tables) or any(len(v) for v in vols):
+        (dest / "sweep").mkdir(parents=True, exist_ok=True)
+        pd.concat(sweep_tables).to_csv(dest / "sweep" / "baselines.csv", index=False)
+        pd.concat(sweep_cases).to_csv(dest / "sweep" / "baseline_cases.csv", index=False)
+        pd.concat(vols).to_csv(dest / "sweep" / "volumes.csv", index=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--parts", default="")
+    ap.add_argument("--profile", default="standard")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--baseline-seeds", type=int, default=5)
+    ap.add_argument("--ablation-seeds", type=int, default=3)
+    ap.add_argument("--ablation-inits", default="balanced")
+    ap.add_argument("--scales", default="0.5,2")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--deadline", type=float, default=None)
+    ap.add_argument("--grace", type=float, default=60.0)
+    ap.add_argument("--export", type=Path, default=None)
+    args = ap.parse_args()
+    scales = [float(s) for s in args.scales.split(",") if s]
+    parts = [p for p in args.parts.split(",") if p]
+    log_file = (args.out / "evidence.log")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        with open(log_file, "a") as f:
+            f.write(msg + "\n")
+
+    if parts:
+        t0 = time.monotonic()
+        for d in DATASETS:
+            for scale in ([1.0] if parts != ["sweep"] else []) + (scales if "sweep" in parts else []):
+                ensure_dataset(args.out, d, scale, jobs=0, profile=args.profile)
+                log(f"{time.monotonic() - t0:7.1f}s dataset {d} x{scale:g}")
+        todo = tasks(args.out, parts, args.seeds, args.baseline_seeds, args.ablation_seeds, scales,
+                     [i for i in args.ablation_inits.split(",") if i], args.profile)
+        log(f"{len(todo)} tasks")
+        deadline = None if args.deadline is None else max(args.deadline - (time.monotonic() - t0), 0.0)
+        execute(todo, args.jobs, deadline, args.grace, log)
+    if args.export is not None:
+        export(args.out, args.export, scales, args.profile)
+        log(f"tidy tables in {args.export}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
