@@ -54,8 +54,9 @@ def test_area_under_curve_by_hand():
 
 
 def test_seed_band():
+    # mean 0.8, sample SD 0.141421, t(0.975, 1) = 12.706205 -> half width 12.706205 * 0.141421 / sqrt(2) = 1.270620
     mean, lo, hi = seed_band(np.array([0.7, 0.9]))
-    assert mean == pytest.approx(0.8) and 0.7 <= lo < mean < hi <= 0.9
+    assert (mean, lo, hi) == pytest.approx((0.8, 0.8 - 1.270620, 0.8 + 1.270620), abs=1e-5)
     assert seed_band(np.array([0.4])) == (0.4, 0.4, 0.4)
 
 
@@ -86,7 +87,7 @@ def test_report_files_and_html(records):
     assert page.count("data:image/png;base64,") == 4
     assert not re.search(r"""(src|href)=["']?(https?:|//|[\w./-]+\.(png|svg|css|js))""", page)  # self-contained
     assert "Table 1" in page and "How to read this" in page
-    assert "mean of 2 seeds; bands: bootstrap 95% CI of the mean across seeds" in page
+    assert "mean of 2 seeds; bands: 95% t interval of the mean across seeds" in page
 
 
 def test_partial_grid_lists_missing_runs(records):

@@ -61,7 +61,7 @@ def _figure(results: Results, panels: list[list[dict]], col_titles: list[str], r
             if i == n_rows - 1:
                 axes[i, j].set_xlabel("labeled images", fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    band = f"mean of {n_seeds} seeds; band: bootstrap 95% CI across seeds" if n_seeds > 1 else "one seed"
+    band = f"mean of {n_seeds} seeds; band: 95% t interval across seeds" if n_seeds > 1 else "one seed"
     fig.suptitle(f"{title} ({band})", fontsize=10)
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)

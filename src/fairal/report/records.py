@@ -17,6 +17,8 @@ from fairal.errors import FairalError
 STRATEGY_ORDER = list(ALL_STRATEGIES)
 INIT_ORDER = ["balanced", "g1-heavy", "g2-heavy"]
 DATASET_ORDER = ["strong", "weak"]
+#: The keys that name a run in the tidy tables.
+RUN_KEYS = ["dataset", "init", "strategy", "seed"]
 
 
 @dataclass
@@ -46,6 +48,8 @@ def load_results(folder: str | Path) -> Results:
     folder = Path(folder)
     if not folder.is_dir():
         raise FairalError(f"results folder not found: {folder}")
+    if (folder / "rounds.csv").is_file() and not (folder / "state.json").is_file():
+        return load_tidy(folder)
     frames, finished, settings = [], set(), {}
     for rounds_csv in sorted(folder.glob("runs/*/*/*/seed-*/rounds.csv")):
         dataset, init, strategy, seed_dir = rounds_csv.parts[-5:-1]
@@ -82,6 +86,35 @@ def load_results(folder: str | Path) -> Results:
     previews = {d: folder / "data" / d / "preview.png" for d in datasets
                 if (folder / "data" / d / "preview.png").is_file()}
     return Results(rounds, baselines, finished, expected, settings, previews)
+
+
+def _read_table(path: Path, needs: list[str]) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path)
+    except Exception as err:
+        raise FairalError(f"{path} is not a readable CSV file: {err}") from err
+    missing = [c for c in needs if c not in table.columns]
+    if missing:
+        raise FairalError(f"{path} lacks the column(s) {', '.join(missing)}")
+    return table
+
+
+def load_tidy(folder: str | Path) -> Results:
+    """Tidy records (what docs/results/ holds): ``rounds.csv`` with ``dataset, init, strategy, seed`` and the rounds
+    of finished runs only, optionally ``baselines.csv`` (``dataset, seed, cohort, ...``) and ``settings.json``."""
+    folder = Path(folder)
+    rounds = _read_table(folder / "rounds.csv", [*RUN_KEYS, "round", "n_labeled", "dice_all", "delta", "essp"])
+    rounds["seed"] = rounds["seed"].astype(int)
+    baselines = (_read_table(folder / "baselines.csv", ["dataset", "cohort", "dice_all", "essp", "delta"])
+                 if (folder / "baselines.csv").is_file() else pd.DataFrame())
+    keys = sorted(set(rounds[RUN_KEYS].itertuples(index=False, name=None)))
+    settings = {}
+    if (folder / "settings.json").is_file():
+        info = json.loads((folder / "settings.json").read_text())
+        settings = info.get("run_settings") or {}
+        settings = {**settings, "profile": {**settings.get("profile", {}), "name": info.get("profile", "unknown")},
+                    "device": info.get("device"), "commit": info.get("commit")}
+    return Results(rounds, baselines, set(keys), keys, settings, {})
 
 
 def area_under_curve(n_labeled: np.ndarray, values: np.ndarray) -> float:
@@ -127,16 +160,16 @@ def final_table(results: Results) -> pd.DataFrame:
     return table.sort_values(["_d", "_i", "_s"]).drop(columns=["_d", "_i", "_s"]).reset_index(drop=True)
 
 
-def seed_band(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and bootstrap 95% CI of the mean across seeds (resampling seeds with replacement); with one seed
-    the interval is the value itself."""
+def seed_band(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval of the mean across seeds (:func:`fairal.stats.mean_ci`); with one seed the
+    interval is the value itself."""
+    from fairal.stats import mean_ci
+
     v = np.asarray(values, dtype=float)
-    if v.size <= 1:
-        m = float(v.mean()) if v.size else float("nan")
-        return m, m, m
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    e = mean_ci(v)
+    return e.mean, e.ci_low, e.ci_high
 
 
 def curves(results: Results, metric: str) -> pd.DataFrame:
@@ -149,9 +182,6 @@ def curves(results: Results, metric: str) -> pd.DataFrame:
 
 
 # --- tidy records: what docs/results/ holds ------------------------------------------------------------------
-
-#: The keys that name a run in the tidy tables.
-RUN_KEYS = ["dataset", "init", "strategy", "seed"]
 
 
 def tidy_records(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

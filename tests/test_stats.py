@@ -1,0 +1,94 @@
+"""Statistics over seeds against hand-computed examples, and the verdict rule on constructed cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from fairal.errors import FairalError
+from fairal.stats import (
+    Estimate,
+    all_scenarios_verdict,
+    conjunction_verdict,
+    direction_verdict,
+    magnitude_verdict,
+    mean_ci,
+    one_sample,
+    paired,
+    reduction,
+    sign_flip_test,
+)
+
+
+def test_mean_ci_by_hand():
+    # mean 2, sample SD 1, t(0.975, 2) = 4.302653 -> half width 4.302653 / sqrt(3) = 2.484138
+    e = mean_ci([1.0, 2.0, 3.0])
+    assert e.mean == pytest.approx(2.0)
+    assert (e.ci_low, e.ci_high) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-6)
+    assert e.n == 3
+    assert mean_ci([0.7]) == Estimate(0.7, 0.7, 0.7, 1)
+    with pytest.raises(FairalError):
+        mean_ci([1.0, float("nan")])
+
+
+def test_sign_flip_test_by_hand():
+    # d = 1, 2, 3: observed |mean| 2; of the 8 sign patterns only +++ and --- reach |mean| >= 2 -> p = 2/8
+    assert sign_flip_test([1.0, 2.0, 3.0]) == pytest.approx(0.25)
+    # five positive differences: the smallest possible p with five pairs, 2/32
+    assert sign_flip_test([0.1, 0.2, 0.1, 0.3, 0.2]) == pytest.approx(0.0625)
+    assert sign_flip_test([1.0, -1.0]) == 1.0
+    assert sign_flip_test([0.0, 0.0]) == 1.0
+    # n > 16: seeded Monte Carlo; all 20 differences positive -> exact p would be 2 / 2^20
+    p = sign_flip_test([1.0] * 20)
+    assert p < 1e-3 and p == sign_flip_test([1.0] * 20)
+
+
+def test_paired_and_one_sample_by_hand():
+    # d = (3 - 1, 5 - 2) = (2, 3): mean 2.5, SD 0.707107, t(0.975, 1) = 12.706205 -> half 6.353102;
+    # sign patterns: means 2.5, 0.5, -0.5, -2.5 -> p = 2/4
+    e = paired([3.0, 5.0], [1.0, 2.0])
+    assert e.mean == pytest.approx(2.5)
+    assert (e.ci_low, e.ci_high) == pytest.approx((2.5 - 6.353102, 2.5 + 6.353102), abs=1e-5)
+    assert e.p_value == pytest.approx(0.5)
+    s = one_sample([0.6, 0.8], 0.5)  # differences 0.1, 0.3
+    assert s.mean == pytest.approx(0.2) and s.p_value == pytest.approx(0.5)
+    with pytest.raises(FairalError):
+        paired([1.0], [1.0, 2.0])
+
+
+def test_reduction_by_hand():
+    # Delta 0.01 and 0.03 against entropy's 0.04 and 0.04: 1 - 0.02 / 0.04 = 0.5; b - a = 0.03, 0.01 -> p = 2/4
+    e = reduction([0.01, 0.03], [0.04, 0.04])
+    assert e.mean == pytest.approx(0.5)
+    assert e.ci_low <= 0.5 <= e.ci_high
+    # bootstrap resamples of two pairs: reductions 1 - 0.01/0.04, 1 - 0.02/0.04, 1 - 0.03/0.04 only
+    assert e.ci_low >= 0.25 - 1e-12 and e.ci_high <= 0.75 + 1e-12
+    assert e.p_value == pytest.approx(0.5)
+    const = reduction([0.01, 0.01], [0.04, 0.04])
+    assert (const.mean, const.ci_low, const.ci_high) == pytest.approx((0.75, 0.75, 0.75))
+
+
+WIN = Estimate(0.10, 0.05, 0.15, 30, 0.001)
+TIE = Estimate(0.00, -0.05, 0.05, 30, 0.90)
+LOSS = Estimate(-0.10, -0.15, -0.05, 30, 0.001)
+
+
+def test_direction_verdict_on_a_win_a_tie_and_a_loss():
+    assert direction_verdict(WIN) == "confirmed"
+    assert direction_verdict(TIE) == "inconclusive"
+    assert direction_verdict(LOSS) == "refuted"
+    # a CI above 0 is not enough: five pairs cannot reach p < 0.05
+    assert direction_verdict(Estimate(0.1, 0.02, 0.18, 5, 0.0625)) == "inconclusive"
+
+
+def test_all_scenarios_conjunction_and_magnitude():
+    assert all_scenarios_verdict(WIN, [WIN, TIE]) == "confirmed"
+    assert all_scenarios_verdict(WIN, [WIN, Estimate(-0.1, -0.2, -0.01, 5, 0.0625)]) == "refuted"
+    assert conjunction_verdict(["confirmed", "confirmed"]) == "confirmed"
+    assert conjunction_verdict(["confirmed", "inconclusive"]) == "inconclusive"
+    assert conjunction_verdict(["confirmed", "inconclusive", "refuted"]) == "refuted"
+    good = Estimate(0.70, 0.60, 0.80, 15, 0.001)
+    assert magnitude_verdict(good, 0.75) == "confirmed"
+    assert magnitude_verdict(good, 0.86) == "refuted"
+    assert magnitude_verdict(Estimate(0.5, 0.1, 0.9, 15, 0.01), 0.75) == "inconclusive"  # CI too wide
+    assert magnitude_verdict(Estimate(0.5, -0.1, 0.8, 15, 0.2), 0.75) == "inconclusive"  # direction undecided
+    assert magnitude_verdict(Estimate(-0.5, -0.8, -0.2, 15, 0.001), 0.75) == "refuted"
