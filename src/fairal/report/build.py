@@ -32,6 +32,26 @@ the ESSP curve divided by the range of labeled-set sizes: the curve's mean level
 """
 
 
+#: Where the paper's own numbers or text do not add up (docs/REPRODUCTION.md lists them with the numbers).
+PAPER_INCONSISTENCIES = [
+    "Table 1, strong bias, cohort all: ESSP is printed 0.91 for Dice 0.91 and Δ 0.04; Eq. 4 gives 0.91 / 1.04 = "
+    "0.875 (cohort g1: 0.89 / 1.01 = 0.881, printed 0.89).",
+    "Section 4.1: \"five complete AL cycles (from 10 to 86 labeled images)\" with 4 acquisitions per cycle: 10 to 86 "
+    "takes 19 acquisitions; fairal reads five as the number of repetitions (seeds) of the 10 to 86 schedule.",
+    "Section 4.4 says WLE \"outperforms all methods in terms of ESSP in all scenarios\", the same paragraph that it "
+    "achieves \"the top ESSP scores across most experiments\".",
+    "Section 4.3 says the baselines \"use all the training data available\"; the cohorts hold 126 of the 282 "
+    "training cases.",
+]
+
+
+def paper_essp_check(t1: pd.DataFrame) -> pd.DataFrame:
+    """The paper's ESSP recomputed from its own Dice and Δ by Eq. 4, beside the printed value."""
+    if t1.empty or "essp_paper" not in t1.columns:
+        return t1
+    return t1.assign(essp_paper_by_eq4=t1["dice_all_paper"] / (1 + t1["delta_paper"]))
+
+
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     """A GitHub-flavoured Markdown table (numbers rounded to ``digits``)."""
     def cell(v):
@@ -103,7 +123,7 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out is not None else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     figs = write_figures(results, out)
-    t1 = table1(results)
+    t1 = paper_essp_check(table1(results))
     final = final_table(results)
     if not t1.empty:
         t1.to_csv(out / "table1_baselines.csv", index=False)
@@ -139,7 +159,10 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
     if not t1.empty:
         parts.append("<h2>Table 1: baselines by training cohort</h2><p>Columns with <code>_paper</code> are the "
                      "paper's values. Cohorts: <code>all</code> 63 + 63, <code>g1</code> / <code>g2</code> 126 of "
-                     "one group.</p>" + t1.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+                     "one group. <code>essp_paper_by_eq4</code> recomputes the paper's ESSP from its own Dice and "
+                     "Δ.</p>" + t1.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
+                     + "<div class='warn'><b>Where the paper does not add up:</b><ul>"
+                     + "".join(f"<li>{html.escape(x)}</li>" for x in PAPER_INCONSISTENCIES) + "</ul></div>")
     if not final.empty:
         parts.append("<h2>Final budget</h2><p>Mean over seeds at the last round of finished runs.</p>"
                      + final.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="",
