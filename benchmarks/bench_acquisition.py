@@ -22,7 +22,7 @@ from bench_train import _median_seconds  # the benchmarks' shared timer (this sc
 
 from fairal.acquisition import select
 from fairal.config import get_profile
-from fairal.fit import uncertainty_stats
+from fairal.engine import uncertainty_stats
 from fairal.model import UNet3D
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fairal.acquisition import (
+    case_weights,
     group_weights,
     localized_entropy,
     mean_entropy,
@@ -83,20 +84,23 @@ def test_group_weights_edge_cases():
 
 def test_strategy_scores_and_selection():
     ids, groups = ["a", "b", "c"], [1, 2, 2]
-    ent, loc = [0.3, 0.2, 0.1], [0.5, 0.4, 0.45]
-    weights = {1: 0.2, 2: 0.8}
+    stats = {"entropy": [0.3, 0.2, 0.1], "localized_entropy": [0.5, 0.4, 0.45], "bald": [np.nan] * 3}
+    w_case = case_weights(groups, {1: 0.2, 2: 0.8})
+    np.testing.assert_allclose(w_case, [0.2, 0.8, 0.8])
     rng = np.random.default_rng(0)
-    s, w = strategy_scores("weighted-localized-entropy", ids, groups, ent, loc, weights, rng)
+    s, w = strategy_scores("weighted-localized-entropy", stats, w_case, rng)
     np.testing.assert_allclose(s, [0.1, 0.32, 0.36])  # Eq. 2: w_g * H_hat
     np.testing.assert_allclose(w, [0.2, 0.8, 0.8])
     assert select_top_k(ids, s, 2) == ["c", "b"]
-    assert select_top_k(ids, strategy_scores("entropy", ids, groups, ent, loc, weights, rng)[0], 1) == ["a"]
-    assert select_top_k(ids, strategy_scores("localized-entropy", ids, groups, ent, loc, weights, rng)[0], 1) == ["a"]
-    r1 = strategy_scores("random", ids, groups, ent, loc, weights, np.random.default_rng(3))[0]
-    r2 = strategy_scores("random", ids, groups, ent, loc, weights, np.random.default_rng(3))[0]
+    assert select_top_k(ids, strategy_scores("entropy", stats, w_case, rng)[0], 1) == ["a"]
+    assert select_top_k(ids, strategy_scores("localized-entropy", stats, w_case, rng)[0], 1) == ["a"]
+    r1 = strategy_scores("random", stats, w_case, np.random.default_rng(3))[0]
+    r2 = strategy_scores("random", stats, w_case, np.random.default_rng(3))[0]
     np.testing.assert_array_equal(r1, r2)
     with pytest.raises(FairalError, match="unknown strategy"):
-        strategy_scores("coreset", ids, groups, ent, loc, weights, rng)
+        strategy_scores("coreset", stats, w_case, rng)
+    with pytest.raises(FairalError, match="needs the statistic 'bald'"):
+        strategy_scores("bald", stats, w_case, rng)
 
 
 def test_selection_ties_break_by_case_id():
@@ -167,7 +171,10 @@ def test_expected_weights_and_three_groups():
     weights = group_weights([0.9, 0.8, 0.6, 0.7], ["A", None, "B", "B"], ["A", "B"])
     z = np.array([0.75 - 0.9, 0.75 - 0.65]) / sd
     np.testing.assert_allclose([weights["A"], weights["B"]], np.exp(z) / np.exp(z).sum())
-    s, used = strategy_scores("weighted-localized-entropy", ["x", "y"], [None, "A"], [0, 0], [0.4, 0.2],
-                              np.array([0.35, 0.2]), np.random.default_rng(0))
+    # an unknown group gets the expected weight: 0.5 * 0.5 + 0.5 * 0.2 = 0.35
+    w_case = case_weights([None, "A"], {"A": 0.2, "B": 0.5}, np.array([[0.5, 0.5], [1.0, 0.0]]), ["A", "B"])
+    np.testing.assert_allclose(w_case, [0.35, 0.2])
+    s, used = strategy_scores("weighted-localized-entropy", {"localized_entropy": [0.4, 0.2]}, w_case,
+                              np.random.default_rng(0))
     np.testing.assert_allclose(s, [0.14, 0.04])
     np.testing.assert_allclose(used, [0.35, 0.2])

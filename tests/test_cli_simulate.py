@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from fairal.cli import app
+from fairal.errors import FairalError
 
 from .conftest import LABEL_VALUE, make_template
 
@@ -95,3 +100,36 @@ def test_build_model_command(tmp_path):
     assert "2 components" in res.output and (tmp_path / "m.npz").is_file()
     res = _run("build-model", paths[0], "--out", tmp_path / "m1.npz")
     assert res.exit_code == 2 and "at least 2 fields" in res.output
+
+
+def test_datasets_load_in_monai_and_export_to_nnunet(tiny_dataset, tmp_path):
+    import json
+
+    from monai.data import load_decathlon_datalist
+
+    from fairal.export import export_nnunet
+
+    info = json.loads((tiny_dataset / "dataset.json").read_text())
+    assert "/" not in "".join(info["template"]["sources"].values())  # no absolute paths baked in
+    train = load_decathlon_datalist(str(tiny_dataset / "dataset.json"), is_segmentation=True,
+                                    data_list_key="training", base_dir=str(tiny_dataset))
+    test = load_decathlon_datalist(str(tiny_dataset / "dataset.json"), data_list_key="test",
+                                   base_dir=str(tiny_dataset))
+    assert len(train) == 12 and len(test) == 12 and all(Path(d["image"]).is_file() for d in train + test)
+    assert all(Path(d["label"]).is_file() for d in train)
+    # nnU-Net v2's raw format, checked against its documented schema (dataset_format.md)
+    res = CliRunner().invoke(app, ["export", "nnunet", str(tiny_dataset), str(tmp_path / "raw"), "--dataset-id", "7"])
+    assert res.exit_code == 0, res.output
+    ds = next((tmp_path / "raw").glob("Dataset007_*"))
+    meta = json.loads((ds / "dataset.json").read_text())
+    assert {"channel_names", "labels", "numTraining", "file_ending"} <= set(meta)
+    assert meta["labels"]["background"] == 0 and sorted(meta["labels"].values()) == [0, 1]
+    images = sorted(p.name for p in (ds / "imagesTr").iterdir())
+    labels = sorted(p.name for p in (ds / "labelsTr").iterdir())
+    assert len(images) == len(labels) == meta["numTraining"] == 12
+    assert [i.replace("_0000.nii.gz", ".nii.gz") for i in images] == labels  # one channel, matching names
+    assert len(list((ds / "imagesTs").iterdir())) == 12
+    groups = pd.read_csv(ds / "groups.csv")
+    assert list(groups.columns) == ["case_id", "group", "split"] and len(groups) == 24
+    with pytest.raises(FairalError, match="dataset-id"):
+        export_nnunet(tiny_dataset, tmp_path / "raw", 1000)

@@ -185,3 +185,35 @@ def test_no_known_group_is_fine_without_weights(study, tmp_path):
     with pytest.raises(FairalError, match="no labeled case has a known group"):
         run_query(tmp_path / "blind.csv", 2, "weighted-localized-entropy", tmp_path / "w", _profile(),
                   group_by=["site"], progress=False)
+
+
+def test_annotators_get_predictions_on_each_scans_own_grid(study, tmp_path):
+    out = tmp_path / "batch"
+    table = run_query(study, 3, "weighted-localized-entropy", out, _profile(), group_by=["site"], progress=False)
+    batch = table[table["selected"]]
+    assert list(table.columns[:6]) == ["rank", "case_id", "group", "score", "entropy", "weight"]
+    assert {"image", "label", "prediction"} <= set(table.columns)
+    for row in batch.itertuples():
+        scan = nib.load(row.image)
+        pred = nib.load(str(out / row.prediction))
+        assert pred.shape == scan.shape  # the scan's own grid: sizes, spacings and orientations differ by site
+        np.testing.assert_allclose(pred.affine, scan.affine, atol=1e-6)
+        assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
+    annotate = pd.read_csv(out / "annotate.csv")
+    assert annotate["case_id"].tolist() == batch["case_id"].tolist()
+    assert all(c in (out / "open_in_slicer.py").read_text() for c in batch["case_id"])
+    assert (out / "open_in_itksnap.sh").read_text().count("itksnap -g") == 3
+
+
+def test_a_multi_label_map_with_label_value(tmp_path):
+    study = make_study(tmp_path / "study", per_site=5, labeled_per_site=3, unknown=1)  # its own copy: rewritten
+    t = pd.read_csv(study, dtype=str, keep_default_na=False)
+    for rel in t.loc[t["label"] != "", "label"]:  # the structure as value 11 of a multi-label map
+        img = nib.load(str(study.parent / rel))
+        data = np.asarray(img.dataobj).astype(np.int16)
+        nib.save(nib.Nifti1Image(np.where(data > 0, 11, 3).astype(np.int16), img.affine), str(study.parent / rel))
+    with pytest.raises(FairalError, match="not binary.*structure's value"):
+        run_query(study, 2, "entropy", tmp_path / "a", _profile(), group_by=["site"], progress=False)
+    table = run_query(study, 2, "entropy", tmp_path / "b", _profile(), group_by=["site"], progress=False,
+                      label_value=11)
+    assert table["selected"].sum() == 2

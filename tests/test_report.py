@@ -84,7 +84,12 @@ def test_report_files_and_html(records):
     md = (out / "final_budget.md").read_text()
     assert md.startswith("| dataset | init | strategy |") and "| strong | balanced | entropy |" in md
     page = html_path.read_text()
-    assert page.count("data:image/png;base64,") == 4
+    # the paper's four figures, then Dice per group (7) and Group 1's weight (8) over the rounds, in order
+    assert page.count("data:image/png;base64,") == 6
+    order = [page.index(f"Figure {k}:") for k in (1, 2, 3, 4, 7, 8)]
+    assert order == sorted(order)
+    assert "smoke profile: a pipeline check, not evidence" in page  # the fixture's runs say profile smoke
+    assert "Not tested: 2 seeds per run" in page  # no verdicts from two seeds
     assert not re.search(r"""(src|href)=["']?(https?:|//|[\w./-]+\.(png|svg|css|js))""", page)  # self-contained
     assert "Table 1" in page and "How to read this" in page
     assert "mean of 2 seeds; bands: 95% t interval of the mean across seeds" in page

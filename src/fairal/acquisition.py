@@ -22,6 +22,7 @@ The paper's four are ``random``, ``entropy``, ``localized-entropy`` and ``weight
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,17 +30,45 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from fairal.config import ALL_STRATEGIES, PAPER_STRATEGIES
 from fairal.errors import FairalError
 
-__all__ = ["PAPER_STRATEGIES", "STRATEGIES", "Strategy", "parse_strategy", "group_weights", "expected_weights",
+#: The paper's four strategies, and the ones beyond it that the grids run by default.
+PAPER_STRATEGIES = ("random", "entropy", "localized-entropy", "weighted-localized-entropy")
+EXTRA_STRATEGIES = ("bald", "weighted-bald", "stochastic-weighted-localized-entropy", "weighted-localized-entropy-t0.5")
+ALL_STRATEGIES = PAPER_STRATEGIES + EXTRA_STRATEGIES
+#: The extras of the ``standard`` grid: plain ``bald`` is left out there (MC dropout makes a round ~4x longer on a CPU).
+STANDARD_EXTRAS = ("weighted-bald", "stochastic-weighted-localized-entropy", "weighted-localized-entropy-t0.5")
+
+__all__ = ["PAPER_STRATEGIES", "STRATEGIES", "BASES", "Strategy", "parse_strategy", "group_weights", "expected_weights",
+           "case_weights",
            "strategy_scores", "select", "select_top_k", "stochastic_batch", "rank_cases"]
 
 #: The paper's four, then the ones beyond it that the grid runs by default (any composed name also works).
 STRATEGIES = ALL_STRATEGIES
-BASES = ("random", "entropy", "localized-entropy", "bald")
 _EPS = 1e-7
 _NAME = re.compile(r"^(?P<stochastic>stochastic-)?(?P<weighted>weighted-)?(?P<base>[a-z-]+?)(?:-t(?P<t>[0-9.]+))?$")
+
+
+@dataclass(frozen=True)
+class Base:
+    """A base score: its name in strategy names, the per-case statistic it ranks by (computed by the round engine,
+    :func:`fairal.engine.uncertainty_stats`; ``None`` for a seeded uniform draw), its words in reasons and figures,
+    and what it needs (a U-Net with dropout for MC-dropout samples)."""
+
+    name: str
+    statistic: str | None
+    label: str
+    reason: str
+    needs_dropout: bool = False
+
+
+#: The strategy table: adding a base score is one entry here (and its statistic in the round engine).
+BASES: dict[str, Base] = {b.name: b for b in (
+    Base("random", None, "random", "random draw"),
+    Base("entropy", "entropy", "entropy", "mean entropy"),
+    Base("localized-entropy", "localized_entropy", "localized entropy", "localized entropy"),
+    Base("bald", "bald", "BALD", "BALD (mutual information in the ROI)", needs_dropout=True),
+)}
 
 
 @dataclass(frozen=True)
@@ -54,12 +83,26 @@ class Strategy:
     stochastic: bool = False
 
     @property
+    def spec(self) -> Base:
+        return BASES[self.base]
+
+    @property
     def needs_dropout(self) -> bool:
-        return self.base == "bald"
+        return self.spec.needs_dropout
+
+    @property
+    def label(self) -> str:
+        """In words, for figures: "weighted localized entropy", "stochastic batches of weighted BALD, T = 0.5"."""
+        text = ("weighted " if self.weighted else "") + self.spec.label
+        if self.stochastic:
+            text = "stochastic batches of " + text
+        return text + (f", T = {self.temperature:g}" if self.temperature is not None else "")
 
 
-def parse_strategy(name: str) -> Strategy:
+def parse_strategy(name: str | Strategy) -> Strategy:
     """Read ``[stochastic-][weighted-]BASE[-tT]``; a clear error for anything else."""
+    if isinstance(name, Strategy):
+        return name
     known = ", ".join(STRATEGIES)
     m = _NAME.match(str(name).strip())
     if not m or m["base"] not in BASES:
@@ -73,7 +116,7 @@ def parse_strategy(name: str) -> Strategy:
             raise FairalError(f"strategy {name!r}: cannot read the temperature {m['t']!r}") from None
         if not m["weighted"]:
             raise FairalError(f"strategy {name!r}: a temperature (-t{m['t']}) needs group weights (weighted-...)")
-        if temperature <= 0:
+        if not temperature > 0 or not math.isfinite(temperature):
             raise FairalError(f"strategy {name!r}: the softmax temperature must be > 0")
     if m["stochastic"] and m["base"] == "random":
         raise FairalError(f"strategy {name!r}: random candidate batches of random scores are just 'random'")
@@ -151,7 +194,8 @@ def group_weights(
     all_groups: Sequence[Hashable],
     temperature: float = 1.0,
 ) -> dict:
-    """Section 3.2: ``z_g = (mean DSC_all - mean DSC_g) / std DSC_all``, ``w_g = softmax(z / T)_g``.
+    """The group weights of Eq. 2 (Section 3.2): ``z_g = (mean DSC_all - mean DSC_g) / std DSC_all``,
+    ``w_g = softmax(z / T)_g``.
 
     ``dice``/``groups``: the trained model's Dice on each labeled case and its group (``None`` for a case whose
     group is unknown: it counts in ``DSC_all`` and its std, in no group). ``std`` is the population standard
@@ -195,40 +239,47 @@ def expected_weights(proba: np.ndarray, weights: Mapping[Hashable, float], order
     return p @ w
 
 
+def case_weights(groups: Sequence[Hashable | None], weights: Mapping[Hashable, float],
+                 p_group: np.ndarray | None = None, order: Sequence[Hashable] = ()) -> np.ndarray:
+    """Each case's weight in Eq. 2: ``w_g`` of its group, or, for a case whose group is unknown (``None``), the
+    expected weight ``sum_g p(g|x) w_g`` from its row of ``p_group`` (columns in ``order``)."""
+    out = np.empty(len(groups), dtype=np.float64)
+    unknown = [i for i, g in enumerate(groups) if g is None]
+    for i, g in enumerate(groups):
+        if g is not None:
+            out[i] = weights[g]
+    if unknown:
+        if p_group is None:
+            raise FairalError("cases of unknown group need group probabilities for their expected weight")
+        out[unknown] = expected_weights(np.asarray(p_group)[unknown], weights, order)
+    return out
+
+
 def strategy_scores(
     strategy: str | Strategy,
-    case_ids: Sequence[str],
-    groups: Sequence[Hashable],
-    entropy: Sequence[float],
-    localized: Sequence[float],
-    weights: Mapping[Hashable, float] | Sequence[float] | np.ndarray,
+    stats: Mapping[str, Sequence[float]],
+    weights: Sequence[float] | np.ndarray,
     rng: np.random.Generator,
-    bald: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores of the pool cases under ``strategy`` and the group weight each case got (1 where unused).
 
-    ``weights`` is either a mapping group -> w_g (every case's group known) or one weight per case (already
-    expected over the groups where a case's group is unknown)."""
-    s = strategy if isinstance(strategy, Strategy) else parse_strategy(strategy)
-    n = len(case_ids)
-    if s.base == "random":
+    ``stats``: the per-case statistics of the round engine (``entropy``, ``localized_entropy``, ``bald``: one value
+    per case); ``weights``: each case's group weight ``w_g(x)`` (the expected weight over the groups where a case's
+    group is unknown). A ``random`` base draws from ``rng``."""
+    s = parse_strategy(strategy)
+    w = np.asarray(weights, dtype=np.float64)
+    n = w.size
+    if s.spec.statistic is None:
         base = rng.random(n)
-    elif s.base == "entropy":
-        base = np.asarray(entropy, dtype=np.float64)
-    elif s.base == "localized-entropy":
-        base = np.asarray(localized, dtype=np.float64)
     else:
-        if bald is None:
-            raise FairalError(f"strategy {s.name} needs the BALD scores (MC-dropout samples)")
-        base = np.asarray(bald, dtype=np.float64)
+        values = stats.get(s.spec.statistic)
+        if values is None or np.isnan(np.asarray(values, dtype=np.float64)).any():
+            raise FairalError(f"strategy {s.name} needs the statistic {s.spec.statistic!r} of every pool case")
+        base = np.asarray(values, dtype=np.float64)
+        if base.shape != (n,):
+            raise FairalError(f"{base.size} values of {s.spec.statistic} for {n} cases")
     if not s.weighted:
         return base, np.ones(n)
-    if isinstance(weights, Mapping):
-        w = np.array([weights[g] for g in groups], dtype=np.float64)
-    else:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (n,):
-            raise FairalError(f"{w.size} weights for {n} cases")
     return w * base, w  # Eq. 2
 
 
@@ -274,7 +325,7 @@ def select(
     rng: np.random.Generator,
 ) -> list[str]:
     """The cases to annotate: the top ``k`` scores, or with ``stochastic-`` the best random candidate batch."""
-    s = strategy if isinstance(strategy, Strategy) else parse_strategy(strategy)
+    s = parse_strategy(strategy)
     if s.stochastic:
         return stochastic_batch(case_ids, scores, k, n_batches, rng)
     return select_top_k(case_ids, scores, k)

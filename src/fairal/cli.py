@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fairal.errors import FairalError
 from fairal.simulate.deformation import DEFAULT_GLOBAL_RMS_MM, DEFAULT_LOCAL_SD_MM
@@ -19,9 +20,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help is shown as written: the strategy grammar has brackets
 )
-console = Console(stderr=True, soft_wrap=True)
-stdout = Console(soft_wrap=True)  # no hard line breaks inside messages: scripts and tests read them
+# No markup anywhere: case ids, paths and messages are printed as they are (a case "sub[red]1" stays that), and no
+# hard line breaks inside messages: scripts and tests read them.
+console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+stdout = Console(soft_wrap=True, markup=False, highlight=False)
 
 
 def _clear_errors(fn):
@@ -32,7 +36,7 @@ def _clear_errors(fn):
         try:
             return fn(*args, **kwargs)
         except FairalError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False)
+            console.print(Text.assemble(("error:", "bold red"), " ", str(err)))
             raise typer.Exit(2) from None
 
     return wrapper
@@ -268,7 +272,7 @@ def reproduce(
             ratio = f"{r['g1_ratio']:.2f}" if "g1_ratio" in r and pd.notna(r["g1_ratio"]) else ""
             view.add_row(r["dataset"], r["init"], r["strategy"], f"{r['dice_all']:.3f}", f"{r['delta']:.3f}",
                          f"{r['essp']:.3f}", ratio, f"{r['delta_reduction_vs_entropy']:+.0%}")
-        Console(width=max(stdout.width, 110)).print(view)
+        Console(width=max(stdout.width, 110), markup=False, highlight=False).print(view)
     stdout.print(f"report: {path} (tables and figures beside it)")
 
 
@@ -293,9 +297,12 @@ def query(
                                             "cases, the paper) or cross-validated (5 folds, out-of-fold).")]
     = "labeled",
     seed: Annotated[int, typer.Option(help="Seed of training and of every random draw.")] = 0,
+    label_value: Annotated[float | None, typer.Option(help="The structure's value in multi-label maps (e.g. 11 "
+                                                      "for FreeSurfer's left caudate); default: binary labels.")]
+    = None,
     profile: ProfileOpt = "standard",
     set_: SetOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that fairal made.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
 ) -> None:
     """Rank the unlabeled cases of your own data for annotation, fairness-aware: the top --budget cases first."""
@@ -304,7 +311,8 @@ def query(
 
     prof = get_profile(profile, parse_overrides(set_))
     table = run_query(data, budget, strategy, out, prof, group_by=group_by or [], model_path=model, seed=seed,
-                      spacing=spacing, overwrite=overwrite, progress=not quiet, group_dice=group_dice)
+                      spacing=spacing, overwrite=overwrite, progress=not quiet, group_dice=group_dice,
+                      label_value=label_value)
     if not quiet:
         import json
 
@@ -328,8 +336,9 @@ def query(
         for _, r in table.head(budget).iterrows():
             view.add_row(str(r["rank"]), str(r["case_id"]), str(r["group"]) or "?", f"{r['score']:.4g}",
                          f"{r['entropy']:.4g}", f"{r['weight']:.3f}", str(r["reason"]))
-        Console(width=max(stdout.width, 140)).print(view)
-    stdout.print(f"ranked list in {out}/query.csv, pictures in {out}/montage.png")
+        Console(width=max(stdout.width, 140), markup=False, highlight=False).print(view)
+    stdout.print(f"ranked list in {out}/query.csv, pictures in {out}/montage.png; for the annotators: "
+                 f"{out}/predictions/ (each scan's prediction on its own grid), open_in_slicer.py, open_in_itksnap.sh")
 
 
 @app.command()
@@ -341,9 +350,35 @@ def report(
     """The paper's Table 1 and Figures 1-4 from the runs in RESULTS: CSV/Markdown tables, PNG/SVG figures and
     one self-contained report.html."""
     from fairal.report import build_report
+    from fairal.report.records import load_results
 
-    path = build_report(results, out)
+    loaded = load_results(results)
+    for run, why in loaded.skipped.items():
+        console.print(f"warning: left out {run}: {why}")
+    path = build_report(results, out, loaded)
     stdout.print(f"report: {path}")
+
+
+export_app = typer.Typer(help="A fairal dataset in the layout of another tool.", no_args_is_help=True,
+                         rich_markup_mode=None)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("nnunet")
+@_clear_errors
+def export_nnunet_cmd(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder (from fairal simulate).")],
+    out: Annotated[Path, typer.Argument(help="nnU-Net's raw folder (nnUNet_raw): DatasetNNN_NAME is made in it.")],
+    dataset_id: Annotated[int, typer.Option(help="nnU-Net dataset id, 1-999.")],
+    name: Annotated[str | None, typer.Option(help="Dataset name (default: from the folder's name).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export.")] = False,
+) -> None:
+    """Export a dataset to nnU-Net v2's raw format (imagesTr, labelsTr, imagesTs, dataset.json, groups.csv)."""
+    from fairal.export import export_nnunet
+
+    target = export_nnunet(data_dir, out, dataset_id, name=name, overwrite=overwrite)
+    stdout.print(f"nnU-Net dataset in {target}; then: nnUNetv2_plan_and_preprocess -d {dataset_id} "
+                 "--verify_dataset_integrity")
 
 
 def main() -> None:

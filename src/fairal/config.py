@@ -18,16 +18,18 @@ Any single setting can be overridden (``--set steps=200``); the records say whic
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 
+from fairal.acquisition import (  # noqa: F401  (re-exported: the grid's strategy lists)
+    ALL_STRATEGIES,
+    EXTRA_STRATEGIES,
+    PAPER_STRATEGIES,
+    STANDARD_EXTRAS,
+    parse_strategy,
+)
 from fairal.errors import FairalError
-
-#: The paper's four strategies, and the ones beyond it that the grid runs by default (fairal.acquisition reads them).
-PAPER_STRATEGIES = ("random", "entropy", "localized-entropy", "weighted-localized-entropy")
-EXTRA_STRATEGIES = ("bald", "weighted-bald", "stochastic-weighted-localized-entropy", "weighted-localized-entropy-t0.5")
-ALL_STRATEGIES = PAPER_STRATEGIES + EXTRA_STRATEGIES
-#: The extras of the ``standard`` grid: plain ``bald`` is left out there (MC dropout makes a round ~4x longer on a CPU).
-STANDARD_EXTRAS = ("weighted-bald", "stochastic-weighted-localized-entropy", "weighted-localized-entropy-t0.5")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,65 @@ class Profile:
     stochastic_batches: int = 50  # random candidate batches of the stochastic- strategies
     # the grid of ``fairal reproduce``: strategies run per dataset, initial set and seed
     strategies: tuple[str, ...] = PAPER_STRATEGIES
+
+    def __post_init__(self) -> None:
+        """Every setting checked once, here, with a message naming it: the rest of fairal trusts a Profile."""
+        def whole(name: str, low: int, value=None) -> None:
+            v = getattr(self, name) if value is None else value
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise FairalError(f"setting {name} must be a whole number >= {low}, got {v!r}")
+
+        def number(name: str, low: float, high: float = math.inf, open_low: bool = False) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > low if open_low else v >= low) and v < high
+            if not ok:
+                bound = f"> {low:g}" if open_low else f">= {low:g}"
+                raise FairalError(f"setting {name} must be a finite number {bound}"
+                                  + (f" and < {high:g}" if high < math.inf else "") + f", got {v!r}")
+
+        for name, low in (("n_subjects", 2), ("test_per_group", 1), ("steps", 0), ("batch_size", 1),
+                          ("cohort_size", 1), ("init_size", 2), ("acquire", 1), ("final_size", 2), ("round_steps", 0),
+                          ("seeds", 1), ("roi_dilation", 0), ("mc_samples", 2), ("stochastic_batches", 1)):
+            whole(name, low)
+        for name, low in (("crop_margin", 0), ("epochs", 0), ("first_round_steps", 0)):
+            if getattr(self, name) is not None:
+                whole(name, low)
+        if self.downsample not in (1, 2, 3, 4) or isinstance(self.downsample, bool):
+            raise FairalError(f"setting downsample must be 1, 2, 3 or 4, got {self.downsample!r}")
+        if len(self.sim_shape) != 3:
+            raise FairalError(f"setting sim_shape must be three sizes, got {self.sim_shape!r}")
+        for v in self.sim_shape:
+            whole("sim_shape", 4, v)
+        if not self.features:
+            raise FairalError("setting features must list at least one channel count")
+        for v in self.features:
+            whole("features", 1, v)
+        number("lr", 0.0)
+        number("temperature", 0.0, open_low=True)
+        number("mc_dropout", 0.0, 1.0)
+        if self.final_size < self.init_size or (self.final_size - self.init_size) % self.acquire:
+            raise FairalError(f"impossible budget: {self.final_size} labeled cannot be reached from {self.init_size} "
+                              f"in steps of {self.acquire}")
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(self.device))):
+            raise FairalError(f"setting device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not self.strategies:
+            raise FairalError("setting strategies must name at least one strategy")
+        for name in self.strategies:
+            parse_strategy(name)
+
+    def train_config(self, seed: int, rnd: int | None = None, num_threads: int | None = None):
+        """The training settings of a baseline (``rnd`` None) or of active-learning round ``rnd``: the first round
+        trains ``first_round_steps`` (if set), a warm-started round ``round_steps``, any other ``steps``/``epochs``."""
+        from fairal.train import TrainConfig
+
+        steps, epochs = self.steps, self.epochs
+        if rnd is not None and rnd == 0 and self.first_round_steps is not None:
+            steps, epochs = self.first_round_steps, None
+        elif rnd is not None and rnd > 0 and self.warm_start:
+            steps, epochs = self.round_steps, None
+        return TrainConfig(lr=self.lr, steps=steps, epochs=epochs, batch_size=self.batch_size, seed=seed,
+                           num_threads=num_threads, device=self.device)
 
     def with_overrides(self, overrides: dict[str, str]) -> Profile:
         """A copy with settings replaced from ``key=value`` strings, each converted to the field's type."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from fairal.errors import FairalError
+from fairal.io import write_torch
+from fairal.nifti import image_data, label_data, load_nifti
+from fairal.sampling import test_split
 
 REQUIRED_COLUMNS = ("case_id", "group", "image", "label")
 
@@ -59,13 +61,35 @@ def read_manifest(data_dir: str | Path, test_per_group: int = 15, seed: int = 0)
         if bad:
             raise FairalError(f"{path}: column 'split' must hold 'test' or 'pool', found {bad}")
     else:
-        m["split"] = "pool"
-        rng = np.random.default_rng([seed, 0, 1])
-        for _, ids in m.groupby("group")["case_id"]:
-            ids = sorted(ids)
-            n = min(test_per_group, len(ids) // 2)
-            m.loc[m["case_id"].isin(rng.choice(ids, size=n, replace=False)), "split"] = "test"
+        ids = {g: ids.tolist() for g, ids in m.groupby("group")["case_id"]}
+        m["split"] = np.where(m["case_id"].isin(test_split(ids, test_per_group, seed)), "test", "pool")
     return m
+
+
+def data_files(manifest: pd.DataFrame) -> dict:
+    """What a run's records depend on in the data: per case its group, split and the size and modification time
+    of its image and label files (a replaced file changes them)."""
+    out = {}
+    for case, group, split, img, lab in zip(manifest["case_id"], manifest["group"], manifest["split"],
+                                            manifest["image_path"], manifest["label_path"], strict=True):
+        files = []
+        for path in (img, lab):
+            st = Path(path).stat() if path else None
+            files += [st.st_size, st.st_mtime_ns] if st else [None, None]
+        out[str(case)] = [str(group), str(split), *files]
+    return out
+
+
+def describe_changes(before: dict, now: dict) -> str:
+    """The cases that differ between two :func:`data_files` records, in words ("" when none)."""
+    removed = sorted(set(before) - set(now))
+    added = sorted(set(now) - set(before))
+    changed = sorted(c for c in set(before) & set(now) if list(before[c]) != list(now[c]))
+    parts = []
+    for what, ids in (("removed", removed), ("added", added), ("changed", changed)):
+        if ids:
+            parts.append(f"{what}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}")
+    return "; ".join(parts)
 
 
 def _group_value(value):
@@ -105,12 +129,6 @@ class VolumeSet:
         return tuple(self.images.shape[2:])  # type: ignore[return-value]
 
 
-def _read(path: str, case: str, what: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        img = nib.load(path)
-        return np.asarray(img.dataobj, dtype=np.float32), img.affine
-    except Exception as err:
-        raise FairalError(f"case {case}: {what} {path} is not a readable NIfTI image: {err}") from err
 
 
 def crop_box(
@@ -127,7 +145,7 @@ def crop_box(
         ref = np.zeros(shape, bool)
         pool = manifest[manifest["split"] == "pool"]
         for case, p in zip(pool["case_id"], pool["label_path"], strict=True):
-            ref |= _read(p, case, "label")[0] > 0.5
+            ref |= label_data(load_nifti(p, "label", case, read=False), "label", p, case) > 0
     if ref.shape != tuple(shape) or not ref.any():
         raise FairalError(f"cannot place a crop box: the reference label in {data_dir} is empty or of another shape")
     idx = np.argwhere(ref)
@@ -162,15 +180,16 @@ def load_volumes(
 ) -> VolumeSet:
     """Load every case once: validate, crop, normalise, downsample. Images/labels of one shape, binary labels.
 
-    With ``cache``, the result is kept in ``data_dir/cache/`` (keyed by the manifest and the settings), so the
-    many runs of an experiment grid read one file instead of hundreds of NIfTI files.
+    With ``cache``, the result is kept in ``data_dir/cache/``, keyed by the manifest, the settings and every
+    file's size and modification time (:func:`data_files`), so the many runs of an experiment grid read one file
+    instead of hundreds of NIfTI files, and a replaced image or label is read again.
     """
     data_dir = Path(data_dir)
     if downsample not in (1, 2, 3, 4):
         raise FairalError(f"downsample must be 1, 2, 3 or 4, got {downsample}")
     ids = manifest["case_id"].tolist()
     key_src = json.dumps([manifest[["case_id", "group", "image", "label", "split"]].astype(str).values.tolist(),
-                          crop_margin, downsample])
+                          crop_margin, downsample, data_files(manifest)])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cache_file = data_dir / "cache" / f"volumes-{key}.pt"
     if cache and cache_file.is_file():
@@ -192,16 +211,16 @@ def load_volumes(
     sl = tuple(slice(a, b) for a, b in box)
 
     def one(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        case = ids[i]
-        img, _ = _read(manifest["image_path"].iloc[i], case, "image")
-        lab, _ = _read(manifest["label_path"].iloc[i], case, "label")
-        if img.shape != shape:
-            raise FairalError(f"case {case}: image shape {img.shape} differs from the dataset's {shape}")
-        if lab.shape != img.shape:
-            raise FairalError(f"case {case}: label shape {lab.shape} differs from its image's {img.shape}")
-        values = np.unique(lab)
-        if not set(values.tolist()) <= {0.0, 1.0}:
-            raise FairalError(f"case {case}: label is not binary (values {values[:6].tolist()}): expected 0 and 1")
+        case, img_path, lab_path = ids[i], manifest["image_path"].iloc[i], manifest["label_path"].iloc[i]
+        img_nii = load_nifti(img_path, "image", case, read=False)
+        lab_nii = load_nifti(lab_path, "label", case, read=False)
+        if tuple(img_nii.shape) != shape:
+            raise FairalError(f"case {case}: image shape {tuple(img_nii.shape)} differs from the dataset's {shape}")
+        if tuple(lab_nii.shape) != tuple(img_nii.shape):
+            raise FairalError(f"case {case}: label shape {tuple(lab_nii.shape)} differs from its image's "
+                              f"{tuple(img_nii.shape)}")
+        img = image_data(img_nii, "image", img_path, case)
+        lab = label_data(lab_nii, "label", lab_path, case)
         t_img = torch.from_numpy(_normalise(img[sl]).astype(np.float32))[None]
         t_lab = torch.from_numpy(lab[sl].astype(np.uint8))[None]
         return _downsample(t_img, t_lab, downsample)
@@ -219,9 +238,8 @@ def load_volumes(
     if cache:
         try:
             cache_file.parent.mkdir(exist_ok=True)
-            tmp = cache_file.with_suffix(f".partial-{os.getpid()}")
-            torch.save({"images": images, "labels": labels, "roi": roi, "box": torch.tensor(box)}, tmp)
-            tmp.replace(cache_file)
+            blob = {"images": images, "labels": labels, "roi": roi, "box": torch.tensor(box)}
+            write_torch(cache_file, blob)
         except OSError:
             pass  # a read-only dataset folder: no cache, same result
     return VolumeSet(ids, manifest["group"].to_numpy(), manifest["split"].to_numpy(), images, labels, roi, box,

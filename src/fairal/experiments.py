@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,11 @@ import torch
 
 from fairal.config import Profile
 from fairal.data import load_volumes, read_manifest
+from fairal.engine import evaluate, model_factory
 from fairal.errors import FairalError
-from fairal.fit import evaluate, model_factory, train_config
-from fairal.io import write_csv, write_json
+from fairal.io import FolderLock, check_output_folder, write_csv, write_json
 from fairal.metrics import fairness_summary
+from fairal.sampling import draw_per_group, split_evenly
 from fairal.train import save_checkpoint, train_model
 
 #: The paper's training cohorts: balanced (an equal share of each group), then one cohort of each group alone.
@@ -33,28 +35,18 @@ BASELINE_TABLE_COLUMNS = baseline_columns([1, 2])
 def baseline_cohorts(manifest: pd.DataFrame, size: int, seed: int = 0) -> dict[str, list[str]]:
     """The training cohorts drawn (seeded) from the pool, never from the test split.
 
-    ``all`` = ``size`` split evenly over the groups (the paper: 63 + 63), ``g<g>`` = ``size`` cases of group g
-    alone (126), for every group of the dataset.
+    ``all`` = ``size`` split evenly over the groups (the paper: 63 + 63; the first groups get a remainder),
+    ``g<g>`` = ``size`` cases of group g alone (126), for every group of the dataset.
     """
     groups = sorted(set(manifest["group"]), key=str)
     pool = manifest[manifest["split"] == "pool"]
-    ids = {g: sorted(pool.loc[pool["group"] == g, "case_id"]) for g in groups}
-    base, extra = divmod(size, len(groups))
-    need = {"all": {g: base + (i >= len(groups) - extra) for i, g in enumerate(groups)}}
+    ids = {g: pool.loc[pool["group"] == g, "case_id"].tolist() for g in groups}
+    need = {"all": split_evenly(size, groups)}
     need.update({f"g{g}": {h: size if h == g else 0 for h in groups} for g in groups})
     rng = np.random.default_rng([seed, 3])
-    cohorts = {}
-    for name, counts in need.items():
-        chosen: list[str] = []
-        for g, n in counts.items():
-            if n > len(ids[g]):
-                raise FairalError(
-                    f"cohort {name} needs {n} Group {g} cases for training but the pool has {len(ids[g])} "
-                    f"(test cases excluded): lower the cohort size (--set cohort_size=N)"
-                )
-            chosen += rng.choice(ids[g], size=n, replace=False).tolist() if n else []
-        cohorts[name] = sorted(chosen)
-    return cohorts
+    return {name: draw_per_group(ids, counts, rng, what=f"cohort {name}", short=" for training but the pool has",
+                                 hint=" (test cases excluded): lower the cohort size (--set cohort_size=N)")
+            for name, counts in need.items()}
 
 
 def run_baseline(
@@ -80,7 +72,7 @@ def run_baseline(
     columns = baseline_columns(sorted(set(manifest["group"]), key=str))
     for name in cohorts:
         rows = volumes.rows(cohorts[name])
-        result = train_model(volumes.images[rows], volumes.labels[rows], train_config(profile, seed),
+        result = train_model(volumes.images[rows], volumes.labels[rows], profile.train_config(seed),
                              model_factory(profile, volumes, rows), progress=progress)
         dices = evaluate(result.model, volumes, test_rows, profile.batch_size)
         summary = fairness_summary(dices, test_groups)
@@ -159,12 +151,9 @@ def reproduce(
     records into ``out`` itself, so ``out`` must be on a filesystem that the workers share; a task that fails or
     whose worker is lost is retried by Ray (``max_retries``) and resumes after its last complete round.
     ``gpus_per_task`` may be fractional (the U-Net is tiny: 0.25 runs four tasks per GPU); with the profile's
-    ``device=auto`` a task then trains on the GPU that Ray gives it.
+    ``device=auto`` a task then trains on the GPU that Ray gives it. The results folder is locked while the grid
+    runs: a second ``reproduce`` into it is refused.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from fairal.loop import ActiveLearningRun, RunSpec, schedule
-
     if executor not in ("local", "ray"):
         raise FairalError(f"--executor must be local or ray, got {executor!r}")
     if executor == "ray":
@@ -172,7 +161,17 @@ def reproduce(
             import ray  # noqa: F401
         except ImportError as err:
             raise FairalError("--executor ray needs Ray: pip install 'fairal[ray]'") from err
-    out = Path(out)
+    out = check_output_folder(out, "the results folder")
+    with FolderLock(out, "fairal reproduce"):
+        _reproduce(out, profile, seeds, jobs, progress, executor, address, cpus_per_task, gpus_per_task, max_retries)
+
+
+def _reproduce(out: Path, profile: Profile, seeds, jobs, progress, executor, address, cpus_per_task, gpus_per_task,
+               max_retries) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fairal.loop import ActiveLearningRun, RunSpec, schedule
+
     seeds = seeds or profile.seeds
     n_rounds = len(schedule(profile))
     runs = grid(seeds, profile.strategies)
@@ -236,7 +235,7 @@ def _execute_local(tasks: list[dict], jobs: int, refresh) -> list:
     threads = max(1, cores // jobs)
     failures = []
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
         pending = {pool.submit(_grid_task, t): t for t in tasks}
         while pending:
             finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -258,12 +257,10 @@ def _execute_ray(
     if not tasks:
         return []
     if not ray.is_initialized():
-        env = {k: v for k, v in os.environ.items() if k == "FAIRAL_FAULT_ONCE"}
-        kwargs = {"runtime_env": {"env_vars": env}} if env else {}
         if address:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, **kwargs)
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=max_retries,
                         retry_exceptions=True)(_ray_task)
     refs = {remote.remote(t, cpus_per_task): t for t in tasks}
@@ -297,25 +294,30 @@ def _grid_task(task: dict) -> dict:
         run_baseline(task["data_dir"], task["out"], profile, seed=0, progress=False)
     else:
         spec = RunSpec(task["data_dir"], task["strategy"], task["init"], task["seed"], profile)
-        ActiveLearningRun(spec, task["out"]).run(on_round=_fault_injection(task["out"]))
+        ActiveLearningRun(spec, task["out"]).run()
     return task
 
 
-def _fault_injection(run_out: str):
-    """For fault-tolerance tests: with ``FAIRAL_FAULT_ONCE=DIR``, the first run to finish a round kills its own
-    worker process once (a marker file in DIR remembers it), as a lost node would."""
-    marker_dir = os.environ.get("FAIRAL_FAULT_ONCE")
-    if not marker_dir:
-        return None
+def _init_worker(threads: int, parent: int) -> None:
+    """A grid worker: its torch threads, and it dies with the driver (a driver killed with kill -9 must not
+    leave workers writing runs that a rerun would write too)."""
+    torch.set_num_threads(threads)
+    die_with_parent(parent)
 
-    def maybe_die(rnd: int) -> None:
-        marker = Path(marker_dir) / "fault-injected"
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, f"{run_out} round {rnd}\n".encode())
-        os.close(fd)
+
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux ``PR_SET_PDEATHSIG``); elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
         os._exit(1)
 
-    return maybe_die
+
+

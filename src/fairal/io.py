@@ -1,24 +1,104 @@
-"""Atomic file writes: a file is written beside its target and moved into place whole, so a crash or a kill
-never leaves a half-written record."""
+"""Writing files and folders that nothing can corrupt: atomic writes, folders published whole, stale partials of dead
+processes cleaned up, folders marked as fairal's own, and exclusive locks on the folders being written.
+
+- A file is written beside its target as ``.NAME.partial-PID``, flushed to disk and moved over the target, so a
+  crash or a kill never leaves a half-written record.
+- A folder (a dataset, a query's outputs) is built as ``.NAME.partial-PID`` beside its target and renamed into place
+  at the end; what a killed process left behind is removed by the next writer (its PID is no longer alive).
+- A folder fairal made carries a marker file (``.fairal``), and only such a folder is ever replaced: a folder the
+  user made, or one holding the user's inputs, is never removed.
+- A folder being written holds an exclusive ``flock`` on ``.fairal.lock``; a second writer is refused with the PID
+  of the first. The kernel releases the lock when its holder dies, however it dies.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 
+from fairal.errors import FairalError
 
-def _temp(path: Path) -> Path:
+MARKER = ".fairal"
+LOCK = ".fairal.lock"
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)(?P<rest>.*)$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is moved into place: ``.NAME.partial-PID`` beside it."""
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
-def write_text(path: str | Path, text: str) -> None:
+def clean_stale_partials(folder: str | Path) -> list[Path]:
+    """Remove the ``.NAME.partial-PID*`` files and folders in ``folder`` whose writing process is dead (a kill -9
+    leaves them behind). Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _PARTIAL.match(entry.name)
+        if not m or pid_alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` to write the file, fsync it, and move it over ``path`` (same folder, so the move is
+    atomic). On any error the temporary file is removed and the target is untouched."""
     path = Path(path)
-    tmp = _temp(path)
-    tmp.write_text(text)
-    tmp.replace(path)
+    tmp = partial_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_torch(path: str | Path, obj) -> None:
+    """``torch.save`` atomically, through a file object (so the archive's inner name does not depend on the
+    temporary file's name and the same object gives the same bytes)."""
+    import torch
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, save)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: str | Path, obj: dict) -> None:
@@ -26,7 +106,121 @@ def write_json(path: str | Path, obj: dict) -> None:
 
 
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:
-    path = Path(path)
-    tmp = _temp(path)
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def check_output_folder(out: str | Path, what: str = "--out") -> Path:
+    """Refuse, before any work is done, an output folder that cannot be one: a file, a symbolic link, or a place
+    where nothing can be written."""
+    out = Path(out)
+    if out.is_symlink():
+        raise FairalError(f"{what} {out} is a symbolic link; give the real folder")
+    if out.exists() and not out.is_dir():
+        raise FairalError(f"{what} {out} exists and is not a folder")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FairalError(f"{what} {out}: cannot write in {parent} (permission denied)")
+    return out
+
+
+def is_fairal_folder(path: str | Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def mark(folder: str | Path, kind: str) -> None:
+    """Mark ``folder`` as made by fairal (``kind``: what it holds)."""
+    (Path(folder) / MARKER).write_text(kind + "\n")
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_replaceable(out: str | Path, overwrite: bool, inputs: list[str | Path] = ()) -> None:
+    """The rules for replacing an existing output folder: it must be empty, or ``overwrite`` must be given and the
+    folder must carry fairal's marker; and it must never hold one of the ``inputs``."""
+    out = check_output_folder(out)
+    for p in inputs:
+        if p and (Path(p).resolve() == out.resolve() or _inside(Path(p), out)):
+            raise FairalError(f"--out {out} holds the input {p}: choose an output folder apart from your data")
+    if not out.exists() or not any(e.name != LOCK for e in out.iterdir()):
+        return
+    if not overwrite:
+        raise FairalError(f"{out} exists and is not empty: choose another --out or add --overwrite")
+    if not is_fairal_folder(out):
+        raise FairalError(f"{out} was not made by fairal (no {MARKER} marker): --overwrite only replaces fairal's "
+                          "own output folders; remove it yourself or choose another --out")
+
+
+@contextlib.contextmanager
+def publish_folder(out: str | Path, kind: str) -> Iterator[Path]:
+    """Build a folder in ``.NAME.partial-PID`` beside ``out`` and move it into place when the block ends without
+    error (replacing a fairal folder already there); on an error nothing is left. The caller has checked the
+    rules (:func:`check_replaceable`)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(out.parent)
+    tmp = partial_path(out)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        mark(tmp, kind)
+        if out.exists():
+            old = out.with_name(f".{out.name}.partial-{os.getpid()}-old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class FolderLock:
+    """An exclusive lock on a folder while it is written (``with FolderLock(out, "run"):``).
+
+    Held with ``flock`` on ``out/.fairal.lock``, which also records the holder's PID and what it does; a second
+    process is refused at once with a message naming the holder. The lock dies with its process.
+    """
+
+    def __init__(self, folder: str | Path, what: str) -> None:
+        self.folder = Path(folder)
+        self.what = what
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = path.read_text().strip() or "another process"
+            raise FairalError(f"{self.folder} is being written by {holder}; wait for it to end or choose another "
+                              "folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({self.what})\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

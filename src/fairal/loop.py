@@ -18,14 +18,15 @@ import numpy as np
 import pandas as pd
 
 from fairal import versions
-from fairal.acquisition import group_weights, parse_strategy, select, strategy_scores
+from fairal.acquisition import Strategy, parse_strategy
 from fairal.config import Profile
-from fairal.data import VolumeSet, load_volumes, read_manifest
+from fairal.data import VolumeSet, data_files, describe_changes, load_volumes, read_manifest
+from fairal.engine import acquisition_round, evaluate, fit
 from fairal.errors import FairalError
-from fairal.fit import evaluate, model_factory, train_config, uncertainty_stats
-from fairal.io import write_csv, write_json
+from fairal.io import FolderLock, check_output_folder, clean_stale_partials, write_csv, write_json
 from fairal.metrics import fairness_summary
-from fairal.train import describe_device, load_checkpoint, save_checkpoint, train_model
+from fairal.sampling import draw_per_group, split_evenly
+from fairal.train import describe_device, save_checkpoint
 
 #: Initial labeled sets: ``balanced`` splits evenly over the groups (the paper: 5 + 5); ``gX-heavy`` gives group X
 #: 80% and splits the rest evenly over the others (the paper: 8 + 2 and 2 + 8).
@@ -47,24 +48,25 @@ def round_columns(groups: list) -> list[str]:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What identifies a run; with the profile, every setting it depends on."""
+    """What identifies a run; with the profile, every setting it depends on. Checked when made: the strategy is
+    parsed (a name is accepted and parsed), the initial set and the seed are valid."""
 
     data_dir: str
-    strategy: str
+    strategy: Strategy
     init: str
     seed: int
     profile: Profile
 
-    def validate(self) -> None:
-        parse_strategy(self.strategy)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy", parse_strategy(self.strategy))
         _heavy_group(self.init)
-        if self.seed < 0:
-            raise FairalError(f"--seed must be >= 0, got {self.seed}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise FairalError(f"--seed must be a whole number >= 0, got {self.seed!r}")
 
     def settings(self) -> dict:
         """What the run's records depend on (the grid's list of strategies is not part of one run)."""
         profile = {k: v for k, v in self.profile.as_dict().items() if k != "strategies"}
-        return {"data_dir": str(Path(self.data_dir).resolve()), "strategy": self.strategy, "init": self.init,
+        return {"data_dir": str(Path(self.data_dir).resolve()), "strategy": self.strategy.name, "init": self.init,
                 "seed": self.seed, "profile": profile}
 
 
@@ -93,13 +95,8 @@ def _heavy_group(init: str):
 
 
 def schedule(profile: Profile) -> list[int]:
-    """Labeled-set sizes of the rounds: init_size, init_size + acquire, ..., final_size (10, 14, ..., 86)."""
-    if profile.init_size < 2 or profile.acquire < 1 or profile.final_size < profile.init_size:
-        raise FairalError(f"impossible budget: start {profile.init_size}, acquire {profile.acquire}, "
-                          f"final {profile.final_size}")
-    if (profile.final_size - profile.init_size) % profile.acquire:
-        raise FairalError(f"impossible budget: {profile.final_size} labeled cannot be reached from "
-                          f"{profile.init_size} in steps of {profile.acquire}")
+    """Labeled-set sizes of the rounds: init_size, init_size + acquire, ..., final_size (10, 14, ..., 86). The
+    profile has checked that the budget adds up."""
     return list(range(profile.init_size, profile.final_size + 1, profile.acquire))
 
 
@@ -111,13 +108,9 @@ def initial_counts(groups: list, init: str, size: int) -> dict:
         raise FairalError(f"initial set {init}: the dataset has no group {heavy} (groups: "
                           f"{', '.join(map(str, groups))})")
     if heavy is None or len(groups) == 1:
-        others, rest = list(groups), size
-        need = {}
-    else:
-        need = {heavy: int(round(HEAVY_SHARE * size))}
-        others, rest = [g for g in groups if g != heavy], size - need[heavy]
-    base, extra = divmod(rest, len(others))
-    need.update({g: base + (i < extra) for i, g in enumerate(others)})
+        return split_evenly(size, list(groups))
+    need = {heavy: int(round(HEAVY_SHARE * size))}
+    need.update(split_evenly(size - need[heavy], [g for g in groups if g != heavy]))
     return {g: need[g] for g in groups}
 
 
@@ -128,14 +121,8 @@ def initial_set(manifest: pd.DataFrame, init: str, size: int, seed: int) -> list
     groups = sorted(set(manifest["group"]), key=str)
     need = initial_counts(groups, init, size)
     index = list(INITS).index(init) if init in INITS else 3 + sum(map(ord, init))
-    rng = np.random.default_rng([seed, 4, index])
-    chosen: list[str] = []
-    for g, n in need.items():
-        ids = sorted(pool.loc[pool["group"] == g, "case_id"])
-        if n > len(ids):
-            raise FairalError(f"initial set {init} needs {n} Group {g} cases, the pool has {len(ids)}")
-        chosen += rng.choice(ids, size=n, replace=False).tolist() if n else []
-    return sorted(chosen)
+    ids = {g: pool.loc[pool["group"] == g, "case_id"].tolist() for g in groups}
+    return draw_per_group(ids, need, np.random.default_rng([seed, 4, index]), what=f"initial set {init}")
 
 
 def _round_seed(seed: int, rnd: int) -> int:
@@ -148,9 +135,8 @@ class ActiveLearningRun:
 
     def __init__(self, spec: RunSpec, out: str | Path, volumes: VolumeSet | None = None,
                  manifest: pd.DataFrame | None = None) -> None:
-        spec.validate()
         self.spec = spec
-        self.out = Path(out)
+        self.out = check_output_folder(out)
         self.profile = spec.profile
         self.sizes = schedule(self.profile)
         self.manifest = manifest if manifest is not None else read_manifest(
@@ -160,7 +146,7 @@ class ActiveLearningRun:
             raise FairalError(f"impossible budget: {self.profile.final_size} labeled cases asked for, the pool of "
                               f"{spec.data_dir} has {len(pool)}")
         self.groups = sorted(set(self.manifest["group"]), key=str)
-        self.strategy = parse_strategy(spec.strategy)
+        self.strategy = spec.strategy
         self.columns = round_columns(self.groups)
         initial_counts(self.groups, spec.init, self.profile.init_size)  # an init that names no group fails here
         self._volumes = volumes
@@ -178,6 +164,13 @@ class ActiveLearningRun:
             raise FairalError(f"{self.out} holds an unreadable run state: {err}") from err
         if not same_settings(config.get("settings", {}), self.spec.settings()):
             raise FairalError(f"{self.out} holds a run with other settings; choose another --out or delete it")
+        if not state.get("finished") and (self.out / "data.json").is_file():
+            # Resume only on the data the run started from: a changed manifest or file would mix two datasets.
+            started = json.loads((self.out / "data.json").read_text())
+            changes = describe_changes(started, data_files(self.manifest))
+            if changes:
+                raise FairalError(f"{self.out} was started on other data than {self.spec.data_dir} holds now "
+                                  f"({changes}); resume refused: restore the data or start a new run folder")
         return state
 
     @property
@@ -194,12 +187,20 @@ class ActiveLearningRun:
     # -- the loop ---------------------------------------------------------------------------------------------
 
     def run(self, progress: bool = False, on_round=None) -> pd.DataFrame:
-        """Run (or continue) to the final budget. Returns ``rounds.csv`` as a table."""
+        """Run (or continue) to the final budget. Returns ``rounds.csv`` as a table. The run folder is locked
+        while the run writes it: a second process on the same folder is refused."""
+        with FolderLock(self.out, f"fairal run {self.spec.strategy.name}"):
+            return self._run(progress, on_round)
+
+    def _run(self, progress: bool, on_round) -> pd.DataFrame:
         state = self._load_state()
         if state and state.get("finished"):
             return pd.read_csv(self.out / "rounds.csv")
         self.out.mkdir(parents=True, exist_ok=True)
+        clean_stale_partials(self.out)
+        clean_stale_partials(self.out / "checkpoints")
         if state is None:
+            write_json(self.out / "data.json", data_files(self.manifest))
             write_json(self.out / "config.json",
                        {"settings": self.spec.settings(), "versions": versions(), "schedule": self.sizes,
                         "device": describe_device(self.profile.device)})
@@ -230,52 +231,46 @@ class ActiveLearningRun:
     def _round(self, rnd, labeled, records, vol, test_ids, pool_ids, group_of, progress):
         p = self.profile
         rows = vol.rows(labeled)
-        cfg = train_config(p, _round_seed(self.spec.seed, rnd))
-        factory = model_factory(p, vol, rows, dropout=p.mc_dropout if self.strategy.needs_dropout else 0.0)
-        if rnd == 0 and p.first_round_steps is not None:
-            cfg = dataclasses.replace(cfg, steps=p.first_round_steps, epochs=None)
-        warm = p.warm_start and rnd > 0
-        if warm:
-            cfg = dataclasses.replace(cfg, steps=p.round_steps, epochs=None)
-            previous = self.out / "checkpoints" / f"round-{rnd - 1:02d}.pt"
-
-            def factory(base=factory, path=previous):
-                model = base()
-                load_checkpoint(path, model)
-                return model
-
-        result = train_model(vol.images[rows], vol.labels[rows], cfg, factory, progress=progress)
+        previous = self.out / "checkpoints" / f"round-{rnd - 1:02d}.pt"
+        warm = previous if p.warm_start and rnd > 0 else None
+        result = fit(p, vol, rows, p.train_config(_round_seed(self.spec.seed, rnd), rnd), self.strategy,
+                     warm_from=warm, progress=progress)
         model = result.model
-        # Evaluate on the test set; Dice on the labeled set gives the group weights (Sec. 3.2).
         test_rows = vol.rows(test_ids)
         test_dice = evaluate(model, vol, test_rows, batch_size=8)
         summary = fairness_summary(test_dice, vol.groups[test_rows])
-        labeled_dice = evaluate(model, vol, rows, batch_size=8)
+        finished = len(labeled) >= self.sizes[-1]
+        chosen = set(labeled)
+        candidates = [] if finished else [c for c in pool_ids if c not in chosen]
+        k = min(p.acquire, self.sizes[-1] - len(labeled))
+        # Dice on the labeled set gives the group weights (Sec. 3.2); then the pool is scored and the batch chosen.
+        done = acquisition_round(model, vol, labeled, candidates, group_of, self.groups, self.strategy, p, k,
+                                 rng=np.random.default_rng([self.spec.seed, rnd, 5]),
+                                 mc_seed=_round_seed(self.spec.seed, rnd))
         labeled_groups = [group_of[c] for c in labeled]
-        temperature = self.strategy.temperature or p.temperature
-        weights = group_weights(labeled_dice, labeled_groups, self.groups, temperature)
         row = {"round": rnd, "n_labeled": len(labeled), "dice_all": summary["dice_all"], "delta": summary["delta"],
                "essp": summary["essp"]}
         for g in self.groups:
             row[f"n_labeled_g{g}"] = sum(x == g for x in labeled_groups)
             row[f"dice_g{g}"] = summary.get(f"dice_g{g}")
-            row[f"w_g{g}"] = weights[g]
+            row[f"w_g{g}"] = done.weights[g]
         if 1 in self.groups:
             row["g1_ratio"] = row["n_labeled_g1"] / len(labeled)
         records["rounds"].append(row)
         records["cases"] += [{"round": rnd, "case_id": c, "group": group_of[c], "split": "labeled", "dice": d}
-                             for c, d in zip(labeled, labeled_dice, strict=True)]
+                             for c, d in zip(labeled, done.labeled_dice, strict=True)]
         records["cases"] += [{"round": rnd, "case_id": c, "group": group_of[c], "split": "test", "dice": d}
                              for c, d in zip(test_ids, test_dice, strict=True)]
-        finished = len(labeled) >= self.sizes[-1]
         next_labeled = labeled
         if not finished:
-            chosen = set(labeled)
-            candidates = [c for c in pool_ids if c not in chosen]
-            k = min(p.acquire, self.sizes[-1] - len(labeled))
-            selected, rows_sel = self._acquire(model, vol, candidates, group_of, weights, rnd, k)
-            records["selections"] += rows_sel
-            next_labeled = sorted(labeled + selected)
+            chosen = set(done.selected)
+            st = done.stats
+            records["selections"] += [
+                {"round": rnd, "case_id": c, "group": group_of[c], "entropy": e, "localized_entropy": lo, "bald": b,
+                 "weight": wi, "score": sc, "selected": c in chosen}
+                for c, e, lo, b, wi, sc in zip(candidates, st["entropy"], st["localized_entropy"], st["bald"],
+                                               done.case_weights, done.scores, strict=True)]
+            next_labeled = sorted(labeled + done.selected)
         # Records first, then the checkpoint, then the state: a kill between them repeats this round only.
         write_csv(self.out / "rounds.csv", pd.DataFrame(records["rounds"], columns=self.columns))
         write_csv(self.out / "cases.csv", pd.DataFrame(records["cases"], columns=CASE_COLUMNS))
@@ -290,22 +285,3 @@ class ActiveLearningRun:
             if old.name != f"round-{rnd:02d}.pt":
                 old.unlink(missing_ok=True)
         return next_labeled, finished
-
-    def _acquire(self, model, vol, candidates, group_of, weights, rnd, k):
-        p = self.profile
-        rows = vol.rows(candidates)
-        stats = uncertainty_stats(model, vol.images[rows], vol.roi[0].numpy(), p, self.strategy.needs_dropout,
-                                  seed=_round_seed(self.spec.seed, rnd))
-        groups = [group_of[c] for c in candidates]
-        rng = np.random.default_rng([self.spec.seed, rnd, 5])
-        scores, w = strategy_scores(self.strategy, candidates, groups, stats["entropy"], stats["localized_entropy"],
-                                    weights, rng, bald=stats["bald"])
-        selected = select(self.strategy, candidates, scores, k, p.stochastic_batches, rng)
-        chosen = set(selected)
-        rows_sel = [{"round": rnd, "case_id": c, "group": g, "entropy": e, "localized_entropy": lo, "bald": b,
-                     "weight": wi, "score": s, "selected": c in chosen}
-                    for c, g, e, lo, b, wi, s in zip(candidates, groups, stats["entropy"],
-                                                     stats["localized_entropy"], stats["bald"], w, scores,
-                                                     strict=True)]
-        return selected, rows_sel
-

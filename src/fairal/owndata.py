@@ -28,6 +28,7 @@ from nibabel.processing import resample_from_to
 
 from fairal.data import VolumeSet, _normalise
 from fairal.errors import FairalError
+from fairal.nifti import image_data, label_data, load_nifti, volume_3d
 
 OWN_COLUMNS = ("case_id", "image", "label")
 GROUP_SEPARATOR = "/"
@@ -97,6 +98,14 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = ())
     t["labeled"] = t["label_path"] != ""
     if group_by:
         values = t[list(group_by)].apply(lambda col: col.str.strip())
+        if len(group_by) > 1:  # "x/y" + "z" and "x" + "y/z" would both become the group "x/y/z"
+            for col in group_by:
+                clash = values[col].str.contains(GROUP_SEPARATOR, regex=False)
+                if clash.any():
+                    case = t["case_id"][clash].iloc[0]
+                    raise FairalError(f"{path}: case {case}: the value {values[col][clash].iloc[0]!r} of column "
+                                      f"{col!r} holds {GROUP_SEPARATOR!r}, which joins intersectional groups: "
+                                      "rename the value")
         known = (values != "").all(axis=1)
         t["group"] = [GROUP_SEPARATOR.join(row) if k else None
                       for row, k in zip(values.itertuples(index=False, name=None), known, strict=True)]
@@ -108,28 +117,7 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = ())
 
 
 def _load(path: str, case: str, what: str) -> nib.Nifti1Image:
-    try:
-        img = nib.load(path)
-        shape = img.shape
-        if len(shape) == 4 and shape[3] == 1:
-            img = img.slicer[..., 0]
-        elif len(shape) != 3:
-            raise FairalError(f"case {case}: {what} {path} must be a 3D volume, got shape {shape}")
-        return img
-    except FairalError:
-        raise
-    except Exception as err:
-        raise FairalError(f"case {case}: {what} {path} is not a readable NIfTI image: {err}") from err
-
-
-def _data(img: nib.Nifti1Image, case: str, what: str, path: str) -> np.ndarray:
-    try:
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as err:
-        raise FairalError(f"case {case}: {what} {path} is corrupt: {err}") from err
-    if not np.isfinite(data).all():
-        raise FairalError(f"case {case}: {what} {path} holds NaN or infinite values")
-    return data
+    return volume_3d(load_nifti(path, what, case, read=False), what, path, case)
 
 
 def _check_pair(case: str, img: nib.Nifti1Image, lab: nib.Nifti1Image, img_path: str, lab_path: str) -> None:
@@ -141,11 +129,11 @@ def _check_pair(case: str, img: nib.Nifti1Image, lab: nib.Nifti1Image, img_path:
                           f"{img_path}, label {lab_path})")
 
 
-def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float) -> Grid:
+def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_value: float | None = None) -> Grid:
     """The common grid: RAS, ``spacing`` mm, around the union of the labeled structures' world bounding boxes,
     widened by ``margin_mm`` on every side."""
-    if spacing <= 0:
-        raise FairalError(f"--spacing must be > 0 mm, got {spacing}")
+    if not (math.isfinite(spacing) and spacing > 0):
+        raise FairalError(f"--spacing must be > 0 mm (a finite number), got {spacing}")
     lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
     labeled = cases[cases["labeled"]]
     if labeled.empty:
@@ -153,7 +141,7 @@ def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float) -> Gri
                           "model trained by fairal query (--model) that carries its grid")
     for case, path in zip(labeled["case_id"], labeled["label_path"], strict=True):
         lab = _load(path, case, "label")
-        idx = np.argwhere(_data(lab, case, "label", path) > 0.5)
+        idx = np.argwhere(label_data(lab, "label", path, case, label_value) > 0)
         if idx.size == 0:
             continue
         corners = np.array([[a, b, c] for a in (idx[:, 0].min(), idx[:, 0].max())
@@ -169,6 +157,18 @@ def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float) -> Gri
     return Grid(shape, affine)  # type: ignore[arg-type]
 
 
+def to_case_grid(proba: np.ndarray, grid: Grid, image_path: str, case: str) -> nib.Nifti1Image:
+    """A prediction on the common grid brought back onto the scan's own grid (linear, then >= 0.5): a uint8
+    mask with the scan's shape and affine, ready to be corrected in a viewer."""
+    img = _load(image_path, case, "image")
+    res = resample_from_to(nib.Nifti1Image(np.asarray(proba, dtype=np.float32), grid.affine), (img.shape, img.affine),
+                           order=1, mode="constant", cval=0.0)
+    mask = nib.Nifti1Image((np.asarray(res.dataobj) >= 0.5).astype(np.uint8), img.affine)
+    mask.set_qform(img.affine, code=1)
+    mask.set_sform(img.affine, code=1)
+    return mask
+
+
 def _coverage(img: nib.Nifti1Image, grid: Grid) -> float:
     """Share of the grid's voxel centres that lie inside the image's field of view."""
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij"), -1).reshape(-1, 3)
@@ -178,7 +178,7 @@ def _coverage(img: nib.Nifti1Image, grid: Grid) -> float:
     return float(inside.mean())
 
 
-def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2) -> VolumeSet:
+def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2, label_value: float | None = None) -> VolumeSet:
     """Every case resampled onto ``grid``: images normalised as for the simulated data, labels binary (zeros for
     unlabeled cases). ``splits`` holds ``labeled``/``unlabeled``; ``groups`` the group names (``None`` unknown);
     ``roi`` the union of the labeled structures (the fallback region of an empty prediction)."""
@@ -187,7 +187,7 @@ def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2) -> VolumeSet:
     def one(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         case, img_path, lab_path = ids[i], cases["image_path"].iloc[i], cases["label_path"].iloc[i]
         img = _load(img_path, case, "image")
-        data = _data(img, case, "image", img_path)
+        data = image_data(img, "image", img_path, case)
         cover = _coverage(img, grid)
         if cover < MIN_COVERAGE:
             raise FairalError(f"case {case}: image {img_path} covers only {cover:.0%} of the analysis region; are "
@@ -199,10 +199,7 @@ def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2) -> VolumeSet:
         if lab_path:
             lab = _load(lab_path, case, "label")
             _check_pair(case, img, lab, img_path, lab_path)
-            values = _data(lab, case, "label", lab_path)
-            if not set(np.unique(values).tolist()) <= {0.0, 1.0}:
-                raise FairalError(f"case {case}: label {lab_path} is not binary (values "
-                                  f"{np.unique(values)[:6].tolist()}): expected 0 and 1")
+            values = label_data(lab, "label", lab_path, case, label_value).astype(np.float32)
             res = resample_from_to(nib.Nifti1Image(values, lab.affine), target, order=1, mode="constant", cval=0.0)
             label = (np.asarray(res.dataobj) >= 0.5).astype(np.uint8)
         return torch.from_numpy(image.astype(np.float32))[None], torch.from_numpy(label)[None]

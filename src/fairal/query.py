@@ -13,23 +13,22 @@ next time) and ``query.json`` (settings, group weights, the classifier's cross-v
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from fairal import versions
-from fairal.acquisition import expected_weights, group_weights, parse_strategy, rank_cases, select, strategy_scores
+from fairal.acquisition import parse_strategy
 from fairal.config import Profile
+from fairal.engine import acquisition_round, evaluate, fit, model_factory
 from fairal.errors import FairalError
-from fairal.fit import case_features, evaluate, model_factory, train_config, uncertainty_stats
-from fairal.io import write_csv, write_json
+from fairal.io import check_replaceable, publish_folder, write_csv, write_json
 from fairal.model import UNet3D
-from fairal.owndata import Grid, load_cases, read_cases, structure_grid
-from fairal.train import load_checkpoint, save_checkpoint, train_model
+from fairal.owndata import Grid, load_cases, read_cases, structure_grid, to_case_grid
+from fairal.train import load_checkpoint, predict_proba, save_checkpoint, train_model
 
 #: Fewest cases of known group per group for the group classifier; below it, group frequencies are used.
 MIN_PER_GROUP = 5
@@ -99,24 +98,51 @@ def out_of_fold_dice(vol, rows: list[int], groups: list, profile: Profile, seed:
     for f in range(k):
         held = np.flatnonzero(fold_of == f)
         train = [rows[i] for i in np.flatnonzero(fold_of != f)]
-        result = train_model(vol.images[train], vol.labels[train], train_config(profile, seed + 101 * (f + 1)),
+        result = train_model(vol.images[train], vol.labels[train], profile.train_config(seed + 101 * (f + 1)),
                              model_factory(profile, vol, train, dropout=dropout), progress=progress)
         dice[held] = evaluate(result.model, vol, [rows[i] for i in held], batch_size=8)
     return dice.tolist()
 
 
+def case_features(model: UNet3D, images: torch.Tensor, batch_size: int = 8) -> np.ndarray:
+    """One feature vector per case: the channel means of the deepest encoder block and of the last decoder block
+    (what the network sees at its coarsest and finest level), for the group classifier."""
+    captured: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output):
+        captured.append(output.detach().float().mean(dim=(2, 3, 4)).cpu())
+
+    layers = [model.encoders[-1]] + ([model.decoders[0]] if len(model.decoders) else [])
+    hooks = [layer.register_forward_hook(keep) for layer in layers]
+    rows = []
+    try:
+        for start in range(0, len(images), batch_size):
+            captured.clear()
+            for _ in predict_proba(model, images[start:start + batch_size], batch_size=batch_size):
+                pass
+            rows.append(torch.cat(captured, dim=1).numpy())
+    finally:
+        for h in hooks:
+            h.remove()
+    return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, 0))
+
+
 def _model_for(path: Path, profile: Profile, dropout: float) -> tuple[UNet3D, dict]:
-    """The U-Net of the profile's architecture with the checkpoint's weights (a clear error if they differ)."""
+    """The U-Net of the profile's architecture with the weights of a model saved by ``fairal query`` (a clear
+    error for another architecture, or a checkpoint without the grid it was trained on, e.g. a run's)."""
     model = UNet3D(features=profile.features, dropout=dropout)
     meta = load_checkpoint(path, model)
-    return model, meta if isinstance(meta, dict) else {}
+    if not isinstance(meta, dict) or "grid" not in meta:
+        raise FairalError(f"{path} is not a model saved by fairal query (it carries no analysis grid); use the "
+                          "model.pt of an earlier query's output folder")
+    return model, meta
 
 
 def run_query(
     csv_path: str | Path, budget: int, strategy: str, out: str | Path, profile: Profile,
     group_by: list[str] | tuple[str, ...] = (), model_path: str | Path | None = None, seed: int = 0,
     spacing: float = 2.0, overwrite: bool = False, montage_cases: int = 16, progress: bool = True,
-    group_dice: str = "labeled",
+    group_dice: str = "labeled", label_value: float | None = None,
 ) -> pd.DataFrame:
     """Rank the unlabeled cases of ``csv_path`` for annotation; write the records into ``out``. Returns the
     ranked table (``query.csv``).
@@ -131,9 +157,10 @@ def run_query(
         raise FairalError(f"--group-dice must be one of {', '.join(GROUP_DICE)}, got {group_dice!r}")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise FairalError(f"--budget must be a whole number >= 1, got {budget!r}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FairalError(f"{out} exists and is not empty: choose another --out or add --overwrite")
     cases = read_cases(csv_path, list(group_by))
+    # The output folder: never one that holds the user's data, replaced only if fairal made it.
+    inputs = [csv_path, *cases["image_path"], *[p for p in cases["label_path"] if p]]
+    check_replaceable(out, overwrite, inputs)
     n_unlabeled = int((~cases["labeled"]).sum())
     if n_unlabeled == 0:
         raise FairalError(f"{csv_path}: every case is labeled; nothing to rank (leave 'label' empty for the "
@@ -155,71 +182,61 @@ def run_query(
     if model_path is not None:
         model, meta = _model_for(Path(model_path), profile, dropout)
     grid = Grid.from_meta(meta["grid"]) if "grid" in meta else structure_grid(
-        cases, spacing, float(profile.crop_margin if profile.crop_margin is not None else 12))
-    vol = load_cases(cases, grid)
+        cases, spacing, float(profile.crop_margin if profile.crop_margin is not None else 12), label_value)
+    vol = load_cases(cases, grid, label_value=label_value)
     labeled_ids = cases.loc[cases["labeled"], "case_id"].tolist()
     unlabeled_ids = cases.loc[~cases["labeled"], "case_id"].tolist()
     rows_l, rows_u = vol.rows(labeled_ids), vol.rows(unlabeled_ids)
     training: dict = {"trained": model is None}
     if model is None:
-        result = train_model(vol.images[rows_l], vol.labels[rows_l], train_config(profile, seed),
-                             model_factory(profile, vol, rows_l, dropout=dropout), progress=progress)
+        result = fit(profile, vol, rows_l, profile.train_config(seed), strat, progress=progress)
         model = result.model
         training.update({"n_train": len(rows_l), "train_dice": result.train_dice, "restarts": result.restarts,
                          "collapsed": result.collapsed, "seconds": round(result.seconds, 2)})
 
-    # Group weights from the Dice on the labeled cases; the groups are those of every case of known group.
+    # Groups: every group of a case of known group; p(g|x) for the unlabeled cases (one-hot where known).
     order = sorted({g for g in cases.loc[cases["group_known"], "group"]}, key=str)
-    weights: dict = {g: 1.0 for g in order}
-    labeled_dice = evaluate(model, vol, rows_l, batch_size=8) if rows_l else []
-    weight_dice = labeled_dice
-    if strat.weighted:
-        temperature = strat.temperature or profile.temperature
-        lab_groups = [g if k else None for g, k in zip(cases.loc[cases["labeled"], "group"],
-                                                       cases.loc[cases["labeled"], "group_known"], strict=True)]
-        if group_dice == "cross-validated":
-            weight_dice = out_of_fold_dice(vol, rows_l, lab_groups, profile, seed, dropout, progress=progress)
-        weights = group_weights(weight_dice, lab_groups, order, temperature)
+    group_of = {c: (g if k else None)
+                for c, g, k in zip(cases["case_id"], cases["group"], cases["group_known"], strict=True)}
     unlabeled = cases[~cases["labeled"]]  # in unlabeled_ids order
     known_u = unlabeled["group_known"].to_numpy(bool)
-    groups_u = np.empty(len(unlabeled_ids), dtype=object)
-    groups_u[:] = unlabeled["group"].tolist()
     gm = GroupModel("none needed", order, np.zeros((0, len(order))))
     p_group = np.zeros((len(unlabeled_ids), len(order)))
-    for i, g in enumerate(groups_u):
+    for i, cid in enumerate(unlabeled_ids):
         if known_u[i]:
-            p_group[i, order.index(g)] = 1.0
+            p_group[i, order.index(group_of[cid])] = 1.0
     if (~known_u).any() and order:  # with no known group at all there is nothing to weigh (unweighted strategies)
-        feats = case_features(model, vol.images)
         all_known = cases["group_known"].to_numpy(bool)
         all_groups = np.empty(len(cases), dtype=object)
         all_groups[:] = cases["group"].tolist()
-        gm = group_probabilities(feats, all_groups, all_known, order, seed)
-        unknown_rows = np.flatnonzero(~all_known)
-        at = {int(r): k for k, r in enumerate(unknown_rows)}
+        gm = group_probabilities(case_features(model, vol.images), all_groups, all_known, order, seed)
+        at = {int(r): k for k, r in enumerate(np.flatnonzero(~all_known))}
         for i, cid in enumerate(unlabeled_ids):
             if not known_u[i]:
                 p_group[i] = gm.proba[at[vol.index[cid]]]
-    case_w = expected_weights(p_group, weights, order) if order else np.ones(len(unlabeled_ids))
 
-    # Scores and ranking.
-    stats = uncertainty_stats(model, vol.images[rows_u], vol.roi[0].numpy(), profile, strat.needs_dropout, seed=seed,
-                              keep_proba=True)
-    rng = np.random.default_rng([seed, 7])
-    scores, w = strategy_scores(strat, unlabeled_ids, list(groups_u), stats["entropy"], stats["localized_entropy"],
-                                case_w, rng, bald=stats["bald"])
-    chosen = select(strat, unlabeled_ids, scores, budget, profile.stochastic_batches, rng)
-    picked = set(chosen)
-    rest = [c for c in rank_cases(unlabeled_ids, scores) if c not in picked]
-    ranking = chosen + rest
+    def weight_dice(labeled_dice: list[float]) -> list[float]:
+        if group_dice != "cross-validated" or not strat.weighted:
+            return labeled_dice
+        lab_groups = [group_of[c] for c in labeled_ids]
+        return out_of_fold_dice(vol, rows_l, lab_groups, profile, seed, dropout, progress=progress)
+
+    # The round: group weights from the Dice on the labeled cases, scores, the batch; the rest ranked by score.
+    rnd = acquisition_round(model, vol, labeled_ids, unlabeled_ids, group_of, order, strat, profile, budget,
+                            rng=np.random.default_rng([seed, 7]), mc_seed=seed, weigh=strat.weighted,
+                            weight_dice=weight_dice, p_group=p_group, keep_proba=True)
+    stats, scores, w, weights = rnd.stats, rnd.scores, rnd.case_weights, rnd.weights
+    ranking = rnd.ranking()
     pos = {c: i for i, c in enumerate(unlabeled_ids)}
+    image_of = dict(zip(cases["case_id"], cases["image_path"], strict=True))
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
     records = []
     for rank, cid in enumerate(ranking, start=1):
         i = pos[cid]
-        rec = {"rank": rank, "case_id": cid, "group": groups_u[i] if known_u[i] else "",
+        rec = {"rank": rank, "case_id": cid, "group": group_of[cid] if known_u[i] else "",
                "score": float(scores[i]), "entropy": float(stats["localized_entropy"][i]), "weight": float(w[i]),
-               "selected": rank <= budget, "group_known": bool(known_u[i]),
+               "selected": rank <= budget, "image": image_of[cid], "label": "",
+               "prediction": f"predictions/{cid}.nii.gz" if rank <= budget else "", "group_known": bool(known_u[i]),
                "mean_entropy": float(stats["entropy"][i]), "bald": float(stats["bald"][i]),
                "predicted_ml": stats["predicted_voxels"][i] * voxel_ml, "roi_source": stats["roi_source"][i]}
         for k, g in enumerate(order):
@@ -229,21 +246,21 @@ def run_query(
     table = pd.DataFrame(records)
 
     # Everything is written into a hidden folder beside OUT and moved into place at the end.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with publish_folder(out, "query") as tmp:
         write_csv(tmp / "query.csv", table)
         from fairal.report.montage import write_montage
 
         top = [pos[c] for c in ranking[:max(1, min(montage_cases, budget))]]  # the cases to annotate
         write_montage(tmp / "montage.png", [vol.images[rows_u[i], 0].numpy() for i in top],
                       [stats["proba"][i] for i in top], [stats["roi"][i] for i in top],
-                      [f"#{r + 1} {unlabeled_ids[i]}\n{groups_u[i] if known_u[i] else 'group ?'}  score "
-                       f"{scores[i]:.3g}" for r, i in enumerate(top)])
+                      [f"#{r + 1} {unlabeled_ids[i]}\n{group_of[unlabeled_ids[i]] if known_u[i] else 'group ?'}  "
+                       f"score {scores[i]:.3g}" for r, i in enumerate(top)])
         model_meta = {"grid": grid.as_meta(), "features": list(model.features), "dropout": float(model.dropout),
                       "profile": profile.name, "group_by": list(group_by), "n_labeled": n_labeled, "seed": seed}
         save_checkpoint(model, tmp / "model.pt", model_meta)
-        lab_table = cases.loc[cases["labeled"], ["case_id", "group"]].assign(dice=weight_dice)
+        write_handoff(tmp, [(c, image_of[c], stats["proba"][pos[c]]) for c in ranking[:budget]], grid,
+                      label_value)
+        lab_table = cases.loc[cases["labeled"], ["case_id", "group"]].assign(dice=rnd.weight_dice)
         write_json(tmp / "query.json", {
             "csv": str(Path(csv_path).resolve()), "strategy": strat.name, "budget": budget, "seed": seed,
             "group_by": list(group_by), "groups": [str(g) for g in order],
@@ -258,18 +275,42 @@ def run_query(
             "grid": {"shape": list(grid.shape), "spacing_mm": list(grid.spacing)},
             "n_cases": len(cases), "n_labeled": n_labeled, "n_unlabeled": n_unlabeled,
             "profile": profile.as_dict(), "versions": versions()})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return table
 
 
+def write_handoff(folder: Path, batch: list[tuple[str, str, np.ndarray]], grid: Grid,
+                  label_value: float | None) -> None:
+    """The annotators' files: each selected scan's prediction on the scan's own grid
+    (``predictions/CASE.nii.gz``, to correct rather than draw from nothing), ``annotate.csv`` (case, image,
+    prediction), a 3D Slicer script that opens them all (``open_in_slicer.py``) and ITK-SNAP command lines
+    (``open_in_itksnap.sh``)."""
+    import nibabel as nib
+
+    (folder / "predictions").mkdir()
+    rows = []
+    for case, image, proba in batch:
+        pred = folder / "predictions" / f"{case}.nii.gz"
+        nib.save(to_case_grid(proba, grid, image, case), str(pred))
+        rows.append({"case_id": case, "image": image, "prediction": f"predictions/{case}.nii.gz"})
+    write_csv(folder / "annotate.csv", pd.DataFrame(rows, columns=["case_id", "image", "prediction"]))
+    value = "" if label_value is None else f" (saved with value 1; your map uses {label_value:g})"
+    cases = ",\n".join(f"    ({r['case_id']!r}, {r['image']!r}, {r['prediction']!r})" for r in rows)
+    (folder / "open_in_slicer.py").write_text(
+        "# Open the scans to annotate in 3D Slicer, each with fairal's prediction as a segmentation to correct.\n"
+        "# In Slicer's Python console: exec(open('/path/to/this/open_in_slicer.py').read())\n"
+        f"# Save each corrected segmentation as a label map{value} and give its path in the CSV's label column.\n"
+        "import os\nimport slicer\n\nhere = os.path.dirname(os.path.abspath(__file__)) if '__file__' in dir() else "
+        "os.getcwd()\ncases = [\n" + cases + ",\n]\nfor case, image, prediction in cases:\n"
+        "    volume = slicer.util.loadVolume(image)\n"
+        "    segmentation = slicer.util.loadSegmentation(os.path.join(here, prediction))\n"
+        "    segmentation.SetName(case + ' (fairal prediction)')\n")
+    (folder / "open_in_itksnap.sh").write_text(
+        "#!/bin/sh\n# One ITK-SNAP window per scan to annotate, with fairal's prediction loaded as the segmentation.\n"
+        "cd \"$(dirname \"$0\")\"\n" + "".join(f"itksnap -g '{r['image']}' -s '{r['prediction']}' &\n" for r in rows))
+
+
 def _reason(strat, rec: dict, order: list, p: np.ndarray, profile: Profile) -> str:
-    base = {"random": "random draw", "entropy": "mean entropy", "localized-entropy": "localized entropy",
-            "bald": "BALD (mutual information in the ROI)"}[strat.base]
+    base = strat.spec.reason
     value = rec["score"] / rec["weight"] if strat.weighted and rec["weight"] > 0 else rec["score"]
     text = f"{base} {value:.4g}"
     if strat.weighted:

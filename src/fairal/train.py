@@ -11,7 +11,6 @@ import contextlib
 import functools
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairal.errors import FairalError
+from fairal.io import write_torch
 from fairal.metrics import dice_from_proba
 from fairal.model import UNet3D
 
@@ -541,8 +541,8 @@ def _check_meta(value: object, where: str = "meta") -> None:
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict) -> None:
     """Write ``{"state_dict": model.state_dict(), "meta": meta}`` to ``path`` atomically.
 
-    The file is written to a temporary file in the same folder and moved over ``path`` with ``os.replace``, so
-    a crash never leaves a half-written checkpoint. Missing parent folders are created.
+    The file is written beside ``path``, flushed to disk and moved over it (:func:`fairal.io.atomic_write`), so a
+    crash never leaves a half-written checkpoint. Missing parent folders are created.
     """
     if not isinstance(meta, dict):
         raise FairalError(f"meta must be a dict, got {type(meta).__name__}")
@@ -550,17 +550,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict) -> No
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": state, "meta": meta}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_torch(target, {"state_dict": state, "meta": meta})
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict:

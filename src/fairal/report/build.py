@@ -7,9 +7,11 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fairal.io import write_text
+from fairal.report.examples import write_examples
 from fairal.report.figures import write_figures
 from fairal.report.records import Results, final_table, load_results
 
@@ -20,16 +22,88 @@ PAPER_TABLE1 = pd.DataFrame(
     columns=["dataset", "cohort", "dice_g1", "dice_g2", "dice_all", "essp", "delta"],
 )
 
-HOW_TO_READ = """
-<p><b>How to read this.</b> Each active-learning run starts from 10 labeled volumes (balanced 5 + 5, or 8 + 2 /
-2 + 8 Group 1 + Group 2) and acquires 4 per round. After each round the model is evaluated on the fixed test set
-(15 + 15). <i>Dice</i> is the mean over all test cases; <i>&Delta;</i> is the sum over groups of |Dice<sub>all</sub>
-&minus; Dice<sub>g</sub>| (lower is fairer); <i>ESSP</i> = Dice / (1 + &Delta;) (higher is better: accuracy with a
-penalty for unfairness). The <i>Group 1 ratio</i> is the share of Group 1 (biased anatomy) in the labeled set.
-In the final-budget table, <i>&Delta; reduction vs entropy</i> is 1 &minus; &Delta; / &Delta;<sub>entropy</sub> in the
-same scenario (the paper reports 75% for the strong and 86% for the weak bias), and <i>ESSP AUC</i> is the area under
-the ESSP curve divided by the range of labeled-set sizes: the curve's mean level over the whole budget.</p>
-"""
+def how_to_read(profile: dict) -> str:
+    """The reading guide, with the numbers of the runs' own profile (not the paper's)."""
+    init, acquire, final = profile.get("init_size", 10), profile.get("acquire", 4), profile.get("final_size", 86)
+    test = profile.get("test_per_group", 15)
+    heavy = round(0.8 * init)
+    return (f"<p><b>How to read this.</b> Each active-learning run starts from {init} labeled volumes (balanced "
+            f"{init // 2} + {init - init // 2}, or {heavy} + {init - heavy} / {init - heavy} + {heavy} Group 1 + "
+            f"Group 2) and acquires {acquire} per round up to {final}. After each round the model is evaluated on "
+            f"the fixed test set ({test} + {test} cases). <i>Dice</i> is the mean over all test cases; <i>&Delta;</i>"
+            " is the sum over groups of |Dice<sub>all</sub> &minus; Dice<sub>g</sub>| (lower is fairer); <i>ESSP</i> "
+            "= Dice / (1 + &Delta;) (higher is better: accuracy with a penalty for unfairness). The <i>Group 1 "
+            "share</i> is the share of Group 1 (biased anatomy) in the labeled set. <i>&Delta; vs entropy</i> is 1 "
+            "&minus; &Delta; / &Delta;<sub>entropy</sub> in the same scenario (the paper reports 75% for the strong "
+            "and 86% for the weak bias); <i>ESSP AUC</i> is the area under the ESSP curve divided by the range of "
+            "labeled-set sizes: the curve's mean level over the whole budget.</p>")
+
+
+#: Readable column headers of the report's tables.
+HEADERS = {"dataset": "dataset", "init": "initial set", "strategy": "strategy", "cohort": "training cohort",
+           "n_seeds": "seeds", "n_labeled": "labeled", "dice_all": "Dice", "dice_g1": "Dice G1", "dice_g2": "Dice G2",
+           "delta": "Δ", "essp": "ESSP", "essp_auc": "ESSP AUC", "g1_ratio": "G1 share",
+           "delta_reduction_vs_entropy": "Δ vs entropy", "dice_g1_paper": "paper Dice G1",
+           "dice_g2_paper": "paper Dice G2", "dice_all_paper": "paper Dice", "essp_paper": "paper ESSP",
+           "delta_paper": "paper Δ", "essp_paper_by_eq4": "paper ESSP by Eq. 4", "essp_ci": "ESSP 95% CI",
+           "delta_ci": "Δ 95% CI", "p_value": "p", "ci_low": "CI low", "ci_high": "CI high"}
+BANNER = ("<div class='banner'><b>{profile} profile: a pipeline check, not evidence.</b> Tiny data and short "
+          "training; the numbers below show that everything runs, nothing about the strategies. The "
+          "<code>standard</code> profile with several seeds (docs/REPRODUCTION.md) is the evidence.</div>")
+CAPTIONS = {
+    "fig1_essp": "Figure 1: ESSP per round (the paper's Figure 1).",
+    "fig2_delta_dice_strong": "Figure 2: Δ and Dice per round, strong bias (the paper's Figure 2).",
+    "fig3_group1_ratio": "Figure 3: Group 1 share of the labeled set per round (the paper's Figure 3).",
+    "fig4_delta_dice_weak": "Figure 4: Δ and Dice per round, weak bias (the paper's Figure 4).",
+    "fig5_beyond_essp": "Figure 5: ESSP of the strategies beyond the paper (dashed) against entropy and WLE.",
+    "fig6_beyond_delta": "Figure 6: Δ of the strategies beyond the paper (dashed) against entropy and WLE.",
+    "fig7_dice_per_group": "Figure 7: Dice of each group per round.",
+    "fig8_group_weights": "Figure 8: the weight of Group 1 in Eq. 2 per round (two groups: Group 2's is 1 minus it).",
+    "fig9_case_dice": "Figure 9: Dice of every test case by group at the final budget (all seeds and initial sets).",
+    "fig10_examples": "Figure 10: example segmentations of the final models.",
+}
+
+
+def html_table(df: pd.DataFrame, best: dict[str, str] | None = None, within: list[str] | None = None,
+               digits: int = 3) -> str:
+    """A table with readable headers, constant columns dropped, and the best value of each column in ``best``
+    (``"max"``/``"min"``) set in bold, per group of rows ``within`` (e.g. per scenario)."""
+    if df.empty:
+        return ""
+    df = df.copy()
+    constant = [c for c in df.columns if df[c].nunique(dropna=False) <= 1 and len(df) > 1 and c in ("n_seeds",
+                                                                                                 "n_labeled")]
+    df = df.drop(columns=constant)
+    bold = pd.DataFrame(False, index=df.index, columns=df.columns)
+    for col, how in (best or {}).items():
+        if col not in df.columns:
+            continue
+        groups = df.groupby(within, sort=False)[col] if within else [(None, df[col])]
+        for _, g in groups:
+            if g.notna().any():
+                bold.loc[g.idxmax() if how == "max" else g.idxmin(), col] = True
+    head = "".join(f"<th>{html.escape(HEADERS.get(c, c.replace('_', ' ')))}</th>" for c in df.columns)
+    rows = []
+    for i, r in df.iterrows():
+        cells = []
+        for c in df.columns:
+            v = r[c]
+            if isinstance(v, float):
+                if pd.isna(v):
+                    text = ""
+                elif c == "delta_reduction_vs_entropy":
+                    text = f"{v:+.0%}"
+                elif c == "p_value":
+                    text = "<0.001" if v < 0.001 else f"{v:.3f}"
+                else:
+                    text = f"{v:.{digits}f}"
+                text = html.escape(text)
+            else:
+                text = html.escape(str(v))
+            cls = "" if isinstance(v, int | float | np.integer | np.floating) else " class='text'"
+            cells.append(f"<td{cls}><b>{text}</b></td>" if bold.loc[i, c] else f"<td{cls}>{text}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
 #: Where the paper's own numbers or text do not add up (docs/REPRODUCTION.md lists them with the numbers).
@@ -87,6 +161,10 @@ def table1(results: Results) -> pd.DataFrame:
     return ours.merge(PAPER_TABLE1, on=["dataset", "cohort"], how="left", suffixes=("", "_paper"))
 
 
+#: Fewer seeds than this: no paired statistics or verdicts (one run is an anecdote).
+MIN_SEEDS_FOR_CLAIMS = 3
+
+
 def statistics(results: Results, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``claims.csv``/``claims.md``, ``final_stats.csv`` and ``paired.csv`` from the finished runs (and the
     baselines' training seeds); returns the claims and the per-scenario statistics."""
@@ -99,6 +177,11 @@ def statistics(results: Results, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     done = r[[tuple(k) in results.finished for k in r[keys].itertuples(index=False, name=None)]]
     if done.empty:
         return pd.DataFrame(), pd.DataFrame()
+    if done["seed"].nunique() < MIN_SEEDS_FOR_CLAIMS:
+        runs = run_summary(done)
+        stats = summary_table(runs)
+        stats.to_csv(out / "final_stats.csv", index=False)
+        return pd.DataFrame(), stats
     runs = run_summary(done)
     stats = summary_table(runs)
     stats.to_csv(out / "final_stats.csv", index=False)
@@ -115,14 +198,17 @@ def _img(path: Path, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/></figure>'
 
 
-def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
+def build_report(folder: str | Path, out: str | Path | None = None, results: Results | None = None) -> Path:
     """Write the report of the results in ``folder`` into ``out`` (default ``folder/report``); returns the
     path of ``report.html``."""
     folder = Path(folder)
-    results = load_results(folder)
+    results = results if results is not None else load_results(folder)
     out = Path(out) if out is not None else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     figs = write_figures(results, out)
+    examples = write_examples(folder, results, out) if not results.rounds.empty else None
+    if examples:
+        figs["fig10_examples"] = examples
     t1 = paper_essp_check(table1(results))
     final = final_table(results)
     if not t1.empty:
@@ -133,68 +219,104 @@ def build_report(folder: str | Path, out: str | Path | None = None) -> Path:
         write_text(out / "final_budget.md", markdown_table(final))
     claims, stats = statistics(results, out)
     missing = results.missing
+    profile = results.settings.get("profile", {}) if results.settings else {}
+    name = str(profile.get("name", "unknown"))
+    n_seeds = int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>fairal report</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
-        "text-align:right}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}"
-        ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5em 1em}</style></head><body>",
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+        "<title>fairal report</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
+        "line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 7px;text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}"
+        "td.text{text-align:left;white-space:normal;min-width:8em}"
+        ".scroll{overflow-x:auto;max-width:100%}img{max-width:100%;height:auto}figure{margin:1em 0}"
+        ".wide img{max-width:none;width:1050px}"
+        ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5em 1em}"
+        ".banner{background:#fde8e8;border-left:6px solid #c0392b;padding:.7em 1em;font-size:1.05em}</style>"
+        "</head><body>",
         "<h1>fairal: fairness-aware active learning, results</h1>",
-        f"<p>Results folder: <code>{html.escape(str(folder.resolve()))}</code>. "
-        f"{len(results.finished)} finished active-learning runs of {len(results.expected)} expected. "
-        f"Profile: <b>{html.escape(str(results.settings.get('profile', {}).get('name', 'unknown')))}</b> "
-        "(all settings at the end of this page).</p>",
     ]
+    if name in ("smoke", "quick"):
+        parts.append(BANNER.format(profile=html.escape(name)))
+    parts.append(f"<p>Results: <code>{html.escape(str(folder.resolve()))}</code>. {len(results.finished)} finished "
+                 f"active-learning run{'s' if len(results.finished) != 1 else ''} of {len(results.expected)} "
+                 f"expected, {n_seeds} seed{'s' if n_seeds != 1 else ''} per run. Profile "
+                 f"<b>{html.escape(name)}</b> (settings at the end of this page).</p>")
     if missing:
         listed = "".join(f"<li>{html.escape(' / '.join(map(str, m)))}</li>" for m in missing[:50])
         more = f"<li>... and {len(missing) - 50} more</li>" if len(missing) > 50 else ""
         parts.append(f"<div class='warn'><b>Partial results:</b> {len(missing)} runs are missing or unfinished "
                      f"(dataset / initial set / strategy / seed):<ul>{listed}{more}</ul></div>")
-    parts.append(HOW_TO_READ)
+    if results.skipped:
+        listed = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>"
+                         for k, v in list(results.skipped.items())[:50])
+        parts.append(f"<div class='warn'><b>Runs left out:</b> {len(results.skipped)} run folders hold records that "
+                     f"cannot be used:<ul>{listed}</ul></div>")
+    parts.append(how_to_read(profile))
     if results.previews:
         parts.append("<h2>The synthetic data</h2><p>Group 1 (local caudate deformation) against Group 2, per "
                      "dataset: slices through the left caudate, label frequency per group, volume by group.</p>")
-        for d, p in results.previews.items():
-            parts.append(f"<h3>{html.escape(d)} bias</h3>" + _img(p, f"preview of the {d} dataset"))
+        for d, path in results.previews.items():  # wide: scrolls on a narrow screen instead of shrinking
+            parts.append(f"<h3>{html.escape(d)} bias</h3><div class='scroll wide'>"
+                         + _img(path, f"preview of the {d} dataset") + "</div>")
+    if not claims.empty:
+        view = claims.assign(ci=[f"[{a:+.4f}, {b:+.4f}]" for a, b in zip(claims["ci_low"], claims["ci_high"],
+                                                                          strict=True)])
+        view = view[["id", "claim", "statistic", "value", "ci", "p_value", "n", "verdict"]].rename(
+            columns={"ci": "95% CI"})
+        parts.append(f"<h2>The paper's claims</h2><p>{n_seeds} seeds per run. Verdicts under the rule of "
+                     "docs/statistics.md (fixed before the numbers): paired differences (same dataset, initial set "
+                     "and seed) with 95% t intervals and sign-flip permutation tests. Files: <code>claims.csv</code>, "
+                     "<code>claims.md</code>, <code>final_stats.csv</code> (mean and CI per scenario and strategy), "
+                     "<code>paired.csv</code> (WLE against each strategy).</p>" + html_table(view, digits=4))
+    elif n_seeds and not results.rounds.empty:
+        parts.append(f"<h2>The paper's claims</h2><p>Not tested: {n_seeds} seed{'s' if n_seeds != 1 else ''} per "
+                     f"run; the claims need at least {MIN_SEEDS_FOR_CLAIMS} (one run is an anecdote). "
+                     "<code>fairal reproduce OUT --seeds 5</code>.</p>")
     if not t1.empty:
-        parts.append("<h2>Table 1: baselines by training cohort</h2><p>Columns with <code>_paper</code> are the "
-                     "paper's values. Cohorts: <code>all</code> 63 + 63, <code>g1</code> / <code>g2</code> 126 of "
-                     "one group. <code>essp_paper_by_eq4</code> recomputes the paper's ESSP from its own Dice and "
-                     "Δ.</p>" + t1.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
+        cohorts = profile.get("cohort_size", 126)
+        view = t1.copy()
+        if "essp_ci_low" in view.columns:
+            view["essp_ci"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(view["essp_ci_low"], view["essp_ci_high"],
+                                                                      strict=True)]
+            view["delta_ci"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(view["delta_ci_low"], view["delta_ci_high"],
+                                                                       strict=True)]
+            view = view.drop(columns=["essp_ci_low", "essp_ci_high", "delta_ci_low", "delta_ci_high"])
+        parts.append(f"<h2>Table 1: baselines by training cohort</h2><p>Cohorts: <code>all</code> "
+                     f"{cohorts // 2} + {cohorts - cohorts // 2}, <code>g1</code> / <code>g2</code> {cohorts} of one "
+                     "group; mean over the training seeds (with their 95% CI when there are several); the paper's "
+                     "numbers beside ours, and its ESSP recomputed by its own Eq. 4. Bold: the best of a dataset.</p>"
+                     + html_table(view, best={"essp": "max", "delta": "min"}, within=["dataset"])
                      + "<div class='warn'><b>Where the paper does not add up:</b><ul>"
                      + "".join(f"<li>{html.escape(x)}</li>" for x in PAPER_INCONSISTENCIES) + "</ul></div>")
     if not final.empty:
-        parts.append("<h2>Final budget</h2><p>Mean over seeds at the last round of finished runs.</p>"
-                     + final.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="",
-                                     formatters={"delta_reduction_vs_entropy": lambda v: f"{v:+.0%}"}))
-    if not claims.empty:
-        n_seeds = int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0
-        parts.append(f"<h2>The paper's claims</h2><p>{n_seeds} seeds per run. Verdicts under the rule of "
-                     "docs/statistics.md (fixed before the numbers): paired differences (same dataset, initial set "
-                     "and seed) with 95% t intervals and sign-flip permutation tests; files "
-                     "<code>claims.csv</code>, <code>claims.md</code>, <code>final_stats.csv</code> (mean and CI "
-                     "per scenario and strategy) and <code>paired.csv</code> (WLE against each strategy).</p>"
-                     + claims.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
-    captions = {"fig1_essp": "Figure 1: ESSP per round, rows: initial set, columns: dataset.",
-                "fig2_delta_dice_strong": "Figure 2: Δ and Dice, strong bias.",
-                "fig3_group1_ratio": "Figure 3: Group 1 ratio of the labeled set per round.",
-                "fig4_delta_dice_weak": "Figure 4: Δ and Dice, weak bias.",
-                "fig5_beyond_essp": "Figure 5: ESSP of the strategies beyond the paper (dashed) against entropy "
-                                    "and weighted localized entropy.",
-                "fig6_beyond_delta": "Figure 6: Δ of the strategies beyond the paper (dashed) against entropy "
-                                     "and weighted localized entropy."}
+        view = final.copy()
+        if not stats.empty and "essp_ci_low" in stats.columns and n_seeds > 1:
+            ci = stats.set_index(["dataset", "init", "strategy"])
+            keys = list(zip(view["dataset"], view["init"], view["strategy"], strict=True))
+            view["essp_ci"] = [f"[{ci.loc[k, 'essp_ci_low']:.3f}, {ci.loc[k, 'essp_ci_high']:.3f}]" for k in keys]
+        parts.append(f"<h2>Final budget</h2><p>Mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} at the last "
+                     "round of finished runs. Bold: the best of a scenario (highest Dice, ESSP, ESSP AUC; lowest "
+                     "Δ).</p>" + html_table(view, best={"dice_all": "max", "essp": "max", "essp_auc": "max",
+                                                        "delta": "min"}, within=["dataset", "init"]))
     if figs:
-        n_seeds = int(results.rounds["seed"].nunique())
         band = (f"Lines: mean of {n_seeds} seeds; bands: 95% t interval of the mean across seeds."
                 if n_seeds > 1 else "One seed per run: no band.")
         parts.append(f"<h2>Figures</h2><p>{band} x axis: labeled images.</p>")
-        for name in ("fig1_essp", "fig2_delta_dice_strong", "fig4_delta_dice_weak", "fig3_group1_ratio",
-                     "fig5_beyond_essp", "fig6_beyond_delta"):
-            if name in figs:
-                parts.append(f"<h3>{html.escape(captions[name])}</h3>" + _img(figs[name][0], captions[name]))
+        for key in sorted(figs, key=lambda k: int(k[3:].split("_")[0])):
+            parts.append(f"<h3>{html.escape(CAPTIONS.get(key, key))}</h3>" + _img(figs[key][0], CAPTIONS.get(key, key)))
     if results.settings:
-        parts.append("<h2>Settings</h2><p>Profile and settings of the runs (from a run's <code>config.json"
-                     "</code>):</p><pre>" + html.escape(json.dumps(results.settings, indent=2)) + "</pre>")
+        from fairal import versions
+
+        profiles = results.profiles or [profile]
+        lines = ["<h2>Settings</h2>", f"<p>{len(profiles)} distinct profile setting"
+                 f"{'s' if len(profiles) != 1 else ''} among the runs"
+                 + (" (runs of different settings are mixed here)" if len(profiles) > 1 else "") + ". Versions of "
+                 "this report's software: " + html.escape(", ".join(f"{k} {v}" for k, v in versions().items()))
+                 + ".</p>"]
+        for prof in profiles:
+            lines.append("<div class='scroll'><pre>" + html.escape(json.dumps(prof, indent=1)) + "</pre></div>")
+        parts += lines
     parts.append("</body></html>")
     target = out / "report.html"
     write_text(target, "\n".join(parts))

@@ -1,4 +1,9 @@
-"""The paper's Figures 1-4 redrawn from our runs (matplotlib, PNG and SVG)."""
+"""The paper's Figures 1-4 redrawn from our runs, and the figures beyond them (matplotlib, PNG and SVG).
+
+Colours are the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and every strategy
+also has its own marker and line style, so curves that coincide stay apart. The figure's title is the report's
+(HTML) heading; each panel names its dataset and initial set, each y-axis its metric.
+"""
 
 from __future__ import annotations
 
@@ -8,102 +13,178 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fairal.config import PAPER_STRATEGIES  # noqa: E402
+from fairal.acquisition import PAPER_STRATEGIES, parse_strategy  # noqa: E402
+from fairal.errors import FairalError  # noqa: E402
 from fairal.report.records import DATASET_ORDER, INIT_ORDER, STRATEGY_ORDER, Results, _order, curves  # noqa: E402
 
-COLOURS = {"random": "tab:gray", "entropy": "tab:blue", "localized-entropy": "tab:orange",
-           "weighted-localized-entropy": "tab:red", "bald": "tab:cyan", "weighted-bald": "tab:purple",
-           "stochastic-weighted-localized-entropy": "tab:green", "weighted-localized-entropy-t0.5": "tab:brown"}
-LABELS = {"random": "random", "entropy": "entropy", "localized-entropy": "localized entropy",
-          "weighted-localized-entropy": "weighted localized entropy", "bald": "BALD (MC dropout)",
-          "weighted-bald": "weighted BALD", "stochastic-weighted-localized-entropy": "stochastic batches of WLE",
-          "weighted-localized-entropy-t0.5": "WLE, temperature 0.5"}
-METRIC_LABEL = {"essp": "ESSP", "delta": "Δ (sum of group gaps)", "dice_all": "Dice (all test cases)",
-                "g1_ratio": "Group 1 ratio of the labeled set"}
+#: Okabe-Ito: black, orange, sky blue, bluish green, yellow, blue, vermillion, reddish purple.
+OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
+COLOURS = {"random": "#7F7F7F", "entropy": "#0072B2", "localized-entropy": "#E69F00",
+           "weighted-localized-entropy": "#D55E00", "bald": "#56B4E9", "weighted-bald": "#CC79A7",
+           "stochastic-weighted-localized-entropy": "#009E73", "weighted-localized-entropy-t0.5": "#000000"}
+MARKERS = {"random": "o", "entropy": "s", "localized-entropy": "^", "weighted-localized-entropy": "D",
+           "bald": "v", "weighted-bald": "P", "stochastic-weighted-localized-entropy": "X",
+           "weighted-localized-entropy-t0.5": "*"}
+METRIC_LABEL = {"essp": "ESSP", "delta": "Δ (sum of group gaps)", "dice_all": "Dice, all test cases",
+                "g1_ratio": "Group 1 share of labeled set", "w_g1": "weight of Group 1 (Eq. 2)"}
+SHORT = {"random": "random", "entropy": "entropy", "localized-entropy": "LE", "weighted-localized-entropy": "WLE"}
+FONT = {"panel": 11, "axis": 10, "tick": 9, "legend": 10}
 
 
-def _panel(ax, table: pd.DataFrame, dataset: str, init: str, metric: str, n_seeds: int, strategies) -> None:
-    for strategy in _order(set(table["strategy"]) & set(strategies), STRATEGY_ORDER):
+def label(strategy: str) -> str:
+    try:
+        return parse_strategy(strategy).label
+    except FairalError:
+        return strategy
+
+
+def _style(strategy: str, index: int) -> dict:
+    return {"color": COLOURS.get(strategy, OKABE_ITO[index % len(OKABE_ITO)]),
+            "marker": MARKERS.get(strategy, "o"), "linestyle": "-" if strategy in PAPER_STRATEGIES else "--"}
+
+
+def _panel(ax, table: pd.DataFrame, dataset: str, init: str, n_seeds: int, strategies, column: str = "mean"
+           ) -> None:
+    for i, strategy in enumerate(_order(set(table["strategy"]) & set(strategies), STRATEGY_ORDER)):
         c = table[(table["dataset"] == dataset) & (table["init"] == init) & (table["strategy"] == strategy)]
         if c.empty:
             continue
         c = c.sort_values("n_labeled")
-        colour = COLOURS.get(strategy)
-        style = "-" if strategy in PAPER_STRATEGIES else "--"
-        ax.plot(c["n_labeled"], c["mean"], marker="o", markersize=2.5, linewidth=1.4, color=colour, linestyle=style,
-                label=LABELS.get(strategy, strategy))
-        if n_seeds > 1:
-            ax.fill_between(c["n_labeled"], c["lo"], c["hi"], color=colour, alpha=0.15, linewidth=0)
-    if metric == "g1_ratio":
-        ax.axhline(0.5, color="k", linewidth=0.6, linestyle=":")
+        st = _style(strategy, i)
+        ax.plot(c["n_labeled"], c[column], markersize=4, linewidth=1.4, markevery=2, label=label(strategy),
+                **st)
+        if n_seeds > 1 and "lo" in c:
+            ax.fill_between(c["n_labeled"], c["lo"], c["hi"], color=st["color"], alpha=0.13, linewidth=0)
     ax.grid(alpha=0.3)
-    ax.tick_params(labelsize=7)
+    ax.tick_params(labelsize=FONT["tick"])
 
 
-def _figure(results: Results, panels: list[list[dict]], col_titles: list[str], row_titles: list[str], title: str,
-            path: Path, strategies=PAPER_STRATEGIES) -> list[Path]:
-    """A grid of panels, each ``{"dataset", "init", "metric"}``, one line per strategy of ``strategies`` that has
-    runs; written as PNG and SVG."""
-    n_seeds = int(results.rounds["seed"].nunique())
-    n_rows, n_cols = len(panels), len(panels[0])
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 2.5 * n_rows + 0.6), squeeze=False,
-                             sharex=True)
-    tables = {m: curves(results, m) for m in {p["metric"] for row in panels for p in row}}
-    for i, row in enumerate(panels):
-        for j, p in enumerate(row):
-            _panel(axes[i, j], tables[p["metric"]], p["dataset"], p["init"], p["metric"], n_seeds, strategies)
-            if i == 0:
-                axes[i, j].set_title(col_titles[j], fontsize=9)
-            if j == 0:
-                axes[i, j].set_ylabel(row_titles[i], fontsize=8)
-            if i == n_rows - 1:
-                axes[i, j].set_xlabel("labeled images", fontsize=8)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    band = f"mean of {n_seeds} seeds; band: 95% t interval across seeds" if n_seeds > 1 else "one seed"
-    fig.suptitle(f"{title} ({band})", fontsize=10)
+def _save(fig, path: Path, handles, labels) -> list[Path]:
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.03 + 0.025 * ((len(labels) + 3) // 4), 1, 0.95))
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=FONT["legend"],
+                   frameon=False)
+    rows = (len(labels) + 3) // 4 if labels else 0
+    fig.tight_layout(rect=(0, 0.035 * rows + 0.01, 1, 1))
     written = []
     for suffix in (".png", ".svg"):
         target = path.with_suffix(suffix)
-        fig.savefig(target, dpi=110, metadata={"Software": None} if suffix == ".png" else {"Date": None})
+        fig.savefig(target, dpi=100, metadata={"Software": None} if suffix == ".png" else {"Date": None})
         written.append(target)
     plt.close(fig)
     return written
 
 
+def _figure(results: Results, panels: list[list[dict]], path: Path, strategies=PAPER_STRATEGIES) -> list[Path]:
+    """A grid of panels, each ``{"dataset", "init", "metric"}``; one line per strategy of ``strategies`` that has
+    runs; every panel titled with its dataset and initial set, every y-axis with its metric."""
+    n_seeds = int(results.rounds["seed"].nunique())
+    n_rows, n_cols = len(panels), len(panels[0])
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.0 * n_cols, 3.0 * n_rows + 0.8), squeeze=False, sharex=True)
+    tables = {m: curves(results, m) for m in {p["metric"] for row in panels for p in row}}
+    for i, row in enumerate(panels):
+        for j, p in enumerate(row):
+            ax = axes[i, j]
+            _panel(ax, tables[p["metric"]], p["dataset"], p["init"], n_seeds, strategies)
+            if p["metric"] == "g1_ratio":
+                ax.axhline(0.5, color="k", linewidth=0.6, linestyle=":")
+            ax.set_title(f"{p['dataset']} bias, {p['init']} start", fontsize=FONT["panel"])
+            ax.set_ylabel(METRIC_LABEL.get(p["metric"], p["metric"]), fontsize=FONT["axis"])
+            if i == n_rows - 1:
+                ax.set_xlabel("labeled images", fontsize=FONT["axis"])
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    return _save(fig, path, handles, labels)
+
+
+def _group_dice_figure(results: Results, path: Path, datasets, inits) -> list[Path]:
+    """Dice of each group over the rounds: rows = initial set, columns = dataset x group."""
+    groups = sorted(c[len("dice_g"):] for c in results.rounds.columns if c.startswith("dice_g"))
+    cols = [(d, g) for d in datasets for g in groups]
+    n_seeds = int(results.rounds["seed"].nunique())
+    fig, axes = plt.subplots(len(inits), len(cols), figsize=(4.0 * len(cols), 3.0 * len(inits) + 0.8),
+                             squeeze=False, sharex=True, sharey="row")
+    for j, (d, g) in enumerate(cols):
+        table = curves(results, f"dice_g{g}")
+        for i, init in enumerate(inits):
+            ax = axes[i, j]
+            _panel(ax, table, d, init, n_seeds, PAPER_STRATEGIES)
+            ax.set_title(f"{d} bias, {init} start: Group {g}", fontsize=FONT["panel"])
+            if j == 0:
+                ax.set_ylabel("Dice of the group", fontsize=FONT["axis"])
+            if i == len(inits) - 1:
+                ax.set_xlabel("labeled images", fontsize=FONT["axis"])
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    return _save(fig, path, handles, labels)
+
+
+def _case_dice_figure(cases: pd.DataFrame, path: Path, datasets) -> list[Path]:
+    """Per-case test Dice by group at the final budget (all seeds and initial sets): one box per strategy and
+    group, the cases as dots."""
+    strategies = _order(set(cases["strategy"]) & set(PAPER_STRATEGIES), STRATEGY_ORDER)
+    groups = sorted(set(cases["group"]), key=str)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False, sharey=True)
+    for j, d in enumerate(datasets):
+        ax = axes[0, j]
+        positions, data, colours = [], [], []
+        for si, s in enumerate(strategies):
+            for gi, g in enumerate(groups):
+                v = cases[(cases["dataset"] == d) & (cases["strategy"] == s) & (cases["group"] == g)]["dice"]
+                if v.empty:
+                    continue
+                x = si * (len(groups) + 1) + gi
+                positions.append(x)
+                data.append(v.to_numpy())
+                colours.append(COLOURS.get(s, "#000000"))
+                jitter = np.random.default_rng(0).uniform(-0.18, 0.18, len(v))
+                ax.scatter(x + jitter, v, s=4, color=COLOURS.get(s, "#000000"), alpha=0.35, linewidths=0)
+        if data:
+            box = ax.boxplot(data, positions=positions, widths=0.7, showfliers=False, patch_artist=True)
+            for patch, c in zip(box["boxes"], colours, strict=True):
+                patch.set_facecolor("none")
+                patch.set_edgecolor(c)
+        ticks = [si * (len(groups) + 1) + gi for si in range(len(strategies)) for gi in range(len(groups))]
+        ax.set_xticks(ticks, [f"G{g}" for _ in strategies for g in groups], fontsize=FONT["tick"])
+        for si, s in enumerate(strategies):
+            ax.text(si * (len(groups) + 1) + (len(groups) - 1) / 2, 1.0, SHORT.get(s, s), ha="center", va="bottom",
+                    fontsize=FONT["tick"], transform=ax.get_xaxis_transform())
+        ax.set_title(f"{d} bias", fontsize=FONT["panel"], pad=18)
+        ax.set_ylabel("Dice of a test case", fontsize=FONT["axis"])
+        ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path, [], [])
+
+
 def write_figures(results: Results, out: Path) -> dict[str, list[Path]]:
-    """Fig. 1: ESSP and Fig. 3: Group 1 ratio (rows: initial set, columns: dataset); Fig. 2 / Fig. 4: Delta and
-    Dice (rows: initial set, columns: metric) for the strong / weak dataset; all with the paper's four strategies.
-    Fig. 5 / Fig. 6: ESSP / Delta of the strategies beyond the paper against entropy and weighted localized
-    entropy, when the results have any."""
+    """Fig. 1: ESSP; Fig. 2 / 4: Δ and Dice (strong / weak); Fig. 3: Group 1 share of the labeled set; with
+    strategies beyond the paper, Fig. 5 / 6: their ESSP / Δ; then Fig. 7: Dice of each group over the rounds,
+    Fig. 8: Group 1's weight over the rounds, Fig. 9: per-case Dice by group at the final budget."""
     out.mkdir(parents=True, exist_ok=True)
     if results.rounds.empty:
         return {}
     datasets = _order(set(results.rounds["dataset"]), DATASET_ORDER)
     inits = _order(set(results.rounds["init"]), INIT_ORDER)
-    rows = [f"{i} start" for i in inits]
     figs = {}
-    for name, metric, title in (("fig1_essp", "essp", "Figure 1: ESSP"),
-                                ("fig3_group1_ratio", "g1_ratio", "Figure 3: Group 1 ratio of the labeled set")):
-        if metric not in results.rounds.columns:
-            continue
-        panels = [[{"dataset": d, "init": i, "metric": metric} for d in datasets] for i in inits]
-        figs[name] = _figure(results, panels, [f"{d} bias" for d in datasets], rows, title, out / name)
-    for name, dataset, number in (("fig2_delta_dice_strong", "strong", 2), ("fig4_delta_dice_weak", "weak", 4)):
+
+    def grid_of(metric):
+        return [[{"dataset": d, "init": i, "metric": metric} for d in datasets] for i in inits]
+
+    figs["fig1_essp"] = _figure(results, grid_of("essp"), out / "fig1_essp")
+    for name, dataset in (("fig2_delta_dice_strong", "strong"), ("fig4_delta_dice_weak", "weak")):
         if dataset in datasets:
             panels = [[{"dataset": dataset, "init": i, "metric": m} for m in ("delta", "dice_all")] for i in inits]
-            figs[name] = _figure(results, panels, [METRIC_LABEL["delta"], METRIC_LABEL["dice_all"]], rows,
-                                 f"Figure {number}: Δ and Dice, {dataset} bias", out / name)
+            figs[name] = _figure(results, panels, out / name)
+    if "g1_ratio" in results.rounds.columns:
+        figs["fig3_group1_ratio"] = _figure(results, grid_of("g1_ratio"), out / "fig3_group1_ratio")
     extra = set(results.rounds["strategy"]) - set(PAPER_STRATEGIES)
     if extra:
         shown = ["entropy", "weighted-localized-entropy", *_order(extra, STRATEGY_ORDER)]
-        for name, metric, label in (("fig5_beyond_essp", "essp", "ESSP"), ("fig6_beyond_delta", "delta", "Δ")):
-            panels = [[{"dataset": d, "init": i, "metric": metric} for d in datasets] for i in inits]
-            figs[name] = _figure(results, panels, [f"{d} bias" for d in datasets], rows,
-                                 f"Figure {name[3]}: {label}, strategies beyond the paper (dashed)", out / name,
-                                 strategies=shown)
+        figs["fig5_beyond_essp"] = _figure(results, grid_of("essp"), out / "fig5_beyond_essp", strategies=shown)
+        figs["fig6_beyond_delta"] = _figure(results, grid_of("delta"), out / "fig6_beyond_delta", strategies=shown)
+    if any(c.startswith("dice_g") for c in results.rounds.columns):
+        figs["fig7_dice_per_group"] = _group_dice_figure(results, out / "fig7_dice_per_group", datasets, inits)
+    if "w_g1" in results.rounds.columns:
+        figs["fig8_group_weights"] = _figure(results, grid_of("w_g1"), out / "fig8_group_weights")
+    if results.cases is not None and not results.cases.empty:
+        figs["fig9_case_dice"] = _case_dice_figure(results.cases, out / "fig9_case_dice", datasets)
     return figs

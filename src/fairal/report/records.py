@@ -29,6 +29,9 @@ class Results:
     expected: list[tuple[str, str, str, int]]
     settings: dict = field(default_factory=dict)
     previews: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # run folder -> why its records were not used
+    cases: pd.DataFrame | None = None  # per-case test Dice of each run's final round (RUN_KEYS, case_id, group, dice)
+    profiles: list[dict] = field(default_factory=list)  # the distinct profile settings of the runs
 
     @property
     def missing(self) -> list[tuple[str, str, str, int]]:
@@ -50,24 +53,44 @@ def load_results(folder: str | Path) -> Results:
         raise FairalError(f"results folder not found: {folder}")
     if (folder / "rounds.csv").is_file() and not (folder / "state.json").is_file():
         return load_tidy(folder)
-    frames, finished, settings = [], set(), {}
-    for rounds_csv in sorted(folder.glob("runs/*/*/*/seed-*/rounds.csv")):
-        dataset, init, strategy, seed_dir = rounds_csv.parts[-5:-1]
-        seed = int(seed_dir.split("-", 1)[1])
-        df = pd.read_csv(rounds_csv)
+    if (folder / "state.json").is_file():  # one run folder (fairal run --out X): its own keys from config.json
+        try:
+            s = json.loads((folder / "config.json").read_text())["settings"]
+            key = (Path(s["data_dir"]).name, s["init"], s["strategy"], int(s["seed"]))
+        except (OSError, ValueError, KeyError) as err:
+            raise FairalError(f"{folder} holds a run without a readable config.json: {err}") from err
+        runs = [(folder, key)]
+    else:
+        runs = []
+        for rounds_csv in sorted(folder.glob("runs/*/*/*/seed-*/rounds.csv")):
+            dataset, init, strategy, seed_dir = rounds_csv.parts[-5:-1]
+            try:
+                runs.append((rounds_csv.parent, (dataset, init, strategy, int(seed_dir.split("-", 1)[1]))))
+            except ValueError:
+                continue
+    frames, case_frames, finished, settings, skipped, profiles = [], [], set(), {}, {}, []
+    for run, key in runs:
+        try:
+            df, done = read_run(run)
+        except (FairalError, ValueError) as err:
+            skipped[str(run)] = str(err)
+            continue
         if df.empty:
             continue
-        df.insert(0, "seed", seed)
-        df.insert(0, "strategy", strategy)
-        df.insert(0, "init", init)
-        df.insert(0, "dataset", dataset)
-        frames.append(df)
-        state = rounds_csv.parent / "state.json"
-        if state.is_file() and json.loads(state.read_text()).get("finished"):
-            finished.add((dataset, init, strategy, seed))
-        config = rounds_csv.parent / "config.json"
-        if not settings and config.is_file():
-            settings = json.loads(config.read_text()).get("settings", {})
+        frames.append(df.assign(**dict(zip(RUN_KEYS, key, strict=True)))[[*RUN_KEYS, *df.columns]])
+        if done:
+            finished.add(key)
+            if (run / "cases.csv").is_file():
+                c = pd.read_csv(run / "cases.csv")
+                last = c[(c["round"] == df["round"].max()) & (c["split"] == "test")]
+                case_frames.append(last.assign(**dict(zip(RUN_KEYS, key, strict=True)))
+                                   [[*RUN_KEYS, "case_id", "group", "dice"]])
+        config = run / "config.json"
+        if config.is_file():
+            run_settings = json.loads(config.read_text()).get("settings", {})
+            settings = settings or run_settings
+            if run_settings.get("profile") not in profiles:
+                profiles.append(run_settings.get("profile"))
     rounds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["dataset", "init", "strategy", "seed", "round", "n_labeled"])
     base_frames = []
@@ -77,7 +100,8 @@ def load_results(folder: str | Path) -> Results:
         base_frames.append(df)
     baselines = pd.concat(base_frames, ignore_index=True) if base_frames else pd.DataFrame()
     if rounds.empty and baselines.empty:
-        raise FairalError(f"{folder} holds no run (runs/*/*/*/seed-*/rounds.csv) and no baseline")
+        why = f"; unreadable: {'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}" if skipped else ""
+        raise FairalError(f"{folder} holds no run (runs/*/*/*/seed-*/rounds.csv) and no baseline{why}")
     datasets = _order(set(rounds["dataset"]) | set(baselines.get("dataset", [])), DATASET_ORDER)
     inits = _order(set(rounds["init"]) | set(INIT_ORDER), INIT_ORDER)
     strategies = _order(set(rounds["strategy"]) | set(PAPER_STRATEGIES), STRATEGY_ORDER)
@@ -85,7 +109,35 @@ def load_results(folder: str | Path) -> Results:
     expected = [(d, i, s, n) for d in datasets for i in inits for s in strategies for n in seeds]
     previews = {d: folder / "data" / d / "preview.png" for d in datasets
                 if (folder / "data" / d / "preview.png").is_file()}
-    return Results(rounds, baselines, finished, expected, settings, previews)
+    cases = pd.concat(case_frames, ignore_index=True) if case_frames else None
+    return Results(rounds, baselines, finished, expected, settings, previews, skipped, cases,
+                   [p for p in profiles if p])
+
+
+#: What a run's rounds.csv must hold to be used.
+ROUND_NEEDS = ("round", "n_labeled", "dice_all", "delta", "essp")
+
+
+def read_run(run: Path) -> tuple[pd.DataFrame, bool]:
+    """A run folder's ``rounds.csv``, checked against its ``state.json``: readable, complete lines (a file cut off
+    mid-line is refused, never half-read), numeric finite values, and exactly the rounds the state says are
+    complete. Returns the table and whether the run is finished."""
+    path = run / "rounds.csv"
+    text = path.read_text()
+    if not text.strip():
+        raise FairalError(f"{path} is empty")
+    if not text.endswith("\n"):
+        raise FairalError(f"{path} ends mid-line (cut off while written?)")
+    df = _read_table(path, list(ROUND_NEEDS))
+    values = df[list(ROUND_NEEDS)].apply(pd.to_numeric, errors="coerce")
+    if not np.isfinite(values.to_numpy(dtype=float)).all():
+        raise FairalError(f"{path} holds values that are not finite numbers")
+    state_file = run / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if "completed_round" in state and list(df["round"]) != list(range(int(state["completed_round"]) + 1)):
+        raise FairalError(f"{path} holds rounds {list(df['round'])[:5]}... but {state_file} says rounds 0 to "
+                          f"{state['completed_round']} are complete")
+    return df, bool(state.get("finished"))
 
 
 def _read_table(path: Path, needs: list[str]) -> pd.DataFrame:
@@ -108,13 +160,16 @@ def load_tidy(folder: str | Path) -> Results:
     baselines = (_read_table(folder / "baselines.csv", ["dataset", "cohort", "dice_all", "essp", "delta"])
                  if (folder / "baselines.csv").is_file() else pd.DataFrame())
     keys = sorted(set(rounds[RUN_KEYS].itertuples(index=False, name=None)))
+    cases = (_read_table(folder / "cases.csv", [*RUN_KEYS, "case_id", "group", "dice"])
+             if (folder / "cases.csv").is_file() else None)
     settings = {}
     if (folder / "settings.json").is_file():
         info = json.loads((folder / "settings.json").read_text())
         settings = info.get("run_settings") or {}
         settings = {**settings, "profile": {**settings.get("profile", {}), "name": info.get("profile", "unknown")},
                     "device": info.get("device"), "commit": info.get("commit")}
-    return Results(rounds, baselines, set(keys), keys, settings, {})
+    return Results(rounds, baselines, set(keys), keys, settings, {}, {}, cases,
+                   [settings["profile"]] if settings.get("profile") else [])
 
 
 def area_under_curve(n_labeled: np.ndarray, values: np.ndarray) -> float:

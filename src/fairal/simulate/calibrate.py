@@ -86,7 +86,7 @@ def structure_volume(state: dict, global_z: np.ndarray | None, bias_scale: float
 
     gm = state["global_model"]
     z = np.zeros(gm.n_components) if global_z is None else np.asarray(global_z, dtype=np.float64)
-    _, label, _ = simulate_subject(state, Subject(0, "calibration", 1, bias_scale, z))
+    _, label = simulate_subject(state, Subject(0, "calibration", 1, bias_scale, z))
     return float(label.sum() * state["voxel_volume"])
 
 

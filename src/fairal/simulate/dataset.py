@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,8 +14,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from fairal import versions
+from fairal import sampling, versions
 from fairal.errors import FairalError
+from fairal.io import check_output_folder, is_fairal_folder, publish_folder
 from fairal.simulate.deformation import (
     DEFAULT_GLOBAL_RMS_MM,
     DEFAULT_LOCAL_SD_MM,
@@ -62,6 +63,9 @@ class SimulationConfig:
         mu, sd = BIAS_PRESETS[self.bias]
         mu = mu if self.bias_mean is None else self.bias_mean
         sd = sd if self.bias_std is None else self.bias_std
+        for name, v in (("--bias-mean", mu), ("--bias-std", sd)):
+            if not math.isfinite(v):
+                raise FairalError(f"{name} must be a finite number, got {v}")
         if sd < 0:
             raise FairalError(f"the bias SD must be >= 0, got {sd}")
         return mu, sd
@@ -74,6 +78,9 @@ class SimulationConfig:
             raise FairalError(f"--global-sampling must be one of {GLOBAL_SAMPLING}, got {self.global_sampling!r}")
         if len(self.shape) != 3 or min(self.shape) < 4:
             raise FairalError(f"--shape must be three sizes of at least 4 voxels, got {self.shape}")
+        for name, v in (("--global-rms-mm", self.global_rms_mm), ("--local-sd-mm", self.local_sd_mm)):
+            if not (math.isfinite(v) and v >= 0):
+                raise FairalError(f"{name} must be a finite number >= 0, got {v}")
 
 
 @dataclass
@@ -120,35 +127,43 @@ def _init_worker(state: dict) -> None:
     torch.set_num_threads(1)
     _STATE.clear()
     _STATE.update(state)
-    _STATE["points"] = None
+    _STATE["points"] = _STATE["image_t"] = None
 
 
-def simulate_subject(state: dict, subject: Subject, return_psi: bool = False):
-    """Warp the template for one subject. Returns (image, label, psi in template voxels or None)."""
+def subject_map(state: dict, subject: Subject):
+    """The subject's composed deformation ``psi`` (X, Y, Z, 3): world coordinates of the output voxels in the
+    template's space (global field, then the local bias for Group 1)."""
     import torch
 
-    from fairal.simulate.warp import deformed_points, field_on_grid, integrate, output_points, warp_template
+    from fairal.simulate.warp import deformed_points, field_on_grid, integrate, output_points
 
-    tpl: Template = state["template"]
     gm: DeformationModel = state["global_model"]
     lm: DeformationModel | None = state["local_model"]
     if state.get("points") is None:
         state["points"] = output_points(state["out_affine"], state["shape"])
-        state["image_t"] = torch.as_tensor(tpl.image)
-        state["prob_t"] = torch.as_tensor(tpl.label_prob)
     with torch.inference_mode():
         u_g = integrate(gm, gm.sample(subject.global_z))
         u_l = None
         if subject.bias_scale is not None and lm is not None:
             u_l = integrate(lm, lm.sample(np.array([subject.bias_scale])))
         u_g_out = field_on_grid(u_g, gm.affine, state["out_affine"], state["shape"], stride=state["global_stride"])
-        psi = deformed_points(state["points"], u_g_out, lm if u_l is not None else None, u_l)
+        return deformed_points(state["points"], u_g_out, lm if u_l is not None else None, u_l)
+
+
+def simulate_subject(state: dict, subject: Subject) -> tuple[np.ndarray, np.ndarray]:
+    """Warp the template for one subject, once, at :func:`subject_map`. Returns (image, label)."""
+    import torch
+
+    from fairal.simulate.warp import warp_template
+
+    tpl: Template = state["template"]
+    if state.get("image_t") is None:
+        state["image_t"] = torch.as_tensor(tpl.image)
+        state["prob_t"] = torch.as_tensor(tpl.label_prob)
+    psi = subject_map(state, subject)
+    with torch.inference_mode():
         image, prob = warp_template(state["image_t"], state["prob_t"], tpl.affine, psi)
-    psi_vox = None
-    if return_psi:
-        inv = np.linalg.inv(tpl.affine)
-        psi_vox = psi.numpy() @ inv[:3, :3].T + inv[:3, 3]
-    return image.numpy(), (prob.numpy() >= 0.5), psi_vox
+    return image.numpy(), (prob.numpy() >= 0.5)
 
 
 def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -161,7 +176,7 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def _write_subject(subject: Subject) -> dict:
     state = _STATE
-    image, label, _ = simulate_subject(state, subject)
+    image, label = simulate_subject(state, subject)
     out: Path = state["out_dir"]
     if state["integer_image"]:
         image = np.round(image).astype(np.int16)
@@ -255,38 +270,19 @@ def _check_model_grid(model: DeformationModel, affine, shape, name: str, must_co
         )
 
 
-def _atomic_target(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not overwrite:
-        raise FairalError(f"{out} already exists; choose another folder or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise FairalError(f"{out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
     """Generate a dataset in ``out``: ``images/``, ``labels/``, ``manifest.csv``, ``dataset.json``, ``models/``
     and ``preview.png``. Written into a hidden temporary folder and moved into place at the end, so an
     interrupted or failed run never leaves a folder that looks complete."""
     out = Path(out)
+    check_output_folder(out)
+    if out.exists() and not overwrite:
+        raise FairalError(f"{out} already exists; choose another folder or pass --overwrite")
+    if out.exists() and not is_fairal_folder(out) and not (out / "dataset.json").is_file():
+        raise FairalError(f"{out} is not a fairal dataset: --overwrite only replaces folders fairal made")
     state = prepare(cfg)
     subjects = draw_subjects(cfg, state["global_model"].n_components)
-    tmp = _atomic_target(out, overwrite)
-    try:
+    with publish_folder(out, "dataset") as tmp:
         for sub in ("images", "labels", "models", "template"):
             (tmp / sub).mkdir()
         # The template on the output grid: the reference for Dice-to-template, crops and fallback ROIs.
@@ -305,10 +301,6 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
             from fairal.simulate.preview import write_preview
 
             write_preview(tmp, state, subjects, results, manifest)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -344,15 +336,12 @@ def _run_subjects(state: dict, subjects: list[Subject], jobs: int, progress: boo
 
 
 def test_split(subjects: list[Subject], seed: int, per_group: int) -> set[str]:
-    """The fixed test set: ``per_group`` cases of each group (at most half of a group), drawn with the seed.
-    Every experiment on the dataset uses it; the rest is the training pool."""
-    rng = np.random.default_rng([seed, 0, 1])
-    test: set[str] = set()
-    for g in sorted({s.group for s in subjects}):
-        ids = [s.case_id for s in subjects if s.group == g]
-        n = min(per_group, len(ids) // 2)
-        test.update(rng.choice(ids, size=n, replace=False).tolist())
-    return test
+    """The fixed test set (:func:`fairal.sampling.test_split`): ``per_group`` cases of each group, at most half of a
+    group, drawn with the seed. Every experiment on the dataset uses it; the rest is the training pool."""
+    ids: dict[int, list[str]] = {}
+    for s in subjects:
+        ids.setdefault(s.group, []).append(s.case_id)
+    return sampling.test_split(ids, per_group, seed)
 
 
 def _manifest(subjects: list[Subject], results: dict[str, dict], test: set[str]) -> pd.DataFrame:
@@ -397,14 +386,18 @@ def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFra
     settings = {**asdict(cfg), "shape": list(cfg.shape), "bias_mean": mu, "bias_std": sd}
     for key in ("jobs", "preview"):  # how it ran, not what it made: the same data whatever these are
         settings.pop(key)
+    from fairal.export import decathlon_json
+
     info = {
+        **decathlon_json(manifest, f"fairal {cfg.bias} bias"),
         "format": "fairal-dataset/1",
         "settings": settings,
         "n_subjects": int(len(manifest)),
         "n_per_group": _counts(manifest["group"]),
         "n_test_per_group": _counts(manifest.loc[manifest["split"] == "test", "group"]),
         "groups": {"1": "local bias deformation of the structure", "2": "global deformation only"},
-        "template": {"sources": tpl.sources, "sha256": tpl.checksums, "shape": list(tpl.shape)},
+        "template": {"sources": {k: Path(v).name if k != "label_value" else v for k, v in tpl.sources.items()},
+                     "sha256": {Path(k).name: v for k, v in tpl.checksums.items()}, "shape": list(tpl.shape)},
         "output_grid": {
             "shape": list(cfg.shape),
             "affine": np.round(state["out_affine"], 6).tolist(),

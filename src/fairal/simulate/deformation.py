@@ -20,7 +20,8 @@ import numpy as np
 from scipy import ndimage
 
 from fairal.errors import FairalError
-from fairal.simulate.template import Template, load_nifti
+from fairal.nifti import load_nifti
+from fairal.simulate.template import Template
 
 FORMAT_VERSION = 1
 KINDS = ("velocity", "displacement")

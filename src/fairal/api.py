@@ -1,0 +1,81 @@
+"""fairal's acquisition for any segmentation model: rank scans for annotation from their probability maps.
+
+The paper's scores need only a model's foreground probabilities, so they serve any model (nnU-Net, MONAI, your
+own): give the maps of the unlabeled scans, their groups (``None`` where unknown, with group probabilities), and
+the group weights from your model's Dice on the labeled scans.
+
+>>> import numpy as np, fairal
+>>> rng = np.random.default_rng(0)
+>>> probas = {f"scan{i}": rng.random((8, 8, 8)) for i in range(4)}
+>>> w = fairal.group_weights([0.92, 0.90, 0.75, 0.80], ["F", "F", "M", "M"], ["F", "M"])
+>>> table = fairal.rank_for_annotation(probas, {"scan0": "F", "scan1": "M", "scan2": "M", "scan3": None}, w,
+...                                    budget=2, p_group={"scan3": {"F": 0.5, "M": 0.5}})
+>>> list(table.columns[:6])
+['rank', 'case_id', 'group', 'score', 'localized_entropy', 'weight']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from fairal.acquisition import case_weights, parse_strategy, rank_cases, select, strategy_scores
+from fairal.engine import proba_stats
+from fairal.errors import FairalError
+
+
+def rank_for_annotation(
+    probas: Mapping[str, np.ndarray],
+    groups: Mapping[str, Hashable | None],
+    weights: Mapping[Hashable, float],
+    strategy: str = "weighted-localized-entropy",
+    budget: int = 4,
+    roi_dilation: int = 3,
+    p_group: Mapping[str, Mapping[Hashable, float]] | None = None,
+    seed: int = 0,
+    stochastic_batches: int = 50,
+) -> pd.DataFrame:
+    """Rank the scans of ``probas`` (case id -> (X, Y, Z) foreground probability map) for annotation.
+
+    Scores: ``random``, ``entropy`` (mean voxel entropy), ``localized-entropy`` (Eq. 1: mean entropy in the
+    predicted mask dilated by ``roi_dilation`` voxels), each optionally ``weighted-`` (Eq. 2: times the group's
+    weight ``w_g``, e.g. from :func:`fairal.group_weights`; a scan of unknown group gets ``sum_g p(g|x) w_g`` from
+    ``p_group``) and ``stochastic-`` (the best of random candidate batches). MC-dropout BALD needs the model
+    itself (``fairal query``). Returns one row per scan, best first: ``rank, case_id, group, score,
+    localized_entropy, weight, entropy, selected``.
+    """
+    s = parse_strategy(strategy)
+    if s.needs_dropout:
+        raise FairalError(f"strategy {s.name} needs MC-dropout samples of the model: use fairal query, or score "
+                          "your own samples with fairal.acquisition.mutual_information")
+    ids = list(probas)
+    if not ids:
+        raise FairalError("no probability map to rank")
+    missing = [c for c in ids if c not in groups]
+    if missing:
+        raise FairalError(f"no group given for {', '.join(missing[:5])} (use None for an unknown group)")
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= len(ids):
+        raise FairalError(f"budget must be a whole number from 1 to {len(ids)}, got {budget!r}")
+    maps = [np.asarray(probas[c], dtype=np.float32) for c in ids]
+    for c, m in zip(ids, maps, strict=True):
+        if m.ndim != 3 or not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+            raise FairalError(f"{c}: a probability map must be a 3D array of values in [0, 1]")
+    stats = proba_stats(maps, roi_dilation)
+    order = list(weights)
+    rows = None
+    if any(groups[c] is None for c in ids):
+        if p_group is None:
+            raise FairalError("scans of unknown group need p_group (their group probabilities)")
+        rows = np.array([[float((p_group.get(c) or {}).get(g, 0.0)) for g in order] for c in ids])
+    w = case_weights([groups[c] for c in ids], weights, rows, order)
+    rng = np.random.default_rng([seed, 7])
+    scores, used = strategy_scores(s, stats, w, rng)
+    chosen = select(s, ids, scores, budget, stochastic_batches, rng)
+    ranking = chosen + [c for c in rank_cases(ids, scores) if c not in set(chosen)]
+    at = {c: i for i, c in enumerate(ids)}
+    return pd.DataFrame([{"rank": r, "case_id": c, "group": groups[c], "score": float(scores[at[c]]),
+                          "localized_entropy": stats["localized_entropy"][at[c]], "weight": float(used[at[c]]),
+                          "entropy": stats["entropy"][at[c]], "selected": r <= budget}
+                         for r, c in enumerate(ranking, start=1)])

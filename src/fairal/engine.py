@@ -1,0 +1,167 @@
+"""The active-learning round, one engine for ``fairal run``, the grid and ``fairal query``: fit the U-Net on the
+labeled cases, measure its Dice on them, weigh the groups (Eq. 2), compute each candidate's statistics, score the
+candidates under a strategy, select the next batch.
+
+A lab's own data is the same round with cases of unknown group (an expected weight, from group probabilities) and
+no test set; what differs between the callers (warm starts and records for a run; resampling, a group classifier
+and the annotator's files for a query) stays with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fairal.acquisition import (
+    Strategy,
+    case_weights,
+    group_weights,
+    localized_bald,
+    localized_entropy,
+    mean_entropy,
+    mutual_information,
+    rank_cases,
+    roi_mask,
+    select,
+    strategy_scores,
+)
+from fairal.config import Profile
+from fairal.data import VolumeSet
+from fairal.metrics import dice_from_proba
+from fairal.model import UNet3D
+from fairal.train import TrainConfig, TrainResult, load_checkpoint, predict_mc_dropout, predict_proba, train_model
+
+
+def model_factory(profile: Profile, volumes: VolumeSet, train_rows: list[int], dropout: float = 0.0,
+                  warm_from: str | Path | None = None) -> Callable[[], UNet3D]:
+    """A U-Net whose output bias starts at the training labels' foreground fraction (guards against collapse);
+    ``dropout`` > 0 for the MC-dropout strategies; ``warm_from``: start from a checkpoint's weights."""
+    prior = float(volumes.labels[train_rows].float().mean()) if train_rows else None
+    prior = min(max(prior, 1e-4), 0.5) if prior is not None else None
+
+    def build() -> UNet3D:
+        model = UNet3D(features=profile.features, foreground_prior=prior, dropout=dropout)
+        if warm_from is not None:
+            load_checkpoint(warm_from, model)
+        return model
+
+    return build
+
+
+def fit(profile: Profile, volumes: VolumeSet, rows: list[int], config: TrainConfig, strategy: Strategy,
+        warm_from: str | Path | None = None, progress: bool = False) -> TrainResult:
+    """Train the profile's U-Net on the cases at ``rows`` (with dropout when the strategy samples it)."""
+    dropout = profile.mc_dropout if strategy.needs_dropout else 0.0
+    factory = model_factory(profile, volumes, rows, dropout=dropout, warm_from=warm_from)
+    return train_model(volumes.images[rows], volumes.labels[rows], config, factory, progress=progress)
+
+
+def evaluate(model: torch.nn.Module, volumes: VolumeSet, rows: list[int], batch_size: int = 8) -> list[float]:
+    """Per-case Dice (threshold 0.5) of ``model`` on the cases at ``rows``."""
+    dices = []
+    for row, proba in zip(rows, predict_proba(model, volumes.images[rows], batch_size=batch_size), strict=True):
+        dices.append(dice_from_proba(proba[0] if proba.ndim == 4 else proba, volumes.labels[row, 0].numpy()))
+    return dices
+
+
+def proba_stats(probas, dilation: int, fallback: np.ndarray | None = None, keep_proba: bool = False) -> dict:
+    """Per probability map (any iterable of (X, Y, Z) foreground probabilities, from any model): mean entropy,
+    localized entropy (Eq. 1) in R = the predicted mask dilated by ``dilation`` voxels (``fallback`` when nothing is
+    predicted), the ROI's source and the predicted voxels; ``keep_proba`` keeps the maps and ROIs."""
+    out: dict = {"entropy": [], "localized_entropy": [], "roi_source": [], "predicted_voxels": [], "roi": []}
+    if keep_proba:
+        out["proba"] = []
+    for proba in probas:
+        out["entropy"].append(mean_entropy(proba))
+        roi, source = roi_mask(proba, dilation, fallback)
+        out["localized_entropy"].append(localized_entropy(proba, roi))
+        out["roi_source"].append(source)
+        out["predicted_voxels"].append(int((proba > 0.5).sum()))
+        out["roi"].append(roi)
+        if keep_proba:
+            out["proba"].append(proba)
+    return out
+
+
+def uncertainty_stats(model, images, fallback, profile: Profile, bald: bool, seed: int, batch_size: int = 8,
+                      keep_proba: bool = False) -> dict:
+    """:func:`proba_stats` of ``model``'s predictions, and with ``bald`` the mean MC-dropout mutual information in
+    the same R (NaN otherwise). R comes from the deterministic prediction."""
+    out = proba_stats(predict_proba(model, images, batch_size=batch_size), profile.roi_dilation, fallback,
+                      keep_proba)
+    rois = out["roi"] if keep_proba else out.pop("roi")
+    if bald:
+        draws = predict_mc_dropout(model, images, profile.mc_samples, seed, batch_size=batch_size)
+        out["bald"] = [localized_bald(mutual_information(samples)[0], roi)
+                       for roi, samples in zip(rois, draws, strict=True)]
+    else:
+        out["bald"] = [float("nan")] * len(rois)
+    return out
+
+
+@dataclass
+class Round:
+    """What one round decided: the labeled cases' Dice, the group weights, and for each candidate (in the order
+    given) its statistics, weight and score; the selected cases, best first."""
+
+    labeled_dice: list[float]
+    weight_dice: list[float]
+    weights: dict
+    candidates: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    case_weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    selected: list[str] = field(default_factory=list)
+
+    def ranking(self) -> list[str]:
+        """Every candidate: the selected ones first (in selection order), then the rest by score."""
+        chosen = set(self.selected)
+        return self.selected + [c for c in rank_cases(self.candidates, self.scores) if c not in chosen]
+
+
+def acquisition_round(
+    model: torch.nn.Module,
+    volumes: VolumeSet,
+    labeled: Sequence[str],
+    candidates: Sequence[str],
+    group_of: Mapping[str, Hashable | None],
+    groups: Sequence[Hashable],
+    strategy: Strategy,
+    profile: Profile,
+    k: int,
+    rng: np.random.Generator,
+    mc_seed: int,
+    weigh: bool = True,
+    weight_dice: Callable[[list[float]], list[float]] | None = None,
+    p_group: np.ndarray | None = None,
+    keep_proba: bool = False,
+) -> Round:
+    """The round after training: the Dice of ``model`` on the ``labeled`` cases, the group weights of Eq. 2 over
+    ``groups`` (``weigh``: else 1 for every group), each candidate's weight (its group's, or the expected weight
+    from its row of ``p_group`` when its group is ``None``), statistics, score, and the ``k`` cases to annotate.
+
+    ``rng`` draws the random scores and stochastic batches (in that order); ``mc_seed`` seeds MC dropout.
+    ``weight_dice`` may replace the labeled Dice behind the weights (e.g. cross-validated Dice)."""
+    rows = volumes.rows(list(labeled))
+    labeled_dice = evaluate(model, volumes, rows, batch_size=8) if rows else []
+    used_dice = weight_dice(labeled_dice) if weight_dice is not None else labeled_dice
+    if weigh:
+        temperature = strategy.temperature or profile.temperature
+        weights = group_weights(used_dice, [group_of[c] for c in labeled], list(groups), temperature)
+    else:
+        weights = {g: 1.0 for g in groups}
+    result = Round(labeled_dice, used_dice, weights, list(candidates))
+    if not candidates or k <= 0:
+        return result
+    cand_rows = volumes.rows(list(candidates))
+    result.stats = uncertainty_stats(model, volumes.images[cand_rows], volumes.roi[0].numpy(), profile,
+                                     strategy.needs_dropout, seed=mc_seed, keep_proba=keep_proba)
+    result.case_weights = (case_weights([group_of[c] for c in candidates], weights, p_group, list(groups))
+                           if groups else np.ones(len(candidates)))
+    result.scores, result.case_weights = strategy_scores(strategy, result.stats, result.case_weights, rng)
+    result.selected = select(strategy, list(candidates), result.scores, k, profile.stochastic_batches, rng)
+    return result

@@ -1,0 +1,121 @@
+"""Lockstep training of many U-Nets as one network, for a GPU.
+
+The runs of a grid that share a dataset follow the same schedule: at each round they train the same number of
+steps on labeled sets of the same size. :func:`train_packed` trains such a group at once: the members' weights are
+stacked and the network is vectorised over them (``torch.func.vmap``: on a GPU one launch of batched convolutions
+serves every member), each member with its own data, batches, seed and Adam state. Adam is element-wise, so one
+Adam over the stacked weights is N independent Adams; the loss is the sum of the members' own mean losses, so each
+member's gradient is its own. A member that collapses is retrained alone by :func:`fairal.train.train_model` (with
+its restarts). The data stay on the device and no step waits for the host (losses are read once at the end).
+
+On a CPU packing is slower than training the members one after another (measured 0.24-0.96x,
+``benchmarks/bench_gpu.py --device cpu``): the grid keeps one process per core there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fairal.errors import FairalError
+from fairal.train import (
+    TrainConfig,
+    TrainResult,
+    _batch_indices,
+    _check_training_data,
+    _training_dice,
+    resolve_device,
+    train_model,
+)
+
+
+@dataclass
+class Member:
+    """One run's training in a packed group: its cases, its settings (seed, steps) and its model factory."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    config: TrainConfig
+    factory: Callable[[], nn.Module]
+
+
+def _check_group(members: list[Member]) -> None:
+    if not members:
+        raise FairalError("a packed group needs at least one member")
+    first = members[0]
+    for m in members:
+        _check_training_data(m.images, m.labels)
+        c, c0 = m.config, first.config
+        if (c.lr, c.batch_size, c.device) != (c0.lr, c0.batch_size, c0.device):
+            raise FairalError("packed members must share lr, batch size and device")
+        if c.total_steps(len(m.images)) != c0.total_steps(len(first.images)):
+            raise FairalError("packed members must train the same number of steps (lockstep)")
+        if m.images.shape[1:] != first.images.shape[1:]:
+            raise FairalError(f"packed members must share the volume shape, got {tuple(m.images.shape[1:])} and "
+                              f"{tuple(first.images.shape[1:])}")
+
+
+def train_packed(members: list[Member], bf16: bool = False) -> list[TrainResult]:
+    """Train every member as :func:`fairal.train.train_model` would (same initial weights from its seed, same
+    batches, Adam, BCE with logits, collapse guard), all at once. ``bf16``: autocast the forward pass to bfloat16
+    on a GPU (the loss stays float32)."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    _check_group(members)
+    start = time.perf_counter()
+    cfg0 = members[0].config
+    device = resolve_device(cfg0.device)
+    steps = cfg0.total_steps(len(members[0].images))
+    models = []
+    for m in members:
+        torch.manual_seed(m.config.seed)
+        models.append(m.factory().to(device).train())
+    params, buffers = stack_module_state(models)
+    template = copy.deepcopy(models[0]).to("meta")
+
+    def forward(p, b, x):
+        return functional_call(template, (p, b), (x,))
+
+    batched = vmap(forward)
+    optimizer = torch.optim.Adam(params.values(), lr=cfg0.lr)
+    images = [m.images.to(device, torch.float32) for m in members]  # resident on the device for the whole run
+    labels = [m.labels.to(device, torch.float32) for m in members]
+    batches = [_batch_indices(len(m.images), m.config.batch_size, steps,
+                              torch.Generator().manual_seed(m.config.seed)) for m in members]
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
+    losses = []
+    for _ in range(steps):
+        idx = [next(b).to(device) for b in batches]
+        x = torch.stack([im[i] for im, i in zip(images, idx, strict=True)])
+        y = torch.stack([lab[i] for lab, i in zip(labels, idx, strict=True)])
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            logits = batched(params, buffers, x)
+        per_member = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").flatten(1).mean(1)
+        per_member.sum().backward()
+        optimizer.step()
+        losses.append(per_member.detach())
+    history = torch.stack(losses).cpu() if losses else torch.zeros(0, len(members))
+    results = []
+    for k, (m, model) in enumerate(zip(members, models, strict=True)):
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(params[name][k])
+        model.eval()
+        dice, any_fg = _training_dice(model, m.images, m.labels, m.config, False)
+        collapsed = dice < m.config.min_train_dice or (bool(m.labels.any()) and not any_fg)
+        if collapsed:  # the single path, restarts and all: the same result as training this member alone
+            results.append(train_model(m.images, m.labels, m.config, m.factory))
+            continue
+        results.append(TrainResult(model=model.to(memory_format=torch.contiguous_format), losses=history[:, k].tolist(),
+                                   train_dice=dice, restarts=0, seconds=time.perf_counter() - start,
+                                   seed=m.config.seed, collapsed=False, attempt_dice=[dice]))
+    return results

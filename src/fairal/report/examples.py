@@ -1,0 +1,89 @@
+"""Example segmentations for the report: a Group 1 and a Group 2 test case of each dataset, segmented by the final
+model of a weighted-localized-entropy run, with the ground truth and the prediction drawn over the image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fairal.report.records import Results
+
+EXAMPLE_STRATEGY = "weighted-localized-entropy"
+
+
+def _final_run(folder: Path, dataset: str) -> Path | None:
+    """The first finished run of the dataset under the example strategy (balanced start first) with its model."""
+    runs = sorted(folder.glob(f"runs/{dataset}/*/{EXAMPLE_STRATEGY}/seed-*"),
+                  key=lambda p: (p.parts[-3] != "balanced", p.as_posix()))
+    for run in runs:
+        state = run / "state.json"
+        if state.is_file() and json.loads(state.read_text()).get("finished") and list(run.glob("checkpoints/*.pt")):
+            return run
+    return None
+
+
+def write_examples(folder: Path, results: Results, out: Path) -> list[Path] | None:
+    """Figure 10, when the results folder holds the runs' models and their datasets (a grid folder); else None."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fairal.config import Profile
+    from fairal.data import load_volumes, read_manifest
+    from fairal.engine import evaluate
+    from fairal.errors import FairalError
+    from fairal.model import UNet3D
+    from fairal.train import load_checkpoint, predict_proba
+
+    panels = []
+    for dataset in sorted(set(results.rounds["dataset"])):
+        run = _final_run(folder, dataset)
+        if run is None:
+            continue
+        try:
+            settings = json.loads((run / "config.json").read_text())["settings"]
+            profile = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["profile"].items()})
+            data = Path(settings["data_dir"])
+            manifest = read_manifest(data, test_per_group=profile.test_per_group)
+            vol = load_volumes(data, manifest, crop_margin=profile.crop_margin, downsample=profile.downsample)
+            model = UNet3D(features=profile.features)
+            load_checkpoint(max(run.glob("checkpoints/round-*.pt")), model)
+        except (FairalError, OSError, KeyError, TypeError, ValueError):
+            continue  # the data or the model moved: no example, the rest of the report stands
+        test = manifest.loc[manifest["split"] == "test", ["case_id", "group"]]
+        rows = vol.rows(test["case_id"].tolist())
+        dice = np.array(evaluate(model, vol, rows))
+        for group in sorted(set(test["group"]), key=str):
+            idx = np.flatnonzero(test["group"].to_numpy() == group)
+            pick = idx[np.argsort(dice[idx])[len(idx) // 2]]  # the median case of the group
+            row = rows[pick]
+            proba = next(predict_proba(model, vol.images[row:row + 1]))
+            panels.append((dataset, group, test["case_id"].iloc[pick], float(dice[pick]), vol.images[row, 0].numpy(),
+                           vol.labels[row, 0].numpy(), proba, run))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 4.0), squeeze=False)
+    for ax, (dataset, group, case, d, image, truth, proba, _run) in zip(axes[0], panels, strict=True):
+        z = int(np.argmax(truth.sum(axis=(0, 1)))) if truth.any() else truth.shape[2] // 2
+        ax.imshow(image[:, :, z].T, cmap="gray", origin="lower", interpolation="nearest")
+        if truth[:, :, z].any():
+            ax.contour(truth[:, :, z].T, levels=[0.5], colors="#F0E442", linewidths=1.4)
+        if (proba[:, :, z] > 0.5).any():
+            ax.contour((proba[:, :, z] > 0.5).T, levels=[0.5], colors="#D55E00", linewidths=1.2,
+                       linestyles="--")
+        ax.set_title(f"{dataset} bias, Group {group}\n{case}: Dice {d:.3f}", fontsize=10)
+        ax.axis("off")
+    fig.text(0.5, 0.01, f"yellow: ground truth; dashed vermillion: prediction of the final {EXAMPLE_STRATEGY} "
+                        f"model ({panels[0][-1].parts[-3]} start, {panels[0][-1].name}); the median test case of "
+                        "each group; axial slice with the most structure", ha="center", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    written = []
+    for suffix in (".png", ".svg"):
+        target = (out / "fig10_examples").with_suffix(suffix)
+        fig.savefig(target, dpi=100, metadata={"Software": None} if suffix == ".png" else {"Date": None})
+        written.append(target)
+    plt.close(fig)
+    return written
