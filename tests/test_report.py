@@ -142,3 +142,17 @@ def test_three_groups_in_the_final_table(tmp_path):
     assert final[["dice_g1", "dice_g2", "dice_g3"]].iloc[0].tolist() == [0.9, 0.85, 0.8]
     out = build_report(tmp_path).parent
     assert (out / "fig1_essp.png").is_file() and not (out / "fig3_group1_ratio.png").exists()  # no g1_ratio column
+
+
+def test_a_single_run_folder_has_a_report(tiny_dataset, tmp_path):
+    from fairal.config import get_profile
+    from fairal.loop import ActiveLearningRun, RunSpec
+
+    tiny = {"init_size": "4", "acquire": "2", "final_size": "8", "steps": "3", "round_steps": "2",
+            "crop_margin": "4", "downsample": "1", "test_per_group": "6"}
+    run = tmp_path / "my-run"
+    ActiveLearningRun(RunSpec(str(tiny_dataset), "entropy", "balanced", 0, get_profile("smoke", tiny)), run).run()
+    res = CliRunner().invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    page = (run / "report" / "report.html").read_text()
+    assert "1 finished active-learning run of" in page and "Figure 1:" in page
