@@ -94,10 +94,13 @@ def tasks(out: Path, parts: list[str], seeds: int, baseline_seeds: int, ablation
     return todo
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     import torch
 
+    from fairal.experiments import die_with_parent
+
     torch.set_num_threads(threads)
+    die_with_parent(parent)
     # Deterministic convolution algorithms on a GPU: the same seed gives the same records there too.
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
@@ -129,7 +132,7 @@ def execute(todo: list[dict], jobs: int, deadline: float | None, grace: float, l
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")
     queue = list(todo)
-    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid()))
     running: dict = {}
     try:
         while queue or running:

@@ -84,7 +84,7 @@ def load_results(folder: str | Path) -> Results:
                 c = pd.read_csv(run / "cases.csv")
                 last = c[(c["round"] == df["round"].max()) & (c["split"] == "test")]
                 case_frames.append(last.assign(**dict(zip(RUN_KEYS, key, strict=True)))
-                                   [[*RUN_KEYS, "case_id", "group", "dice"]])
+                                   [[*RUN_KEYS, "round", "case_id", "group", "dice"]])
         config = run / "config.json"
         if config.is_file():
             run_settings = json.loads(config.read_text()).get("settings", {})
@@ -242,21 +242,13 @@ def curves(results: Results, metric: str) -> pd.DataFrame:
 def tidy_records(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The finished runs under ``folder/runs/`` as two tidy tables: every round of every run (``rounds.csv``'s
     columns after ``dataset, init, strategy, seed``) and the per-case test Dice of each run's final round
-    (``dataset, init, strategy, seed, round, case_id, group, dice``). Unfinished runs are left out."""
-    folder = Path(folder)
-    rounds, cases = [], []
-    for rounds_csv in sorted(folder.glob("runs/*/*/*/seed-*/rounds.csv")):
-        run = rounds_csv.parent
-        state = run / "state.json"
-        if not state.is_file() or not json.loads(state.read_text()).get("finished"):
-            continue
-        dataset, init, strategy, seed_dir = rounds_csv.parts[-5:-1]
-        key = {"dataset": dataset, "init": init, "strategy": strategy, "seed": int(seed_dir.split("-", 1)[1])}
-        r = pd.read_csv(rounds_csv)
-        rounds.append(r.assign(**key)[[*RUN_KEYS, *r.columns]])
-        c = pd.read_csv(run / "cases.csv")
-        last = c[(c["round"] == r["round"].max()) & (c["split"] == "test")]
-        cases.append(last.assign(**key)[[*RUN_KEYS, "round", "case_id", "group", "dice"]])
-    if not rounds:
+    (``dataset, init, strategy, seed, round, case_id, group, dice``). Unfinished or unreadable runs are left out."""
+    try:
+        results = load_results(folder)
+    except FairalError:
         return pd.DataFrame(columns=RUN_KEYS), pd.DataFrame(columns=[*RUN_KEYS, "round", "case_id", "group", "dice"])
-    return pd.concat(rounds, ignore_index=True), pd.concat(cases, ignore_index=True)
+    r = results.rounds
+    done = r[[tuple(k) in results.finished for k in r[RUN_KEYS].itertuples(index=False, name=None)]]
+    cases = results.cases if results.cases is not None else pd.DataFrame(
+        columns=[*RUN_KEYS, "round", "case_id", "group", "dice"])
+    return done.reset_index(drop=True), cases
