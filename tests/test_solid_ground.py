@@ -284,7 +284,9 @@ def test_stale_partials_of_dead_processes_are_removed(data, tmp_path):
     assert not list(out.glob(f"**/*partial-{dead}*")) and live.exists()
     big = tmp_path / f".dataset.partial-{dead}"
     (big / "images").mkdir(parents=True)
-    assert clean_stale_partials(tmp_path) == [big] and not big.exists()
+    other = tmp_path / f".notes.txt.partial-{dead}"  # in a folder that is not fairal's: only the target's own
+    other.write_text("someone else's")
+    assert clean_stale_partials(tmp_path, "dataset") == [big] and not big.exists() and other.exists()
 
 
 # 12. inputs that make no sense ------------------------------------------------------------------------------------

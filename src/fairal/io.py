@@ -49,16 +49,17 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
-def clean_stale_partials(folder: str | Path) -> list[Path]:
+def clean_stale_partials(folder: str | Path, name: str | None = None) -> list[Path]:
     """Remove the ``.NAME.partial-PID*`` files and folders in ``folder`` whose writing process is dead (a kill -9
-    leaves them behind). Returns what was removed."""
+    leaves them behind); with ``name``, only those of that target (in a folder that is not fairal's own, nothing
+    else is touched). Returns what was removed."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
         m = _PARTIAL.match(entry.name)
-        if not m or pid_alive(int(m["pid"])):
+        if not m or (name is not None and m["name"] != name) or pid_alive(int(m["pid"])):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():
@@ -163,7 +164,7 @@ def publish_folder(out: str | Path, kind: str) -> Iterator[Path]:
     rules (:func:`check_replaceable`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_partials(out.parent)
+    clean_stale_partials(out.parent, out.name)  # the user's folder: only this target's leftovers
     tmp = partial_path(out)
     if tmp.exists():
         shutil.rmtree(tmp)
