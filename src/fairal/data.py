@@ -66,6 +66,34 @@ def read_manifest(data_dir: str | Path, test_per_group: int = 15, seed: int = 0)
     return m
 
 
+@dataclass(frozen=True)
+class Case:
+    """One case, from the manifest (or a lab's CSV) to its weight: its id, its group (``None``: unknown), its split
+    (``test``/``pool`` in a dataset, ``labeled``/``unlabeled`` in own data) and its files (``label`` is ``""`` when
+    it is not segmented yet)."""
+
+    case_id: str
+    group: object
+    split: str
+    image: str
+    label: str
+
+    @property
+    def group_known(self) -> bool:
+        return self.group is not None
+
+
+def case_records(table: pd.DataFrame) -> dict[str, Case]:
+    """The :class:`Case` of every row of a manifest (:func:`read_manifest`) or an own-data table
+    (:func:`fairal.owndata.read_cases`), by case id, in the table's order."""
+    known = table["group_known"] if "group_known" in table.columns else [True] * len(table)
+    split = (table["split"] if "split" in table.columns
+             else np.where(table["labeled"], "labeled", "unlabeled"))
+    return {str(c): Case(str(c), g if k else None, str(sp), str(img), str(lab) if lab else "")
+            for c, g, k, sp, img, lab in zip(table["case_id"], table["group"], known, split, table["image_path"],
+                                              table["label_path"], strict=True)}
+
+
 def data_files(manifest: pd.DataFrame) -> dict:
     """What a run's records depend on in the data: per case its group, split and the size and modification time
     of its image and label files (a replaced file changes them)."""

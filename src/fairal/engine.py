@@ -30,7 +30,7 @@ from fairal.acquisition import (
     strategy_scores,
 )
 from fairal.config import Profile
-from fairal.data import VolumeSet
+from fairal.data import Case, VolumeSet
 from fairal.metrics import dice_from_proba
 from fairal.model import UNet3D
 from fairal.train import TrainConfig, TrainResult, load_checkpoint, predict_mc_dropout, predict_proba, train_model
@@ -128,7 +128,7 @@ def acquisition_round(
     volumes: VolumeSet,
     labeled: Sequence[str],
     candidates: Sequence[str],
-    group_of: Mapping[str, Hashable | None],
+    cases: Mapping[str, Case],
     groups: Sequence[Hashable],
     strategy: Strategy,
     profile: Profile,
@@ -142,7 +142,8 @@ def acquisition_round(
 ) -> Round:
     """The round after training: the Dice of ``model`` on the ``labeled`` cases, the group weights of Eq. 2 over
     ``groups`` (``weigh``: else 1 for every group), each candidate's weight (its group's, or the expected weight
-    from its row of ``p_group`` when its group is ``None``), statistics, score, and the ``k`` cases to annotate.
+    from its row of ``p_group`` when its group is unknown), statistics, score, and the ``k`` cases to annotate.
+    ``cases`` gives every case's record (:class:`fairal.data.Case`) by id.
 
     ``rng`` draws the random scores and stochastic batches (in that order); ``mc_seed`` seeds MC dropout.
     ``weight_dice`` may replace the labeled Dice behind the weights (e.g. cross-validated Dice)."""
@@ -151,7 +152,7 @@ def acquisition_round(
     used_dice = weight_dice(labeled_dice) if weight_dice is not None else labeled_dice
     if weigh:
         temperature = strategy.temperature or profile.temperature
-        weights = group_weights(used_dice, [group_of[c] for c in labeled], list(groups), temperature)
+        weights = group_weights(used_dice, [cases[c].group for c in labeled], list(groups), temperature)
     else:
         weights = {g: 1.0 for g in groups}
     result = Round(labeled_dice, used_dice, weights, list(candidates))
@@ -160,7 +161,7 @@ def acquisition_round(
     cand_rows = volumes.rows(list(candidates))
     result.stats = uncertainty_stats(model, volumes.images[cand_rows], volumes.roi[0].numpy(), profile,
                                      strategy.needs_dropout, seed=mc_seed, keep_proba=keep_proba)
-    result.case_weights = (case_weights([group_of[c] for c in candidates], weights, p_group, list(groups))
+    result.case_weights = (case_weights([cases[c].group for c in candidates], weights, p_group, list(groups))
                            if groups else np.ones(len(candidates)))
     result.scores, result.case_weights = strategy_scores(strategy, result.stats, result.case_weights, rng)
     result.selected = select(strategy, list(candidates), result.scores, k, profile.stochastic_batches, rng)

@@ -20,7 +20,7 @@ import pandas as pd
 from fairal import versions
 from fairal.acquisition import Strategy, parse_strategy
 from fairal.config import Profile
-from fairal.data import VolumeSet, data_files, describe_changes, load_volumes, read_manifest
+from fairal.data import VolumeSet, case_records, data_files, describe_changes, load_volumes, read_manifest
 from fairal.engine import acquisition_round, evaluate, fit
 from fairal.errors import FairalError
 from fairal.io import FolderLock, check_output_folder, clean_stale_partials, write_csv, write_json
@@ -219,16 +219,16 @@ class ActiveLearningRun:
         vol = self.volumes
         test_ids = self.manifest.loc[self.manifest["split"] == "test", "case_id"].tolist()
         pool_ids = self.manifest.loc[self.manifest["split"] == "pool", "case_id"].tolist()
-        group_of = dict(zip(self.manifest["case_id"], self.manifest["group"], strict=True))
+        cases = case_records(self.manifest)
         for rnd in range(start, len(self.sizes)):
-            labeled, finished = self._round(rnd, labeled, records, vol, test_ids, pool_ids, group_of, progress)
+            labeled, finished = self._round(rnd, labeled, records, vol, test_ids, pool_ids, cases, progress)
             if on_round is not None:
                 on_round(rnd)
             if finished:
                 break
         return pd.DataFrame(records["rounds"], columns=self.columns)
 
-    def _round(self, rnd, labeled, records, vol, test_ids, pool_ids, group_of, progress):
+    def _round(self, rnd, labeled, records, vol, test_ids, pool_ids, cases, progress):
         p = self.profile
         rows = vol.rows(labeled)
         previous = self.out / "checkpoints" / f"round-{rnd - 1:02d}.pt"
@@ -244,10 +244,10 @@ class ActiveLearningRun:
         candidates = [] if finished else [c for c in pool_ids if c not in chosen]
         k = min(p.acquire, self.sizes[-1] - len(labeled))
         # Dice on the labeled set gives the group weights (Sec. 3.2); then the pool is scored and the batch chosen.
-        done = acquisition_round(model, vol, labeled, candidates, group_of, self.groups, self.strategy, p, k,
+        done = acquisition_round(model, vol, labeled, candidates, cases, self.groups, self.strategy, p, k,
                                  rng=np.random.default_rng([self.spec.seed, rnd, 5]),
                                  mc_seed=_round_seed(self.spec.seed, rnd))
-        labeled_groups = [group_of[c] for c in labeled]
+        labeled_groups = [cases[c].group for c in labeled]
         row = {"round": rnd, "n_labeled": len(labeled), "dice_all": summary["dice_all"], "delta": summary["delta"],
                "essp": summary["essp"]}
         for g in self.groups:
@@ -257,16 +257,16 @@ class ActiveLearningRun:
         if 1 in self.groups:
             row["g1_ratio"] = row["n_labeled_g1"] / len(labeled)
         records["rounds"].append(row)
-        records["cases"] += [{"round": rnd, "case_id": c, "group": group_of[c], "split": "labeled", "dice": d}
+        records["cases"] += [{"round": rnd, "case_id": c, "group": cases[c].group, "split": "labeled", "dice": d}
                              for c, d in zip(labeled, done.labeled_dice, strict=True)]
-        records["cases"] += [{"round": rnd, "case_id": c, "group": group_of[c], "split": "test", "dice": d}
+        records["cases"] += [{"round": rnd, "case_id": c, "group": cases[c].group, "split": "test", "dice": d}
                              for c, d in zip(test_ids, test_dice, strict=True)]
         next_labeled = labeled
         if not finished:
             chosen = set(done.selected)
             st = done.stats
             records["selections"] += [
-                {"round": rnd, "case_id": c, "group": group_of[c], "entropy": e, "localized_entropy": lo, "bald": b,
+                {"round": rnd, "case_id": c, "group": cases[c].group, "entropy": e, "localized_entropy": lo, "bald": b,
                  "weight": wi, "score": sc, "selected": c in chosen}
                 for c, e, lo, b, wi, sc in zip(candidates, st["entropy"], st["localized_entropy"], st["bald"],
                                                done.case_weights, done.scores, strict=True)]

@@ -23,6 +23,7 @@ import torch
 from fairal import versions
 from fairal.acquisition import parse_strategy
 from fairal.config import Profile
+from fairal.data import case_records
 from fairal.engine import acquisition_round, evaluate, fit, model_factory
 from fairal.errors import FairalError
 from fairal.io import check_replaceable, publish_folder, write_csv, write_json
@@ -196,15 +197,14 @@ def run_query(
 
     # Groups: every group of a case of known group; p(g|x) for the unlabeled cases (one-hot where known).
     order = sorted({g for g in cases.loc[cases["group_known"], "group"]}, key=str)
-    group_of = {c: (g if k else None)
-                for c, g, k in zip(cases["case_id"], cases["group"], cases["group_known"], strict=True)}
+    records_of = case_records(cases)  # one record per case: id, group (None: unknown), split, files
     unlabeled = cases[~cases["labeled"]]  # in unlabeled_ids order
     known_u = unlabeled["group_known"].to_numpy(bool)
     gm = GroupModel("none needed", order, np.zeros((0, len(order))))
     p_group = np.zeros((len(unlabeled_ids), len(order)))
     for i, cid in enumerate(unlabeled_ids):
         if known_u[i]:
-            p_group[i, order.index(group_of[cid])] = 1.0
+            p_group[i, order.index(records_of[cid].group)] = 1.0
     if (~known_u).any() and order:  # with no known group at all there is nothing to weigh (unweighted strategies)
         all_known = cases["group_known"].to_numpy(bool)
         all_groups = np.empty(len(cases), dtype=object)
@@ -218,22 +218,22 @@ def run_query(
     def weight_dice(labeled_dice: list[float]) -> list[float]:
         if group_dice != "cross-validated" or not strat.weighted:
             return labeled_dice
-        lab_groups = [group_of[c] for c in labeled_ids]
+        lab_groups = [records_of[c].group for c in labeled_ids]
         return out_of_fold_dice(vol, rows_l, lab_groups, profile, seed, dropout, progress=progress)
 
     # The round: group weights from the Dice on the labeled cases, scores, the batch; the rest ranked by score.
-    rnd = acquisition_round(model, vol, labeled_ids, unlabeled_ids, group_of, order, strat, profile, budget,
+    rnd = acquisition_round(model, vol, labeled_ids, unlabeled_ids, records_of, order, strat, profile, budget,
                             rng=np.random.default_rng([seed, 7]), mc_seed=seed, weigh=strat.weighted,
                             weight_dice=weight_dice, p_group=p_group, keep_proba=True)
     stats, scores, w, weights = rnd.stats, rnd.scores, rnd.case_weights, rnd.weights
     ranking = rnd.ranking()
     pos = {c: i for i, c in enumerate(unlabeled_ids)}
-    image_of = dict(zip(cases["case_id"], cases["image_path"], strict=True))
+    image_of = {c: r.image for c, r in records_of.items()}
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
     records = []
     for rank, cid in enumerate(ranking, start=1):
         i = pos[cid]
-        rec = {"rank": rank, "case_id": cid, "group": group_of[cid] if known_u[i] else "",
+        rec = {"rank": rank, "case_id": cid, "group": records_of[cid].group if known_u[i] else "",
                "score": float(scores[i]), "entropy": float(stats["localized_entropy"][i]), "weight": float(w[i]),
                "selected": rank <= budget, "image": image_of[cid], "label": "",
                "prediction": f"predictions/{cid}.nii.gz" if rank <= budget else "", "group_known": bool(known_u[i]),
@@ -251,10 +251,14 @@ def run_query(
         from fairal.report.montage import write_montage
 
         top = [pos[c] for c in ranking[:max(1, min(montage_cases, budget))]]  # the cases to annotate
+
+        def rec_group(cid: str) -> str:
+            return "group ?" if records_of[cid].group is None else str(records_of[cid].group)
+
         write_montage(tmp / "montage.png", [vol.images[rows_u[i], 0].numpy() for i in top],
                       [stats["proba"][i] for i in top], [stats["roi"][i] for i in top],
-                      [f"#{r + 1} {unlabeled_ids[i]}\n{group_of[unlabeled_ids[i]] if known_u[i] else 'group ?'}  "
-                       f"score {scores[i]:.3g}" for r, i in enumerate(top)])
+                      [f"#{r + 1} {unlabeled_ids[i]}\n{rec_group(unlabeled_ids[i])}  score {scores[i]:.3g}"
+                       for r, i in enumerate(top)])
         model_meta = {"grid": grid.as_meta(), "features": list(model.features), "dropout": float(model.dropout),
                       "profile": profile.name, "group_by": list(group_by), "n_labeled": n_labeled, "seed": seed}
         save_checkpoint(model, tmp / "model.pt", model_meta)
