@@ -41,7 +41,7 @@ STANDARD_EXTRAS = ("weighted-bald", "stochastic-weighted-localized-entropy", "we
 
 __all__ = ["PAPER_STRATEGIES", "STRATEGIES", "BASES", "Strategy", "parse_strategy", "group_weights", "expected_weights",
            "case_weights",
-           "strategy_scores", "select", "select_top_k", "stochastic_batch", "rank_cases"]
+           "strategy_scores", "select", "select_top_k", "stochastic_batch", "rank_cases", "ranking"]
 
 #: The paper's four, then the ones beyond it that the grid runs by default (any composed name also works).
 STRATEGIES = ALL_STRATEGIES
@@ -292,6 +292,12 @@ def rank_cases(case_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
     """All cases by descending score, ties by case id."""
     order = sorted(range(len(case_ids)), key=lambda i: (-float(scores[i]), str(case_ids[i])))
     return [case_ids[i] for i in order]
+
+
+def ranking(case_ids: Sequence[str], scores: Sequence[float], selected: Sequence[str]) -> list[str]:
+    """Every case: the ``selected`` ones first (in selection order), then the rest by descending score."""
+    chosen = set(selected)
+    return list(selected) + [c for c in rank_cases(case_ids, scores) if c not in chosen]
 
 
 def _check_k(k: int) -> int:

@@ -21,7 +21,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import pandas as pd
 
-from fairal.acquisition import case_weights, parse_strategy, rank_cases, select, strategy_scores
+from fairal.acquisition import case_weights, parse_strategy, ranking, select, strategy_scores
 from fairal.engine import proba_stats
 from fairal.errors import FairalError
 
@@ -73,9 +73,9 @@ def rank_for_annotation(
     rng = np.random.default_rng([seed, 7])
     scores, used = strategy_scores(s, stats, w, rng)
     chosen = select(s, ids, scores, budget, stochastic_batches, rng)
-    ranking = chosen + [c for c in rank_cases(ids, scores) if c not in set(chosen)]
+    order = ranking(ids, scores, chosen)
     at = {c: i for i, c in enumerate(ids)}
     return pd.DataFrame([{"rank": r, "case_id": c, "group": groups[c], "score": float(scores[at[c]]),
                           "localized_entropy": stats["localized_entropy"][at[c]], "weight": float(used[at[c]]),
                           "entropy": stats["entropy"][at[c]], "selected": r <= budget}
-                         for r, c in enumerate(ranking, start=1)])
+                         for r, c in enumerate(order, start=1)])

@@ -24,7 +24,7 @@ from fairal.acquisition import (
     localized_entropy,
     mean_entropy,
     mutual_information,
-    rank_cases,
+    ranking,
     roi_mask,
     select,
     strategy_scores,
@@ -119,8 +119,7 @@ class Round:
 
     def ranking(self) -> list[str]:
         """Every candidate: the selected ones first (in selection order), then the rest by score."""
-        chosen = set(self.selected)
-        return self.selected + [c for c in rank_cases(self.candidates, self.scores) if c not in chosen]
+        return ranking(self.candidates, self.scores, self.selected)
 
 
 def acquisition_round(

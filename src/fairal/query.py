@@ -228,14 +228,13 @@ def run_query(
     stats, scores, w, weights = rnd.stats, rnd.scores, rnd.case_weights, rnd.weights
     ranking = rnd.ranking()
     pos = {c: i for i, c in enumerate(unlabeled_ids)}
-    image_of = {c: r.image for c, r in records_of.items()}
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
     records = []
     for rank, cid in enumerate(ranking, start=1):
         i = pos[cid]
         rec = {"rank": rank, "case_id": cid, "group": records_of[cid].group if known_u[i] else "",
                "score": float(scores[i]), "entropy": float(stats["localized_entropy"][i]), "weight": float(w[i]),
-               "selected": rank <= budget, "image": image_of[cid], "label": "",
+               "selected": rank <= budget, "image": records_of[cid].image, "label": "",
                "prediction": f"predictions/{cid}.nii.gz" if rank <= budget else "", "group_known": bool(known_u[i]),
                "mean_entropy": float(stats["entropy"][i]), "bald": float(stats["bald"][i]),
                "predicted_ml": stats["predicted_voxels"][i] * voxel_ml, "roi_source": stats["roi_source"][i]}
@@ -262,7 +261,7 @@ def run_query(
         model_meta = {"grid": grid.as_meta(), "features": list(model.features), "dropout": float(model.dropout),
                       "profile": profile.name, "group_by": list(group_by), "n_labeled": n_labeled, "seed": seed}
         save_checkpoint(model, tmp / "model.pt", model_meta)
-        write_handoff(tmp, [(c, image_of[c], stats["proba"][pos[c]]) for c in ranking[:budget]], grid,
+        write_handoff(tmp, [(c, records_of[c].image, stats["proba"][pos[c]]) for c in ranking[:budget]], grid,
                       label_value)
         lab_table = cases.loc[cases["labeled"], ["case_id", "group"]].assign(dice=rnd.weight_dice)
         write_json(tmp / "query.json", {
