@@ -65,7 +65,7 @@ def ensure_dataset(out: Path, name: str, scale: float, jobs: int, profile: str) 
 
 
 def tasks(out: Path, parts: list[str], seeds: int, baseline_seeds: int, ablation_seeds: int, scales: list[float],
-          ablation_inits: list[str], profile: str = "standard") -> list[dict]:
+          ablation_inits: list[str], profile: str = "standard", ablations: list[str] | None = None) -> list[dict]:
     from fairal.config import PAPER_STRATEGIES, STANDARD_EXTRAS
 
     todo = []
@@ -81,6 +81,8 @@ def tasks(out: Path, parts: list[str], seeds: int, baseline_seeds: int, ablation
         elif part == "ablations":
             for s in range(ablation_seeds):
                 for variant, (overrides, strategies) in ABLATIONS.items():
+                    if ablations and variant not in ablations:
+                        continue
                     todo += [{"kind": "run", "data": str(_data(out, 1) / "strong"), "init": i, "strategy": st,
                               "seed": s, "overrides": overrides, "profile": profile,
                               "out": str(out / "ablations" / variant / "runs" / "strong" / i / st / f"seed-{s}")}
@@ -125,11 +127,11 @@ def run_task(task: dict) -> dict:
     return {**task, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def execute(todo: list[dict], jobs: int, deadline: float | None, grace: float, log) -> None:
+def execute(todo: list[dict], jobs: int, deadline: float | None, grace: float, log, threads: int | None = None) -> None:
     import multiprocessing
 
     t0 = time.monotonic()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")
     queue = list(todo)
     pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid()))
@@ -241,14 +243,20 @@ def main() -> None:
     ap.add_argument("--baseline-seeds", type=int, default=5)
     ap.add_argument("--ablation-seeds", type=int, default=3)
     ap.add_argument("--ablation-inits", default="balanced")
+    ap.add_argument("--ablations", default="", help=f"variants to run (default all): {', '.join(ABLATIONS)}")
     ap.add_argument("--scales", default="0.5,2")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / jobs)")
     ap.add_argument("--deadline", type=float, default=None)
     ap.add_argument("--grace", type=float, default=60.0)
     ap.add_argument("--export", type=Path, default=None)
     args = ap.parse_args()
     scales = [float(s) for s in args.scales.split(",") if s]
     parts = [p for p in args.parts.split(",") if p]
+    ablations = [a for a in args.ablations.split(",") if a]
+    unknown = sorted(set(ablations) - set(ABLATIONS))
+    if unknown:
+        raise SystemExit(f"unknown ablations {', '.join(unknown)}; ablations: {', '.join(ABLATIONS)}")
     log_file = (args.out / "evidence.log")
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -264,10 +272,10 @@ def main() -> None:
                 ensure_dataset(args.out, d, scale, jobs=0, profile=args.profile)
                 log(f"{time.monotonic() - t0:7.1f}s dataset {d} x{scale:g}")
         todo = tasks(args.out, parts, args.seeds, args.baseline_seeds, args.ablation_seeds, scales,
-                     [i for i in args.ablation_inits.split(",") if i], args.profile)
+                     [i for i in args.ablation_inits.split(",") if i], args.profile, ablations)
         log(f"{len(todo)} tasks")
         deadline = None if args.deadline is None else max(args.deadline - (time.monotonic() - t0), 0.0)
-        execute(todo, args.jobs, deadline, args.grace, log)
+        execute(todo, args.jobs, deadline, args.grace, log, args.threads)
     if args.export is not None:
         export(args.out, args.export, scales, args.profile)
         log(f"tidy tables in {args.export}")
