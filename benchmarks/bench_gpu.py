@@ -84,12 +84,12 @@ def main() -> None:
         for m in _members(n, shape, args.batch, steps, args.device, bf16):
             train_model(m.images, m.labels, m.config, m.factory)
 
-    def packed(bf16: bool) -> None:
-        train_packed(_members(n, shape, args.batch, steps, args.device, "off"), bf16=bf16)
+    def packed(bf16: str) -> None:
+        train_packed(_members(n, shape, args.batch, steps, args.device, bf16))
 
-    cases = [("single fp32", lambda: single("off")), ("packed fp32", lambda: packed(False))]
+    cases = [("single fp32", lambda: single("off")), ("packed fp32", lambda: packed("off"))]
     if gpu:
-        cases.append(("packed bf16", lambda: packed(True)))
+        cases.append(("packed bf16", lambda: packed("on")))
     else:
         cases.append(("single bf16 (CPU autocast)", lambda: single("on")))
     for name, fn in cases:

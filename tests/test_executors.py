@@ -11,9 +11,12 @@ from fairal.config import get_profile
 from fairal.errors import FairalError
 from fairal.experiments import reproduce
 
+from .records import same_records
+
 # The smoke profile, cut to two rounds, very short trainings and three strategies (one of the paper's, one with
 # MC-dropout draws, one with random candidate batches): the records, not the numbers, are under test.
-TINY = {"final_size": "14", "steps": "4", "round_steps": "2", "cohort_size": "4",
+# fp32 (bf16=off): the lockstep grid is compared with it within float tolerance.
+TINY = {"final_size": "14", "steps": "4", "round_steps": "2", "cohort_size": "4", "bf16": "off",
         "strategies": "entropy,weighted-bald,stochastic-weighted-localized-entropy"}
 RECORDS = ("rounds.csv", "cases.csv", "selections.csv")
 
@@ -39,6 +42,17 @@ def test_local_grid_is_complete(local_grid):
     records = _records(local_grid)
     assert len(records) == 3 * 18  # 2 datasets x 3 initial sets x 3 strategies, three files each
     assert (local_grid / "baseline" / "weak" / "baseline_table.csv").is_file()
+
+
+def test_lockstep_grid_equals_local(local_grid, tmp_path):
+    out = _with_data(local_grid, tmp_path, "lockstep")
+    reproduce(out, get_profile("smoke", TINY), jobs=2, progress=False, pack="on")
+    runs = sorted(p.parent for p in local_grid.glob("runs/*/*/*/seed-*/rounds.csv"))
+    assert len(runs) == 18
+    for run in runs:  # 2 tasks (one per dataset) of 9 runs: 6 trained in lockstep, the 3 weighted-bald ones alone
+        same_records(run, out / run.relative_to(local_grid))
+    state = (out / "runs/strong/balanced/entropy/seed-0/state.json").read_text()
+    assert '"finished": true' in state
 
 
 # Loaded by every new Python process (Ray's workers) through PYTHONPATH: the first run to finish a round kills its
@@ -95,3 +109,29 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(FairalError, match=r"needs Ray: pip install 'fairal\[ray\]'"):
         reproduce(tmp_path, get_profile("smoke"), executor="ray", progress=False)
+
+
+def test_lockstep_groups_are_one_dataset_and_seed():
+    from fairal.experiments import lockstep_groups
+
+    runs = [{"data_dir": d, "seed": s, "strategy": st} for d in ("strong", "weak") for s in (0, 1) for st in "xyz"]
+    groups = lockstep_groups(runs, 0)
+    assert [len(g) for g in groups] == [3] * 4
+    assert all(len({(r["data_dir"], r["seed"]) for r in g}) == 1 for g in groups)
+    assert [len(g) for g in lockstep_groups(runs, 2)] == [2, 1] * 4
+    assert [len(g) for g in lockstep_groups(runs, 1)] == [1] * 12
+
+
+def test_packing_is_for_gpus_and_its_settings_are_checked(tmp_path):
+    from fairal.experiments import _trains_on_gpu
+
+    smoke = get_profile("smoke")
+    cuda = __import__("torch").cuda.is_available()
+    assert _trains_on_gpu(smoke, "local", 0.0) is cuda  # device=auto: a GPU only if this process has one
+    assert _trains_on_gpu(smoke, "ray", 0.5)  # Ray tasks given GPUs train there
+    assert not _trains_on_gpu(get_profile("smoke", {"device": "cpu"}), "ray", 0.5)
+    with pytest.raises(FairalError, match="--pack must be auto, on or off"):
+        reproduce(tmp_path / "a", smoke, pack="yes", progress=False)
+    with pytest.raises(FairalError, match="--pack-size must be a whole number"):
+        reproduce(tmp_path / "b", smoke, pack_size=-1, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written

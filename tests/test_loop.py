@@ -85,7 +85,7 @@ def test_kill_and_resume_gives_identical_records(tiny_dataset, tmp_path, monkeyp
         ActiveLearningRun(spec, tmp_path / "resumed").run(on_round=kill_after_round_1)
     assert pd.read_csv(tmp_path / "resumed" / "rounds.csv")["round"].tolist() == [0, 1]
     # a kill in the middle of round 2's training
-    import fairal.engine as loop_mod  # training happens in the round engine
+    import fairal.loop as loop_mod  # the run trains its rounds (train_model) itself
 
     real = loop_mod.train_model
 

@@ -224,6 +224,17 @@ def test_resolve_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
         train_mod.bf16_native.cache_clear()
         assert resolve_bf16("auto") is True
     train_mod.bf16_native.cache_clear()
+    # on CUDA, "auto" asks the GPU (compute capability >= 8 has bf16), not the CPU's flags
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_bf16("auto", "cuda") is False and resolve_bf16("on", "cuda") is True
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_bf16("auto", torch.device("cuda", 0)) is True
+    from fairal.config import get_profile
+
+    assert get_profile("smoke", {"bf16": "off"}).train_config(0).bf16 == "off"
+    with pytest.raises(FairalError, match="setting bf16 must be auto, on or off"):
+        get_profile("smoke", {"bf16": "maybe"})
 
 
 def test_predict_proba_streams_per_case_maps() -> None:

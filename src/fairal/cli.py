@@ -244,6 +244,10 @@ def reproduce(
     strategies: Annotated[
         str | None, typer.Option(help="Comma-separated strategies of the grid (default: the profile's).")
     ] = None,
+    pack: Annotated[str, typer.Option(help="Train the runs of one dataset and seed in lockstep as one task: auto "
+                                      "(when they train on a GPU), on or off.")] = "auto",
+    pack_size: Annotated[int, typer.Option(help="At most this many runs per lockstep task (0: all of a dataset "
+                                           "and seed).")] = 0,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -256,7 +260,7 @@ def reproduce(
         overrides["strategies"] = strategies
     prof = get_profile(profile, overrides)
     run_grid(out, prof, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor, address=address,
-             cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
+             cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack, pack_size=pack_size)
     import pandas as pd
 
     from fairal.report import build_report

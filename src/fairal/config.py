@@ -47,6 +47,7 @@ class Profile:
     # training
     lr: float = 1e-4
     device: str = "auto"  # auto: a GPU if this process has one, else the CPU
+    bf16: str = "auto"  # bfloat16 autocast: auto (a CUDA GPU with bf16, a CPU with AMX), on, off
     steps: int = 300
     epochs: int | None = None  # if set, replaces steps: ceil(epochs * n / batch_size)
     batch_size: int = 4
@@ -110,6 +111,8 @@ class Profile:
                               f"in steps of {self.acquire}")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(self.device))):
             raise FairalError(f"setting device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise FairalError(f"setting bf16 must be auto, on or off, got {self.bf16!r}")
         if not self.strategies:
             raise FairalError("setting strategies must name at least one strategy")
         for name in self.strategies:
@@ -126,7 +129,7 @@ class Profile:
         elif rnd is not None and rnd > 0 and self.warm_start:
             steps, epochs = self.round_steps, None
         return TrainConfig(lr=self.lr, steps=steps, epochs=epochs, batch_size=self.batch_size, seed=seed,
-                           num_threads=num_threads, device=self.device)
+                           num_threads=num_threads, device=self.device, bf16=self.bf16)
 
     def with_overrides(self, overrides: dict[str, str]) -> Profile:
         """A copy with settings replaced from ``key=value`` strings, each converted to the field's type."""

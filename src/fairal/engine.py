@@ -33,6 +33,7 @@ from fairal.config import Profile
 from fairal.data import Case, VolumeSet
 from fairal.metrics import dice_from_proba
 from fairal.model import UNet3D
+from fairal.packed import Member
 from fairal.train import TrainConfig, TrainResult, load_checkpoint, predict_mc_dropout, predict_proba, train_model
 
 
@@ -52,12 +53,21 @@ def model_factory(profile: Profile, volumes: VolumeSet, train_rows: list[int], d
     return build
 
 
+def training_member(profile: Profile, volumes: VolumeSet, rows: list[int], config: TrainConfig, strategy: Strategy,
+                    warm_from: str | Path | None = None) -> Member:
+    """What training the profile's U-Net on the cases at ``rows`` needs (with dropout when the strategy samples
+    it): the cases, the settings and the model factory, for :func:`fairal.train.train_model` or, with other runs
+    in lockstep, :func:`fairal.packed.train_packed`."""
+    dropout = profile.mc_dropout if strategy.needs_dropout else 0.0
+    factory = model_factory(profile, volumes, rows, dropout=dropout, warm_from=warm_from)
+    return Member(volumes.images[rows], volumes.labels[rows], config, factory)
+
+
 def fit(profile: Profile, volumes: VolumeSet, rows: list[int], config: TrainConfig, strategy: Strategy,
         warm_from: str | Path | None = None, progress: bool = False) -> TrainResult:
     """Train the profile's U-Net on the cases at ``rows`` (with dropout when the strategy samples it)."""
-    dropout = profile.mc_dropout if strategy.needs_dropout else 0.0
-    factory = model_factory(profile, volumes, rows, dropout=dropout, warm_from=warm_from)
-    return train_model(volumes.images[rows], volumes.labels[rows], config, factory, progress=progress)
+    m = training_member(profile, volumes, rows, config, strategy, warm_from)
+    return train_model(m.images, m.labels, m.config, m.factory, progress=progress)
 
 
 def evaluate(model: torch.nn.Module, volumes: VolumeSet, rows: list[int], batch_size: int = 8) -> list[float]:

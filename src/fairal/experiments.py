@@ -141,7 +141,7 @@ def grid(seeds: int, strategies: tuple[str, ...] | list[str]) -> list[tuple[str,
 def reproduce(
     out: str | Path, profile: Profile, seeds: int | None = None, jobs: int = 0, progress: bool = True,
     executor: str = "local", address: str | None = None, cpus_per_task: int = 1, gpus_per_task: float = 0.0,
-    max_retries: int = 3,
+    max_retries: int = 3, pack: str = "auto", pack_size: int = 0,
 ) -> None:
     """The whole paper experiment: both datasets, their baselines, and the grid 2 datasets x 3 initial sets x
     the profile's strategies (the paper's 4, and more at ``smoke``/``standard``) x seeds, skipping finished work.
@@ -153,9 +153,18 @@ def reproduce(
     ``gpus_per_task`` may be fractional (the U-Net is tiny: 0.25 runs four tasks per GPU); with the profile's
     ``device=auto`` a task then trains on the GPU that Ray gives it. The results folder is locked while the grid
     runs: a second ``reproduce`` into it is refused.
+
+    ``pack``: the unfinished runs of one dataset and seed (the same schedule: the same number of steps at every
+    round) become one task that trains them in lockstep on one device (:func:`fairal.loop.run_lockstep`), at most
+    ``pack_size`` runs a task (0: all of them). ``"auto"`` packs when the runs train on a GPU (the profile's
+    device resolves to CUDA here, or Ray tasks get GPUs); on a CPU packing is slower than a process per core.
     """
     if executor not in ("local", "ray"):
         raise FairalError(f"--executor must be local or ray, got {executor!r}")
+    if pack not in ("auto", "on", "off"):
+        raise FairalError(f"--pack must be auto, on or off, got {pack!r}")
+    if isinstance(pack_size, bool) or not isinstance(pack_size, int) or pack_size < 0:
+        raise FairalError(f"--pack-size must be a whole number >= 0 (0: no limit), got {pack_size!r}")
     if executor == "ray":
         try:
             import ray  # noqa: F401
@@ -163,11 +172,32 @@ def reproduce(
             raise FairalError("--executor ray needs Ray: pip install 'fairal[ray]'") from err
     out = check_output_folder(out, "the results folder")
     with FolderLock(out, "fairal reproduce"):
-        _reproduce(out, profile, seeds, jobs, progress, executor, address, cpus_per_task, gpus_per_task, max_retries)
+        packed = pack == "on" or (pack == "auto" and _trains_on_gpu(profile, executor, gpus_per_task))
+        _reproduce(out, profile, seeds, jobs, progress, executor, address, cpus_per_task, gpus_per_task, max_retries,
+                   pack_size if packed else 1)
+
+
+def _trains_on_gpu(profile: Profile, executor: str, gpus_per_task: float) -> bool:
+    """Whether the grid's runs train on a GPU: the profile's device is CUDA here, or Ray tasks are given GPUs."""
+    from fairal.train import resolve_device
+
+    if profile.device == "cpu":
+        return False
+    return resolve_device(profile.device).type == "cuda" or (executor == "ray" and gpus_per_task > 0)
+
+
+def lockstep_groups(runs: list[dict], pack_size: int) -> list[list[dict]]:
+    """The runs (dicts with data_dir, seed, ...) in groups of one dataset and seed, at most ``pack_size`` a group
+    (0: no limit; 1: every run alone), in the order given."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["data_dir"], r["seed"]), []).append(r)
+    size = pack_size or max((len(g) for g in groups.values()), default=1)
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
 def _reproduce(out: Path, profile: Profile, seeds, jobs, progress, executor, address, cpus_per_task, gpus_per_task,
-               max_retries) -> None:
+               max_retries, pack_size: int = 1) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fairal.loop import ActiveLearningRun, RunSpec, schedule
@@ -184,13 +214,23 @@ def _reproduce(out: Path, profile: Profile, seeds, jobs, progress, executor, add
         base_out = out / "baseline" / name
         if not (base_out / "baseline_table.csv").is_file():
             tasks.append({"kind": "baseline", "data_dir": str(path), "out": str(base_out), "profile": profile})
+    unfinished = []
     for name, init, strategy, seed in runs:
         target = run_dir(out, name, init, strategy, seed)
         run = ActiveLearningRun(RunSpec(str(data[name]), strategy, init, seed, profile), target,
                                 manifest=manifests[name])
         if not run.is_finished():
-            tasks.append({"kind": "run", "data_dir": str(data[name]), "out": str(target), "profile": profile,
-                          "init": init, "strategy": strategy, "seed": seed})
+            unfinished.append({"kind": "run", "data_dir": str(data[name]), "out": str(target), "profile": profile,
+                               "init": init, "strategy": strategy, "seed": seed})
+    for group in lockstep_groups(unfinished, pack_size):
+        if len(group) == 1:
+            tasks += group
+        else:
+            where = Path(group[0]["out"]).parents[2]
+            tasks.append({"kind": "lockstep", "data_dir": group[0]["data_dir"], "profile": profile, "runs": group,
+                          "out": f"{where}/*/*/seed-{group[0]['seed']} ({len(group)} runs in lockstep)"})
+    if pack_size != 1 and executor == "local" and not jobs:
+        jobs = 1  # one process drives the GPU; --jobs N runs N lockstep groups side by side
     total = len(DATASETS) + len(runs) * n_rounds
     columns = (TextColumn("grid (baselines + rounds)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress) as bar:
@@ -283,7 +323,8 @@ def _ray_task(task: dict, threads: int) -> dict:
 
 
 def _grid_task(task: dict) -> dict:
-    """One unit of the grid in a worker process: a dataset's baselines or one AL run."""
+    """One unit of the grid in a worker process: a dataset's baselines, one AL run, or a group of AL runs of one
+    dataset and seed in lockstep."""
     import warnings
 
     from fairal.loop import ActiveLearningRun, RunSpec
@@ -292,6 +333,17 @@ def _grid_task(task: dict) -> dict:
     profile: Profile = task["profile"]
     if task["kind"] == "baseline":
         run_baseline(task["data_dir"], task["out"], profile, seed=0, progress=False)
+    elif task["kind"] == "lockstep":
+        from fairal.loop import run_lockstep
+
+        manifest = read_manifest(task["data_dir"], test_per_group=profile.test_per_group)
+        volumes = load_volumes(task["data_dir"], manifest, crop_margin=profile.crop_margin,
+                               downsample=profile.downsample)
+        runs = [ActiveLearningRun(RunSpec(task["data_dir"], r["strategy"], r["init"], r["seed"], profile), r["out"],
+                                  volumes=volumes, manifest=manifest) for r in task["runs"]]
+        failures = run_lockstep(runs)
+        if failures:
+            raise FairalError("; ".join(f"{r.out}: {err}" for r, err in failures))
     else:
         spec = RunSpec(task["data_dir"], task["strategy"], task["init"], task["seed"], profile)
         ActiveLearningRun(spec, task["out"]).run()

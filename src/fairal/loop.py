@@ -21,12 +21,13 @@ from fairal import versions
 from fairal.acquisition import Strategy, parse_strategy
 from fairal.config import Profile
 from fairal.data import VolumeSet, case_records, data_files, describe_changes, load_volumes, read_manifest
-from fairal.engine import acquisition_round, evaluate, fit
+from fairal.engine import acquisition_round, evaluate, training_member
 from fairal.errors import FairalError
 from fairal.io import FolderLock, check_output_folder, clean_stale_partials, write_csv, write_json
 from fairal.metrics import fairness_summary
+from fairal.packed import Member, train_packed
 from fairal.sampling import draw_per_group, split_evenly
-from fairal.train import describe_device, save_checkpoint
+from fairal.train import TrainResult, describe_device, resolve_bf16, resolve_device, save_checkpoint, train_model
 
 #: Initial labeled sets: ``balanced`` splits evenly over the groups (the paper: 5 + 5); ``gX-heavy`` gives group X
 #: 80% and splits the rest evenly over the others (the paper: 8 + 2 and 2 + 8).
@@ -150,6 +151,9 @@ class ActiveLearningRun:
         self.columns = round_columns(self.groups)
         initial_counts(self.groups, spec.init, self.profile.init_size)  # an init that names no group fails here
         self._volumes = volumes
+        self._rnd: int | None = None
+        self._records: dict | None = None
+        self._labeled: list[str] = []
 
     # -- state ------------------------------------------------------------------------------------------------
 
@@ -190,12 +194,24 @@ class ActiveLearningRun:
         """Run (or continue) to the final budget. Returns ``rounds.csv`` as a table. The run folder is locked
         while the run writes it: a second process on the same folder is refused."""
         with FolderLock(self.out, f"fairal run {self.spec.strategy.name}"):
-            return self._run(progress, on_round)
+            self.start()
+            while self.next_round is not None:
+                rnd = self.next_round
+                m = self.training()
+                self.finish_round(train_model(m.images, m.labels, m.config, m.factory, progress=progress))
+                if on_round is not None:
+                    on_round(rnd)
+            return self.table()
 
-    def _run(self, progress: bool, on_round) -> pd.DataFrame:
+    # -- one round at a time (``run``, and lockstep groups of runs: :func:`run_lockstep`) -------------------------
+
+    def start(self) -> None:
+        """Read the run's state (or begin it: ``data.json``, ``config.json``, the initial set); afterwards
+        :attr:`next_round` is the round to do, None when the run is finished. The caller holds the folder's lock."""
         state = self._load_state()
+        self._rnd, self._records = None, None
         if state and state.get("finished"):
-            return pd.read_csv(self.out / "rounds.csv")
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         clean_stale_partials(self.out)
         clean_stale_partials(self.out / "checkpoints")
@@ -203,38 +219,53 @@ class ActiveLearningRun:
             write_json(self.out / "data.json", data_files(self.manifest))
             write_json(self.out / "config.json",
                        {"settings": self.spec.settings(), "versions": versions(), "schedule": self.sizes,
-                        "device": describe_device(self.profile.device)})
-            records = {"rounds": [], "cases": [], "selections": []}
-            labeled = initial_set(self.manifest, self.spec.init, self.profile.init_size, self.spec.seed)
-            start = 0
+                        "device": describe_device(self.profile.device),
+                        "bf16": resolve_bf16(self.profile.bf16, resolve_device(self.profile.device))})
+            self._records = {"rounds": [], "cases": [], "selections": []}
+            self._labeled = initial_set(self.manifest, self.spec.init, self.profile.init_size, self.spec.seed)
+            self._rnd = 0
         else:
             done = int(state["completed_round"])
-            records = {
+            self._records = {
                 "rounds": pd.read_csv(self.out / "rounds.csv").query("round <= @done").to_dict("records"),
                 "cases": pd.read_csv(self.out / "cases.csv").query("round <= @done").to_dict("records"),
                 "selections": pd.read_csv(self.out / "selections.csv").query("round <= @done").to_dict("records"),
             }
-            labeled = list(state["next_labeled"])
-            start = done + 1
+            self._labeled = list(state["next_labeled"])
+            self._rnd = done + 1 if done + 1 < len(self.sizes) else None
+
+    @property
+    def next_round(self) -> int | None:
+        """The round that :meth:`training` and :meth:`finish_round` do next; None when the run is finished."""
+        return self._rnd
+
+    def training(self) -> Member:
+        """The next round's training: the labeled cases, the round's settings (seed, steps) and the model factory
+        (warm-started from the last round's checkpoint if the profile says so)."""
+        p, rnd = self.profile, self._rnd
+        previous = self.out / "checkpoints" / f"round-{rnd - 1:02d}.pt"
+        warm = previous if p.warm_start and rnd > 0 else None
+        return training_member(p, self.volumes, self.volumes.rows(self._labeled),
+                               p.train_config(_round_seed(self.spec.seed, rnd), rnd), self.strategy, warm_from=warm)
+
+    def finish_round(self, result: TrainResult) -> None:
+        """The rest of the round with the model trained on :meth:`training`: evaluate, acquire, write the records,
+        the checkpoint and the state; then :attr:`next_round` moves on."""
         vol = self.volumes
         test_ids = self.manifest.loc[self.manifest["split"] == "test", "case_id"].tolist()
         pool_ids = self.manifest.loc[self.manifest["split"] == "pool", "case_id"].tolist()
-        cases = case_records(self.manifest)
-        for rnd in range(start, len(self.sizes)):
-            labeled, finished = self._round(rnd, labeled, records, vol, test_ids, pool_ids, cases, progress)
-            if on_round is not None:
-                on_round(rnd)
-            if finished:
-                break
-        return pd.DataFrame(records["rounds"], columns=self.columns)
+        self._labeled, finished = self._round(self._rnd, result, self._labeled, self._records, vol, test_ids,
+                                              pool_ids, case_records(self.manifest))
+        self._rnd = None if finished else self._rnd + 1
 
-    def _round(self, rnd, labeled, records, vol, test_ids, pool_ids, cases, progress):
+    def table(self) -> pd.DataFrame:
+        """``rounds.csv`` as a table."""
+        if self._records is None:  # finished before this process started it
+            return pd.read_csv(self.out / "rounds.csv")
+        return pd.DataFrame(self._records["rounds"], columns=self.columns)
+
+    def _round(self, rnd, result, labeled, records, vol, test_ids, pool_ids, cases):
         p = self.profile
-        rows = vol.rows(labeled)
-        previous = self.out / "checkpoints" / f"round-{rnd - 1:02d}.pt"
-        warm = previous if p.warm_start and rnd > 0 else None
-        result = fit(p, vol, rows, p.train_config(_round_seed(self.spec.seed, rnd), rnd), self.strategy,
-                     warm_from=warm, progress=progress)
         model = result.model
         test_rows = vol.rows(test_ids)
         test_dice = evaluate(model, vol, test_rows, batch_size=8)
@@ -285,3 +316,83 @@ class ActiveLearningRun:
             if old.name != f"round-{rnd:02d}.pt":
                 old.unlink(missing_ok=True)
         return next_labeled, finished
+
+
+def run_lockstep(runs: list[ActiveLearningRun], progress: bool = False, on_round=None) -> list[tuple]:
+    """Run (or continue) several runs of one dataset, training each round of theirs together
+    (:func:`fairal.packed.train_packed`) where they are in lockstep: the runs at the earliest unfinished round
+    whose trainings agree in steps, learning rate, batch size, device and precision train as one group; a run whose
+    strategy samples MC dropout trains alone (its dropout draws are its own), and so does a group of one. Each run
+    evaluates, acquires and writes its records itself, so the records are the single runs' (within float
+    tolerance) and a run resumes after its last complete round as alone. Runs that are rounds apart (resumed from
+    different points) catch up first.
+
+    Every run folder is locked for the whole call. Returns ``(run, error)`` for each run that failed (the others
+    went on); ``on_round(run, round)`` after each finished round.
+    """
+    import contextlib
+
+    failures: list[tuple] = []
+    with contextlib.ExitStack() as locks:
+        for r in runs:
+            locks.enter_context(FolderLock(r.out, f"fairal lockstep {r.spec.strategy.name}"))
+        active = []
+        for r in runs:
+            try:
+                r.start()
+                active.append(r)
+            except Exception as err:  # noqa: BLE001  (one broken run must not stop the group)
+                failures.append((r, err))
+        while True:
+            active = [r for r in active if r.next_round is not None]
+            if not active:
+                return failures
+            rnd = min(r.next_round for r in active)
+            group = [r for r in active if r.next_round == rnd]
+            trainings = {}
+            for r in group:
+                try:
+                    trainings[r] = r.training()
+                except Exception as err:  # noqa: BLE001
+                    failures.append((r, err))
+            results = _train_lockstep(trainings, progress)
+            for r, result in results.items():
+                try:
+                    if isinstance(result, Exception):
+                        raise result
+                    r.finish_round(result)
+                    if on_round is not None:
+                        on_round(r, rnd)
+                except Exception as err:  # noqa: BLE001
+                    failures.append((r, err))
+            broken = {id(r) for r, _ in failures}
+            active = [r for r in active if id(r) not in broken]
+
+
+def _train_lockstep(trainings: dict, progress: bool) -> dict:
+    """Train each run's member: the packable ones that agree on the lockstep settings together, the rest alone."""
+    alone, packs = [], {}
+    for r, m in trainings.items():
+        c = m.config
+        if r.strategy.needs_dropout:
+            alone.append(r)
+        else:
+            key = (c.total_steps(len(m.images)), c.lr, c.batch_size, c.device, c.bf16, tuple(m.images.shape[1:]))
+            packs.setdefault(key, []).append(r)
+    results: dict = {}
+    for members in packs.values():
+        if len(members) == 1:
+            alone += members
+            continue
+        try:
+            trained = train_packed([trainings[r] for r in members])
+        except Exception as err:  # noqa: BLE001  (each member then reports the group's error)
+            trained = [err] * len(members)
+        results.update(zip(members, trained, strict=True))
+    for r in alone:
+        m = trainings[r]
+        try:
+            results[r] = train_model(m.images, m.labels, m.config, m.factory, progress=progress)
+        except Exception as err:  # noqa: BLE001
+            results[r] = err
+    return {r: results[r] for r in trainings if r in results}

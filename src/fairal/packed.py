@@ -14,7 +14,6 @@ On a CPU packing is slower than training the members one after another (measured
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -28,9 +27,11 @@ from fairal.errors import FairalError
 from fairal.train import (
     TrainConfig,
     TrainResult,
-    _batch_indices,
+    _autocast,
     _check_training_data,
     _training_dice,
+    batch_schedule,
+    resolve_bf16,
     resolve_device,
     train_model,
 )
@@ -53,8 +54,8 @@ def _check_group(members: list[Member]) -> None:
     for m in members:
         _check_training_data(m.images, m.labels)
         c, c0 = m.config, first.config
-        if (c.lr, c.batch_size, c.device) != (c0.lr, c0.batch_size, c0.device):
-            raise FairalError("packed members must share lr, batch size and device")
+        if (c.lr, c.batch_size, c.device, c.bf16) != (c0.lr, c0.batch_size, c0.device, c0.bf16):
+            raise FairalError("packed members must share lr, batch size, device and bf16")
         if c.total_steps(len(m.images)) != c0.total_steps(len(first.images)):
             raise FairalError("packed members must train the same number of steps (lockstep)")
         if m.images.shape[1:] != first.images.shape[1:]:
@@ -62,21 +63,25 @@ def _check_group(members: list[Member]) -> None:
                               f"{tuple(first.images.shape[1:])}")
 
 
-def train_packed(members: list[Member], bf16: bool = False) -> list[TrainResult]:
+def train_packed(members: list[Member]) -> list[TrainResult]:
     """Train every member as :func:`fairal.train.train_model` would (same initial weights from its seed, same
-    batches, Adam, BCE with logits, collapse guard), all at once. ``bf16``: autocast the forward pass to bfloat16
-    on a GPU (the loss stays float32)."""
+    batches, Adam, BCE with logits, bf16 autocast as its ``config.bf16`` resolves on the device, collapse guard),
+    all at once."""
     from torch.func import functional_call, stack_module_state, vmap
 
     _check_group(members)
     start = time.perf_counter()
     cfg0 = members[0].config
     device = resolve_device(cfg0.device)
+    bf16 = resolve_bf16(cfg0.bf16, device)
     steps = cfg0.total_steps(len(members[0].images))
     models = []
     for m in members:
         torch.manual_seed(m.config.seed)
-        models.append(m.factory().to(device).train())
+        model = m.factory()
+        if not isinstance(model, nn.Module):
+            raise FairalError(f"model_factory must return a torch.nn.Module, got {type(model).__name__}")
+        models.append(model.to(device).train())
     params, buffers = stack_module_state(models)
     template = copy.deepcopy(models[0]).to("meta")
 
@@ -85,32 +90,31 @@ def train_packed(members: list[Member], bf16: bool = False) -> list[TrainResult]
 
     batched = vmap(forward)
     optimizer = torch.optim.Adam(params.values(), lr=cfg0.lr)
-    images = [m.images.to(device, torch.float32) for m in members]  # resident on the device for the whole run
+    # Data and every step's batch indices are resident on the device for the whole run; no step reads from or
+    # waits for the host (the losses are read once, at the end).
+    images = [m.images.to(device, torch.float32) for m in members]
     labels = [m.labels.to(device, torch.float32) for m in members]
-    batches = [_batch_indices(len(m.images), m.config.batch_size, steps,
-                              torch.Generator().manual_seed(m.config.seed)) for m in members]
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
+    schedules = [batch_schedule(len(m.images), m.config.batch_size, steps, m.config.seed).to(device)
+                 for m in members]
     losses = []
-    for _ in range(steps):
-        idx = [next(b).to(device) for b in batches]
-        x = torch.stack([im[i] for im, i in zip(images, idx, strict=True)])
-        y = torch.stack([lab[i] for lab, i in zip(labels, idx, strict=True)])
+    for k in range(steps):
+        x = torch.stack([im[s[k]] for im, s in zip(images, schedules, strict=True)])
+        y = torch.stack([lab[s[k]] for lab, s in zip(labels, schedules, strict=True)])
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
+        with _autocast(bf16, device):
             logits = batched(params, buffers, x)
         per_member = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").flatten(1).mean(1)
         per_member.sum().backward()
         optimizer.step()
         losses.append(per_member.detach())
-    history = torch.stack(losses).cpu() if losses else torch.zeros(0, len(members))
+    history = torch.stack(losses).float().cpu() if losses else torch.zeros(0, len(members))
     results = []
     for k, (m, model) in enumerate(zip(members, models, strict=True)):
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(params[name][k])
         model.eval()
-        dice, any_fg = _training_dice(model, m.images, m.labels, m.config, False)
+        dice, any_fg = _training_dice(model, m.images, m.labels, m.config, bf16)
         collapsed = dice < m.config.min_train_dice or (bool(m.labels.any()) and not any_fg)
         if collapsed:  # the single path, restarts and all: the same result as training this member alone
             results.append(train_model(m.images, m.labels, m.config, m.factory))

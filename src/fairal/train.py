@@ -43,6 +43,8 @@ __all__ = [
 
 # Restart k (k >= 1) of the collapse guard uses the seed `seed + RESTART_SEED_STRIDE * k`.
 RESTART_SEED_STRIDE = 1000
+# The progress bar shows the loss of every PROGRESS_EVERY-th step.
+PROGRESS_EVERY = 25
 
 
 @dataclass
@@ -56,8 +58,8 @@ class TrainConfig:
         batch_size: cases per step (capped at ``n``).
         seed: seeds the weights and the batch order.
         channels_last: run convolutions in ``torch.channels_last_3d`` (about 2x faster training on CPU).
-        bf16: ``"auto"`` uses bfloat16 autocast only where the CPU has native bf16 matrix units (AMX, see
-            :func:`bf16_native`); ``"on"`` / ``"off"`` force it.
+        bf16: ``"auto"`` uses bfloat16 autocast on a CUDA GPU that supports it and on a CPU with native bf16
+            matrix units (AMX, see :func:`bf16_native`); ``"on"`` / ``"off"`` force it. The loss is float32.
         min_train_dice: the collapse guard retrains when the final model's mean training-set Dice is below.
         max_restarts: how many times the collapse guard may retrain from scratch.
         num_threads: torch intra-op threads during the call (restored afterwards); ``None`` leaves them alone.
@@ -157,11 +159,15 @@ def bf16_native() -> bool:
     return "amx_bf16" in _cpu_flags()
 
 
-def resolve_bf16(setting: str | bool) -> bool:
-    """Turn ``"auto"``/``"on"``/``"off"`` (or a bool) into whether to autocast to bfloat16."""
+def resolve_bf16(setting: str | bool, device: torch.device | str = "cpu") -> bool:
+    """Turn ``"auto"``/``"on"``/``"off"`` (or a bool) into whether to autocast to bfloat16 on ``device``:
+    ``"auto"`` is on for a CUDA GPU with bf16 support (compute capability >= 8: A100, H100, H200) and for a CPU with
+    AMX (:func:`bf16_native`)."""
     if isinstance(setting, bool):
         return setting
     if setting == "auto":
+        if torch.device(device).type == "cuda":
+            return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return bf16_native()
     if setting in ("on", "off"):
         return setting == "on"
@@ -198,8 +204,9 @@ def _memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last_3d if channels_last else torch.contiguous_format
 
 
-def _autocast(bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def _autocast(bf16: bool, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device``'s type (CPU or CUDA) when ``bf16``, else nothing."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -231,17 +238,22 @@ def train_step(
     precision.
     The model must already be in the memory format that ``channels_last`` asks for.
     """
-    fmt = _memory_format(channels_last)
+    return float(_step(model, optimizer, images, labels, _memory_format(channels_last), bf16))
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+          fmt: torch.memory_format, bf16: bool) -> torch.Tensor:
+    """:func:`train_step` without reading the loss back: on a GPU the host never waits for the step."""
     device = _model_device(model)
     x = images.to(device=device, dtype=torch.float32, memory_format=fmt)
     y = labels.to(device=device, dtype=torch.float32, memory_format=fmt)
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(bf16):
+    with _autocast(bf16, device):
         logits = model(x)
     loss = F.binary_cross_entropy_with_logits(logits.float(), y)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def _check_training_data(images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -265,6 +277,15 @@ def _check_training_data(images: torch.Tensor, labels: torch.Tensor) -> None:
         raise FairalError("images contain NaN or infinite values")
     if not bool(((labels == 0) | (labels == 1)).all()):
         raise FairalError("labels must be binary: every voxel 0 or 1")
+
+
+def batch_schedule(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
+    """Every step's batch of case indices, a (steps, min(batch_size, n)) tensor, drawn as :func:`_batch_indices`
+    draws them from a generator seeded with ``seed``. Made once before training so that it can live on the device
+    (indexing device-resident data with it never copies from the host)."""
+    b = min(batch_size, n)
+    rows = list(_batch_indices(n, batch_size, steps, torch.Generator().manual_seed(seed)))
+    return torch.stack(rows) if rows else torch.zeros((0, b), dtype=torch.long)
 
 
 def _batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -310,25 +331,29 @@ def _train_once(
     model = model_factory()
     if not isinstance(model, nn.Module):
         raise FairalError(f"model_factory must return a torch.nn.Module, got {type(model).__name__}")
-    model = model.to(device=resolve_device(config.device), memory_format=_memory_format(config.channels_last))
+    device = resolve_device(config.device)
+    fmt = _memory_format(config.channels_last)
+    model = model.to(device=device, memory_format=fmt)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(seed)
-    n = images.shape[0]
-    steps = config.total_steps(n)
-    losses: list[float] = []
+    steps = config.total_steps(images.shape[0])
+    # The cases and the batch schedule live on the training device for the whole run (one copy, not one per
+    # step), and the losses stay there until the end: on a GPU no step waits for the host.
+    x_all = images.to(device=device, dtype=torch.float32)
+    y_all = labels.to(device=device, dtype=torch.float32)
+    schedule = batch_schedule(images.shape[0], config.batch_size, steps, seed).to(device)
+    losses: list[torch.Tensor] = []
     bar = _progress() if progress else contextlib.nullcontext()
     with bar:
         task = bar.add_task(description, total=steps, loss=float("nan")) if progress else None
-        for idx in _batch_indices(n, config.batch_size, steps, generator):
-            loss = train_step(
-                model, optimizer, images[idx], labels[idx], channels_last=config.channels_last, bf16=bf16
-            )
-            losses.append(loss)
-            if progress:
-                bar.update(task, advance=1, loss=loss)
+        for k in range(steps):
+            idx = schedule[k]
+            losses.append(_step(model, optimizer, x_all[idx], y_all[idx], fmt, bf16))
+            if progress:  # the shown loss is read every PROGRESS_EVERY steps (a read makes the host wait)
+                shown = {"loss": float(losses[-1])} if k % PROGRESS_EVERY == 0 or k == steps - 1 else {}
+                bar.update(task, advance=1, **shown)
     model.eval()
-    return model, losses
+    return model, torch.stack(losses).float().cpu().tolist() if losses else []
 
 
 def _training_dice(
@@ -366,7 +391,7 @@ def train_model(
     _check_training_data(images, labels)
     if not callable(model_factory):
         raise FairalError(f"model_factory must be callable, got {type(model_factory).__name__}")
-    use_bf16 = resolve_bf16(config.bf16)
+    use_bf16 = resolve_bf16(config.bf16, resolve_device(config.device))
     labels_have_foreground = bool(labels.any())
     start = time.perf_counter()
     attempts: list[tuple[float, nn.Module, list[float], int]] = []
@@ -437,13 +462,14 @@ def predict_proba(
     autocasts to bfloat16 as in training (pass "off" for full-precision probabilities: bf16 logits carry only
     ~3 significant digits).
     """
-    use_bf16 = resolve_bf16(bf16)
+    device = _model_device(model)
+    use_bf16 = resolve_bf16(bf16, device)
     fmt = _memory_format(channels_last)
     model.to(memory_format=fmt)
     model.eval()
 
     def run(x: torch.Tensor) -> Iterator[np.ndarray]:
-        with torch.inference_mode(), _autocast(use_bf16):
+        with torch.inference_mode(), _autocast(use_bf16, device):
             logits = model(x)
         proba = torch.sigmoid(logits.float()).contiguous().cpu().numpy()
         for p in proba:
@@ -474,17 +500,17 @@ def predict_mc_dropout(
 
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise FairalError(f"MC dropout needs at least 2 samples, got {samples!r}")
-    use_bf16 = resolve_bf16(bf16)
+    device = _model_device(model)
+    use_bf16 = resolve_bf16(bf16, device)
     fmt = _memory_format(channels_last)
     model.to(memory_format=fmt)
     if enable_mc_dropout(model) == 0:
         raise FairalError("MC-dropout BALD needs a model with dropout layers (dropout > 0)")
-    device = _model_device(model)
     counter = iter(range(1 << 62))
 
     def run(x: torch.Tensor) -> Iterator[np.ndarray]:
         devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.inference_mode(), _autocast(use_bf16):
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(), _autocast(use_bf16, device):
             torch.manual_seed(int(np.random.SeedSequence([seed, next(counter)]).generate_state(1)[0]))
             draws = torch.stack([torch.sigmoid(model(x).float()) for _ in range(samples)], dim=1)
         for d in draws.contiguous().cpu().numpy():  # (samples, C, X, Y, Z)
