@@ -178,3 +178,58 @@ def test_expected_weights_and_three_groups():
                               np.random.default_rng(0))
     np.testing.assert_allclose(s, [0.14, 0.04])
     np.testing.assert_allclose(used, [0.35, 0.2])
+
+
+# --- the statistics on the model's device (torch) equal the NumPy ones ------------------------------------------
+
+
+def test_torch_roi_and_entropy_equal_numpy():
+    import torch
+
+    from fairal.acquisition import (
+        mutual_information,
+        mutual_information_torch,
+        roi_mask,
+        roi_mask_torch,
+        voxel_entropy,
+        voxel_entropy_torch,
+    )
+
+    rng = np.random.default_rng(0)
+    proba = rng.random((9, 11, 8)).astype(np.float32) * 0.6  # a few voxels above 0.5, some at the border
+    empty = proba * 0.5
+    fallback = np.zeros(proba.shape, bool)
+    fallback[4:6, 5:7, 3:5] = True
+    for p, fb in ((proba, None), (empty, fallback), (empty, None), (empty, np.zeros_like(fallback))):
+        for dilation in (0, 1, 3):
+            want, source = roi_mask(p, dilation, fb)
+            got, got_source = roi_mask_torch(torch.from_numpy(p), dilation,
+                                             None if fb is None else torch.from_numpy(fb))
+            assert got_source == source and np.array_equal(got.numpy(), want), (source, dilation)
+    np.testing.assert_allclose(voxel_entropy_torch(torch.from_numpy(proba)).numpy(), voxel_entropy(proba),
+                               rtol=1e-13)
+    samples = rng.random((4, 5, 6, 7)).astype(np.float32)
+    np.testing.assert_allclose(mutual_information_torch(torch.from_numpy(samples)).numpy(),
+                               mutual_information(samples)[0], rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("prior,source", [(0.4, "predicted"), (1e-3, "template")])
+def test_device_uncertainty_stats_equal_the_numpy_path(prior, source):
+    import torch
+
+    from fairal.config import get_profile
+    from fairal.engine import device_uncertainty_stats, uncertainty_stats
+    from fairal.model import UNet3D
+
+    torch.manual_seed(0)
+    model = UNet3D(features=(4, 8), foreground_prior=prior, dropout=0.2).eval()
+    images = torch.rand((5, 1, 12, 14, 10), generator=torch.Generator().manual_seed(1))
+    fallback = np.zeros((12, 14, 10), bool)
+    fallback[5:8, 6:9, 4:6] = True
+    profile = get_profile("smoke", {"mc_samples": "3", "roi_dilation": "2"})
+    want = uncertainty_stats(model, images, fallback, profile, bald=True, seed=7, batch_size=2)
+    got = device_uncertainty_stats(model, images, fallback, profile, bald=True, seed=7, batch_size=2)
+    assert want["roi_source"] == [source] * 5  # R from the prediction, or from the template when none is predicted
+    assert got["roi_source"] == want["roi_source"] and got["predicted_voxels"] == want["predicted_voxels"]
+    for key in ("entropy", "localized_entropy", "bald"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, err_msg=key)

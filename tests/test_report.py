@@ -156,3 +156,20 @@ def test_a_single_run_folder_has_a_report(tiny_dataset, tmp_path):
     assert res.exit_code == 0, res.output
     page = (run / "report" / "report.html").read_text()
     assert "1 finished active-learning run of" in page and "Figure 1:" in page
+
+
+def test_compare_runs_by_hand(tmp_path):
+    from fairal.report.records import compare_runs
+
+    for name, dice, picked in (("a", 0.50, "True"), ("b", 0.53, "True"), ("c", 0.50, "False")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "rounds.csv").write_text(f"round,n_labeled,dice_all,delta\n0,4,{dice},\n")  # delta NaN in both
+        (d / "cases.csv").write_text("round,case_id,group,split,dice\n0,s1,1,test,0.25\n")
+        (d / "selections.csv").write_text(f"round,case_id,group,score,selected\n0,s2,2,0.1,{picked}\n")
+    ab = compare_runs(tmp_path / "a", tmp_path / "b").set_index("file")
+    assert ab["same_rows"].all()
+    assert ab.loc["rounds.csv", "max_abs_diff"] == pytest.approx(0.03)
+    assert ab.loc["cases.csv", "max_abs_diff"] == 0.0
+    ac = compare_runs(tmp_path / "a", tmp_path / "c").set_index("file")
+    assert not ac.loc["selections.csv", "same_rows"] and ac.loc["rounds.csv", "same_rows"]

@@ -28,6 +28,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from fairal.errors import FairalError
@@ -181,6 +182,42 @@ def _roi_mean(values: np.ndarray, roi: np.ndarray) -> float:
 def localized_bald(mi: np.ndarray, roi: np.ndarray) -> float:
     """The ``bald`` score: mean voxel mutual information inside R (R from the mean dropout prediction)."""
     return _roi_mean(mi, roi)
+
+
+# -- the same statistics in torch, on the device where the model predicts (a GPU: no map leaves it) --------------
+
+
+def voxel_entropy_torch(proba: torch.Tensor) -> torch.Tensor:
+    """:func:`voxel_entropy` of a tensor, in float64 on its device."""
+    p = proba.double().clamp(_EPS, 1 - _EPS)
+    return -(p * torch.log(p) + (1 - p) * torch.log1p(-p))
+
+
+def mutual_information_torch(samples: torch.Tensor) -> torch.Tensor:
+    """:func:`mutual_information`'s ``I`` of a (T, X, Y, Z) tensor of dropout samples, in float64 on its device."""
+    if samples.dim() < 2 or samples.shape[0] < 2:
+        raise FairalError(f"BALD needs at least 2 dropout samples, got shape {tuple(samples.shape)}")
+    s = samples.double()
+    return (voxel_entropy_torch(s.mean(dim=0)) - voxel_entropy_torch(s).mean(dim=0)).clamp_min(0.0)
+
+
+def roi_mask_torch(proba: torch.Tensor, dilation: int,
+                   fallback: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """:func:`roi_mask` of an (X, Y, Z) tensor on its device. The ball dilation is a convolution of the mask with
+    the ball (zero padding: outside the volume is background, as scipy's ``border_value=0``); its counts are small
+    integers, exact in float32."""
+    pred = proba > 0.5
+    source = "predicted"
+    if not bool(pred.any()):
+        if fallback is not None and bool(fallback.any()):
+            pred, source = fallback.to(device=proba.device, dtype=torch.bool), "template"
+        else:
+            return torch.ones_like(pred), "volume"
+    if dilation > 0:
+        ball = torch.as_tensor(_ball(dilation), dtype=torch.float32, device=proba.device)[None, None]
+        with torch.autocast(proba.device.type, enabled=False):
+            pred = torch.nn.functional.conv3d(pred[None, None].float(), ball, padding=dilation)[0, 0] > 0.5
+    return pred, source
 
 
 def mean_entropy(proba: np.ndarray) -> float:

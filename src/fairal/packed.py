@@ -63,10 +63,11 @@ def _check_group(members: list[Member]) -> None:
                               f"{tuple(first.images.shape[1:])}")
 
 
-def train_packed(members: list[Member]) -> list[TrainResult]:
+def train_packed(members: list[Member], compile: bool = False) -> list[TrainResult]:
     """Train every member as :func:`fairal.train.train_model` would (same initial weights from its seed, same
     batches, Adam, BCE with logits, bf16 autocast as its ``config.bf16`` resolves on the device, collapse guard),
-    all at once."""
+    all at once. ``compile``: fuse the vectorised network with ``torch.compile`` (measured by
+    ``benchmarks/bench_gpu.py --compile``; compiling takes tens of seconds, so it pays only for long trainings)."""
     from torch.func import functional_call, stack_module_state, vmap
 
     _check_group(members)
@@ -89,6 +90,8 @@ def train_packed(members: list[Member]) -> list[TrainResult]:
         return functional_call(template, (p, b), (x,))
 
     batched = vmap(forward)
+    if compile:
+        batched = torch.compile(batched)
     optimizer = torch.optim.Adam(params.values(), lr=cfg0.lr)
     # Data and every step's batch indices are resident on the device for the whole run; no step reads from or
     # waits for the host (the losses are read once, at the end).

@@ -449,6 +449,7 @@ def predict_proba(
     *,
     channels_last: bool = True,
     bf16: str | bool = "auto",
+    as_tensor: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield ``sigmoid(model(x))`` for each case, streaming ``batch_size`` cases at a time.
 
@@ -460,7 +461,7 @@ def predict_proba(
     Runs under ``torch.inference_mode`` with the model in eval mode. ``channels_last`` converts the model's
     weights to ``torch.channels_last_3d`` in place (values unchanged). ``bf16`` ("auto"/"on"/"off" or a bool)
     autocasts to bfloat16 as in training (pass "off" for full-precision probabilities: bf16 logits carry only
-    ~3 significant digits).
+    ~3 significant digits). ``as_tensor``: yield float32 tensors on the model's device instead (no copy to the host).
     """
     device = _model_device(model)
     use_bf16 = resolve_bf16(bf16, device)
@@ -471,8 +472,8 @@ def predict_proba(
     def run(x: torch.Tensor) -> Iterator[np.ndarray]:
         with torch.inference_mode(), _autocast(use_bf16, device):
             logits = model(x)
-        proba = torch.sigmoid(logits.float()).contiguous().cpu().numpy()
-        for p in proba:
+        proba = torch.sigmoid(logits.float()).contiguous()
+        for p in proba if as_tensor else proba.cpu().numpy():
             yield p[0] if p.shape[0] == 1 else p
 
     yield from _batched(model, volumes, batch_size, fmt, run)
@@ -487,6 +488,7 @@ def predict_mc_dropout(
     *,
     channels_last: bool = True,
     bf16: str | bool = "auto",
+    as_tensor: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield ``samples`` Monte-Carlo dropout predictions per case, a float32 array (samples, X, Y, Z) of the
     foreground probability, for MC-dropout BALD (Gal et al. 2017).
@@ -494,7 +496,7 @@ def predict_mc_dropout(
     Only the model's dropout layers sample (:func:`fairal.model.enable_mc_dropout`); everything else, GroupNorm
     included, runs as in evaluation. The draws come from ``seed`` (and the batch's position), so the same seed,
     inputs and batch size give the same samples. A model without dropout layers is refused: its samples would all
-    be equal and BALD zero.
+    be equal and BALD zero. ``as_tensor``: yield tensors on the model's device instead.
     """
     from fairal.model import enable_mc_dropout
 
@@ -513,7 +515,8 @@ def predict_mc_dropout(
         with torch.random.fork_rng(devices=devices), torch.inference_mode(), _autocast(use_bf16, device):
             torch.manual_seed(int(np.random.SeedSequence([seed, next(counter)]).generate_state(1)[0]))
             draws = torch.stack([torch.sigmoid(model(x).float()) for _ in range(samples)], dim=1)
-        for d in draws.contiguous().cpu().numpy():  # (samples, C, X, Y, Z)
+        draws = draws.contiguous()
+        for d in draws if as_tensor else draws.cpu().numpy():  # (samples, C, X, Y, Z)
             yield d[:, 0] if d.shape[1] == 1 else d
 
     try:

@@ -252,3 +252,27 @@ def tidy_records(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     cases = results.cases if results.cases is not None else pd.DataFrame(
         columns=[*RUN_KEYS, "round", "case_id", "group", "dice"])
     return done.reset_index(drop=True), cases
+
+
+RUN_RECORDS = ("rounds.csv", "cases.csv", "selections.csv")
+
+
+def compare_runs(a: str | Path, b: str | Path) -> pd.DataFrame:
+    """How far the records of two run folders are apart: per record file, whether the rows and their words agree
+    (``same_rows``: the same rounds, cases, groups, splits and selections) and the largest absolute difference of
+    any number in it (``max_abs_diff``; NaN where both are NaN counts as equal). For checking that two ways of
+    running (per run and in lockstep, one device and another) give the same records within float tolerance."""
+    rows = []
+    for name in RUN_RECORDS:
+        x, y = pd.read_csv(Path(a) / name), pd.read_csv(Path(b) / name)
+        if list(x.columns) != list(y.columns) or len(x) != len(y):
+            rows.append({"file": name, "same_rows": False, "max_abs_diff": float("inf")})
+            continue
+        words = [c for c in x.columns if x[c].dtype.kind not in "if"]
+        numbers = [c for c in x.columns if c not in words]
+        diff = np.abs(x[numbers].to_numpy(float) - y[numbers].to_numpy(float))
+        both_nan = np.isnan(x[numbers].to_numpy(float)) & np.isnan(y[numbers].to_numpy(float))
+        diff = np.where(both_nan, 0.0, diff)
+        worst = float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0
+        rows.append({"file": name, "same_rows": bool(x[words].equals(y[words])), "max_abs_diff": worst})
+    return pd.DataFrame(rows, columns=["file", "same_rows", "max_abs_diff"])
