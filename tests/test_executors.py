@@ -44,9 +44,15 @@ def test_local_grid_is_complete(local_grid):
     assert (local_grid / "baseline" / "weak" / "baseline_table.csv").is_file()
 
 
-def test_lockstep_grid_equals_local(local_grid, tmp_path):
-    out = _with_data(local_grid, tmp_path, "lockstep")
+@pytest.fixture(scope="module")
+def lockstep_grid(local_grid, tmp_path_factory):
+    out = _with_data(local_grid, tmp_path_factory.mktemp("lockstep"), "grid")
     reproduce(out, get_profile("smoke", TINY), jobs=2, progress=False, pack="on")
+    return out
+
+
+def test_lockstep_grid_equals_local(local_grid, lockstep_grid):
+    out = lockstep_grid
     runs = sorted(p.parent for p in local_grid.glob("runs/*/*/*/seed-*/rounds.csv"))
     assert len(runs) == 18
     for run in runs:  # 2 tasks (one per dataset) of 9 runs: 6 trained in lockstep, the 3 weighted-bald ones alone
@@ -94,6 +100,26 @@ def test_ray_grid_equals_local(local_grid, tmp_path, monkeypatch):
         ray.shutdown()
     assert (marker / "fault-injected").is_file()  # the fault did happen, and was survived
     assert _records(out) == _records(local_grid)
+
+
+def test_ray_lockstep_groups_survive_a_lost_worker(lockstep_grid, tmp_path, monkeypatch):
+    # one Ray task per lockstep group; its worker dies after the group's first round, the retry resumes the group
+    ray = pytest.importorskip("ray")
+    out = _with_data(lockstep_grid, tmp_path, "ray-lockstep")
+    marker = tmp_path / "marker"
+    marker.mkdir()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULT)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FAIRAL_TEST_FAULT_DIR", str(marker))
+    try:
+        reproduce(out, get_profile("smoke", TINY), progress=False, executor="ray", cpus_per_task=1, pack="on")
+    finally:
+        ray.shutdown()
+    assert (marker / "fault-injected").is_file()
+    for run in sorted(p.parent for p in lockstep_grid.glob("runs/*/*/*/seed-*/rounds.csv")):
+        same_records(run, out / run.relative_to(lockstep_grid))
 
 
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):

@@ -1,15 +1,16 @@
 """Lockstep training of many U-Nets as one network, for a GPU.
 
-The runs of a grid that share a dataset follow the same schedule: at each round they train the same number of
-steps on labeled sets of the same size. :func:`train_packed` trains such a group at once: the members' weights are
+The runs of a grid that share a dataset and seed follow the same schedule: at each round they train the same number
+of steps on labeled sets of the same size. :func:`train_packed` trains such a group at once: the members' weights are
 stacked and the network is vectorised over them (``torch.func.vmap``: on a GPU one launch of batched convolutions
 serves every member), each member with its own data, batches, seed and Adam state. Adam is element-wise, so one
 Adam over the stacked weights is N independent Adams; the loss is the sum of the members' own mean losses, so each
 member's gradient is its own. A member that collapses is retrained alone by :func:`fairal.train.train_model` (with
-its restarts). The data stay on the device and no step waits for the host (losses are read once at the end).
+its restarts). The data and the batch schedule stay on the device and no step waits for the host (losses are read
+once at the end). :func:`fairal.loop.run_lockstep` drives the rounds of such a group of runs.
 
-On a CPU packing is slower than training the members one after another (measured 0.24-0.96x,
-``benchmarks/bench_gpu.py --device cpu``): the grid keeps one process per core there.
+On a CPU packing is slower than training the members one after another (0.5-0.96x,
+``benchmarks/bench_gpu.py --device cpu``): the grid packs only runs that train on a GPU (``--pack auto``).
 """
 
 from __future__ import annotations
