@@ -12,16 +12,17 @@ in the same process after a warm-up; ratios against the single fp32 path carry o
 
 Rounds (``--rounds``): one round of the ``paper`` profile at each labeled-set size n, for a single run and for a
 lockstep group of ``--group`` runs (the paper's grid: 3 initial sets x 4 strategies per dataset and seed). Training
-is timed at two step counts (T = a + steps x t: ``a`` builds the model and measures the training Dice, ``t`` is one
-step) and extended to the round's ceil(200 n / 4) steps; evaluation (30 test + n labeled cases) and scoring of the
-282 - n pool cases are timed per case on the same model. The projected times per run and per 120-run protocol sum
-the 20 rounds 10, 14, ..., 86 (a and t interpolated between the measured sizes); they are projections from measured
-per-step and per-case times, not a timed protocol.
+is timed at two step counts (T = a + steps x t: ``a`` builds the model, copies the cases to the device and measures
+the training Dice, ``t`` is one step) and extended to the round's ceil(200 n / 4) steps; evaluation (30 test + n
+labeled cases) and scoring of the 282 - n pool cases are timed per case on the same model. The projected times per
+run and per 120-run protocol sum the 20 rounds 10, 14, ..., 86 (a and t interpolated between the measured sizes);
+they are projections from measured per-step and per-case times, not a timed protocol.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 
@@ -174,12 +175,17 @@ def _round_at(n: int, args, device: torch.device, shape, paper, group: int, step
     """At labeled-set size n: (a, t) of a single run's training, (a, t) of a group's, the inference of one run's
     round in seconds, and the per-case evaluation and scoring times."""
 
+    group_members = _members(group, n, shape, paper.batch_size, 1, args.device, bf16)  # made once: not timed
+
+    def with_steps(members: list[Member], s: int) -> list[Member]:
+        return [Member(m.images, m.labels, dataclasses.replace(m.config, steps=s), m.factory) for m in members]
+
     def single(s: int) -> None:
-        m = _members(1, n, shape, paper.batch_size, s, args.device, bf16)[0]
+        m = with_steps(group_members[:1], s)[0]
         train_model(m.images, m.labels, m.config, m.factory)
 
     def packed(s: int) -> None:
-        train_packed(_members(group, n, shape, paper.batch_size, s, args.device, bf16))
+        train_packed(with_steps(group_members, s))
 
     timed(lambda: single(2), device)  # warm-up (cuDNN autotuning for this shape)
     a1, t1 = _fit_line(timed(lambda: single(steps), device), timed(lambda: single(2 * steps), device),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurements of docs/scaling.md as one script, for a GPU machine that runs fairal from a source checkout
-# (about 8 minutes on an H200). Most important first: each step has its own time limit, and what finished stays in
-# $OUT (default ./device-out) even if a later step runs out of time.
+# The GPU measurements of docs/scaling.md as one script, for a GPU machine that runs fairal from a source checkout.
+# Its three steps are capped at 270 + 150 + 90 s, most important first; what a step printed or wrote before its
+# time ran out stays in $OUT (default ./device-out).
 #
 #   bash benchmarks/device_check.sh                  # fairal installed, or its dependencies (PYTHONPATH=src is set)
 #   OUT=/tmp/gpu bash benchmarks/device_check.sh

@@ -102,26 +102,6 @@ def test_ray_grid_equals_local(local_grid, tmp_path, monkeypatch):
     assert _records(out) == _records(local_grid)
 
 
-def test_ray_lockstep_groups_survive_a_lost_worker(lockstep_grid, tmp_path, monkeypatch):
-    # one Ray task per lockstep group; its worker dies after the group's first round, the retry resumes the group
-    ray = pytest.importorskip("ray")
-    out = _with_data(lockstep_grid, tmp_path, "ray-lockstep")
-    marker = tmp_path / "marker"
-    marker.mkdir()
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(FAULT)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("FAIRAL_TEST_FAULT_DIR", str(marker))
-    try:
-        reproduce(out, get_profile("smoke", TINY), progress=False, executor="ray", cpus_per_task=1, pack="on")
-    finally:
-        ray.shutdown()
-    assert (marker / "fault-injected").is_file()
-    for run in sorted(p.parent for p in lockstep_grid.glob("runs/*/*/*/seed-*/rounds.csv")):
-        same_records(run, out / run.relative_to(lockstep_grid))
-
-
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
     import builtins
 

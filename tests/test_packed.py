@@ -137,6 +137,22 @@ def test_lockstep_runs_give_the_records_of_single_runs(tiny_dataset, tmp_path, m
         assert b.is_finished()
         same_records(a.out, b.out)
 
+    class Killed(BaseException):  # as a kill: not caught as one run's failure
+        pass
+
+    done = []
+
+    def kill_in_round_1(run, rnd):
+        done.append(rnd)
+        if done.count(1) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):  # the group dies with two of its runs past round 1, two not
+        run_lockstep(_runs(tiny_dataset, tmp_path / "killed"), on_round=kill_in_round_1)
+    assert run_lockstep(_runs(tiny_dataset, tmp_path / "killed")) == []  # started again: each resumes
+    for a, b in zip(alone, _runs(tiny_dataset, tmp_path / "killed"), strict=True):
+        same_records(a.out, b.out)
+
 
 def test_a_failing_run_does_not_stop_its_lockstep_group(tiny_dataset, tmp_path):
     from fairal.loop import run_lockstep
@@ -148,3 +164,19 @@ def test_a_failing_run_does_not_stop_its_lockstep_group(tiny_dataset, tmp_path):
     assert [r for r, _ in failures] == [runs[0]]
     assert isinstance(failures[0][1], FairalError) and "unreadable run state" in str(failures[0][1])
     assert all(r.is_finished() for r in runs[1:])
+
+
+def test_a_group_that_cannot_train_together_trains_one_by_one(tiny_dataset, tmp_path, monkeypatch):
+    import fairal.loop as loop
+    from fairal.loop import run_lockstep
+
+    def out_of_memory(members):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(loop, "train_packed", out_of_memory)
+    runs = _runs(tiny_dataset, tmp_path / "together")
+    with pytest.warns(RuntimeWarning, match="lockstep failed .*CUDA out of memory.*one by one"):
+        assert run_lockstep(runs) == []
+    for run in _runs(tiny_dataset, tmp_path / "alone"):
+        run.run()
+        same_records(run.out, tmp_path / "together" / run.out.name, tolerance=0.0)  # the single path exactly

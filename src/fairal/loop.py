@@ -9,13 +9,16 @@ identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from fairal import versions
 from fairal.acquisition import Strategy, parse_strategy
@@ -330,8 +333,6 @@ def run_lockstep(runs: list[ActiveLearningRun], progress: bool = False, on_round
     Every run folder is locked for the whole call. Returns ``(run, error)`` for each run that failed (the others
     went on); ``on_round(run, round)`` after each finished round.
     """
-    import contextlib
-
     failures: list[tuple] = []
     with contextlib.ExitStack() as locks:
         for r in runs:
@@ -385,10 +386,13 @@ def _train_lockstep(trainings: dict, progress: bool) -> dict:
             alone += members
             continue
         try:
-            trained = train_packed([trainings[r] for r in members])
-        except Exception as err:  # noqa: BLE001  (each member then reports the group's error)
-            trained = [err] * len(members)
-        results.update(zip(members, trained, strict=True))
+            results.update(zip(members, train_packed([trainings[r] for r in members]), strict=True))
+        except Exception as err:  # noqa: BLE001  (e.g. out of GPU memory: the members then train one by one)
+            warnings.warn(f"training {len(members)} runs in lockstep failed ({err}); training them one by one",
+                          RuntimeWarning, stacklevel=2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            alone += members
     for r in alone:
         m = trainings[r]
         try:
