@@ -97,13 +97,13 @@ def train_packed(members: list[Member], compile: bool = False) -> list[TrainResu
     # Data and every step's batch indices are resident on the device for the whole run; no step reads from or
     # waits for the host (the losses are read once, at the end).
     images = [m.images.to(device, torch.float32) for m in members]
-    labels = [m.labels.to(device, torch.float32) for m in members]
+    labels = [m.labels.to(device) for m in members]  # in their own dtype (uint8), cast per batch
     schedules = [batch_schedule(len(m.images), m.config.batch_size, steps, m.config.seed).to(device)
                  for m in members]
     losses = []
     for k in range(steps):
         x = torch.stack([im[s[k]] for im, s in zip(images, schedules, strict=True)])
-        y = torch.stack([lab[s[k]] for lab, s in zip(labels, schedules, strict=True)])
+        y = torch.stack([lab[s[k]] for lab, s in zip(labels, schedules, strict=True)]).float()
         optimizer.zero_grad(set_to_none=True)
         with _autocast(bf16, device):
             logits = batched(params, buffers, x)
