@@ -28,7 +28,7 @@ from fairal.engine import acquisition_round, evaluate, training_member
 from fairal.errors import FairalError
 from fairal.io import FolderLock, check_output_folder, clean_stale_partials, write_csv, write_json
 from fairal.metrics import fairness_summary
-from fairal.packed import Member, train_packed
+from fairal.packed import Member, lockstep_key, train_packed
 from fairal.sampling import draw_per_group, split_evenly
 from fairal.train import TrainResult, describe_device, resolve_bf16, resolve_device, save_checkpoint, train_model
 
@@ -150,6 +150,9 @@ class ActiveLearningRun:
             raise FairalError(f"impossible budget: {self.profile.final_size} labeled cases asked for, the pool of "
                               f"{spec.data_dir} has {len(pool)}")
         self.groups = sorted(set(self.manifest["group"]), key=str)
+        self.test_ids = self.manifest.loc[self.manifest["split"] == "test", "case_id"].tolist()
+        self.pool_ids = pool["case_id"].tolist()
+        self.cases = case_records(self.manifest)
         self.strategy = spec.strategy
         self.columns = round_columns(self.groups)
         initial_counts(self.groups, spec.init, self.profile.init_size)  # an init that names no group fails here
@@ -254,11 +257,7 @@ class ActiveLearningRun:
     def finish_round(self, result: TrainResult) -> None:
         """The rest of the round with the model trained on :meth:`training`: evaluate, acquire, write the records,
         the checkpoint and the state; then :attr:`next_round` moves on."""
-        vol = self.volumes
-        test_ids = self.manifest.loc[self.manifest["split"] == "test", "case_id"].tolist()
-        pool_ids = self.manifest.loc[self.manifest["split"] == "pool", "case_id"].tolist()
-        self._labeled, finished = self._round(self._rnd, result, self._labeled, self._records, vol, test_ids,
-                                              pool_ids, case_records(self.manifest))
+        self._labeled, finished = self._round(self._rnd, result)
         self._rnd = None if finished else self._rnd + 1
 
     def table(self) -> pd.DataFrame:
@@ -267,8 +266,9 @@ class ActiveLearningRun:
             return pd.read_csv(self.out / "rounds.csv")
         return pd.DataFrame(self._records["rounds"], columns=self.columns)
 
-    def _round(self, rnd, result, labeled, records, vol, test_ids, pool_ids, cases):
-        p = self.profile
+    def _round(self, rnd: int, result: TrainResult) -> tuple[list[str], bool]:
+        p, vol, labeled, records = self.profile, self.volumes, self._labeled, self._records
+        test_ids, pool_ids, cases = self.test_ids, self.pool_ids, self.cases
         model = result.model
         test_rows = vol.rows(test_ids)
         test_dice = evaluate(model, vol, test_rows, batch_size=8)
@@ -374,12 +374,10 @@ def _train_lockstep(trainings: dict, progress: bool) -> dict:
     """Train each run's member: the packable ones that agree on the lockstep settings together, the rest alone."""
     alone, packs = [], {}
     for r, m in trainings.items():
-        c = m.config
         if r.strategy.needs_dropout:
             alone.append(r)
         else:
-            key = (c.total_steps(len(m.images)), c.lr, c.batch_size, c.device, c.bf16, tuple(m.images.shape[1:]))
-            packs.setdefault(key, []).append(r)
+            packs.setdefault(lockstep_key(m), []).append(r)
     results: dict = {}
     for members in packs.values():
         if len(members) == 1:

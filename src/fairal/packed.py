@@ -48,20 +48,28 @@ class Member:
     factory: Callable[[], nn.Module]
 
 
+def lockstep_key(member: Member) -> tuple:
+    """What members must share to train as one group: the number of steps, the volume shape, and the learning rate,
+    batch size, device and precision."""
+    c = member.config
+    return (c.total_steps(len(member.images)), tuple(member.images.shape[1:]),
+            (c.lr, c.batch_size, c.device, c.bf16))
+
+
 def _check_group(members: list[Member]) -> None:
     if not members:
         raise FairalError("a packed group needs at least one member")
     first = members[0]
+    steps0, shape0, settings0 = lockstep_key(first)
     for m in members:
         _check_training_data(m.images, m.labels)
-        c, c0 = m.config, first.config
-        if (c.lr, c.batch_size, c.device, c.bf16) != (c0.lr, c0.batch_size, c0.device, c0.bf16):
+        steps, shape, settings = lockstep_key(m)
+        if settings != settings0:
             raise FairalError("packed members must share lr, batch size, device and bf16")
-        if c.total_steps(len(m.images)) != c0.total_steps(len(first.images)):
+        if steps != steps0:
             raise FairalError("packed members must train the same number of steps (lockstep)")
-        if m.images.shape[1:] != first.images.shape[1:]:
-            raise FairalError(f"packed members must share the volume shape, got {tuple(m.images.shape[1:])} and "
-                              f"{tuple(first.images.shape[1:])}")
+        if shape != shape0:
+            raise FairalError(f"packed members must share the volume shape, got {shape} and {shape0}")
 
 
 def train_packed(members: list[Member], compile: bool = False) -> list[TrainResult]:
