@@ -100,16 +100,14 @@ def proba_stats(probas, dilation: int, fallback: np.ndarray | None = None, keep_
     return out
 
 
-def uncertainty_stats(model, images, fallback, profile: Profile, bald: bool, seed: int, batch_size: int = 8,
-                      keep_proba: bool = False) -> dict:
+def uncertainty_stats(model, images, fallback, profile: Profile, bald: bool, seed: int, batch_size: int = 8) -> dict:
     """:func:`proba_stats` of ``model``'s predictions, and with ``bald`` the mean MC-dropout mutual information in
     the same R (NaN otherwise). R comes from the deterministic prediction. A model on a GPU computes them there
     (:func:`device_uncertainty_stats`; a full-size map would otherwise cost ~0.4 s of one CPU core)."""
-    if next(model.parameters()).device.type == "cuda" and not keep_proba:
+    if next(model.parameters()).device.type == "cuda":
         return device_uncertainty_stats(model, images, fallback, profile, bald, seed, batch_size)
-    out = proba_stats(predict_proba(model, images, batch_size=batch_size), profile.roi_dilation, fallback,
-                      keep_proba)
-    rois = out["roi"] if keep_proba else out.pop("roi")
+    out = proba_stats(predict_proba(model, images, batch_size=batch_size), profile.roi_dilation, fallback)
+    rois = out.pop("roi")
     if bald:
         draws = predict_mc_dropout(model, images, profile.mc_samples, seed, batch_size=batch_size)
         out["bald"] = [localized_bald(mutual_information(samples)[0], roi)
@@ -179,7 +177,6 @@ def acquisition_round(
     weigh: bool = True,
     weight_dice: Callable[[list[float]], list[float]] | None = None,
     p_group: np.ndarray | None = None,
-    keep_proba: bool = False,
 ) -> Round:
     """The round after training: the Dice of ``model`` on the ``labeled`` cases, the group weights of Eq. 2 over
     ``groups`` (``weigh``: else 1 for every group), each candidate's weight (its group's, or the expected weight
@@ -201,7 +198,7 @@ def acquisition_round(
         return result
     cand_rows = volumes.rows(list(candidates))
     result.stats = uncertainty_stats(model, volumes.images[cand_rows], volumes.roi[0].numpy(), profile,
-                                     strategy.needs_dropout, seed=mc_seed, keep_proba=keep_proba)
+                                     strategy.needs_dropout, seed=mc_seed)
     result.case_weights = (case_weights([cases[c].group for c in candidates], weights, p_group, list(groups))
                            if groups else np.ones(len(candidates)))
     result.scores, result.case_weights = strategy_scores(strategy, result.stats, result.case_weights, rng)

@@ -24,7 +24,7 @@ from fairal import versions
 from fairal.acquisition import parse_strategy
 from fairal.config import Profile
 from fairal.data import case_records
-from fairal.engine import acquisition_round, evaluate, fit, model_factory
+from fairal.engine import acquisition_round, evaluate, fit, model_factory, proba_stats
 from fairal.errors import FairalError
 from fairal.io import check_replaceable, publish_folder, write_csv, write_json
 from fairal.model import UNet3D
@@ -224,9 +224,14 @@ def run_query(
     # The round: group weights from the Dice on the labeled cases, scores, the batch; the rest ranked by score.
     rnd = acquisition_round(model, vol, labeled_ids, unlabeled_ids, records_of, order, strat, profile, budget,
                             rng=np.random.default_rng([seed, 7]), mc_seed=seed, weigh=strat.weighted,
-                            weight_dice=weight_dice, p_group=p_group, keep_proba=True)
+                            weight_dice=weight_dice, p_group=p_group)
     stats, scores, w, weights = rnd.stats, rnd.scores, rnd.case_weights, rnd.weights
     ranking = rnd.ranking()
+    # The batch's maps and ROIs (montage, annotators' files): predicted again for these few cases rather than kept
+    # in memory for the whole pool.
+    batch = ranking[:budget]
+    maps = proba_stats(predict_proba(model, vol.images[vol.rows(batch)], batch_size=8), profile.roi_dilation,
+                       vol.roi[0].numpy(), keep_proba=True)
     pos = {c: i for i, c in enumerate(unlabeled_ids)}
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
     records = []
@@ -249,20 +254,19 @@ def run_query(
         write_csv(tmp / "query.csv", table)
         from fairal.report.montage import write_montage
 
-        top = [pos[c] for c in ranking[:max(1, min(montage_cases, budget))]]  # the cases to annotate
+        top = batch[:max(1, min(montage_cases, budget))]  # the first cases to annotate
 
         def rec_group(cid: str) -> str:
             return "group ?" if records_of[cid].group is None else str(records_of[cid].group)
 
-        write_montage(tmp / "montage.png", [vol.images[rows_u[i], 0].numpy() for i in top],
-                      [stats["proba"][i] for i in top], [stats["roi"][i] for i in top],
-                      [f"#{r + 1} {unlabeled_ids[i]}\n{rec_group(unlabeled_ids[i])}  score {scores[i]:.3g}"
-                       for r, i in enumerate(top)])
+        write_montage(tmp / "montage.png", [vol.images[rows_u[pos[c]], 0].numpy() for c in top],
+                      maps["proba"][:len(top)], maps["roi"][:len(top)],
+                      [f"#{r + 1} {c}\n{rec_group(c)}  score {scores[pos[c]]:.3g}" for r, c in enumerate(top)])
         model_meta = {"grid": grid.as_meta(), "features": list(model.features), "dropout": float(model.dropout),
                       "profile": profile.name, "group_by": list(group_by), "n_labeled": n_labeled, "seed": seed}
         save_checkpoint(model, tmp / "model.pt", model_meta)
-        write_handoff(tmp, [(c, records_of[c].image, stats["proba"][pos[c]]) for c in ranking[:budget]], grid,
-                      label_value)
+        write_handoff(tmp, [(c, records_of[c].image, proba) for c, proba in zip(batch, maps["proba"], strict=True)],
+                      grid, label_value)
         lab_table = cases.loc[cases["labeled"], ["case_id", "group"]].assign(dice=rnd.weight_dice)
         write_json(tmp / "query.json", {
             "csv": str(Path(csv_path).resolve()), "strategy": strat.name, "budget": budget, "seed": seed,
