@@ -10,13 +10,21 @@ Parts (run in this order of priority, each task resumable, on a process pool):
 - ``extras``: the strategies beyond the paper of the ``standard`` grid, per seed;
 - ``sweep``: the bias scale at 0.5x / 2x of the anchored unit: datasets and Table 1 per seed.
 
+Tasks run seed by seed (a seed's baselines, then its runs), so that whole seeds finish first.
+
+The datasets are the grid's (:data:`fairal.experiments.DATASETS`: independent subject seeds) with the profile's
+evaluation split. The job refuses to start while ``docs/analysis-plan.md`` has uncommitted changes (the plan is
+fixed before the records it judges exist); the plan's commit and git blob hash are recorded in
+``OUT/analysis_plan.json`` and in the exported ``settings.json`` (``analysis_plan``).
+
 ``--deadline S`` stops starting tasks after S seconds and stops the running ones at S + ``--grace``; what finished
 is kept (a run stopped halfway resumes after its last complete round when started again). ``--export DIR`` writes
-the tidy tables of what finished (``DIR/standard``, ``DIR/ablations``, ``DIR/sweep``)::
+the tidy tables of what finished (``DIR/NAME`` with ``--name``, default ``standard``; ``DIR/ablations``,
+``DIR/sweep``)::
 
-    python scripts/evidence.py evidence --parts baselines,seeds,ablations,extras --seeds 5 --jobs 16
+    python scripts/evidence.py evidence-v2 --parts baselines,seeds --seeds 10 --baseline-seeds 10 --jobs 2
+    python scripts/evidence.py evidence-v2 --export docs/results --name v2 --seeds 10
     python scripts/evidence.py evidence --parts sweep --scales 0.5,2 --baseline-seeds 3 --jobs 2
-    python scripts/evidence.py evidence --export docs/results
 """
 
 from __future__ import annotations
@@ -50,18 +58,47 @@ def _data(out: Path, scale: float) -> Path:
 
 
 def ensure_dataset(out: Path, name: str, scale: float, jobs: int, profile: str) -> Path:
-    """The anchored dataset ``name`` with the local PC1 scaled by ``scale``, of the profile's size; simulated once."""
+    """The anchored dataset ``name`` (the grid's bias and subject seed) with the local PC1 scaled by ``scale``, of
+    the profile's size and evaluation split; simulated once."""
     from fairal.config import get_profile
+    from fairal.experiments import DATASETS as GRID_DATASETS
     from fairal.simulate.dataset import SimulationConfig, simulate_dataset
     from fairal.simulate.deformation import DEFAULT_LOCAL_SD_MM
 
     path = _data(out, scale) / name
     if not (path / "manifest.csv").is_file():
         p = get_profile(profile)
-        cfg = SimulationConfig(bias=name, local_sd_mm=DEFAULT_LOCAL_SD_MM * scale, jobs=jobs,
-                               n_subjects=p.n_subjects, shape=p.sim_shape, test_per_group=p.test_per_group)
+        bias, seed = GRID_DATASETS[name]
+        cfg = SimulationConfig(bias=bias, seed=seed, local_sd_mm=DEFAULT_LOCAL_SD_MM * scale, jobs=jobs,
+                               n_subjects=p.n_subjects, shape=p.sim_shape, test_per_group=p.test_per_group,
+                               eval_per_group=p.eval_per_group)
         simulate_dataset(cfg, path, progress=False)
     return path
+
+
+PLAN = Path(__file__).resolve().parents[1] / "docs" / "analysis-plan.md"
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=PLAN.parents[1])
+    except OSError:
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def analysis_plan() -> dict:
+    """The committed analysis plan: its path, the commit that last changed it and its git blob hash. Refuses a
+    plan that is missing, not committed or changed since its commit."""
+    rel = PLAN.relative_to(PLAN.parents[1]).as_posix()
+    if not PLAN.is_file():
+        raise SystemExit(f"no analysis plan at {rel}: commit the plan before the records it judges exist")
+    if _git("status", "--porcelain", "--", rel):
+        raise SystemExit(f"{rel} has uncommitted changes: commit the plan before the records it judges exist")
+    commit = _git("log", "-1", "--format=%H", "--", rel)
+    if not commit:
+        raise SystemExit(f"{rel} is not committed: commit the plan before the records it judges exist")
+    return {"path": rel, "commit": commit, "blob": _git("hash-object", rel)}
 
 
 def tasks(out: Path, parts: list[str], seeds: int, baseline_seeds: int, ablation_seeds: int, scales: list[float],
@@ -93,6 +130,7 @@ def tasks(out: Path, parts: list[str], seeds: int, baseline_seeds: int, ablation
                      for s in range(baseline_seeds) for sc in scales for d in DATASETS]
         else:
             raise SystemExit(f"unknown part {part!r}")
+    todo.sort(key=lambda t: t["seed"])  # stable: seed by seed, parts in their order within a seed
     return todo
 
 
@@ -161,12 +199,26 @@ def execute(todo: list[dict], jobs: int, deadline: float | None, grace: float, l
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return ""
+def _run_commit(out: Path) -> str:
+    """The commit the job ran at (recorded when it started), else this checkout's."""
+    started = out / "job.json"
+    if started.is_file():
+        return json.loads(started.read_text()).get("commit", "")
+    return _git("rev-parse", "HEAD")
+
+
+def _whole_seeds(rounds: pd.DataFrame, base: pd.DataFrame, seeds: int) -> list[int]:
+    """The seeds below ``seeds`` whose every run (the paper's grid) and baseline finished."""
+    from fairal.config import PAPER_STRATEGIES
+
+    whole = []
+    for s in range(seeds):
+        runs = rounds[(rounds["seed"] == s) & rounds["strategy"].isin(PAPER_STRATEGIES)]
+        n_runs = len(runs.drop_duplicates(["dataset", "init", "strategy"]))
+        n_base = len(base[base["seed"] == s].drop_duplicates(["dataset"])) if len(base) else 0
+        if n_runs == len(DATASETS) * len(INITS) * len(PAPER_STRATEGIES) and n_base == len(DATASETS):
+            whole.append(s)
+    return whole
 
 
 def _baselines(root: Path, scale: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -192,21 +244,30 @@ def _volumes(data: Path, scale: float) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def export(out: Path, dest: Path, scales: list[float], profile: str = "standard") -> None:
-    """The tidy tables of what finished under ``out``."""
+def export(out: Path, dest: Path, scales: list[float], profile: str = "standard", name: str = "standard",
+           seeds: int | None = None) -> None:
+    """The tidy tables of what finished under ``out`` (with ``seeds``, only the runs and baselines of whole
+    seeds: every run and baseline of the seed finished)."""
     from fairal import versions
-    from fairal.report.records import tidy_records
+    from fairal.report.records import RUN_KEYS, tidy_records
 
-    std = dest / "standard"
+    std = dest / name
     std.mkdir(parents=True, exist_ok=True)
     rounds, cases = tidy_records(out)
-    rounds.to_csv(std / "rounds.csv", index=False)
-    cases.to_csv(std / "cases.csv", index=False)
     base, base_cases = _baselines(out, 1.0)
+    if seeds is not None:
+        whole = _whole_seeds(rounds, base, seeds)
+        rounds, cases = rounds[rounds["seed"].isin(whole)], cases[cases["seed"].isin(whole)]
+        base, base_cases = (t[t["seed"].isin(whole)] if len(t) else t for t in (base, base_cases))
+    rounds.sort_values([*RUN_KEYS, "round"]).to_csv(std / "rounds.csv", index=False)
+    cases.to_csv(std / "cases.csv", index=False)
     base.drop(columns="scale", errors="ignore").to_csv(std / "baselines.csv", index=False)
     base_cases.drop(columns="scale", errors="ignore").to_csv(std / "baseline_cases.csv", index=False)
     config = next(iter(sorted(out.glob("runs/*/*/*/seed-*/config.json"))), None)
-    info = {"profile": profile, "commit": _git_commit(), "versions": versions(),
+    plan = out / "analysis_plan.json"
+    info = {"profile": profile, "commit": _run_commit(out), "versions": versions(),
+            "analysis_plan": json.loads(plan.read_text()) if plan.is_file() else None,
+            "seeds": sorted(int(v) for v in set(rounds["seed"])) if len(rounds) else [],
             "device": json.loads(config.read_text()).get("device") if config else None,
             "run_settings": json.loads(config.read_text())["settings"] if config else None}
     (std / "settings.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
@@ -250,6 +311,9 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=None)
     ap.add_argument("--grace", type=float, default=60.0)
     ap.add_argument("--export", type=Path, default=None)
+    ap.add_argument("--name", default="standard", help="the exported folder's name under --export")
+    ap.add_argument("--whole-seeds", action="store_true",
+                    help="export only seeds whose runs and baselines all finished (of --seeds)")
     args = ap.parse_args()
     scales = [float(s) for s in args.scales.split(",") if s]
     parts = [p for p in args.parts.split(",") if p]
@@ -266,6 +330,16 @@ def main() -> None:
             f.write(msg + "\n")
 
     if parts:
+        if parts != ["sweep"]:  # records judged by the analysis plan: the plan must be committed first
+            plan, recorded = analysis_plan(), args.out / "analysis_plan.json"
+            if recorded.is_file() and json.loads(recorded.read_text()) != plan:
+                raise SystemExit(f"{recorded} records another analysis plan than {plan['path']} at "
+                                 f"{plan['commit'][:10]}: the plan changed after the job started")
+            recorded.write_text(json.dumps(plan, indent=2) + "\n")
+            log(f"analysis plan {plan['path']} at {plan['commit'][:10]} (blob {plan['blob'][:10]})")
+        job = args.out / "job.json"
+        if not job.is_file():
+            job.write_text(json.dumps({"commit": _git("rev-parse", "HEAD"), "parts": parts}, indent=2) + "\n")
         t0 = time.monotonic()
         for d in DATASETS:
             for scale in ([1.0] if parts != ["sweep"] else []) + (scales if "sweep" in parts else []):
@@ -277,7 +351,7 @@ def main() -> None:
         deadline = None if args.deadline is None else max(args.deadline - (time.monotonic() - t0), 0.0)
         execute(todo, args.jobs, deadline, args.grace, log, args.threads)
     if args.export is not None:
-        export(args.out, args.export, scales, args.profile)
+        export(args.out, args.export, scales, args.profile, args.name, args.seeds if args.whole_seeds else None)
         log(f"tidy tables in {args.export}")
 
 

@@ -133,9 +133,9 @@ def test_collapse_guard_restarts_with_a_derived_seed() -> None:
     images, labels = _spheres()
     factory = _Factory(bad=1)
     result = train_model(images, labels, TrainConfig(**FAST, seed=1), factory)
-    assert factory.seeds == [1, 1001]
+    assert factory.seeds == [1, train_mod.restart_seed(1, 1)]
     assert result.restarts == 1
-    assert result.seed == 1001
+    assert result.seed == train_mod.restart_seed(1, 1)
     assert not result.collapsed
     assert result.attempt_dice[0] == 0.0
     assert result.train_dice == result.attempt_dice[1] > 0.5
@@ -146,7 +146,7 @@ def test_collapse_guard_gives_up_after_max_restarts() -> None:
     factory = _Factory(bad=10)
     with pytest.warns(RuntimeWarning, match="after 2 restarts"):
         result = train_model(images, labels, TrainConfig(**FAST, max_restarts=2), factory)
-    assert factory.seeds == [0, 1000, 2000]
+    assert factory.seeds == [0, train_mod.restart_seed(0, 1), train_mod.restart_seed(0, 2)]
     assert result.restarts == 2
     assert result.collapsed
     assert result.attempt_dice == [0.0, 0.0, 0.0]
@@ -158,7 +158,7 @@ def test_collapse_guard_fires_on_no_foreground_even_with_zero_threshold() -> Non
     config = TrainConfig(**{**FAST, "min_train_dice": 0.0, "seed": 3})
     result = train_model(images, labels, config, factory)
     # Dice 0.0 is not below 0.0, but the first model predicts no foreground voxel while labels have some
-    assert result.restarts == 1 and factory.seeds == [3, 1003]
+    assert result.restarts == 1 and factory.seeds == [3, train_mod.restart_seed(3, 1)]
     assert result.attempt_dice[0] == 0.0 and result.train_dice > 0.5
 
 
@@ -314,8 +314,12 @@ def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_restart_seed_stride_is_documented_value() -> None:
-    assert train_mod.RESTART_SEED_STRIDE == 1000
+def test_restart_seeds_come_from_their_own_stream() -> None:
+    from fairal.sampling import stream_seed
+
+    assert train_mod.restart_seed(7, 0) == 7
+    assert train_mod.restart_seed(7, 1) == stream_seed(7, "training-restart", 1)
+    assert len({train_mod.restart_seed(s, k) for s in range(5) for k in range(3)}) == 15
     assert math.isclose(TrainConfig().lr, 1e-4)
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from fairal.acquisition import case_weights, parse_strategy, ranking, select, strategy_scores
 from fairal.engine import proba_stats
 from fairal.errors import FairalError
+from fairal.sampling import stream
 
 
 def rank_for_annotation(
@@ -70,7 +71,7 @@ def rank_for_annotation(
             raise FairalError("scans of unknown group need p_group (their group probabilities)")
         rows = np.array([[float((p_group.get(c) or {}).get(g, 0.0)) for g in order] for c in ids])
     w = case_weights([groups[c] for c in ids], weights, rows, order)
-    rng = np.random.default_rng([seed, 7])
+    rng = stream(seed, "query-selection")
     scores, used = strategy_scores(s, stats, w, rng)
     chosen = select(s, ids, scores, budget, stochastic_batches, rng)
     order = ranking(ids, scores, chosen)

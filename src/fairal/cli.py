@@ -48,7 +48,12 @@ def simulate(
     out: Annotated[Path, typer.Argument(help="Output folder of the dataset (must not exist, or --overwrite).")],
     bias: Annotated[str, typer.Option(help="Bias preset: strong (c ~ N(4, 2)), weak (N(2, 2)) or none.")] = "strong",
     n_subjects: Annotated[int, typer.Option(help="Number of subjects, split evenly into Group 1 and 2.")] = 312,
-    seed: Annotated[int, typer.Option(help="Seed of the subjects' draws.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the subjects' draws. Datasets to be compared or pooled in one "
+                                      "claim need different seeds (independent subjects).")] = 0,
+    eval_per_group: Annotated[int, typer.Option(help="Evaluation subjects per group (split 'eval', beyond "
+                                                "--n-subjects): never in the pool, the test split or a cohort; "
+                                                "every round and baseline is also measured on them.")] = 0,
+    test_per_group: Annotated[int, typer.Option(help="Test cases per group (the paper: 15).")] = 15,
     bias_mean: Annotated[float | None, typer.Option(help="Override the preset's mean of c (SD units).")] = None,
     bias_std: Annotated[float | None, typer.Option(help="Override the preset's SD of c.")] = None,
     shape: Annotated[tuple[int, int, int], typer.Option(help="Output grid size in voxels.")] = (170, 170, 76),
@@ -75,7 +80,8 @@ def simulate(
     from fairal.simulate.dataset import SimulationConfig, group_summary, simulate_dataset
 
     cfg = SimulationConfig(
-        bias=bias, n_subjects=n_subjects, seed=seed, bias_mean=bias_mean, bias_std=bias_std, shape=tuple(shape),
+        bias=bias, n_subjects=n_subjects, seed=seed, eval_per_group=eval_per_group, test_per_group=test_per_group,
+        bias_mean=bias_mean, bias_std=bias_std, shape=tuple(shape),
         template=str(template) if template else None, label=str(label) if label else None, label_value=label_value,
         global_model=str(global_model) if global_model else None,
         local_model=str(local_model) if local_model else None, global_sampling=global_sampling,

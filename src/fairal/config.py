@@ -40,6 +40,7 @@ class Profile:
     n_subjects: int = 312
     sim_shape: tuple[int, int, int] = (170, 170, 76)
     test_per_group: int = 15
+    eval_per_group: int = 0  # evaluation subjects per group that ``reproduce`` simulates (split "eval")
     crop_margin: int | None = 12  # voxels around the template's structure; None = whole volume
     downsample: int = 2  # 1 = the data's 1 mm grid
     # model
@@ -61,6 +62,7 @@ class Profile:
     first_round_steps: int | None = None  # steps of the AL run's first round (None: ``steps``)
     round_steps: int = 150  # steps of a warm-started round (cold rounds use steps/epochs)
     seeds: int = 1
+    eval_every: int = 1  # measure on the evaluation split every N-th round (and always the last)
     roi_dilation: int = 3
     temperature: float = 1.0
     # strategies beyond the paper (see fairal.acquisition)
@@ -86,9 +88,10 @@ class Profile:
                 raise FairalError(f"setting {name} must be a finite number {bound}"
                                   + (f" and < {high:g}" if high < math.inf else "") + f", got {v!r}")
 
-        for name, low in (("n_subjects", 2), ("test_per_group", 1), ("steps", 0), ("batch_size", 1),
-                          ("cohort_size", 1), ("init_size", 2), ("acquire", 1), ("final_size", 2), ("round_steps", 0),
-                          ("seeds", 1), ("roi_dilation", 0), ("mc_samples", 2), ("stochastic_batches", 1)):
+        for name, low in (("n_subjects", 2), ("test_per_group", 1), ("eval_per_group", 0), ("steps", 0),
+                          ("batch_size", 1), ("cohort_size", 1), ("init_size", 2), ("acquire", 1), ("final_size", 2),
+                          ("round_steps", 0), ("seeds", 1), ("eval_every", 1), ("roi_dilation", 0), ("mc_samples", 2),
+                          ("stochastic_batches", 1)):
             whole(name, low)
         for name, low in (("crop_margin", 0), ("epochs", 0), ("first_round_steps", 0)):
             if getattr(self, name) is not None:
@@ -176,6 +179,7 @@ PROFILES: dict[str, Profile] = {
             name="smoke",
             description="the whole pipeline on tiny data in seconds (tests, CI); results mean nothing",
             n_subjects=32,
+            eval_per_group=4,
             sim_shape=(80, 96, 56),
             test_per_group=4,
             crop_margin=6,
@@ -196,6 +200,7 @@ PROFILES: dict[str, Profile] = {
             name="quick",
             description="a first look at the whole grid in minutes on a laptop: small data, short training",
             n_subjects=120,
+            eval_per_group=30,
             sim_shape=(128, 144, 76),
             test_per_group=15,
             crop_margin=8,
@@ -211,6 +216,7 @@ PROFILES: dict[str, Profile] = {
             description="meaningful results on a 2-core CPU: full schedule 10 -> 86, 2 mm crop around the caudate, "
             "warm-started rounds, 1 seed",
             n_subjects=312,
+            eval_per_group=150,
             crop_margin=12,
             downsample=2,
             lr=1e-3,
@@ -224,6 +230,7 @@ PROFILES: dict[str, Profile] = {
             name="paper",
             description="the paper's protocol: full 1 mm volumes, 200 epochs from scratch every round, 5 seeds (GPU)",
             n_subjects=312,
+            eval_per_group=150,
             crop_margin=None,
             downsample=1,
             epochs=200,

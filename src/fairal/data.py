@@ -1,7 +1,8 @@
 """Reading a dataset: the manifest, its validation, and the volumes loaded once into a compact in-memory set.
 
 A dataset folder is what ``fairal simulate`` writes (or the same layout from elsewhere): ``manifest.csv`` with
-``case_id, group, image, label`` (paths relative to the manifest) and optionally ``split`` (``test``/``pool``),
+``case_id, group, image, label`` (paths relative to the manifest) and optionally ``split`` (``test``/``pool``,
+and ``eval`` for an evaluation split that is only measured on),
 plus optionally ``template/label.nii.gz``, the template's structure on the images' grid.
 """
 
@@ -25,6 +26,9 @@ from fairal.nifti import image_data, label_data, load_nifti
 from fairal.sampling import test_split
 
 REQUIRED_COLUMNS = ("case_id", "group", "image", "label")
+#: A dataset's splits: the fixed test set, the pool (labeled sets and cohorts come from it) and the evaluation set
+#: (never trained on, never acquired: measured only).
+SPLITS = ("test", "pool", "eval")
 
 
 def read_manifest(data_dir: str | Path, test_per_group: int = 15, seed: int = 0) -> pd.DataFrame:
@@ -57,9 +61,9 @@ def read_manifest(data_dir: str | Path, test_per_group: int = 15, seed: int = 0)
             if not rel or not Path(p).is_file():
                 raise FairalError(f"case {case}: {col} file not found: {data_dir / rel}")
     if "split" in m.columns:
-        bad = sorted(set(m["split"]) - {"test", "pool"})
+        bad = sorted(set(m["split"]) - set(SPLITS))
         if bad:
-            raise FairalError(f"{path}: column 'split' must hold 'test' or 'pool', found {bad}")
+            raise FairalError(f"{path}: column 'split' must hold {', '.join(SPLITS)}, found {bad}")
     else:
         ids = {g: ids.tolist() for g, ids in m.groupby("group")["case_id"]}
         m["split"] = np.where(m["case_id"].isin(test_split(ids, test_per_group, seed)), "test", "pool")

@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -16,8 +15,8 @@ from fairal.data import load_volumes, read_manifest
 from fairal.engine import evaluate, model_factory
 from fairal.errors import FairalError
 from fairal.io import FolderLock, check_output_folder, write_csv, write_json
-from fairal.metrics import fairness_summary
-from fairal.sampling import draw_per_group, split_evenly
+from fairal.metrics import EVAL_PREFIX, fairness_columns, fairness_summary, prefixed_summary
+from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
 from fairal.train import save_checkpoint, train_model
 
 #: The paper's training cohorts: balanced (an equal share of each group), then one cohort of each group alone.
@@ -25,8 +24,11 @@ COHORTS = ("all", "g1", "g2")
 
 
 def baseline_columns(groups: list) -> list[str]:
-    """``baseline_table.csv``'s columns; for the paper's groups: cohort, dice_g1, dice_g2, dice_all, essp, delta."""
-    return ["cohort", *[f"dice_g{g}" for g in groups], "dice_all", "essp", "delta"]
+    """``baseline_table.csv``'s columns; for the paper's groups: cohort, dice_g1, dice_g2, dice_all, essp, delta
+    (on the test split), then eval_dice_all, eval_dice_g1, eval_dice_g2, eval_delta, eval_essp (on the evaluation
+    split; empty without one)."""
+    return ["cohort", *[f"dice_g{g}" for g in groups], "dice_all", "essp", "delta",
+            *fairness_columns(groups, EVAL_PREFIX)]
 
 
 BASELINE_TABLE_COLUMNS = baseline_columns([1, 2])
@@ -43,7 +45,7 @@ def baseline_cohorts(manifest: pd.DataFrame, size: int, seed: int = 0) -> dict[s
     ids = {g: pool.loc[pool["group"] == g, "case_id"].tolist() for g in groups}
     need = {"all": split_evenly(size, groups)}
     need.update({f"g{g}": {h: size if h == g else 0 for h in groups} for g in groups})
-    rng = np.random.default_rng([seed, 3])
+    rng = stream(seed, "cohort")
     return {name: draw_per_group(ids, counts, rng, what=f"cohort {name}", short=" for training but the pool has",
                                  hint=" (test cases excluded): lower the cohort size (--set cohort_size=N)")
             for name, counts in need.items()}
@@ -54,7 +56,8 @@ def run_baseline(
 ) -> pd.DataFrame:
     """Train the U-Net on each cohort and evaluate it on the fixed test split; write the records to ``out``.
 
-    Writes ``baseline_cases.csv`` (cohort, case_id, group, dice), ``baseline_table.csv`` (cohort, dice_g1,
+    Writes ``baseline_cases.csv`` (cohort, case_id, group, dice, split: ``test``, and ``eval`` for the evaluation
+    split), ``baseline_table.csv`` (cohort, dice_g1,
     dice_g2, dice_all, essp, delta; one dice_g<g> per group), ``baseline.json`` (settings, versions, training
     diagnostics) and one model per cohort under ``checkpoints/``. Everything is validated before any file is
     written, and each file is moved into place whole.
@@ -68,17 +71,26 @@ def run_baseline(
     volumes = load_volumes(data_dir, manifest, crop_margin=profile.crop_margin, downsample=profile.downsample)
     test_rows = volumes.rows(test_ids)
     test_groups = volumes.groups[test_rows]
+    eval_ids = manifest.loc[manifest["split"] == "eval", "case_id"].tolist()
+    eval_rows = volumes.rows(eval_ids)
+    eval_groups = volumes.groups[eval_rows]
     case_rows, table_rows, diagnostics = [], [], {}
-    columns = baseline_columns(sorted(set(manifest["group"]), key=str))
+    groups = sorted(set(manifest["group"]), key=str)
+    columns = baseline_columns(groups)
     for name in cohorts:
         rows = volumes.rows(cohorts[name])
-        result = train_model(volumes.images[rows], volumes.labels[rows], profile.train_config(seed),
+        result = train_model(volumes.images[rows], volumes.labels[rows],
+                             profile.train_config(stream_seed(seed, "baseline-training")),
                              model_factory(profile, volumes, rows), progress=progress)
         dices = evaluate(result.model, volumes, test_rows, profile.batch_size)
         summary = fairness_summary(dices, test_groups)
+        eval_dice = evaluate(result.model, volumes, eval_rows, profile.batch_size) if eval_rows else []
+        summary.update(prefixed_summary(eval_dice, eval_groups, groups, EVAL_PREFIX))
         table_rows.append({"cohort": name, **{k: summary.get(k) for k in columns[1:]}})
-        case_rows += [{"cohort": name, "case_id": c, "group": g, "dice": d}
-                      for c, g, d in zip(test_ids, test_groups, dices, strict=True)]
+        case_rows += [{"cohort": name, "case_id": c, "group": g, "dice": d, "split": split}
+                      for ids, grp, dcs, split in ((test_ids, test_groups, dices, "test"),
+                                                   (eval_ids, eval_groups, eval_dice, "eval"))
+                      for c, g, d in zip(ids, grp, dcs, strict=True)]
         diagnostics[name] = {"n_train": len(rows), "train_dice": result.train_dice, "restarts": result.restarts,
                              "collapsed": result.collapsed, "seconds": round(result.seconds, 2),
                              "final_loss": result.losses[-1] if result.losses else None}
@@ -90,7 +102,7 @@ def run_baseline(
     write_csv(out / "baseline_cases.csv", pd.DataFrame(case_rows))
     write_csv(out / "baseline_table.csv", table)
     info = {"data_dir": str(data_dir.resolve()), "profile": profile.as_dict(), "seed": seed,
-            "cohorts": {k: len(v) for k, v in cohorts.items()}, "n_test": len(test_ids),
+            "cohorts": {k: len(v) for k, v in cohorts.items()}, "n_test": len(test_ids), "n_eval": len(eval_ids),
             "grid": list(volumes.spatial_shape), "crop_box": volumes.box, "training": diagnostics}
     write_json(out / "baseline.json", info)
     return table
@@ -98,7 +110,9 @@ def run_baseline(
 
 # --- the paper's grid ----------------------------------------------------------------------------------------
 
-DATASETS = {"strong": "strong", "weak": "weak"}  # dataset name -> bias preset
+#: The paper's datasets: name -> (bias preset, subject seed). Different seeds: the two share no subject draw, so
+#: a claim pooled over them counts independent data (the deformation models, the population, are shared).
+DATASETS = {"strong": ("strong", 0), "weak": ("weak", 1)}
 
 
 def run_dir(out: Path, dataset: str, init: str, strategy: str, seed: int) -> Path:
@@ -109,15 +123,17 @@ def ensure_dataset(out: Path, name: str, profile: Profile, progress: bool) -> Pa
     """Simulate the dataset with the profile's size, or reuse it if one with the same settings is there."""
     from fairal.simulate.dataset import SimulationConfig, simulate_dataset
 
-    cfg = SimulationConfig(bias=DATASETS[name], n_subjects=profile.n_subjects, shape=profile.sim_shape,
-                           test_per_group=profile.test_per_group, seed=0)
+    bias, seed = DATASETS[name]
+    cfg = SimulationConfig(bias=bias, n_subjects=profile.n_subjects, shape=profile.sim_shape,
+                           test_per_group=profile.test_per_group, eval_per_group=profile.eval_per_group, seed=seed)
     path = Path(out) / "data" / name
     info = path / "dataset.json"
     if info.is_file():
         settings = json.loads(info.read_text()).get("settings", {})
         same = (settings.get("n_subjects") == cfg.n_subjects and settings.get("bias") == cfg.bias
                 and list(settings.get("shape", [])) == list(cfg.shape)
-                and settings.get("test_per_group", 15) == cfg.test_per_group)
+                and settings.get("test_per_group", 15) == cfg.test_per_group
+                and settings.get("eval_per_group", 0) == cfg.eval_per_group and settings.get("seed", 0) == cfg.seed)
         if same:
             return path
         raise FairalError(f"{path} holds a dataset of other settings than profile {profile.name}'s; "

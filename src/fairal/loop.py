@@ -16,7 +16,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -27,9 +26,9 @@ from fairal.data import VolumeSet, case_records, data_files, describe_changes, l
 from fairal.engine import acquisition_round, evaluate, training_member
 from fairal.errors import FairalError
 from fairal.io import FolderLock, check_output_folder, clean_stale_partials, write_csv, write_json
-from fairal.metrics import fairness_summary
+from fairal.metrics import EVAL_PREFIX, fairness_columns, fairness_summary, prefixed_summary
 from fairal.packed import Member, lockstep_key, train_packed
-from fairal.sampling import draw_per_group, split_evenly
+from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
 from fairal.train import TrainResult, describe_device, resolve_bf16, resolve_device, save_checkpoint, train_model
 
 #: Initial labeled sets: ``balanced`` splits evenly over the groups (the paper: 5 + 5); ``gX-heavy`` gives group X
@@ -43,11 +42,19 @@ SELECTION_COLUMNS = ["round", "case_id", "group", "entropy", "localized_entropy"
 
 def round_columns(groups: list) -> list[str]:
     """Columns of ``rounds.csv`` for a dataset's groups; for the paper's groups 1 and 2: round, n_labeled,
-    n_labeled_g1, n_labeled_g2, g1_ratio, dice_all, dice_g1, dice_g2, delta, essp, w_g1, w_g2."""
+    n_labeled_g1, n_labeled_g2, g1_ratio, dice_all, dice_g1, dice_g2, delta, essp, w_g1, w_g2 (on the test split),
+    then the same measures on the evaluation split: eval_dice_all, eval_dice_g1, eval_dice_g2, eval_delta,
+    eval_essp (empty when the dataset has no evaluation split, or the round was not evaluated on it)."""
     per = [f"n_labeled_g{g}" for g in groups]
     ratio = ["g1_ratio"] if 1 in groups else []
-    return (["round", "n_labeled", *per, *ratio, "dice_all", *[f"dice_g{g}" for g in groups], "delta", "essp",
-             *[f"w_g{g}" for g in groups]])
+    return (["round", "n_labeled", *per, *ratio, *fairness_columns(groups), *[f"w_g{g}" for g in groups],
+             *fairness_columns(groups, EVAL_PREFIX)])
+
+
+def eval_rounds(n_rounds: int, every: int) -> set[int]:
+    """The rounds measured on the evaluation split: all of them with ``every`` = 1, else every ``every``-th round
+    from the first, and always the last."""
+    return set(range(0, n_rounds, every)) | {n_rounds - 1}
 
 
 @dataclass(frozen=True)
@@ -124,13 +131,8 @@ def initial_set(manifest: pd.DataFrame, init: str, size: int, seed: int) -> list
     pool = manifest[manifest["split"] == "pool"]
     groups = sorted(set(manifest["group"]), key=str)
     need = initial_counts(groups, init, size)
-    index = list(INITS).index(init) if init in INITS else 3 + sum(map(ord, init))
     ids = {g: pool.loc[pool["group"] == g, "case_id"].tolist() for g in groups}
-    return draw_per_group(ids, need, np.random.default_rng([seed, 4, index]), what=f"initial set {init}")
-
-
-def _round_seed(seed: int, rnd: int) -> int:
-    return int(np.random.SeedSequence([seed, rnd]).generate_state(1)[0] % (2**31 - 1))
+    return draw_per_group(ids, need, stream(seed, "initial-set", init), what=f"initial set {init}")
 
 
 class ActiveLearningRun:
@@ -151,6 +153,8 @@ class ActiveLearningRun:
                               f"{spec.data_dir} has {len(pool)}")
         self.groups = sorted(set(self.manifest["group"]), key=str)
         self.test_ids = self.manifest.loc[self.manifest["split"] == "test", "case_id"].tolist()
+        self.eval_ids = self.manifest.loc[self.manifest["split"] == "eval", "case_id"].tolist()
+        self.eval_at = eval_rounds(len(self.sizes), self.profile.eval_every)
         self.pool_ids = pool["case_id"].tolist()
         self.cases = case_records(self.manifest)
         self.strategy = spec.strategy
@@ -252,7 +256,8 @@ class ActiveLearningRun:
         previous = self.out / "checkpoints" / f"round-{rnd - 1:02d}.pt"
         warm = previous if p.warm_start and rnd > 0 else None
         return training_member(p, self.volumes, self.volumes.rows(self._labeled),
-                               p.train_config(_round_seed(self.spec.seed, rnd), rnd), self.strategy, warm_from=warm)
+                               p.train_config(stream_seed(self.spec.seed, "training", rnd), rnd), self.strategy,
+                               warm_from=warm)
 
     def finish_round(self, result: TrainResult) -> None:
         """The rest of the round with the model trained on :meth:`training`: evaluate, acquire, write the records,
@@ -273,20 +278,24 @@ class ActiveLearningRun:
         test_rows = vol.rows(test_ids)
         test_dice = evaluate(model, vol, test_rows, batch_size=8)
         summary = fairness_summary(test_dice, vol.groups[test_rows])
+        eval_ids = self.eval_ids if rnd in self.eval_at else []
+        eval_rows = vol.rows(eval_ids)
+        eval_dice = evaluate(model, vol, eval_rows, batch_size=8) if eval_rows else []
+        summary.update(prefixed_summary(eval_dice, vol.groups[eval_rows], self.groups, EVAL_PREFIX))
         finished = len(labeled) >= self.sizes[-1]
         chosen = set(labeled)
         candidates = [] if finished else [c for c in pool_ids if c not in chosen]
         k = min(p.acquire, self.sizes[-1] - len(labeled))
         # Dice on the labeled set gives the group weights (Sec. 3.2); then the pool is scored and the batch chosen.
         done = acquisition_round(model, vol, labeled, candidates, cases, self.groups, self.strategy, p, k,
-                                 rng=np.random.default_rng([self.spec.seed, rnd, 5]),
-                                 mc_seed=_round_seed(self.spec.seed, rnd))
+                                 rng=stream(self.spec.seed, "selection", rnd),
+                                 mc_seed=stream_seed(self.spec.seed, "mc-dropout", rnd))
         labeled_groups = [cases[c].group for c in labeled]
-        row = {"round": rnd, "n_labeled": len(labeled), "dice_all": summary["dice_all"], "delta": summary["delta"],
-               "essp": summary["essp"]}
+        row = {"round": rnd, "n_labeled": len(labeled),
+               **{c: summary.get(c) for c in (*fairness_columns(self.groups),
+                                               *fairness_columns(self.groups, EVAL_PREFIX))}}
         for g in self.groups:
             row[f"n_labeled_g{g}"] = sum(x == g for x in labeled_groups)
-            row[f"dice_g{g}"] = summary.get(f"dice_g{g}")
             row[f"w_g{g}"] = done.weights[g]
         if 1 in self.groups:
             row["g1_ratio"] = row["n_labeled_g1"] / len(labeled)
@@ -295,6 +304,9 @@ class ActiveLearningRun:
                              for c, d in zip(labeled, done.labeled_dice, strict=True)]
         records["cases"] += [{"round": rnd, "case_id": c, "group": cases[c].group, "split": "test", "dice": d}
                              for c, d in zip(test_ids, test_dice, strict=True)]
+        if finished:  # the final model's Dice on every evaluation case
+            records["cases"] += [{"round": rnd, "case_id": c, "group": cases[c].group, "split": "eval", "dice": d}
+                                 for c, d in zip(eval_ids, eval_dice, strict=True)]
         next_labeled = labeled
         if not finished:
             chosen = set(done.selected)

@@ -18,7 +18,11 @@ import numpy as np
 
 from fairal.errors import FairalError
 
-__all__ = ["dice", "dice_from_proba", "group_means", "delta", "essp", "fairness_summary"]
+__all__ = ["dice", "dice_from_proba", "group_means", "delta", "essp", "fairness_summary", "fairness_columns",
+           "EVAL_PREFIX"]
+
+#: The prefix of the measures on a dataset's evaluation split (``eval_dice_all``, ``eval_essp``, ...).
+EVAL_PREFIX = "eval_"
 
 
 def _as_mask(x: np.ndarray, name: str) -> np.ndarray:
@@ -160,3 +164,17 @@ def fairness_summary(
     summary["delta"] = d
     summary["essp"] = essp(overall, d)
     return summary
+
+
+def fairness_columns(groups: Sequence[Hashable], prefix: str = "") -> list[str]:
+    """The keys of :func:`fairness_summary` for ``groups``, in record order, with ``prefix``: for groups 1 and 2
+    ``dice_all, dice_g1, dice_g2, delta, essp``; with ``EVAL_PREFIX`` ``eval_dice_all, ..., eval_essp``."""
+    return [f"{prefix}dice_all", *[f"{prefix}dice_g{g}" for g in groups], f"{prefix}delta", f"{prefix}essp"]
+
+
+def prefixed_summary(dice_values, groups, all_groups: Sequence[Hashable], prefix: str) -> dict[str, float]:
+    """:func:`fairness_summary` with ``prefix`` on every key, and an empty value (NaN) for every key of
+    ``all_groups`` when there is no case (a dataset without that split)."""
+    if len(dice_values) == 0:
+        return dict.fromkeys(fairness_columns(all_groups, prefix), float("nan"))
+    return {prefix + k: v for k, v in fairness_summary(dice_values, groups).items()}

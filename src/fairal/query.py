@@ -29,6 +29,7 @@ from fairal.errors import FairalError
 from fairal.io import check_replaceable, publish_folder, write_csv, write_json
 from fairal.model import UNet3D
 from fairal.owndata import Grid, load_cases, read_cases, structure_grid, to_case_grid
+from fairal.sampling import stream, stream_seed
 from fairal.train import load_checkpoint, predict_proba, save_checkpoint, train_model
 
 #: Fewest cases of known group per group for the group classifier; below it, group frequencies are used.
@@ -69,7 +70,8 @@ def group_probabilities(features: np.ndarray, groups: np.ndarray, known: np.ndar
         from sklearn.preprocessing import StandardScaler
 
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-        folds = StratifiedKFold(n_splits=min(5, int(counts.min())), shuffle=True, random_state=seed)
+        folds = StratifiedKFold(n_splits=min(5, int(counts.min())), shuffle=True,
+                                random_state=stream_seed(seed, "query-classifier"))
         cv = float(cross_val_score(clf, features[known], y, cv=folds).mean())
         clf.fit(features[known], y)
         proba = np.zeros((n_unknown, len(order)))
@@ -90,7 +92,7 @@ def out_of_fold_dice(vol, rows: list[int], groups: list, profile: Profile, seed:
     k = min(folds, len(rows))
     if k < 2:
         raise FairalError("cross-validated group Dice needs at least 2 labeled cases")
-    rng = np.random.default_rng([seed, 11])
+    rng = stream(seed, "query-folds")
     key = rng.random(len(rows))
     order = sorted(range(len(rows)), key=lambda i: (str(groups[i]), key[i]))
     fold_of = np.empty(len(rows), int)
@@ -99,7 +101,8 @@ def out_of_fold_dice(vol, rows: list[int], groups: list, profile: Profile, seed:
     for f in range(k):
         held = np.flatnonzero(fold_of == f)
         train = [rows[i] for i in np.flatnonzero(fold_of != f)]
-        result = train_model(vol.images[train], vol.labels[train], profile.train_config(seed + 101 * (f + 1)),
+        config = profile.train_config(stream_seed(seed, "query-fold-training", f))
+        result = train_model(vol.images[train], vol.labels[train], config,
                              model_factory(profile, vol, train, dropout=dropout), progress=progress)
         dice[held] = evaluate(result.model, vol, [rows[i] for i in held], batch_size=8)
     return dice.tolist()
@@ -190,7 +193,8 @@ def run_query(
     rows_l, rows_u = vol.rows(labeled_ids), vol.rows(unlabeled_ids)
     training: dict = {"trained": model is None}
     if model is None:
-        result = fit(profile, vol, rows_l, profile.train_config(seed), strat, progress=progress)
+        result = fit(profile, vol, rows_l, profile.train_config(stream_seed(seed, "query-training")), strat,
+                     progress=progress)
         model = result.model
         training.update({"n_train": len(rows_l), "train_dice": result.train_dice, "restarts": result.restarts,
                          "collapsed": result.collapsed, "seconds": round(result.seconds, 2)})
@@ -223,7 +227,8 @@ def run_query(
 
     # The round: group weights from the Dice on the labeled cases, scores, the batch; the rest ranked by score.
     rnd = acquisition_round(model, vol, labeled_ids, unlabeled_ids, records_of, order, strat, profile, budget,
-                            rng=np.random.default_rng([seed, 7]), mc_seed=seed, weigh=strat.weighted,
+                            rng=stream(seed, "query-selection"), mc_seed=stream_seed(seed, "mc-dropout", 0),
+                            weigh=strat.weighted,
                             weight_dice=weight_dice, p_group=p_group)
     stats, scores, w, weights = rnd.stats, rnd.scores, rnd.case_weights, rnd.weights
     ranking = rnd.ranking()

@@ -27,6 +27,7 @@ from fairal.errors import FairalError
 from fairal.io import write_torch
 from fairal.metrics import dice_from_proba
 from fairal.model import UNet3D
+from fairal.sampling import stream_seed
 
 __all__ = [
     "TrainConfig",
@@ -41,8 +42,6 @@ __all__ = [
     "load_checkpoint",
 ]
 
-# Restart k (k >= 1) of the collapse guard uses the seed `seed + RESTART_SEED_STRIDE * k`.
-RESTART_SEED_STRIDE = 1000
 # The progress bar shows the loss of every PROGRESS_EVERY-th step.
 PROGRESS_EVERY = 25
 
@@ -118,7 +117,7 @@ class TrainResult:
         train_dice: mean Dice of ``model`` over the training cases (threshold 0.5 on ``sigmoid(logits)``).
         restarts: how many times the collapse guard retrained from scratch.
         seconds: wall time of the whole call, restarts included.
-        seed: the seed of the returned attempt (``config.seed + 1000 * k`` after ``k`` restarts).
+        seed: the seed of the returned attempt (after ``k`` restarts, :func:`restart_seed` ``(config.seed, k)``).
         collapsed: True if even the returned attempt failed the collapse guard (all restarts used up).
         attempt_dice: the training-set Dice of every attempt, in order.
     """
@@ -369,6 +368,12 @@ def _training_dice(
     return float(np.mean(scores)), any_foreground
 
 
+def restart_seed(seed: int, attempt: int) -> int:
+    """The seed of attempt ``attempt`` of a training (0: ``seed`` itself; restart k: the stream
+    ``"training-restart"``, so no restart repeats another training's seed)."""
+    return seed if attempt == 0 else stream_seed(seed, "training-restart", attempt)
+
+
 def train_model(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -384,7 +389,7 @@ def train_model(
 
     Collapse guard: afterwards the mean Dice over the training cases is measured; if it is below
     ``config.min_train_dice``, or the model predicts no foreground voxel at all while the labels have some,
-    training starts again from scratch with the seed ``seed + 1000 * k`` (k = 1, 2, ...) up to
+    training starts again from scratch with the seed :func:`restart_seed` ``(seed, k)`` (k = 1, 2, ...) up to
     ``config.max_restarts`` times. If every attempt collapses the best one is returned with ``collapsed=True``
     and a warning.
     """
@@ -401,7 +406,7 @@ def train_model(
         for attempt in range(config.max_restarts + 1):
             if attempt > 0:
                 restarts += 1
-            seed = config.seed + RESTART_SEED_STRIDE * attempt
+            seed = restart_seed(config.seed, attempt)
             model, losses = _train_once(
                 images, labels, config, model_factory, seed, use_bf16, progress, f"training (seed {seed})"
             )
@@ -513,7 +518,7 @@ def predict_mc_dropout(
     def run(x: torch.Tensor) -> Iterator[np.ndarray]:
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.inference_mode(), _autocast(use_bf16, device):
-            torch.manual_seed(int(np.random.SeedSequence([seed, next(counter)]).generate_state(1)[0]))
+            torch.manual_seed(stream_seed(seed, "mc-dropout-batch", next(counter)))
             draws = torch.stack([torch.sigmoid(model(x).float()) for _ in range(samples)], dim=1)
         draws = draws.contiguous()
         for d in draws if as_tensor else draws.cpu().numpy():  # (samples, C, X, Y, Z)

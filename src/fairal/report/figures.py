@@ -18,7 +18,15 @@ import pandas as pd  # noqa: E402
 
 from fairal.acquisition import PAPER_STRATEGIES, parse_strategy  # noqa: E402
 from fairal.errors import FairalError  # noqa: E402
-from fairal.report.records import DATASET_ORDER, INIT_ORDER, STRATEGY_ORDER, Results, _order, curves  # noqa: E402
+from fairal.report.records import (  # noqa: E402
+    DATASET_ORDER,
+    INIT_ORDER,
+    STRATEGY_ORDER,
+    Results,
+    _order,
+    curves,
+    split_cases,
+)
 
 #: Okabe-Ito: black, orange, sky blue, bluish green, yellow, blue, vermillion, reddish purple.
 OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
@@ -185,6 +193,7 @@ def write_figures(results: Results, out: Path) -> dict[str, list[Path]]:
         figs["fig7_dice_per_group"] = _group_dice_figure(results, out / "fig7_dice_per_group", datasets, inits)
     if "w_g1" in results.rounds.columns:
         figs["fig8_group_weights"] = _figure(results, grid_of("w_g1"), out / "fig8_group_weights")
-    if results.cases is not None and not results.cases.empty:
-        figs["fig9_case_dice"] = _case_dice_figure(results.cases, out / "fig9_case_dice", datasets)
+    test_cases = split_cases(results.cases, "test")
+    if test_cases is not None and not test_cases.empty:
+        figs["fig9_case_dice"] = _case_dice_figure(test_cases, out / "fig9_case_dice", datasets)
     return figs

@@ -30,7 +30,9 @@ class Results:
     settings: dict = field(default_factory=dict)
     previews: dict[str, Path] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # run folder -> why its records were not used
-    cases: pd.DataFrame | None = None  # per-case test Dice of each run's final round (RUN_KEYS, case_id, group, dice)
+    # per-case Dice of each run's final round on the test split and, with one, the evaluation split
+    # (RUN_KEYS, round, case_id, group, split, dice)
+    cases: pd.DataFrame | None = None
     profiles: list[dict] = field(default_factory=list)  # the distinct profile settings of the runs
 
     @property
@@ -82,9 +84,8 @@ def load_results(folder: str | Path) -> Results:
             finished.add(key)
             if (run / "cases.csv").is_file():
                 c = pd.read_csv(run / "cases.csv")
-                last = c[(c["round"] == df["round"].max()) & (c["split"] == "test")]
-                case_frames.append(last.assign(**dict(zip(RUN_KEYS, key, strict=True)))
-                                   [[*RUN_KEYS, "round", "case_id", "group", "dice"]])
+                last = c[(c["round"] == df["round"].max()) & c["split"].isin(MEASURED_SPLITS)]
+                case_frames.append(last.assign(**dict(zip(RUN_KEYS, key, strict=True)))[CASE_KEYS])
         config = run / "config.json"
         if config.is_file():
             run_settings = json.loads(config.read_text()).get("settings", {})
@@ -112,6 +113,21 @@ def load_results(folder: str | Path) -> Results:
     cases = pd.concat(case_frames, ignore_index=True) if case_frames else None
     return Results(rounds, baselines, finished, expected, settings, previews, skipped, cases,
                    [p for p in profiles if p])
+
+
+#: The splits a run is measured on, and the columns of the tidy per-case table.
+MEASURED_SPLITS = ("test", "eval")
+CASE_KEYS = [*RUN_KEYS, "round", "case_id", "group", "split", "dice"]
+
+
+def split_cases(cases: pd.DataFrame | None, split: str = "test") -> pd.DataFrame | None:
+    """The rows of one split of a per-case table (tidy tables written before the evaluation split have no
+    ``split`` column: all their rows are test cases)."""
+    if cases is None:
+        return None
+    if "split" not in cases.columns:
+        return cases if split == "test" else cases.iloc[0:0]
+    return cases[cases["split"] == split]
 
 
 #: What a run's rounds.csv must hold to be used.
@@ -241,16 +257,16 @@ def curves(results: Results, metric: str) -> pd.DataFrame:
 
 def tidy_records(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The finished runs under ``folder/runs/`` as two tidy tables: every round of every run (``rounds.csv``'s
-    columns after ``dataset, init, strategy, seed``) and the per-case test Dice of each run's final round
-    (``dataset, init, strategy, seed, round, case_id, group, dice``). Unfinished or unreadable runs are left out."""
+    columns after ``dataset, init, strategy, seed``) and the per-case Dice of each run's final round on the test and
+    the evaluation split (``dataset, init, strategy, seed, round, case_id, group, split, dice``). Unfinished or
+    unreadable runs are left out."""
     try:
         results = load_results(folder)
     except FairalError:
-        return pd.DataFrame(columns=RUN_KEYS), pd.DataFrame(columns=[*RUN_KEYS, "round", "case_id", "group", "dice"])
+        return pd.DataFrame(columns=RUN_KEYS), pd.DataFrame(columns=CASE_KEYS)
     r = results.rounds
     done = r[[tuple(k) in results.finished for k in r[RUN_KEYS].itertuples(index=False, name=None)]]
-    cases = results.cases if results.cases is not None else pd.DataFrame(
-        columns=[*RUN_KEYS, "round", "case_id", "group", "dice"])
+    cases = results.cases if results.cases is not None else pd.DataFrame(columns=CASE_KEYS)
     return done.reset_index(drop=True), cases
 
 

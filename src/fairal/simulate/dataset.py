@@ -49,6 +49,7 @@ class SimulationConfig:
     local_sd_mm: float = DEFAULT_LOCAL_SD_MM
     local_components: int = 4
     test_per_group: int = 15
+    eval_per_group: int = 0  # subjects per group of the evaluation split (split "eval"), beyond n_subjects
     template: str | None = None
     label: str | None = None
     label_value: float | None = None
@@ -74,6 +75,11 @@ class SimulationConfig:
         self.resolved_bias()
         if self.n_subjects < 2:
             raise FairalError(f"--n-subjects must be at least 2 (one per group), got {self.n_subjects}")
+        for name, v, low in (("--seed", self.seed, 0), ("--model-seed", self.model_seed, 0),
+                             ("--eval-per-group", self.eval_per_group, 0),
+                             ("--test-per-group", self.test_per_group, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise FairalError(f"{name} must be a whole number >= {low}, got {v!r}")
         if self.global_sampling not in GLOBAL_SAMPLING:
             raise FairalError(f"--global-sampling must be one of {GLOBAL_SAMPLING}, got {self.global_sampling!r}")
         if len(self.shape) != 3 or min(self.shape) < 4:
@@ -95,25 +101,36 @@ class Subject:
 
 
 def draw_subjects(cfg: SimulationConfig, n_global: int) -> list[Subject]:
-    """Groups (ceil(n/2) Group 1, the rest Group 2, in a seeded random order) and each subject's coefficients.
+    """Groups (ceil(n/2) Group 1, the rest Group 2, in a seeded random order) and each subject's coefficients,
+    then the evaluation subjects (``eval_per_group`` of each group, ids ``eval-NNNN``).
 
-    Each subject has its own random stream ``default_rng([seed, 1 + index])``, so a subject's draw does not
-    depend on the others or on how the work is split across processes.
+    Each subject has its own random stream (:func:`fairal.sampling.stream` ``"subject"``, an evaluation subject
+    ``"eval-subject"``), so a subject's draw does not depend on the others, on how many evaluation subjects there
+    are or on how the work is split across processes.
     """
-    mu, sd = cfg.resolved_bias()
     n1 = (cfg.n_subjects + 1) // 2
     groups = np.array([1] * n1 + [2] * (cfg.n_subjects - n1))
-    np.random.default_rng([cfg.seed, 0]).shuffle(groups)
-    subjects = []
-    for i, g in enumerate(groups):
-        rng = np.random.default_rng([cfg.seed, 1 + i])
-        if cfg.global_sampling == "one-scalar":  # SimBA's variant: one N(0,1) scalar scales all components
-            z = np.full(n_global, rng.standard_normal())
-        else:
-            z = rng.standard_normal(n_global)
-        c = float(rng.normal(mu, sd)) if g == 1 else None
-        subjects.append(Subject(i, f"sub-{i + 1:04d}", int(g), c, z))
+    sampling.stream(cfg.seed, "subject-groups").shuffle(groups)
+    subjects = [_draw(cfg, i, f"sub-{i + 1:04d}", int(g), sampling.stream(cfg.seed, "subject", i), n_global)
+                for i, g in enumerate(groups)]
+    if cfg.eval_per_group:
+        eval_groups = np.array([1] * cfg.eval_per_group + [2] * cfg.eval_per_group)
+        sampling.stream(cfg.seed, "eval-groups").shuffle(eval_groups)
+        subjects += [_draw(cfg, cfg.n_subjects + j, f"eval-{j + 1:04d}", int(g),
+                           sampling.stream(cfg.seed, "eval-subject", j), n_global)
+                     for j, g in enumerate(eval_groups)]
     return subjects
+
+
+def _draw(cfg: SimulationConfig, index: int, case_id: str, group: int, rng: np.random.Generator,
+          n_global: int) -> Subject:
+    mu, sd = cfg.resolved_bias()
+    if cfg.global_sampling == "one-scalar":  # SimBA's variant: one N(0,1) scalar scales all components
+        z = np.full(n_global, rng.standard_normal())
+    else:
+        z = rng.standard_normal(n_global)
+    c = float(rng.normal(mu, sd)) if group == 1 else None
+    return Subject(index, case_id, group, c, z)
 
 
 # --- worker side -------------------------------------------------------------------------------------------
@@ -294,7 +311,8 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
         results = _run_subjects(state, subjects, cfg.jobs, progress)
         state["global_model"].save(tmp / "models" / "global.npz")
         state["local_model"].save(tmp / "models" / "local.npz")
-        manifest = _manifest(subjects, results, test_split(subjects, cfg.seed, cfg.test_per_group))
+        manifest = _manifest(subjects, results, test_split(subjects[:cfg.n_subjects], cfg.seed, cfg.test_per_group),
+                             {s.case_id for s in subjects[cfg.n_subjects:]})
         manifest.to_csv(tmp / "manifest.csv", index=False)
         _write_dataset_json(cfg, state, manifest, tmp)
         if cfg.preview:
@@ -337,14 +355,16 @@ def _run_subjects(state: dict, subjects: list[Subject], jobs: int, progress: boo
 
 def test_split(subjects: list[Subject], seed: int, per_group: int) -> set[str]:
     """The fixed test set (:func:`fairal.sampling.test_split`): ``per_group`` cases of each group, at most half of a
-    group, drawn with the seed. Every experiment on the dataset uses it; the rest is the training pool."""
+    group, drawn with the seed (the caller passes the subjects without the evaluation split). Every experiment on
+    the dataset uses it; the rest is the training pool."""
     ids: dict[int, list[str]] = {}
     for s in subjects:
         ids.setdefault(s.group, []).append(s.case_id)
     return sampling.test_split(ids, per_group, seed)
 
 
-def _manifest(subjects: list[Subject], results: dict[str, dict], test: set[str]) -> pd.DataFrame:
+def _manifest(subjects: list[Subject], results: dict[str, dict], test: set[str], evaluation: set[str]
+              ) -> pd.DataFrame:
     rows = []
     for s in subjects:
         r = results[s.case_id]
@@ -355,7 +375,7 @@ def _manifest(subjects: list[Subject], results: dict[str, dict], test: set[str])
                 "bias_scale": s.bias_scale,
                 "image": f"images/{s.case_id}.nii.gz",
                 "label": f"labels/{s.case_id}.nii.gz",
-                "split": "test" if s.case_id in test else "pool",
+                "split": "test" if s.case_id in test else "eval" if s.case_id in evaluation else "pool",
                 "label_volume_mm3": round(r["label_volume_mm3"], 3),
                 "dice_to_template": round(r["dice_to_template"], 6),
             }
@@ -395,6 +415,7 @@ def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFra
         "n_subjects": int(len(manifest)),
         "n_per_group": _counts(manifest["group"]),
         "n_test_per_group": _counts(manifest.loc[manifest["split"] == "test", "group"]),
+        "n_eval_per_group": _counts(manifest.loc[manifest["split"] == "eval", "group"]),
         "groups": {"1": "local bias deformation of the structure", "2": "global deformation only"},
         "template": {"sources": {k: Path(v).name if k != "label_value" else v for k, v in tpl.sources.items()},
                      "sha256": {Path(k).name: v for k, v in tpl.checksums.items()}, "shape": list(tpl.shape)},

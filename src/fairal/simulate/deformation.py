@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from fairal.errors import FairalError
 from fairal.nifti import load_nifti
+from fairal.sampling import stream
 from fairal.simulate.template import Template
 
 FORMAT_VERSION = 1
@@ -173,7 +174,7 @@ def default_global_model(
     eigenvalues decay geometrically (``decay``) and are scaled so that a sample with z ~ N(0, I) has an RMS
     velocity of ``rms_mm`` over the grid: E|v(x)|^2 averaged over the N grid points = sum_k lambda_k / N.
     """
-    rng = np.random.default_rng([seed, 1])
+    rng = stream(seed, "global-model")
     margin = 8.0 / tpl.spacing  # a little beyond the output box, so interpolation at its faces is defined
     shape, affine = _model_grid(tpl.affine, out_start - margin, out_start + np.array(out_shape) - 1 + margin,
                                 spacing_mm)
@@ -216,7 +217,7 @@ def default_local_model(
     """
     if sd_mm < 0:
         raise FairalError(f"the local model's SD must be >= 0 mm, got {sd_mm}")
-    rng = np.random.default_rng([seed, 2])
+    rng = stream(seed, "local-model")
     lab = tpl.label
     t_sp = tpl.spacing
     reach_mm = 4.0 * taper_mm + 4.0
