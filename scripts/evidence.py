@@ -102,19 +102,23 @@ def analysis_plan() -> dict:
 
 
 def tasks(out: Path, parts: list[str], seeds: int, baseline_seeds: int, ablation_seeds: int, scales: list[float],
-          ablation_inits: list[str], profile: str = "standard", ablations: list[str] | None = None) -> list[dict]:
+          ablation_inits: list[str], profile: str = "standard", ablations: list[str] | None = None,
+          first_seed: int = 0) -> list[dict]:
+    """Every task of ``parts``, for the seeds ``first_seed`` .. ``seeds - 1`` (baselines: .. ``baseline_seeds - 1``;
+    a later session continues a job whose earlier seeds are already exported)."""
     from fairal.config import PAPER_STRATEGIES, STANDARD_EXTRAS
 
     todo = []
     for part in parts:
         if part == "baselines":
             todo += [{"kind": "baseline", "data": str(_data(out, 1) / d), "seed": s, "profile": profile,
-                      "out": str(out / "baseline" / d / f"seed-{s}")} for s in range(baseline_seeds) for d in DATASETS]
+                      "out": str(out / "baseline" / d / f"seed-{s}")}
+                     for s in range(first_seed, baseline_seeds) for d in DATASETS]
         elif part in ("seeds", "extras"):
             strategies = PAPER_STRATEGIES if part == "seeds" else STANDARD_EXTRAS
             todo += [{"kind": "run", "data": str(_data(out, 1) / d), "init": i, "strategy": st, "seed": s,
                       "overrides": {}, "profile": profile, "out": str(out / "runs" / d / i / st / f"seed-{s}")}
-                     for s in range(seeds) for d in DATASETS for i in INITS for st in strategies]
+                     for s in range(first_seed, seeds) for d in DATASETS for i in INITS for st in strategies]
         elif part == "ablations":
             for s in range(ablation_seeds):
                 for variant, (overrides, strategies) in ABLATIONS.items():
@@ -199,12 +203,27 @@ def execute(todo: list[dict], jobs: int, deadline: float | None, grace: float, l
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _planned_seeds(out: Path) -> int | None:
+    """The number of seeds the job was started for (``--seeds``), which the report waits for before any claim."""
+    started = out / "job.json"
+    return json.loads(started.read_text()).get("seeds") if started.is_file() else None
+
+
 def _run_commit(out: Path) -> str:
     """The commit the job ran at (recorded when it started), else this checkout's."""
     started = out / "job.json"
     if started.is_file():
         return json.loads(started.read_text()).get("commit", "")
     return _git("rev-parse", "HEAD")
+
+
+def _merge(path: Path, new: pd.DataFrame) -> pd.DataFrame:
+    """The table at ``path`` (if any) without the seeds of ``new``, then ``new``: a seed is exported whole, once."""
+    if not path.is_file() or not len(new):
+        return new if len(new) or not path.is_file() else pd.read_csv(path)
+    old = pd.read_csv(path)
+    return pd.concat([old[~old["seed"].isin(set(new["seed"]))], new], ignore_index=True).sort_values(
+        "seed", kind="stable")
 
 
 def _whole_seeds(rounds: pd.DataFrame, base: pd.DataFrame, seeds: int) -> list[int]:
@@ -259,7 +278,11 @@ def export(out: Path, dest: Path, scales: list[float], profile: str = "standard"
         whole = _whole_seeds(rounds, base, seeds)
         rounds, cases = rounds[rounds["seed"].isin(whole)], cases[cases["seed"].isin(whole)]
         base, base_cases = (t[t["seed"].isin(whole)] if len(t) else t for t in (base, base_cases))
-    rounds.sort_values([*RUN_KEYS, "round"]).to_csv(std / "rounds.csv", index=False)
+    if seeds is not None:  # seeds exported before (by an earlier session's job) are kept
+        rounds, cases = _merge(std / "rounds.csv", rounds), _merge(std / "cases.csv", cases)
+        base, base_cases = _merge(std / "baselines.csv", base), _merge(std / "baseline_cases.csv", base_cases)
+    rounds = rounds.sort_values([*RUN_KEYS, "round"]) if "round" in rounds.columns else rounds
+    rounds.to_csv(std / "rounds.csv", index=False)
     cases.to_csv(std / "cases.csv", index=False)
     base.drop(columns="scale", errors="ignore").to_csv(std / "baselines.csv", index=False)
     base_cases.drop(columns="scale", errors="ignore").to_csv(std / "baseline_cases.csv", index=False)
@@ -268,9 +291,12 @@ def export(out: Path, dest: Path, scales: list[float], profile: str = "standard"
     info = {"profile": profile, "commit": _run_commit(out), "versions": versions(),
             "analysis_plan": json.loads(plan.read_text()) if plan.is_file() else None,
             "seeds": sorted(int(v) for v in set(rounds["seed"])) if len(rounds) else [],
+            "planned_seeds": _planned_seeds(out),
             "device": json.loads(config.read_text()).get("device") if config else None,
             "run_settings": json.loads(config.read_text())["settings"] if config else None}
     (std / "settings.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    if name != "standard":  # a named export (v2) holds its own grid only; ablations and sweep are v1's
+        return
     abl_rounds, abl_cases = [], []
     for variant in ABLATIONS:
         r, c = tidy_records(out / "ablations" / variant)
@@ -302,6 +328,8 @@ def main() -> None:
     ap.add_argument("--profile", default="standard")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--baseline-seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="run seeds from this one on (the earlier ones are exported already)")
     ap.add_argument("--ablation-seeds", type=int, default=3)
     ap.add_argument("--ablation-inits", default="balanced")
     ap.add_argument("--ablations", default="", help=f"variants to run (default all): {', '.join(ABLATIONS)}")
@@ -339,14 +367,15 @@ def main() -> None:
             log(f"analysis plan {plan['path']} at {plan['commit'][:10]} (blob {plan['blob'][:10]})")
         job = args.out / "job.json"
         if not job.is_file():
-            job.write_text(json.dumps({"commit": _git("rev-parse", "HEAD"), "parts": parts}, indent=2) + "\n")
+            job.write_text(json.dumps({"commit": _git("rev-parse", "HEAD"), "parts": parts, "seeds": args.seeds,
+                                       "baseline_seeds": args.baseline_seeds}, indent=2) + "\n")
         t0 = time.monotonic()
         for d in DATASETS:
             for scale in ([1.0] if parts != ["sweep"] else []) + (scales if "sweep" in parts else []):
                 ensure_dataset(args.out, d, scale, jobs=0, profile=args.profile)
                 log(f"{time.monotonic() - t0:7.1f}s dataset {d} x{scale:g}")
         todo = tasks(args.out, parts, args.seeds, args.baseline_seeds, args.ablation_seeds, scales,
-                     [i for i in args.ablation_inits.split(",") if i], args.profile, ablations)
+                     [i for i in args.ablation_inits.split(",") if i], args.profile, ablations, args.first_seed)
         log(f"{len(todo)} tasks")
         deadline = None if args.deadline is None else max(args.deadline - (time.monotonic() - t0), 0.0)
         execute(todo, args.jobs, deadline, args.grace, log, args.threads)
