@@ -217,6 +217,21 @@ def _run_commit(out: Path) -> str:
     return _git("rev-parse", "HEAD")
 
 
+def _round_cases(out: Path, rounds: pd.DataFrame) -> pd.DataFrame:
+    """The per-case test Dice of every round of the runs in ``rounds`` (read from their run folders)."""
+    from fairal.report.records import RUN_KEYS
+
+    frames = []
+    for key in rounds[RUN_KEYS].drop_duplicates().itertuples(index=False, name=None):
+        dataset, init, strategy, seed = key
+        c = pd.read_csv(out / "runs" / dataset / init / strategy / f"seed-{seed}" / "cases.csv")
+        c = c[c["split"] == "test"]
+        frames.append(c.assign(**dict(zip(RUN_KEYS, key, strict=True)))[[*RUN_KEYS, "round", "case_id", "group",
+                                                                          "dice"]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=[*RUN_KEYS, "round", "case_id", "group", "dice"])
+
+
 def _merge(path: Path, new: pd.DataFrame) -> pd.DataFrame:
     """The table at ``path`` (if any) without the seeds of ``new``, then ``new``: a seed is exported whole, once."""
     if not path.is_file() or not len(new):
@@ -278,7 +293,10 @@ def export(out: Path, dest: Path, scales: list[float], profile: str = "standard"
         whole = _whole_seeds(rounds, base, seeds)
         rounds, cases = rounds[rounds["seed"].isin(whole)], cases[cases["seed"].isin(whole)]
         base, base_cases = (t[t["seed"].isin(whole)] if len(t) else t for t in (base, base_cases))
-    if seeds is not None:  # seeds exported before (by an earlier session's job) are kept
+        # Every round's per-case test Dice (the two-level bootstrap of the ESSP AUC on the test split needs them).
+        test_rounds = _merge(std / "test_cases.csv.gz", _round_cases(out, rounds))
+        test_rounds.to_csv(std / "test_cases.csv.gz", index=False, float_format="%.6g")
+        # seeds exported before (by an earlier session's job) are kept
         rounds, cases = _merge(std / "rounds.csv", rounds), _merge(std / "cases.csv", cases)
         base, base_cases = _merge(std / "baselines.csv", base), _merge(std / "baseline_cases.csv", base_cases)
     rounds = rounds.sort_values([*RUN_KEYS, "round"]) if "round" in rounds.columns else rounds

@@ -24,7 +24,7 @@ ALPHA = 0.05
 #: Exact sign-flip tests enumerate all 2^n patterns up to this n; beyond, a seeded Monte Carlo sample.
 EXACT_MAX_N = 16
 MONTE_CARLO_PATTERNS = 100_000
-VERDICTS = ("confirmed", "refuted", "inconclusive")
+VERDICTS = ("confirmed", "refuted", "equivalent", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -151,3 +151,103 @@ def magnitude_verdict(e: Estimate, claimed: float, alpha: float = ALPHA, max_wid
     if direction == "inconclusive" or e.ci_high - e.ci_low > max_width:
         return "inconclusive"
     return "confirmed"
+
+
+# --- the v2 rule (docs/analysis-plan.md) ---------------------------------------------------------------------
+
+
+def tost(values: Sequence[float], margin: float) -> float:
+    """Two one-sided t tests of equivalence: H0 ``mean <= -margin`` or ``mean >= +margin`` against
+    ``-margin < mean < +margin``. Returns the larger one-sided p (equivalence at level a when it is < a, i.e.
+    when the ``1 - 2a`` t interval lies inside the margins). One value or no spread: 0 inside the margins, else 1."""
+    v = _values(values)
+    if not (math.isfinite(margin) and margin > 0):
+        raise FairalError(f"an equivalence margin must be a finite number > 0, got {margin!r}")
+    m = float(v.mean())
+    sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    if sd == 0.0:
+        return 0.0 if abs(m) < margin else 1.0
+    se = sd / math.sqrt(v.size)
+    p_low = float(sps.t.sf((m + margin) / se, v.size - 1))  # H0: mean <= -margin
+    p_high = float(sps.t.cdf((m - margin) / se, v.size - 1))  # H0: mean >= +margin
+    return max(p_low, p_high)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the order given: sorted ascending,
+    ``p_(i) * (m - i + 1)`` made monotone by a running maximum, capped at 1. NaNs stay NaN and do not count."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    running = 0.0
+    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, p[i] * (m - rank)))
+        out[i] = running
+    return out.tolist()
+
+
+def verdict(e: Estimate, p_adjusted: float, p_tost_adjusted: float, margin: float | None,
+            alpha: float = ALPHA) -> tuple[str, bool]:
+    """Rules 1-4 of docs/analysis-plan.md for a claim "the difference is > 0": ``confirmed`` (CI above 0 and the
+    adjusted sign-flip p < alpha), ``refuted`` (CI below 0, adjusted p < alpha), else ``equivalent`` (adjusted
+    TOST p < alpha), else ``inconclusive``; and ``within_margin``: the CI excludes 0 and lies inside the margins."""
+    significant = p_adjusted < alpha
+    within = margin is not None and (e.ci_low > 0 or e.ci_high < 0) and -margin < e.ci_low and e.ci_high < margin
+    if significant and e.ci_low > 0:
+        return "confirmed", within
+    if significant and e.ci_high < 0:
+        return "refuted", within
+    if margin is not None and p_tost_adjusted < alpha:
+        return "equivalent", within
+    return "inconclusive", within
+
+
+def magnitude_verdict_v2(e: Estimate, claimed: float, p_adjusted: float, alpha: float = ALPHA,
+                         max_width: float = 0.5) -> str:
+    """Rule 7 of docs/analysis-plan.md (the revised rule 4) for "a reduction of ``claimed``": a refuted direction
+    refutes; an undecided direction or a CI wider than ``max_width`` is inconclusive, before the CI is asked
+    whether it contains ``claimed``; then confirmed if it does, refuted if it does not."""
+    direction = direction_verdict(Estimate(e.mean, e.ci_low, e.ci_high, e.n, p_adjusted), alpha)
+    if direction == "refuted":
+        return "refuted"
+    if direction == "inconclusive" or e.ci_high - e.ci_low > max_width:
+        return "inconclusive"
+    return "confirmed" if e.ci_low <= claimed <= e.ci_high else "refuted"
+
+
+def conjunction_verdict_v2(verdicts: Sequence[str]) -> str:
+    """Rule 6: refuted if any part is; confirmed if every part is; equivalent if every part is confirmed or
+    equivalent (some tie); else inconclusive."""
+    if not verdicts:
+        raise FairalError("a conjunction needs at least one part")
+    if any(v == "refuted" for v in verdicts):
+        return "refuted"
+    if all(v == "confirmed" for v in verdicts):
+        return "confirmed"
+    if all(v in ("confirmed", "equivalent") for v in verdicts):
+        return "equivalent"
+    return "inconclusive"
+
+
+def percentile_ci(samples: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap ``samples`` (NaNs dropped)."""
+    x = np.asarray(samples, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan"), float("nan")
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(x, tail)), float(np.percentile(x, 100 - tail))
+
+
+def stratified_counts(groups: Sequence, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap draws of cases within their groups, as counts: an ``(n_boot, n_cases)`` array whose row b says how
+    often each case is drawn in replicate b (each group keeps its size: a group of n cases gets n draws)."""
+    g = np.asarray(list(groups), dtype=object)
+    counts = np.zeros((n_boot, g.size))
+    for label in dict.fromkeys(g.tolist()):
+        idx = np.flatnonzero(g == label)
+        draws = rng.integers(0, idx.size, size=(n_boot, idx.size))
+        for col in range(idx.size):  # a column of counts per case of the group
+            counts[:, idx[col]] = (draws == col).sum(axis=1)
+    return counts

@@ -165,9 +165,27 @@ def table1(results: Results) -> pd.DataFrame:
 MIN_SEEDS_FOR_CLAIMS = 3
 
 
+def uses_plan(results: Results) -> bool:
+    """Records judged under docs/analysis-plan.md: those with an evaluation split or a recorded analysis plan.
+    Records made before the evaluation split (docs/results/standard) keep the rule they were judged by
+    (docs/statistics.md), so their numbers recompute."""
+    has_eval = "eval_essp" in results.rounds.columns and results.rounds["eval_essp"].notna().any()
+    return bool(has_eval or (results.settings or {}).get("analysis_plan"))
+
+
+def withheld(results: Results, seeds: int) -> str:
+    """Why the claims are not computed yet ("" when they are): the plan's seeds are not all in."""
+    planned = (results.settings or {}).get("planned_seeds")
+    if planned and seeds < int(planned):
+        return (f"withheld: {seeds} of the {planned} pre-registered seeds are in; docs/analysis-plan.md computes no "
+                "claim statistic before all of them are")
+    return ""
+
+
 def statistics(results: Results, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``claims.csv``/``claims.md``, ``final_stats.csv`` and ``paired.csv`` from the finished runs (and the
-    baselines' training seeds); returns the claims and the per-scenario statistics."""
+    baselines' training seeds); under the analysis plan also ``claims_sensitivity.csv``, ``primary.csv`` and
+    ``variance_decomposition.csv``. Returns the claims and the per-scenario statistics."""
     from fairal.report.claims import claims_markdown, claims_table, paired_table, run_summary, summary_table
 
     r = results.rounds
@@ -177,19 +195,27 @@ def statistics(results: Results, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     done = r[[tuple(k) in results.finished for k in r[keys].itertuples(index=False, name=None)]]
     if done.empty:
         return pd.DataFrame(), pd.DataFrame()
-    if done["seed"].nunique() < MIN_SEEDS_FOR_CLAIMS:
-        runs = run_summary(done)
-        stats = summary_table(runs)
-        stats.to_csv(out / "final_stats.csv", index=False)
-        return pd.DataFrame(), stats
     runs = run_summary(done)
     stats = summary_table(runs)
     stats.to_csv(out / "final_stats.csv", index=False)
+    if done["seed"].nunique() < MIN_SEEDS_FOR_CLAIMS or withheld(results, done["seed"].nunique()):
+        return pd.DataFrame(), stats
     paired_table(runs).to_csv(out / "paired.csv", index=False)
-    claims = claims_table(done, results.baselines)
+    if uses_plan(results):
+        from fairal.report.plan import plan_markdown, plan_tables
+
+        tables = plan_tables(done, results.cases, results.round_cases, results.baselines, results.baseline_cases)
+        claims = tables.claims
+        tables.sensitivity.to_csv(out / "claims_sensitivity.csv", index=False)
+        tables.primary.to_csv(out / "primary.csv", index=False)
+        tables.decomposition.to_csv(out / "variance_decomposition.csv", index=False)
+        markdown = plan_markdown(claims)
+    else:
+        claims = claims_table(done, results.baselines)
+        markdown = claims_markdown(claims)
     if not claims.empty:
         claims.to_csv(out / "claims.csv", index=False)
-        write_text(out / "claims.md", claims_markdown(claims))
+        write_text(out / "claims.md", markdown)
     return claims, stats
 
 
@@ -262,13 +288,34 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
     if not claims.empty:
         view = claims.assign(ci=[f"[{a:+.4f}, {b:+.4f}]" for a, b in zip(claims["ci_low"], claims["ci_high"],
                                                                           strict=True)])
-        view = view[["id", "claim", "statistic", "value", "ci", "p_value", "n", "verdict"]].rename(
-            columns={"ci": "95% CI"})
-        parts.append(f"<h2>The paper's claims</h2><p>{n_seeds} seeds per run. Verdicts under the rule of "
-                     "docs/statistics.md (fixed before the numbers): paired differences (same dataset, initial set "
-                     "and seed) with 95% t intervals and sign-flip permutation tests. Files: <code>claims.csv</code>, "
-                     "<code>claims.md</code>, <code>final_stats.csv</code> (mean and CI per scenario and strategy), "
-                     "<code>paired.csv</code> (WLE against each strategy).</p>" + html_table(view, digits=4))
+        if uses_plan(results):
+            view["verdict"] = [f"{v} (within margin)" if w is True and v in ("confirmed", "refuted") else v
+                               for v, w in zip(view["verdict"], view["within_margin"], strict=True)]
+            view = view[["split", "id", "claim", "statistic", "value", "ci", "p_value", "p_holm", "p_tost_holm", "n",
+                         "verdict"]].rename(columns={"ci": "95% CI", "p_holm": "p (Holm)",
+                                                     "p_tost_holm": "TOST p (Holm)"})
+            plan = (results.settings or {}).get("analysis_plan") or {}
+            fixed = (f" (<code>{html.escape(str(plan.get('path')))}</code> at commit "
+                     f"<code>{html.escape(str(plan.get('commit', ''))[:10])}</code>, blob "
+                     f"<code>{html.escape(str(plan.get('blob', ''))[:10])}</code>)") if plan else ""
+            parts.append(f"<h2>The paper's claims</h2><p>{n_seeds} seeds per run. Verdicts under the pre-registered "
+                         f"plan docs/analysis-plan.md{fixed}: the seed is the unit; superiority by sign-flip tests "
+                         "and equivalence by TOST (margins ±0.005 ESSP and Δ, ±0.01 Dice), Holm-adjusted within each "
+                         "family; split <code>eval</code> is the evaluation split (primary), <code>test</code> the "
+                         "paper's 15 + 15 test cases with two-level bootstrap CIs. Files: <code>claims.csv</code>, "
+                         "<code>claims.md</code>, <code>claims_sensitivity.csv</code>, <code>primary.csv</code>, "
+                         "<code>variance_decomposition.csv</code>.</p>" + html_table(view, digits=4))
+        else:
+            view = view[["id", "claim", "statistic", "value", "ci", "p_value", "n", "verdict"]].rename(
+                columns={"ci": "95% CI"})
+            parts.append(f"<h2>The paper's claims</h2><p>{n_seeds} seeds per run. Verdicts under the rule of "
+                         "docs/statistics.md (fixed before the numbers): paired differences (same dataset, initial "
+                         "set and seed) with 95% t intervals and sign-flip permutation tests. Files: "
+                         "<code>claims.csv</code>, <code>claims.md</code>, <code>final_stats.csv</code> (mean and CI "
+                         "per scenario and strategy), <code>paired.csv</code> (WLE against each strategy).</p>"
+                         + html_table(view, digits=4))
+    elif n_seeds and withheld(results, n_seeds):
+        parts.append(f"<h2>The paper's claims</h2><p>Not computed: {html.escape(withheld(results, n_seeds))}.</p>")
     elif n_seeds and not results.rounds.empty:
         parts.append(f"<h2>The paper's claims</h2><p>Not tested: {n_seeds} seed{'s' if n_seeds != 1 else ''} per "
                      f"run; the claims need at least {MIN_SEEDS_FOR_CLAIMS} (one run is an anecdote). "

@@ -34,6 +34,8 @@ class Results:
     # (RUN_KEYS, round, case_id, group, split, dice)
     cases: pd.DataFrame | None = None
     profiles: list[dict] = field(default_factory=list)  # the distinct profile settings of the runs
+    round_cases: pd.DataFrame | None = None  # per-case test Dice of every round (RUN_KEYS, round, case_id, group, dice)
+    baseline_cases: pd.DataFrame | None = None  # per-case Dice of the baselines (dataset, seed, cohort, ..., split)
 
     @property
     def missing(self) -> list[tuple[str, str, str, int]]:
@@ -70,7 +72,7 @@ def load_results(folder: str | Path) -> Results:
                 runs.append((rounds_csv.parent, (dataset, init, strategy, int(seed_dir.split("-", 1)[1]))))
             except ValueError:
                 continue
-    frames, case_frames, finished, settings, skipped, profiles = [], [], set(), {}, {}, []
+    frames, case_frames, round_frames, finished, settings, skipped, profiles = [], [], [], set(), {}, {}, []
     for run, key in runs:
         try:
             df, done = read_run(run)
@@ -86,6 +88,9 @@ def load_results(folder: str | Path) -> Results:
                 c = pd.read_csv(run / "cases.csv")
                 last = c[(c["round"] == df["round"].max()) & c["split"].isin(MEASURED_SPLITS)]
                 case_frames.append(last.assign(**dict(zip(RUN_KEYS, key, strict=True)))[CASE_KEYS])
+                test = c[c["split"] == "test"]
+                round_frames.append(test.assign(**dict(zip(RUN_KEYS, key, strict=True)))
+                                    [[*RUN_KEYS, "round", "case_id", "group", "dice"]])
         config = run / "config.json"
         if config.is_file():
             run_settings = json.loads(config.read_text()).get("settings", {})
@@ -100,6 +105,10 @@ def load_results(folder: str | Path) -> Results:
         df.insert(0, "dataset", table.parent.name)
         base_frames.append(df)
     baselines = pd.concat(base_frames, ignore_index=True) if base_frames else pd.DataFrame()
+    base_cases = []
+    for table in sorted(folder.glob("baseline/*/baseline_cases.csv")):
+        bc = pd.read_csv(table)
+        base_cases.append(bc.assign(dataset=table.parent.name, seed=0))
     if rounds.empty and baselines.empty:
         why = f"; unreadable: {'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}" if skipped else ""
         raise FairalError(f"{folder} holds no run (runs/*/*/*/seed-*/rounds.csv) and no baseline{why}")
@@ -112,7 +121,8 @@ def load_results(folder: str | Path) -> Results:
                 if (folder / "data" / d / "preview.png").is_file()}
     cases = pd.concat(case_frames, ignore_index=True) if case_frames else None
     return Results(rounds, baselines, finished, expected, settings, previews, skipped, cases,
-                   [p for p in profiles if p])
+                   [p for p in profiles if p], pd.concat(round_frames, ignore_index=True) if round_frames else None,
+                   pd.concat(base_cases, ignore_index=True) if base_cases else None)
 
 
 #: The splits a run is measured on, and the columns of the tidy per-case table.
@@ -183,9 +193,12 @@ def load_tidy(folder: str | Path) -> Results:
         info = json.loads((folder / "settings.json").read_text())
         settings = info.get("run_settings") or {}
         settings = {**settings, "profile": {**settings.get("profile", {}), "name": info.get("profile", "unknown")},
-                    "device": info.get("device"), "commit": info.get("commit")}
+                    "device": info.get("device"), "commit": info.get("commit"),
+                    "analysis_plan": info.get("analysis_plan"), "planned_seeds": info.get("planned_seeds")}
+    round_cases = (pd.read_csv(folder / "test_cases.csv.gz") if (folder / "test_cases.csv.gz").is_file() else None)
+    base_cases = (pd.read_csv(folder / "baseline_cases.csv") if (folder / "baseline_cases.csv").is_file() else None)
     return Results(rounds, baselines, set(keys), keys, settings, {}, {}, cases,
-                   [settings["profile"]] if settings.get("profile") else [])
+                   [settings["profile"]] if settings.get("profile") else [], round_cases, base_cases)
 
 
 def area_under_curve(n_labeled: np.ndarray, values: np.ndarray) -> float:

@@ -1,0 +1,234 @@
+"""The statistics of docs/analysis-plan.md: TOST, Holm, the v2 verdicts, the revised rule 4, the two-level
+bootstrap and the claims on constructed records with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fairal.metrics import fairness_summary
+from fairal.report.plan import CaseMatrix, plan_tables
+from fairal.stats import (
+    Estimate,
+    conjunction_verdict_v2,
+    holm,
+    magnitude_verdict,
+    magnitude_verdict_v2,
+    stratified_counts,
+    tost,
+    verdict,
+)
+
+# --- hand-computed examples ------------------------------------------------------------------------------------
+
+
+def test_tost_by_hand():
+    # mean 0.002, SD 0.001, n 3: se = 0.001 / sqrt(3); against +0.005: t = -0.003 / se = -3 sqrt(3), 2 df.
+    # The t CDF with 2 df is 1/2 + t / (2 sqrt(2 + t^2)).
+    p_high = 0.5 - 3 * math.sqrt(3) / (2 * math.sqrt(2 + 27))
+    t_low = 0.007 / (0.001 / math.sqrt(3))
+    p_low = 0.5 - t_low / (2 * math.sqrt(2 + t_low**2))
+    assert p_low < p_high
+    assert tost([0.001, 0.002, 0.003], 0.005) == pytest.approx(p_high, rel=1e-9)
+    assert tost([0.001, 0.002, 0.003], 0.005) < 0.05  # equivalent at 0.005
+    t = 0.0005 / (0.001 / math.sqrt(3))  # at margin 0.0025 the mean is 0.0005 from it: not equivalent
+    assert tost([0.001, 0.002, 0.003], 0.0025) == pytest.approx(0.5 - t / (2 * math.sqrt(2 + t**2)), rel=1e-9)
+    assert tost([0.001, 0.002, 0.003], 0.0025) > 0.05
+    assert tost([0.004, 0.004], 0.005) == 0.0 and tost([0.006, 0.006], 0.005) == 1.0  # no spread
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4 = 0.02, x3 = 0.03, x2 = 0.06, x1 = 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    got = holm([0.02, float("nan"), 0.04])  # NaN does not count: m = 2
+    assert got[0] == pytest.approx(0.04) and math.isnan(got[1]) and got[2] == pytest.approx(0.04)
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+@pytest.mark.parametrize("e,p_adj,p_tost,expected", [
+    (Estimate(0.010, 0.008, 0.012, 10), 0.006, 0.9, ("confirmed", False)),  # a clear win
+    (Estimate(0.002, 0.001, 0.003, 10), 0.01, 0.01, ("confirmed", True)),  # real, smaller than the margin
+    (Estimate(0.0005, -0.001, 0.002, 10), 0.4, 0.01, ("equivalent", False)),  # a tie inside the margin
+    (Estimate(-0.010, -0.012, -0.008, 10), 0.002, 0.9, ("refuted", False)),  # a loss
+    (Estimate(0.003, -0.004, 0.010, 10), 0.3, 0.4, ("inconclusive", False)),  # undecided
+    (Estimate(0.010, 0.008, 0.012, 10), 0.06, 0.9, ("inconclusive", False)),  # CI above 0, but Holm p >= 0.05
+])
+def test_v2_verdicts(e, p_adj, p_tost, expected):
+    assert verdict(e, p_adj, p_tost, 0.005) == expected
+
+
+def test_revised_magnitude_rule():
+    good = Estimate(0.75, 0.70, 0.80, 30)
+    assert magnitude_verdict_v2(good, 0.75, 0.001) == "confirmed"
+    assert magnitude_verdict_v2(good, 0.86, 0.001) == "refuted"  # decided, narrow, excludes 0.86
+    undecided = Estimate(0.40, -0.10, 0.80, 30)
+    assert magnitude_verdict(Estimate(0.40, -0.10, 0.80, 30, 0.2), 0.86) == "refuted"  # v1: excludes x first
+    assert magnitude_verdict_v2(undecided, 0.86, 0.2) == "inconclusive"  # v2: undecided direction first
+    wide = Estimate(0.50, 0.10, 0.90, 30)
+    assert magnitude_verdict_v2(wide, 0.95, 0.01) == "inconclusive"  # wider than 0.5, before asking about x
+    assert magnitude_verdict_v2(Estimate(-0.5, -0.8, -0.2, 30), 0.75, 0.001) == "refuted"  # direction refuted
+
+
+def test_conjunction_v2():
+    assert conjunction_verdict_v2(["confirmed", "confirmed"]) == "confirmed"
+    assert conjunction_verdict_v2(["confirmed", "equivalent"]) == "equivalent"
+    assert conjunction_verdict_v2(["confirmed", "inconclusive"]) == "inconclusive"
+    assert conjunction_verdict_v2(["equivalent", "refuted"]) == "refuted"
+
+
+def test_resampled_measures_by_hand():
+    m = CaseMatrix(pd.DataFrame({"run": [0]}), np.array([[0.8, 0.6, 0.9, 0.7]]), np.array([1, 1, 2, 2]))
+    obs = m.measures()
+    assert obs["dice_all"][0] == pytest.approx(0.75) and obs["delta"][0] == pytest.approx(0.1)
+    # case 0 twice, case 1 never: G1 0.8, G2 0.8 -> Δ 0, ESSP 0.8; then case 2 twice: G1 0.7, G2 0.9 -> Δ 0.2
+    got = m.measures(np.array([[2, 0, 1, 1], [1, 1, 2, 0]], float))
+    assert got["dice_all"][0] == pytest.approx([0.8, 0.8])
+    assert got["delta"][0] == pytest.approx([0.0, 0.2])
+    assert got["essp"][0] == pytest.approx([0.8, 0.8 / 1.2])
+    assert got["dice_gap"][0] == pytest.approx([0.0, 0.2])
+
+
+def test_stratified_counts_keep_each_group_size():
+    counts = stratified_counts([1, 1, 1, 2, 2], 500, np.random.default_rng(0))
+    assert counts.shape == (500, 5)
+    assert (counts[:, :3].sum(axis=1) == 3).all() and (counts[:, 3:].sum(axis=1) == 2).all()
+    assert counts[:, 0].mean() == pytest.approx(1.0, abs=0.15)  # each case drawn once on average
+
+
+# --- claims on constructed records -----------------------------------------------------------------------------
+
+STRATEGIES = ("random", "entropy", "localized-entropy", "weighted-localized-entropy")
+
+
+def _records(seeds=10, lift=0.02, seed_noise=0.004, case_sd=0.03, per_group=(15, 40)):
+    """Rounds and per-case Dice of a grid whose per-case Dice are a run level (WLE ``lift`` above the others, a
+    seed effect shared by the strategies of a seed) plus a fixed effect per case: on each split the run measures
+    are computed from the cases, so the records agree as fairal's do."""
+    rng = np.random.default_rng(1)
+    n_test, n_eval = per_group
+    case_effect = {split: rng.normal(0, case_sd, 2 * n) for split, n in (("test", n_test), ("eval", n_eval))}
+    rounds, cases, round_cases = [], [], []
+    for dataset in ("strong", "weak"):
+        for init in ("balanced", "g1-heavy", "g2-heavy"):
+            n1 = {"balanced": 5, "g1-heavy": 8, "g2-heavy": 2}[init]
+            for seed in range(seeds):
+                level = 0.85 + rng.normal(0, seed_noise)
+                for strategy in STRATEGIES:
+                    g1_per_round = {"weighted-localized-entropy": 4, "entropy": 0}.get(strategy, 2)
+                    up = lift if strategy == "weighted-localized-entropy" else 0.0
+                    for rnd in range(3):
+                        row = {"dataset": dataset, "init": init, "strategy": strategy, "seed": seed, "round": rnd,
+                               "n_labeled": 10 + 4 * rnd, "n_labeled_g1": n1 + g1_per_round * rnd}
+                        row["n_labeled_g2"] = row["n_labeled"] - row["n_labeled_g1"]
+                        for split, n in (("test", n_test), ("eval", n_eval)):
+                            groups = np.repeat([1, 2], n)
+                            gap = 0.02 if strategy != "weighted-localized-entropy" else 0.005
+                            dice = level + up + 0.01 * rnd + case_effect[split] - gap * (groups == 1)
+                            s = fairness_summary(dice, groups)
+                            pre = "" if split == "test" else "eval_"
+                            row.update({pre + k: v for k, v in s.items()})
+                            ids = [f"{split}-{i:03d}" for i in range(2 * n)]
+                            key = {k: row[k] for k in ("dataset", "init", "strategy", "seed", "round")}
+                            frame = pd.DataFrame({**key, "case_id": ids, "group": groups, "split": split,
+                                                  "dice": dice})
+                            if rnd == 2:
+                                cases.append(frame)
+                            if split == "test":
+                                round_cases.append(frame.drop(columns="split"))
+                        rounds.append(row)
+    return pd.DataFrame(rounds), pd.concat(cases), pd.concat(round_cases)
+
+
+@pytest.fixture(scope="module")
+def constructed():
+    rounds, cases, round_cases = _records()
+    return rounds, cases, round_cases, plan_tables(rounds, cases, round_cases, pd.DataFrame(), None)
+
+
+def test_plan_claims_on_a_constructed_grid(constructed):
+    *_, tables = constructed
+    claims = tables.claims.set_index(["split", "id"])
+    assert set(claims["verdict"]) <= {"confirmed", "refuted", "equivalent", "inconclusive"}
+    for split in ("eval", "test"):
+        c = claims.loc[split]
+        assert c.loc["P1", "value"] == pytest.approx(c.loc["C1a", "value"])
+        assert c.loc["C1", "verdict"] == "confirmed"  # WLE +0.02 ESSP-ish in every pair, n = 10 seeds
+        assert c.loc["C1a", "n"] == 10 and c.loc["C1a", "p_value"] == pytest.approx(2 / 2**10)
+        assert c.loc["C1a", "p_holm"] >= c.loc["C1a", "p_value"]
+        assert c.loc["C3b", "verdict"] == "equivalent"  # LE and random identical: a tie inside the margin
+        assert c.loc["C3", "verdict"] == "equivalent"
+        assert c.loc["C6", "verdict"] == "confirmed" and c.loc["C6", "value"] == pytest.approx(0.5)
+        assert c.loc["C8", "verdict"] == "equivalent"  # exactly half
+        assert c.loc["C4", "value"] > 0.5  # Δ 0.005 against 0.02 in Dice-gap terms
+    test = claims.loc["test"]
+    assert "two-level bootstrap" in test.loc["C1a", "test"]
+    assert "t CI" in claims.loc[("eval", "C1a"), "test"]
+
+
+def test_case_noise_shows_in_the_two_level_interval_and_the_decomposition():
+    # No seed effect and no WLE lift: every seed gives the same difference, only the cases vary.
+    rounds, cases, round_cases = _records(seeds=10, lift=0.0, seed_noise=0.0, case_sd=0.05)
+    tables = plan_tables(rounds, cases, round_cases, pd.DataFrame(), None)
+    d = tables.decomposition.set_index(["split", "id"])
+    c = tables.claims.set_index(["split", "id"])
+    # Strategies other than WLE are identical: seed variance 0 and (the same cases for both) case variance 0.
+    assert d.loc[("test", "C3b"), "seed_var"] == pytest.approx(0.0, abs=1e-20)
+    assert d.loc[("test", "C3b"), "case_var"] == pytest.approx(0.0, abs=1e-20)
+    # WLE's smaller Group 1 gap makes its Δ move differently under resampled cases: case variance > 0.
+    assert d.loc[("test", "P1"), "case_var"] > 0 and d.loc[("eval", "P1"), "case_var"] > 0
+    # More cases per group on the evaluation split: less case variance than on the 15 + 15 test cases.
+    assert d.loc[("eval", "P1"), "case_var"] < d.loc[("test", "P1"), "case_var"]
+    low, high = c.loc[("test", "P1"), ["ci_low", "ci_high"]]
+    assert high - low > 0  # the two-level CI sees the cases although every seed agrees
+    primary = tables.primary.set_index(["split", "id"])
+    assert primary.loc[("eval", "P1"), "two_level_ci_high"] > primary.loc[("eval", "P1"), "two_level_ci_low"]
+
+
+def test_a_loss_is_refuted_and_sensitivity_moves_ties(constructed):
+    rounds, cases, round_cases, _ = constructed
+    loss = rounds.copy()
+    wle = loss["strategy"] == "weighted-localized-entropy"
+    loss.loc[wle, "eval_essp"] -= 0.05
+    tables = plan_tables(loss, cases, round_cases, pd.DataFrame(), None)
+    c = tables.claims.set_index(["split", "id"])
+    assert c.loc[("eval", "C1a"), "verdict"] == "refuted" and c.loc[("eval", "C1"), "verdict"] == "refuted"
+    sens = tables.sensitivity
+    assert set(sens["margin_factor"]) == {0.5, 1.0, 2.0}
+    tie = sens[(sens["split"] == "eval") & (sens["id"] == "C3b")]
+    assert tie.set_index("margin_factor")["margin"].to_dict() == pytest.approx({0.5: 0.0025, 1.0: 0.005, 2.0: 0.01})
+
+
+def test_report_withholds_claims_until_the_planned_seeds_are_in(tmp_path, constructed):
+    from typer.testing import CliRunner
+
+    from fairal.cli import app
+
+    rounds, cases, round_cases, _ = constructed
+    folder = tmp_path / "v2"
+    folder.mkdir()
+    rounds[rounds["seed"] < 5].to_csv(folder / "rounds.csv", index=False)
+    cases[cases["seed"] < 5].to_csv(folder / "cases.csv", index=False)
+    plan = {"path": "docs/analysis-plan.md", "commit": "0" * 40, "blob": "1" * 40}
+    (folder / "settings.json").write_text(json.dumps({"profile": "standard", "analysis_plan": plan,
+                                                      "planned_seeds": 10}))
+    res = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "r" / "claims.csv").exists()
+    assert "5 of the 10 pre-registered seeds" in (tmp_path / "r" / "report.html").read_text()
+    rounds.to_csv(folder / "rounds.csv", index=False)
+    cases.to_csv(folder / "cases.csv", index=False)
+    round_cases.to_csv(folder / "test_cases.csv.gz", index=False)
+    res = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    claims = pd.read_csv(tmp_path / "r" / "claims.csv")
+    assert list(claims.columns[:10]) == ["id", "claim", "statistic", "value", "ci_low", "ci_high", "test",
+                                         "p_value", "n", "verdict"]
+    assert {"split", "p_holm", "p_tost", "within_margin"} <= set(claims.columns)
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "0000000000" in html  # the plan's commit is printed
+    for name in ("claims_sensitivity.csv", "primary.csv", "variance_decomposition.csv", "claims.md"):
+        assert (tmp_path / "r" / name).is_file()
