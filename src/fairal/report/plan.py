@@ -356,17 +356,22 @@ T1_ON = ["dataset", "seed"]
 OTHERS = (RANDOM, LE, ENTROPY)
 
 
-def primary_parts(m: Measure) -> list[Part]:
-    """Family P: final ESSP, WLE - each other strategy, pooled; and its per-scenario rows (family P-scenario)."""
+def primary_parts(m: Measure, metric: str = "essp") -> list[Part]:
+    """Family P: final ESSP, WLE - each other strategy, pooled; and its per-scenario rows (family P-scenario).
+    With another ``metric`` (Δ, Dice): the same comparisons for the variance decomposition only (family D)."""
     parts = []
+    label = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice"}[metric]
+    prefix, fam, sign = ("P", "P", 1.0) if metric == "essp" else (f"D-{metric}-", "D", 1.0)
     for k, other in enumerate(OTHERS, start=1):
-        pairs = match(m, {"strategy": WLE}, {"strategy": other}, AL_ON)
-        parts.append(Part(f"P{k}", f"WLE has a better final ESSP than {other} (pooled over the six scenarios)",
-                          f"final ESSP: WLE - {other}", "essp", pairs, "P"))
+        pairs = match(m, {"strategy": WLE}, {"strategy": other}, AL_ON, sign=sign)
+        parts.append(Part(f"{prefix}{k}", f"WLE has a better {label} than {other} (pooled over the six scenarios)",
+                          f"{label}: WLE - {other}", metric, pairs, fam))
         for dataset, init in sorted(set(pairs.scenario)):
-            one = match(m, {"strategy": WLE}, {"strategy": other}, AL_ON, where={"dataset": dataset, "init": init})
-            parts.append(Part(f"P{k}-{dataset}-{init}", f"WLE has a better final ESSP than {other} ({dataset}, "
-                              f"{init})", f"final ESSP: WLE - {other}", "essp", one, "P-scenario"))
+            one = match(m, {"strategy": WLE}, {"strategy": other}, AL_ON, sign=sign,
+                        where={"dataset": dataset, "init": init})
+            parts.append(Part(f"{prefix}{k}-{dataset}-{init}", f"WLE has a better {label} than {other} ({dataset}, "
+                              f"{init})", f"{label}: WLE - {other}", metric, one,
+                              "P-scenario" if fam == "P" else "D"))
     return parts
 
 
@@ -523,7 +528,8 @@ def plan_tables(rounds: pd.DataFrame, cases: pd.DataFrame | None, round_cases: p
             if not bm.runs.empty:
                 ba = Analysis(bm, split, seed=1)
                 parts += [ba.run(p, two_level_ci=split == "test") for p in table1_parts(bm)]
-        decomp += _decomposition(parts, split)
+        decomp += _decomposition(parts + [a.run(p, two_level_ci=False) for p in
+                                           primary_parts(m, "delta") + primary_parts(m, "dice_all")], split)
         for factor in (0.5, 1.0, 2.0):
             got = _with_conjunctions(_verdicts(parts, factor))
             for r in got:
