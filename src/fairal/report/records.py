@@ -19,6 +19,8 @@ INIT_ORDER = ["balanced", "g1-heavy", "g2-heavy"]
 DATASET_ORDER = ["strong", "weak"]
 #: The keys that name a run in the tidy tables.
 RUN_KEYS = ["dataset", "init", "strategy", "seed"]
+#: Columns of the records read as the text written: groups "007" and "7" stay two.
+TEXT_COLUMNS = {"case_id": str, "group": str}
 
 
 @dataclass
@@ -81,7 +83,7 @@ def load_results(folder: str | Path) -> Results:
         if done:
             finished.add(key)
             if (run / "cases.csv").is_file():
-                c = pd.read_csv(run / "cases.csv")
+                c = pd.read_csv(run / "cases.csv", dtype=TEXT_COLUMNS)
                 last = c[(c["round"] == df["round"].max()) & (c["split"] == "test")]
                 case_frames.append(last.assign(**dict(zip(RUN_KEYS, key, strict=True)))
                                    [[*RUN_KEYS, "round", "case_id", "group", "dice"]])
@@ -140,9 +142,9 @@ def read_run(run: Path) -> tuple[pd.DataFrame, bool]:
     return df, bool(state.get("finished"))
 
 
-def _read_table(path: Path, needs: list[str]) -> pd.DataFrame:
+def _read_table(path: Path, needs: list[str], dtype=None) -> pd.DataFrame:
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, dtype=dtype)
     except Exception as err:
         raise FairalError(f"{path} is not a readable CSV file: {err}") from err
     missing = [c for c in needs if c not in table.columns]
@@ -160,7 +162,7 @@ def load_tidy(folder: str | Path) -> Results:
     baselines = (_read_table(folder / "baselines.csv", ["dataset", "cohort", "dice_all", "essp", "delta"])
                  if (folder / "baselines.csv").is_file() else pd.DataFrame())
     keys = sorted(set(rounds[RUN_KEYS].itertuples(index=False, name=None)))
-    cases = (_read_table(folder / "cases.csv", [*RUN_KEYS, "case_id", "group", "dice"])
+    cases = (_read_table(folder / "cases.csv", [*RUN_KEYS, "case_id", "group", "dice"], TEXT_COLUMNS)
              if (folder / "cases.csv").is_file() else None)
     settings = {}
     if (folder / "settings.json").is_file():
