@@ -20,7 +20,7 @@ from fairal.cli import app
 from fairal.config import get_profile
 from fairal.data import load_volumes, read_manifest
 from fairal.errors import FairalError
-from fairal.io import FolderLock, clean_stale_partials
+from fairal.io import FolderLock, clean_stale_partials, mark
 from fairal.loop import ActiveLearningRun, RunSpec
 from fairal.owndata import read_cases
 from fairal.query import run_query
@@ -276,6 +276,7 @@ def test_stale_partials_of_dead_processes_are_removed(data, tmp_path):
     dead = 2**22 + 12345  # above the default pid_max: no such process
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
+    mark(out, "run")  # the folder of a run that was killed while it wrote
     (out / "checkpoints" / f".round-00.pt.partial-{dead}").write_bytes(b"x" * 100)
     (out / f".rounds.csv.partial-{dead}").write_text("half")
     live = out / f".keep.partial-{os.getpid()}"

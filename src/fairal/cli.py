@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -28,15 +29,31 @@ console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 stdout = Console(soft_wrap=True, markup=False, highlight=False)
 
 
+#: What the operating system said, in words that name the cause (a read-only file system is not a permission).
+OS_REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+              errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted",
+              errno.ENOENT: "no such file or directory (moved or deleted while fairal ran?)"}
+
+
+def os_error_message(err: OSError) -> str:
+    """An error of the file system in one line: the file, then the cause."""
+    where = f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename
+    reason = OS_REASONS.get(err.errno, err.strerror or str(err))
+    return f"{where}: {reason}" if where else reason
+
+
 def _clear_errors(fn):
-    """Turn FairalError (bad input) into one clear line and exit status 2 instead of a traceback."""
+    """Turn FairalError (bad input) and errors of the file system (a full disk, a read-only folder, a file
+    removed meanwhile) into one clear line and exit status 2 instead of a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except FairalError as err:
-            console.print(Text.assemble(("error:", "bold red"), " ", str(err)))
+        except (FairalError, OSError) as err:
+            text = os_error_message(err) if isinstance(err, OSError) else str(err)
+            console.print(Text.assemble(("error:", "bold red"), " ", text))
             raise typer.Exit(2) from None
 
     return wrapper
@@ -113,15 +130,16 @@ def build_model_cmd(
     lps: Annotated[bool, typer.Option(help="Vectors are in LPS (ITK/ANTs) components, not RAS.")] = False,
 ) -> None:
     """Build a PCA deformation model from a user's registration fields, as SimBA built its models."""
+    from fairal.io import within
     from fairal.simulate.deformation import build_model
 
     model = build_model(list(fields), kind=kind, n_components=n_components, lps=lps)
     if out.suffix != ".npz":
         raise FairalError(f"--out must end in .npz, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial.npz")
+    tmp = within(out.parent, f".{out.name}.partial.npz")
     model.save(tmp)
-    tmp.replace(out)
+    tmp.replace(within(out.parent, out.name))
     sd = ", ".join(f"{v:.3g}" for v in model.eigenvalues[:5] ** 0.5)
     typer.echo(f"wrote {out}: {model.n_components} components on a {model.shape} grid (SD of the first: {sd} mm)")
 
@@ -140,7 +158,7 @@ def calibrate(
 ) -> None:
     """Anchor the default deformation models in anatomy: the global RMS velocity at which unbiased subjects'
     structure volume varies with CV --cv, and the local PC1 scale at which one SD shrinks it by one natural SD."""
-    from fairal.io import write_json
+    from fairal.io import within, write_json
     from fairal.simulate.calibrate import calibrate as run_calibration
 
     if n_subjects < 2:
@@ -159,7 +177,7 @@ def calibrate(
         view.add_row(f"{c:g}", f"{v:.0f}", f"{v / v0 - 1:+.1%}", f"{(v - v0) / (cv * v0):+.2f}")
     stdout.print(view)
     if out is not None:
-        write_json(out, cal.as_dict())
+        write_json(within(out.parent, out.name), cal.as_dict())
 
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Settings profile: smoke, quick, standard, paper.")]
@@ -280,8 +298,9 @@ def reproduce(
             view.add_column(col, justify="right")
         for _, r in final.iterrows():
             ratio = f"{r['g1_ratio']:.2f}" if "g1_ratio" in r and pd.notna(r["g1_ratio"]) else ""
+            cut = r["delta_reduction_vs_entropy"]  # NaN without an entropy run in the scenario
             view.add_row(r["dataset"], r["init"], r["strategy"], f"{r['dice_all']:.3f}", f"{r['delta']:.3f}",
-                         f"{r['essp']:.3f}", ratio, f"{r['delta_reduction_vs_entropy']:+.0%}")
+                         f"{r['essp']:.3f}", ratio, f"{cut:+.0%}" if pd.notna(cut) else "n/a")
         Console(width=max(stdout.width, 110), markup=False, highlight=False).print(view)
     stdout.print(f"report: {path} (tables and figures beside it)")
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from fairal.errors import FairalError
-from fairal.io import write_torch
+from fairal.io import within, write_torch
 from fairal.nifti import image_data, label_data, load_nifti
 from fairal.sampling import test_split
 
@@ -39,18 +40,13 @@ def read_manifest(data_dir: str | Path, test_per_group: int = 15, seed: int = 0)
     path = data_dir / "manifest.csv"
     if not path.is_file():
         raise FairalError(f"no manifest.csv in {data_dir}: is this a dataset folder (fairal simulate OUT)?")
-    try:
-        m = pd.read_csv(path, dtype={"case_id": str, "image": str, "label": str}, keep_default_na=False)
-    except Exception as err:
-        raise FairalError(f"{path} is not a readable CSV file: {err}") from err
+    m = read_table(path, {"case_id": str, "group": str, "image": str, "label": str})
     missing = [c for c in REQUIRED_COLUMNS if c not in m.columns]
     if missing:
         raise FairalError(f"{path} lacks the column(s) {', '.join(missing)} (needs {', '.join(REQUIRED_COLUMNS)})")
     if m.empty:
         raise FairalError(f"{path} lists no case")
-    dup = m["case_id"][m["case_id"].duplicated()].tolist()
-    if dup:
-        raise FairalError(f"{path}: case ids must be unique; repeated: {', '.join(dup[:5])}")
+    check_case_ids(m["case_id"], path)
     empty_group = m["case_id"][m["group"].astype(str).str.strip() == ""].tolist()
     if empty_group:
         raise FairalError(f"{path}: case {empty_group[0]} has no group (column 'group' is empty)")
@@ -125,13 +121,41 @@ def describe_changes(before: dict, now: dict) -> str:
 
 
 def _group_value(value):
-    """Groups are kept as ints when they look like ints (1, 2), else as strings."""
+    """A group is the text the file holds ("007", "7", "7.0" and "1e0" are four groups); a plain whole number
+    ("1", "2": the simulated groups) is kept as an int."""
     text = str(value).strip()
+    return int(text) if re.fullmatch(r"0|[1-9][0-9]*", text) else text
+
+
+def read_table(path: Path, dtype) -> pd.DataFrame:
+    """A CSV file of the user's (a manifest, a study) without the missing-value guesses of pandas; refused when
+    unreadable or when two columns share a name (pandas would rename the second and use the first)."""
     try:
-        f = float(text)
-    except ValueError:
-        return text
-    return int(f) if f.is_integer() else text
+        table = pd.read_csv(path, dtype=dtype, keep_default_na=False)
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+    except Exception as err:
+        raise FairalError(f"{path} is not a readable CSV file: {err}") from err
+    twice = next((c for i, c in enumerate(header) if c in header[:i]), None)
+    if twice is not None:
+        raise FairalError(f"{path}: column {twice!r} appears more than once in the header: give each column its own "
+                          "name")
+    return table
+
+
+#: A case id names files (``predictions/CASE.nii.gz``, ``imagesTr/CASE_0000.nii.gz``): what it may not be.
+CASE_ID_RULES = "not empty, no leading '.', no '/', '\\', '..' or control characters, at most 200 bytes"
+
+
+def check_case_ids(ids: pd.Series, path: str | Path) -> None:
+    """Refuse repeated case ids, and ids that cannot name a file of their own (:data:`CASE_ID_RULES`), naming
+    the file and the row (row 2 is the first after the header)."""
+    dup = ids[ids.duplicated()].tolist()
+    if dup:
+        raise FairalError(f"{path}: case ids must be unique; repeated: {', '.join(dup[:5])}")
+    for row, case in enumerate(ids, start=2):
+        if (not case or case.startswith(".") or any(c in case for c in "/\\") or ".." in case
+                or any(unicodedata.category(c) == "Cc" for c in case) or len(case.encode()) > 200):
+            raise FairalError(f"{path}: row {row}: case id {case!r} cannot name a file (case ids: {CASE_ID_RULES})")
 
 
 @dataclass
@@ -172,7 +196,7 @@ def crop_box(
         return tuple((0, n) for n in shape)
     tpl = data_dir / "template" / "label.nii.gz"
     if tpl.is_file():
-        ref = np.asarray(nib.load(str(tpl)).dataobj) > 0
+        ref = np.asarray(load_nifti(tpl, "template label", read=False).dataobj) > 0
     else:
         ref = np.zeros(shape, bool)
         pool = manifest[manifest["split"] == "pool"]
@@ -223,7 +247,7 @@ def load_volumes(
     key_src = json.dumps([manifest[["case_id", "group", "image", "label", "split"]].astype(str).values.tolist(),
                           crop_margin, downsample, data_files(manifest)])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    cache_file = data_dir / "cache" / f"volumes-{key}.pt"
+    cache_file = within(data_dir, "cache", f"volumes-{key}.pt")
     if cache and cache_file.is_file():
         try:
             blob = torch.load(cache_file, weights_only=True)
@@ -232,11 +256,8 @@ def load_volumes(
         except Exception:
             cache_file.unlink(missing_ok=True)  # a stale or broken cache is rebuilt, never trusted
 
-    try:  # the header gives the grid; the data are read once, below
-        shape = tuple(nib.load(manifest["image_path"].iloc[0]).shape)
-    except Exception as err:
-        raise FairalError(f"case {ids[0]}: image {manifest['image_path'].iloc[0]} is not a readable NIfTI image: "
-                          f"{err}") from err
+    # the header gives the grid; the data are read once, below
+    shape = tuple(load_nifti(manifest["image_path"].iloc[0], "image", ids[0], read=False).shape)
     if len(shape) != 3:
         raise FairalError(f"case {ids[0]}: images must be 3D, got shape {shape}")
     box = crop_box(data_dir, manifest, shape, crop_margin)
@@ -263,7 +284,8 @@ def load_volumes(
     labels = torch.stack([b for _, b in loaded])
     tpl = data_dir / "template" / "label.nii.gz"
     if tpl.is_file():
-        ref = torch.from_numpy((np.asarray(nib.load(str(tpl)).dataobj)[sl] > 0).astype(np.uint8))[None]
+        ref = np.asarray(load_nifti(tpl, "template label", read=False).dataobj)[sl] > 0
+        ref = torch.from_numpy(ref.astype(np.uint8))[None]
         roi = _downsample(torch.zeros_like(ref, dtype=torch.float32), ref, downsample)[1].bool()
     else:
         roi = torch.zeros(labels.shape[1:], dtype=torch.bool)

@@ -14,10 +14,10 @@ from fairal.config import Profile
 from fairal.data import load_volumes, read_manifest
 from fairal.engine import evaluate, model_factory
 from fairal.errors import FairalError
-from fairal.io import FolderLock, check_output_folder, write_csv, write_json
+from fairal.io import FolderLock, check_output_folder, check_own_folder, make_own_folder, within, write_csv, write_json
 from fairal.metrics import EVAL_PREFIX, fairness_columns, fairness_summary, prefixed_summary
 from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
-from fairal.train import save_checkpoint, train_model
+from fairal.train import check_device, save_checkpoint, train_model
 
 #: The paper's training cohorts: balanced (an equal share of each group), then one cohort of each group alone.
 COHORTS = ("all", "g1", "g2")
@@ -62,9 +62,11 @@ def run_baseline(
     diagnostics) and one model per cohort under ``checkpoints/``. Everything is validated before any file is
     written, and each file is moved into place whole.
     """
-    data_dir, out = Path(data_dir), Path(out)
+    data_dir, out = Path(data_dir), check_own_folder(out, "baseline")
+    check_device(profile.device)
     manifest = read_manifest(data_dir, test_per_group=profile.test_per_group, seed=0)
     cohorts = baseline_cohorts(manifest, profile.cohort_size, seed)
+    checkpoints = {name: within(out, "checkpoints", f"baseline-{name}.pt") for name in cohorts}  # group names
     test_ids = manifest.loc[manifest["split"] == "test", "case_id"].tolist()
     if not test_ids:
         raise FairalError(f"{data_dir}: the test split is empty")
@@ -94,17 +96,15 @@ def run_baseline(
         diagnostics[name] = {"n_train": len(rows), "train_dice": result.train_dice, "restarts": result.restarts,
                              "collapsed": result.collapsed, "seconds": round(result.seconds, 2),
                              "final_loss": result.losses[-1] if result.losses else None}
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(exist_ok=True)
-        save_checkpoint(result.model, out / "checkpoints" / f"baseline-{name}.pt",
-                        {"cohort": name, "profile": profile.name, "seed": seed})
+        make_own_folder(out, "baseline")
+        save_checkpoint(result.model, checkpoints[name], {"cohort": name, "profile": profile.name, "seed": seed})
     table = pd.DataFrame(table_rows, columns=columns)
-    write_csv(out / "baseline_cases.csv", pd.DataFrame(case_rows))
-    write_csv(out / "baseline_table.csv", table)
+    write_csv(within(out, "baseline_cases.csv"), pd.DataFrame(case_rows))
+    write_csv(within(out, "baseline_table.csv"), table)
     info = {"data_dir": str(data_dir.resolve()), "profile": profile.as_dict(), "seed": seed,
             "cohorts": {k: len(v) for k, v in cohorts.items()}, "n_test": len(test_ids), "n_eval": len(eval_ids),
             "grid": list(volumes.spatial_shape), "crop_box": volumes.box, "training": diagnostics}
-    write_json(out / "baseline.json", info)
+    write_json(within(out, "baseline.json"), info)
     return table
 
 
@@ -187,6 +187,8 @@ def reproduce(
         except ImportError as err:
             raise FairalError("--executor ray needs Ray: pip install 'fairal[ray]'") from err
     out = check_output_folder(out, "the results folder")
+    if executor == "local":  # Ray's workers may have GPUs that this driver has not
+        check_device(profile.device)
     with FolderLock(out, "fairal reproduce"):
         packed = pack == "on" or (pack == "auto" and _trains_on_gpu(profile, executor, gpus_per_task))
         _reproduce(out, profile, seeds, jobs, progress, executor, address, cpus_per_task, gpus_per_task, max_retries,

@@ -10,6 +10,7 @@ from the side table.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -19,7 +20,8 @@ import pandas as pd
 
 from fairal.data import read_manifest
 from fairal.errors import FairalError
-from fairal.io import check_replaceable, publish_folder, write_csv, write_json
+from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
+from fairal.nifti import read_image, read_label
 
 STRUCTURE = "left caudate"
 
@@ -39,10 +41,20 @@ def decathlon_json(manifest: pd.DataFrame, name: str, structure: str = STRUCTURE
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (same file system: no copy of the voxels), else a copy; never through or over a destination
+    that exists (``x`` mode creates the file or fails, and follows no symbolic link)."""
     try:
-        os.link(src, dst)  # same file system: no copy of the voxels
-    except OSError:
-        shutil.copy2(src, dst)
+        os.link(src, dst)
+        return
+    except FileExistsError:
+        pass
+    except OSError:  # another file system
+        with contextlib.suppress(FileExistsError), open(src, "rb") as f, open(dst, "xb") as g:
+            shutil.copyfileobj(f, g)
+            g.close()
+            shutil.copystat(src, dst)
+            return
+    raise FairalError(f"{dst} already exists: the export never writes over or through an existing file")
 
 
 def export_nnunet(data_dir: str | Path, out: str | Path, dataset_id: int, name: str | None = None,
@@ -57,18 +69,22 @@ def export_nnunet(data_dir: str | Path, out: str | Path, dataset_id: int, name: 
     manifest = read_manifest(data_dir)
     target = Path(out) / f"Dataset{dataset_id:03d}_{name}"
     check_replaceable(target, overwrite, [data_dir])
+    cases = list(zip(manifest["case_id"], manifest["split"], manifest["image_path"], manifest["label_path"],
+                     strict=True))
+    for case, _, img, lab in cases:  # only images and labels are linked or copied, never another file
+        read_image(img, "image", case)
+        read_label(lab, "label", case)
     with publish_folder(target, "nnunet-export") as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            (tmp / sub).mkdir()
-        for case, split, img, lab in zip(manifest["case_id"], manifest["split"], manifest["image_path"],
-                                         manifest["label_path"], strict=True):
+            within(tmp, sub).mkdir()
+        for case, split, img, lab in cases:
             images, labels = ("imagesTr", "labelsTr") if split == "pool" else ("imagesTs", "labelsTs")
-            _link_or_copy(Path(img), tmp / images / f"{case}_0000.nii.gz")
-            _link_or_copy(Path(lab), tmp / labels / f"{case}.nii.gz")
+            _link_or_copy(Path(img), within(tmp, images, f"{case}_0000.nii.gz"))
+            _link_or_copy(Path(lab), within(tmp, labels, f"{case}.nii.gz"))
         n_train = int((manifest["split"] == "pool").sum())
-        write_json(tmp / "dataset.json", {
+        write_json(within(tmp, "dataset.json"), {
             "channel_names": {"0": "T1"}, "labels": {"background": 0, STRUCTURE.replace(" ", "_"): 1},
             "numTraining": n_train, "file_ending": ".nii.gz", "name": name,
             "description": "exported by fairal export nnunet; groups in groups.csv, the fixed test split in imagesTs"})
-        write_csv(tmp / "groups.csv", manifest[["case_id", "group", "split"]])
+        write_csv(within(tmp, "groups.csv"), manifest[["case_id", "group", "split"]])
     return target

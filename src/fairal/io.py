@@ -9,6 +9,8 @@ processes cleaned up, folders marked as fairal's own, and exclusive locks on the
   user made, or one holding the user's inputs, is never removed.
 - A folder being written holds an exclusive ``flock`` on ``.fairal.lock``; a second writer is refused with the PID
   of the first. The kernel releases the lock when its holder dies, however it dies.
+- Every file fairal writes is named through :func:`within`: its path, resolved, must lie inside the output folder,
+  so no name (a case id, a group) and no symbolic link can lead a write elsewhere.
 """
 
 from __future__ import annotations
@@ -70,9 +72,20 @@ def clean_stale_partials(folder: str | Path, name: str | None = None) -> list[Pa
     return removed
 
 
+def within(folder: str | Path, *names: str) -> Path:
+    """``folder/names...``, the one way fairal names a file it writes: refused unless the path, resolved, lies
+    inside ``folder`` (a name with ``..`` or an absolute path, or a symbolic link that leads out, never does)."""
+    folder = Path(folder)
+    target = folder.joinpath(*names)
+    if not _inside(target, folder) or target.resolve() == folder.resolve():
+        raise FairalError(f"refused to write {target}: it lies outside the output folder {folder}")
+    return target
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` to write the file, fsync it, and move it over ``path`` (same folder, so the move is
-    atomic). On any error the temporary file is removed and the target is untouched."""
+    atomic). On any error the temporary file is removed and the target is untouched; an error of the file system
+    (a full disk) names ``path``."""
     path = Path(path)
     tmp = partial_path(path)
     try:
@@ -80,10 +93,30 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
+
+
+class _Recorded:
+    """A file object that keeps the first error of its writes: torch reports a failed write (a full disk) only as
+    ``enforce fail at inline_container.cc``, without the cause."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def write_torch(path: str | Path, obj) -> None:
@@ -93,7 +126,13 @@ def write_torch(path: str | Path, obj) -> None:
 
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            out = _Recorded(f)
+            try:
+                torch.save(obj, out)
+            except RuntimeError:
+                if out.error is not None:
+                    raise out.error from None
+                raise
 
     atomic_write(path, save)
 
@@ -120,7 +159,8 @@ def check_output_folder(out: str | Path, what: str = "--out") -> Path:
         raise FairalError(f"{what} {out} exists and is not a folder")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise FairalError(f"{what} {out}: cannot write in {parent} (permission denied)")
+        why = "read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "permission denied"
+        raise FairalError(f"{what} {out}: cannot write in {parent} ({why})")
     return out
 
 
@@ -130,7 +170,28 @@ def is_fairal_folder(path: str | Path) -> bool:
 
 def mark(folder: str | Path, kind: str) -> None:
     """Mark ``folder`` as made by fairal (``kind``: what it holds)."""
-    (Path(folder) / MARKER).write_text(kind + "\n")
+    within(folder, MARKER).write_text(kind + "\n")
+
+
+def _has_content(folder: Path) -> bool:
+    return folder.exists() and any(e.name != LOCK for e in folder.iterdir())
+
+
+def check_own_folder(out: str | Path, kind: str) -> Path:
+    """A folder that fairal writes into and continues (a run, a baseline): absent, empty, or marked by fairal as
+    one of ``kind``; a folder of the user's, or fairal's of another kind, is refused."""
+    out = check_output_folder(out)
+    if _has_content(out) and (not is_fairal_folder(out) or (out / MARKER).read_text().strip() != kind):
+        raise FairalError(f"{out} is not empty and was not made by fairal for a {kind} (no {MARKER} marker saying "
+                          f"so): fairal never writes into a folder of yours; choose a new or empty --out")
+    return out
+
+
+def make_own_folder(out: Path, kind: str) -> None:
+    """Create ``out`` (allowed by :func:`check_own_folder`) and mark it as fairal's, holding a ``kind``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not is_fairal_folder(out):
+        mark(out, kind)
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -148,7 +209,7 @@ def check_replaceable(out: str | Path, overwrite: bool, inputs: list[str | Path]
     for p in inputs:
         if p and (Path(p).resolve() == out.resolve() or _inside(Path(p), out)):
             raise FairalError(f"--out {out} holds the input {p}: choose an output folder apart from your data")
-    if not out.exists() or not any(e.name != LOCK for e in out.iterdir()):
+    if not _has_content(out):
         return
     if not overwrite:
         raise FairalError(f"{out} exists and is not empty: choose another --out or add --overwrite")
@@ -200,8 +261,8 @@ class FolderLock:
         import fcntl
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        path = within(self.folder, LOCK)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

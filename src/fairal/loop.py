@@ -25,11 +25,28 @@ from fairal.config import Profile
 from fairal.data import VolumeSet, case_records, data_files, describe_changes, load_volumes, read_manifest
 from fairal.engine import acquisition_round, evaluate, training_member
 from fairal.errors import FairalError
-from fairal.io import FolderLock, check_output_folder, clean_stale_partials, write_csv, write_json
+from fairal.io import (
+    FolderLock,
+    check_output_folder,
+    check_own_folder,
+    clean_stale_partials,
+    make_own_folder,
+    within,
+    write_csv,
+    write_json,
+)
 from fairal.metrics import EVAL_PREFIX, fairness_columns, fairness_summary, prefixed_summary
 from fairal.packed import Member, lockstep_key, train_packed
 from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
-from fairal.train import TrainResult, describe_device, resolve_bf16, resolve_device, save_checkpoint, train_model
+from fairal.train import (
+    TrainResult,
+    check_device,
+    describe_device,
+    resolve_bf16,
+    resolve_device,
+    save_checkpoint,
+    train_model,
+)
 
 #: Initial labeled sets: ``balanced`` splits evenly over the groups (the paper: 5 + 5); ``gX-heavy`` gives group X
 #: 80% and splits the rest evenly over the others (the paper: 8 + 2 and 2 + 8).
@@ -142,7 +159,9 @@ class ActiveLearningRun:
     def __init__(self, spec: RunSpec, out: str | Path, volumes: VolumeSet | None = None,
                  manifest: pd.DataFrame | None = None) -> None:
         self.spec = spec
-        self.out = check_output_folder(out)
+        # fairal's run folder, or one with a run's state from before folders were marked (resumed only when its
+        # settings are this run's)
+        self.out = check_output_folder(out) if (Path(out) / "state.json").is_file() else check_own_folder(out, "run")
         self.profile = spec.profile
         self.sizes = schedule(self.profile)
         self.manifest = manifest if manifest is not None else read_manifest(
@@ -203,6 +222,7 @@ class ActiveLearningRun:
     def run(self, progress: bool = False, on_round=None) -> pd.DataFrame:
         """Run (or continue) to the final budget. Returns ``rounds.csv`` as a table. The run folder is locked
         while the run writes it: a second process on the same folder is refused."""
+        check_device(self.profile.device)  # a GPU that is not there fails before anything is written
         with FolderLock(self.out, f"fairal run {self.spec.strategy.name}"):
             self.start()
             while self.next_round is not None:
@@ -222,12 +242,12 @@ class ActiveLearningRun:
         self._rnd, self._records = None, None
         if state and state.get("finished"):
             return
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_own_folder(self.out, "run")
         clean_stale_partials(self.out)
         clean_stale_partials(self.out / "checkpoints")
         if state is None:
-            write_json(self.out / "data.json", data_files(self.manifest))
-            write_json(self.out / "config.json",
+            write_json(within(self.out, "data.json"), data_files(self.manifest))
+            write_json(within(self.out, "config.json"),
                        {"settings": self.spec.settings(), "versions": versions(), "schedule": self.sizes,
                         "device": describe_device(self.profile.device),
                         "bf16": resolve_bf16(self.profile.bf16, resolve_device(self.profile.device))})
@@ -318,12 +338,13 @@ class ActiveLearningRun:
                                                done.case_weights, done.scores, strict=True)]
             next_labeled = sorted(labeled + done.selected)
         # Records first, then the checkpoint, then the state: a kill between them repeats this round only.
-        write_csv(self.out / "rounds.csv", pd.DataFrame(records["rounds"], columns=self.columns))
-        write_csv(self.out / "cases.csv", pd.DataFrame(records["cases"], columns=CASE_COLUMNS))
-        write_csv(self.out / "selections.csv", pd.DataFrame(records["selections"], columns=SELECTION_COLUMNS))
+        write_csv(within(self.out, "rounds.csv"), pd.DataFrame(records["rounds"], columns=self.columns))
+        write_csv(within(self.out, "cases.csv"), pd.DataFrame(records["cases"], columns=CASE_COLUMNS))
+        write_csv(within(self.out, "selections.csv"), pd.DataFrame(records["selections"], columns=SELECTION_COLUMNS))
         ckpt_dir = self.out / "checkpoints"
-        save_checkpoint(model, ckpt_dir / f"round-{rnd:02d}.pt", {"round": rnd, "n_labeled": len(labeled)})
-        write_json(self.out / "state.json",
+        save_checkpoint(model, within(self.out, "checkpoints", f"round-{rnd:02d}.pt"),
+                        {"round": rnd, "n_labeled": len(labeled)})
+        write_json(within(self.out, "state.json"),
                    {"completed_round": rnd, "next_labeled": next_labeled, "finished": finished,
                     "train": {"seed": result.seed, "restarts": result.restarts, "collapsed": result.collapsed,
                               "train_dice": result.train_dice}})
@@ -346,6 +367,8 @@ def run_lockstep(runs: list[ActiveLearningRun], progress: bool = False, on_round
     went on); ``on_round(run, round)`` after each finished round.
     """
     failures: list[tuple] = []
+    for r in runs:
+        check_device(r.profile.device)
     with contextlib.ExitStack() as locks:
         for r in runs:
             locks.enter_context(FolderLock(r.out, f"fairal lockstep {r.spec.strategy.name}"))

@@ -1,15 +1,36 @@
 """The one NIfTI reader: every image and label map fairal reads goes through here, and is refused with a message
-naming the file (and the case) when it is unreadable, not 3D, has a broken affine, holds NaN or infinity, is blank
-or constant (an image), or is not binary (a label)."""
+naming the file (and the case) when it is unreadable, larger than :data:`MAX_VOXELS` (checked on the header, before
+any voxel is read), not 3D, has a broken affine, holds NaN or infinity, is blank or constant (an image), or is not
+binary (a label)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from fairal.errors import FairalError
+
+#: The most voxels of any volume fairal allocates (an image, a label map, an analysis grid): 512^3, 512 MiB as
+#: float32, beyond any brain MRI at 0.5 mm.
+MAX_VOXELS = 512**3
+
+
+def check_voxels(shape, what: str, hint: str = "") -> None:
+    """Refuse, before anything is allocated, a volume of ``shape`` with more than :data:`MAX_VOXELS` voxels."""
+    n = math.prod(int(v) for v in shape)
+    if n > MAX_VOXELS:
+        size = " x ".join(str(int(v)) for v in shape)
+        raise FairalError(f"{what} has {size} = {n:,} voxels, more than fairal's limit of {MAX_VOXELS:,} (512^3)"
+                          f"{hint}")
+
+
+def valid_affine(affine: np.ndarray) -> bool:
+    """A voxel-to-world matrix that maps voxels somewhere: finite and not singular."""
+    affine = np.asarray(affine, dtype=np.float64)
+    return bool(np.all(np.isfinite(affine)) and abs(np.linalg.det(affine[:3, :3])) >= 1e-6)
 
 
 def _who(what: str, path: str | Path, case: str | None) -> str:
@@ -23,14 +44,18 @@ def load_nifti(path: str | Path, what: str, case: str | None = None, read: bool 
         raise FairalError(f"{'case ' + case + ': ' if case else ''}{what} not found: {path}")
     try:
         img = nib.load(str(path))
-        if read:
-            np.asarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise FairalError(f"{_who(what, path, case)} is not a readable NIfTI image: {err}") from err
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise FairalError(f"{_who(what, path, case)} is not a NIfTI image")
-    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
+    check_voxels(img.shape if read else img.shape[:3], _who(what, path, case))  # a 4D atlas: one volume is read
+    if not valid_affine(img.affine):
         raise FairalError(f"{_who(what, path, case)} has an invalid affine (voxel-to-world matrix)")
+    if read:
+        try:
+            np.asarray(img.dataobj)
+        except Exception as err:
+            raise FairalError(f"{_who(what, path, case)} is not a readable NIfTI image: {err}") from err
     return img
 
 
@@ -47,8 +72,9 @@ def volume_3d(img: nib.Nifti1Image, what: str, path: str | Path, case: str | Non
 def _finite(img: nib.Nifti1Image, what: str, path: str | Path, case: str | None) -> np.ndarray:
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as err:
-        raise FairalError(f"{_who(what, path, case)} is corrupt: {err}") from err
+    except Exception as err:  # a truncated file: EOFError, often without a message
+        raise FairalError(f"{_who(what, path, case)} is corrupt (truncated or damaged): "
+                          f"{str(err) or type(err).__name__}") from err
     if not np.isfinite(data).all():
         raise FairalError(f"{_who(what, path, case)} holds NaN or infinite values")
     return data

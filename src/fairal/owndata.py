@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 from nibabel.processing import resample_from_to
 
-from fairal.data import VolumeSet, _normalise
+from fairal.data import VolumeSet, _normalise, check_case_ids, read_table
 from fairal.errors import FairalError
-from fairal.nifti import image_data, label_data, load_nifti, volume_3d
+from fairal.nifti import check_voxels, image_data, label_data, load_nifti, valid_affine, volume_3d
 
 OWN_COLUMNS = ("case_id", "image", "label")
 GROUP_SEPARATOR = "/"
@@ -51,11 +51,21 @@ class Grid:
         return {"shape": list(self.shape), "affine": [[float(v) for v in row] for row in self.affine]}
 
     @classmethod
-    def from_meta(cls, meta: dict) -> Grid:
+    def from_meta(cls, meta: dict, source: str | Path = "the model") -> Grid:
+        """The grid saved with a model (``source``, for the messages), checked before anything is allocated on
+        it: three positive sizes, at most :data:`~fairal.nifti.MAX_VOXELS` voxels, a 4 x 4 invertible affine."""
         try:
-            return cls(tuple(int(v) for v in meta["shape"]), np.asarray(meta["affine"], dtype=np.float64))
+            shape = tuple(int(v) for v in meta["shape"])
+            affine = np.asarray(meta["affine"], dtype=np.float64)
         except (KeyError, TypeError, ValueError) as err:
-            raise FairalError(f"the model's saved grid is unreadable: {err}") from err
+            raise FairalError(f"{source}: the saved analysis grid is unreadable: {err}") from err
+        if len(shape) != 3 or min(shape) < 1:
+            raise FairalError(f"{source}: the saved analysis grid must have three positive sizes, got {shape}")
+        check_voxels(shape, f"{source}: the saved analysis grid")
+        if affine.shape != (4, 4) or not valid_affine(affine):
+            raise FairalError(f"{source}: the saved analysis grid's affine is not an invertible 4 x 4 matrix (it is "
+                              "singular or not finite)")
+        return cls(shape, affine)  # type: ignore[arg-type]
 
 
 def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
@@ -64,10 +74,7 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = ())
     path = Path(csv_path)
     if not path.is_file():
         raise FairalError(f"{path}: file not found")
-    try:
-        t = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as err:
-        raise FairalError(f"{path} is not a readable CSV file: {err}") from err
+    t = read_table(path, str)
     missing = [c for c in OWN_COLUMNS if c not in t.columns]
     if missing:
         raise FairalError(f"{path} lacks the column(s) {', '.join(missing)} (needs {', '.join(OWN_COLUMNS)}; "
@@ -79,11 +86,7 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = ())
     if t.empty:
         raise FairalError(f"{path} lists no case")
     t["case_id"] = t["case_id"].str.strip()
-    if (t["case_id"] == "").any():
-        raise FairalError(f"{path}: row {int(np.argmax(t['case_id'] == '')) + 2} has no case_id")
-    dup = t["case_id"][t["case_id"].duplicated()].tolist()
-    if dup:
-        raise FairalError(f"{path}: case ids must be unique; repeated: {', '.join(dup[:5])}")
+    check_case_ids(t["case_id"], path)
     base = path.resolve().parent
     for col in ("image", "label"):
         t[f"{col}_path"] = ["" if not p.strip() else str((base / p.strip()).resolve()) for p in t[col]]
@@ -134,7 +137,7 @@ def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_
     widened by ``margin_mm`` on every side."""
     if not (math.isfinite(spacing) and spacing > 0):
         raise FairalError(f"--spacing must be > 0 mm (a finite number), got {spacing}")
-    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    lo, hi, absent = np.full(3, np.inf), np.full(3, -np.inf), []
     labeled = cases[cases["labeled"]]
     if labeled.empty:
         raise FairalError("no labeled case: label at least one case (a path in the 'label' column), or give a "
@@ -143,29 +146,43 @@ def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_
         lab = _load(path, case, "label")
         idx = np.argwhere(label_data(lab, "label", path, case, label_value) > 0)
         if idx.size == 0:
+            absent.append(path)
             continue
         corners = np.array([[a, b, c] for a in (idx[:, 0].min(), idx[:, 0].max())
                             for b in (idx[:, 1].min(), idx[:, 1].max()) for c in (idx[:, 2].min(), idx[:, 2].max())])
         world = nib.affines.apply_affine(lab.affine, corners)
         lo, hi = np.minimum(lo, world.min(0)), np.maximum(hi, world.max(0))
+    _refuse_absent_value(absent, len(labeled), label_value)
     if not np.all(np.isfinite(lo)):
         raise FairalError("every label is empty: no structure to place the analysis grid around")
     lo, hi = lo - margin_mm, hi + margin_mm
     shape = tuple(int(math.ceil((b - a) / spacing)) + 1 for a, b in zip(lo, hi, strict=True))
+    check_voxels(shape, f"the analysis grid at --spacing {spacing:g} mm", "; choose a larger --spacing")
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = lo
     return Grid(shape, affine)  # type: ignore[arg-type]
 
 
+def _refuse_absent_value(absent: list[str], n_maps: int, label_value: float | None) -> None:
+    """With ``--label-value``, every labeled case's map must hold the structure: a map without it would be taken
+    for an empty segmentation (a Dice of 1 for an empty prediction) and skew the group weights."""
+    if absent and label_value is not None:
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        raise FairalError(f"--label-value {label_value:g} is absent from {len(absent)} of {n_maps} label maps: "
+                          f"{', '.join(absent[:5])}{more}; check the value, or leave those cases' label empty")
+
+
 def to_case_grid(proba: np.ndarray, grid: Grid, image_path: str, case: str) -> nib.Nifti1Image:
     """A prediction on the common grid brought back onto the scan's own grid (linear, then >= 0.5): a uint8
-    mask with the scan's shape and affine, ready to be corrected in a viewer."""
+    mask with the scan's shape, affine and header codes (a qform code 0 stays 0), ready to be corrected in a
+    viewer."""
     img = _load(image_path, case, "image")
     res = resample_from_to(nib.Nifti1Image(np.asarray(proba, dtype=np.float32), grid.affine), (img.shape, img.affine),
                            order=1, mode="constant", cval=0.0)
     mask = nib.Nifti1Image((np.asarray(res.dataobj) >= 0.5).astype(np.uint8), img.affine)
-    mask.set_qform(img.affine, code=1)
-    mask.set_sform(img.affine, code=1)
+    mask.set_qform(*img.get_qform(coded=True))
+    mask.set_sform(*img.get_sform(coded=True))
+    mask.header.set_xyzt_units(*img.header.get_xyzt_units())
     return mask
 
 
@@ -184,7 +201,7 @@ def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2, label_value: f
     ``roi`` the union of the labeled structures (the fallback region of an empty prediction)."""
     ids = cases["case_id"].tolist()
 
-    def one(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def one(i: int) -> tuple[torch.Tensor, torch.Tensor, str | None]:
         case, img_path, lab_path = ids[i], cases["image_path"].iloc[i], cases["label_path"].iloc[i]
         img = _load(img_path, case, "image")
         data = image_data(img, "image", img_path, case)
@@ -195,19 +212,21 @@ def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2, label_value: f
         target = (grid.shape, grid.affine)
         res = resample_from_to(nib.Nifti1Image(data, img.affine), target, order=1, mode="constant", cval=0.0)
         image = _normalise(np.asarray(res.dataobj, dtype=np.float32))
-        label = np.zeros(grid.shape, np.uint8)
+        label, absent = np.zeros(grid.shape, np.uint8), None
         if lab_path:
             lab = _load(lab_path, case, "label")
             _check_pair(case, img, lab, img_path, lab_path)
             values = label_data(lab, "label", lab_path, case, label_value).astype(np.float32)
+            absent = None if values.any() else lab_path
             res = resample_from_to(nib.Nifti1Image(values, lab.affine), target, order=1, mode="constant", cval=0.0)
             label = (np.asarray(res.dataobj) >= 0.5).astype(np.uint8)
-        return torch.from_numpy(image.astype(np.float32))[None], torch.from_numpy(label)[None]
+        return torch.from_numpy(image.astype(np.float32))[None], torch.from_numpy(label)[None], absent
 
     with ThreadPoolExecutor(max(threads, 1)) as pool:
         loaded = list(pool.map(one, range(len(ids))))
-    images = torch.stack([a for a, _ in loaded])
-    labels = torch.stack([b for _, b in loaded])
+    _refuse_absent_value([p for *_, p in loaded if p], int(cases["labeled"].sum()), label_value)
+    images = torch.stack([a for a, _, _ in loaded])
+    labels = torch.stack([b for _, b, _ in loaded])
     labeled = torch.from_numpy(cases["labeled"].to_numpy(bool).copy())
     roi = labels[labeled].amax(dim=0).bool() if bool(labeled.any()) else torch.zeros(labels.shape[1:], dtype=bool)
     groups = np.empty(len(ids), dtype=object)

@@ -26,11 +26,11 @@ from fairal.config import Profile
 from fairal.data import case_records
 from fairal.engine import acquisition_round, evaluate, fit, model_factory, proba_stats
 from fairal.errors import FairalError
-from fairal.io import check_replaceable, publish_folder, write_csv, write_json
+from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
 from fairal.model import UNet3D
 from fairal.owndata import Grid, load_cases, read_cases, structure_grid, to_case_grid
 from fairal.sampling import stream, stream_seed
-from fairal.train import load_checkpoint, predict_proba, save_checkpoint, train_model
+from fairal.train import check_device, load_checkpoint, predict_proba, save_checkpoint, train_model
 
 #: Fewest cases of known group per group for the group classifier; below it, group frequencies are used.
 MIN_PER_GROUP = 5
@@ -161,6 +161,7 @@ def run_query(
         raise FairalError(f"--group-dice must be one of {', '.join(GROUP_DICE)}, got {group_dice!r}")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise FairalError(f"--budget must be a whole number >= 1, got {budget!r}")
+    check_device(profile.device)
     cases = read_cases(csv_path, list(group_by))
     # The output folder: never one that holds the user's data, replaced only if fairal made it.
     inputs = [csv_path, *cases["image_path"], *[p for p in cases["label_path"] if p]]
@@ -185,7 +186,7 @@ def run_query(
     model, meta = (None, {})
     if model_path is not None:
         model, meta = _model_for(Path(model_path), profile, dropout)
-    grid = Grid.from_meta(meta["grid"]) if "grid" in meta else structure_grid(
+    grid = Grid.from_meta(meta["grid"], model_path) if "grid" in meta else structure_grid(
         cases, spacing, float(profile.crop_margin if profile.crop_margin is not None else 12), label_value)
     vol = load_cases(cases, grid, label_value=label_value)
     labeled_ids = cases.loc[cases["labeled"], "case_id"].tolist()
@@ -256,7 +257,7 @@ def run_query(
 
     # Everything is written into a hidden folder beside OUT and moved into place at the end.
     with publish_folder(out, "query") as tmp:
-        write_csv(tmp / "query.csv", table)
+        write_csv(within(tmp, "query.csv"), table)
         from fairal.report.montage import write_montage
 
         top = batch[:max(1, min(montage_cases, budget))]  # the first cases to annotate
@@ -264,16 +265,16 @@ def run_query(
         def rec_group(cid: str) -> str:
             return "group ?" if records_of[cid].group is None else str(records_of[cid].group)
 
-        write_montage(tmp / "montage.png", [vol.images[rows_u[pos[c]], 0].numpy() for c in top],
+        write_montage(within(tmp, "montage.png"), [vol.images[rows_u[pos[c]], 0].numpy() for c in top],
                       maps["proba"][:len(top)], maps["roi"][:len(top)],
                       [f"#{r + 1} {c}\n{rec_group(c)}  score {scores[pos[c]]:.3g}" for r, c in enumerate(top)])
         model_meta = {"grid": grid.as_meta(), "features": list(model.features), "dropout": float(model.dropout),
                       "profile": profile.name, "group_by": list(group_by), "n_labeled": n_labeled, "seed": seed}
-        save_checkpoint(model, tmp / "model.pt", model_meta)
+        save_checkpoint(model, within(tmp, "model.pt"), model_meta)
         write_handoff(tmp, [(c, records_of[c].image, proba) for c, proba in zip(batch, maps["proba"], strict=True)],
                       grid, label_value)
         lab_table = cases.loc[cases["labeled"], ["case_id", "group"]].assign(dice=rnd.weight_dice)
-        write_json(tmp / "query.json", {
+        write_json(within(tmp, "query.json"), {
             "csv": str(Path(csv_path).resolve()), "strategy": strat.name, "budget": budget, "seed": seed,
             "group_by": list(group_by), "groups": [str(g) for g in order],
             "weights": {str(g): weights[g] for g in order} if strat.weighted else None,
@@ -295,19 +296,21 @@ def write_handoff(folder: Path, batch: list[tuple[str, str, np.ndarray]], grid: 
     """The annotators' files: each selected scan's prediction on the scan's own grid
     (``predictions/CASE.nii.gz``, to correct rather than draw from nothing), ``annotate.csv`` (case, image,
     prediction), a 3D Slicer script that opens them all (``open_in_slicer.py``) and ITK-SNAP command lines
-    (``open_in_itksnap.sh``)."""
+    (``open_in_itksnap.sh``). Every string the scripts embed is quoted as data: ``repr`` in Python, ``shlex.quote``
+    in the shell (a case id or a folder named ``O'Brien; $(rm -rf ~)`` stays a name)."""
+    import shlex
+
     import nibabel as nib
 
-    (folder / "predictions").mkdir()
+    within(folder, "predictions").mkdir()
     rows = []
     for case, image, proba in batch:
-        pred = folder / "predictions" / f"{case}.nii.gz"
-        nib.save(to_case_grid(proba, grid, image, case), str(pred))
+        nib.save(to_case_grid(proba, grid, image, case), str(within(folder, "predictions", f"{case}.nii.gz")))
         rows.append({"case_id": case, "image": image, "prediction": f"predictions/{case}.nii.gz"})
-    write_csv(folder / "annotate.csv", pd.DataFrame(rows, columns=["case_id", "image", "prediction"]))
+    write_csv(within(folder, "annotate.csv"), pd.DataFrame(rows, columns=["case_id", "image", "prediction"]))
     value = "" if label_value is None else f" (saved with value 1; your map uses {label_value:g})"
     cases = ",\n".join(f"    ({r['case_id']!r}, {r['image']!r}, {r['prediction']!r})" for r in rows)
-    (folder / "open_in_slicer.py").write_text(
+    within(folder, "open_in_slicer.py").write_text(
         "# Open the scans to annotate in 3D Slicer, each with fairal's prediction as a segmentation to correct.\n"
         "# In Slicer's Python console: exec(open('/path/to/this/open_in_slicer.py').read())\n"
         f"# Save each corrected segmentation as a label map{value} and give its path in the CSV's label column.\n"
@@ -316,9 +319,10 @@ def write_handoff(folder: Path, batch: list[tuple[str, str, np.ndarray]], grid: 
         "    volume = slicer.util.loadVolume(image)\n"
         "    segmentation = slicer.util.loadSegmentation(os.path.join(here, prediction))\n"
         "    segmentation.SetName(case + ' (fairal prediction)')\n")
-    (folder / "open_in_itksnap.sh").write_text(
+    within(folder, "open_in_itksnap.sh").write_text(
         "#!/bin/sh\n# One ITK-SNAP window per scan to annotate, with fairal's prediction loaded as the segmentation.\n"
-        "cd \"$(dirname \"$0\")\"\n" + "".join(f"itksnap -g '{r['image']}' -s '{r['prediction']}' &\n" for r in rows))
+        "cd \"$(dirname \"$0\")\"\n"
+        + "".join(f"itksnap -g {shlex.quote(r['image'])} -s {shlex.quote(r['prediction'])} &\n" for r in rows))
 
 
 def _reason(strat, rec: dict, order: list, p: np.ndarray, profile: Profile) -> str:

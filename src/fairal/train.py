@@ -11,6 +11,8 @@ import contextlib
 import functools
 import math
 import os
+import pickle
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -184,6 +186,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise FairalError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     return device
+
+
+def check_device(name: str) -> None:
+    """Refuse, before anything is written, a device that this process does not have (``cuda`` on a CPU-only
+    torch, ``cuda:3`` on a machine with one GPU). Called where the training runs: a Ray driver need not have the
+    GPUs of its workers."""
+    device = resolve_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FairalError(f"setting device={name}: this process sees no CUDA GPU (torch {torch.__version__}"
+                          f"{'' if torch.version.cuda else ', a build without CUDA'}); use device=auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FairalError(f"setting device={name}: this process sees {torch.cuda.device_count()} CUDA GPU(s), "
+                          "numbered from 0")
 
 
 def describe_device(name: str) -> str:
@@ -601,8 +616,14 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict:
         raise FairalError(f"checkpoint file not found: {source}")
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types (RuntimeError, UnpicklingError, EOFError, ...)
-        raise FairalError(f"checkpoint file {source} is corrupt or not a torch checkpoint: {exc}") from exc
+    except pickle.UnpicklingError as exc:  # torch's message advises loading it with weights_only=False: never
+        what = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise FairalError(f"checkpoint file {source} holds Python objects, not only weights ("
+                          f"{'it names ' + what.group(1) if what else 'a pickle'}): fairal never loads such a file"
+                          ) from None
+    except Exception as exc:  # torch raises several types (RuntimeError, EOFError, ...)
+        raise FairalError(f"checkpoint file {source} is corrupt or not a torch checkpoint: "
+                          f"{' '.join(str(exc).split())}") from exc
     if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
         raise FairalError(
             f"checkpoint file {source} is not a fairal checkpoint: "

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fairal.io import write_text
+from fairal.io import check_output_folder, within, write_csv, write_text
 from fairal.report.examples import write_examples
 from fairal.report.figures import write_figures
 from fairal.report.records import Results, final_table, load_results
@@ -197,25 +197,25 @@ def statistics(results: Results, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]
         return pd.DataFrame(), pd.DataFrame()
     runs = run_summary(done)
     stats = summary_table(runs)
-    stats.to_csv(out / "final_stats.csv", index=False)
+    write_csv(within(out, "final_stats.csv"), stats)
     if done["seed"].nunique() < MIN_SEEDS_FOR_CLAIMS or withheld(results, done["seed"].nunique()):
         return pd.DataFrame(), stats
-    paired_table(runs).to_csv(out / "paired.csv", index=False)
+    write_csv(within(out, "paired.csv"), paired_table(runs))
     if uses_plan(results):
         from fairal.report.plan import plan_markdown, plan_tables
 
         tables = plan_tables(done, results.cases, results.round_cases, results.baselines, results.baseline_cases)
         claims = tables.claims
-        tables.sensitivity.to_csv(out / "claims_sensitivity.csv", index=False)
-        tables.primary.to_csv(out / "primary.csv", index=False)
-        tables.decomposition.to_csv(out / "variance_decomposition.csv", index=False)
+        write_csv(within(out, "claims_sensitivity.csv"), tables.sensitivity)
+        write_csv(within(out, "primary.csv"), tables.primary)
+        write_csv(within(out, "variance_decomposition.csv"), tables.decomposition)
         markdown = plan_markdown(claims)
     else:
         claims = claims_table(done, results.baselines)
         markdown = claims_markdown(claims)
     if not claims.empty:
-        claims.to_csv(out / "claims.csv", index=False)
-        write_text(out / "claims.md", markdown)
+        write_csv(within(out, "claims.csv"), claims)
+        write_text(within(out, "claims.md"), markdown)
     return claims, stats
 
 
@@ -229,7 +229,7 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
     path of ``report.html``."""
     folder = Path(folder)
     results = results if results is not None else load_results(folder)
-    out = Path(out) if out is not None else folder / "report"
+    out = check_output_folder(Path(out) if out is not None else folder / "report", "the report folder")
     out.mkdir(parents=True, exist_ok=True)
     figs = write_figures(results, out)
     examples = write_examples(folder, results, out) if not results.rounds.empty else None
@@ -238,11 +238,11 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
     t1 = paper_essp_check(table1(results))
     final = final_table(results)
     if not t1.empty:
-        t1.to_csv(out / "table1_baselines.csv", index=False)
-        write_text(out / "table1_baselines.md", markdown_table(t1))
+        write_csv(within(out, "table1_baselines.csv"), t1)
+        write_text(within(out, "table1_baselines.md"), markdown_table(t1))
     if not final.empty:
-        final.to_csv(out / "final_budget.csv", index=False)
-        write_text(out / "final_budget.md", markdown_table(final))
+        write_csv(within(out, "final_budget.csv"), final)
+        write_text(within(out, "final_budget.md"), markdown_table(final))
     claims, stats = statistics(results, out)
     missing = results.missing
     profile = results.settings.get("profile", {}) if results.settings else {}
@@ -365,6 +365,6 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
             lines.append("<div class='scroll'><pre>" + html.escape(json.dumps(prof, indent=1)) + "</pre></div>")
         parts += lines
     parts.append("</body></html>")
-    target = out / "report.html"
+    target = within(out, "report.html")
     write_text(target, "\n".join(parts))
     return target

@@ -35,7 +35,9 @@ def write_examples(folder: Path, results: Results, out: Path) -> list[Path] | No
     from fairal.data import load_volumes, read_manifest
     from fairal.engine import evaluate
     from fairal.errors import FairalError
+    from fairal.io import within
     from fairal.model import UNet3D
+    from fairal.report.figures import literal
     from fairal.train import load_checkpoint, predict_proba
 
     panels = []
@@ -74,15 +76,16 @@ def write_examples(folder: Path, results: Results, out: Path) -> list[Path] | No
         if (proba[:, :, z] > 0.5).any():
             ax.contour((proba[:, :, z] > 0.5).T, levels=[0.5], colors="#D55E00", linewidths=1.2,
                        linestyles="--")
-        ax.set_title(f"{dataset} bias, Group {group}\n{case}: Dice {d:.3f}", fontsize=10)
+        ax.set_title(literal(f"{dataset} bias, Group {group}\n{case}: Dice {d:.3f}"), fontsize=10)
         ax.axis("off")
-    fig.text(0.5, 0.01, f"yellow: ground truth; dashed vermillion: prediction of the final {EXAMPLE_STRATEGY} "
-                        f"model ({panels[0][-1].parts[-3]} start, {panels[0][-1].name}); the median test case of "
-                        "each group; axial slice with the most structure", ha="center", fontsize=9)
+    fig.text(0.5, 0.01, literal(f"yellow: ground truth; dashed vermillion: prediction of the final "
+                                f"{EXAMPLE_STRATEGY} model ({panels[0][-1].parts[-3]} start, {panels[0][-1].name}); "
+                                "the median test case of each group; axial slice with the most structure"),
+             ha="center", fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     written = []
     for suffix in (".png", ".svg"):
-        target = (out / "fig10_examples").with_suffix(suffix)
+        target = within(out, f"fig10_examples{suffix}")
         fig.savefig(target, dpi=100, metadata={"Software": None} if suffix == ".png" else {"Date": None})
         written.append(target)
     plt.close(fig)

@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 
 from fairal.acquisition import PAPER_STRATEGIES, parse_strategy  # noqa: E402
 from fairal.errors import FairalError  # noqa: E402
+from fairal.io import within  # noqa: E402
 from fairal.report.records import (  # noqa: E402
     DATASET_ORDER,
     INIT_ORDER,
@@ -42,11 +43,17 @@ SHORT = {"random": "random", "entropy": "entropy", "localized-entropy": "LE", "w
 FONT = {"panel": 11, "axis": 10, "tick": 9, "legend": 10}
 
 
+def literal(text) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` escaped, so that a case id, group or folder name such as
+    ``$\\nope$`` is never parsed as mathtext (which draws something else, or fails)."""
+    return str(text).replace("$", r"\$")
+
+
 def label(strategy: str) -> str:
     try:
         return parse_strategy(strategy).label
     except FairalError:
-        return strategy
+        return literal(strategy)
 
 
 def _style(strategy: str, index: int) -> dict:
@@ -78,7 +85,7 @@ def _save(fig, path: Path, handles, labels) -> list[Path]:
     fig.tight_layout(rect=(0, 0.035 * rows + 0.01, 1, 1))
     written = []
     for suffix in (".png", ".svg"):
-        target = path.with_suffix(suffix)
+        target = within(path.parent, path.with_suffix(suffix).name)
         fig.savefig(target, dpi=100, metadata={"Software": None} if suffix == ".png" else {"Date": None})
         written.append(target)
     plt.close(fig)
@@ -98,7 +105,7 @@ def _figure(results: Results, panels: list[list[dict]], path: Path, strategies=P
             _panel(ax, tables[p["metric"]], p["dataset"], p["init"], n_seeds, strategies)
             if p["metric"] == "g1_ratio":
                 ax.axhline(0.5, color="k", linewidth=0.6, linestyle=":")
-            ax.set_title(f"{p['dataset']} bias, {p['init']} start", fontsize=FONT["panel"])
+            ax.set_title(literal(f"{p['dataset']} bias, {p['init']} start"), fontsize=FONT["panel"])
             ax.set_ylabel(METRIC_LABEL.get(p["metric"], p["metric"]), fontsize=FONT["axis"])
             if i == n_rows - 1:
                 ax.set_xlabel("labeled images", fontsize=FONT["axis"])
@@ -118,7 +125,7 @@ def _group_dice_figure(results: Results, path: Path, datasets, inits) -> list[Pa
         for i, init in enumerate(inits):
             ax = axes[i, j]
             _panel(ax, table, d, init, n_seeds, PAPER_STRATEGIES)
-            ax.set_title(f"{d} bias, {init} start: Group {g}", fontsize=FONT["panel"])
+            ax.set_title(literal(f"{d} bias, {init} start: Group {g}"), fontsize=FONT["panel"])
             if j == 0:
                 ax.set_ylabel("Dice of the group", fontsize=FONT["axis"])
             if i == len(inits) - 1:
@@ -153,11 +160,11 @@ def _case_dice_figure(cases: pd.DataFrame, path: Path, datasets) -> list[Path]:
                 patch.set_facecolor("none")
                 patch.set_edgecolor(c)
         ticks = [si * (len(groups) + 1) + gi for si in range(len(strategies)) for gi in range(len(groups))]
-        ax.set_xticks(ticks, [f"G{g}" for _ in strategies for g in groups], fontsize=FONT["tick"])
+        ax.set_xticks(ticks, [literal(f"G{g}") for _ in strategies for g in groups], fontsize=FONT["tick"])
         for si, s in enumerate(strategies):
             ax.text(si * (len(groups) + 1) + (len(groups) - 1) / 2, 1.0, SHORT.get(s, s), ha="center", va="bottom",
                     fontsize=FONT["tick"], transform=ax.get_xaxis_transform())
-        ax.set_title(f"{d} bias", fontsize=FONT["panel"], pad=18)
+        ax.set_title(literal(f"{d} bias"), fontsize=FONT["panel"], pad=18)
         ax.set_ylabel("Dice of a test case", fontsize=FONT["axis"])
         ax.grid(alpha=0.3, axis="y")
     return _save(fig, path, [], [])

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fairal.report.figures import literal  # noqa: E402
+
 
 def _slice_index(roi: np.ndarray, proba: np.ndarray) -> int:
     """The axial slice (last axis) with the most predicted structure, else the ROI's centre, else the middle."""
@@ -40,7 +42,7 @@ def write_montage(path: Path, images: list[np.ndarray], probas: list[np.ndarray]
             ax.contour((proba[:, :, z] > 0.5).T, levels=[0.5], colors="red", linewidths=0.8)
         if roi[:, :, z].any() and not roi[:, :, z].all():
             ax.contour(roi[:, :, z].T.astype(float), levels=[0.5], colors="yellow", linewidths=0.6)
-        ax.set_title(title, fontsize=7)
+        ax.set_title(literal(title), fontsize=7)
     fig.suptitle("cases to annotate next: prediction (red), ROI of the score (yellow)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=100, metadata={"Software": None})

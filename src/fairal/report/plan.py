@@ -70,8 +70,9 @@ class CaseMatrix:
             idx = self.groups == g
             dev += np.abs(total - self.dice[:, idx] @ c[:, idx].T / c[:, idx].sum(axis=1))
         out = {"dice_all": total, "delta": dev, "essp": total / (1 + dev)}
-        if {1, 2} <= set(self.groups.tolist()):  # Table 1's gap: Dice of Group 2 - Dice of Group 1
-            g1, g2 = self.groups == 1, self.groups == 2
+        text = np.array([str(g) for g in self.groups])
+        if {"1", "2"} <= set(text.tolist()):  # Table 1's gap: Dice of Group 2 - Dice of Group 1
+            g1, g2 = text == "1", text == "2"
             out["dice_gap"] = (self.dice[:, g2] @ c[:, g2].T / c[:, g2].sum(axis=1)
                                - self.dice[:, g1] @ c[:, g1].T / c[:, g1].sum(axis=1))
         return {k: v[:, 0] for k, v in out.items()} if counts is None else out

@@ -19,6 +19,8 @@ INIT_ORDER = ["balanced", "g1-heavy", "g2-heavy"]
 DATASET_ORDER = ["strong", "weak"]
 #: The keys that name a run in the tidy tables.
 RUN_KEYS = ["dataset", "init", "strategy", "seed"]
+#: Columns of the records read as the text written: groups "007" and "7" stay two.
+TEXT_COLUMNS = {"case_id": str, "group": str}
 
 
 @dataclass
@@ -85,7 +87,7 @@ def load_results(folder: str | Path) -> Results:
         if done:
             finished.add(key)
             if (run / "cases.csv").is_file():
-                c = pd.read_csv(run / "cases.csv")
+                c = pd.read_csv(run / "cases.csv", dtype=TEXT_COLUMNS)
                 last = c[(c["round"] == df["round"].max()) & c["split"].isin(MEASURED_SPLITS)]
                 case_frames.append(last.assign(**dict(zip(RUN_KEYS, key, strict=True)))[CASE_KEYS])
                 test = c[c["split"] == "test"]
@@ -107,7 +109,7 @@ def load_results(folder: str | Path) -> Results:
     baselines = pd.concat(base_frames, ignore_index=True) if base_frames else pd.DataFrame()
     base_cases = []
     for table in sorted(folder.glob("baseline/*/baseline_cases.csv")):
-        bc = pd.read_csv(table)
+        bc = pd.read_csv(table, dtype=TEXT_COLUMNS)
         base_cases.append(bc.assign(dataset=table.parent.name, seed=0))
     if rounds.empty and baselines.empty:
         why = f"; unreadable: {'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}" if skipped else ""
@@ -166,9 +168,9 @@ def read_run(run: Path) -> tuple[pd.DataFrame, bool]:
     return df, bool(state.get("finished"))
 
 
-def _read_table(path: Path, needs: list[str]) -> pd.DataFrame:
+def _read_table(path: Path, needs: list[str], dtype=None) -> pd.DataFrame:
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, dtype=dtype)
     except Exception as err:
         raise FairalError(f"{path} is not a readable CSV file: {err}") from err
     missing = [c for c in needs if c not in table.columns]
@@ -186,7 +188,7 @@ def load_tidy(folder: str | Path) -> Results:
     baselines = (_read_table(folder / "baselines.csv", ["dataset", "cohort", "dice_all", "essp", "delta"])
                  if (folder / "baselines.csv").is_file() else pd.DataFrame())
     keys = sorted(set(rounds[RUN_KEYS].itertuples(index=False, name=None)))
-    cases = (_read_table(folder / "cases.csv", [*RUN_KEYS, "case_id", "group", "dice"])
+    cases = (_read_table(folder / "cases.csv", [*RUN_KEYS, "case_id", "group", "dice"], TEXT_COLUMNS)
              if (folder / "cases.csv").is_file() else None)
     settings = {}
     if (folder / "settings.json").is_file():
@@ -195,8 +197,10 @@ def load_tidy(folder: str | Path) -> Results:
         settings = {**settings, "profile": {**settings.get("profile", {}), "name": info.get("profile", "unknown")},
                     "device": info.get("device"), "commit": info.get("commit"),
                     "analysis_plan": info.get("analysis_plan"), "planned_seeds": info.get("planned_seeds")}
-    round_cases = (pd.read_csv(folder / "test_cases.csv.gz") if (folder / "test_cases.csv.gz").is_file() else None)
-    base_cases = (pd.read_csv(folder / "baseline_cases.csv") if (folder / "baseline_cases.csv").is_file() else None)
+    round_cases = (pd.read_csv(folder / "test_cases.csv.gz", dtype=TEXT_COLUMNS)
+                   if (folder / "test_cases.csv.gz").is_file() else None)
+    base_cases = (pd.read_csv(folder / "baseline_cases.csv", dtype=TEXT_COLUMNS)
+                  if (folder / "baseline_cases.csv").is_file() else None)
     return Results(rounds, baselines, set(keys), keys, settings, {}, {}, cases,
                    [settings["profile"]] if settings.get("profile") else [], round_cases, base_cases)
 

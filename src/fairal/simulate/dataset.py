@@ -16,7 +16,7 @@ import pandas as pd
 
 from fairal import sampling, versions
 from fairal.errors import FairalError
-from fairal.io import check_output_folder, is_fairal_folder, publish_folder
+from fairal.io import check_output_folder, is_fairal_folder, publish_folder, within
 from fairal.simulate.deformation import (
     DEFAULT_GLOBAL_RMS_MM,
     DEFAULT_LOCAL_SD_MM,
@@ -73,6 +73,9 @@ class SimulationConfig:
 
     def validate(self) -> None:
         self.resolved_bias()
+        for name, v in (("--seed", self.seed), ("--model-seed", self.model_seed)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise FairalError(f"{name} must be a whole number >= 0, got {v!r}")
         if self.n_subjects < 2:
             raise FairalError(f"--n-subjects must be at least 2 (one per group), got {self.n_subjects}")
         for name, v, low in (("--seed", self.seed, 0), ("--model-seed", self.model_seed, 0),
@@ -199,8 +202,8 @@ def _write_subject(subject: Subject) -> dict:
         image = np.round(image).astype(np.int16)
     else:
         image = image.astype(np.float32)
-    _save_nifti(image, state["out_affine"], out / "images" / f"{subject.case_id}.nii.gz")
-    _save_nifti(label.astype(np.uint8), state["out_affine"], out / "labels" / f"{subject.case_id}.nii.gz")
+    _save_nifti(image, state["out_affine"], within(out, "images", f"{subject.case_id}.nii.gz"))
+    _save_nifti(label.astype(np.uint8), state["out_affine"], within(out, "labels", f"{subject.case_id}.nii.gz"))
     ref = state["template_label_crop"]
     inter = np.logical_and(label, ref).sum()
     denom = label.sum() + ref.sum()
@@ -301,19 +304,20 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
     subjects = draw_subjects(cfg, state["global_model"].n_components)
     with publish_folder(out, "dataset") as tmp:
         for sub in ("images", "labels", "models", "template"):
-            (tmp / sub).mkdir()
+            within(tmp, sub).mkdir()
         # The template on the output grid: the reference for Dice-to-template, crops and fallback ROIs.
         tpl_image = state["template_image_crop"]
         tpl_image = np.round(tpl_image).astype(np.int16) if state["integer_image"] else tpl_image.astype(np.float32)
-        _save_nifti(tpl_image, state["out_affine"], tmp / "template" / "image.nii.gz")
-        _save_nifti(state["template_label_crop"].astype(np.uint8), state["out_affine"], tmp / "template/label.nii.gz")
+        _save_nifti(tpl_image, state["out_affine"], within(tmp, "template", "image.nii.gz"))
+        _save_nifti(state["template_label_crop"].astype(np.uint8), state["out_affine"],
+                    within(tmp, "template", "label.nii.gz"))
         state["out_dir"] = tmp
         results = _run_subjects(state, subjects, cfg.jobs, progress)
-        state["global_model"].save(tmp / "models" / "global.npz")
-        state["local_model"].save(tmp / "models" / "local.npz")
+        state["global_model"].save(within(tmp, "models", "global.npz"))
+        state["local_model"].save(within(tmp, "models", "local.npz"))
         manifest = _manifest(subjects, results, test_split(subjects[:cfg.n_subjects], cfg.seed, cfg.test_per_group),
                              {s.case_id for s in subjects[cfg.n_subjects:]})
-        manifest.to_csv(tmp / "manifest.csv", index=False)
+        manifest.to_csv(within(tmp, "manifest.csv"), index=False)
         _write_dataset_json(cfg, state, manifest, tmp)
         if cfg.preview:
             from fairal.simulate.preview import write_preview
@@ -435,4 +439,4 @@ def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFra
         "summary": group_summary(manifest).round(6).to_dict(orient="records"),
         "versions": versions(),
     }
-    (tmp / "dataset.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    within(tmp, "dataset.json").write_text(json.dumps(info, indent=2, default=str) + "\n")

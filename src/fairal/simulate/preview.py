@@ -12,6 +12,8 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fairal.io import within  # noqa: E402
+
 
 def _examples(manifest: pd.DataFrame) -> list[tuple[str, str]]:
     """Template, Group 1 at the median and at the 90th percentile of the bias scale, two Group 2 subjects."""
@@ -99,7 +101,7 @@ def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.
     fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid "
                  f"(patient's left on the {left} of each panel)", fontsize=9)
     fig.tight_layout()
-    path = out / "preview.png"
+    path = within(out, "preview.png")
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
     return path
