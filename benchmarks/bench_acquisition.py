@@ -42,8 +42,8 @@ def main() -> None:
     def timed(fn) -> float:
         return _median_seconds(fn, args.repeats, warmup=0)
 
-    ref = timed(lambda: uncertainty_stats(model, images, fallback, profile, bald=False, seed=0))
-    bald = timed(lambda: uncertainty_stats(model, images, fallback, profile, bald=True, seed=0))
+    ref = timed(lambda: uncertainty_stats(model, images, fallback, profile, dropout=False, seed=0))
+    bald = timed(lambda: uncertainty_stats(model, images, fallback, profile, dropout=True, seed=0))
     ids = [f"c{i:04d}" for i in range(args.cases)]
     scores = np.random.default_rng(0).random(args.cases)
     top = timed(lambda: select("localized-entropy", ids, scores, 4, 50, np.random.default_rng(0)))

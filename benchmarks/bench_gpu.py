@@ -203,7 +203,7 @@ def _round_at(n: int, args, device: torch.device, shape, paper, group: int, step
             dice_from_proba(p, lab)
 
     def score() -> None:  # the pool's statistics (on the model's device)
-        uncertainty_stats(model, images, fallback, paper, bald=False, seed=0)
+        uncertainty_stats(model, images, fallback, paper, dropout=False, seed=0)
 
     timed(score, device)
     per_eval = timed(evaluate, device) / args.infer_cases

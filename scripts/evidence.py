@@ -141,7 +141,7 @@ def tasks(out: Path, parts: list[str], seeds: int, baseline_seeds: int, ablation
 def _init_worker(threads: int, parent: int) -> None:
     import torch
 
-    from fairal.experiments import die_with_parent
+    from fairal.executors import die_with_parent
 
     torch.set_num_threads(threads)
     die_with_parent(parent)

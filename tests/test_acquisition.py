@@ -111,13 +111,13 @@ def test_selection_ties_break_by_case_id():
 # --- strategies beyond the paper ---------------------------------------------------------------------------------
 
 def test_strategy_names_compose():
-    from fairal.acquisition import STRATEGIES, parse_strategy
+    from fairal.acquisition import ALL_STRATEGIES, parse_strategy
 
     s = parse_strategy("stochastic-weighted-localized-entropy")
     assert (s.base, s.weighted, s.stochastic, s.temperature) == ("localized-entropy", True, True, None)
     s = parse_strategy("weighted-bald-t0.5")
     assert (s.base, s.weighted, s.temperature, s.needs_dropout) == ("bald", True, 0.5, True)
-    assert all(parse_strategy(n).name == n for n in STRATEGIES)
+    assert all(parse_strategy(n).name == n for n in ALL_STRATEGIES)
     for bad, message in (("coreset", "unknown strategy"), ("localized-entropy-t2", "needs group weights"),
                          ("stochastic-random", "just 'random'"), ("weighted-entropy-t0", "must be > 0")):
         with pytest.raises(FairalError, match=message):
@@ -180,20 +180,34 @@ def test_expected_weights_and_three_groups():
     np.testing.assert_allclose(used, [0.35, 0.2])
 
 
-# --- the statistics on the model's device (torch) equal the NumPy ones ------------------------------------------
+# --- one implementation (torch) against an independent NumPy/SciPy reference --------------------------------------
 
 
-def test_torch_roi_and_entropy_equal_numpy():
+def _ref_entropy(p):
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return -(p * np.log(p) + (1 - p) * np.log1p(-p))
+
+
+def _ref_roi(p, dilation, fallback):
+    from scipy import ndimage
+
+    from fairal.acquisition import _ball
+
+    pred = p > 0.5
+    if not pred.any():
+        if fallback is None or not fallback.any():
+            return np.ones(p.shape, bool), "volume"
+        pred = fallback
+        source = "template"
+    else:
+        source = "predicted"
+    return (ndimage.binary_dilation(pred, structure=_ball(dilation)) if dilation else pred), source
+
+
+def test_roi_entropy_and_mutual_information_against_numpy_and_scipy():
     import torch
 
-    from fairal.acquisition import (
-        mutual_information,
-        mutual_information_torch,
-        roi_mask,
-        roi_mask_torch,
-        voxel_entropy,
-        voxel_entropy_torch,
-    )
+    from fairal.acquisition import mutual_information, roi_mask, voxel_entropy
 
     rng = np.random.default_rng(0)
     proba = rng.random((9, 11, 8)).astype(np.float32) * 0.6  # a few voxels above 0.5, some at the border
@@ -202,24 +216,28 @@ def test_torch_roi_and_entropy_equal_numpy():
     fallback[4:6, 5:7, 3:5] = True
     for p, fb in ((proba, None), (empty, fallback), (empty, None), (empty, np.zeros_like(fallback))):
         for dilation in (0, 1, 3):
-            want, source = roi_mask(p, dilation, fb)
-            got, got_source = roi_mask_torch(torch.from_numpy(p), dilation,
-                                             None if fb is None else torch.from_numpy(fb))
-            assert got_source == source and np.array_equal(got.numpy(), want), (source, dilation)
-    np.testing.assert_allclose(voxel_entropy_torch(torch.from_numpy(proba)).numpy(), voxel_entropy(proba),
-                               rtol=1e-13)
+            want, source = _ref_roi(p, dilation, fb)
+            got, got_source = roi_mask(p, dilation, fb)  # arrays in, arrays out
+            assert isinstance(got, np.ndarray) and got_source == source and np.array_equal(got, want)
+            as_t, _ = roi_mask(torch.from_numpy(p), dilation, None if fb is None else torch.from_numpy(fb))
+            assert isinstance(as_t, torch.Tensor) and np.array_equal(as_t.numpy(), want)
+    np.testing.assert_allclose(voxel_entropy(proba), _ref_entropy(proba), rtol=1e-13)
     samples = rng.random((4, 5, 6, 7)).astype(np.float32)
-    np.testing.assert_allclose(mutual_information_torch(torch.from_numpy(samples)).numpy(),
-                               mutual_information(samples)[0], rtol=1e-10, atol=1e-15)
+    s64 = samples.astype(np.float64)
+    want_mi = np.maximum(_ref_entropy(s64.mean(0)) - _ref_entropy(s64).mean(0), 0)
+    np.testing.assert_allclose(mutual_information(samples)[0], want_mi, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(mutual_information(torch.from_numpy(samples))[0].numpy(), want_mi, rtol=1e-10,
+                               atol=1e-15)
 
 
 @pytest.mark.parametrize("prior,source", [(0.4, "predicted"), (1e-3, "template")])
-def test_device_uncertainty_stats_equal_the_numpy_path(prior, source):
+def test_round_statistics_against_a_numpy_reference(prior, source):
     import torch
 
     from fairal.config import get_profile
-    from fairal.engine import device_uncertainty_stats, uncertainty_stats
+    from fairal.engine import uncertainty_stats
     from fairal.model import UNet3D
+    from fairal.train import predict_mc_dropout, predict_proba
 
     torch.manual_seed(0)
     model = UNet3D(features=(4, 8), foreground_prior=prior, dropout=0.2).eval()
@@ -227,9 +245,18 @@ def test_device_uncertainty_stats_equal_the_numpy_path(prior, source):
     fallback = np.zeros((12, 14, 10), bool)
     fallback[5:8, 6:9, 4:6] = True
     profile = get_profile("smoke", {"mc_samples": "3", "roi_dilation": "2"})
-    want = uncertainty_stats(model, images, fallback, profile, bald=True, seed=7, batch_size=2)
-    got = device_uncertainty_stats(model, images, fallback, profile, bald=True, seed=7, batch_size=2)
-    assert want["roi_source"] == [source] * 5  # R from the prediction, or from the template when none is predicted
-    assert got["roi_source"] == want["roi_source"] and got["predicted_voxels"] == want["predicted_voxels"]
-    for key in ("entropy", "localized_entropy", "bald"):
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, err_msg=key)
+    got = uncertainty_stats(model, images, fallback, profile, dropout=True, seed=7, batch_size=2)
+    assert got["roi_source"] == [source] * 5  # R from the prediction, or from the template when none is predicted
+    probas = list(predict_proba(model, images, batch_size=2))
+    draws = list(predict_mc_dropout(model, images, 3, 7, batch_size=2))
+    for i, (p, s) in enumerate(zip(probas, draws, strict=True)):
+        roi, _ = _ref_roi(p, 2, fallback)
+        h = _ref_entropy(p)
+        s = s.astype(np.float64)
+        mi = np.maximum(_ref_entropy(s.mean(0)) - _ref_entropy(s).mean(0), 0)
+        assert got["entropy"][i] == pytest.approx(h.mean(), rel=1e-12)
+        assert got["localized_entropy"][i] == pytest.approx(h[roi].mean(), rel=1e-12)
+        assert got["bald"][i] == pytest.approx(mi[roi].mean(), rel=1e-9)
+        assert got["predicted_voxels"][i] == int((p > 0.5).sum())
+    plain = uncertainty_stats(model, images, fallback, profile, dropout=False, seed=7, batch_size=2)
+    assert plain["entropy"] == got["entropy"] and np.isnan(plain["bald"]).all()

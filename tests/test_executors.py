@@ -118,26 +118,32 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_lockstep_groups_are_one_dataset_and_seed():
+    from fairal.executors import Task
     from fairal.experiments import lockstep_groups
 
-    runs = [{"data_dir": d, "seed": s, "strategy": st} for d in ("strong", "weak") for s in (0, 1) for st in "xyz"]
+    runs = [Task("run", d, f"{d}/{s}/{st}", None, "balanced", st, s) for d in ("strong", "weak") for s in (0, 1)
+            for st in "xyz"]
     groups = lockstep_groups(runs, 0)
     assert [len(g) for g in groups] == [3] * 4
-    assert all(len({(r["data_dir"], r["seed"]) for r in g}) == 1 for g in groups)
+    assert all(len({(r.data_dir, r.seed) for r in g}) == 1 for g in groups)
     assert [len(g) for g in lockstep_groups(runs, 2)] == [2, 1] * 4
     assert [len(g) for g in lockstep_groups(runs, 1)] == [1] * 12
 
 
 def test_packing_is_for_gpus_and_its_settings_are_checked(tmp_path):
-    from fairal.experiments import _trains_on_gpu
+    from fairal.executors import EXECUTORS, LocalExecutor, RayExecutor, make_executor
 
     smoke = get_profile("smoke")
     cuda = __import__("torch").cuda.is_available()
-    assert _trains_on_gpu(smoke, "local", 0.0) is cuda  # device=auto: a GPU only if this process has one
-    assert _trains_on_gpu(smoke, "ray", 0.5)  # Ray tasks given GPUs train there
-    assert not _trains_on_gpu(get_profile("smoke", {"device": "cpu"}), "ray", 0.5)
+    assert LocalExecutor().trains_on_gpu(smoke) is cuda  # device=auto: a GPU only if this process has one
+    assert RayExecutor(gpus_per_task=0.5).trains_on_gpu(smoke)  # Ray tasks given GPUs train there
+    assert not RayExecutor(gpus_per_task=0.5).trains_on_gpu(get_profile("smoke", {"device": "cpu"}))
+    assert make_executor("ray", jobs=3, gpus_per_task=0.25) == RayExecutor(gpus_per_task=0.25)  # jobs: local's
+    assert set(EXECUTORS) == {"local", "ray"}
+    with pytest.raises(FairalError, match="--executor must be one of local, ray"):
+        reproduce(tmp_path / "c", smoke, executor="slurm", progress=False)
     with pytest.raises(FairalError, match="--pack must be auto, on or off"):
         reproduce(tmp_path / "a", smoke, pack="yes", progress=False)
     with pytest.raises(FairalError, match="--pack-size must be a whole number"):
         reproduce(tmp_path / "b", smoke, pack_size=-1, progress=False)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written
+    assert not any((tmp_path / x).exists() for x in "abc")  # refused before anything is written

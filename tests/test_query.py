@@ -72,7 +72,7 @@ def test_query_is_deterministic_and_explains_its_ranks(study, tmp_path):
     assert set(w) == {"A", "B", "C"} and sum(w.values()) == pytest.approx(1.0)
     known = a[a["group_known"]]
     np.testing.assert_allclose(known["weight"], [w[g] for g in known["group"]])
-    np.testing.assert_allclose(known["score"], known["weight"] * known["entropy"])
+    np.testing.assert_allclose(known["score"], known["weight"] * known["localized_entropy"])  # Eq. 2
     unknown = a[~a["group_known"]]
     assert len(unknown) == 3 and unknown["group"].fillna("").eq("").all()
     p = unknown[["p_group_A", "p_group_B", "p_group_C"]].to_numpy()
@@ -181,7 +181,7 @@ def test_no_known_group_is_fine_without_weights(study, tmp_path):
     ranked = run_query(tmp_path / "blind.csv", 2, "localized-entropy", tmp_path / "q", _profile(), group_by=["site"],
                        progress=False)
     assert (ranked["weight"] == 1.0).all() and not ranked["group_known"].any()
-    np.testing.assert_allclose(ranked["score"], ranked["entropy"])
+    np.testing.assert_allclose(ranked["score"], ranked["localized_entropy"])
     with pytest.raises(FairalError, match="no labeled case has a known group"):
         run_query(tmp_path / "blind.csv", 2, "weighted-localized-entropy", tmp_path / "w", _profile(),
                   group_by=["site"], progress=False)

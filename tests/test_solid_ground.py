@@ -154,7 +154,7 @@ def test_grid_workers_die_with_the_driver(tmp_path):
     code = """
 import multiprocessing, os, time
 from concurrent.futures import ProcessPoolExecutor
-from fairal.experiments import _init_worker
+from fairal.executors import init_worker as _init_worker
 
 def pid():
     return os.getpid()

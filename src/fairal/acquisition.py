@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from fairal.errors import FairalError
 
@@ -40,36 +39,51 @@ ALL_STRATEGIES = PAPER_STRATEGIES + EXTRA_STRATEGIES
 #: The extras of the ``standard`` grid: plain ``bald`` is left out there (MC dropout makes a round ~4x longer on a CPU).
 STANDARD_EXTRAS = ("weighted-bald", "stochastic-weighted-localized-entropy", "weighted-localized-entropy-t0.5")
 
-__all__ = ["PAPER_STRATEGIES", "STRATEGIES", "BASES", "Strategy", "parse_strategy", "group_weights", "expected_weights",
-           "case_weights",
+__all__ = ["PAPER_STRATEGIES", "ALL_STRATEGIES", "BASES", "STATISTICS", "Base", "Statistic", "CaseMaps", "register",
+           "case_statistics", "Strategy", "parse_strategy", "group_weights", "expected_weights", "case_weights",
            "strategy_scores", "select", "select_top_k", "stochastic_batch", "rank_cases", "ranking"]
 
-#: The paper's four, then the ones beyond it that the grid runs by default (any composed name also works).
-STRATEGIES = ALL_STRATEGIES
 _EPS = 1e-7
-_NAME = re.compile(r"^(?P<stochastic>stochastic-)?(?P<weighted>weighted-)?(?P<base>[a-z-]+?)(?:-t(?P<t>[0-9.]+))?$")
+_NAME = re.compile(r"^(?P<stochastic>stochastic-)?(?P<weighted>weighted-)?(?P<base>[a-z0-9-]+?)(?:-t(?P<t>[0-9.]+))?$")
+
+
+@dataclass(frozen=True)
+class CaseMaps:
+    """What a statistic sees of one candidate case, as tensors on the device where the model predicts: the
+    foreground probability (X, Y, Z), the ROI R of Eq. 1 (bool, :func:`roi_mask`) and, for the statistics that
+    need them, the MC-dropout samples (T, X, Y, Z) of the model with dropout."""
+
+    proba: torch.Tensor
+    roi: torch.Tensor
+    samples: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """A per-case statistic that a base score ranks by: its name (its column in ``selections.csv``, ``query.csv``
+    and the API's table), how it is computed from a case's maps (:class:`CaseMaps`, on the model's device: one
+    implementation for the CPU and a GPU), its words in reasons, and whether it needs MC-dropout samples."""
+
+    name: str
+    compute: Callable[[CaseMaps], float]
+    label: str
+    needs_dropout: bool = False
 
 
 @dataclass(frozen=True)
 class Base:
-    """A base score: its name in strategy names, the per-case statistic it ranks by (computed by the round engine,
-    :func:`fairal.engine.uncertainty_stats`; ``None`` for a seeded uniform draw), its words in reasons and figures,
-    and what it needs (a U-Net with dropout for MC-dropout samples)."""
+    """A base score: its name in strategy names, the statistic it ranks by (a name of :data:`STATISTICS`;
+    ``None`` for a seeded uniform draw), its words in figures and reasons."""
 
     name: str
     statistic: str | None
     label: str
     reason: str
-    needs_dropout: bool = False
 
-
-#: The strategy table: adding a base score is one entry here (and its statistic in the round engine).
-BASES: dict[str, Base] = {b.name: b for b in (
-    Base("random", None, "random", "random draw"),
-    Base("entropy", "entropy", "entropy", "mean entropy"),
-    Base("localized-entropy", "localized_entropy", "localized entropy", "localized entropy"),
-    Base("bald", "bald", "BALD", "BALD (mutual information in the ROI)", needs_dropout=True),
-)}
+    @property
+    def needs_dropout(self) -> bool:
+        """A U-Net with dropout for MC-dropout samples."""
+        return self.statistic is not None and STATISTICS[self.statistic].needs_dropout
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,7 @@ def parse_strategy(name: str | Strategy) -> Strategy:
     """Read ``[stochastic-][weighted-]BASE[-tT]``; a clear error for anything else."""
     if isinstance(name, Strategy):
         return name
-    known = ", ".join(STRATEGIES)
+    known = ", ".join(ALL_STRATEGIES)
     m = _NAME.match(str(name).strip())
     if not m or m["base"] not in BASES:
         raise FairalError(f"unknown strategy {name!r}: a name is [stochastic-][weighted-]BASE[-tT] with BASE one of "
@@ -124,21 +138,31 @@ def parse_strategy(name: str | Strategy) -> Strategy:
     return Strategy(str(name).strip(), m["base"], bool(m["weighted"]), temperature, bool(m["stochastic"]))
 
 
-def voxel_entropy(proba: np.ndarray) -> np.ndarray:
-    """Binary entropy (nats) of the sigmoid output p: ``H = -p log p - (1 - p) log(1 - p)``; 0 at p = 0 or 1."""
-    p = np.clip(np.asarray(proba, dtype=np.float64), _EPS, 1 - _EPS)
-    return -(p * np.log(p) + (1 - p) * np.log1p(-p))
+def _tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
 
 
-def mutual_information(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _like(result: torch.Tensor, given):
+    """The result in the kind of the input: a tensor for a tensor, a NumPy array for anything else."""
+    return result if isinstance(given, torch.Tensor) else result.cpu().numpy()
+
+
+def voxel_entropy(proba):
+    """Binary entropy (nats) of the sigmoid output p: ``H = -p log p - (1 - p) log(1 - p)``; 0 at p = 0 or 1.
+    Float64, on the device of a tensor (a NumPy array gives a NumPy array)."""
+    p = _tensor(proba).double().clamp(_EPS, 1 - _EPS)
+    return _like(-(p * torch.log(p) + (1 - p) * torch.log1p(-p)), proba)
+
+
+def mutual_information(samples):
     """BALD's voxel mutual information from T dropout samples ``(T, X, Y, Z)`` of the foreground probability:
-    ``I = H(mean_t p_t) - mean_t H(p_t)`` (>= 0). Returns ``(I, mean_t p_t)``."""
-    s = np.asarray(samples, dtype=np.float64)
-    if s.ndim < 2 or s.shape[0] < 2:
-        raise FairalError(f"BALD needs at least 2 dropout samples, got shape {s.shape}")
-    mean = s.mean(axis=0)
-    mi = voxel_entropy(mean) - voxel_entropy(s).mean(axis=0)
-    return np.maximum(mi, 0.0), mean
+    ``I = H(mean_t p_t) - mean_t H(p_t)`` (>= 0). Returns ``(I, mean_t p_t)``, float64."""
+    s = _tensor(samples).double()
+    if s.dim() < 2 or s.shape[0] < 2:
+        raise FairalError(f"BALD needs at least 2 dropout samples, got shape {tuple(s.shape)}")
+    mean = s.mean(dim=0)
+    mi = (voxel_entropy(mean) - voxel_entropy(s).mean(dim=0)).clamp_min(0.0)
+    return _like(mi, samples), _like(mean, samples)
 
 
 def _ball(radius: int) -> np.ndarray:
@@ -146,83 +170,136 @@ def _ball(radius: int) -> np.ndarray:
     return (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius**2
 
 
-def roi_mask(proba: np.ndarray, dilation: int, fallback: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+def roi_mask(proba, dilation: int, fallback=None) -> tuple:
     """R for Eq. 1: the predicted mask (p > 0.5) dilated by a ball of ``dilation`` voxels.
 
     When nothing is predicted, the ``fallback`` region (the template's structure) dilated the same way is used;
-    with no usable fallback, the whole volume. Returns the mask and which of ``predicted``/``template``/``volume``
-    it came from.
+    with no usable fallback, the whole volume. Returns the mask (a tensor on the map's device for a tensor, else a
+    NumPy array) and which of ``predicted``/``template``/``volume`` it came from. The dilation is a convolution
+    with the ball (zero padding: outside the volume is background); its counts are small integers, exact in
+    float32.
     """
-    pred = np.asarray(proba) > 0.5
+    p = _tensor(proba)
+    pred = p > 0.5
     source = "predicted"
-    if not pred.any():
-        if fallback is not None and np.asarray(fallback).any():
-            pred, source = np.asarray(fallback, bool), "template"
+    if not bool(pred.any()):
+        fb = None if fallback is None else _tensor(fallback)
+        if fb is not None and bool(fb.any()):
+            pred, source = fb.to(device=p.device, dtype=torch.bool), "template"
         else:
-            return np.ones(pred.shape, bool), "volume"
+            return _like(torch.ones_like(pred), proba), "volume"
     if dilation > 0:
-        pred = ndimage.binary_dilation(pred, structure=_ball(dilation))
-    return pred, source
+        ball = torch.as_tensor(_ball(dilation), dtype=torch.float32, device=p.device)[None, None]
+        with torch.autocast(p.device.type, enabled=False):
+            pred = torch.nn.functional.conv3d(pred[None, None].float(), ball, padding=dilation)[0, 0] > 0.5
+    return _like(pred, proba), source
 
 
-def localized_entropy(proba: np.ndarray, roi: np.ndarray) -> float:
-    """Eq. 1: ``H_hat = (1 / |R|) * sum_{v in R} H(v)``, the size-normalised entropy inside R."""
-    return _roi_mean(voxel_entropy(np.asarray(proba)), roi)
-
-
-def _roi_mean(values: np.ndarray, roi: np.ndarray) -> float:
-    roi = np.asarray(roi, bool)
-    if roi.shape != np.shape(values):
-        raise FairalError(f"ROI shape {roi.shape} differs from the probability map's {np.shape(values)}")
-    if not roi.any():
+def _roi_mean(values, roi) -> float:
+    v, r = _tensor(values), _tensor(roi).to(torch.bool)
+    if tuple(r.shape) != tuple(v.shape):
+        raise FairalError(f"ROI shape {tuple(r.shape)} differs from the probability map's {tuple(v.shape)}")
+    if not bool(r.any()):
         raise FairalError("the ROI of the localized entropy is empty")
-    return float(np.asarray(values)[roi].mean())
+    return float(v[r.to(v.device)].mean())
 
 
-def localized_bald(mi: np.ndarray, roi: np.ndarray) -> float:
-    """The ``bald`` score: mean voxel mutual information inside R (R from the mean dropout prediction)."""
+def localized_entropy(proba, roi) -> float:
+    """Eq. 1: ``H_hat = (1 / |R|) * sum_{v in R} H(v)``, the size-normalised entropy inside R."""
+    return _roi_mean(voxel_entropy(_tensor(proba)), roi)
+
+
+def mean_entropy(proba) -> float:
+    """The ``entropy`` strategy's score: mean voxel entropy over the whole volume."""
+    return float(voxel_entropy(_tensor(proba)).mean())
+
+
+def localized_bald(mi, roi) -> float:
+    """The ``bald`` score: mean voxel mutual information inside R (R from the deterministic prediction)."""
     return _roi_mean(mi, roi)
 
 
-# -- the same statistics in torch, on the device where the model predicts (a GPU: no map leaves it) --------------
+#: The statistics behind the base scores, in record order: adding one is one entry (or :func:`register`).
+STATISTICS: dict[str, Statistic] = {st.name: st for st in (
+    Statistic("entropy", lambda m: mean_entropy(m.proba), "mean entropy"),
+    Statistic("localized_entropy", lambda m: localized_entropy(m.proba, m.roi), "localized entropy"),
+    Statistic("bald", lambda m: localized_bald(mutual_information(m.samples)[0], m.roi),
+              "BALD (mutual information in the ROI)", needs_dropout=True),
+)}
+
+#: The strategy table: a base score per entry; strategy names, reasons, figure labels and the grid read it.
+BASES: dict[str, Base] = {b.name: b for b in (
+    Base("random", None, "random", "random draw"),
+    Base("entropy", "entropy", "entropy", "mean entropy"),
+    Base("localized-entropy", "localized_entropy", "localized entropy", "localized entropy"),
+    Base("bald", "bald", "BALD", "BALD (mutual information in the ROI)"),
+)}
+
+_BASE_NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
 
-def voxel_entropy_torch(proba: torch.Tensor) -> torch.Tensor:
-    """:func:`voxel_entropy` of a tensor, in float64 on its device."""
-    p = proba.double().clamp(_EPS, 1 - _EPS)
-    return -(p * torch.log(p) + (1 - p) * torch.log1p(-p))
+def register(base: Base, statistic: Statistic | None = None) -> Base:
+    """Add a base score (and the statistic it ranks by) to the tables: it is then a strategy name of the grammar
+    (``[stochastic-][weighted-]NAME[-tT]``), computed every round for every candidate, written to the records as a
+    column of its own and named in reasons and figures. Returns the base."""
+    if not _BASE_NAME.match(base.name) or base.name.startswith(("weighted-", "stochastic-")) or \
+            re.search(r"-t[0-9.]+$", base.name):
+        raise FairalError(f"a base score's name is lower-case words joined by '-', without a weighted-/stochastic- "
+                          f"prefix or a -tT suffix; got {base.name!r}")
+    if base.name in BASES:
+        raise FairalError(f"the base score {base.name!r} exists already")
+    if statistic is not None:
+        if statistic.name in STATISTICS or not statistic.name.isidentifier():
+            raise FairalError(f"statistic {statistic.name!r} exists already or is not a column name")
+        STATISTICS[statistic.name] = statistic
+    if base.statistic is not None and base.statistic not in STATISTICS:
+        raise FairalError(f"base score {base.name!r} ranks by an unknown statistic {base.statistic!r}")
+    BASES[base.name] = base
+    return base
 
 
-def mutual_information_torch(samples: torch.Tensor) -> torch.Tensor:
-    """:func:`mutual_information`'s ``I`` of a (T, X, Y, Z) tensor of dropout samples, in float64 on its device."""
-    if samples.dim() < 2 or samples.shape[0] < 2:
-        raise FairalError(f"BALD needs at least 2 dropout samples, got shape {tuple(samples.shape)}")
-    s = samples.double()
-    return (voxel_entropy_torch(s.mean(dim=0)) - voxel_entropy_torch(s).mean(dim=0)).clamp_min(0.0)
+def unregister(name: str) -> None:
+    """Remove a base score added by :func:`register` (and its statistic when no other base uses it)."""
+    base = BASES.pop(name)
+    if base.statistic is not None and all(b.statistic != base.statistic for b in BASES.values()):
+        STATISTICS.pop(base.statistic, None)
 
 
-def roi_mask_torch(proba: torch.Tensor, dilation: int,
-                   fallback: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
-    """:func:`roi_mask` of an (X, Y, Z) tensor on its device. The ball dilation is a convolution of the mask with
-    the ball (zero padding: outside the volume is background, as scipy's ``border_value=0``); its counts are small
-    integers, exact in float32."""
-    pred = proba > 0.5
-    source = "predicted"
-    if not bool(pred.any()):
-        if fallback is not None and bool(fallback.any()):
-            pred, source = fallback.to(device=proba.device, dtype=torch.bool), "template"
-        else:
-            return torch.ones_like(pred), "volume"
-    if dilation > 0:
-        ball = torch.as_tensor(_ball(dilation), dtype=torch.float32, device=proba.device)[None, None]
-        with torch.autocast(proba.device.type, enabled=False):
-            pred = torch.nn.functional.conv3d(pred[None, None].float(), ball, padding=dilation)[0, 0] > 0.5
-    return pred, source
+def case_statistics(maps: Iterable[CaseMaps], dropout: bool = False) -> dict[str, list[float]]:
+    """The statistics of :data:`STATISTICS` that need MC-dropout samples (``dropout``) or that do not, for each
+    case's maps, by statistic name."""
+    chosen = {name: st for name, st in STATISTICS.items() if st.needs_dropout == dropout}
+    out: dict[str, list[float]] = {name: [] for name in chosen}
+    for m in maps:
+        for name, st in chosen.items():
+            out[name].append(float(st.compute(m)))
+    return out
 
 
-def mean_entropy(proba: np.ndarray) -> float:
-    """The ``entropy`` strategy's score: mean voxel entropy over the whole volume."""
-    return float(voxel_entropy(proba).mean())
+def proba_stats(probas, dilation: int, fallback=None) -> dict:
+    """Per probability map (any iterable of (X, Y, Z) foreground probabilities, from any model, arrays or tensors):
+    every statistic of :data:`fairal.acquisition.STATISTICS` that needs no MC dropout, in R = the predicted mask
+    dilated by ``dilation`` voxels (``fallback`` when nothing is predicted), the ROI's source and the predicted
+    voxels."""
+    return plain_stats(probas, dilation, fallback, keep_rois=False)[0]
+
+
+def plain_stats(probas, dilation: int, fallback, keep_rois: bool) -> tuple[dict, list]:
+    """:func:`proba_stats`, and the ROIs when ``keep_rois`` (for the statistics that need MC-dropout samples)."""
+    sources, voxels, rois = [], [], []
+
+    def each() -> Iterator[CaseMaps]:
+        for proba in probas:
+            p = proba if isinstance(proba, torch.Tensor) else torch.from_numpy(np.asarray(proba))
+            roi, source = roi_mask(p, dilation, fallback)
+            sources.append(source)
+            voxels.append(int((p > 0.5).sum()))
+            if keep_rois:
+                rois.append(roi)
+            yield CaseMaps(p, roi)
+
+    stats = case_statistics(each())
+    return {**stats, "roi_source": sources, "predicted_voxels": voxels}, rois
 
 
 def group_weights(

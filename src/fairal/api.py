@@ -21,8 +21,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import pandas as pd
 
-from fairal.acquisition import case_weights, parse_strategy, ranking, select, strategy_scores
-from fairal.engine import proba_stats
+from fairal.acquisition import STATISTICS, case_weights, parse_strategy, proba_stats, ranking, select, strategy_scores
 from fairal.errors import FairalError
 from fairal.sampling import stream
 
@@ -44,8 +43,9 @@ def rank_for_annotation(
     predicted mask dilated by ``roi_dilation`` voxels), each optionally ``weighted-`` (Eq. 2: times the group's
     weight ``w_g``, e.g. from :func:`fairal.group_weights`; a scan of unknown group gets ``sum_g p(g|x) w_g`` from
     ``p_group``) and ``stochastic-`` (the best of random candidate batches). MC-dropout BALD needs the model
-    itself (``fairal query``). Returns one row per scan, best first: ``rank, case_id, group, score,
-    localized_entropy, weight, entropy, selected``.
+    itself (``fairal query``). Returns one row per scan, best first: ``rank, case_id, group, score, weight``, one
+    column per statistic of the strategy table that needs no MC dropout (``entropy``: mean entropy,
+    ``localized_entropy``), ``selected``.
     """
     s = parse_strategy(strategy)
     if s.needs_dropout:
@@ -76,7 +76,8 @@ def rank_for_annotation(
     chosen = select(s, ids, scores, budget, stochastic_batches, rng)
     order = ranking(ids, scores, chosen)
     at = {c: i for i, c in enumerate(ids)}
+    plain = [name for name, st in STATISTICS.items() if not st.needs_dropout]
     return pd.DataFrame([{"rank": r, "case_id": c, "group": groups[c], "score": float(scores[at[c]]),
-                          "localized_entropy": stats["localized_entropy"][at[c]], "weight": float(used[at[c]]),
-                          "entropy": stats["entropy"][at[c]], "selected": r <= budget}
+                          "weight": float(used[at[c]]), **{name: stats[name][at[c]] for name in plain},
+                          "selected": r <= budget}
                          for r, c in enumerate(order, start=1)])

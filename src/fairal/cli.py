@@ -238,15 +238,13 @@ def run(
 
     def report(rnd: int) -> None:
         if not quiet:
-            last = pd.read_csv(out / "rounds.csv").iloc[-1]
+            last = al.table().iloc[-1]
             groups = [c[len("n_labeled_g"):] for c in last.index if c.startswith("n_labeled_g")]
             mix = " + ".join(f"{int(last[f'n_labeled_g{g}'])}" for g in groups)
             w = ", ".join(f"w_g{g} {last[f'w_g{g}']:.2f}" for g in groups)
             stdout.print(f"round {rnd:2d}/{len(sizes) - 1}: {int(last['n_labeled'])} labeled "
                          f"(groups {'/'.join(groups)}: {mix}), Dice {last['dice_all']:.3f}, "
                          f"Delta {last['delta']:.3f}, ESSP {last['essp']:.3f}, {w}")
-
-    import pandas as pd
 
     al.run(progress=False, on_round=report)
     stdout.print(f"records in {out}: rounds.csv, cases.csv, selections.csv")
@@ -259,7 +257,8 @@ def reproduce(
     profile: ProfileOpt = "quick",
     seeds: Annotated[int | None, typer.Option(help="Seeds per scenario (default: the profile's).")] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes of the local executor (0 = one per core).")] = 0,
-    executor: Annotated[str, typer.Option(help="local (process pool) or ray (one Ray task per run).")] = "local",
+    executor: Annotated[str, typer.Option(help="Where the tasks run: local (a process pool) or ray (one Ray task per "
+                                          "run, on a local Ray or a cluster).")] = "local",
     address: Annotated[
         str | None, typer.Option(help="Ray cluster to join: auto or ray://HOST:PORT (default: a local Ray).")
     ] = None,
@@ -287,22 +286,52 @@ def reproduce(
              cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack, pack_size=pack_size)
     import pandas as pd
 
+    from fairal.metrics import METRICS
     from fairal.report import build_report
     from fairal.report.records import final_table, load_results
 
-    path = build_report(out)
-    final = final_table(load_results(out))
+    results = load_results(out)
+    path = build_report(out, results=results)
+    final = final_table(results)
     if not final.empty:
         view = Table(title=f"final budget ({int(final['n_labeled'].max())} labeled), profile {prof.name}")
-        for col in ("dataset", "init", "strategy", "dice_all", "delta", "essp", "g1_ratio", "Δ vs entropy"):
+        measures = ["dice_all", *[m for m in METRICS if m in final.columns]]  # Dice and the metric table
+        for col in ("dataset", "init", "strategy", *measures, "g1_ratio", "Δ vs entropy"):
             view.add_column(col, justify="right")
         for _, r in final.iterrows():
             ratio = f"{r['g1_ratio']:.2f}" if "g1_ratio" in r and pd.notna(r["g1_ratio"]) else ""
             cut = r["delta_reduction_vs_entropy"]  # NaN without an entropy run in the scenario
-            view.add_row(r["dataset"], r["init"], r["strategy"], f"{r['dice_all']:.3f}", f"{r['delta']:.3f}",
-                         f"{r['essp']:.3f}", ratio, f"{cut:+.0%}" if pd.notna(cut) else "n/a")
+            view.add_row(r["dataset"], r["init"], r["strategy"], *[f"{r[m]:.3f}" for m in measures], ratio,
+                         f"{cut:+.0%}" if pd.notna(cut) else "n/a")
         Console(width=max(stdout.width, 110), markup=False, highlight=False).print(view)
     stdout.print(f"report: {path} (tables and figures beside it)")
+
+
+def _print_query(table, strat, budget: int, group_dice: str) -> None:
+    """The query's group weights, its unknown groups and the cases to annotate, as tables on the console."""
+    info = table.attrs["query"]
+    if strat.weighted:
+        dice = ", ".join(f"{g} {d:.3f}" for g, d in info["labeled_dice"].items())
+        weights = ", ".join(f"{g} {w:.3f}" for g, w in info["weights"].items())
+        stdout.print(f"group Dice ({group_dice}): {dice}; group weights: {weights}")
+        if len(set(round(w, 6) for w in info["weights"].values())) == 1 and group_dice == "labeled":
+            stdout.print("the weights are equal: the model segments its labeled cases equally well (no spread "
+                         "in Dice); --group-dice cross-validated measures it on cases it has not seen")
+    unknown = info["unknown_groups"]
+    if unknown["n_unlabeled_unknown"]:
+        acc = (f", cross-validated accuracy {unknown['classifier_cv_accuracy']:.2f} against a majority rate of "
+               f"{unknown['majority_rate']:.2f}" if unknown["method"] == "classifier" else "")
+        stdout.print(f"{unknown['n_unlabeled_unknown']} unlabeled cases of unknown group: p(group) from the "
+                     f"group {unknown['method']}{acc}")
+    view = Table(title=f"annotate next ({strat.name}, {budget} of {len(table)} unlabeled cases)")
+    statistic = strat.spec.statistic  # the column the strategy ranks by (none: random)
+    for col in ("rank", "case_id", "group", "score", statistic or "draw", "weight", "reason"):
+        view.add_column(col, justify="left" if col in ("case_id", "group", "reason") else "right")
+    for _, r in table.head(budget).iterrows():
+        value = f"{r[statistic]:.4g}" if statistic else ""
+        view.add_row(str(r["rank"]), str(r["case_id"]), str(r["group"]) or "?", f"{r['score']:.4g}",
+                     value, f"{r['weight']:.3f}", str(r["reason"]))
+    Console(width=max(stdout.width, 140), markup=False, highlight=False).print(view)
 
 
 @app.command()
@@ -335,37 +364,17 @@ def query(
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
 ) -> None:
     """Rank the unlabeled cases of your own data for annotation, fairness-aware: the top --budget cases first."""
+    from fairal.acquisition import parse_strategy
     from fairal.config import get_profile, parse_overrides
     from fairal.query import run_query
 
     prof = get_profile(profile, parse_overrides(set_))
-    table = run_query(data, budget, strategy, out, prof, group_by=group_by or [], model_path=model, seed=seed,
+    strat = parse_strategy(strategy)
+    table = run_query(data, budget, strat, out, prof, group_by=group_by or [], model_path=model, seed=seed,
                       spacing=spacing, overwrite=overwrite, progress=not quiet, group_dice=group_dice,
                       label_value=label_value)
     if not quiet:
-        import json
-
-        info = json.loads((out / "query.json").read_text())
-        if "weighted" in strategy:
-            dice = ", ".join(f"{g} {d:.3f}" for g, d in info["labeled_dice"].items())
-            weights = ", ".join(f"{g} {w:.3f}" for g, w in info["weights"].items())
-            stdout.print(f"group Dice ({group_dice}): {dice}; group weights: {weights}")
-            if len(set(round(w, 6) for w in info["weights"].values())) == 1 and group_dice == "labeled":
-                stdout.print("the weights are equal: the model segments its labeled cases equally well (no spread "
-                             "in Dice); --group-dice cross-validated measures it on cases it has not seen")
-        unknown = info["unknown_groups"]
-        if unknown["n_unlabeled_unknown"]:
-            acc = (f", cross-validated accuracy {unknown['classifier_cv_accuracy']:.2f} against a majority rate of "
-                   f"{unknown['majority_rate']:.2f}" if unknown["method"] == "classifier" else "")
-            stdout.print(f"{unknown['n_unlabeled_unknown']} unlabeled cases of unknown group: p(group) from the "
-                         f"group {unknown['method']}{acc}")
-        view = Table(title=f"annotate next ({strategy}, {budget} of {len(table)} unlabeled cases)")
-        for col in ("rank", "case_id", "group", "score", "entropy", "weight", "reason"):
-            view.add_column(col, justify="left" if col in ("case_id", "group", "reason") else "right")
-        for _, r in table.head(budget).iterrows():
-            view.add_row(str(r["rank"]), str(r["case_id"]), str(r["group"]) or "?", f"{r['score']:.4g}",
-                         f"{r['entropy']:.4g}", f"{r['weight']:.3f}", str(r["reason"]))
-        Console(width=max(stdout.width, 140), markup=False, highlight=False).print(view)
+        _print_query(table, strat, budget, group_dice)
     stdout.print(f"ranked list in {out}/query.csv, pictures in {out}/montage.png; for the annotators: "
                  f"{out}/predictions/ (each scan's prediction on its own grid), open_in_slicer.py, open_in_itksnap.sh")
 

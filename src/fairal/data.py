@@ -226,6 +226,31 @@ def _downsample(image: torch.Tensor, label: torch.Tensor, factor: int) -> tuple[
     return img, lab.to(torch.uint8)
 
 
+def volume_cache(data_dir: str | Path, manifest: pd.DataFrame, crop_margin: int | None, downsample: int) -> Path:
+    """The file of the volume cache of these cases and settings: ``data_dir/cache/volumes-KEY.pt``, the key a hash
+    of the manifest, the settings and every file's size and modification time (:func:`data_files`), so a replaced
+    image or label makes another cache."""
+    key_src = json.dumps([manifest[["case_id", "group", "image", "label", "split"]].astype(str).values.tolist(),
+                          crop_margin, downsample, data_files(manifest)])
+    return within(Path(data_dir), "cache", f"volumes-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.pt")
+
+
+def read_volume_cache(path: str | Path, manifest: pd.DataFrame, downsample: int) -> VolumeSet | None:
+    """The volumes kept in a cache file (:func:`volume_cache`), or None when it is missing or unreadable (a
+    broken cache is removed: rebuilt, never trusted)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, weights_only=True)
+        return VolumeSet(manifest["case_id"].tolist(), manifest["group"].to_numpy(), manifest["split"].to_numpy(),
+                         blob["images"], blob["labels"], blob["roi"], tuple(map(tuple, blob["box"].tolist())),
+                         downsample)
+    except Exception:
+        path.unlink(missing_ok=True)
+        return None
+
+
 def load_volumes(
     data_dir: str | Path,
     manifest: pd.DataFrame,
@@ -236,50 +261,53 @@ def load_volumes(
 ) -> VolumeSet:
     """Load every case once: validate, crop, normalise, downsample. Images/labels of one shape, binary labels.
 
-    With ``cache``, the result is kept in ``data_dir/cache/``, keyed by the manifest, the settings and every
-    file's size and modification time (:func:`data_files`), so the many runs of an experiment grid read one file
-    instead of hundreds of NIfTI files, and a replaced image or label is read again.
+    With ``cache``, the result is kept in ``data_dir/cache/`` (:func:`volume_cache`), so the many runs of an
+    experiment grid read one file instead of hundreds of NIfTI files, and a replaced image or label is read again.
     """
-    data_dir = Path(data_dir)
-    if downsample not in (1, 2, 3, 4):
-        raise FairalError(f"downsample must be 1, 2, 3 or 4, got {downsample}")
-    ids = manifest["case_id"].tolist()
-    key_src = json.dumps([manifest[["case_id", "group", "image", "label", "split"]].astype(str).values.tolist(),
-                          crop_margin, downsample, data_files(manifest)])
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    cache_file = within(data_dir, "cache", f"volumes-{key}.pt")
-    if cache and cache_file.is_file():
+    cache_file = volume_cache(data_dir, manifest, crop_margin, downsample)
+    cached = read_volume_cache(cache_file, manifest, downsample) if cache else None
+    if cached is not None:
+        return cached
+    volumes = _build_volumes(Path(data_dir), manifest, crop_margin, downsample, threads)
+    if cache:
         try:
-            blob = torch.load(cache_file, weights_only=True)
-            return VolumeSet(ids, manifest["group"].to_numpy(), manifest["split"].to_numpy(), blob["images"],
-                             blob["labels"], blob["roi"], tuple(map(tuple, blob["box"].tolist())), downsample)
-        except Exception:
-            cache_file.unlink(missing_ok=True)  # a stale or broken cache is rebuilt, never trusted
+            cache_file.parent.mkdir(exist_ok=True)
+            write_torch(cache_file, {"images": volumes.images, "labels": volumes.labels, "roi": volumes.roi,
+                                     "box": torch.tensor(volumes.box)})
+        except OSError:
+            pass  # a read-only dataset folder: no cache, same result
+    return volumes
 
+
+def _load_case(case: str, img_path: str, lab_path: str, shape: tuple, sl: tuple, downsample: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One case cropped (``sl``), normalised and downsampled, after its shapes are checked."""
+    img_nii = load_nifti(img_path, "image", case, read=False)
+    lab_nii = load_nifti(lab_path, "label", case, read=False)
+    if tuple(img_nii.shape) != shape:
+        raise FairalError(f"case {case}: image shape {tuple(img_nii.shape)} differs from the dataset's {shape}")
+    if tuple(lab_nii.shape) != tuple(img_nii.shape):
+        raise FairalError(f"case {case}: label shape {tuple(lab_nii.shape)} differs from its image's "
+                          f"{tuple(img_nii.shape)}")
+    img = image_data(img_nii, "image", img_path, case)
+    lab = label_data(lab_nii, "label", lab_path, case)
+    t_img = torch.from_numpy(_normalise(img[sl]).astype(np.float32))[None]
+    t_lab = torch.from_numpy(lab[sl].astype(np.uint8))[None]
+    return _downsample(t_img, t_lab, downsample)
+
+
+def _build_volumes(data_dir: Path, manifest: pd.DataFrame, crop_margin: int | None, downsample: int,
+                   threads: int) -> VolumeSet:
+    ids = manifest["case_id"].tolist()
     # the header gives the grid; the data are read once, below
     shape = tuple(load_nifti(manifest["image_path"].iloc[0], "image", ids[0], read=False).shape)
     if len(shape) != 3:
         raise FairalError(f"case {ids[0]}: images must be 3D, got shape {shape}")
     box = crop_box(data_dir, manifest, shape, crop_margin)
     sl = tuple(slice(a, b) for a, b in box)
-
-    def one(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        case, img_path, lab_path = ids[i], manifest["image_path"].iloc[i], manifest["label_path"].iloc[i]
-        img_nii = load_nifti(img_path, "image", case, read=False)
-        lab_nii = load_nifti(lab_path, "label", case, read=False)
-        if tuple(img_nii.shape) != shape:
-            raise FairalError(f"case {case}: image shape {tuple(img_nii.shape)} differs from the dataset's {shape}")
-        if tuple(lab_nii.shape) != tuple(img_nii.shape):
-            raise FairalError(f"case {case}: label shape {tuple(lab_nii.shape)} differs from its image's "
-                              f"{tuple(img_nii.shape)}")
-        img = image_data(img_nii, "image", img_path, case)
-        lab = label_data(lab_nii, "label", lab_path, case)
-        t_img = torch.from_numpy(_normalise(img[sl]).astype(np.float32))[None]
-        t_lab = torch.from_numpy(lab[sl].astype(np.uint8))[None]
-        return _downsample(t_img, t_lab, downsample)
-
+    rows = zip(ids, manifest["image_path"], manifest["label_path"], strict=True)
     with ThreadPoolExecutor(max(threads, 1)) as pool:  # zlib decompression releases the GIL
-        loaded = list(pool.map(one, range(len(ids))))
+        loaded = list(pool.map(lambda r: _load_case(*r, shape, sl, downsample), rows))
     images = torch.stack([a for a, _ in loaded])
     labels = torch.stack([b for _, b in loaded])
     tpl = data_dir / "template" / "label.nii.gz"
@@ -289,12 +317,5 @@ def load_volumes(
         roi = _downsample(torch.zeros_like(ref, dtype=torch.float32), ref, downsample)[1].bool()
     else:
         roi = torch.zeros(labels.shape[1:], dtype=torch.bool)
-    if cache:
-        try:
-            cache_file.parent.mkdir(exist_ok=True)
-            blob = {"images": images, "labels": labels, "roi": roi, "box": torch.tensor(box)}
-            write_torch(cache_file, blob)
-        except OSError:
-            pass  # a read-only dataset folder: no cache, same result
     return VolumeSet(ids, manifest["group"].to_numpy(), manifest["split"].to_numpy(), images, labels, roi, box,
                      downsample)

@@ -17,20 +17,16 @@ import numpy as np
 import torch
 
 from fairal.acquisition import (
+    STATISTICS,
+    CaseMaps,
     Strategy,
+    case_statistics,
     case_weights,
     group_weights,
-    localized_bald,
-    localized_entropy,
-    mean_entropy,
-    mutual_information,
-    mutual_information_torch,
+    plain_stats,
     ranking,
-    roi_mask,
-    roi_mask_torch,
     select,
     strategy_scores,
-    voxel_entropy_torch,
 )
 from fairal.config import Profile
 from fairal.data import Case, VolumeSet
@@ -81,66 +77,23 @@ def evaluate(model: torch.nn.Module, volumes: VolumeSet, rows: list[int], batch_
     return dices
 
 
-def proba_stats(probas, dilation: int, fallback: np.ndarray | None = None, keep_proba: bool = False) -> dict:
-    """Per probability map (any iterable of (X, Y, Z) foreground probabilities, from any model): mean entropy,
-    localized entropy (Eq. 1) in R = the predicted mask dilated by ``dilation`` voxels (``fallback`` when nothing is
-    predicted), the ROI's source and the predicted voxels; ``keep_proba`` keeps the maps and ROIs."""
-    out: dict = {"entropy": [], "localized_entropy": [], "roi_source": [], "predicted_voxels": [], "roi": []}
-    if keep_proba:
-        out["proba"] = []
-    for proba in probas:
-        out["entropy"].append(mean_entropy(proba))
-        roi, source = roi_mask(proba, dilation, fallback)
-        out["localized_entropy"].append(localized_entropy(proba, roi))
-        out["roi_source"].append(source)
-        out["predicted_voxels"].append(int((proba > 0.5).sum()))
-        out["roi"].append(roi)
-        if keep_proba:
-            out["proba"].append(proba)
-    return out
-
-
-def uncertainty_stats(model, images, fallback, profile: Profile, bald: bool, seed: int, batch_size: int = 8) -> dict:
-    """:func:`proba_stats` of ``model``'s predictions, and with ``bald`` the mean MC-dropout mutual information in
-    the same R (NaN otherwise). R comes from the deterministic prediction. A model on a GPU computes them there
-    (:func:`device_uncertainty_stats`; a full-size map would otherwise cost ~0.4 s of one CPU core)."""
-    if next(model.parameters()).device.type == "cuda":
-        return device_uncertainty_stats(model, images, fallback, profile, bald, seed, batch_size)
-    out = proba_stats(predict_proba(model, images, batch_size=batch_size), profile.roi_dilation, fallback)
-    rois = out.pop("roi")
-    if bald:
-        draws = predict_mc_dropout(model, images, profile.mc_samples, seed, batch_size=batch_size)
-        out["bald"] = [localized_bald(mutual_information(samples)[0], roi)
-                       for roi, samples in zip(rois, draws, strict=True)]
-    else:
-        out["bald"] = [float("nan")] * len(rois)
-    return out
-
-
-def device_uncertainty_stats(model, images, fallback, profile: Profile, bald: bool, seed: int,
-                             batch_size: int = 8) -> dict:
-    """:func:`uncertainty_stats` computed with torch on the model's device: the same statistics (float64, the same
-    R, the same MC-dropout draws), equal to the NumPy path's to float rounding; only the numbers leave the device."""
+def uncertainty_stats(model, images, fallback, profile: Profile, dropout: bool, seed: int, batch_size: int = 8
+                      ) -> dict:
+    """:func:`proba_stats` of ``model``'s predictions, computed with torch where the model is (a GPU: only the
+    numbers leave it), and with ``dropout`` the statistics that need MC-dropout samples (BALD; their maps' ``proba``
+    is the samples' mean), in the same R (from the deterministic prediction); without ``dropout`` those are NaN."""
     device = next(model.parameters()).device
     fb = None if fallback is None else torch.as_tensor(np.asarray(fallback), dtype=torch.bool, device=device)
-    out: dict = {"entropy": [], "localized_entropy": [], "roi_source": [], "predicted_voxels": []}
-    rois = []
-    for proba in predict_proba(model, images, batch_size=batch_size, as_tensor=True):
-        h = voxel_entropy_torch(proba)
-        roi, source = roi_mask_torch(proba, profile.roi_dilation, fb)
-        out["entropy"].append(float(h.mean()))
-        out["localized_entropy"].append(float(h[roi].mean()))
-        out["roi_source"].append(source)
-        out["predicted_voxels"].append(int((proba > 0.5).sum()))
-        if bald:
-            rois.append(roi)
-    if bald:
+    probas = predict_proba(model, images, batch_size=batch_size, as_tensor=True)
+    stats, rois = plain_stats(probas, profile.roi_dilation, fb, keep_rois=dropout)
+    if dropout:
         draws = predict_mc_dropout(model, images, profile.mc_samples, seed, batch_size=batch_size, as_tensor=True)
-        out["bald"] = [float(mutual_information_torch(samples)[roi].mean())
-                       for roi, samples in zip(rois, draws, strict=True)]
+        stats.update(case_statistics((CaseMaps(s.mean(dim=0), roi, s) for roi, s in zip(rois, draws, strict=True)),
+                                     dropout=True))
     else:
-        out["bald"] = [float("nan")] * len(out["entropy"])
-    return out
+        n = len(stats["roi_source"])
+        stats.update({name: [float("nan")] * n for name, st in STATISTICS.items() if st.needs_dropout})
+    return stats
 
 
 @dataclass

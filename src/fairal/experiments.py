@@ -1,21 +1,20 @@
-"""Experiments: the baseline cohorts of the paper's Table 1 (and, later, the active-learning grid)."""
+"""Experiments: the baseline cohorts of the paper's Table 1 and the grid of the paper's experiment (its tasks, run
+on an executor of :mod:`fairal.executors`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from fairal.config import Profile
-from fairal.data import load_volumes, read_manifest
+from fairal.data import load_volumes, read_manifest, read_volume_cache, volume_cache
 from fairal.engine import evaluate, model_factory
 from fairal.errors import FairalError
+from fairal.executors import Executor, LocalExecutor, Task, describe, make_executor
 from fairal.io import FolderLock, check_output_folder, check_own_folder, make_own_folder, within, write_csv, write_json
-from fairal.metrics import EVAL_PREFIX, fairness_columns, fairness_summary, prefixed_summary
+from fairal.metrics import EVAL_PREFIX, METRICS, fairness_columns, fairness_summary, prefixed_summary
 from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
 from fairal.train import check_device, save_checkpoint, train_model
 
@@ -27,7 +26,8 @@ def baseline_columns(groups: list) -> list[str]:
     """``baseline_table.csv``'s columns; for the paper's groups: cohort, dice_g1, dice_g2, dice_all, essp, delta
     (on the test split), then eval_dice_all, eval_dice_g1, eval_dice_g2, eval_delta, eval_essp (on the evaluation
     split; empty without one)."""
-    return ["cohort", *[f"dice_g{g}" for g in groups], "dice_all", "essp", "delta",
+    extra = [m for m in METRICS if m not in ("essp", "delta")]  # metrics added to the table
+    return ["cohort", *[f"dice_g{g}" for g in groups], "dice_all", "essp", "delta", *extra,
             *fairness_columns(groups, EVAL_PREFIX)]
 
 
@@ -156,115 +156,102 @@ def grid(seeds: int, strategies: tuple[str, ...] | list[str]) -> list[tuple[str,
 
 def reproduce(
     out: str | Path, profile: Profile, seeds: int | None = None, jobs: int = 0, progress: bool = True,
-    executor: str = "local", address: str | None = None, cpus_per_task: int = 1, gpus_per_task: float = 0.0,
-    max_retries: int = 3, pack: str = "auto", pack_size: int = 0,
+    executor: str | Executor = "local", address: str | None = None, cpus_per_task: int = 1,
+    gpus_per_task: float = 0.0, max_retries: int = 3, pack: str = "auto", pack_size: int = 0,
 ) -> None:
     """The whole paper experiment: both datasets, their baselines, and the grid 2 datasets x 3 initial sets x
     the profile's strategies (the paper's 4, and more at ``smoke``/``standard``) x seeds, skipping finished work.
 
-    ``executor="local"`` runs the tasks in a process pool on this machine; ``"ray"`` runs one Ray task per AL run
-    (and per dataset's baselines) on a local Ray or the cluster at ``address``. Either way every task writes its
-    records into ``out`` itself, so ``out`` must be on a filesystem that the workers share; a task that fails or
-    whose worker is lost is retried by Ray (``max_retries``) and resumes after its last complete round.
-    ``gpus_per_task`` may be fractional (the U-Net is tiny: 0.25 runs four tasks per GPU); with the profile's
-    ``device=auto`` a task then trains on the GPU that Ray gives it. The results folder is locked while the grid
-    runs: a second ``reproduce`` into it is refused.
+    ``executor``: an :class:`fairal.executors.Executor` or its name, ``"local"`` (a process pool on this machine,
+    ``jobs`` workers) or ``"ray"`` (one Ray task per AL run and per dataset's baselines, on a local Ray or the
+    cluster at ``address``, ``cpus_per_task`` / ``gpus_per_task`` each, retried ``max_retries`` times). Either
+    way every task writes its records into ``out`` itself, so ``out`` must be on a filesystem that the workers
+    share; a task that fails or whose worker is lost resumes after its last complete round. The results folder is
+    locked while the grid runs: a second ``reproduce`` into it is refused.
 
     ``pack``: the unfinished runs of one dataset and seed (the same schedule: the same number of steps at every
     round) become one task that trains them in lockstep on one device (:func:`fairal.loop.run_lockstep`), at most
-    ``pack_size`` runs a task (0: all of them). ``"auto"`` packs when the runs train on a GPU (the profile's
-    device resolves to CUDA here, or Ray tasks get GPUs); on a CPU packing is slower than a process per core.
+    ``pack_size`` runs a task (0: all of them). ``"auto"`` packs when the runs train on a GPU; on a CPU packing is
+    slower than a process per core.
     """
-    if executor not in ("local", "ray"):
-        raise FairalError(f"--executor must be local or ray, got {executor!r}")
     if pack not in ("auto", "on", "off"):
         raise FairalError(f"--pack must be auto, on or off, got {pack!r}")
     if isinstance(pack_size, bool) or not isinstance(pack_size, int) or pack_size < 0:
         raise FairalError(f"--pack-size must be a whole number >= 0 (0: no limit), got {pack_size!r}")
-    if executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError as err:
-            raise FairalError("--executor ray needs Ray: pip install 'fairal[ray]'") from err
+    if isinstance(executor, str):
+        executor = make_executor(executor, jobs=jobs, address=address, cpus_per_task=cpus_per_task,
+                                 gpus_per_task=gpus_per_task, max_retries=max_retries)
+    executor.check(profile)
     out = check_output_folder(out, "the results folder")
-    if executor == "local":  # Ray's workers may have GPUs that this driver has not
-        check_device(profile.device)
     with FolderLock(out, "fairal reproduce"):
-        packed = pack == "on" or (pack == "auto" and _trains_on_gpu(profile, executor, gpus_per_task))
-        _reproduce(out, profile, seeds, jobs, progress, executor, address, cpus_per_task, gpus_per_task, max_retries,
-                   pack_size if packed else 1)
+        packed = pack == "on" or (pack == "auto" and executor.trains_on_gpu(profile))
+        if packed and isinstance(executor, LocalExecutor) and not executor.jobs:
+            executor = LocalExecutor(jobs=1)  # one process drives the GPU; --jobs N runs N lockstep groups
+        _reproduce(out, profile, seeds or profile.seeds, executor, progress, pack_size if packed else 1)
 
 
-def _trains_on_gpu(profile: Profile, executor: str, gpus_per_task: float) -> bool:
-    """Whether the grid's runs train on a GPU: the profile's device is CUDA here, or Ray tasks are given GPUs."""
-    from fairal.train import resolve_device
-
-    if profile.device == "cpu":
-        return False
-    return resolve_device(profile.device).type == "cuda" or (executor == "ray" and gpus_per_task > 0)
-
-
-def lockstep_groups(runs: list[dict], pack_size: int) -> list[list[dict]]:
-    """The runs (dicts with data_dir, seed, ...) in groups of one dataset and seed, at most ``pack_size`` a group
-    (0: no limit; 1: every run alone), in the order given."""
+def lockstep_groups(runs: list[Task], pack_size: int) -> list[list[Task]]:
+    """The runs in groups of one dataset and seed, at most ``pack_size`` a group (0: no limit; 1: every run
+    alone), in the order given."""
     groups: dict = {}
     for r in runs:
-        groups.setdefault((r["data_dir"], r["seed"]), []).append(r)
+        groups.setdefault((r.data_dir, r.seed), []).append(r)
     size = pack_size or max((len(g) for g in groups.values()), default=1)
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
-def _reproduce(out: Path, profile: Profile, seeds, jobs, progress, executor, address, cpus_per_task, gpus_per_task,
-               max_retries, pack_size: int = 1) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def grid_tasks(out: Path, profile: Profile, seeds: int, pack_size: int) -> list[Task]:
+    """The unfinished work of the grid as tasks: each dataset's baselines, then its runs (alone, or in lockstep
+    groups). The datasets are simulated and their volume caches built here, once, so that workers only read them."""
+    from fairal.loop import ActiveLearningRun, RunSpec
 
-    from fairal.loop import ActiveLearningRun, RunSpec, schedule
-
-    seeds = seeds or profile.seeds
-    n_rounds = len(schedule(profile))
-    runs = grid(seeds, profile.strategies)
-    data = {name: ensure_dataset(out, name, profile, progress) for name in DATASETS}
-    manifests = {name: read_manifest(path, test_per_group=profile.test_per_group) for name, path in data.items()}
-    tasks = []
-    for name, path in data.items():
-        # Build the volume cache once here, so that the workers only read it.
-        load_volumes(path, manifests[name], crop_margin=profile.crop_margin, downsample=profile.downsample)
-        base_out = out / "baseline" / name
-        if not (base_out / "baseline_table.csv").is_file():
-            tasks.append({"kind": "baseline", "data_dir": str(path), "out": str(base_out), "profile": profile})
-    unfinished = []
-    for name, init, strategy, seed in runs:
+    tasks, unfinished, data = [], [], {}
+    for name in DATASETS:
+        path = ensure_dataset(out, name, profile, progress=False)
+        manifest = read_manifest(path, test_per_group=profile.test_per_group)
+        load_volumes(path, manifest, crop_margin=profile.crop_margin, downsample=profile.downsample)
+        cache = str(volume_cache(path, manifest, profile.crop_margin, profile.downsample))
+        data[name] = (str(path), manifest, cache)
+        if not (out / "baseline" / name / "baseline_table.csv").is_file():
+            tasks.append(Task("baseline", str(path), str(out / "baseline" / name), profile, manifest=manifest,
+                              volumes=cache))
+    for name, init, strategy, seed in grid(seeds, profile.strategies):
+        path, manifest, cache = data[name]
         target = run_dir(out, name, init, strategy, seed)
-        run = ActiveLearningRun(RunSpec(str(data[name]), strategy, init, seed, profile), target,
-                                manifest=manifests[name])
-        if not run.is_finished():
-            unfinished.append({"kind": "run", "data_dir": str(data[name]), "out": str(target), "profile": profile,
-                               "init": init, "strategy": strategy, "seed": seed})
+        if not ActiveLearningRun(RunSpec(path, strategy, init, seed, profile), target, manifest=manifest).is_finished():
+            unfinished.append(Task("run", path, str(target), profile, init, strategy, seed, manifest=manifest,
+                                   volumes=cache))
     for group in lockstep_groups(unfinished, pack_size):
         if len(group) == 1:
             tasks += group
         else:
-            where = Path(group[0]["out"]).parents[2]
-            tasks.append({"kind": "lockstep", "data_dir": group[0]["data_dir"], "profile": profile, "runs": group,
-                          "out": f"{where}/*/*/seed-{group[0]['seed']} ({len(group)} runs in lockstep)"})
-    if pack_size != 1 and executor == "local" and not jobs:
-        jobs = 1  # one process drives the GPU; --jobs N runs N lockstep groups side by side
-    total = len(DATASETS) + len(runs) * n_rounds
+            tasks.append(Task("lockstep", group[0].data_dir, str(Path(group[0].out).parents[2]), profile,
+                              seed=group[0].seed, runs=group, manifest=group[0].manifest, volumes=group[0].volumes))
+    return tasks
+
+
+def _reproduce(out: Path, profile: Profile, seeds: int, executor: Executor, progress: bool, pack_size: int) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fairal.loop import schedule
+
+    n_rounds = len(schedule(profile))
+    for name in DATASETS:  # simulated with a progress bar of its own, before the grid's
+        ensure_dataset(out, name, profile, progress)
+    tasks = grid_tasks(out, profile, seeds, pack_size)
+    keys = {run_dir(out, *r) for r in grid(seeds, profile.strategies)}
     columns = (TextColumn("grid (baselines + rounds)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress) as bar:
-        keys = {run_dir(out, *r) for r in runs}
-        task_id = bar.add_task("grid", total=total, completed=_units_done(out, n_rounds, keys))
+        task_id = bar.add_task("grid", total=len(DATASETS) + len(keys) * n_rounds,
+                               completed=_units_done(out, n_rounds, keys))
 
         def refresh() -> None:
             bar.update(task_id, completed=_units_done(out, n_rounds, keys))
 
-        if executor == "ray":
-            failures = _execute_ray(tasks, address, cpus_per_task, gpus_per_task, max_retries, refresh)
-        else:
-            failures = _execute_local(tasks, jobs, refresh)
+        failures = executor.run(tasks, grid_task, refresh)
         refresh()
     if failures:
-        lines = "; ".join(f"{t.get('out')}: {err}" for t, err in failures[:5])
+        lines = "; ".join(f"{describe(t)}: {err}" for t, err in failures[:5])
         raise FairalError(f"{len(failures)} of {len(tasks)} grid tasks failed ({lines}); finished runs are kept, "
                           "run the same command again to retry the rest")
 
@@ -282,112 +269,25 @@ def _units_done(out: Path, n_rounds: int, runs: set[Path]) -> int:
     return done
 
 
-def _execute_local(tasks: list[dict], jobs: int, refresh) -> list:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    if not tasks:
-        return []
-    cores = os.cpu_count() or 1
-    jobs = max(1, min(jobs or cores, len(tasks)))
-    threads = max(1, cores // jobs)
-    failures = []
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
-        pending = {pool.submit(_grid_task, t): t for t in tasks}
-        while pending:
-            finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-            refresh()
-            for fut in finished:
-                t = pending.pop(fut)
-                try:
-                    fut.result()
-                except Exception as err:  # one broken run must not stop the grid
-                    failures.append((t, err))
-    return failures
-
-
-def _execute_ray(
-    tasks: list[dict], address: str | None, cpus_per_task: int, gpus_per_task: float, max_retries: int, refresh
-) -> list:
-    import ray
-
-    if not tasks:
-        return []
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address)
-        else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=max_retries,
-                        retry_exceptions=True)(_ray_task)
-    refs = {remote.remote(t, cpus_per_task): t for t in tasks}
-    failures = []
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-        refresh()
-        for ref in ready:
-            try:
-                ray.get(ref)
-            except Exception as err:  # retries used up
-                failures.append((refs[ref], err))
-    return failures
-
-
-def _ray_task(task: dict, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    return _grid_task(task)
-
-
-def _grid_task(task: dict) -> dict:
+def grid_task(task: Task) -> Task:
     """One unit of the grid in a worker process: a dataset's baselines, one AL run, or a group of AL runs of one
-    dataset and seed in lockstep."""
+    dataset and seed in lockstep; the volumes come from the cache the driver built."""
     import warnings
 
-    from fairal.loop import ActiveLearningRun, RunSpec
+    from fairal.loop import ActiveLearningRun, RunSpec, run_lockstep
 
     warnings.simplefilter("ignore", RuntimeWarning)  # collapse warnings are recorded in state.json
-    profile: Profile = task["profile"]
-    if task["kind"] == "baseline":
-        run_baseline(task["data_dir"], task["out"], profile, seed=0, progress=False)
-    elif task["kind"] == "lockstep":
-        from fairal.loop import run_lockstep
-
-        manifest = read_manifest(task["data_dir"], test_per_group=profile.test_per_group)
-        volumes = load_volumes(task["data_dir"], manifest, crop_margin=profile.crop_margin,
-                               downsample=profile.downsample)
-        runs = [ActiveLearningRun(RunSpec(task["data_dir"], r["strategy"], r["init"], r["seed"], profile), r["out"],
-                                  volumes=volumes, manifest=manifest) for r in task["runs"]]
+    profile: Profile = task.profile
+    volumes = read_volume_cache(task.volumes, task.manifest, profile.downsample) if task.volumes else None
+    if task.kind == "baseline":
+        run_baseline(task.data_dir, task.out, profile, seed=0, progress=False)
+        return task
+    runs = [ActiveLearningRun(RunSpec(r.data_dir, r.strategy, r.init, r.seed, profile), r.out, volumes=volumes,
+                              manifest=task.manifest) for r in (task.runs if task.kind == "lockstep" else [task])]
+    if task.kind == "lockstep":
         failures = run_lockstep(runs)
         if failures:
             raise FairalError("; ".join(f"{r.out}: {err}" for r, err in failures))
     else:
-        spec = RunSpec(task["data_dir"], task["strategy"], task["init"], task["seed"], profile)
-        ActiveLearningRun(spec, task["out"]).run()
+        runs[0].run()
     return task
-
-
-def _init_worker(threads: int, parent: int) -> None:
-    """A grid worker: its torch threads, and it dies with the driver (a driver killed with kill -9 must not
-    leave workers writing runs that a rerun would write too)."""
-    torch.set_num_threads(threads)
-    die_with_parent(parent)
-
-
-def die_with_parent(parent: int) -> None:
-    """Ask the kernel to kill this process when its parent dies (Linux ``PR_SET_PDEATHSIG``); elsewhere a no-op."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        return
-    if os.getppid() != parent:  # the parent died before the request was made
-        os._exit(1)
-
-
-

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from fairal import versions
-from fairal.acquisition import Strategy, parse_strategy
+from fairal.acquisition import STATISTICS, Strategy, parse_strategy
 from fairal.config import Profile
 from fairal.data import VolumeSet, case_records, data_files, describe_changes, load_volumes, read_manifest
 from fairal.engine import acquisition_round, evaluate, training_member
@@ -53,8 +53,12 @@ from fairal.train import (
 INITS = ("balanced", "g1-heavy", "g2-heavy")
 HEAVY_SHARE = 0.8
 CASE_COLUMNS = ["round", "case_id", "group", "split", "dice"]
-SELECTION_COLUMNS = ["round", "case_id", "group", "entropy", "localized_entropy", "bald", "weight", "score",
-                     "selected"]
+
+
+def selection_columns() -> list[str]:
+    """Columns of ``selections.csv``: round, case_id, group, one per statistic of the strategy table
+    (:data:`fairal.acquisition.STATISTICS`: entropy, localized_entropy, bald), weight, score, selected."""
+    return ["round", "case_id", "group", *STATISTICS, "weight", "score", "selected"]
 
 
 def round_columns(groups: list) -> list[str]:
@@ -332,15 +336,14 @@ class ActiveLearningRun:
             chosen = set(done.selected)
             st = done.stats
             records["selections"] += [
-                {"round": rnd, "case_id": c, "group": cases[c].group, "entropy": e, "localized_entropy": lo, "bald": b,
-                 "weight": wi, "score": sc, "selected": c in chosen}
-                for c, e, lo, b, wi, sc in zip(candidates, st["entropy"], st["localized_entropy"], st["bald"],
-                                               done.case_weights, done.scores, strict=True)]
+                {"round": rnd, "case_id": c, "group": cases[c].group, **{name: st[name][i] for name in STATISTICS},
+                 "weight": done.case_weights[i], "score": done.scores[i], "selected": c in chosen}
+                for i, c in enumerate(candidates)]
             next_labeled = sorted(labeled + done.selected)
         # Records first, then the checkpoint, then the state: a kill between them repeats this round only.
         write_csv(within(self.out, "rounds.csv"), pd.DataFrame(records["rounds"], columns=self.columns))
         write_csv(within(self.out, "cases.csv"), pd.DataFrame(records["cases"], columns=CASE_COLUMNS))
-        write_csv(within(self.out, "selections.csv"), pd.DataFrame(records["selections"], columns=SELECTION_COLUMNS))
+        write_csv(within(self.out, "selections.csv"), pd.DataFrame(records["selections"], columns=selection_columns()))
         ckpt_dir = self.out / "checkpoints"
         save_checkpoint(model, within(self.out, "checkpoints", f"round-{rnd:02d}.pt"),
                         {"round": rnd, "n_labeled": len(labeled)})

@@ -12,14 +12,15 @@ groups have different sizes, and the paper uses the former.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from fairal.errors import FairalError
 
 __all__ = ["dice", "dice_from_proba", "group_means", "delta", "essp", "fairness_summary", "fairness_columns",
-           "EVAL_PREFIX"]
+           "EVAL_PREFIX", "METRICS", "Metric", "register_metric", "metric"]
 
 #: The prefix of the measures on a dataset's evaluation split (``eval_dice_all``, ``eval_essp``, ...).
 EVAL_PREFIX = "eval_"
@@ -140,10 +141,57 @@ def essp(overall: float, delta: float) -> float:
     return float(overall) / (1.0 + float(delta))
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A fairness measure of a set of cases from their Dice: its name (its column in ``rounds.csv``, the baselines'
+    table and the report), its words, whether higher is better, and how it is computed from the overall Dice and
+    the per-group mean Dice."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+    compute: Callable[[float, Mapping[Hashable, float]], float]
+
+
+#: The metric table, in record order after ``dice_all`` and the ``dice_g<g>``: adding a metric is one entry (or
+#: :func:`register_metric`); the round and baseline columns, the report's tables and the CLI read it.
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("delta", "Δ", False, lambda overall, per_group: delta(overall, per_group)),
+    Metric("essp", "ESSP", True, lambda overall, per_group: essp(overall, delta(overall, per_group))),
+)}
+#: The measures every summary has before the metric table's: the overall Dice (and one Dice per group).
+DICE = Metric("dice_all", "Dice", True, lambda overall, per_group: overall)
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add a metric to the table: every round and baseline then records it (on the test split and, prefixed
+    ``eval_``, on the evaluation split) and the report's tables show it."""
+    if metric.name in METRICS or metric.name == DICE.name or metric.name.startswith("dice_g") or \
+            not metric.name.isidentifier():
+        raise FairalError(f"metric {metric.name!r} exists already or is not a column name")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def unregister_metric(name: str) -> None:
+    METRICS.pop(name)
+
+
+def metric(name: str) -> Metric:
+    """The entry of a column name: ``dice_all``, ``dice_g<g>`` (a group's Dice) or a metric of the table (with or
+    without the ``eval_`` prefix)."""
+    name = name[len(EVAL_PREFIX):] if name.startswith(EVAL_PREFIX) else name
+    if name == DICE.name or name.startswith("dice_g"):
+        return DICE if name == DICE.name else Metric(name, f"Dice G{name[len('dice_g'):]}", True, DICE.compute)
+    if name not in METRICS:
+        raise FairalError(f"unknown metric {name!r}; metrics: dice_all, dice_g<g>, {', '.join(METRICS)}")
+    return METRICS[name]
+
+
 def fairness_summary(
     dice_values: Sequence[float] | np.ndarray, groups: Sequence[Hashable] | np.ndarray
 ) -> dict[str, float]:
-    """Overall and per-group Dice with the paper's fairness measures.
+    """Overall and per-group Dice with the paper's fairness measures (and any other of the metric table).
 
     Returns ``{"dice_all": DSC_overall, "dice_g<g>": DSC_g for each group g, "delta": Delta, "essp": ESSP}``
     where ``DSC_overall`` is the mean Dice over all cases (NOT the mean of the group means),
@@ -160,16 +208,16 @@ def fairness_summary(
                 f"group labels collide once written as text: two groups both give the key {key!r}"
             )
         summary[key] = value
-    d = delta(overall, per_group)
-    summary["delta"] = d
-    summary["essp"] = essp(overall, d)
+    for name, m in METRICS.items():
+        summary[name] = float(m.compute(overall, per_group))
     return summary
 
 
 def fairness_columns(groups: Sequence[Hashable], prefix: str = "") -> list[str]:
     """The keys of :func:`fairness_summary` for ``groups``, in record order, with ``prefix``: for groups 1 and 2
-    ``dice_all, dice_g1, dice_g2, delta, essp``; with ``EVAL_PREFIX`` ``eval_dice_all, ..., eval_essp``."""
-    return [f"{prefix}dice_all", *[f"{prefix}dice_g{g}" for g in groups], f"{prefix}delta", f"{prefix}essp"]
+    ``dice_all, dice_g1, dice_g2, delta, essp`` (and any metric added to the table); with ``EVAL_PREFIX``
+    ``eval_dice_all, ..., eval_essp``."""
+    return [f"{prefix}dice_all", *[f"{prefix}dice_g{g}" for g in groups], *[prefix + m for m in METRICS]]
 
 
 def prefixed_summary(dice_values, groups, all_groups: Sequence[Hashable], prefix: str) -> dict[str, float]:

@@ -13,7 +13,7 @@ next time) and ``query.json`` (settings, group weights, the classifier's cross-v
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 
 from fairal import versions
-from fairal.acquisition import parse_strategy
+from fairal.acquisition import STATISTICS, Strategy, parse_strategy, roi_mask
 from fairal.config import Profile
 from fairal.data import case_records
-from fairal.engine import acquisition_round, evaluate, fit, model_factory, proba_stats
+from fairal.engine import acquisition_round, evaluate, fit, model_factory
 from fairal.errors import FairalError
 from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
 from fairal.model import UNet3D
@@ -34,7 +34,6 @@ from fairal.train import check_device, load_checkpoint, predict_proba, save_chec
 
 #: Fewest cases of known group per group for the group classifier; below it, group frequencies are used.
 MIN_PER_GROUP = 5
-QUERY_COLUMNS = ["rank", "case_id", "group", "score", "entropy", "weight"]
 
 
 @dataclass
@@ -142,153 +141,218 @@ def _model_for(path: Path, profile: Profile, dropout: float) -> tuple[UNet3D, di
     return model, meta
 
 
+@dataclass
+class _Query:
+    """What a query works on, step by step: the settings, the cases, the model and its grid, the groups."""
+
+    csv_path: Path
+    budget: int
+    strat: Strategy
+    out: Path
+    profile: Profile
+    group_by: list
+    model_path: str | Path | None
+    seed: int
+    group_dice: str
+    label_value: float | None
+    progress: bool
+    cases: pd.DataFrame = None
+    model: UNet3D = None
+    grid: Grid = None
+    vol: object = None
+    training: dict = field(default_factory=dict)
+    order: list = field(default_factory=list)
+    p_group: np.ndarray = None
+    gm: GroupModel = None
+
+    @property
+    def labeled_ids(self) -> list[str]:
+        return self.cases.loc[self.cases["labeled"], "case_id"].tolist()
+
+    @property
+    def unlabeled_ids(self) -> list[str]:
+        return self.cases.loc[~self.cases["labeled"], "case_id"].tolist()
+
+    @property
+    def known_u(self) -> np.ndarray:
+        return self.cases.loc[~self.cases["labeled"], "group_known"].to_numpy(bool)
+
+    @property
+    def dropout(self) -> float:
+        return self.profile.mc_dropout if self.strat.needs_dropout else 0.0
+
+
 def run_query(
-    csv_path: str | Path, budget: int, strategy: str, out: str | Path, profile: Profile,
+    csv_path: str | Path, budget: int, strategy: str | Strategy, out: str | Path, profile: Profile,
     group_by: list[str] | tuple[str, ...] = (), model_path: str | Path | None = None, seed: int = 0,
     spacing: float = 2.0, overwrite: bool = False, montage_cases: int = 16, progress: bool = True,
     group_dice: str = "labeled", label_value: float | None = None,
 ) -> pd.DataFrame:
     """Rank the unlabeled cases of ``csv_path`` for annotation; write the records into ``out``. Returns the
-    ranked table (``query.csv``).
+    ranked table (``query.csv``; ``table.attrs["query"]`` holds what ``query.json`` says).
 
     ``group_dice``: where the Dice of the group weights comes from: ``labeled``, the model's Dice on the cases it
     was trained on (the paper), or ``cross-validated``, each labeled case's Dice from a model trained without it
     (5 folds; five more trainings), which keeps the weights informative when the model fits its training cases
     perfectly."""
-    out = Path(out)
-    strat = parse_strategy(strategy)
-    if group_dice not in GROUP_DICE:
-        raise FairalError(f"--group-dice must be one of {', '.join(GROUP_DICE)}, got {group_dice!r}")
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise FairalError(f"--budget must be a whole number >= 1, got {budget!r}")
-    check_device(profile.device)
-    cases = read_cases(csv_path, list(group_by))
+    q = _Query(Path(csv_path), budget, parse_strategy(strategy), Path(out), profile, list(group_by), model_path,
+               seed, group_dice, label_value, progress)
+    _check_query(q, overwrite)
+    _query_model(q, spacing)
+    _unlabeled_groups(q)
+    rnd = acquisition_round(q.model, q.vol, q.labeled_ids, q.unlabeled_ids, case_records(q.cases), q.order, q.strat,
+                            profile, budget, rng=stream(seed, "query-selection"),
+                            mc_seed=stream_seed(seed, "mc-dropout", 0), weigh=q.strat.weighted,
+                            weight_dice=lambda dice: _weight_dice(q, dice), p_group=q.p_group)
+    table = _query_table(q, rnd)
+    _write_query(q, rnd, table, montage_cases)
+    return table
+
+
+def _check_query(q: _Query, overwrite: bool) -> None:
+    """The settings and the study, checked before any work: the cases, the budget, the output folder."""
+    if q.group_dice not in GROUP_DICE:
+        raise FairalError(f"--group-dice must be one of {', '.join(GROUP_DICE)}, got {q.group_dice!r}")
+    if isinstance(q.budget, bool) or not isinstance(q.budget, int) or q.budget < 1:
+        raise FairalError(f"--budget must be a whole number >= 1, got {q.budget!r}")
+    check_device(q.profile.device)
+    cases = q.cases = read_cases(q.csv_path, q.group_by)
     # The output folder: never one that holds the user's data, replaced only if fairal made it.
-    inputs = [csv_path, *cases["image_path"], *[p for p in cases["label_path"] if p]]
-    check_replaceable(out, overwrite, inputs)
+    check_replaceable(q.out, overwrite, [q.csv_path, *cases["image_path"], *[p for p in cases["label_path"] if p]])
     n_unlabeled = int((~cases["labeled"]).sum())
     if n_unlabeled == 0:
-        raise FairalError(f"{csv_path}: every case is labeled; nothing to rank (leave 'label' empty for the "
+        raise FairalError(f"{q.csv_path}: every case is labeled; nothing to rank (leave 'label' empty for the "
                           "candidates)")
-    if budget > n_unlabeled:
-        raise FairalError(f"impossible budget: {budget} cases asked for, {csv_path} has {n_unlabeled} unlabeled")
-    n_labeled = int(cases["labeled"].sum())
-    if model_path is None and n_labeled == 0:
-        raise FairalError(f"{csv_path}: no labeled case in any group: label some cases (the 'label' column) to train "
-                          "on, or give a trained model (--model)")
-    known_labeled = cases["labeled"] & cases["group_known"]
-    if strat.weighted and not known_labeled.any():
-        raise FairalError(f"{csv_path}: strategy {strat.name} weighs groups by the model's Dice on the labeled cases, "
-                          f"but no labeled case has a known group (columns {', '.join(group_by) or '-'})")
-    dropout = profile.mc_dropout if strat.needs_dropout else 0.0
+    if q.budget > n_unlabeled:
+        raise FairalError(f"impossible budget: {q.budget} cases asked for, {q.csv_path} has {n_unlabeled} "
+                          "unlabeled")
+    if q.model_path is None and not cases["labeled"].any():
+        raise FairalError(f"{q.csv_path}: no labeled case in any group: label some cases (the 'label' column) to "
+                          "train on, or give a trained model (--model)")
+    if q.strat.weighted and not (cases["labeled"] & cases["group_known"]).any():
+        raise FairalError(f"{q.csv_path}: strategy {q.strat.name} weighs groups by the model's Dice on the labeled "
+                          f"cases, but no labeled case has a known group (columns {', '.join(q.group_by) or '-'})")
 
-    # The grid: the one the model was trained on, else around the labeled structures.
-    model, meta = (None, {})
-    if model_path is not None:
-        model, meta = _model_for(Path(model_path), profile, dropout)
-    grid = Grid.from_meta(meta["grid"], model_path) if "grid" in meta else structure_grid(
-        cases, spacing, float(profile.crop_margin if profile.crop_margin is not None else 12), label_value)
-    vol = load_cases(cases, grid, label_value=label_value)
-    labeled_ids = cases.loc[cases["labeled"], "case_id"].tolist()
-    unlabeled_ids = cases.loc[~cases["labeled"], "case_id"].tolist()
-    rows_l, rows_u = vol.rows(labeled_ids), vol.rows(unlabeled_ids)
-    training: dict = {"trained": model is None}
-    if model is None:
-        result = fit(profile, vol, rows_l, profile.train_config(stream_seed(seed, "query-training")), strat,
-                     progress=progress)
-        model = result.model
-        training.update({"n_train": len(rows_l), "train_dice": result.train_dice, "restarts": result.restarts,
-                         "collapsed": result.collapsed, "seconds": round(result.seconds, 2)})
 
-    # Groups: every group of a case of known group; p(g|x) for the unlabeled cases (one-hot where known).
-    order = sorted({g for g in cases.loc[cases["group_known"], "group"]}, key=str)
-    records_of = case_records(cases)  # one record per case: id, group (None: unknown), split, files
-    unlabeled = cases[~cases["labeled"]]  # in unlabeled_ids order
-    known_u = unlabeled["group_known"].to_numpy(bool)
-    gm = GroupModel("none needed", order, np.zeros((0, len(order))))
-    p_group = np.zeros((len(unlabeled_ids), len(order)))
+def _query_model(q: _Query, spacing: float) -> None:
+    """The grid (the one the model was trained on, else around the labeled structures), the volumes on it, and the
+    model: the one given, else trained on the labeled cases."""
+    meta: dict = {}
+    if q.model_path is not None:
+        q.model, meta = _model_for(Path(q.model_path), q.profile, q.dropout)
+    margin = float(q.profile.crop_margin if q.profile.crop_margin is not None else 12)
+    q.grid = (Grid.from_meta(meta["grid"], q.model_path) if "grid" in meta
+              else structure_grid(q.cases, spacing, margin, q.label_value))
+    q.vol = load_cases(q.cases, q.grid, label_value=q.label_value)
+    q.training = {"trained": q.model is None}
+    if q.model is None:
+        rows = q.vol.rows(q.labeled_ids)
+        result = fit(q.profile, q.vol, rows, q.profile.train_config(stream_seed(q.seed, "query-training")), q.strat,
+                     progress=q.progress)
+        q.model = result.model
+        q.training.update({"n_train": len(rows), "train_dice": result.train_dice, "restarts": result.restarts,
+                           "collapsed": result.collapsed, "seconds": round(result.seconds, 2)})
+
+
+def _unlabeled_groups(q: _Query) -> None:
+    """The groups (every group of a case of known group) and ``p(g|x)`` of the unlabeled cases: one-hot where the
+    group is known, else from the group classifier on the model's features."""
+    cases = q.cases
+    q.order = sorted({g for g in cases.loc[cases["group_known"], "group"]}, key=str)
+    records_of = case_records(cases)
+    known_u, unlabeled_ids = q.known_u, q.unlabeled_ids
+    q.gm = GroupModel("none needed", q.order, np.zeros((0, len(q.order))))
+    q.p_group = np.zeros((len(unlabeled_ids), len(q.order)))
     for i, cid in enumerate(unlabeled_ids):
         if known_u[i]:
-            p_group[i, order.index(records_of[cid].group)] = 1.0
-    if (~known_u).any() and order:  # with no known group at all there is nothing to weigh (unweighted strategies)
+            q.p_group[i, q.order.index(records_of[cid].group)] = 1.0
+    if (~known_u).any() and q.order:  # with no known group at all there is nothing to weigh (unweighted strategies)
         all_known = cases["group_known"].to_numpy(bool)
         all_groups = np.empty(len(cases), dtype=object)
         all_groups[:] = cases["group"].tolist()
-        gm = group_probabilities(case_features(model, vol.images), all_groups, all_known, order, seed)
+        q.gm = group_probabilities(case_features(q.model, q.vol.images), all_groups, all_known, q.order, q.seed)
         at = {int(r): k for k, r in enumerate(np.flatnonzero(~all_known))}
         for i, cid in enumerate(unlabeled_ids):
             if not known_u[i]:
-                p_group[i] = gm.proba[at[vol.index[cid]]]
+                q.p_group[i] = q.gm.proba[at[q.vol.index[cid]]]
 
-    def weight_dice(labeled_dice: list[float]) -> list[float]:
-        if group_dice != "cross-validated" or not strat.weighted:
-            return labeled_dice
-        lab_groups = [records_of[c].group for c in labeled_ids]
-        return out_of_fold_dice(vol, rows_l, lab_groups, profile, seed, dropout, progress=progress)
 
-    # The round: group weights from the Dice on the labeled cases, scores, the batch; the rest ranked by score.
-    rnd = acquisition_round(model, vol, labeled_ids, unlabeled_ids, records_of, order, strat, profile, budget,
-                            rng=stream(seed, "query-selection"), mc_seed=stream_seed(seed, "mc-dropout", 0),
-                            weigh=strat.weighted,
-                            weight_dice=weight_dice, p_group=p_group)
-    stats, scores, w, weights = rnd.stats, rnd.scores, rnd.case_weights, rnd.weights
-    ranking = rnd.ranking()
-    # The batch's maps and ROIs (montage, annotators' files): predicted again for these few cases rather than kept
-    # in memory for the whole pool.
-    batch = ranking[:budget]
-    maps = proba_stats(predict_proba(model, vol.images[vol.rows(batch)], batch_size=8), profile.roi_dilation,
-                       vol.roi[0].numpy(), keep_proba=True)
-    pos = {c: i for i, c in enumerate(unlabeled_ids)}
-    voxel_ml = float(np.prod(grid.spacing)) / 1000.0
+def _weight_dice(q: _Query, labeled_dice: list[float]) -> list[float]:
+    """The Dice behind the group weights: the labeled cases' own, or out of fold (``--group-dice``)."""
+    if q.group_dice != "cross-validated" or not q.strat.weighted:
+        return labeled_dice
+    records_of = case_records(q.cases)
+    lab_groups = [records_of[c].group for c in q.labeled_ids]
+    return out_of_fold_dice(q.vol, q.vol.rows(q.labeled_ids), lab_groups, q.profile, q.seed, q.dropout,
+                            progress=q.progress)
+
+
+def _query_table(q: _Query, rnd) -> pd.DataFrame:
+    """``query.csv``: every unlabeled case, best first, with its score, weight, statistics (one column each, from
+    the strategy table), group probabilities and the reason for its rank."""
+    stats, records_of, known_u = rnd.stats, case_records(q.cases), q.known_u
+    pos = {c: i for i, c in enumerate(q.unlabeled_ids)}
+    voxel_ml = float(np.prod(q.grid.spacing)) / 1000.0
     records = []
-    for rank, cid in enumerate(ranking, start=1):
+    for rank, cid in enumerate(rnd.ranking(), start=1):
         i = pos[cid]
         rec = {"rank": rank, "case_id": cid, "group": records_of[cid].group if known_u[i] else "",
-               "score": float(scores[i]), "entropy": float(stats["localized_entropy"][i]), "weight": float(w[i]),
-               "selected": rank <= budget, "image": records_of[cid].image, "label": "",
-               "prediction": f"predictions/{cid}.nii.gz" if rank <= budget else "", "group_known": bool(known_u[i]),
-               "mean_entropy": float(stats["entropy"][i]), "bald": float(stats["bald"][i]),
+               "score": float(rnd.scores[i]), "entropy": float(stats["entropy"][i]),
+               "weight": float(rnd.case_weights[i]), "selected": rank <= q.budget, "image": records_of[cid].image,
+               "label": "", "prediction": f"predictions/{cid}.nii.gz" if rank <= q.budget else "",
+               "group_known": bool(known_u[i]), **{n: float(stats[n][i]) for n in STATISTICS if n != "entropy"},
                "predicted_ml": stats["predicted_voxels"][i] * voxel_ml, "roi_source": stats["roi_source"][i]}
-        for k, g in enumerate(order):
-            rec[f"p_group_{g}"] = float(p_group[i, k])
-        rec["reason"] = _reason(strat, rec, order, p_group[i], profile)
+        rec.update({f"p_group_{g}": float(q.p_group[i, k]) for k, g in enumerate(q.order)})
+        rec["reason"] = _reason(q.strat, rec, q.order, q.p_group[i], q.profile)
         records.append(rec)
-    table = pd.DataFrame(records)
+    return pd.DataFrame(records)
 
-    # Everything is written into a hidden folder beside OUT and moved into place at the end.
-    with publish_folder(out, "query") as tmp:
+
+def _write_query(q: _Query, rnd, table: pd.DataFrame, montage_cases: int) -> None:
+    """Everything, into a hidden folder beside OUT moved into place at the end: query.csv, the montage of the first
+    cases, the model, the annotators' files and query.json (also in ``table.attrs["query"]``). The batch's maps
+    are predicted again for these few cases rather than kept for the whole pool."""
+    from fairal.report.montage import write_montage
+
+    records_of, pos = case_records(q.cases), {c: i for i, c in enumerate(q.unlabeled_ids)}
+    batch = rnd.ranking()[:q.budget]
+    probas = list(predict_proba(q.model, q.vol.images[q.vol.rows(batch)], batch_size=8))
+    rois = [roi_mask(p, q.profile.roi_dilation, q.vol.roi[0].numpy())[0] for p in probas]
+    top = batch[:max(1, min(montage_cases, q.budget))]  # the first cases to annotate
+    titles = [f"#{r + 1} {c}\n{'group ?' if records_of[c].group is None else records_of[c].group}  score "
+              f"{rnd.scores[pos[c]]:.3g}" for r, c in enumerate(top)]
+    n_labeled = int(q.cases["labeled"].sum())
+    with publish_folder(q.out, "query") as tmp:
         write_csv(within(tmp, "query.csv"), table)
-        from fairal.report.montage import write_montage
+        write_montage(within(tmp, "montage.png"), [q.vol.images[q.vol.index[c], 0].numpy() for c in top],
+                      probas[:len(top)], rois[:len(top)], titles)
+        save_checkpoint(q.model, within(tmp, "model.pt"), {
+            "grid": q.grid.as_meta(), "features": list(q.model.features), "dropout": float(q.model.dropout),
+            "profile": q.profile.name, "group_by": q.group_by, "n_labeled": n_labeled, "seed": q.seed})
+        write_handoff(tmp, [(c, records_of[c].image, p) for c, p in zip(batch, probas, strict=True)], q.grid,
+                      q.label_value)
+        table.attrs["query"] = info = _query_info(q, rnd, n_labeled)
+        write_json(within(tmp, "query.json"), info)
 
-        top = batch[:max(1, min(montage_cases, budget))]  # the first cases to annotate
 
-        def rec_group(cid: str) -> str:
-            return "group ?" if records_of[cid].group is None else str(records_of[cid].group)
-
-        write_montage(within(tmp, "montage.png"), [vol.images[rows_u[pos[c]], 0].numpy() for c in top],
-                      maps["proba"][:len(top)], maps["roi"][:len(top)],
-                      [f"#{r + 1} {c}\n{rec_group(c)}  score {scores[pos[c]]:.3g}" for r, c in enumerate(top)])
-        model_meta = {"grid": grid.as_meta(), "features": list(model.features), "dropout": float(model.dropout),
-                      "profile": profile.name, "group_by": list(group_by), "n_labeled": n_labeled, "seed": seed}
-        save_checkpoint(model, within(tmp, "model.pt"), model_meta)
-        write_handoff(tmp, [(c, records_of[c].image, proba) for c, proba in zip(batch, maps["proba"], strict=True)],
-                      grid, label_value)
-        lab_table = cases.loc[cases["labeled"], ["case_id", "group"]].assign(dice=rnd.weight_dice)
-        write_json(within(tmp, "query.json"), {
-            "csv": str(Path(csv_path).resolve()), "strategy": strat.name, "budget": budget, "seed": seed,
-            "group_by": list(group_by), "groups": [str(g) for g in order],
-            "weights": {str(g): weights[g] for g in order} if strat.weighted else None,
-            "temperature": strat.temperature or profile.temperature,
-            "group_dice": group_dice,
-            "labeled_dice": {str(g): float(d.mean()) for g, d in lab_table.groupby("group")["dice"]},
-            "unknown_groups": {"n_unlabeled_unknown": int((~known_u).sum()), "method": gm.method,
-                               "classifier_cv_accuracy": gm.cv_accuracy, "majority_rate": gm.chance_accuracy,
-                               "n_known": gm.n_train},
-            "model": str(Path(model_path).resolve()) if model_path else "trained here", "training": training,
-            "grid": {"shape": list(grid.shape), "spacing_mm": list(grid.spacing)},
-            "n_cases": len(cases), "n_labeled": n_labeled, "n_unlabeled": n_unlabeled,
-            "profile": profile.as_dict(), "versions": versions()})
-    return table
+def _query_info(q: _Query, rnd, n_labeled: int) -> dict:
+    """``query.json``: the settings, the group weights and the Dice behind them, the unknown groups' method, the
+    model, the grid, the counts, the profile and the versions."""
+    lab_table = q.cases.loc[q.cases["labeled"], ["case_id", "group"]].assign(dice=rnd.weight_dice)
+    gm = q.gm
+    return {
+        "csv": str(q.csv_path.resolve()), "strategy": q.strat.name, "budget": q.budget, "seed": q.seed,
+        "group_by": q.group_by, "groups": [str(g) for g in q.order],
+        "weights": {str(g): rnd.weights[g] for g in q.order} if q.strat.weighted else None,
+        "temperature": q.strat.temperature or q.profile.temperature, "group_dice": q.group_dice,
+        "labeled_dice": {str(g): float(d.mean()) for g, d in lab_table.groupby("group")["dice"]},
+        "unknown_groups": {"n_unlabeled_unknown": int((~q.known_u).sum()), "method": gm.method,
+                           "classifier_cv_accuracy": gm.cv_accuracy, "majority_rate": gm.chance_accuracy,
+                           "n_known": gm.n_train},
+        "model": str(Path(q.model_path).resolve()) if q.model_path else "trained here", "training": q.training,
+        "grid": {"shape": list(q.grid.shape), "spacing_mm": list(q.grid.spacing)},
+        "n_cases": len(q.cases), "n_labeled": n_labeled, "n_unlabeled": len(q.cases) - n_labeled,
+        "profile": q.profile.as_dict(), "versions": versions()}
 
 
 def write_handoff(folder: Path, batch: list[tuple[str, str, np.ndarray]], grid: Grid,

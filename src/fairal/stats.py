@@ -24,7 +24,6 @@ ALPHA = 0.05
 #: Exact sign-flip tests enumerate all 2^n patterns up to this n; beyond, a seeded Monte Carlo sample.
 EXACT_MAX_N = 16
 MONTE_CARLO_PATTERNS = 100_000
-VERDICTS = ("confirmed", "refuted", "equivalent", "inconclusive")
 
 
 @dataclass(frozen=True)

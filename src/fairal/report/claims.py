@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from fairal.metrics import METRICS
 from fairal.report.records import area_under_curve
 from fairal.stats import (
     Estimate,
@@ -35,7 +36,7 @@ def run_summary(rounds: pd.DataFrame) -> pd.DataFrame:
         g = g.sort_values("n_labeled")
         first, last = g.iloc[0], g.iloc[-1]
         row = dict(zip(RUN, key, strict=True))
-        row.update({c: last[c] for c in g.columns if c.startswith("dice_") or c in ("delta", "essp", "n_labeled")})
+        row.update({c: last[c] for c in g.columns if c.startswith("dice_") or c in (*METRICS, "n_labeled")})
         row["essp_auc"] = area_under_curve(g["n_labeled"].to_numpy(), g["essp"].to_numpy())
         row["dice_auc"] = area_under_curve(g["n_labeled"].to_numpy(), g["dice_all"].to_numpy())
         acquired = last["n_labeled"] - first["n_labeled"]
@@ -49,9 +50,10 @@ def _est_row(e: Estimate) -> dict:
     return {"value": e.mean, "ci_low": e.ci_low, "ci_high": e.ci_high, "p_value": e.p_value, "n": e.n}
 
 
-def summary_table(runs: pd.DataFrame, metrics=("dice_all", "delta", "essp", "essp_auc", "g1_acquired_share")
-                  ) -> pd.DataFrame:
-    """Mean and 95% t interval across seeds per scenario and strategy."""
+def summary_table(runs: pd.DataFrame, metrics=None) -> pd.DataFrame:
+    """Mean and 95% t interval across seeds per scenario and strategy (default: Dice, every metric of the table,
+    the ESSP AUC and the Group 1 share of the acquisitions)."""
+    metrics = metrics or ("dice_all", *METRICS, "essp_auc", "g1_acquired_share")
     rows = []
     for key, g in runs.groupby(["dataset", "init", "strategy"], sort=False):
         row = {"dataset": key[0], "init": key[1], "strategy": key[2], "n_seeds": len(g)}
@@ -70,10 +72,10 @@ def _pairs(runs: pd.DataFrame, a: str, b: str, metric: str) -> pd.DataFrame:
     return pd.concat([x, y], axis=1, join="inner").reset_index()
 
 
-def paired_table(runs: pd.DataFrame, reference: str = WLE, metrics=("essp", "essp_auc", "delta", "dice_all")
-                 ) -> pd.DataFrame:
+def paired_table(runs: pd.DataFrame, reference: str = WLE, metrics=None) -> pd.DataFrame:
     """``reference`` minus every other strategy, per scenario and pooled over all scenarios: mean paired difference,
-    t interval, sign-flip p-value, n."""
+    t interval, sign-flip p-value, n (default metrics: ESSP, ESSP AUC, Δ, Dice, then the table's others)."""
+    metrics = metrics or ("essp", "essp_auc", "delta", "dice_all", *[m for m in METRICS if m not in ("essp", "delta")])
     rows = []
     others = [s for s in runs["strategy"].unique() if s != reference]
     for metric in metrics:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from fairal.config import ALL_STRATEGIES, PAPER_STRATEGIES
 from fairal.errors import FairalError
+from fairal.metrics import METRICS
 
 #: Strategy order: the paper's four as in its figures, then the ones beyond it.
 STRATEGY_ORDER = list(ALL_STRATEGIES)
@@ -233,7 +234,8 @@ def final_table(results: Results) -> pd.DataFrame:
     last = last.set_index(keys).assign(essp_auc=auc).reset_index()
     groups = [c for c in r.columns if c.startswith("dice_g")]
     ratio = ["g1_ratio"] if "g1_ratio" in r.columns else []
-    cols = ["n_labeled", "dice_all", *groups, "delta", "essp", "essp_auc", *ratio]
+    extra = [m for m in METRICS if m not in ("delta", "essp") and m in r.columns]  # metrics added to the table
+    cols = ["n_labeled", "dice_all", *groups, "delta", "essp", *extra, "essp_auc", *ratio]
     table = last.groupby(keys[:3])[cols].mean().reset_index()
     table["n_labeled"] = table["n_labeled"].round().astype(int)
     table.insert(3, "n_seeds", last.groupby(keys[:3]).size().to_numpy())
