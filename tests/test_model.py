@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairal.errors import FairalError
-from fairal.model import UNet3D, flops_per_voxel
+from fairal.model import UNet3D, build_unet, flops_per_voxel, load_unet, save_checkpoint
 
 
 def test_paper_network_parameter_count() -> None:
@@ -178,3 +178,19 @@ def test_mc_dropout_samples_only_the_dropout_layers():
         list(predict_mc_dropout(plain, x, samples=4, seed=1))
     with pytest.raises(FairalError, match="dropout must lie"):
         UNet3D(dropout=1.0)
+
+
+def test_build_unet_is_the_paper_network_and_load_unet_reads_its_checkpoint(tmp_path) -> None:
+    model = build_unet((8, 16), foreground_prior=0.2)
+    assert isinstance(model, UNet3D) and model.features == (8, 16) and model.dropout == 0.0
+    assert sum(p.numel() for p in model.parameters()) == 18665  # the hand count above
+    assert model.head.bias.item() == pytest.approx(-1.3862944, abs=1e-6)  # log(0.2 / 0.8)
+    path = tmp_path / "model.pt"
+    save_checkpoint(model, path, {"round": 2})
+    loaded, meta = load_unet(path, (8, 16), dropout=0.2)
+    assert meta == {"round": 2} and loaded.dropout == 0.2
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(FairalError, match="model.pt does not match the model's architecture"):
+        load_unet(path, (4, 8))
+

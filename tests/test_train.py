@@ -17,6 +17,7 @@ from fairal.model import UNet3D
 from fairal.train import (
     TrainConfig,
     _batch_indices,
+    collapse_check,
     load_checkpoint,
     predict_proba,
     resolve_bf16,
@@ -160,6 +161,23 @@ def test_collapse_guard_fires_on_no_foreground_even_with_zero_threshold() -> Non
     # Dice 0.0 is not below 0.0, but the first model predicts no foreground voxel while labels have some
     assert result.restarts == 1 and factory.seeds == [3, train_mod.restart_seed(3, 1)]
     assert result.attempt_dice[0] == 0.0 and result.train_dice > 0.5
+
+
+@pytest.mark.parametrize("bias, dice, collapsed", [(50.0, "all", False), (-50.0, 0.0, True)])
+def test_collapse_check_by_hand(bias: float, dice: float | str, collapsed: bool) -> None:
+    """A constant model: +50 logits everywhere predicts every voxel, Dice 2|L| / (|L| + 16^3) per case; -50 predicts
+    none: Dice 0 and collapsed, even with min_train_dice 0 (the labels have foreground)."""
+    images, labels = _spheres(n=3)
+    model = UNet3D()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(bias)
+    k = labels.flatten(1).sum(1).double()
+    expected = float((2 * k / (k + SIZE**3)).mean()) if dice == "all" else dice
+    config = TrainConfig(**{**FAST, "min_train_dice": 0.0})
+    got, got_collapsed = collapse_check(model, images, labels, config, bf16=False)
+    assert got == pytest.approx(expected, abs=1e-6) and got_collapsed is collapsed
+    assert collapse_check(model, images, labels, TrainConfig(**{**FAST, "min_train_dice": 0.9}), bf16=False)[1]
 
 
 def test_num_threads_is_restored() -> None:

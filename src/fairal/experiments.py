@@ -278,10 +278,10 @@ def grid_task(task: Task) -> Task:
 
     warnings.simplefilter("ignore", RuntimeWarning)  # collapse warnings are recorded in state.json
     profile: Profile = task.profile
-    volumes = read_volume_cache(task.volumes, task.manifest, profile.downsample) if task.volumes else None
     if task.kind == "baseline":
         run_baseline(task.data_dir, task.out, profile, seed=0, progress=False)
         return task
+    volumes = read_volume_cache(task.volumes, task.manifest, profile.downsample) if task.volumes else None
     runs = [ActiveLearningRun(RunSpec(r.data_dir, r.strategy, r.init, r.seed, profile), r.out, volumes=volumes,
                               manifest=task.manifest) for r in (task.runs if task.kind == "lockstep" else [task])]
     if task.kind == "lockstep":

@@ -1,4 +1,5 @@
-"""The paper's 3D U-Net: GroupNorm, 3x3x3 convolutions and ReLU, two levels with 8 and 16 feature maps.
+"""The paper's 3D U-Net: GroupNorm, 3x3x3 convolutions and ReLU, two levels with 8 and 16 feature maps; the one
+factory that builds it (:func:`build_unet`, :func:`load_unet`) and its checkpoints.
 
 The network returns LOGITS. The paper's output layer is a sigmoid; here the sigmoid is left to the caller
 (``torch.sigmoid(logits)`` is the paper's foreground probability) so that training can use the numerically
@@ -8,15 +9,21 @@ safe ``BCEWithLogitsLoss`` instead of a sigmoid followed by a binary cross-entro
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fairal.errors import FairalError
+from fairal.io import write_torch
 
-__all__ = ["UNet3D", "enable_mc_dropout", "flops_per_voxel"]
+__all__ = ["UNet3D", "build_unet", "load_unet", "enable_mc_dropout", "flops_per_voxel", "save_checkpoint",
+           "load_checkpoint"]
 
 
 def _conv_block(in_ch: int, out_ch: int, norm_groups: int, dropout: float = 0.0) -> nn.Sequential:
@@ -162,6 +169,22 @@ class UNet3D(nn.Module):
         return x
 
 
+def build_unet(features: Sequence[int] = (8, 16), *, foreground_prior: float | None = None,
+               dropout: float = 0.0) -> UNet3D:
+    """The U-Net that fairal trains, evaluates and loads: one input channel (the T1 image), one output channel (the
+    structure's logits), ``features`` channels per level. Every part of fairal builds its network here, so another
+    network is one change. Arguments as :class:`UNet3D`'s; its weights come from the torch generator's state."""
+    return UNet3D(features=features, foreground_prior=foreground_prior, dropout=dropout)
+
+
+def load_unet(path: str | os.PathLike, features: Sequence[int] = (8, 16), *, dropout: float = 0.0,
+              foreground_prior: float | None = None) -> tuple[UNet3D, dict]:
+    """:func:`build_unet` with the weights of the checkpoint ``path`` (:func:`load_checkpoint`); returns the model
+    and the checkpoint's ``meta``. A checkpoint of another architecture is refused naming the file."""
+    model = build_unet(features, foreground_prior=foreground_prior, dropout=dropout)
+    return model, load_checkpoint(path, model)
+
+
 def enable_mc_dropout(model: nn.Module) -> int:
     """Evaluation mode for everything but the dropout layers, which sample (Monte-Carlo dropout). Returns the
     number of dropout layers switched on (0: the model cannot sample)."""
@@ -205,3 +228,76 @@ def flops_per_voxel(model: UNet3D) -> float:
         macs += (up.in_channels * up.out_channels * taps + conv_macs(decoder)) / 8**level
     macs += conv_macs(model.head)
     return 2.0 * macs
+
+
+_ALLOWED_META = (str, int, float, bool, type(None))
+
+
+def _check_meta(value: object, where: str = "meta") -> None:
+    # torch.load(weights_only=True) accepts only plain containers and scalars; refuse anything else on save
+    # so that a checkpoint that cannot be read back is never written.
+    if isinstance(value, _ALLOWED_META):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str | int):
+                raise FairalError(f"{where} keys must be str or int, got {type(k).__name__} key {k!r}")
+            _check_meta(v, f"{where}[{k!r}]")
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_meta(v, f"{where}[{i}]")
+        return
+    raise FairalError(
+        f"{where} must hold only str, int, float, bool, None, lists, tuples and dicts, "
+        f"got {type(value).__name__}"
+    )
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict) -> None:
+    """Write ``{"state_dict": model.state_dict(), "meta": meta}`` to ``path`` atomically.
+
+    The file is written beside ``path``, flushed to disk and moved over it (:func:`fairal.io.atomic_write`), so a
+    crash never leaves a half-written checkpoint. Missing parent folders are created.
+    """
+    if not isinstance(meta, dict):
+        raise FairalError(f"meta must be a dict, got {type(meta).__name__}")
+    _check_meta(meta)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_torch(target, {"state_dict": state, "meta": meta})
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict:
+    """Load the weights saved by :func:`save_checkpoint` into ``model`` and return the saved ``meta``.
+
+    Uses ``torch.load(weights_only=True)``, which never runs code from the file.
+
+    Raises:
+        FairalError: naming the file if it is missing, unreadable, not a fairal checkpoint, or holds weights
+            for a different architecture.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FairalError(f"checkpoint file not found: {source}")
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's message advises loading it with weights_only=False: never
+        what = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise FairalError(f"checkpoint file {source} holds Python objects, not only weights ("
+                          f"{'it names ' + what.group(1) if what else 'a pickle'}): fairal never loads such a file"
+                          ) from None
+    except Exception as exc:  # torch raises several types (RuntimeError, EOFError, ...)
+        raise FairalError(f"checkpoint file {source} is corrupt or not a torch checkpoint: "
+                          f"{' '.join(str(exc).split())}") from exc
+    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
+        raise FairalError(
+            f"checkpoint file {source} is not a fairal checkpoint: "
+            "expected a dict with 'state_dict' and 'meta'"
+        )
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise FairalError(f"checkpoint file {source} does not match the model's architecture: {exc}") from exc
+    return payload["meta"]

@@ -28,10 +28,11 @@ from fairal.errors import FairalError
 from fairal.train import (
     TrainConfig,
     TrainResult,
-    _autocast,
-    _check_training_data,
-    _training_dice,
     batch_schedule,
+    bf16_autocast,
+    check_training_data,
+    collapse_check,
+    fresh_model,
     resolve_bf16,
     resolve_device,
     train_model,
@@ -62,7 +63,7 @@ def _check_group(members: list[Member]) -> None:
     first = members[0]
     steps0, shape0, settings0 = lockstep_key(first)
     for m in members:
-        _check_training_data(m.images, m.labels)
+        check_training_data(m.images, m.labels)
         steps, shape, settings = lockstep_key(m)
         if settings != settings0:
             raise FairalError("packed members must share lr, batch size, device and bf16")
@@ -77,21 +78,36 @@ def train_packed(members: list[Member], compile: bool = False) -> list[TrainResu
     batches, Adam, BCE with logits, bf16 autocast as its ``config.bf16`` resolves on the device, collapse guard),
     all at once. ``compile``: fuse the vectorised network with ``torch.compile`` (measured by
     ``benchmarks/bench_gpu.py --compile``; compiling takes tens of seconds, so it pays only for long trainings)."""
-    from torch.func import functional_call, stack_module_state, vmap
-
     _check_group(members)
     start = time.perf_counter()
+    device = resolve_device(members[0].config.device)
+    bf16 = resolve_bf16(members[0].config.bf16, device)
+    models = [fresh_model(m.factory, m.config.seed).to(device).train() for m in members]
+    params, history = _train_stacked(members, models, device, bf16, compile)
+    results = []
+    for k, (m, model) in enumerate(zip(members, models, strict=True)):
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(params[name][k])
+        model.eval()
+        dice, collapsed = collapse_check(model, m.images, m.labels, m.config, bf16)
+        if collapsed:  # the single path, restarts and all: the same result as training this member alone
+            results.append(train_model(m.images, m.labels, m.config, m.factory))
+            continue
+        results.append(TrainResult(model=model.to(memory_format=torch.contiguous_format), losses=history[:, k].tolist(),
+                                   train_dice=dice, restarts=0, seconds=time.perf_counter() - start,
+                                   seed=m.config.seed, collapsed=False, attempt_dice=[dice]))
+    return results
+
+
+def _train_stacked(members: list[Member], models: list[nn.Module], device: torch.device, bf16: bool,
+                   compile: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The lockstep steps: the members' weights stacked, one vectorised network, one Adam. Returns the trained
+    stacked weights (name -> (members, ...)) and the losses (steps, members)."""
+    from torch.func import functional_call, stack_module_state, vmap
+
     cfg0 = members[0].config
-    device = resolve_device(cfg0.device)
-    bf16 = resolve_bf16(cfg0.bf16, device)
     steps = cfg0.total_steps(len(members[0].images))
-    models = []
-    for m in members:
-        torch.manual_seed(m.config.seed)
-        model = m.factory()
-        if not isinstance(model, nn.Module):
-            raise FairalError(f"model_factory must return a torch.nn.Module, got {type(model).__name__}")
-        models.append(model.to(device).train())
     params, buffers = stack_module_state(models)
     template = copy.deepcopy(models[0]).to("meta")
 
@@ -113,25 +129,10 @@ def train_packed(members: list[Member], compile: bool = False) -> list[TrainResu
         x = torch.stack([im[s[k]] for im, s in zip(images, schedules, strict=True)])
         y = torch.stack([lab[s[k]] for lab, s in zip(labels, schedules, strict=True)]).float()
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(bf16, device):
+        with bf16_autocast(bf16, device):
             logits = batched(params, buffers, x)
         per_member = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").flatten(1).mean(1)
         per_member.sum().backward()
         optimizer.step()
         losses.append(per_member.detach())
-    history = torch.stack(losses).float().cpu() if losses else torch.zeros(0, len(members))
-    results = []
-    for k, (m, model) in enumerate(zip(members, models, strict=True)):
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(params[name][k])
-        model.eval()
-        dice, any_fg = _training_dice(model, m.images, m.labels, m.config, bf16)
-        collapsed = dice < m.config.min_train_dice or (bool(m.labels.any()) and not any_fg)
-        if collapsed:  # the single path, restarts and all: the same result as training this member alone
-            results.append(train_model(m.images, m.labels, m.config, m.factory))
-            continue
-        results.append(TrainResult(model=model.to(memory_format=torch.contiguous_format), losses=history[:, k].tolist(),
-                                   train_dice=dice, restarts=0, seconds=time.perf_counter() - start,
-                                   seed=m.config.seed, collapsed=False, attempt_dice=[dice]))
-    return results
+    return params, torch.stack(losses).float().cpu() if losses else torch.zeros(0, len(members))

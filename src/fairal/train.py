@@ -1,4 +1,4 @@
-"""Training, prediction and checkpoints for the U-Net.
+"""Training and prediction for the U-Net (its checkpoints are :mod:`fairal.model`'s, named here too).
 
 Training minimises the binary cross-entropy of ``sigmoid(logits)`` against the labels, computed by
 ``BCEWithLogitsLoss`` (the same value as the paper's sigmoid + BCE, without its overflow for large logits),
@@ -10,14 +10,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
-import pickle
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,9 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairal.errors import FairalError
-from fairal.io import write_torch
 from fairal.metrics import dice_from_proba
-from fairal.model import UNet3D
+from fairal.model import UNet3D, load_checkpoint, save_checkpoint
 from fairal.sampling import stream_seed
 
 __all__ = [
@@ -36,6 +31,10 @@ __all__ = [
     "TrainResult",
     "bf16_native",
     "resolve_bf16",
+    "bf16_autocast",
+    "check_training_data",
+    "fresh_model",
+    "collapse_check",
     "train_step",
     "train_model",
     "predict_proba",
@@ -218,7 +217,7 @@ def _memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last_3d if channels_last else torch.contiguous_format
 
 
-def _autocast(bf16: bool, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
+def bf16_autocast(bf16: bool, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
     """bfloat16 autocast on ``device``'s type (CPU or CUDA) when ``bf16``, else nothing."""
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
@@ -262,7 +261,7 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tens
     x = images.to(device=device, dtype=torch.float32, memory_format=fmt)
     y = labels.to(device=device, dtype=torch.float32, memory_format=fmt)
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(bf16, device):
+    with bf16_autocast(bf16, device):
         logits = model(x)
     loss = F.binary_cross_entropy_with_logits(logits.float(), y)
     loss.backward()
@@ -270,7 +269,9 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tens
     return loss.detach()
 
 
-def _check_training_data(images: torch.Tensor, labels: torch.Tensor) -> None:
+def check_training_data(images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Refuse training data that is not (N >= 1, C, X, Y, Z) finite floating-point images with binary labels of the
+    same cases and spatial shape."""
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise FairalError(
             "images and labels must be torch tensors, "
@@ -331,6 +332,16 @@ def _progress() -> Any:
     )
 
 
+def fresh_model(model_factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """The untrained model of one training: ``model_factory()`` after ``torch.manual_seed(seed)``, so the seed fixes
+    the initial weights."""
+    torch.manual_seed(seed)
+    model = model_factory()
+    if not isinstance(model, nn.Module):
+        raise FairalError(f"model_factory must return a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
 def _train_once(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -341,13 +352,9 @@ def _train_once(
     progress: bool,
     description: str,
 ) -> tuple[nn.Module, list[float]]:
-    torch.manual_seed(seed)
-    model = model_factory()
-    if not isinstance(model, nn.Module):
-        raise FairalError(f"model_factory must return a torch.nn.Module, got {type(model).__name__}")
     device = resolve_device(config.device)
     fmt = _memory_format(config.channels_last)
-    model = model.to(device=device, memory_format=fmt)
+    model = fresh_model(model_factory, seed).to(device=device, memory_format=fmt)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps = config.total_steps(images.shape[0])
@@ -383,6 +390,15 @@ def _training_dice(
     return float(np.mean(scores)), any_foreground
 
 
+def collapse_check(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, bf16: bool
+) -> tuple[float, bool]:
+    """The collapse guard: the model's mean Dice over its training cases, and whether it collapsed (that Dice below
+    ``config.min_train_dice``, or no foreground voxel predicted while the labels have some)."""
+    train_dice, any_foreground = _training_dice(model, images, labels, config, bf16)
+    return train_dice, train_dice < config.min_train_dice or (bool(labels.any()) and not any_foreground)
+
+
 def restart_seed(seed: int, attempt: int) -> int:
     """The seed of attempt ``attempt`` of a training (0: ``seed`` itself; restart k: the stream
     ``"training-restart"``, so no restart repeats another training's seed)."""
@@ -408,28 +424,14 @@ def train_model(
     ``config.max_restarts`` times. If every attempt collapses the best one is returned with ``collapsed=True``
     and a warning.
     """
-    _check_training_data(images, labels)
+    check_training_data(images, labels)
     if not callable(model_factory):
         raise FairalError(f"model_factory must be callable, got {type(model_factory).__name__}")
     use_bf16 = resolve_bf16(config.bf16, resolve_device(config.device))
-    labels_have_foreground = bool(labels.any())
     start = time.perf_counter()
-    attempts: list[tuple[float, nn.Module, list[float], int]] = []
-    restarts = 0
-    collapsed = True
     with _threads(config.num_threads):
-        for attempt in range(config.max_restarts + 1):
-            if attempt > 0:
-                restarts += 1
-            seed = restart_seed(config.seed, attempt)
-            model, losses = _train_once(
-                images, labels, config, model_factory, seed, use_bf16, progress, f"training (seed {seed})"
-            )
-            train_dice, any_foreground = _training_dice(model, images, labels, config, use_bf16)
-            attempts.append((train_dice, model, losses, seed))
-            collapsed = train_dice < config.min_train_dice or (labels_have_foreground and not any_foreground)
-            if not collapsed:
-                break
+        attempts, collapsed = _attempts(images, labels, config, model_factory, use_bf16, progress)
+    restarts = len(attempts) - 1
     # The last attempt if it passed the guard, else the best one (the first of equals).
     train_dice, model, losses, seed = attempts[-1] if not collapsed else max(attempts, key=lambda a: a[0])
     if collapsed:
@@ -450,6 +452,29 @@ def train_model(
         collapsed=collapsed,
         attempt_dice=[a[0] for a in attempts],
     )
+
+
+def _attempts(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    model_factory: Callable[[], nn.Module],
+    bf16: bool,
+    progress: bool,
+) -> tuple[list[tuple[float, nn.Module, list[float], int]], bool]:
+    """Train from scratch until an attempt passes the collapse guard or the restarts are used up: every attempt's
+    (training Dice, model, losses, seed), and whether the last one collapsed."""
+    attempts: list[tuple[float, nn.Module, list[float], int]] = []
+    collapsed = True
+    for attempt in range(config.max_restarts + 1):
+        seed = restart_seed(config.seed, attempt)
+        model, losses = _train_once(images, labels, config, model_factory, seed, bf16, progress,
+                                    f"training (seed {seed})")
+        train_dice, collapsed = collapse_check(model, images, labels, config, bf16)
+        attempts.append((train_dice, model, losses, seed))
+        if not collapsed:
+            break
+    return attempts, collapsed
 
 
 def _as_case(volume: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -490,7 +515,7 @@ def predict_proba(
     model.eval()
 
     def run(x: torch.Tensor) -> Iterator[np.ndarray]:
-        with torch.inference_mode(), _autocast(use_bf16, device):
+        with torch.inference_mode(), bf16_autocast(use_bf16, device):
             logits = model(x)
         proba = torch.sigmoid(logits.float()).contiguous()
         for p in proba if as_tensor else proba.cpu().numpy():
@@ -532,7 +557,7 @@ def predict_mc_dropout(
 
     def run(x: torch.Tensor) -> Iterator[np.ndarray]:
         devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.inference_mode(), _autocast(use_bf16, device):
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(), bf16_autocast(use_bf16, device):
             torch.manual_seed(stream_seed(seed, "mc-dropout-batch", next(counter)))
             draws = torch.stack([torch.sigmoid(model(x).float()) for _ in range(samples)], dim=1)
         draws = draws.contiguous()
@@ -561,76 +586,3 @@ def _batched(model, volumes, batch_size, fmt, run) -> Iterator[np.ndarray]:
         batch.append(case)
     if batch:
         yield from run(torch.stack(batch).to(device=device, memory_format=fmt))
-
-
-_ALLOWED_META = (str, int, float, bool, type(None))
-
-
-def _check_meta(value: object, where: str = "meta") -> None:
-    # torch.load(weights_only=True) accepts only plain containers and scalars; refuse anything else on save
-    # so that a checkpoint that cannot be read back is never written.
-    if isinstance(value, _ALLOWED_META):
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str | int):
-                raise FairalError(f"{where} keys must be str or int, got {type(k).__name__} key {k!r}")
-            _check_meta(v, f"{where}[{k!r}]")
-        return
-    if isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            _check_meta(v, f"{where}[{i}]")
-        return
-    raise FairalError(
-        f"{where} must hold only str, int, float, bool, None, lists, tuples and dicts, "
-        f"got {type(value).__name__}"
-    )
-
-
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict) -> None:
-    """Write ``{"state_dict": model.state_dict(), "meta": meta}`` to ``path`` atomically.
-
-    The file is written beside ``path``, flushed to disk and moved over it (:func:`fairal.io.atomic_write`), so a
-    crash never leaves a half-written checkpoint. Missing parent folders are created.
-    """
-    if not isinstance(meta, dict):
-        raise FairalError(f"meta must be a dict, got {type(meta).__name__}")
-    _check_meta(meta)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_torch(target, {"state_dict": state, "meta": meta})
-
-
-def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict:
-    """Load the weights saved by :func:`save_checkpoint` into ``model`` and return the saved ``meta``.
-
-    Uses ``torch.load(weights_only=True)``, which never runs code from the file.
-
-    Raises:
-        FairalError: naming the file if it is missing, unreadable, not a fairal checkpoint, or holds weights
-            for a different architecture.
-    """
-    source = Path(path)
-    if not source.is_file():
-        raise FairalError(f"checkpoint file not found: {source}")
-    try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch's message advises loading it with weights_only=False: never
-        what = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        raise FairalError(f"checkpoint file {source} holds Python objects, not only weights ("
-                          f"{'it names ' + what.group(1) if what else 'a pickle'}): fairal never loads such a file"
-                          ) from None
-    except Exception as exc:  # torch raises several types (RuntimeError, EOFError, ...)
-        raise FairalError(f"checkpoint file {source} is corrupt or not a torch checkpoint: "
-                          f"{' '.join(str(exc).split())}") from exc
-    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
-        raise FairalError(
-            f"checkpoint file {source} is not a fairal checkpoint: "
-            "expected a dict with 'state_dict' and 'meta'"
-        )
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise FairalError(f"checkpoint file {source} does not match the model's architecture: {exc}") from exc
-    return payload["meta"]

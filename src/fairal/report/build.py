@@ -224,6 +224,27 @@ def _img(path: Path, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/></figure>'
 
 
+#: The page's head: its title and style sheet.
+HEAD = (
+    "<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+    "<title>fairal report</title>",
+    "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
+    "line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;"
+    "padding:3px 7px;text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}"
+    "td.text{text-align:left;white-space:normal;min-width:8em}"
+    ".scroll{overflow-x:auto;max-width:100%}img{max-width:100%;height:auto}figure{margin:1em 0}"
+    ".wide img{max-width:none;width:1050px}"
+    ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5em 1em}"
+    ".banner{background:#fde8e8;border-left:6px solid #c0392b;padding:.7em 1em;font-size:1.05em}</style>"
+    "</head><body>",
+    "<h1>fairal: fairness-aware active learning, results</h1>",
+)
+
+
+def _plural(n: int) -> str:
+    return "s" if n != 1 else ""
+
+
 def build_report(folder: str | Path, out: str | Path | None = None, results: Results | None = None) -> Path:
     """Write the report of the results in ``folder`` into ``out`` (default ``folder/report``); returns the
     path of ``report.html``."""
@@ -244,30 +265,26 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
         write_csv(within(out, "final_budget.csv"), final)
         write_text(within(out, "final_budget.md"), markdown_table(final))
     claims, stats = statistics(results, out)
-    missing = results.missing
     profile = results.settings.get("profile", {}) if results.settings else {}
-    name = str(profile.get("name", "unknown"))
     n_seeds = int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
-        "<title>fairal report</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
-        "line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;"
-        "padding:3px 7px;text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}"
-        "td.text{text-align:left;white-space:normal;min-width:8em}"
-        ".scroll{overflow-x:auto;max-width:100%}img{max-width:100%;height:auto}figure{margin:1em 0}"
-        ".wide img{max-width:none;width:1050px}"
-        ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5em 1em}"
-        ".banner{background:#fde8e8;border-left:6px solid #c0392b;padding:.7em 1em;font-size:1.05em}</style>"
-        "</head><body>",
-        "<h1>fairal: fairness-aware active learning, results</h1>",
-    ]
-    if name in ("smoke", "quick"):
-        parts.append(BANNER.format(profile=html.escape(name)))
+    parts = [*HEAD, *_overview(folder, results, profile, n_seeds), how_to_read(profile), *_previews(results),
+             *_claims_section(results, claims, n_seeds), *_table1_section(t1, profile),
+             *_final_section(final, stats, n_seeds), *_figures_section(figs, n_seeds),
+             *_settings_section(results, profile), "</body></html>"]
+    target = within(out, "report.html")
+    write_text(target, "\n".join(parts))
+    return target
+
+
+def _overview(folder: Path, results: Results, profile: dict, n_seeds: int) -> list[str]:
+    """The banner of a pipeline-check profile, what the folder holds, and which runs are missing or left out."""
+    name = str(profile.get("name", "unknown"))
+    parts = [BANNER.format(profile=html.escape(name))] if name in ("smoke", "quick") else []
     parts.append(f"<p>Results: <code>{html.escape(str(folder.resolve()))}</code>. {len(results.finished)} finished "
-                 f"active-learning run{'s' if len(results.finished) != 1 else ''} of {len(results.expected)} "
-                 f"expected, {n_seeds} seed{'s' if n_seeds != 1 else ''} per run. Profile "
+                 f"active-learning run{_plural(len(results.finished))} of {len(results.expected)} "
+                 f"expected, {n_seeds} seed{_plural(n_seeds)} per run. Profile "
                  f"<b>{html.escape(name)}</b> (settings at the end of this page).</p>")
+    missing = results.missing
     if missing:
         listed = "".join(f"<li>{html.escape(' / '.join(map(str, m)))}</li>" for m in missing[:50])
         more = f"<li>... and {len(missing) - 50} more</li>" if len(missing) > 50 else ""
@@ -278,93 +295,127 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
                          for k, v in list(results.skipped.items())[:50])
         parts.append(f"<div class='warn'><b>Runs left out:</b> {len(results.skipped)} run folders hold records that "
                      f"cannot be used:<ul>{listed}</ul></div>")
-    parts.append(how_to_read(profile))
-    if results.previews:
-        parts.append("<h2>The synthetic data</h2><p>Group 1 (local caudate deformation) against Group 2, per "
-                     "dataset: slices through the left caudate, label frequency per group, volume by group.</p>")
-        for d, path in results.previews.items():  # wide: scrolls on a narrow screen instead of shrinking
-            parts.append(f"<h3>{html.escape(d)} bias</h3><div class='scroll wide'>"
-                         + _img(path, f"preview of the {d} dataset") + "</div>")
+    return parts
+
+
+def _previews(results: Results) -> list[str]:
+    """The synthetic data: each dataset's preview picture."""
+    if not results.previews:
+        return []
+    parts = ["<h2>The synthetic data</h2><p>Group 1 (local caudate deformation) against Group 2, per "
+             "dataset: slices through the left caudate, label frequency per group, volume by group.</p>"]
+    for d, path in results.previews.items():  # wide: scrolls on a narrow screen instead of shrinking
+        parts.append(f"<h3>{html.escape(d)} bias</h3><div class='scroll wide'>"
+                     + _img(path, f"preview of the {d} dataset") + "</div>")
+    return parts
+
+
+def _claims_section(results: Results, claims: pd.DataFrame, n_seeds: int) -> list[str]:
+    """The paper's claims with their verdicts, or why they are not computed or not tested."""
     if not claims.empty:
         view = claims.assign(ci=[f"[{a:+.4f}, {b:+.4f}]" for a, b in zip(claims["ci_low"], claims["ci_high"],
                                                                           strict=True)])
-        if uses_plan(results):
-            view["verdict"] = [f"{v} (within margin)" if w is True and v in ("confirmed", "refuted") else v
-                               for v, w in zip(view["verdict"], view["within_margin"], strict=True)]
-            view = view[["split", "id", "claim", "statistic", "value", "ci", "p_value", "p_holm", "p_tost_holm", "n",
-                         "verdict"]].rename(columns={"ci": "95% CI", "p_holm": "p (Holm)",
-                                                     "p_tost_holm": "TOST p (Holm)"})
-            plan = (results.settings or {}).get("analysis_plan") or {}
-            fixed = (f" (<code>{html.escape(str(plan.get('path')))}</code> at commit "
-                     f"<code>{html.escape(str(plan.get('commit', ''))[:10])}</code>, blob "
-                     f"<code>{html.escape(str(plan.get('blob', ''))[:10])}</code>)") if plan else ""
-            parts.append(f"<h2>The paper's claims</h2><p>{n_seeds} seeds per run. Verdicts under the pre-registered "
-                         f"plan docs/analysis-plan.md{fixed}: the seed is the unit; superiority by sign-flip tests "
-                         "and equivalence by TOST (margins ±0.005 ESSP and Δ, ±0.01 Dice), Holm-adjusted within each "
-                         "family; split <code>eval</code> is the evaluation split (primary), <code>test</code> the "
-                         "paper's 15 + 15 test cases with two-level bootstrap CIs. Files: <code>claims.csv</code>, "
-                         "<code>claims.md</code>, <code>claims_sensitivity.csv</code>, <code>primary.csv</code>, "
-                         "<code>variance_decomposition.csv</code>.</p>" + html_table(view, digits=4))
-        else:
-            view = view[["id", "claim", "statistic", "value", "ci", "p_value", "n", "verdict"]].rename(
-                columns={"ci": "95% CI"})
-            parts.append(f"<h2>The paper's claims</h2><p>{n_seeds} seeds per run. Verdicts under the rule of "
-                         "docs/statistics.md (fixed before the numbers): paired differences (same dataset, initial "
-                         "set and seed) with 95% t intervals and sign-flip permutation tests. Files: "
-                         "<code>claims.csv</code>, <code>claims.md</code>, <code>final_stats.csv</code> (mean and CI "
-                         "per scenario and strategy), <code>paired.csv</code> (WLE against each strategy).</p>"
-                         + html_table(view, digits=4))
-    elif n_seeds and withheld(results, n_seeds):
-        parts.append(f"<h2>The paper's claims</h2><p>Not computed: {html.escape(withheld(results, n_seeds))}.</p>")
-    elif n_seeds and not results.rounds.empty:
-        parts.append(f"<h2>The paper's claims</h2><p>Not tested: {n_seeds} seed{'s' if n_seeds != 1 else ''} per "
-                     f"run; the claims need at least {MIN_SEEDS_FOR_CLAIMS} (one run is an anecdote). "
-                     "<code>fairal reproduce OUT --seeds 5</code>.</p>")
-    if not t1.empty:
-        cohorts = profile.get("cohort_size", 126)
-        view = t1.copy()
-        if "essp_ci_low" in view.columns:
-            view["essp_ci"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(view["essp_ci_low"], view["essp_ci_high"],
-                                                                      strict=True)]
-            view["delta_ci"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(view["delta_ci_low"], view["delta_ci_high"],
-                                                                       strict=True)]
-            view = view.drop(columns=["essp_ci_low", "essp_ci_high", "delta_ci_low", "delta_ci_high"])
-        parts.append(f"<h2>Table 1: baselines by training cohort</h2><p>Cohorts: <code>all</code> "
-                     f"{cohorts // 2} + {cohorts - cohorts // 2}, <code>g1</code> / <code>g2</code> {cohorts} of one "
-                     "group; mean over the training seeds (with their 95% CI when there are several); the paper's "
-                     "numbers beside ours, and its ESSP recomputed by its own Eq. 4. Bold: the best of a dataset.</p>"
-                     + html_table(view, best={"essp": "max", "delta": "min"}, within=["dataset"])
-                     + "<div class='warn'><b>Where the paper does not add up:</b><ul>"
-                     + "".join(f"<li>{html.escape(x)}</li>" for x in PAPER_INCONSISTENCIES) + "</ul></div>")
-    if not final.empty:
-        view = final.copy()
-        if not stats.empty and "essp_ci_low" in stats.columns and n_seeds > 1:
-            ci = stats.set_index(["dataset", "init", "strategy"])
-            keys = list(zip(view["dataset"], view["init"], view["strategy"], strict=True))
-            view["essp_ci"] = [f"[{ci.loc[k, 'essp_ci_low']:.3f}, {ci.loc[k, 'essp_ci_high']:.3f}]" for k in keys]
-        parts.append(f"<h2>Final budget</h2><p>Mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} at the last "
-                     "round of finished runs. Bold: the best of a scenario (highest Dice, ESSP, ESSP AUC; lowest "
-                     "Δ).</p>" + html_table(view, best={"dice_all": "max", "essp": "max", "essp_auc": "max",
-                                                        "delta": "min"}, within=["dataset", "init"]))
-    if figs:
-        band = (f"Lines: mean of {n_seeds} seeds; bands: 95% t interval of the mean across seeds."
-                if n_seeds > 1 else "One seed per run: no band.")
-        parts.append(f"<h2>Figures</h2><p>{band} x axis: labeled images.</p>")
-        for key in sorted(figs, key=lambda k: int(k[3:].split("_")[0])):
-            parts.append(f"<h3>{html.escape(CAPTIONS.get(key, key))}</h3>" + _img(figs[key][0], CAPTIONS.get(key, key)))
-    if results.settings:
-        from fairal import versions
+        return [_plan_claims(results, view, n_seeds) if uses_plan(results) else _rule_claims(view, n_seeds)]
+    if n_seeds and withheld(results, n_seeds):
+        return [f"<h2>The paper's claims</h2><p>Not computed: {html.escape(withheld(results, n_seeds))}.</p>"]
+    if n_seeds and not results.rounds.empty:
+        return [f"<h2>The paper's claims</h2><p>Not tested: {n_seeds} seed{_plural(n_seeds)} per "
+                f"run; the claims need at least {MIN_SEEDS_FOR_CLAIMS} (one run is an anecdote). "
+                "<code>fairal reproduce OUT --seeds 5</code>.</p>"]
+    return []
 
-        profiles = results.profiles or [profile]
-        lines = ["<h2>Settings</h2>", f"<p>{len(profiles)} distinct profile setting"
-                 f"{'s' if len(profiles) != 1 else ''} among the runs"
-                 + (" (runs of different settings are mixed here)" if len(profiles) > 1 else "") + ". Versions of "
-                 "this report's software: " + html.escape(", ".join(f"{k} {v}" for k, v in versions().items()))
-                 + ".</p>"]
-        for prof in profiles:
-            lines.append("<div class='scroll'><pre>" + html.escape(json.dumps(prof, indent=1)) + "</pre></div>")
-        parts += lines
-    parts.append("</body></html>")
-    target = within(out, "report.html")
-    write_text(target, "\n".join(parts))
-    return target
+
+def _plan_claims(results: Results, view: pd.DataFrame, n_seeds: int) -> str:
+    """The claims judged under the pre-registered analysis plan."""
+    view["verdict"] = [f"{v} (within margin)" if w is True and v in ("confirmed", "refuted") else v
+                       for v, w in zip(view["verdict"], view["within_margin"], strict=True)]
+    view = view[["split", "id", "claim", "statistic", "value", "ci", "p_value", "p_holm", "p_tost_holm", "n",
+                 "verdict"]].rename(columns={"ci": "95% CI", "p_holm": "p (Holm)", "p_tost_holm": "TOST p (Holm)"})
+    plan = (results.settings or {}).get("analysis_plan") or {}
+    fixed = (f" (<code>{html.escape(str(plan.get('path')))}</code> at commit "
+             f"<code>{html.escape(str(plan.get('commit', ''))[:10])}</code>, blob "
+             f"<code>{html.escape(str(plan.get('blob', ''))[:10])}</code>)") if plan else ""
+    return (f"<h2>The paper's claims</h2><p>{n_seeds} seeds per run. Verdicts under the pre-registered "
+            f"plan docs/analysis-plan.md{fixed}: the seed is the unit; superiority by sign-flip tests "
+            "and equivalence by TOST (margins ±0.005 ESSP and Δ, ±0.01 Dice), Holm-adjusted within each "
+            "family; split <code>eval</code> is the evaluation split (primary), <code>test</code> the "
+            "paper's 15 + 15 test cases with two-level bootstrap CIs. Files: <code>claims.csv</code>, "
+            "<code>claims.md</code>, <code>claims_sensitivity.csv</code>, <code>primary.csv</code>, "
+            "<code>variance_decomposition.csv</code>.</p>" + html_table(view, digits=4))
+
+
+def _rule_claims(view: pd.DataFrame, n_seeds: int) -> str:
+    """The claims judged under the rule of docs/statistics.md (records made before the analysis plan)."""
+    view = view[["id", "claim", "statistic", "value", "ci", "p_value", "n", "verdict"]].rename(
+        columns={"ci": "95% CI"})
+    return (f"<h2>The paper's claims</h2><p>{n_seeds} seeds per run. Verdicts under the rule of "
+            "docs/statistics.md (fixed before the numbers): paired differences (same dataset, initial "
+            "set and seed) with 95% t intervals and sign-flip permutation tests. Files: "
+            "<code>claims.csv</code>, <code>claims.md</code>, <code>final_stats.csv</code> (mean and CI "
+            "per scenario and strategy), <code>paired.csv</code> (WLE against each strategy).</p>"
+            + html_table(view, digits=4))
+
+
+def _table1_section(t1: pd.DataFrame, profile: dict) -> list[str]:
+    """Table 1: our baselines beside the paper's, and where the paper does not add up."""
+    if t1.empty:
+        return []
+    cohorts = profile.get("cohort_size", 126)
+    view = t1.copy()
+    if "essp_ci_low" in view.columns:
+        view["essp_ci"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(view["essp_ci_low"], view["essp_ci_high"],
+                                                                  strict=True)]
+        view["delta_ci"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(view["delta_ci_low"], view["delta_ci_high"],
+                                                                   strict=True)]
+        view = view.drop(columns=["essp_ci_low", "essp_ci_high", "delta_ci_low", "delta_ci_high"])
+    return [f"<h2>Table 1: baselines by training cohort</h2><p>Cohorts: <code>all</code> "
+            f"{cohorts // 2} + {cohorts - cohorts // 2}, <code>g1</code> / <code>g2</code> {cohorts} of one "
+            "group; mean over the training seeds (with their 95% CI when there are several); the paper's "
+            "numbers beside ours, and its ESSP recomputed by its own Eq. 4. Bold: the best of a dataset.</p>"
+            + html_table(view, best={"essp": "max", "delta": "min"}, within=["dataset"])
+            + "<div class='warn'><b>Where the paper does not add up:</b><ul>"
+            + "".join(f"<li>{html.escape(x)}</li>" for x in PAPER_INCONSISTENCIES) + "</ul></div>"]
+
+
+def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int) -> list[str]:
+    """The final-budget table, with the ESSP's interval across seeds when there are several."""
+    if final.empty:
+        return []
+    view = final.copy()
+    if not stats.empty and "essp_ci_low" in stats.columns and n_seeds > 1:
+        ci = stats.set_index(["dataset", "init", "strategy"])
+        keys = list(zip(view["dataset"], view["init"], view["strategy"], strict=True))
+        view["essp_ci"] = [f"[{ci.loc[k, 'essp_ci_low']:.3f}, {ci.loc[k, 'essp_ci_high']:.3f}]" for k in keys]
+    return [f"<h2>Final budget</h2><p>Mean over {n_seeds} seed{_plural(n_seeds)} at the last "
+            "round of finished runs. Bold: the best of a scenario (highest Dice, ESSP, ESSP AUC; lowest "
+            "Δ).</p>" + html_table(view, best={"dice_all": "max", "essp": "max", "essp_auc": "max",
+                                               "delta": "min"}, within=["dataset", "init"])]
+
+
+def _figures_section(figs: dict[str, list[Path]], n_seeds: int) -> list[str]:
+    """Every figure, in the order of its number, with its caption."""
+    if not figs:
+        return []
+    band = (f"Lines: mean of {n_seeds} seeds; bands: 95% t interval of the mean across seeds."
+            if n_seeds > 1 else "One seed per run: no band.")
+    parts = [f"<h2>Figures</h2><p>{band} x axis: labeled images.</p>"]
+    for key in sorted(figs, key=lambda k: int(k[3:].split("_")[0])):
+        parts.append(f"<h3>{html.escape(CAPTIONS.get(key, key))}</h3>" + _img(figs[key][0], CAPTIONS.get(key, key)))
+    return parts
+
+
+def _settings_section(results: Results, profile: dict) -> list[str]:
+    """The runs' distinct profile settings and the versions of the software that made this report."""
+    if not results.settings:
+        return []
+    from fairal import versions
+
+    profiles = results.profiles or [profile]
+    lines = ["<h2>Settings</h2>", f"<p>{len(profiles)} distinct profile setting"
+             f"{_plural(len(profiles))} among the runs"
+             + (" (runs of different settings are mixed here)" if len(profiles) > 1 else "") + ". Versions of "
+             "this report's software: " + html.escape(", ".join(f"{k} {v}" for k, v in versions().items()))
+             + ".</p>"]
+    for prof in profiles:
+        lines.append("<div class='scroll'><pre>" + html.escape(json.dumps(prof, indent=1)) + "</pre></div>")
+    return lines

@@ -24,37 +24,18 @@ def _final_run(folder: Path, dataset: str) -> Path | None:
     return None
 
 
-def write_examples(folder: Path, results: Results, out: Path) -> list[Path] | None:
-    """Figure 10, when the results folder holds the runs' models and their datasets (a grid folder); else None."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fairal.config import Profile
-    from fairal.data import load_volumes, read_manifest
+def _panels(folder: Path, results: Results) -> list[tuple]:
+    """Per dataset with a finished run of the example strategy, the median test case of each group: (dataset, group,
+    case, Dice, image, truth, probability map, run folder)."""
     from fairal.engine import evaluate
-    from fairal.errors import FairalError
-    from fairal.io import within
-    from fairal.model import UNet3D
-    from fairal.report.figures import literal
-    from fairal.train import load_checkpoint, predict_proba
+    from fairal.train import predict_proba
 
     panels = []
     for dataset in sorted(set(results.rounds["dataset"])):
-        run = _final_run(folder, dataset)
-        if run is None:
+        final = _final_model(folder, dataset)
+        if final is None:
             continue
-        try:
-            settings = json.loads((run / "config.json").read_text())["settings"]
-            profile = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["profile"].items()})
-            data = Path(settings["data_dir"])
-            manifest = read_manifest(data, test_per_group=profile.test_per_group)
-            vol = load_volumes(data, manifest, crop_margin=profile.crop_margin, downsample=profile.downsample)
-            model = UNet3D(features=profile.features)
-            load_checkpoint(max(run.glob("checkpoints/round-*.pt")), model)
-        except (FairalError, OSError, KeyError, TypeError, ValueError):
-            continue  # the data or the model moved: no example, the rest of the report stands
+        run, manifest, vol, model = final
         test = manifest.loc[manifest["split"] == "test", ["case_id", "group"]]
         rows = vol.rows(test["case_id"].tolist())
         dice = np.array(evaluate(model, vol, rows))
@@ -65,6 +46,43 @@ def write_examples(folder: Path, results: Results, out: Path) -> list[Path] | No
             proba = next(predict_proba(model, vol.images[row:row + 1]))
             panels.append((dataset, group, test["case_id"].iloc[pick], float(dice[pick]), vol.images[row, 0].numpy(),
                            vol.labels[row, 0].numpy(), proba, run))
+    return panels
+
+
+def _final_model(folder: Path, dataset: str) -> tuple | None:
+    """The example run of ``dataset``, its manifest, its volumes and its final model; None when there is no such
+    run or its data or model moved (then there is no example, and the rest of the report stands)."""
+    from fairal.config import Profile
+    from fairal.data import load_volumes, read_manifest
+    from fairal.errors import FairalError
+    from fairal.model import load_unet
+
+    run = _final_run(folder, dataset)
+    if run is None:
+        return None
+    try:
+        settings = json.loads((run / "config.json").read_text())["settings"]
+        profile = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["profile"].items()})
+        data = Path(settings["data_dir"])
+        manifest = read_manifest(data, test_per_group=profile.test_per_group)
+        vol = load_volumes(data, manifest, crop_margin=profile.crop_margin, downsample=profile.downsample)
+        model, _ = load_unet(max(run.glob("checkpoints/round-*.pt")), profile.features)
+    except (FairalError, OSError, KeyError, TypeError, ValueError):
+        return None
+    return run, manifest, vol, model
+
+
+def write_examples(folder: Path, results: Results, out: Path) -> list[Path] | None:
+    """Figure 10, when the results folder holds the runs' models and their datasets (a grid folder); else None."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fairal.io import within
+    from fairal.report.figures import literal
+
+    panels = _panels(folder, results)
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 4.0), squeeze=False)

@@ -45,8 +45,12 @@ class Results:
         return [k for k in self.expected if k not in self.finished]
 
 
-def _order(values, preferred):
+def ordered(values, preferred) -> list:
+    """``values`` in the order of ``preferred``, then the others sorted."""
     return [v for v in preferred if v in values] + sorted(v for v in values if v not in preferred)
+
+
+_order = ordered  # the older name, still used by final_table and report/figures.py
 
 
 def load_results(folder: str | Path) -> Results:
@@ -60,21 +64,60 @@ def load_results(folder: str | Path) -> Results:
         raise FairalError(f"results folder not found: {folder}")
     if (folder / "rounds.csv").is_file() and not (folder / "state.json").is_file():
         return load_tidy(folder)
-    if (folder / "state.json").is_file():  # one run folder (fairal run --out X): its own keys from config.json
+    runs = _read_runs(_run_folders(folder))
+    baselines, base_cases = _read_baselines(folder)
+    if runs.rounds.empty and baselines.empty:
+        skipped = runs.skipped
+        why = f"; unreadable: {'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}" if skipped else ""
+        raise FairalError(f"{folder} holds no run (runs/*/*/*/seed-*/rounds.csv) and no baseline{why}")
+    rounds = runs.rounds
+    datasets = ordered(set(rounds["dataset"]) | set(baselines.get("dataset", [])), DATASET_ORDER)
+    inits = ordered(set(rounds["init"]) | set(INIT_ORDER), INIT_ORDER)
+    strategies = ordered(set(rounds["strategy"]) | set(PAPER_STRATEGIES), STRATEGY_ORDER)
+    seeds = sorted(set(rounds["seed"])) or [0]
+    expected = [(d, i, s, n) for d in datasets for i in inits for s in strategies for n in seeds]
+    previews = {d: folder / "data" / d / "preview.png" for d in datasets
+                if (folder / "data" / d / "preview.png").is_file()}
+    return Results(rounds, baselines, runs.finished, expected, runs.settings, previews, runs.skipped, runs.cases,
+                   [p for p in runs.profiles if p], runs.round_cases, base_cases)
+
+
+def _run_folders(folder: Path) -> list[tuple[Path, tuple[str, str, str, int]]]:
+    """The run folders of a results folder with their keys (dataset, init, strategy, seed); a single run's folder
+    (``fairal run --out X``) is its own, keyed by its config.json."""
+    if (folder / "state.json").is_file():
         try:
             s = json.loads((folder / "config.json").read_text())["settings"]
             key = (Path(s["data_dir"]).name, s["init"], s["strategy"], int(s["seed"]))
         except (OSError, ValueError, KeyError) as err:
             raise FairalError(f"{folder} holds a run without a readable config.json: {err}") from err
-        runs = [(folder, key)]
-    else:
-        runs = []
-        for rounds_csv in sorted(folder.glob("runs/*/*/*/seed-*/rounds.csv")):
-            dataset, init, strategy, seed_dir = rounds_csv.parts[-5:-1]
-            try:
-                runs.append((rounds_csv.parent, (dataset, init, strategy, int(seed_dir.split("-", 1)[1]))))
-            except ValueError:
-                continue
+        return [(folder, key)]
+    runs = []
+    for rounds_csv in sorted(folder.glob("runs/*/*/*/seed-*/rounds.csv")):
+        dataset, init, strategy, seed_dir = rounds_csv.parts[-5:-1]
+        try:
+            runs.append((rounds_csv.parent, (dataset, init, strategy, int(seed_dir.split("-", 1)[1]))))
+        except ValueError:
+            continue
+    return runs
+
+
+@dataclass
+class _Runs:
+    """What :func:`_read_runs` gathers from the run folders (the run part of :class:`Results`)."""
+
+    rounds: pd.DataFrame
+    finished: set[tuple[str, str, str, int]]
+    settings: dict
+    skipped: dict[str, str]
+    cases: pd.DataFrame | None
+    profiles: list
+    round_cases: pd.DataFrame | None
+
+
+def _read_runs(runs: list[tuple[Path, tuple[str, str, str, int]]]) -> _Runs:
+    """Every run's rounds; the final-round cases (test and evaluation split) and every round's test cases of the
+    finished ones; the first run's settings and the distinct profiles; the folders whose records cannot be used."""
     frames, case_frames, round_frames, finished, settings, skipped, profiles = [], [], [], set(), {}, {}, []
     for run, key in runs:
         try:
@@ -88,12 +131,9 @@ def load_results(folder: str | Path) -> Results:
         if done:
             finished.add(key)
             if (run / "cases.csv").is_file():
-                c = pd.read_csv(run / "cases.csv", dtype=TEXT_COLUMNS)
-                last = c[(c["round"] == df["round"].max()) & c["split"].isin(MEASURED_SPLITS)]
-                case_frames.append(last.assign(**dict(zip(RUN_KEYS, key, strict=True)))[CASE_KEYS])
-                test = c[c["split"] == "test"]
-                round_frames.append(test.assign(**dict(zip(RUN_KEYS, key, strict=True)))
-                                    [[*RUN_KEYS, "round", "case_id", "group", "dice"]])
+                last, test = _run_cases(run, key, df["round"].max())
+                case_frames.append(last)
+                round_frames.append(test)
         config = run / "config.json"
         if config.is_file():
             run_settings = json.loads(config.read_text()).get("settings", {})
@@ -102,6 +142,24 @@ def load_results(folder: str | Path) -> Results:
                 profiles.append(run_settings.get("profile"))
     rounds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["dataset", "init", "strategy", "seed", "round", "n_labeled"])
+    cases = pd.concat(case_frames, ignore_index=True) if case_frames else None
+    return _Runs(rounds, finished, settings, skipped, cases, profiles,
+                 pd.concat(round_frames, ignore_index=True) if round_frames else None)
+
+
+def _run_cases(run: Path, key: tuple[str, str, str, int], last_round: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A finished run's ``cases.csv``: the final round on the measured splits (:data:`CASE_KEYS`), and every round's
+    test cases (``RUN_KEYS, round, case_id, group, dice``)."""
+    c = pd.read_csv(run / "cases.csv", dtype=TEXT_COLUMNS)
+    last = c[(c["round"] == last_round) & c["split"].isin(MEASURED_SPLITS)]
+    test = c[c["split"] == "test"]
+    keys = dict(zip(RUN_KEYS, key, strict=True))
+    return last.assign(**keys)[CASE_KEYS], test.assign(**keys)[[*RUN_KEYS, "round", "case_id", "group", "dice"]]
+
+
+def _read_baselines(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The baselines' tables under ``folder/baseline/DATASET/`` (one row per cohort, with its dataset) and their
+    per-case Dice (seed 0)."""
     base_frames = []
     for table in sorted(folder.glob("baseline/*/baseline_table.csv")):
         df = pd.read_csv(table)
@@ -112,20 +170,7 @@ def load_results(folder: str | Path) -> Results:
     for table in sorted(folder.glob("baseline/*/baseline_cases.csv")):
         bc = pd.read_csv(table, dtype=TEXT_COLUMNS)
         base_cases.append(bc.assign(dataset=table.parent.name, seed=0))
-    if rounds.empty and baselines.empty:
-        why = f"; unreadable: {'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}" if skipped else ""
-        raise FairalError(f"{folder} holds no run (runs/*/*/*/seed-*/rounds.csv) and no baseline{why}")
-    datasets = _order(set(rounds["dataset"]) | set(baselines.get("dataset", [])), DATASET_ORDER)
-    inits = _order(set(rounds["init"]) | set(INIT_ORDER), INIT_ORDER)
-    strategies = _order(set(rounds["strategy"]) | set(PAPER_STRATEGIES), STRATEGY_ORDER)
-    seeds = sorted(set(rounds["seed"])) or [0]
-    expected = [(d, i, s, n) for d in datasets for i in inits for s in strategies for n in seeds]
-    previews = {d: folder / "data" / d / "preview.png" for d in datasets
-                if (folder / "data" / d / "preview.png").is_file()}
-    cases = pd.concat(case_frames, ignore_index=True) if case_frames else None
-    return Results(rounds, baselines, finished, expected, settings, previews, skipped, cases,
-                   [p for p in profiles if p], pd.concat(round_frames, ignore_index=True) if round_frames else None,
-                   pd.concat(base_cases, ignore_index=True) if base_cases else None)
+    return baselines, pd.concat(base_cases, ignore_index=True) if base_cases else None
 
 
 #: The splits a run is measured on, and the columns of the tidy per-case table.

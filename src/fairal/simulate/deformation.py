@@ -22,7 +22,7 @@ from scipy import ndimage
 from fairal.errors import FairalError
 from fairal.nifti import load_nifti
 from fairal.sampling import stream
-from fairal.simulate.template import Template
+from fairal.simulate.template import Template, resample_to_grid
 
 FORMAT_VERSION = 1
 KINDS = ("velocity", "displacement")
@@ -218,31 +218,11 @@ def default_local_model(
     if sd_mm < 0:
         raise FairalError(f"the local model's SD must be >= 0 mm, got {sd_mm}")
     rng = stream(seed, "local-model")
-    lab = tpl.label
-    t_sp = tpl.spacing
     reach_mm = 4.0 * taper_mm + 4.0
-    idx = np.argwhere(lab)
-    lo = idx.min(0) - reach_mm / t_sp
-    hi = idx.max(0) + reach_mm / t_sp
-    shape, affine = _model_grid(tpl.affine, lo, hi, spacing_mm)
-    # The template's label probability on the model grid (linear), then a signed distance in mm.
-    from fairal.simulate.template import resample_to_grid
-
-    prob = resample_to_grid(tpl.label_prob, tpl.affine, shape, affine, order=1)
-    inside = prob >= 0.5
-    if not inside.any():
-        raise FairalError("the labelled structure is too small for the local model's grid")
-    sp = np.full(3, spacing_mm)
-    signed = ndimage.distance_transform_edt(~inside, sampling=sp) - ndimage.distance_transform_edt(inside, sampling=sp)
-    signed = ndimage.gaussian_filter(signed, smoothness_mm / spacing_mm, mode="nearest")
-    grad_vox = np.stack(np.gradient(signed, *sp))  # d(distance)/d(voxel axis) in mm/mm
-    norm = np.sqrt((grad_vox**2).sum(0)) + 1e-6
-    taper = np.exp(-(signed**2) / (2 * taper_mm**2)).astype(np.float64)
-    # Outward normal in world coordinates (grid axes are the template's directions).
-    direction = affine[:3, :3] / spacing_mm
-    normal_world = np.tensordot(direction, grad_vox / norm, axes=1)
-    pc1 = normal_world * taper
-    pc1 = np.stack([ndimage.gaussian_filter(c, smoothness_mm / spacing_mm, mode="constant") for c in pc1])
+    idx = np.argwhere(tpl.label)
+    shape, affine = _model_grid(tpl.affine, idx.min(0) - reach_mm / tpl.spacing, idx.max(0) + reach_mm / tpl.spacing,
+                                spacing_mm)
+    pc1, taper = _outward_normal(tpl, shape, affine, taper_mm, smoothness_mm, spacing_mm)
     mask = taper > 1e-3
     rest = []
     for _ in range(n_components - 1):
@@ -266,6 +246,30 @@ def default_local_model(
             f"boundary, taper {taper_mm} mm, {n_components} components, grid {spacing_mm} mm, seed {seed}"
         ),
     )
+
+
+def _outward_normal(tpl: Template, shape: tuple[int, ...], affine: np.ndarray, taper_mm: float,
+                    smoothness_mm: float, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """On the local model's grid: the structure's outward surface normal (world components) under the taper
+    ``exp(-d^2 / (2 taper^2))`` of the signed distance ``d`` to its boundary, smoothed (PC1 before scaling), and
+    the taper itself."""
+    # The template's label probability on the model grid (linear), then a signed distance in mm.
+    prob = resample_to_grid(tpl.label_prob, tpl.affine, shape, affine, order=1)
+    inside = prob >= 0.5
+    if not inside.any():
+        raise FairalError("the labelled structure is too small for the local model's grid")
+    sp = np.full(3, spacing_mm)
+    signed = ndimage.distance_transform_edt(~inside, sampling=sp) - ndimage.distance_transform_edt(inside, sampling=sp)
+    signed = ndimage.gaussian_filter(signed, smoothness_mm / spacing_mm, mode="nearest")
+    grad_vox = np.stack(np.gradient(signed, *sp))  # d(distance)/d(voxel axis) in mm/mm
+    norm = np.sqrt((grad_vox**2).sum(0)) + 1e-6
+    taper = np.exp(-(signed**2) / (2 * taper_mm**2)).astype(np.float64)
+    # Outward normal in world coordinates (grid axes are the template's directions).
+    direction = affine[:3, :3] / spacing_mm
+    normal_world = np.tensordot(direction, grad_vox / norm, axes=1)
+    pc1 = normal_world * taper
+    pc1 = np.stack([ndimage.gaussian_filter(c, smoothness_mm / spacing_mm, mode="constant") for c in pc1])
+    return pc1, taper
 
 
 def _read_field(path: Path, shape: tuple[int, ...] | None, affine: np.ndarray | None):

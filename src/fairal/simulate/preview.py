@@ -8,11 +8,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fairal.io import within  # noqa: E402
+from fairal.nifti import load_nifti  # noqa: E402
 
 
 def _examples(manifest: pd.DataFrame) -> list[tuple[str, str]]:
@@ -32,14 +32,29 @@ def _examples(manifest: pd.DataFrame) -> list[tuple[str, str]]:
 def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.DataFrame) -> Path:
     """Slices through the structure's centroid for the template and example subjects (label outlines: subject
     in yellow, template in dashed cyan), per-group label frequency, and the volume distribution by group."""
+    ref = state["template_label_crop"]
+    k = int(np.round(np.argwhere(ref).mean(0)).astype(int)[2])  # axial slice through the structure's centroid
+    n_top = 1 + len(_examples(manifest))
+    fig, axes = plt.subplots(2, max(n_top, 4), figsize=(3.0 * max(n_top, 4), 6.4))
+    _subject_row(axes[0], out, state, manifest, k)
+    _group_row(fig, axes[1], state, results, manifest, k)
+    left = "right" if state["out_affine"][0, 0] < 0 else "left"  # RAS: x falling with i = toward the patient's left
+    fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid "
+                 f"(patient's left on the {left} of each panel)", fontsize=9)
+    fig.tight_layout()
+    path = within(out, "preview.png")
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _subject_row(axes, out: Path, state: dict, manifest: pd.DataFrame, k: int) -> None:
+    """The top row: the template, then the example subjects (:func:`_examples`) read back from ``out``."""
     box = state["preview_box"]
     ref = state["template_label_crop"]
-    centroid = np.round(np.argwhere(ref).mean(0)).astype(int)
-    k = int(centroid[2])  # axial slice through the structure's centroid (third axis of the grid)
     zoom = (box[0], box[1])
-    tpl = state["template"]
     start = state["crop_start"]
-    tpl_img = tpl.image[
+    tpl_img = state["template"].image[
         tuple(slice(int(s), int(s) + n) for s, n in zip(start, state["shape"], strict=True))
     ]
 
@@ -53,17 +68,19 @@ def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.
         ax.axis("off")
 
     picks = _examples(manifest)
-    n_top = 1 + len(picks)
-    fig, axes = plt.subplots(2, max(n_top, 4), figsize=(3.0 * max(n_top, 4), 6.4))
-    show(axes[0, 0], tpl_img, None, "template\n(cyan: template label)")
-    for ax, (case_id, title) in zip(axes[0, 1:], picks, strict=False):
-        img = np.asarray(nib.load(str(out / "images" / f"{case_id}.nii.gz")).dataobj)
-        lab = np.asarray(nib.load(str(out / "labels" / f"{case_id}.nii.gz")).dataobj)
+    show(axes[0], tpl_img, None, "template\n(cyan: template label)")
+    for ax, (case_id, title) in zip(axes[1:], picks, strict=False):
+        img = np.asarray(load_nifti(out / "images" / f"{case_id}.nii.gz", "image", case_id, read=False).dataobj)
+        lab = np.asarray(load_nifti(out / "labels" / f"{case_id}.nii.gz", "label", case_id, read=False).dataobj)
         show(ax, img, lab, title)
-    for ax in axes[0, n_top:]:
+    for ax in axes[1 + len(picks):]:
         ax.axis("off")
 
-    # Label frequency per group, on the axial slice of the preview box.
+
+def _group_row(fig, axes, state: dict, results: dict, manifest: pd.DataFrame, k: int) -> None:
+    """The bottom row: each group's label frequency on the slice, their difference, and the volumes by group."""
+    box = state["preview_box"]
+    ref = state["template_label_crop"]
     kb = k - box[2].start
     freq = {}
     for g in (1, 2):
@@ -72,20 +89,20 @@ def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.
             freq[g] = np.mean([results[c]["preview_label"][:, :, kb] for c in ids], axis=0)
     ref_box = ref[box][:, :, kb].astype(float)
     for col, g in enumerate((1, 2)):
-        ax = axes[1, col]
+        ax = axes[col]
         if g in freq:
             im = ax.imshow(freq[g].T, cmap="magma", vmin=0, vmax=1, origin="lower")
             ax.contour(ref_box.T, levels=[0.5], colors="cyan", linestyles="--", linewidths=1)
             fig.colorbar(im, ax=ax, fraction=0.046)
         ax.set_title(f"Group {g}: label frequency\n(n = {int((manifest['group'] == g).sum())})", fontsize=8)
         ax.axis("off")
-    ax = axes[1, 2]
+    ax = axes[2]
     if 1 in freq and 2 in freq:
         im = ax.imshow((freq[1] - freq[2]).T, cmap="RdBu_r", vmin=-1, vmax=1, origin="lower")
         fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title("frequency, Group 1 - Group 2", fontsize=8)
     ax.axis("off")
-    ax = axes[1, 3]
+    ax = axes[3]
     for g, colour in ((1, "tab:red"), (2, "tab:blue")):
         v = manifest.loc[manifest["group"] == g, "label_volume_mm3"]
         if len(v):
@@ -95,13 +112,5 @@ def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.
     ax.set_ylabel("subjects", fontsize=8)
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
-    for ax in axes[1, 4:]:
+    for ax in axes[4:]:
         ax.axis("off")
-    left = "right" if state["out_affine"][0, 0] < 0 else "left"  # RAS: x falling with i = toward the patient's left
-    fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid "
-                 f"(patient's left on the {left} of each panel)", fontsize=9)
-    fig.tight_layout()
-    path = within(out, "preview.png")
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return path

@@ -118,6 +118,26 @@ def load_template(
     template, label = Path(template), Path(label)  # type: ignore[arg-type]
     t_img = load_nifti(template, "template")
     l_img = load_nifti(label, "label map", read=False)
+    image = _template_image(t_img, template)
+    if len(l_img.shape) == 4:
+        prob = _atlas_probability(l_img, label, label_value)
+    elif len(l_img.shape) == 3:
+        prob = _label_probability(l_img, label, label_value)
+    else:
+        raise FairalError(f"label map {label} must be 3D (labels) or 4D (probabilities), got shape {l_img.shape}")
+    prob = resample_to_grid(prob, l_img.affine, image.shape, t_img.affine)
+    _check_overlap(image, prob >= 0.5, template, label)
+    return Template(
+        image=image,
+        label_prob=prob.astype(np.float32),
+        affine=t_img.affine.astype(np.float64),
+        sources={"template": str(template), "label": str(label), "label_value": str(label_value)},
+        checksums={str(template): sha256(template), str(label): sha256(label)},
+    )
+
+
+def _template_image(t_img, template: Path) -> np.ndarray:
+    """The template's voxels: a 3D image with a positive (brain) voxel and more than two values (not a mask)."""
     if len(t_img.shape) != 3:
         raise FairalError(f"template {template} must be a 3D image, got shape {t_img.shape}")
     image = image_data(t_img, "template", template)
@@ -126,37 +146,48 @@ def load_template(
     if np.unique(image[::4, ::4, ::4]).size <= 2 and np.unique(image).size <= 2:
         raise FairalError(f"template {template} holds only the values {np.unique(image).tolist()}: a mask, not a T1 "
                           "image (give the image as --template and the structure as --label)")
-    if len(l_img.shape) == 4:
-        n_vol = l_img.shape[3]
-        idx = 0 if label_value is None else int(label_value)
-        if not 0 <= idx < n_vol or (label_value is not None and idx != label_value):
-            raise FairalError(
-                f"label value {label_value} is not a volume of the 4D atlas {label} (volumes 0..{n_vol - 1})"
-            )
-        try:  # read only the one volume: the whole atlas is ~0.5 GB as floats
-            prob = np.asarray(l_img.dataobj[..., idx], dtype=np.float32)
-        except Exception as err:
-            raise FairalError(f"label map {label} is not a readable NIfTI image: {err}") from err
-        if prob.max() > 1.0:  # atlases in percent (Harvard-Oxford)
-            prob = prob / 100.0
-        prob = np.clip(prob, 0.0, 1.0)
-        if not np.any(prob >= 0.5):
-            raise FairalError(f"volume {idx} of the atlas {label} never reaches probability 0.5: no structure")
-    elif len(l_img.shape) == 3:
-        try:
-            raw = np.asarray(l_img.get_fdata(dtype=np.float32))
-        except Exception as err:
-            raise FairalError(f"label map {label} is not a readable NIfTI image: {err}") from err
-        value = 1.0 if label_value is None else float(label_value)
-        prob = (np.abs(raw - value) < 0.5).astype(np.float32)
-        if not prob.any():
-            present = np.unique(np.round(raw)).astype(int)
-            shown = ", ".join(map(str, present[:20])) + (" ..." if present.size > 20 else "")
-            raise FairalError(f"label value {label_value:g} does not occur in the label map {label} (values: {shown})")
-    else:
-        raise FairalError(f"label map {label} must be 3D (labels) or 4D (probabilities), got shape {l_img.shape}")
-    prob = resample_to_grid(prob, l_img.affine, image.shape, t_img.affine)
-    structure = prob >= 0.5
+    return image
+
+
+def _atlas_probability(l_img, label: Path, label_value: float | None) -> np.ndarray:
+    """Volume ``label_value`` (default 0) of a 4D probability atlas, in 0..1 (an atlas in percent is divided by
+    100); it must reach 0.5 somewhere."""
+    n_vol = l_img.shape[3]
+    idx = 0 if label_value is None else int(label_value)
+    if not 0 <= idx < n_vol or (label_value is not None and idx != label_value):
+        raise FairalError(
+            f"label value {label_value} is not a volume of the 4D atlas {label} (volumes 0..{n_vol - 1})"
+        )
+    try:  # read only the one volume: the whole atlas is ~0.5 GB as floats
+        prob = np.asarray(l_img.dataobj[..., idx], dtype=np.float32)
+    except Exception as err:
+        raise FairalError(f"label map {label} is not a readable NIfTI image: {err}") from err
+    if prob.max() > 1.0:  # atlases in percent (Harvard-Oxford)
+        prob = prob / 100.0
+    prob = np.clip(prob, 0.0, 1.0)
+    if not np.any(prob >= 0.5):
+        raise FairalError(f"volume {idx} of the atlas {label} never reaches probability 0.5: no structure")
+    return prob
+
+
+def _label_probability(l_img, label: Path, label_value: float | None) -> np.ndarray:
+    """The voxels of a 3D label map equal to ``label_value`` (default 1, to within 0.5) as a 0/1 map."""
+    try:
+        raw = np.asarray(l_img.get_fdata(dtype=np.float32))
+    except Exception as err:
+        raise FairalError(f"label map {label} is not a readable NIfTI image: {err}") from err
+    value = 1.0 if label_value is None else float(label_value)
+    prob = (np.abs(raw - value) < 0.5).astype(np.float32)
+    if not prob.any():
+        present = np.unique(np.round(raw)).astype(int)
+        shown = ", ".join(map(str, present[:20])) + (" ..." if present.size > 20 else "")
+        raise FairalError(f"label value {label_value:g} does not occur in the label map {label} (values: {shown})")
+    return prob
+
+
+def _check_overlap(image: np.ndarray, structure: np.ndarray, template: Path, label: Path) -> None:
+    """Refuse a structure outside the template's grid, or mostly outside its brain: label and template do not
+    match."""
     if not structure.any():
         raise FairalError(
             f"the label map {label} does not overlap the template {template} in world space "
@@ -168,13 +199,6 @@ def load_template(
             f"only {100 * inside.mean():.0f}% of the structure in {label} lies inside the template's brain "
             f"({template}): the label and the template do not match"
         )
-    return Template(
-        image=image,
-        label_prob=prob.astype(np.float32),
-        affine=t_img.affine.astype(np.float64),
-        sources={"template": str(template), "label": str(label), "label_value": str(label_value)},
-        checksums={str(template): sha256(template), str(label): sha256(label)},
-    )
 
 
 def crop_box(tpl: Template, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
