@@ -210,7 +210,7 @@ def crop_box(
     return tuple((int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
-def _normalise(image: np.ndarray) -> np.ndarray:
+def normalise_intensity(image: np.ndarray) -> np.ndarray:
     """Scale intensities to about 0..1 by the 99.5th percentile of the non-zero voxels (one rule for all cases)."""
     nz = image[image > 0]
     scale = float(np.percentile(nz, 99.5)) if nz.size else 1.0
@@ -291,7 +291,7 @@ def _load_case(case: str, img_path: str, lab_path: str, shape: tuple, sl: tuple,
                           f"{tuple(img_nii.shape)}")
     img = image_data(img_nii, "image", img_path, case)
     lab = label_data(lab_nii, "label", lab_path, case)
-    t_img = torch.from_numpy(_normalise(img[sl]).astype(np.float32))[None]
+    t_img = torch.from_numpy(normalise_intensity(img[sl]).astype(np.float32))[None]
     t_lab = torch.from_numpy(lab[sl].astype(np.uint8))[None]
     return _downsample(t_img, t_lab, downsample)
 

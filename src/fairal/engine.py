@@ -31,7 +31,7 @@ from fairal.acquisition import (
 from fairal.config import Profile
 from fairal.data import Case, VolumeSet
 from fairal.metrics import dice_from_proba
-from fairal.model import UNet3D
+from fairal.model import UNet3D, build_unet
 from fairal.packed import Member
 from fairal.train import TrainConfig, TrainResult, load_checkpoint, predict_mc_dropout, predict_proba, train_model
 
@@ -44,7 +44,7 @@ def model_factory(profile: Profile, volumes: VolumeSet, train_rows: list[int], d
     prior = min(max(prior, 1e-4), 0.5) if prior is not None else None
 
     def build() -> UNet3D:
-        model = UNet3D(features=profile.features, foreground_prior=prior, dropout=dropout)
+        model = build_unet(profile.features, foreground_prior=prior, dropout=dropout)
         if warm_from is not None:
             load_checkpoint(warm_from, model)
         return model

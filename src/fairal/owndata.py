@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from nibabel.processing import resample_from_to
 
-from fairal.data import VolumeSet, _normalise, check_case_ids, read_table
+from fairal.data import VolumeSet, check_case_ids, normalise_intensity, read_table
 from fairal.errors import FairalError
 from fairal.nifti import check_voxels, image_data, label_data, load_nifti, valid_affine, volume_3d
 
@@ -211,7 +211,7 @@ def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2, label_value: f
                               "all images in one world space (e.g. registered to one template)?")
         target = (grid.shape, grid.affine)
         res = resample_from_to(nib.Nifti1Image(data, img.affine), target, order=1, mode="constant", cval=0.0)
-        image = _normalise(np.asarray(res.dataobj, dtype=np.float32))
+        image = normalise_intensity(np.asarray(res.dataobj, dtype=np.float32))
         label, absent = np.zeros(grid.shape, np.uint8), None
         if lab_path:
             lab = _load(lab_path, case, "label")

@@ -27,10 +27,10 @@ from fairal.data import case_records
 from fairal.engine import acquisition_round, evaluate, fit, model_factory
 from fairal.errors import FairalError
 from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
-from fairal.model import UNet3D
+from fairal.model import UNet3D, load_unet
 from fairal.owndata import Grid, load_cases, read_cases, structure_grid, to_case_grid
 from fairal.sampling import stream, stream_seed
-from fairal.train import check_device, load_checkpoint, predict_proba, save_checkpoint, train_model
+from fairal.train import check_device, predict_proba, save_checkpoint, train_model
 
 #: Fewest cases of known group per group for the group classifier; below it, group frequencies are used.
 MIN_PER_GROUP = 5
@@ -133,8 +133,7 @@ def case_features(model: UNet3D, images: torch.Tensor, batch_size: int = 8) -> n
 def _model_for(path: Path, profile: Profile, dropout: float) -> tuple[UNet3D, dict]:
     """The U-Net of the profile's architecture with the weights of a model saved by ``fairal query`` (a clear
     error for another architecture, or a checkpoint without the grid it was trained on, e.g. a run's)."""
-    model = UNet3D(features=profile.features, dropout=dropout)
-    meta = load_checkpoint(path, model)
+    model, meta = load_unet(path, profile.features, dropout=dropout)
     if not isinstance(meta, dict) or "grid" not in meta:
         raise FairalError(f"{path} is not a model saved by fairal query (it carries no analysis grid); use the "
                           "model.pt of an earlier query's output folder")

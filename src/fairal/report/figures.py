@@ -24,8 +24,8 @@ from fairal.report.records import (  # noqa: E402
     INIT_ORDER,
     STRATEGY_ORDER,
     Results,
-    _order,
     curves,
+    ordered,
     split_cases,
 )
 
@@ -63,7 +63,7 @@ def _style(strategy: str, index: int) -> dict:
 
 def _panel(ax, table: pd.DataFrame, dataset: str, init: str, n_seeds: int, strategies, column: str = "mean"
            ) -> None:
-    for i, strategy in enumerate(_order(set(table["strategy"]) & set(strategies), STRATEGY_ORDER)):
+    for i, strategy in enumerate(ordered(set(table["strategy"]) & set(strategies), STRATEGY_ORDER)):
         c = table[(table["dataset"] == dataset) & (table["init"] == init) & (table["strategy"] == strategy)]
         if c.empty:
             continue
@@ -137,7 +137,7 @@ def _group_dice_figure(results: Results, path: Path, datasets, inits) -> list[Pa
 def _case_dice_figure(cases: pd.DataFrame, path: Path, datasets) -> list[Path]:
     """Per-case test Dice by group at the final budget (all seeds and initial sets): one box per strategy and
     group, the cases as dots."""
-    strategies = _order(set(cases["strategy"]) & set(PAPER_STRATEGIES), STRATEGY_ORDER)
+    strategies = ordered(set(cases["strategy"]) & set(PAPER_STRATEGIES), STRATEGY_ORDER)
     groups = sorted(set(cases["group"]), key=str)
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False, sharey=True)
     for j, d in enumerate(datasets):
@@ -177,8 +177,8 @@ def write_figures(results: Results, out: Path) -> dict[str, list[Path]]:
     out.mkdir(parents=True, exist_ok=True)
     if results.rounds.empty:
         return {}
-    datasets = _order(set(results.rounds["dataset"]), DATASET_ORDER)
-    inits = _order(set(results.rounds["init"]), INIT_ORDER)
+    datasets = ordered(set(results.rounds["dataset"]), DATASET_ORDER)
+    inits = ordered(set(results.rounds["init"]), INIT_ORDER)
     figs = {}
 
     def grid_of(metric):
@@ -193,7 +193,7 @@ def write_figures(results: Results, out: Path) -> dict[str, list[Path]]:
         figs["fig3_group1_ratio"] = _figure(results, grid_of("g1_ratio"), out / "fig3_group1_ratio")
     extra = set(results.rounds["strategy"]) - set(PAPER_STRATEGIES)
     if extra:
-        shown = ["entropy", "weighted-localized-entropy", *_order(extra, STRATEGY_ORDER)]
+        shown = ["entropy", "weighted-localized-entropy", *ordered(extra, STRATEGY_ORDER)]
         figs["fig5_beyond_essp"] = _figure(results, grid_of("essp"), out / "fig5_beyond_essp", strategies=shown)
         figs["fig6_beyond_delta"] = _figure(results, grid_of("delta"), out / "fig6_beyond_delta", strategies=shown)
     if any(c.startswith("dice_g") for c in results.rounds.columns):

@@ -50,7 +50,6 @@ def ordered(values, preferred) -> list:
     return [v for v in preferred if v in values] + sorted(v for v in values if v not in preferred)
 
 
-_order = ordered  # the older name, still used by final_table and report/figures.py
 
 
 def load_results(folder: str | Path) -> Results:
@@ -288,9 +287,9 @@ def final_table(results: Results) -> pd.DataFrame:
     ref = np.array([ent.get((d, i), np.nan) for d, i in zip(table["dataset"], table["init"], strict=True)])
     with np.errstate(divide="ignore", invalid="ignore"):
         table["delta_reduction_vs_entropy"] = 1 - table["delta"].to_numpy() / ref
-    rank = {s: i for i, s in enumerate(_order(set(table["strategy"]), STRATEGY_ORDER))}
-    table["_d"] = table["dataset"].map({d: i for i, d in enumerate(_order(set(table["dataset"]), DATASET_ORDER))})
-    table["_i"] = table["init"].map({d: i for i, d in enumerate(_order(set(table["init"]), INIT_ORDER))})
+    rank = {s: i for i, s in enumerate(ordered(set(table["strategy"]), STRATEGY_ORDER))}
+    table["_d"] = table["dataset"].map({d: i for i, d in enumerate(ordered(set(table["dataset"]), DATASET_ORDER))})
+    table["_i"] = table["init"].map({d: i for i, d in enumerate(ordered(set(table["init"]), INIT_ORDER))})
     table["_s"] = table["strategy"].map(rank)
     return table.sort_values(["_d", "_i", "_s"]).drop(columns=["_d", "_i", "_s"]).reset_index(drop=True)
 
