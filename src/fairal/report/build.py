@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fairal.io import check_output_folder, within, write_csv, write_text
+from fairal.metrics import METRICS
 from fairal.report.examples import write_examples
 from fairal.report.figures import write_figures
 from fairal.report.records import Results, final_table, load_results
@@ -386,10 +387,14 @@ def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int) -> li
         ci = stats.set_index(["dataset", "init", "strategy"])
         keys = list(zip(view["dataset"], view["init"], view["strategy"], strict=True))
         view["essp_ci"] = [f"[{ci.loc[k, 'essp_ci_low']:.3f}, {ci.loc[k, 'essp_ci_high']:.3f}]" for k in keys]
+    # the best of a scenario by each measure's direction in the metric table
+    best = {"dice_all": "max", "essp_auc": "max",
+            **{m.name: "max" if m.higher_is_better else "min" for m in METRICS.values() if m.name in view.columns}}
+    words = "; ".join(f"{'highest' if d == 'max' else 'lowest'} {', '.join(k for k, v in best.items() if v == d)}"
+                      for d in ("max", "min") if d in best.values())
     return [f"<h2>Final budget</h2><p>Mean over {n_seeds} seed{_plural(n_seeds)} at the last "
-            "round of finished runs. Bold: the best of a scenario (highest Dice, ESSP, ESSP AUC; lowest "
-            "Δ).</p>" + html_table(view, best={"dice_all": "max", "essp": "max", "essp_auc": "max",
-                                               "delta": "min"}, within=["dataset", "init"])]
+            f"round of finished runs. Bold: the best of a scenario ({html.escape(words)}).</p>"
+            + html_table(view, best=best, within=["dataset", "init"])]
 
 
 def _figures_section(figs: dict[str, list[Path]], n_seeds: int) -> list[str]:
