@@ -385,7 +385,8 @@ def report(
     results: Annotated[Path, typer.Argument(help="Results folder (from fairal reproduce), complete or partial.")],
     out: Annotated[Path | None, typer.Option(help="Report folder (default: RESULTS/report).")] = None,
 ) -> None:
-    """The paper's Table 1 and Figures 1-4 from the runs in RESULTS: CSV/Markdown tables, PNG/SVG figures and
+    """The paper's Table 1, Figures 1-4 and six figures beyond them, from the runs in RESULTS: CSV/Markdown
+    tables, PNG/SVG figures and
     one self-contained report.html."""
     from fairal.report import build_report
     from fairal.report.records import load_results

@@ -18,9 +18,6 @@ from fairal.metrics import EVAL_PREFIX, METRICS, fairness_columns, fairness_summ
 from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
 from fairal.train import check_device, save_checkpoint, train_model
 
-#: The paper's training cohorts: balanced (an equal share of each group), then one cohort of each group alone.
-COHORTS = ("all", "g1", "g2")
-
 
 def baseline_columns(groups: list) -> list[str]:
     """``baseline_table.csv``'s columns; for the paper's groups: cohort, dice_g1, dice_g2, dice_all, essp, delta

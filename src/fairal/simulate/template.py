@@ -181,7 +181,7 @@ def _label_probability(l_img, label: Path, label_value: float | None) -> np.ndar
     if not prob.any():
         present = np.unique(np.round(raw)).astype(int)
         shown = ", ".join(map(str, present[:20])) + (" ..." if present.size > 20 else "")
-        raise FairalError(f"label value {label_value:g} does not occur in the label map {label} (values: {shown})")
+        raise FairalError(f"label value {value:g} does not occur in the label map {label} (values: {shown})")
     return prob
 
 
