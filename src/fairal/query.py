@@ -156,6 +156,7 @@ class _Query:
     label_value: float | None
     progress: bool
     cases: pd.DataFrame = None
+    records: dict = field(default_factory=dict)  # case id -> its record (id, group or None, split, files)
     model: UNet3D = None
     grid: Grid = None
     vol: object = None
@@ -199,7 +200,7 @@ def run_query(
     _check_query(q, overwrite)
     _query_model(q, spacing)
     _unlabeled_groups(q)
-    rnd = acquisition_round(q.model, q.vol, q.labeled_ids, q.unlabeled_ids, case_records(q.cases), q.order, q.strat,
+    rnd = acquisition_round(q.model, q.vol, q.labeled_ids, q.unlabeled_ids, q.records, q.order, q.strat,
                             profile, budget, rng=stream(seed, "query-selection"),
                             mc_seed=stream_seed(seed, "mc-dropout", 0), weigh=q.strat.weighted,
                             weight_dice=lambda dice: _weight_dice(q, dice), p_group=q.p_group)
@@ -216,6 +217,7 @@ def _check_query(q: _Query, overwrite: bool) -> None:
         raise FairalError(f"--budget must be a whole number >= 1, got {q.budget!r}")
     check_device(q.profile.device)
     cases = q.cases = read_cases(q.csv_path, q.group_by)
+    q.records = case_records(cases)
     # The output folder: never one that holds the user's data, replaced only if fairal made it.
     check_replaceable(q.out, overwrite, [q.csv_path, *cases["image_path"], *[p for p in cases["label_path"] if p]])
     n_unlabeled = int((~cases["labeled"]).sum())
@@ -258,7 +260,7 @@ def _unlabeled_groups(q: _Query) -> None:
     group is known, else from the group classifier on the model's features."""
     cases = q.cases
     q.order = sorted({g for g in cases.loc[cases["group_known"], "group"]}, key=str)
-    records_of = case_records(cases)
+    records_of = q.records
     known_u, unlabeled_ids = q.known_u, q.unlabeled_ids
     q.gm = GroupModel("none needed", q.order, np.zeros((0, len(q.order))))
     q.p_group = np.zeros((len(unlabeled_ids), len(q.order)))
@@ -280,7 +282,7 @@ def _weight_dice(q: _Query, labeled_dice: list[float]) -> list[float]:
     """The Dice behind the group weights: the labeled cases' own, or out of fold (``--group-dice``)."""
     if q.group_dice != "cross-validated" or not q.strat.weighted:
         return labeled_dice
-    records_of = case_records(q.cases)
+    records_of = q.records
     lab_groups = [records_of[c].group for c in q.labeled_ids]
     return out_of_fold_dice(q.vol, q.vol.rows(q.labeled_ids), lab_groups, q.profile, q.seed, q.dropout,
                             progress=q.progress)
@@ -289,7 +291,7 @@ def _weight_dice(q: _Query, labeled_dice: list[float]) -> list[float]:
 def _query_table(q: _Query, rnd) -> pd.DataFrame:
     """``query.csv``: every unlabeled case, best first, with its score, weight, statistics (one column each, from
     the strategy table), group probabilities and the reason for its rank."""
-    stats, records_of, known_u = rnd.stats, case_records(q.cases), q.known_u
+    stats, records_of, known_u = rnd.stats, q.records, q.known_u
     pos = {c: i for i, c in enumerate(q.unlabeled_ids)}
     voxel_ml = float(np.prod(q.grid.spacing)) / 1000.0
     records = []
@@ -313,7 +315,7 @@ def _write_query(q: _Query, rnd, table: pd.DataFrame, montage_cases: int) -> Non
     are predicted again for these few cases rather than kept for the whole pool."""
     from fairal.report.montage import write_montage
 
-    records_of, pos = case_records(q.cases), {c: i for i, c in enumerate(q.unlabeled_ids)}
+    records_of, pos = q.records, {c: i for i, c in enumerate(q.unlabeled_ids)}
     batch = rnd.ranking()[:q.budget]
     probas = list(predict_proba(q.model, q.vol.images[q.vol.rows(batch)], batch_size=8))
     rois = [roi_mask(p, q.profile.roi_dilation, q.vol.roi[0].numpy())[0] for p in probas]
