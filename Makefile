@@ -18,6 +18,7 @@ install: $(BIN)/fairal
 
 demo: install
 	$(BIN)/fairal reproduce $(OUT) --profile quick
+	@echo "fairal is installed in $(VENV): 'source $(VENV)/bin/activate' puts it on your PATH"
 
 smoke: install
 	$(BIN)/fairal reproduce $(OUT)-smoke --profile smoke
