@@ -250,61 +250,125 @@ def run(
     stdout.print(f"records in {out}: rounds.csv, cases.csv, selections.csv")
 
 
+StudyProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Settings profile: smoke, quick, "
+                                                     "standard, paper (default: the study file's, else standard).")]
+SeedsOpt = Annotated[int | None, typer.Option(help="Seeds per dataset, initial set and strategy (default: the "
+                                             "study's, else the profile's).")]
+JobsOpt = Annotated[int, typer.Option(help="Worker processes of the local executor (0 = one per core).")]
+ExecutorOpt = Annotated[str, typer.Option(help="Where the tasks run: local (a process pool) or ray (one Ray task "
+                                          "per run, on a local Ray or a cluster).")]
+AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join: auto or ray://HOST:PORT (default: a "
+                                                "local Ray).")]
+CpusOpt = Annotated[int, typer.Option(help="CPUs (and torch threads) per Ray task.")]
+GpusOpt = Annotated[float, typer.Option(help="GPUs per Ray task, fractional (e.g. 0.25).")]
+StrategiesOpt = Annotated[str | None, typer.Option(help="Comma-separated strategies of the grid (default: the "
+                                                   "study's, else the profile's).")]
+PackOpt = Annotated[str, typer.Option(help="Train the runs of one dataset and seed in lockstep as one task: auto "
+                                      "(when they train on a GPU), on or off.")]
+PackSizeOpt = Annotated[int, typer.Option(help="At most this many runs per lockstep task (0: all of a dataset "
+                                          "and seed).")]
+QuietOpt = Annotated[bool, typer.Option(help="No progress output.")]
+
+
+@app.command()
+@_clear_errors
+def study(
+    source: Annotated[str, typer.Argument(metavar="STUDY", help="A study file (TOML; see docs/studies.md) or a "
+                                          "built-in study: paper.")],
+    out: Annotated[Path, typer.Argument(help="Output folder: data/, baseline/, runs/, report/.")],
+    profile: StudyProfileOpt = None, seeds: SeedsOpt = None, jobs: JobsOpt = 0, executor: ExecutorOpt = "local",
+    address: AddressOpt = None, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0.0,
+    strategies: StrategiesOpt = None, pack: PackOpt = "auto", pack_size: PackSizeOpt = 0, set_: SetOpt = None,
+    reuse: Annotated[Path | None, typer.Option(help="Another results folder: its finished runs of identical "
+                                               "settings on the same data files are linked, not run again.")]
+    = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a study: its datasets (simulated, or a lab's labeled cohort), initial sets, strategies and seeds, with
+    the statistics and report; resumable. The command line overrides the file."""
+    from fairal.study import load_study
+
+    _run_study(load_study(source), out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task,
+               strategies, pack, pack_size, set_, quiet, reuse)
+
+
 @app.command()
 @_clear_errors
 def reproduce(
     out: Annotated[Path, typer.Argument(help="Output folder: data/, baseline/, runs/, report/.")],
-    profile: ProfileOpt = "quick",
-    seeds: Annotated[int | None, typer.Option(help="Seeds per scenario (default: the profile's).")] = None,
-    jobs: Annotated[int, typer.Option(help="Worker processes of the local executor (0 = one per core).")] = 0,
-    executor: Annotated[str, typer.Option(help="Where the tasks run: local (a process pool) or ray (one Ray task per "
-                                          "run, on a local Ray or a cluster).")] = "local",
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster to join: auto or ray://HOST:PORT (default: a local Ray).")
-    ] = None,
-    cpus_per_task: Annotated[int, typer.Option(help="CPUs (and torch threads) per Ray task.")] = 1,
-    gpus_per_task: Annotated[float, typer.Option(help="GPUs per Ray task, fractional (e.g. 0.25).")] = 0.0,
-    strategies: Annotated[
-        str | None, typer.Option(help="Comma-separated strategies of the grid (default: the profile's).")
-    ] = None,
-    pack: Annotated[str, typer.Option(help="Train the runs of one dataset and seed in lockstep as one task: auto "
-                                      "(when they train on a GPU), on or off.")] = "auto",
-    pack_size: Annotated[int, typer.Option(help="At most this many runs per lockstep task (0: all of a dataset "
-                                           "and seed).")] = 0,
-    set_: SetOpt = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    profile: ProfileOpt = "quick", seeds: SeedsOpt = None, jobs: JobsOpt = 0, executor: ExecutorOpt = "local",
+    address: AddressOpt = None, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0.0,
+    strategies: StrategiesOpt = None, pack: PackOpt = "auto", pack_size: PackSizeOpt = 0, set_: SetOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
-    """The paper's whole experiment: both datasets, baselines, and the grid of AL runs, resumable."""
+    """The paper's whole experiment (the built-in study paper): both datasets, baselines, and the grid of AL
+    runs, resumable."""
+    from fairal.study import paper_study
+
+    _run_study(paper_study(), out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task,
+               strategies, pack, pack_size, set_, quiet)
+
+
+def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task, strategies,
+               pack, pack_size, set_, quiet, reuse=None) -> None:
+    """The grid of a study, then its report and its final table on the console."""
+    import dataclasses
+
     from fairal.config import get_profile, parse_overrides
-    from fairal.experiments import reproduce as run_grid
+    from fairal.experiments import run_study
+    from fairal.study import Arm
 
-    overrides = parse_overrides(set_)
-    if strategies is not None:
-        overrides["strategies"] = strategies
-    prof = get_profile(profile, overrides)
-    run_grid(out, prof, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor, address=address,
-             cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack, pack_size=pack_size)
-    import pandas as pd
-
-    from fairal.metrics import METRICS
+    cli = parse_overrides(set_)
+    base = get_profile(profile or the_study.profile or "standard")
+    if strategies is not None:  # the grid's strategies: the profile's list for the paper, the study's arms else
+        names = tuple(v.strip() for v in strategies.split(",") if v.strip())
+        if the_study.arms is None:
+            base = base.with_overrides({"strategies": ",".join(names)})
+        else:
+            the_study = dataclasses.replace(the_study, arms=tuple(Arm(n, n) for n in names))
+    run_study(the_study, out, base, cli=cli, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor,
+              address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack,
+              pack_size=pack_size, reuse=reuse)
     from fairal.report import build_report
-    from fairal.report.records import final_table, load_results
+    from fairal.report.records import load_results
 
     results = load_results(out)
     path = build_report(out, results=results)
-    final = final_table(results)
-    if not final.empty:
-        view = Table(title=f"final budget ({int(final['n_labeled'].max())} labeled), profile {prof.name}")
-        measures = ["dice_all", *[m for m in METRICS if m in final.columns]]  # Dice and the metric table
-        for col in ("dataset", "init", "strategy", *measures, "g1_ratio", "Δ vs entropy"):
-            view.add_column(col, justify="right")
-        for _, r in final.iterrows():
-            ratio = f"{r['g1_ratio']:.2f}" if "g1_ratio" in r and pd.notna(r["g1_ratio"]) else ""
-            cut = r["delta_reduction_vs_entropy"]  # NaN without an entropy run in the scenario
-            view.add_row(r["dataset"], r["init"], r["strategy"], *[f"{r[m]:.3f}" for m in measures], ratio,
-                         f"{cut:+.0%}" if pd.notna(cut) else "n/a")
-        Console(width=max(stdout.width, 110), markup=False, highlight=False).print(view)
+    if not quiet:
+        _print_final(results, base.with_overrides(cli) if cli else base)
     stdout.print(f"report: {path} (tables and figures beside it)")
+
+
+def _print_final(results, prof) -> None:
+    """The final budget's measures per dataset, initial set and strategy; at a CPU test profile, a caveat."""
+    import pandas as pd
+
+    from fairal.metrics import METRICS
+    from fairal.report.records import final_table
+
+    final = final_table(results)
+    if final.empty:
+        return
+    view = Table(title=f"final budget ({int(final['n_labeled'].max())} labeled), profile {prof.name}")
+    measures = ["dice_all", *[m for m in METRICS if m in final.columns]]  # Dice and the metric table
+    cut = "delta_reduction_vs_entropy" in final.columns and final["delta_reduction_vs_entropy"].notna().any()
+    for col in ("dataset", "init", "strategy", *measures, "g1_ratio", *(["Δ cut vs entropy"] if cut else [])):
+        view.add_column(col, justify="right")
+    for _, r in final.iterrows():
+        ratio = f"{r['g1_ratio']:.2f}" if "g1_ratio" in r and pd.notna(r["g1_ratio"]) else ""
+        extra = []
+        if cut:  # a reduction: +43% = Δ 43% below entropy's
+            value = r["delta_reduction_vs_entropy"]
+            extra = [f"{value:+.0%}".replace("-0%", "0%").replace("+0%", "0%") if pd.notna(value) else "n/a"]
+        view.add_row(str(r["dataset"]), str(r["init"]), str(r["strategy"]), *[f"{r[m]:.3f}" for m in measures],
+                     ratio, *extra)
+    Console(width=max(stdout.width, 110), markup=False, highlight=False).print(view)
+    if cut:
+        stdout.print("Δ cut vs entropy: 1 - Δ / Δ(entropy) in the same scenario (+43% = Δ 43% below entropy's)")
+    if prof.name in ("smoke", "quick"):
+        stdout.print(f"profile {prof.name}: a pipeline check, not evidence (small data, short training, "
+                     f"{results.rounds['seed'].nunique()} seed(s)); the evidence "
+                     "is docs/REPRODUCTION.md")
 
 
 def _print_query(table, strat, budget: int, group_dice: str) -> None:

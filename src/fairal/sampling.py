@@ -40,6 +40,8 @@ STREAMS: dict[str, tuple[int, str]] = {
     "training": (_BASE + 21, "an AL round's initial weights and batches (key: the round)"),
     "mc-dropout": (_BASE + 22, "an AL round's MC-dropout draws (key: the round)"),
     "selection": (_BASE + 23, "an AL round's random scores and stochastic batches (key: the round)"),
+    "group-classifier": (_BASE + 24, "the folds of an AL round's group classifier (groups_known false; key: the "
+                         "round)"),
     # training: seed = the training's own seed
     "training-restart": (_BASE + 30, "the k-th restart of a collapsed training (key: k)"),
     "mc-dropout-batch": (_BASE + 31, "the dropout masks of one batch of MC-dropout prediction (key: the batch)"),

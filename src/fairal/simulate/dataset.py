@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import math
 import multiprocessing
@@ -90,6 +92,24 @@ class SimulationConfig:
         for name, v in (("--global-rms-mm", self.global_rms_mm), ("--local-sd-mm", self.local_sd_mm)):
             if not (math.isfinite(v) and v >= 0):
                 raise FairalError(f"{name} must be a finite number >= 0, got {v}")
+
+
+def simulation_config(options: dict, where: str) -> SimulationConfig:
+    """A :class:`SimulationConfig` from ``fairal simulate`` options by their names with ``_`` for ``-`` (a study
+    file's ``simulate`` table), checked: an unknown option or a bad value names ``where`` and the option."""
+    known = [f.name for f in dataclasses.fields(SimulationConfig) if f.name not in ("jobs", "preview")]
+    for key in options:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise FairalError(f"{where}: unknown simulate option {key!r}{hint}; options: {', '.join(known)}")
+    values = {k: tuple(v) if k == "shape" and isinstance(v, list) else v for k, v in options.items()}
+    try:
+        cfg = SimulationConfig(**values)
+        cfg.validate()
+    except FairalError as err:
+        raise FairalError(f"{where}: {err}") from None
+    return cfg
 
 
 @dataclass
