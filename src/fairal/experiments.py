@@ -119,6 +119,7 @@ def run_dir(out: Path, dataset: str, init: str, strategy: str, seed: int) -> Pat
 def ensure_dataset(out: Path, name: str, profile: Profile, progress: bool) -> Path:
     """Simulate the dataset with the profile's size, or reuse it if one with the same settings is there."""
     from fairal.simulate.dataset import SimulationConfig, simulate_dataset
+    from fairal.simulate.settings import same_scenario
 
     bias, seed = DATASETS[name]
     cfg = SimulationConfig(bias=bias, n_subjects=profile.n_subjects, shape=profile.sim_shape,
@@ -130,7 +131,8 @@ def ensure_dataset(out: Path, name: str, profile: Profile, progress: bool) -> Pa
         same = (settings.get("n_subjects") == cfg.n_subjects and settings.get("bias") == cfg.bias
                 and list(settings.get("shape", [])) == list(cfg.shape)
                 and settings.get("test_per_group", 15) == cfg.test_per_group
-                and settings.get("eval_per_group", 0) == cfg.eval_per_group and settings.get("seed", 0) == cfg.seed)
+                and settings.get("eval_per_group", 0) == cfg.eval_per_group and settings.get("seed", 0) == cfg.seed
+                and same_scenario(settings, cfg))
         if same:
             return path
         raise FairalError(f"{path} holds a dataset of other settings than profile {profile.name}'s; "
