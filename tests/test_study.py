@@ -17,7 +17,7 @@ from fairal.experiments import grid, run_dir, study_grid
 from fairal.loop import ActiveLearningRun, RunSpec
 from fairal.study import load_study, paper_study
 
-from .conftest import OUT_SHAPE, make_template
+from .conftest import LABEL_VALUE, OUT_SHAPE, make_template
 
 TINY = {"init_size": "4", "acquire": "2", "final_size": "8", "steps": "3", "round_steps": "2", "crop_margin": "4",
         "downsample": "1", "test_per_group": "6", "eval_per_group": "0", "n_subjects": "24"}
@@ -159,6 +159,9 @@ reference = "weighted-localized-entropy"
 {settings}
 [datasets.right]    # the template's other caudate (label 7) as the segmented and biased structure
 simulate = {{ template = "{tpl}", label = "{lab}", label_value = 7, shape = {list(OUT_SHAPE)}, seed = 3 }}
+[datasets.three]    # three groups: the morphological bias, a scanner's contrast, neither
+simulate = {{ template = "{tpl}", label = "{lab}", label_value = {LABEL_VALUE}, shape = {list(OUT_SHAPE)}, seed = 4,
+             group = ["1:bias=strong", "2", "3:contrast=1.2"] }}
 [datasets.lab]
 csv = "cohort.csv"
 group_by = ["site"]
@@ -169,7 +172,7 @@ margin_mm = 3
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["study", str(study), str(out), "--jobs", "1", "--quiet"])
     assert res.exit_code == 0, res.output
-    for d in ("right", "lab"):
+    for d in ("right", "three", "lab"):
         for arm in ("random", "weighted-localized-entropy", "wle-groups-unknown"):
             for seed in (0, 1):
                 state = json.loads((run_dir(out, d, "balanced", arm, seed) / "state.json").read_text())
@@ -187,14 +190,16 @@ margin_mm = 3
     assert manifest.groupby("group")["split"].apply(lambda s: (s == "test").sum()).tolist() == [6, 6]
     assert (tmp_path / "cohort.csv").read_text().count("\n") == 25  # the user's file is only read
     paired = pd.read_csv(out / "report" / "study_paired.csv")
-    assert set(paired["dataset"]) == {"right", "lab"}
+    assert set(paired["dataset"]) == {"right", "three", "lab"}
+    three = pd.read_csv(run_dir(out, "three", "balanced", "weighted-localized-entropy", 0) / "rounds.csv")
+    assert {"w_g1", "w_g2", "w_g3", "dice_g3"} <= set(three.columns)
     assert {"random", "wle-groups-unknown"} <= set(paired["statistic"].str.extract(r"- (\S+)$")[0].dropna())
     assert set(paired["verdict"]) <= {"confirmed", "refuted", "equivalent", "inconclusive"}
     summary = pd.read_csv(out / "report" / "study_summary.csv")
-    assert len(summary) == 6 and (summary["n_seeds"] == 2).all()
+    assert len(summary) == 9 and (summary["n_seeds"] == 2).all()
     html = (out / "report" / "report.html").read_text()
     assert "structures-and-sites" in html and "groups_known = false" in html  # the study file echoed
-    assert (out / "report" / "study_lab.png").is_file() and (out / "report" / "study_right.png").is_file()
+    assert all((out / "report" / f"study_{d}.png").is_file() for d in ("right", "three", "lab"))
     again = CliRunner().invoke(app, ["study", str(study), str(out), "--jobs", "1", "--quiet"])
     assert again.exit_code == 0, again.output  # everything finished: nothing to redo
 

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperCommand
 
 from fairal.errors import FairalError
 from fairal.simulate.deformation import DEFAULT_GLOBAL_RMS_MM, DEFAULT_LOCAL_SD_MM
@@ -59,12 +60,26 @@ def _clear_errors(fn):
     return wrapper
 
 
-@app.command()
+class SimulateCommand(TyperCommand):
+    """``fairal simulate``, which also reads the older ``--shape X Y Z`` (three words) as ``--shape X,Y,Z``."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args[:-3]):
+            if arg == "--shape" and all(a.isdigit() for a in args[i + 1:i + 4]):
+                args[i + 1:i + 4] = [",".join(args[i + 1:i + 4])]
+                break
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=SimulateCommand)
 @_clear_errors
 def simulate(
     out: Annotated[Path, typer.Argument(help="Output folder of the dataset (must not exist, or --overwrite).")],
-    bias: Annotated[str, typer.Option(help="Bias preset: strong (c ~ N(4, 2)), weak (N(2, 2)) or none.")] = "strong",
-    n_subjects: Annotated[int, typer.Option(help="Number of subjects, split evenly into Group 1 and 2.")] = 312,
+    bias: Annotated[str | None, typer.Option(help="Group 1's bias preset: strong (c ~ N(4, 2), the default), weak "
+                                             "(N(2, 2)) or none.")] = None,
+    n_subjects: Annotated[int, typer.Option(help="Number of subjects, split into the groups by their shares "
+                                            "(evenly into Group 1 and 2 by default).")] = 312,
     seed: Annotated[int, typer.Option(help="Seed of the subjects' draws. Datasets to be compared or pooled in one "
                                       "claim need different seeds (independent subjects).")] = 0,
     eval_per_group: Annotated[int, typer.Option(help="Evaluation subjects per group (split 'eval', beyond "
@@ -73,7 +88,22 @@ def simulate(
     test_per_group: Annotated[int, typer.Option(help="Test cases per group (the paper: 15).")] = 15,
     bias_mean: Annotated[float | None, typer.Option(help="Override the preset's mean of c (SD units).")] = None,
     bias_std: Annotated[float | None, typer.Option(help="Override the preset's SD of c.")] = None,
-    shape: Annotated[tuple[int, int, int], typer.Option(help="Output grid size in voxels.")] = (170, 170, 76),
+    shape: Annotated[str | None, typer.Option(metavar="X,Y,Z", help="Output grid size in voxels, e.g. 80,96,56 or "
+                                              "80x96x56 (default 170,170,76).")] = None,
+    structure: Annotated[str | None, typer.Option(metavar="NAME", help="The structure to segment and bias, by its "
+                                                  "Harvard-Oxford name (default Left_Caudate).")] = None,
+    contrast: Annotated[float | None, typer.Option(help="Group 1's contrast factor (SimBA's contrast change; "
+                                                   "SimBA: 1.2). Group 2 keeps 1.0.")] = None,
+    inu: Annotated[float | None, typer.Option(help="Group 1's intensity non-uniformity in % (BrainWeb: 20 = a "
+                                              "field within 0.90-1.10, 40 = 0.80-1.20).")] = None,
+    noise: Annotated[float | None, typer.Option(help="Group 1's Rician noise, SD in % of the white-matter "
+                                                "intensity (BrainWeb: 3 typical).")] = None,
+    inu_all: Annotated[float, typer.Option(help="Intensity non-uniformity in % of every group that sets none.")] = 0.0,
+    noise_all: Annotated[float, typer.Option(help="Rician noise in % of white matter for every group that sets "
+                                             "none (e.g. 3: realistic noise everywhere).")] = 0.0,
+    group: Annotated[list[str] | None, typer.Option(metavar="SPEC", help="A group NAME[:key=value,...], repeatable, "
+                                                    "replacing groups 1 and 2; keys bias, bias_mean, bias_std, "
+                                                    "contrast, inu, noise, share; e.g. 1:bias=strong,share=3.")] = None,
     template: Annotated[Path | None, typer.Option(help="Template T1 image (NIfTI); default MNI152.")] = None,
     label: Annotated[Path | None, typer.Option(help="Label map or 4D probability atlas on the template.")] = None,
     label_value: Annotated[float | None, typer.Option(help="Label value (3D) or volume index (4D atlas).")] = None,
@@ -93,31 +123,45 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or summary.")] = False,
 ) -> None:
-    """Generate a SimBA-style synthetic dataset: Group 1 with a local bias of the structure, Group 2 without."""
-    from fairal.simulate.dataset import SimulationConfig, group_summary, simulate_dataset
+    """Generate a SimBA-style synthetic dataset: Group 1 with a local bias of the structure, Group 2 without (or
+    the groups of --group), with acquisition differences by group if asked (docs/simulation.md)."""
+    given = dict(locals())  # the options, by the names of the settings (before any other local name exists)
+    from fairal.simulate.dataset import simulate_dataset
+    from fairal.simulate.settings import build_config
 
-    cfg = SimulationConfig(
-        bias=bias, n_subjects=n_subjects, seed=seed, eval_per_group=eval_per_group, test_per_group=test_per_group,
-        bias_mean=bias_mean, bias_std=bias_std, shape=tuple(shape),
-        template=str(template) if template else None, label=str(label) if label else None, label_value=label_value,
-        global_model=str(global_model) if global_model else None,
-        local_model=str(local_model) if local_model else None, global_sampling=global_sampling,
-        global_rms_mm=global_rms_mm, local_sd_mm=local_sd_mm, model_seed=model_seed, jobs=jobs, preview=preview,
-    )
+    options = {k: v for k, v in given.items() if k not in ("out", "overwrite", "quiet") and v is not None}
+    cfg = build_config(options)
     path = simulate_dataset(cfg, out, overwrite=overwrite, progress=not quiet)
     if not quiet:
-        import pandas as pd
+        _print_dataset_summary(path, cfg)
 
-        summary = group_summary(pd.read_csv(path / "manifest.csv"))
-        table = Table(title=f"{path} ({bias} bias)")
-        for col in ("group", "n", "volume (mm3)", "Dice to template", "min Dice"):
-            table.add_column(col, justify="right")
-        for _, r in summary.iterrows():
-            volume = f"{r['volume_mean_mm3']:.0f} ± {r['volume_sd_mm3']:.0f}"
-            table.add_row(str(int(r["group"])), str(int(r["n"])), volume,
-                          f"{r['dice_to_template_mean']:.3f} ± {r['dice_to_template_sd']:.3f}",
-                          f"{r['dice_to_template_min']:.3f}")
-        stdout.print(table)
+
+def _print_dataset_summary(path: Path, cfg) -> None:
+    """Structure volume and Dice to the template by group; says so when the groups are unequal."""
+    import pandas as pd
+
+    from fairal.simulate.dataset import group_summary
+
+    manifest = pd.read_csv(path / "manifest.csv")
+    what = f"groups {', '.join(str(g.name) for g in cfg.group)}" if cfg.group else f"{cfg.bias} bias"
+    table = Table(title=f"{path} ({what})")
+    for col in ("group", "n", "volume (mm3)", "Dice to template", "min Dice"):
+        table.add_column(col, justify="right")
+
+    def sd(value: float, digits: int) -> str:  # one subject has no SD
+        return "n/a" if value != value else f"{value:.{digits}f}"
+
+    for _, r in group_summary(manifest).iterrows():
+        table.add_row(str(int(r["group"])), str(int(r["n"])),
+                      f"{r['volume_mean_mm3']:.0f} ± {sd(r['volume_sd_mm3'], 0)}",
+                      f"{r['dice_to_template_mean']:.3f} ± {sd(r['dice_to_template_sd'], 3)}",
+                      f"{r['dice_to_template_min']:.3f}")
+    stdout.print(table)
+    counts = manifest.loc[manifest["split"] != "eval", "group"].value_counts().sort_index()
+    if counts.nunique() > 1:
+        sizes = ", ".join(f"Group {g}: {n}" for g, n in counts.items())
+        why = "by the groups' shares" if cfg.group else f"{cfg.n_subjects} subjects do not split evenly"
+        stdout.print(f"note: the groups are unequal ({sizes}; {why}, largest remainder first)")
 
 
 @app.command("build-model")

@@ -129,18 +129,9 @@ def simulation_settings(spec: DatasetSpec, profile: Profile):
 
 
 def _same_simulation(stored: dict, cfg) -> bool:
-    """A dataset's recorded settings are ``cfg``'s; a setting it does not record (added since) counts as equal
-    when ``cfg`` holds its default."""
-    from dataclasses import asdict, fields
+    from fairal.simulate.dataset import same_settings
 
-    from fairal.simulate.dataset import SimulationConfig
-
-    defaults = json.loads(json.dumps({f.name: f.default for f in fields(SimulationConfig)}, default=str))
-    current = json.loads(json.dumps(asdict(cfg), default=str))
-    for key in ("jobs", "preview"):  # how it ran, not what it made
-        current.pop(key, None)
-    current.update({k: v for k, v in (("bias_mean", cfg.resolved_bias()[0]), ("bias_std", cfg.resolved_bias()[1]))})
-    return all(stored[k] == v if k in stored else defaults.get(k) == v for k, v in current.items())
+    return same_settings(stored, cfg)
 
 
 def ensure_dataset(out: Path, spec: str | DatasetSpec, profile: Profile, progress: bool) -> Path:

@@ -33,6 +33,8 @@ STREAMS: dict[str, tuple[int, str]] = {
     "test-split": (0, "the fixed test split of a dataset"),
     "eval-groups": (_BASE + 0, "the groups of the evaluation subjects, in a shuffled order"),
     "eval-subject": (_BASE + 1, "one evaluation subject's coefficients and bias c (key: its index)"),
+    "acquisition-inu": (_BASE + 2, "one subject's intensity non-uniformity field (key: its case id)"),
+    "acquisition-noise": (_BASE + 3, "one subject's Rician noise (key: its case id)"),
     # experiments: seed = the run's or baseline's seed
     "cohort": (_BASE + 10, "the baseline (Table 1) training cohorts"),
     "baseline-training": (_BASE + 11, "the baseline models' initial weights and batches"),
