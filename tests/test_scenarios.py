@@ -303,9 +303,11 @@ def test_a_dataset_of_before_the_scenarios_is_reused(tmp_path):
     folder.mkdir(parents=True)
     (folder / "dataset.json").write_text(json.dumps({"settings": old}))
     assert ensure_dataset(tmp_path, "strong", profile, progress=False) == folder
-    assert same_settings(old, SimulationConfig())
-    assert not same_settings(old, SimulationConfig(noise_all=3.0))
-    assert not same_settings({**old, "group": [{"name": 1}]}, SimulationConfig())
+    same = SimulationConfig(n_subjects=profile.n_subjects, shape=profile.sim_shape,
+                            test_per_group=profile.test_per_group, eval_per_group=profile.eval_per_group)
+    assert same_settings(old, same)
+    assert not same_settings(old, SimulationConfig(**{**same.__dict__, "noise_all": 3.0}))
+    assert not same_settings({**old, "group": [{"name": 1}]}, same)
     (folder / "dataset.json").write_text(json.dumps({"settings": {**old, "contrast": 1.2}}))
     with pytest.raises(FairalError, match="holds a dataset of other settings"):
         ensure_dataset(tmp_path, "strong", profile, progress=False)

@@ -43,7 +43,7 @@ def test_malformed_study_files_are_refused_naming_the_key(tmp_path):
     _refused(tmp_path, 'name = "x"\n', "names no dataset")
     _refused(tmp_path, 'strategies = ["weighted-localised-entropy"]\n' + ok, "weighted-localised-entropy")
     _refused(tmp_path, '[datasets.a]\nsimulate = { bias = "weak", n_subject = 3 }\n', "dataset a",
-             "unknown simulate option 'n_subject'", "n_subjects")
+             "unknown key 'n_subject'", "n_subjects")
     _refused(tmp_path, '[datasets.a]\nsimulate = { bias = "medium" }\n', "dataset a", "medium")
     _refused(tmp_path, '[datasets.a]\nsimulate = {}\ncsv = "c.csv"\n', "exactly one of 'simulate'")
     _refused(tmp_path, '[datasets.a]\nsimulate = {}\ngroups_kown = false\n', "unknown key 'groups_kown'")
@@ -147,6 +147,8 @@ def test_a_study_of_another_structure_and_a_csv_cohort_end_to_end(tiny_dataset, 
     tpl, lab = make_template(tmp_path)
     _cohort_csv(tiny_dataset, tmp_path)
     settings = "\n".join(f"{k} = {v}" for k, v in TINY.items())
+    tiny = f'template = "{tpl}", label = "{lab}", shape = {list(OUT_SHAPE)}'
+    three = '["1:bias=strong", "2", "3:contrast=1.2"]'
     study = _write(tmp_path / "study.toml", f'''
 name = "structures-and-sites"
 profile = "smoke"
@@ -160,8 +162,7 @@ reference = "weighted-localized-entropy"
 [datasets.right]    # the template's other caudate (label 7) as the segmented and biased structure
 simulate = {{ template = "{tpl}", label = "{lab}", label_value = 7, shape = {list(OUT_SHAPE)}, seed = 3 }}
 [datasets.three]    # three groups: the morphological bias, a scanner's contrast, neither
-simulate = {{ template = "{tpl}", label = "{lab}", label_value = {LABEL_VALUE}, shape = {list(OUT_SHAPE)}, seed = 4,
-             group = ["1:bias=strong", "2", "3:contrast=1.2"] }}
+simulate = {{ {tiny}, label_value = {LABEL_VALUE}, seed = 4, group = {three} }}
 [datasets.lab]
 csv = "cohort.csv"
 group_by = ["site"]

@@ -319,7 +319,7 @@ QuietOpt = Annotated[bool, typer.Option(help="No progress output.")]
 def study(
     source: Annotated[str, typer.Argument(metavar="STUDY", help="A study file (TOML; see docs/studies.md) or a "
                                           "built-in study: paper.")],
-    out: Annotated[Path, typer.Argument(help="Output folder: data/, baseline/, runs/, report/.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder: data/, baseline/, runs/, report/.")],
     profile: StudyProfileOpt = None, seeds: SeedsOpt = None, jobs: JobsOpt = 0, executor: ExecutorOpt = "local",
     address: AddressOpt = None, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0.0,
     strategies: StrategiesOpt = None, pack: PackOpt = "auto", pack_size: PackSizeOpt = 0, set_: SetOpt = None,
