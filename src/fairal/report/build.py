@@ -299,6 +299,12 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
     results = results if results is not None else load_results(folder)
     out = check_output_folder(Path(out) if out is not None else folder / "report", "the report folder")
     out.mkdir(parents=True, exist_ok=True)
+    from fairal.report.study import build_study_report, study_info
+    from fairal.study import PAPER_SOURCE
+
+    info = study_info(folder)
+    if info is not None and info.get("study", {}).get("source") != PAPER_SOURCE:  # the paper's: the paper's report
+        return build_study_report(folder, out, results, info)
     figs = write_figures(results, out)
     examples = write_examples(folder, results, out) if not results.rounds.empty else None
     if examples:

@@ -432,7 +432,7 @@ def table1_parts(m: Measure) -> list[Part]:
     return parts
 
 
-def _verdicts(parts: list[Part], factor: float = 1.0) -> list[dict]:
+def verdict_rows(parts: list[Part], factor: float = 1.0) -> list[dict]:
     """Rows of ``claims.csv`` for analysed parts (one family's Holm applied within it)."""
     rows = []
     by_family: dict[str, list[Part]] = {}
@@ -533,7 +533,7 @@ def plan_tables(rounds: pd.DataFrame, cases: pd.DataFrame | None, round_cases: p
         decomp += _decomposition(parts + [a.run(p, two_level_ci=False) for p in
                                            primary_parts(m, "delta") + primary_parts(m, "dice_all")], split)
         for factor in (0.5, 1.0, 2.0):
-            got = _with_conjunctions(_verdicts(parts, factor))
+            got = _with_conjunctions(verdict_rows(parts, factor))
             for r in got:
                 r["split"] = split
             if factor == 1.0:
