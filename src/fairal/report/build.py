@@ -324,7 +324,7 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
     parts = [*HEAD, *_overview(folder, results, profile, n_seeds), how_to_read(profile), *_previews(results),
              *_claims_section(results, claims, n_seeds), *_table1_section(t1, profile),
              *_final_section(final, stats, n_seeds), *_figures_section(figs, n_seeds),
-             *_settings_section(results), "</body></html>"]
+             *settings_section(results), "</body></html>"]
     target = within(out, "report.html")
     write_text(target, "\n".join(parts))
     return target
@@ -516,7 +516,7 @@ def _profile_items(results: Results) -> str:
     return " &middot; ".join(items)
 
 
-def _settings_section(results: Results) -> list[str]:
+def settings_section(results: Results) -> list[str]:
     """What the records say about how they were made: their seeds, device, library versions, commit, where they
     ran and the analysis plan, then the profile and its settings (a value that differs across the runs shows each
     value with its number of runs); the software that drew this page apart, at the end."""
