@@ -463,7 +463,8 @@ def verdict_rows(parts: list[Part], factor: float = 1.0) -> list[dict]:
 
 CONJUNCTIONS = {"C1": ("WLE has the best final ESSP in all scenarios (pooled over the six; no scenario "
                        "significantly against)", "final ESSP: WLE - each other strategy", ("C1a", "C1b", "C1c")),
-                "C2": ("WLE has the best ESSP over the whole budget (ESSP AUC) in all scenarios",
+                "C2": ("WLE has the best ESSP over the whole budget (ESSP AUC) in all scenarios (pooled over the "
+                       "six; no scenario significantly against)",
                        "ESSP AUC: WLE - each other strategy", ("C2a", "C2b", "C2c")),
                 "C3": ("ESSP order WLE > LE > random >> entropy (final budget)", "final ESSP links",
                        ("C3a", "C3b", "C3c")),

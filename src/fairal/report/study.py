@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fairal.io import within, write_csv, write_text  # noqa: E402
-from fairal.report.build import HEAD, html_table  # noqa: E402
+from fairal.metrics import bounds  # noqa: E402
+from fairal.report.build import HEAD, html_table, settings_section  # noqa: E402
 from fairal.report.figures import OKABE_ITO, label, literal  # noqa: E402
 from fairal.report.plan import AL_ON, MARGINS, Analysis, Part, al_measure, match, verdict_rows  # noqa: E402
 from fairal.report.records import Results, curves, ordered  # noqa: E402
@@ -51,14 +52,15 @@ def split_of(results: Results) -> str:
 
 def summary_table(results: Results, split: str) -> pd.DataFrame:
     """Per dataset, initial set and strategy: mean and 95% t CI over seeds of each measure (finished runs), and of
-    Group 1's share of the acquired cases (with a group 1)."""
+    Group 1's share of the acquired cases (with a group 1); the intervals clipped to each measure's range."""
     m = al_measure(_finished(results), results.cases, results.round_cases, split).runs
     rows = []
     for (d, i, s), g in m.groupby(["dataset", "init", "strategy"], sort=False):
         row = {"dataset": d, "init": i, "strategy": s, "n_seeds": len(g)}
         for metric in (*MEASURES, "g1_acquired_share"):  # and Group 1's share of the acquired cases
-            if metric in g.columns:
-                e = mean_ci(g[metric].to_numpy(float))
+            values = g[metric].dropna().to_numpy(float) if metric in g.columns else []
+            if len(values):  # (a dataset without a group 1 has no Group 1 share)
+                e = mean_ci(values, bounds=bounds(metric))
                 row.update({metric: e.mean, f"{metric}_ci": f"[{e.ci_low:.3f}, {e.ci_high:.3f}]"})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -110,8 +112,10 @@ def paired_table(results: Results, reference: str, split: str) -> pd.DataFrame:
     others = [s for s in ordered(set(m.runs["strategy"]), []) if s != reference]
     a = Analysis(m, split, seed=0)
     parts = [a.run(p, two_level_ci=split == "test") for p in paired_parts(m, reference, others)]
-    rows = verdict_rows(parts)
-    for r, p in zip(rows, parts, strict=True):
+    rows = verdict_rows(parts)  # grouped by family: matched to their parts by id
+    by_id = {p.id: p for p in parts}
+    for r in rows:
+        p = by_id[r["id"]]
         dataset, scope, _ = p.id.split(":")
         r.update({"dataset": dataset, "init": "pooled" if p.family != "scenario" else scope, "metric": p.metric})
     return pd.DataFrame(rows)[PAIRED_COLUMNS] if rows else pd.DataFrame(columns=PAIRED_COLUMNS)
@@ -182,16 +186,15 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
     parts = [*HEAD, f"<h2>Study {html.escape(str(study.get('name', '')))}</h2>",
              f"<p>{html.escape(str(study.get('description', '')))}</p>",
              _counts(results, split), "<h2>Each strategy</h2>",
-             "<p>Mean over seeds and 95% t interval of the mean; final = at the final budget.</p>",
+             "<p>Mean over seeds and 95% t interval of the mean, clipped to the measure's range (Dice, ESSP and "
+             "shares in [0, 1], Δ &ge; 0); final = at the final budget.</p>",
              html_table(summary, best={"essp": "max", "delta": "min", "dice_all": "max", "essp_auc": "max"},
                         within=["dataset", "init"]),
              f"<h2>{html.escape(reference)} against each strategy</h2>", _rule(), html_table(paired, digits=4)]
     for p in figs:
         parts.append(f"<h3>{html.escape(p.stem)}</h3>" + _figure(p))
     parts += ["<h2>The study file</h2>", "<pre>" + html.escape(study.get("text") or json.dumps(study, indent=1))
-              + "</pre>", "<h2>Settings of the runs</h2>",
-              "".join("<pre>" + html.escape(json.dumps(p, indent=1)) + "</pre>" for p in results.profiles),
-              "</body></html>"]
+              + "</pre>", *settings_section(results), "</body></html>"]
     target = within(out, "report.html")
     write_text(target, "\n".join(parts))
     return target

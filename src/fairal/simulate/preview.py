@@ -39,8 +39,9 @@ def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.
     _subject_row(axes[0], out, state, manifest, k)
     _group_row(fig, axes[1], state, results, manifest, k)
     left = "right" if state["out_affine"][0, 0] < 0 else "left"  # RAS: x falling with i = toward the patient's left
-    fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid "
-                 f"(patient's left on the {left} of each panel)", fontsize=9)
+    fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid (patient's left on the "
+                 f"{left} of each panel); top row: a subject's label outlined in yellow, the template's in dashed "
+                 "cyan", fontsize=9)
     fig.tight_layout()
     path = within(out, "preview.png")
     fig.savefig(path, dpi=110, metadata={"Software": None})
