@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fairal.cli import app
-from fairal.report.claims import CLAIM_COLUMNS, claims_table, paired_table, run_summary
+from fairal.report.claims import CLAIM_COLUMNS, claims_markdown, claims_table, paired_table, run_summary, summary_table
 
 STRATEGIES = ("random", "entropy", "localized-entropy", "weighted-localized-entropy")
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "standard"
@@ -41,6 +42,24 @@ def _tidy(seeds: int = 5, noise: float = 0.002) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _baselines(seeds: int = 3) -> pd.DataFrame:
+    """Table 1 cohorts per dataset and seed; the Group 1-only cohort 0.01 ESSP above the others."""
+    rows = [{"dataset": d, "seed": s, "cohort": c, "dice_g1": 0.9, "dice_g2": 0.92, "dice_all": 0.91,
+             "essp": 0.9 + (0.01 if c == "g1" else 0.0) + 0.001 * s, "delta": 0.02}
+            for d in ("strong", "weak") for s in range(seeds) for c in ("all", "g1", "g2")]
+    return pd.DataFrame(rows)
+
+
+def test_summary_intervals_stay_inside_the_measures_range():
+    runs = pd.DataFrame({"dataset": "strong", "init": "balanced", "strategy": "weighted-localized-entropy",
+                         "seed": [0, 1], "g1_acquired_share": [0.9, 1.0], "delta": [0.001, 0.003]})
+    row = summary_table(runs, metrics=("g1_acquired_share", "delta")).iloc[0]
+    # t(0.975, 1) = 12.706205: shares 0.95 ± 0.635310 -> [0.314690, 1]; Delta 0.002 ± 0.0127062 -> [0, 0.0147062]
+    assert (row["g1_acquired_share_ci_low"], row["g1_acquired_share_ci_high"]) == pytest.approx((0.314690, 1.0),
+                                                                                                 abs=1e-6)
+    assert (row["delta_ci_low"], row["delta_ci_high"]) == pytest.approx((0.0, 0.0147062), abs=1e-6)
+
+
 def test_run_summary_acquired_share_and_auc():
     runs = run_summary(_tidy(seeds=1))
     wle = runs[(runs["strategy"] == "weighted-localized-entropy") & (runs["init"] == "g1-heavy")].iloc[0]
@@ -55,6 +74,15 @@ def test_claims_on_a_constructed_grid():
     table = claims_table(_tidy()).set_index("id")
     assert list(claims_table(_tidy()).columns) == CLAIM_COLUMNS
     assert table.loc["C1", "verdict"] == "confirmed"  # +0.02 in every one of the 30 pairs
+    # the claim says what rule 2 tests: the pooled pairs, no scenario against, not a win in each scenario
+    assert table.loc["C1", "claim"] == ("WLE has the best final ESSP (the paper: in all scenarios); tested: better "
+                                        "than each other strategy pooled over the scenarios, no scenario's own 95% "
+                                        "CI against it")
+    assert table.loc["C1a", "claim"].endswith("than random pooled over the scenarios, no scenario's own 95% CI "
+                                              "against it")
+    assert "in all scenarios" not in table.loc["C2b", "claim"]
+    assert "(pooled over the datasets" in claims_table(_tidy(), _baselines()).set_index("id").loc["C12", "claim"]
+    assert "not that the strategy is ahead in each scenario" in claims_markdown(table.reset_index())
     assert table.loc["C1a", "value"] == pytest.approx(0.02)
     assert table.loc["C1a", "n"] == 30
     assert table.loc["C3b", "verdict"] == "inconclusive"  # LE and random are identical: a tie
@@ -96,3 +124,11 @@ def test_report_regenerates_claims_from_the_committed_seeds(tmp_path):
     assert claims.set_index("id").loc["C1", "n"] >= 30  # >= 5 seeds x 6 scenarios
     seeds = pd.read_csv(RESULTS / "rounds.csv").groupby(["dataset", "init", "strategy"])["seed"].nunique()
     assert seeds.min() >= 5 and len(seeds) == 24
+    stats = pd.read_csv(tmp_path / "report" / "final_stats.csv")
+    assert stats["g1_acquired_share_ci_high"].max() == 1.0  # WLE's t intervals passed 1 (up to 1.06): clipped
+    assert stats["delta_ci_low"].min() == 0.0
+    page = (tmp_path / "report" / "report.html").read_text()
+    settings = page[page.index("<h2>Settings</h2>"):page.index("This page was drawn by")]
+    info = json.loads((RESULTS / "settings.json").read_text())
+    assert f"torch {info['versions']['torch']}" in settings and info["device"] in settings
+    assert info["commit"] in settings and "5 per run (0, 1, 2, 3, 4)" in settings

@@ -158,3 +158,22 @@ def test_delta_matches_fairlearn_metric_frame() -> None:
     assert s["delta"] == pytest.approx(expected_delta)
     assert s["essp"] == pytest.approx(frame.overall / (1 + expected_delta))
     assert s["delta"] > 0.01  # unequal groups, so the check is not 0 == 0
+
+
+def test_every_measure_knows_its_range() -> None:
+    import math
+
+    from fairal.metrics import Metric, bounds, register_metric, unregister_metric
+
+    assert bounds("dice_all") == bounds("dice_g2") == bounds("eval_dice_g1") == (0.0, 1.0)
+    assert bounds("essp") == bounds("eval_essp") == bounds("essp_auc") == bounds("dice_auc") == (0.0, 1.0)
+    assert bounds("delta") == bounds("eval_delta") == (0.0, math.inf)  # a sum of absolute differences
+    assert bounds("g1_ratio") == bounds("g1_acquired_share") == bounds("w_g1") == bounds("w_g3") == (0.0, 1.0)
+    assert bounds("dice_gap") == (-1.0, 1.0)  # Dice G2 - Dice G1, not a group's Dice
+    assert bounds("delta_reduction_vs_entropy") == (-math.inf, 1.0)
+    assert bounds("n_labeled") == (-math.inf, math.inf)
+    register_metric(Metric("worst", "worst-group Dice", True, lambda o, p: min(p.values()), (0.0, 1.0)))
+    try:
+        assert bounds("worst") == bounds("eval_worst") == (0.0, 1.0)
+    finally:
+        unregister_metric("worst")

@@ -27,7 +27,11 @@ def _write_run(folder, dataset, init, strategy, seed, essp, delta, finished=True
         rows.append([r, n, n // 2, n - n // 2, 0.5, e * (1 + dl), 0.8, 0.9, dl, e, 0.5, 0.5])
     pd.DataFrame(rows, columns=ROUND_COLS).to_csv(d / "rounds.csv", index=False)
     (d / "state.json").write_text(json.dumps({"completed_round": len(rows) - 1, "finished": finished}))
-    (d / "config.json").write_text(json.dumps({"settings": {"strategy": strategy, "profile": {"name": "smoke"}}}))
+    config = {"settings": {"strategy": strategy, "profile": {"name": "smoke", "lr": 0.001, "seeds": 1,
+                                                             "device": "auto"}},
+              "versions": {"fairal": "0.1.0", "torch": "2.11.0"}, "device": "cpu"}
+    (d / "config.json").write_text(json.dumps(config))
+    return d
 
 
 @pytest.fixture
@@ -60,6 +64,18 @@ def test_seed_band():
     assert seed_band(np.array([0.4])) == (0.4, 0.4, 0.4)
 
 
+def test_bands_stay_inside_what_a_measure_can_take():
+    from fairal.metrics import bounds
+
+    # shares 0.9 and 1.0: mean 0.95, SD 0.0707107, half width 12.706205 * 0.0707107 / sqrt(2) = 0.635310:
+    # [0.314690, 1.585310] -> the upper end clipped to 1
+    assert seed_band(np.array([0.9, 1.0]), bounds("g1_ratio")) == pytest.approx((0.95, 0.314690, 1.0), abs=1e-6)
+    # Delta 0.001 and 0.003: mean 0.002, half width 12.706205 * 0.00141421 / sqrt(2) = 0.0127062 -> [0, 0.0147062]
+    assert seed_band(np.array([0.001, 0.003]), bounds("delta")) == pytest.approx((0.002, 0.0, 0.0147062), abs=1e-6)
+    assert seed_band(np.array([0.9, 1.0]), bounds("w_g2"))[2] == 1.0
+    assert seed_band(np.array([0.9, 1.0]))[2] == pytest.approx(1.585310, abs=1e-6)  # no bounds: the t interval
+
+
 def test_final_table_numbers(records):
     table = final_table(load_results(records)).set_index(["dataset", "init", "strategy"])
     wle = table.loc[("strong", "balanced", "weighted-localized-entropy")]
@@ -84,10 +100,12 @@ def test_report_files_and_html(records):
     md = (out / "final_budget.md").read_text()
     assert md.startswith("| dataset | init | strategy |") and "| strong | balanced | entropy |" in md
     page = html_path.read_text()
-    # the paper's four figures, then Dice per group (7) and Group 1's weight (8) over the rounds, in order
+    # the paper's four figures, then Dice per group and Group 1's weight over the rounds: numbered without a gap
+    # (no strategies beyond the paper: no fig5/fig6), each with its files
     assert page.count("data:image/png;base64,") == 6
-    order = [page.index(f"Figure {k}:") for k in (1, 2, 3, 4, 7, 8)]
-    assert order == sorted(order)
+    assert re.findall(r"<h3>Figure (\d+): [^<]*<span class='file'>(\w+)\.png", page) == [
+        ("1", "fig1_essp"), ("2", "fig2_delta_dice_strong"), ("3", "fig3_group1_ratio"),
+        ("4", "fig4_delta_dice_weak"), ("5", "fig7_dice_per_group"), ("6", "fig8_group_weights")]
     assert "smoke profile: a pipeline check, not evidence" in page  # the fixture's runs say profile smoke
     assert "Not tested: 2 seeds per run" in page  # no verdicts from two seeds
     assert not re.search(r"""(src|href)=["']?(https?:|//|[\w./-]+\.(png|svg|css|js))""", page)  # self-contained
@@ -123,6 +141,8 @@ def test_strategies_beyond_the_paper_get_their_own_figures(records):
     out = build_report(records).parent
     for name in ("fig5_beyond_essp", "fig6_beyond_delta"):
         assert (out / f"{name}.png").stat().st_size > 10_000
+    numbers = re.findall(r"<h3>Figure (\d+): ", (out / "report.html").read_text())
+    assert numbers == [str(k) for k in range(1, 9)]  # fig1 ... fig8, in order
     final = pd.read_csv(out / "final_budget.csv")
     row = final[(final["dataset"] == "strong") & (final["init"] == "balanced") & (final["strategy"] == "weighted-bald")]
     assert row["delta_reduction_vs_entropy"].item() == pytest.approx(1 - 0.04 / 0.2)
@@ -173,3 +193,78 @@ def test_compare_runs_by_hand(tmp_path):
     assert ab.loc["cases.csv", "max_abs_diff"] == 0.0
     ac = compare_runs(tmp_path / "a", tmp_path / "c").set_index("file")
     assert not ac.loc["selections.csv", "same_rows"] and ac.loc["rounds.csv", "same_rows"]
+
+
+def _settings(page: str) -> tuple[str, str]:
+    """The settings block of a report page: the records' part and the line on the software that drew the page."""
+    block = page[page.index("<h2>Settings</h2>"):]
+    records, drawn = block.split("This page was drawn by")
+    return records, drawn
+
+
+def test_settings_are_the_records_own(tmp_path):
+    """Tidy records: the seeds, device, versions, commit and analysis plan of settings.json and rounds.csv, not
+    the profile's defaults or the software drawing the page."""
+    from tests.test_claims import _tidy
+
+    folder = tmp_path / "tidy"
+    folder.mkdir()
+    _tidy(seeds=3).to_csv(folder / "rounds.csv", index=False)
+    plan = {"path": "docs/analysis-plan.md", "commit": "312e003abc", "blob": "88af053def"}
+    (folder / "settings.json").write_text(json.dumps({
+        "profile": "standard", "commit": "4f0b21a", "versions": {"fairal": "0.1.0", "torch": "9.9.9"},
+        "device": "cuda:0 (NVIDIA H200)", "analysis_plan": plan, "planned_seeds": 10, "where": "one GPU",
+        "run_settings": {"strategy": "entropy", "seed": 0, "profile": {
+            "description": "warm-started rounds, 1 seed", "seeds": 1, "device": "auto", "lr": 0.001}}}))
+    page = build_report(folder, tmp_path / "rep").read_text()
+    records, drawn = _settings(page)
+    assert "<th>seeds</th><td class=text>3 per run (0, 1, 2) of the 10 planned; the profile's default (its " \
+           "<code>seeds</code> setting) is 1</td>" in records
+    assert "<th>device</th><td class=text>cuda:0 (NVIDIA H200)</td>" in records
+    assert "<th>versions</th><td class=text>fairal 0.1.0, torch 9.9.9</td>" in records
+    assert "<th>commit</th><td class=text>4f0b21a</td>" in records
+    assert "docs/analysis-plan.md at commit 312e003abc, git blob (hash of the file) 88af053def" in records
+    assert "the profile's description of its defaults: &ldquo;warm-started rounds, 1 seed&rdquo;" in records
+    assert "<code>device</code>&nbsp;=&nbsp;auto (asked for; where the runs ran: above)" in records
+    assert "<code>seeds</code>&nbsp;=&nbsp;1 (default; the seeds of these records: above)" in records
+    assert "mixed here" not in records  # one settings file holds for every run
+    from fairal import versions
+
+    assert f"torch {versions()['torch']}" in drawn and "9.9.9" not in drawn
+    assert "Not computed: withheld: 3 of the 10 pre-registered seeds" in page
+
+
+def test_run_folders_with_differing_settings_show_each_value(records):
+    for seed in (0, 1):  # two of the 24 runs on a GPU with another torch and learning rate
+        run = records / "runs" / "weak" / "g2-heavy" / "entropy" / f"seed-{seed}"
+        config = json.loads((run / "config.json").read_text())
+        config.update(device="cuda:0 (NVIDIA H200)", versions={"fairal": "0.1.0", "torch": "2.13.0"})
+        config["settings"]["profile"]["lr"] = 0.0001
+        (run / "config.json").write_text(json.dumps(config))
+    records_part, _ = _settings(build_report(records).read_text())
+    assert "cpu (22 runs); cuda:0 (NVIDIA H200) (2 runs)" in records_part
+    assert "fairal 0.1.0, torch 2.11.0 (22 runs); fairal 0.1.0, torch 2.13.0 (2 runs)" in records_part
+    assert "<code>lr</code>&nbsp;=&nbsp;<span class='mixed'>0.001 (22 runs); 0.0001 (2 runs)</span>" in records_part
+    assert "Runs of different settings are mixed here: lr." in records_part
+    assert "<th>seeds</th><td class=text>2 per run (0, 1); the profile's default" in records_part
+
+
+def test_tables_bold_ties_alike_put_intervals_beside_values_and_print_the_paper_as_printed():
+    from fairal.report.build import as_printed, html_table
+
+    df = pd.DataFrame({"dataset": ["weak", "weak", "weak", "strong"], "essp": [0.9181, 0.9179, 0.5, 0.7],
+                       "essp_ci_low": [0.9, 0.91, 0.4, 0.6], "essp_ci_high": [0.93, 0.92, 0.6, 0.8]})
+    table = html_table(df, best={"essp": "max"}, within=["dataset"], ci={"essp": ("essp_ci_low", "essp_ci_high")})
+    # 0.9181 and 0.9179 both read 0.918: both bold; the strong row is the best of its dataset
+    assert table.count("<b>") == 3 and "<b>0.500</b>" not in table
+    assert "<td><b>0.918</b> <span class='ci'>[0.900, 0.930]</span></td>" in table
+    assert "CI low" not in table and "essp ci" not in table  # the interval's columns are not columns of their own
+    assert [as_printed(v) for v in (0.88, 0.9, 0.002, 0.18)] == ["0.88", "0.90", "0.002", "0.18"]
+
+
+def test_table1_prints_the_papers_values_with_its_decimals(records):
+    out = build_report(records).parent
+    md = (out / "table1_baselines.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| weak | g1 |"))
+    assert "| 0.90 | 0.90 | 0.90 | 0.90 | 0.002 |" in row  # the paper's Dice G1, G2, all, ESSP, Δ as printed
+    assert "0.900 |" in row  # our own numbers keep three decimals

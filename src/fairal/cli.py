@@ -137,12 +137,26 @@ def _clear_errors(fn):
     return wrapper
 
 
-@app.command()
+class SimulateCommand(TyperCommand):
+    """``fairal simulate``, which also reads the older ``--shape X Y Z`` (three words) as ``--shape X,Y,Z``."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args[:-3]):
+            if arg == "--shape" and all(a.isdigit() for a in args[i + 1:i + 4]):
+                args[i + 1:i + 4] = [",".join(args[i + 1:i + 4])]
+                break
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=SimulateCommand)
 @_clear_errors
 def simulate(
     out: Annotated[Path, typer.Argument(help="Output folder of the dataset (must not exist, or --overwrite).")],
-    bias: Annotated[str, typer.Option(help="Bias preset: strong (c ~ N(4, 2)), weak (N(2, 2)) or none.")] = "strong",
-    n_subjects: Annotated[int, typer.Option(help="Number of subjects, split evenly into Group 1 and 2.")] = 312,
+    bias: Annotated[str | None, typer.Option(help="Group 1's bias preset: strong (c ~ N(4, 2), the default), weak "
+                                             "(N(2, 2)) or none.")] = None,
+    n_subjects: Annotated[int, typer.Option(help="Number of subjects, split into the groups by their shares "
+                                            "(evenly into Group 1 and 2 by default).")] = 312,
     seed: Annotated[int, typer.Option(help="Seed of the subjects' draws. Datasets to be compared or pooled in one "
                                       "claim need different seeds (independent subjects).")] = 0,
     eval_per_group: Annotated[int, typer.Option(help="Evaluation subjects per group (split 'eval', beyond "
@@ -151,7 +165,22 @@ def simulate(
     test_per_group: Annotated[int, typer.Option(help="Test cases per group (the paper: 15).")] = 15,
     bias_mean: Annotated[float | None, typer.Option(help="Override the preset's mean of c (SD units).")] = None,
     bias_std: Annotated[float | None, typer.Option(help="Override the preset's SD of c.")] = None,
-    shape: Annotated[tuple[int, int, int], typer.Option(help="Output grid size in voxels.")] = (170, 170, 76),
+    shape: Annotated[str | None, typer.Option(metavar="X,Y,Z", help="Output grid size in voxels, e.g. 80,96,56 or "
+                                              "80x96x56 (default 170,170,76).")] = None,
+    structure: Annotated[str | None, typer.Option(metavar="NAME", help="The structure to segment and bias, by its "
+                                                  "Harvard-Oxford name (default Left_Caudate).")] = None,
+    contrast: Annotated[float | None, typer.Option(help="Group 1's contrast factor (SimBA's contrast change; "
+                                                   "SimBA: 1.2). Group 2 keeps 1.0.")] = None,
+    inu: Annotated[float | None, typer.Option(help="Group 1's intensity non-uniformity in % (BrainWeb: 20 = a "
+                                              "field within 0.90-1.10, 40 = 0.80-1.20).")] = None,
+    noise: Annotated[float | None, typer.Option(help="Group 1's Rician noise, SD in % of the white-matter "
+                                                "intensity (BrainWeb: 3 typical).")] = None,
+    inu_all: Annotated[float, typer.Option(help="Intensity non-uniformity in % of every group that sets none.")] = 0.0,
+    noise_all: Annotated[float, typer.Option(help="Rician noise in % of white matter for every group that sets "
+                                             "none (e.g. 3: realistic noise everywhere).")] = 0.0,
+    group: Annotated[list[str] | None, typer.Option(metavar="SPEC", help="A group NAME[:key=value,...], repeatable, "
+                                                    "replacing groups 1 and 2; keys bias, bias_mean, bias_std, "
+                                                    "contrast, inu, noise, share; e.g. 1:bias=strong,share=3.")] = None,
     template: Annotated[Path | None, typer.Option(help="Template T1 image (NIfTI); default MNI152.")] = None,
     label: Annotated[Path | None, typer.Option(help="Label map or 4D probability atlas on the template.")] = None,
     label_value: Annotated[float | None, typer.Option(help="Label value (3D) or volume index (4D atlas).")] = None,
@@ -171,31 +200,45 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or summary.")] = False,
 ) -> None:
-    """Generate a SimBA-style synthetic dataset: Group 1 with a local bias of the structure, Group 2 without."""
-    from fairal.simulate.dataset import SimulationConfig, group_summary, simulate_dataset
+    """Generate a SimBA-style synthetic dataset: Group 1 with a local bias of the structure, Group 2 without (or
+    the groups of --group), with acquisition differences by group if asked (docs/simulation.md)."""
+    given = dict(locals())  # the options, by the names of the settings (before any other local name exists)
+    from fairal.simulate.dataset import simulate_dataset
+    from fairal.simulate.settings import build_config
 
-    cfg = SimulationConfig(
-        bias=bias, n_subjects=n_subjects, seed=seed, eval_per_group=eval_per_group, test_per_group=test_per_group,
-        bias_mean=bias_mean, bias_std=bias_std, shape=tuple(shape),
-        template=str(template) if template else None, label=str(label) if label else None, label_value=label_value,
-        global_model=str(global_model) if global_model else None,
-        local_model=str(local_model) if local_model else None, global_sampling=global_sampling,
-        global_rms_mm=global_rms_mm, local_sd_mm=local_sd_mm, model_seed=model_seed, jobs=jobs, preview=preview,
-    )
+    options = {k: v for k, v in given.items() if k not in ("out", "overwrite", "quiet") and v is not None}
+    cfg = build_config(options)
     path = simulate_dataset(cfg, out, overwrite=overwrite, progress=not quiet)
     if not quiet:
-        import pandas as pd
+        _print_dataset_summary(path, cfg)
 
-        summary = group_summary(pd.read_csv(path / "manifest.csv"))
-        table = Table(title=f"{path} ({bias} bias)")
-        for col in ("group", "n", "volume (mm3)", "Dice to template", "min Dice"):
-            table.add_column(col, justify="right")
-        for _, r in summary.iterrows():
-            volume = f"{r['volume_mean_mm3']:.0f} ± {r['volume_sd_mm3']:.0f}"
-            table.add_row(str(int(r["group"])), str(int(r["n"])), volume,
-                          f"{r['dice_to_template_mean']:.3f} ± {r['dice_to_template_sd']:.3f}",
-                          f"{r['dice_to_template_min']:.3f}")
-        stdout.print(table)
+
+def _print_dataset_summary(path: Path, cfg) -> None:
+    """Structure volume and Dice to the template by group; says so when the groups are unequal."""
+    import pandas as pd
+
+    from fairal.simulate.dataset import group_summary
+
+    manifest = pd.read_csv(path / "manifest.csv")
+    what = f"groups {', '.join(str(g.name) for g in cfg.group)}" if cfg.group else f"{cfg.bias} bias"
+    table = Table(title=f"{path} ({what})")
+    for col in ("group", "n", "volume (mm3)", "Dice to template", "min Dice"):
+        table.add_column(col, justify="right")
+
+    def sd(value: float, digits: int) -> str:  # one subject has no SD
+        return "n/a" if value != value else f"{value:.{digits}f}"
+
+    for _, r in group_summary(manifest).iterrows():
+        table.add_row(str(int(r["group"])), str(int(r["n"])),
+                      f"{r['volume_mean_mm3']:.0f} ± {sd(r['volume_sd_mm3'], 0)}",
+                      f"{r['dice_to_template_mean']:.3f} ± {sd(r['dice_to_template_sd'], 3)}",
+                      f"{r['dice_to_template_min']:.3f}")
+    stdout.print(table)
+    counts = manifest.loc[manifest["split"] != "eval", "group"].value_counts().sort_index()
+    if counts.nunique() > 1:
+        sizes = ", ".join(f"Group {g}: {n}" for g, n in counts.items())
+        why = "by the groups' shares" if cfg.group else f"{cfg.n_subjects} subjects do not split evenly"
+        stdout.print(f"note: the groups are unequal ({sizes}; {why}, largest remainder first)")
 
 
 @app.command("build-model")
@@ -329,61 +372,125 @@ def run(
     stdout.print(f"records in {out}: rounds.csv, cases.csv, selections.csv")
 
 
+StudyProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Settings profile: smoke, quick, "
+                                                     "standard, paper (default: the study file's, else standard).")]
+SeedsOpt = Annotated[int | None, typer.Option(help="Seeds per dataset, initial set and strategy (default: the "
+                                             "study's, else the profile's).")]
+JobsOpt = Annotated[int, typer.Option(help="Worker processes of the local executor (0 = one per core).")]
+ExecutorOpt = Annotated[str, typer.Option(help="Where the tasks run: local (a process pool) or ray (one Ray task "
+                                          "per run, on a local Ray or a cluster).")]
+AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join: auto or ray://HOST:PORT (default: a "
+                                                "local Ray).")]
+CpusOpt = Annotated[int, typer.Option(help="CPUs (and torch threads) per Ray task.")]
+GpusOpt = Annotated[float, typer.Option(help="GPUs per Ray task, fractional (e.g. 0.25).")]
+StrategiesOpt = Annotated[str | None, typer.Option(help="Comma-separated strategies of the grid (default: the "
+                                                   "study's, else the profile's).")]
+PackOpt = Annotated[str, typer.Option(help="Train the runs of one dataset and seed in lockstep as one task: auto "
+                                      "(when they train on a GPU), on or off.")]
+PackSizeOpt = Annotated[int, typer.Option(help="At most this many runs per lockstep task (0: all of a dataset "
+                                          "and seed).")]
+QuietOpt = Annotated[bool, typer.Option(help="No progress output.")]
+
+
+@app.command()
+@_clear_errors
+def study(
+    source: Annotated[str, typer.Argument(metavar="STUDY", help="A study file (TOML; see docs/studies.md) or a "
+                                          "built-in study: paper.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder: data/, baseline/, runs/, report/.")],
+    profile: StudyProfileOpt = None, seeds: SeedsOpt = None, jobs: JobsOpt = 0, executor: ExecutorOpt = "local",
+    address: AddressOpt = None, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0.0,
+    strategies: StrategiesOpt = None, pack: PackOpt = "auto", pack_size: PackSizeOpt = 0, set_: SetOpt = None,
+    reuse: Annotated[Path | None, typer.Option(help="Another results folder: its finished runs of identical "
+                                               "settings on the same data files are linked, not run again.")]
+    = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a study: its datasets (simulated, or a lab's labeled cohort), initial sets, strategies and seeds, with
+    the statistics and report; resumable. The command line overrides the file."""
+    from fairal.study import load_study
+
+    _run_study(load_study(source), out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task,
+               strategies, pack, pack_size, set_, quiet, reuse)
+
+
 @app.command()
 @_clear_errors
 def reproduce(
     out: Annotated[Path, typer.Argument(help="Output folder: data/, baseline/, runs/, report/.")],
-    profile: ProfileOpt = "quick",
-    seeds: Annotated[int | None, typer.Option(help="Seeds per scenario (default: the profile's).")] = None,
-    jobs: Annotated[int, typer.Option(help="Worker processes of the local executor (0 = one per core).")] = 0,
-    executor: Annotated[str, typer.Option(help="Where the tasks run: local (a process pool) or ray (one Ray task per "
-                                          "run, on a local Ray or a cluster).")] = "local",
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster to join: auto or ray://HOST:PORT (default: a local Ray).")
-    ] = None,
-    cpus_per_task: Annotated[int, typer.Option(help="CPUs (and torch threads) per Ray task.")] = 1,
-    gpus_per_task: Annotated[float, typer.Option(help="GPUs per Ray task, fractional (e.g. 0.25).")] = 0.0,
-    strategies: Annotated[
-        str | None, typer.Option(help="Comma-separated strategies of the grid (default: the profile's).")
-    ] = None,
-    pack: Annotated[str, typer.Option(help="Train the runs of one dataset and seed in lockstep as one task: auto "
-                                      "(when they train on a GPU), on or off.")] = "auto",
-    pack_size: Annotated[int, typer.Option(help="At most this many runs per lockstep task (0: all of a dataset "
-                                           "and seed).")] = 0,
-    set_: SetOpt = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    profile: ProfileOpt = "quick", seeds: SeedsOpt = None, jobs: JobsOpt = 0, executor: ExecutorOpt = "local",
+    address: AddressOpt = None, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0.0,
+    strategies: StrategiesOpt = None, pack: PackOpt = "auto", pack_size: PackSizeOpt = 0, set_: SetOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
-    """The paper's whole experiment: both datasets, baselines, and the grid of AL runs, resumable."""
+    """The paper's whole experiment (the built-in study paper): both datasets, baselines, and the grid of AL
+    runs, resumable."""
+    from fairal.study import paper_study
+
+    _run_study(paper_study(), out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task,
+               strategies, pack, pack_size, set_, quiet)
+
+
+def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task, strategies,
+               pack, pack_size, set_, quiet, reuse=None) -> None:
+    """The grid of a study, then its report and its final table on the console."""
+    import dataclasses
+
     from fairal.config import get_profile, parse_overrides
-    from fairal.experiments import reproduce as run_grid
+    from fairal.experiments import run_study
+    from fairal.study import Arm
 
-    overrides = parse_overrides(set_)
-    if strategies is not None:
-        overrides["strategies"] = strategies
-    prof = get_profile(profile, overrides)
-    run_grid(out, prof, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor, address=address,
-             cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack, pack_size=pack_size)
-    import pandas as pd
-
-    from fairal.metrics import METRICS
+    cli = parse_overrides(set_)
+    base = get_profile(profile or the_study.profile or "standard")
+    if strategies is not None:  # the grid's strategies: the profile's list for the paper, the study's arms else
+        names = tuple(v.strip() for v in strategies.split(",") if v.strip())
+        if the_study.arms is None:
+            base = base.with_overrides({"strategies": ",".join(names)})
+        else:
+            the_study = dataclasses.replace(the_study, arms=tuple(Arm(n, n) for n in names))
+    run_study(the_study, out, base, cli=cli, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor,
+              address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack,
+              pack_size=pack_size, reuse=reuse)
     from fairal.report import build_report
-    from fairal.report.records import final_table, load_results
+    from fairal.report.records import load_results
 
     results = load_results(out)
     path = build_report(out, results=results)
-    final = final_table(results)
-    if not final.empty:
-        view = Table(title=f"final budget ({int(final['n_labeled'].max())} labeled), profile {prof.name}")
-        measures = ["dice_all", *[m for m in METRICS if m in final.columns]]  # Dice and the metric table
-        for col in ("dataset", "init", "strategy", *measures, "g1_ratio", "Δ vs entropy"):
-            view.add_column(col, justify="right")
-        for _, r in final.iterrows():
-            ratio = f"{r['g1_ratio']:.2f}" if "g1_ratio" in r and pd.notna(r["g1_ratio"]) else ""
-            cut = r["delta_reduction_vs_entropy"]  # NaN without an entropy run in the scenario
-            view.add_row(r["dataset"], r["init"], r["strategy"], *[f"{r[m]:.3f}" for m in measures], ratio,
-                         f"{cut:+.0%}" if pd.notna(cut) else "n/a")
-        Console(width=max(stdout.width, 110), markup=False, highlight=False).print(view)
+    if not quiet:
+        _print_final(results, base.with_overrides(cli) if cli else base)
     stdout.print(f"report: {path} (tables and figures beside it)")
+
+
+def _print_final(results, prof) -> None:
+    """The final budget's measures per dataset, initial set and strategy; at a CPU test profile, a caveat."""
+    import pandas as pd
+
+    from fairal.metrics import METRICS
+    from fairal.report.records import final_table
+
+    final = final_table(results)
+    if final.empty:
+        return
+    view = Table(title=f"final budget ({int(final['n_labeled'].max())} labeled), profile {prof.name}")
+    measures = ["dice_all", *[m for m in METRICS if m in final.columns]]  # Dice and the metric table
+    cut = "delta_reduction_vs_entropy" in final.columns and final["delta_reduction_vs_entropy"].notna().any()
+    for col in ("dataset", "init", "strategy", *measures, "g1_ratio", *(["Δ cut vs entropy"] if cut else [])):
+        view.add_column(col, justify="right")
+    for _, r in final.iterrows():
+        ratio = f"{r['g1_ratio']:.2f}" if "g1_ratio" in r and pd.notna(r["g1_ratio"]) else ""
+        extra = []
+        if cut:  # a reduction: +43% = Δ 43% below entropy's
+            value = r["delta_reduction_vs_entropy"]
+            extra = [f"{value:+.0%}".replace("-0%", "0%").replace("+0%", "0%") if pd.notna(value) else "n/a"]
+        view.add_row(str(r["dataset"]), str(r["init"]), str(r["strategy"]), *[f"{r[m]:.3f}" for m in measures],
+                     ratio, *extra)
+    Console(width=max(stdout.width, 110), markup=False, highlight=False).print(view)
+    if cut:
+        stdout.print("Δ cut vs entropy: 1 - Δ / Δ(entropy) in the same scenario (+43% = Δ 43% below entropy's)")
+    if prof.name in ("smoke", "quick"):
+        stdout.print(f"profile {prof.name}: a pipeline check, not evidence (small data, short training, "
+                     f"{results.rounds['seed'].nunique()} seed(s)); the evidence "
+                     "is docs/REPRODUCTION.md")
 
 
 def _print_query(table, strat, budget: int, group_dice: str) -> None:

@@ -67,6 +67,10 @@ class Profile:
     eval_every: int = 1  # measure on the evaluation split every N-th round (and always the last)
     roi_dilation: int = 3
     temperature: float = 1.0
+    # False: the strategies see no group of a pool case; a weighted strategy gives it the expected weight
+    # sum_g p(g|x) w_g from a group classifier on the labeled cases, retrained every round (the records keep the
+    # true group for the metrics)
+    groups_known: bool = True
     # strategies beyond the paper (see fairal.acquisition)
     mc_dropout: float = 0.2  # dropout of the BALD strategies' U-Net (trained and sampled with it); others train without
     mc_samples: int = 8  # MC-dropout samples per pool case for BALD

@@ -130,6 +130,7 @@ def acquisition_round(
     weigh: bool = True,
     weight_dice: Callable[[list[float]], list[float]] | None = None,
     p_group: np.ndarray | None = None,
+    hide_groups: bool = False,
 ) -> Round:
     """The round after training: the Dice of ``model`` on the ``labeled`` cases, the group weights of Eq. 2 over
     ``groups`` (``weigh``: else 1 for every group), each candidate's weight (its group's, or the expected weight
@@ -137,7 +138,9 @@ def acquisition_round(
     ``cases`` gives every case's record (:class:`fairal.data.Case`) by id.
 
     ``rng`` draws the random scores and stochastic batches (in that order); ``mc_seed`` seeds MC dropout.
-    ``weight_dice`` may replace the labeled Dice behind the weights (e.g. cross-validated Dice)."""
+    ``weight_dice`` may replace the labeled Dice behind the weights (e.g. cross-validated Dice). ``hide_groups``:
+    no candidate's group is used, every one gets the expected weight from ``p_group`` (an AL run with
+    ``groups_known`` false)."""
     rows = volumes.rows(list(labeled))
     labeled_dice = evaluate(model, volumes, rows, batch_size=8) if rows else []
     used_dice = weight_dice(labeled_dice) if weight_dice is not None else labeled_dice
@@ -152,7 +155,8 @@ def acquisition_round(
     cand_rows = volumes.rows(list(candidates))
     result.stats = uncertainty_stats(model, volumes.images[cand_rows], volumes.roi[0].numpy(), profile,
                                      strategy.needs_dropout, seed=mc_seed)
-    result.case_weights = (case_weights([cases[c].group for c in candidates], weights, p_group, list(groups))
+    seen = [None if hide_groups else cases[c].group for c in candidates]
+    result.case_weights = (case_weights(seen, weights, p_group, list(groups))
                            if groups else np.ones(len(candidates)))
     result.scores, result.case_weights = strategy_scores(strategy, result.stats, result.case_weights, rng)
     result.selected = select(strategy, list(candidates), result.scores, k, profile.stochastic_batches, rng)

@@ -4,6 +4,7 @@ on an executor of :mod:`fairal.executors`)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,7 @@ from fairal.executors import Executor, LocalExecutor, Task, describe, make_execu
 from fairal.io import FolderLock, check_output_folder, check_own_folder, make_own_folder, within, write_csv, write_json
 from fairal.metrics import EVAL_PREFIX, METRICS, fairness_columns, fairness_summary, prefixed_summary
 from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
+from fairal.study import Arm, DatasetSpec, Study, ensure_cohort, paper_study
 from fairal.train import check_device, save_checkpoint, train_model
 
 
@@ -105,7 +107,7 @@ def run_baseline(
     return table
 
 
-# --- the paper's grid ----------------------------------------------------------------------------------------
+# --- the grid of a study (the paper's: the built-in study ``paper``) -----------------------------------------
 
 #: The paper's datasets: name -> (bias preset, subject seed). Different seeds: the two share no subject draw, so
 #: a claim pooled over them counts independent data (the deformation models, the population, are shared).
@@ -116,30 +118,68 @@ def run_dir(out: Path, dataset: str, init: str, strategy: str, seed: int) -> Pat
     return Path(out) / "runs" / dataset / init / strategy / f"seed-{seed}"
 
 
-def ensure_dataset(out: Path, name: str, profile: Profile, progress: bool) -> Path:
-    """Simulate the dataset with the profile's size, or reuse it if one with the same settings is there."""
-    from fairal.simulate.dataset import SimulationConfig, simulate_dataset
+def simulation_settings(spec: DatasetSpec, profile: Profile):
+    """The simulation of a study's dataset: its ``simulate`` options over the profile's subject count, grid
+    size, test and evaluation cases per group."""
+    from fairal.simulate.dataset import simulation_config
 
-    bias, seed = DATASETS[name]
-    cfg = SimulationConfig(bias=bias, n_subjects=profile.n_subjects, shape=profile.sim_shape,
-                           test_per_group=profile.test_per_group, eval_per_group=profile.eval_per_group, seed=seed)
-    path = Path(out) / "data" / name
+    sizes = {"n_subjects": profile.n_subjects, "shape": list(profile.sim_shape),
+             "test_per_group": profile.test_per_group, "eval_per_group": profile.eval_per_group}
+    return simulation_config({**sizes, **spec.simulate}, f"dataset {spec.name}")
+
+
+def _same_simulation(stored: dict, cfg) -> bool:
+    from fairal.simulate.dataset import same_settings
+
+    return same_settings(stored, cfg)
+
+
+def ensure_dataset(out: Path, spec: str | DatasetSpec, profile: Profile, progress: bool) -> Path:
+    """The study's dataset in ``out/data/NAME``: simulated (or a CSV cohort resampled) with these settings, or
+    reused if one with the same settings is there. ``spec``: a :class:`fairal.study.DatasetSpec` or the name of
+    one of the paper's datasets."""
+    from fairal.simulate.dataset import simulate_dataset
+
+    if isinstance(spec, str):
+        spec = next(d for d in paper_study().datasets if d.name == spec)
+    if spec.kind == "folder":
+        return spec.folder
+    path = Path(out) / "data" / spec.name
+    if spec.kind == "csv":
+        return ensure_cohort(spec, path, profile)
+    cfg = simulation_settings(spec, profile)
     info = path / "dataset.json"
     if info.is_file():
-        settings = json.loads(info.read_text()).get("settings", {})
-        same = (settings.get("n_subjects") == cfg.n_subjects and settings.get("bias") == cfg.bias
-                and list(settings.get("shape", [])) == list(cfg.shape)
-                and settings.get("test_per_group", 15) == cfg.test_per_group
-                and settings.get("eval_per_group", 0) == cfg.eval_per_group and settings.get("seed", 0) == cfg.seed)
-        if same:
+        if _same_simulation(json.loads(info.read_text()).get("settings", {}), cfg):
             return path
-        raise FairalError(f"{path} holds a dataset of other settings than profile {profile.name}'s; "
-                          "use another output folder or delete it")
+        raise FairalError(f"{path} holds a dataset of other settings than dataset {spec.name} of this study at "
+                          f"profile {profile.name}; use another output folder or delete it")
     return simulate_dataset(cfg, path, progress=progress)
 
 
+@dataclass(frozen=True)
+class GridRun:
+    """One AL run of a study: dataset, initial set, arm (strategy under its name), seed, and its settings."""
+
+    dataset: DatasetSpec
+    init: str
+    arm: Arm
+    seed: int
+    profile: Profile
+
+    def folder(self, out: Path) -> Path:
+        return run_dir(out, self.dataset.name, self.init, self.arm.name, self.seed)
+
+
+def study_grid(study: Study, base: Profile, seeds: int, cli: dict | None = None) -> list[GridRun]:
+    """Every run of the study, datasets x initial sets x arms x seeds in that order."""
+    arms = study.resolved_arms(base)
+    return [GridRun(d, i, a, seed, study.profile_for(base, d, a, cli or {}))
+            for d in study.datasets for i in study.inits for a in arms for seed in range(seeds)]
+
+
 def grid(seeds: int, strategies: tuple[str, ...] | list[str]) -> list[tuple[str, str, str, int]]:
-    """Every (dataset, initial set, strategy, seed) of the experiment; strategy names are checked first."""
+    """Every (dataset, initial set, strategy, seed) of the paper's experiment; strategy names are checked first."""
     from fairal.acquisition import parse_strategy
     from fairal.loop import INITS
 
@@ -156,35 +196,60 @@ def reproduce(
     executor: str | Executor = "local", address: str | None = None, cpus_per_task: int = 1,
     gpus_per_task: float = 0.0, max_retries: int = 3, pack: str = "auto", pack_size: int = 0,
 ) -> None:
-    """The whole paper experiment: both datasets, their baselines, and the grid 2 datasets x 3 initial sets x
-    the profile's strategies (the paper's 4, and more at ``smoke``/``standard``) x seeds, skipping finished work.
+    """The whole paper experiment (the built-in study ``paper``, :func:`run_study`): both datasets, their
+    baselines, and the grid 2 datasets x 3 initial sets x the profile's strategies (the paper's 4, and more at
+    ``smoke``/``standard``) x seeds, skipping finished work."""
+    run_study(paper_study(), out, profile, seeds=seeds, jobs=jobs, progress=progress, executor=executor,
+              address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, max_retries=max_retries,
+              pack=pack, pack_size=pack_size)
+
+
+def run_study(
+    study: Study, out: str | Path, profile: Profile, cli: dict | None = None, seeds: int | None = None,
+    jobs: int = 0, progress: bool = True, executor: str | Executor = "local", address: str | None = None,
+    cpus_per_task: int = 1, gpus_per_task: float = 0.0, max_retries: int = 3, pack: str = "auto",
+    pack_size: int = 0, reuse: str | Path | None = None,
+) -> None:
+    """A study (:mod:`fairal.study`): its datasets, their baselines if it has them, and its grid of AL runs (its
+    datasets x initial sets x strategies x seeds), skipping finished work. ``profile``: the base settings (the
+    study's, dataset's and arm's overrides apply on top, then ``cli``'s).
 
     ``executor``: an :class:`fairal.executors.Executor` or its name, ``"local"`` (a process pool on this machine,
     ``jobs`` workers) or ``"ray"`` (one Ray task per AL run and per dataset's baselines, on a local Ray or the
     cluster at ``address``, ``cpus_per_task`` / ``gpus_per_task`` each, retried ``max_retries`` times). Either
     way every task writes its records into ``out`` itself, so ``out`` must be on a filesystem that the workers
     share; a task that fails or whose worker is lost resumes after its last complete round. The results folder is
-    locked while the grid runs: a second ``reproduce`` into it is refused.
+    locked while the grid runs: a second study or ``reproduce`` into it is refused.
 
     ``pack``: the unfinished runs of one dataset and seed (the same schedule: the same number of steps at every
     round) become one task that trains them in lockstep on one device (:func:`fairal.loop.run_lockstep`), at most
     ``pack_size`` runs a task (0: all of them). ``"auto"`` packs when the runs train on a GPU; on a CPU packing is
-    slower than a process per core.
+    slower than a process per core. ``reuse``: another results folder; its finished runs of identical settings on
+    the same data files are linked into ``out`` instead of run again (:func:`reuse_run`).
     """
+    from fairal.study import check_settings
+
+    cli = cli or {}
     if pack not in ("auto", "on", "off"):
         raise FairalError(f"--pack must be auto, on or off, got {pack!r}")
     if isinstance(pack_size, bool) or not isinstance(pack_size, int) or pack_size < 0:
         raise FairalError(f"--pack-size must be a whole number >= 0 (0: no limit), got {pack_size!r}")
+    check_settings(study, profile, cli)
+    if reuse is not None and not (Path(reuse) / "runs").is_dir():
+        raise FairalError(f"--reuse {reuse}: no results folder (no runs/ in it)")
     if isinstance(executor, str):
         executor = make_executor(executor, jobs=jobs, address=address, cpus_per_task=cpus_per_task,
                                  gpus_per_task=gpus_per_task, max_retries=max_retries)
     executor.check(profile)
     out = check_output_folder(out, "the results folder")
-    with FolderLock(out, "fairal reproduce"):
+    with FolderLock(out, f"fairal study {study.name}"):
         packed = pack == "on" or (pack == "auto" and executor.trains_on_gpu(profile))
         if packed and isinstance(executor, LocalExecutor) and not executor.jobs:
             executor = LocalExecutor(jobs=1)  # one process drives the GPU; --jobs N runs N lockstep groups
-        _reproduce(out, profile, seeds or profile.seeds, executor, progress, pack_size if packed else 1)
+        seeds = seeds or study.seeds or profile.seeds
+        write_json(within(out, "study.json"), {"study": study.as_dict(), "profile": profile.as_dict(),
+                                               "seeds": seeds, "cli_overrides": cli})
+        _run_grid(out, study, profile, cli, seeds, executor, progress, pack_size if packed else 1, reuse)
 
 
 def lockstep_groups(runs: list[Task], pack_size: int) -> list[list[Task]]:
@@ -197,27 +262,102 @@ def lockstep_groups(runs: list[Task], pack_size: int) -> list[list[Task]]:
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
-def grid_tasks(out: Path, profile: Profile, seeds: int, pack_size: int) -> list[Task]:
-    """The unfinished work of the grid as tasks: each dataset's baselines, then its runs (alone, or in lockstep
-    groups). The datasets are simulated and their volume caches built here, once, so that workers only read them."""
+def _dataset_data(out: Path, study: Study, profile: Profile, cli: dict) -> dict:
+    """Each dataset made (or reused) and its manifest: name -> (path, manifest)."""
+    data = {}
+    for d in study.datasets:
+        prof = study.profile_for(profile, d, None, cli)
+        path = ensure_dataset(out, d, prof, progress=False)
+        data[d.name] = (str(path), read_manifest(path, test_per_group=prof.test_per_group))
+    return data
+
+
+def _cache(data_dir: str, manifest: pd.DataFrame, profile: Profile, caches: dict) -> str:
+    """The volume cache of a dataset at a profile's crop and resolution, built once by the driver."""
+    key = (data_dir, profile.crop_margin, profile.downsample)
+    if key not in caches:
+        load_volumes(data_dir, manifest, crop_margin=profile.crop_margin, downsample=profile.downsample)
+        caches[key] = str(volume_cache(Path(data_dir), manifest, profile.crop_margin, profile.downsample))
+    return caches[key]
+
+
+def reuse_run(spec, manifest: pd.DataFrame, source: Path, target: Path) -> bool:
+    """Link a finished run of another results folder into ``target`` when it is this run: the same settings
+    (:func:`fairal.loop.same_settings`: strategy, initial set, seed, profile) on the same data files (its
+    ``data.json``: every case's group, split, file sizes and modification times, as linked datasets keep them).
+    Its files are hard links (:func:`link_tree`); returns whether it was."""
+    from fairal.data import data_files
+    from fairal.loop import same_settings
+
+    try:
+        state = json.loads((source / "state.json").read_text())
+        config = json.loads((source / "config.json").read_text())
+        started = json.loads((source / "data.json").read_text())
+    except (OSError, ValueError):
+        return False
+    here = {k: v for k, v in spec.settings().items() if k != "data_dir"}  # the same files, by data.json
+    there = {k: v for k, v in config.get("settings", {}).items() if k != "data_dir"}
+    if not (state.get("finished") and same_settings(there, here)
+            and started == json.loads(json.dumps(data_files(manifest)))):
+        return False
+    link_tree(source, target)
+    return True
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """A copy of the folder ``source`` as ``target`` whose files are hard links (copies where the file system has
+    none): the same bytes, sizes and modification times."""
+    import os
+    import shutil
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target, copy_function=link)
+
+
+def reuse_datasets(out: Path, study: Study, profile: Profile, cli: dict, reuse: Path) -> None:
+    """Link the simulated datasets of ``reuse`` that this study would simulate with the same settings into
+    ``out/data`` (then runs on them can be reused: :func:`reuse_run`)."""
+    for d in study.datasets:
+        source, target = Path(reuse) / "data" / d.name, Path(out) / "data" / d.name
+        if d.kind != "simulate" or target.exists() or not (source / "dataset.json").is_file():
+            continue
+        cfg = simulation_settings(d, study.profile_for(profile, d, None, cli))
+        if _same_simulation(json.loads((source / "dataset.json").read_text()).get("settings", {}), cfg):
+            link_tree(source, target)
+
+
+def grid_tasks(out: Path, study: Study, profile: Profile, seeds: int, pack_size: int, cli: dict | None = None,
+               reuse: str | Path | None = None) -> list[Task]:
+    """The unfinished work of the study as tasks: each dataset's baselines (if the study has them), then its runs
+    (alone, or in lockstep groups). The datasets are made and their volume caches built here, once, so that
+    workers only read them. ``reuse``: a results folder whose finished runs of identical settings and data are
+    linked instead of run again (:func:`reuse_run`)."""
     from fairal.loop import ActiveLearningRun, RunSpec
 
-    tasks, unfinished, data = [], [], {}
-    for name in DATASETS:
-        path = ensure_dataset(out, name, profile, progress=False)
-        manifest = read_manifest(path, test_per_group=profile.test_per_group)
-        load_volumes(path, manifest, crop_margin=profile.crop_margin, downsample=profile.downsample)
-        cache = str(volume_cache(path, manifest, profile.crop_margin, profile.downsample))
-        data[name] = (str(path), manifest, cache)
-        if not (out / "baseline" / name / "baseline_table.csv").is_file():
-            tasks.append(Task("baseline", str(path), str(out / "baseline" / name), profile, manifest=manifest,
-                              volumes=cache))
-    for name, init, strategy, seed in grid(seeds, profile.strategies):
-        path, manifest, cache = data[name]
-        target = run_dir(out, name, init, strategy, seed)
-        if not ActiveLearningRun(RunSpec(path, strategy, init, seed, profile), target, manifest=manifest).is_finished():
-            unfinished.append(Task("run", path, str(target), profile, init, strategy, seed, manifest=manifest,
-                                   volumes=cache))
+    cli = cli or {}
+    tasks, unfinished, caches = [], [], {}
+    data = _dataset_data(out, study, profile, cli)
+    for d in study.datasets if study.baselines else ():
+        path, manifest = data[d.name]
+        prof = study.profile_for(profile, d, None, cli)
+        if not (out / "baseline" / d.name / "baseline_table.csv").is_file():
+            tasks.append(Task("baseline", path, str(out / "baseline" / d.name), prof, manifest=manifest,
+                              volumes=_cache(path, manifest, prof, caches)))
+    for r in study_grid(study, profile, seeds, cli):
+        path, manifest = data[r.dataset.name]
+        target = r.folder(out)
+        spec = RunSpec(path, r.arm.strategy, r.init, r.seed, r.profile)
+        if reuse is not None and not target.exists():
+            reuse_run(spec, manifest, r.folder(Path(reuse)), target)
+        if not ActiveLearningRun(spec, target, manifest=manifest).is_finished():
+            unfinished.append(Task("run", path, str(target), r.profile, r.init, r.arm.strategy, r.seed,
+                                   manifest=manifest, volumes=_cache(path, manifest, r.profile, caches)))
     for group in lockstep_groups(unfinished, pack_size):
         if len(group) == 1:
             tasks += group
@@ -227,24 +367,23 @@ def grid_tasks(out: Path, profile: Profile, seeds: int, pack_size: int) -> list[
     return tasks
 
 
-def _reproduce(out: Path, profile: Profile, seeds: int, executor: Executor, progress: bool, pack_size: int) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _run_grid(out: Path, study: Study, profile: Profile, cli: dict, seeds: int, executor: Executor,
+              progress: bool, pack_size: int, reuse: str | Path | None = None) -> None:
     from fairal.loop import schedule
+    from fairal.progress import GridProgress
 
-    n_rounds = len(schedule(profile))
-    for name in DATASETS:  # simulated with a progress bar of its own, before the grid's
-        ensure_dataset(out, name, profile, progress)
-    tasks = grid_tasks(out, profile, seeds, pack_size)
-    keys = {run_dir(out, *r) for r in grid(seeds, profile.strategies)}
-    columns = (TextColumn("grid (baselines + rounds)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        task_id = bar.add_task("grid", total=len(DATASETS) + len(keys) * n_rounds,
-                               completed=_units_done(out, n_rounds, keys))
-
+    if reuse is not None:
+        reuse_datasets(out, study, profile, cli, Path(reuse))
+    for d in study.datasets:  # made with a progress bar of its own, before the grid's
+        ensure_dataset(out, d, study.profile_for(profile, d, None, cli), progress)
+    tasks = grid_tasks(out, study, profile, seeds, pack_size, cli, reuse)
+    runs = {r.folder(out): len(schedule(r.profile)) for r in study_grid(study, profile, seeds, cli)}
+    n_baselines = len(study.datasets) if study.baselines else 0
+    with GridProgress(n_baselines + sum(runs.values()), len(runs) + n_baselines, enabled=progress) as bar:
         def refresh() -> None:
-            bar.update(task_id, completed=_units_done(out, n_rounds, keys))
+            bar.update(*_units_done(out, runs, study))
 
+        refresh()
         failures = executor.run(tasks, grid_task, refresh)
         refresh()
     if failures:
@@ -253,17 +392,19 @@ def _reproduce(out: Path, profile: Profile, seeds: int, executor: Executor, prog
                           "run the same command again to retry the rest")
 
 
-def _units_done(out: Path, n_rounds: int, runs: set[Path]) -> int:
-    """Progress from the records on disk: finished baselines plus complete rounds of the grid's runs."""
-    done = sum(1 for _ in out.glob("baseline/*/baseline_table.csv"))
-    for state in out.glob("runs/*/*/*/seed-*/state.json"):
-        if state.parent not in runs:
-            continue
+def _units_done(out: Path, runs: dict[Path, int], study: Study) -> tuple[int, int]:
+    """Progress from the records on disk: (finished baselines plus complete rounds of the study's runs, finished
+    baselines and runs)."""
+    names = [d.name for d in study.datasets] if study.baselines else []
+    done = finished = sum(1 for n in names if (out / "baseline" / n / "baseline_table.csv").is_file())
+    for run in runs:
         try:
-            done += int(json.loads(state.read_text())["completed_round"]) + 1
+            state = json.loads((run / "state.json").read_text())
+            done += int(state["completed_round"]) + 1
+            finished += bool(state.get("finished"))
         except (OSError, ValueError, KeyError):
-            pass  # being replaced right now: counted at the next refresh
-    return done
+            pass  # not started, or being replaced right now: counted at the next refresh
+    return done, finished
 
 
 def grid_task(task: Task) -> Task:

@@ -25,6 +25,7 @@ from fairal.config import Profile
 from fairal.data import VolumeSet, case_records, data_files, describe_changes, load_volumes, read_manifest
 from fairal.engine import acquisition_round, evaluate, training_member
 from fairal.errors import FairalError
+from fairal.groups import hidden_group_model
 from fairal.io import (
     FolderLock,
     check_output_folder,
@@ -53,6 +54,10 @@ from fairal.train import (
 INITS = ("balanced", "g1-heavy", "g2-heavy")
 HEAVY_SHARE = 0.8
 CASE_COLUMNS = ["round", "case_id", "group", "split", "dice"]
+#: ``rounds.csv``'s columns of a run whose strategies see no pool group (``groups_known`` false, a weighted
+#: strategy): how p(g|x) was obtained (classifier or frequencies), the classifier's cross-validated accuracy on the
+#: labeled cases, and the accuracy of its most probable group on the candidates (against their true groups).
+HIDDEN_GROUP_COLUMNS = ["group_model", "group_cv_accuracy", "pool_group_accuracy"]
 
 
 def selection_columns() -> list[str]:
@@ -91,7 +96,7 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategy", parse_strategy(self.strategy))
-        _heavy_group(self.init)
+        heavy_group(self.init)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise FairalError(f"--seed must be a whole number >= 0, got {self.seed!r}")
 
@@ -115,7 +120,7 @@ def same_settings(stored: dict, current: dict) -> bool:
     return {**stored, "profile": old} == {**current, "profile": new}
 
 
-def _heavy_group(init: str):
+def heavy_group(init: str):
     """``balanced`` -> None; ``g<X>-heavy`` -> X (an int when it reads as one)."""
     if init == "balanced":
         return None
@@ -135,7 +140,7 @@ def schedule(profile: Profile) -> list[int]:
 def initial_counts(groups: list, init: str, size: int) -> dict:
     """Cases per group in the initial set. ``balanced``: ``size`` split evenly (the first groups get the
     remainder); ``gX-heavy``: ``round(0.8 * size)`` of group X, the rest split evenly over the other groups."""
-    heavy = _heavy_group(init)
+    heavy = heavy_group(init)
     if heavy is not None and heavy not in groups:
         raise FairalError(f"initial set {init}: the dataset has no group {heavy} (groups: "
                           f"{', '.join(map(str, groups))})")
@@ -182,6 +187,9 @@ class ActiveLearningRun:
         self.cases = case_records(self.manifest)
         self.strategy = spec.strategy
         self.columns = round_columns(self.groups)
+        self.hide_groups = not self.profile.groups_known and self.strategy.weighted
+        if self.hide_groups:
+            self.columns = [*self.columns, *HIDDEN_GROUP_COLUMNS]
         initial_counts(self.groups, spec.init, self.profile.init_size)  # an init that names no group fails here
         self._volumes = volumes
         self._rnd: int | None = None
@@ -252,7 +260,8 @@ class ActiveLearningRun:
         if state is None:
             write_json(within(self.out, "data.json"), data_files(self.manifest))
             write_json(within(self.out, "config.json"),
-                       {"settings": self.spec.settings(), "versions": versions(), "schedule": self.sizes,
+                       {"settings": self.spec.settings(), "groups_known": self.profile.groups_known,
+                        "versions": versions(), "schedule": self.sizes,
                         "device": describe_device(self.profile.device),
                         "bf16": resolve_bf16(self.profile.bf16, resolve_device(self.profile.device))})
             self._records = {"rounds": [], "cases": [], "selections": []}
@@ -295,6 +304,20 @@ class ActiveLearningRun:
             return pd.read_csv(self.out / "rounds.csv")
         return pd.DataFrame(self._records["rounds"], columns=self.columns)
 
+    def _hidden_groups(self, rnd: int, model, labeled: list[str], candidates: list[str]) -> tuple:
+        """With ``groups_known`` false and a weighted strategy: ``p(g|x)`` of the candidates from a group
+        classifier on the labeled cases (retrained every round, on this round's model), and its record; else
+        (None, {})."""
+        if not self.hide_groups or not candidates:
+            return None, {}
+        vol, cases = self.volumes, self.cases
+        gm = hidden_group_model(model, vol.images[vol.rows(labeled)], [cases[c].group for c in labeled],
+                                vol.images[vol.rows(candidates)], self.groups, self.spec.seed, (rnd,))
+        truth = [self.groups.index(cases[c].group) for c in candidates]
+        accuracy = float((gm.proba.argmax(axis=1) == truth).mean())
+        return gm.proba, {"group_model": gm.method, "group_cv_accuracy": gm.cv_accuracy,
+                          "pool_group_accuracy": accuracy}
+
     def _round(self, rnd: int, result: TrainResult) -> tuple[list[str], bool]:
         p, vol, labeled, records = self.profile, self.volumes, self._labeled, self._records
         test_ids, pool_ids, cases = self.test_ids, self.pool_ids, self.cases
@@ -310,12 +333,14 @@ class ActiveLearningRun:
         chosen = set(labeled)
         candidates = [] if finished else [c for c in pool_ids if c not in chosen]
         k = min(p.acquire, self.sizes[-1] - len(labeled))
+        p_group, hidden = self._hidden_groups(rnd, model, labeled, candidates)
         # Dice on the labeled set gives the group weights (Sec. 3.2); then the pool is scored and the batch chosen.
         done = acquisition_round(model, vol, labeled, candidates, cases, self.groups, self.strategy, p, k,
                                  rng=stream(self.spec.seed, "selection", rnd),
-                                 mc_seed=stream_seed(self.spec.seed, "mc-dropout", rnd))
+                                 mc_seed=stream_seed(self.spec.seed, "mc-dropout", rnd), p_group=p_group,
+                                 hide_groups=p_group is not None)
         labeled_groups = [cases[c].group for c in labeled]
-        row = {"round": rnd, "n_labeled": len(labeled),
+        row = {"round": rnd, "n_labeled": len(labeled), **hidden,
                **{c: summary.get(c) for c in (*fairness_columns(self.groups),
                                                *fairness_columns(self.groups, EVAL_PREFIX))}}
         for g in self.groups:
@@ -340,21 +365,25 @@ class ActiveLearningRun:
                  "weight": done.case_weights[i], "score": done.scores[i], "selected": c in chosen}
                 for i, c in enumerate(candidates)]
             next_labeled = sorted(labeled + done.selected)
-        # Records first, then the checkpoint, then the state: a kill between them repeats this round only.
+        self._write_round(rnd, result, len(labeled), next_labeled, finished)
+        return next_labeled, finished
+
+    def _write_round(self, rnd: int, result: TrainResult, n_labeled: int, next_labeled: list[str],
+                     finished: bool) -> None:
+        """Records first, then the checkpoint, then the state: a kill between them repeats this round only."""
+        records = self._records
         write_csv(within(self.out, "rounds.csv"), pd.DataFrame(records["rounds"], columns=self.columns))
         write_csv(within(self.out, "cases.csv"), pd.DataFrame(records["cases"], columns=CASE_COLUMNS))
         write_csv(within(self.out, "selections.csv"), pd.DataFrame(records["selections"], columns=selection_columns()))
-        ckpt_dir = self.out / "checkpoints"
-        save_checkpoint(model, within(self.out, "checkpoints", f"round-{rnd:02d}.pt"),
-                        {"round": rnd, "n_labeled": len(labeled)})
+        save_checkpoint(result.model, within(self.out, "checkpoints", f"round-{rnd:02d}.pt"),
+                        {"round": rnd, "n_labeled": n_labeled})
         write_json(within(self.out, "state.json"),
                    {"completed_round": rnd, "next_labeled": next_labeled, "finished": finished,
                     "train": {"seed": result.seed, "restarts": result.restarts, "collapsed": result.collapsed,
                               "train_dice": result.train_dice}})
-        for old in ckpt_dir.glob("round-*.pt"):  # only the last round's model is needed (warm start, resume)
+        for old in (self.out / "checkpoints").glob("round-*.pt"):  # only the last round's model is needed
             if old.name != f"round-{rnd:02d}.pt":
                 old.unlink(missing_ok=True)
-        return next_labeled, finished
 
 
 def run_lockstep(runs: list[ActiveLearningRun], progress: bool = False, on_round=None) -> list[tuple]:

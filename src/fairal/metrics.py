@@ -20,7 +20,7 @@ import numpy as np
 from fairal.errors import FairalError
 
 __all__ = ["dice", "dice_from_proba", "group_means", "delta", "essp", "fairness_summary", "fairness_columns",
-           "EVAL_PREFIX", "METRICS", "Metric", "register_metric", "metric"]
+           "EVAL_PREFIX", "METRICS", "Metric", "register_metric", "metric", "bounds", "BOUNDED_RECORDS"]
 
 #: The prefix of the measures on a dataset's evaluation split (``eval_dice_all``, ``eval_essp``, ...).
 EVAL_PREFIX = "eval_"
@@ -141,26 +141,38 @@ def essp(overall: float, delta: float) -> float:
     return float(overall) / (1.0 + float(delta))
 
 
+#: No bound on either side.
+UNBOUNDED = (-math.inf, math.inf)
+#: Dice, ESSP, shares and weights.
+UNIT = (0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class Metric:
     """A fairness measure of a set of cases from their Dice: its name (its column in ``rounds.csv``, the baselines'
-    table and the report), its words, whether higher is better, and how it is computed from the overall Dice and
-    the per-group mean Dice."""
+    table and the report), its words, whether higher is better, how it is computed from the overall Dice and
+    the per-group mean Dice, and the range its values can take (intervals of a mean are kept inside it)."""
 
     name: str
     label: str
     higher_is_better: bool
     compute: Callable[[float, Mapping[Hashable, float]], float]
+    bounds: tuple[float, float] = UNBOUNDED
 
 
 #: The metric table, in record order after ``dice_all`` and the ``dice_g<g>``: adding a metric is one entry (or
 #: :func:`register_metric`); the round and baseline columns, the report's tables and the CLI read it.
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("delta", "Δ", False, lambda overall, per_group: delta(overall, per_group)),
-    Metric("essp", "ESSP", True, lambda overall, per_group: essp(overall, delta(overall, per_group))),
+    Metric("delta", "Δ", False, lambda overall, per_group: delta(overall, per_group), (0.0, math.inf)),
+    Metric("essp", "ESSP", True, lambda overall, per_group: essp(overall, delta(overall, per_group)), UNIT),
 )}
 #: The measures every summary has before the metric table's: the overall Dice (and one Dice per group).
-DICE = Metric("dice_all", "Dice", True, lambda overall, per_group: overall)
+DICE = Metric("dice_all", "Dice", True, lambda overall, per_group: overall, UNIT)
+#: The ranges of the records' columns that are not measures of the table: the Group 1 share of the labeled set
+#: (``g1_ratio``) and of a run's acquisitions, a group's weight in Eq. 2 (``w_g<g>``: a softmax), Table 1's Dice
+#: gap and the Δ reduction against entropy (``1 - Δ / Δ_entropy``, Δ >= 0).
+BOUNDED_RECORDS = {"g1_ratio": UNIT, "g1_acquired_share": UNIT, "w_g": UNIT, "dice_gap": (-1.0, 1.0),
+                   "delta_reduction_vs_entropy": (-math.inf, 1.0)}
 
 
 def register_metric(metric: Metric) -> Metric:
@@ -182,10 +194,27 @@ def metric(name: str) -> Metric:
     without the ``eval_`` prefix)."""
     name = name[len(EVAL_PREFIX):] if name.startswith(EVAL_PREFIX) else name
     if name == DICE.name or name.startswith("dice_g"):
-        return DICE if name == DICE.name else Metric(name, f"Dice G{name[len('dice_g'):]}", True, DICE.compute)
+        return DICE if name == DICE.name else Metric(name, f"Dice G{name[len('dice_g'):]}", True, DICE.compute,
+                                                     UNIT)
     if name not in METRICS:
         raise FairalError(f"unknown metric {name!r}; metrics: dice_all, dice_g<g>, {', '.join(METRICS)}")
     return METRICS[name]
+
+
+def bounds(column: str) -> tuple[float, float]:
+    """The range of a record column's values: a metric's (with or without the ``eval_`` prefix; an ``_auc``, the
+    curve's mean level, has its metric's), a Dice's [0, 1], a share's or weight's of :data:`BOUNDED_RECORDS`;
+    unbounded for any other column."""
+    name = column[len(EVAL_PREFIX):] if column.startswith(EVAL_PREFIX) else column
+    name = {"dice_auc": "dice_all"}.get(name, name[:-len("_auc")] if name.endswith("_auc") else name)
+    if name in BOUNDED_RECORDS:
+        return BOUNDED_RECORDS[name]
+    if name.startswith("w_g"):
+        return BOUNDED_RECORDS["w_g"]
+    try:
+        return metric(name).bounds
+    except FairalError:
+        return UNBOUNDED
 
 
 def fairness_summary(

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fairal import versions
 from fairal.acquisition import STATISTICS, Strategy, parse_strategy, roi_mask
@@ -27,14 +26,13 @@ from fairal.config import Profile, get_profile
 from fairal.data import case_records
 from fairal.engine import acquisition_round, evaluate, fit, model_factory
 from fairal.errors import FairalError
+from fairal.groups import MIN_PER_GROUP, GroupModel, case_features, group_probabilities  # noqa: F401
 from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
 from fairal.model import UNet3D, load_unet
 from fairal.owndata import Grid, load_cases, read_cases, structure_grid, to_case_grid
 from fairal.sampling import stream, stream_seed
 from fairal.train import check_device, predict_proba, save_checkpoint, train_model
 
-#: Fewest cases of known group per group for the group classifier; below it, group frequencies are used.
-MIN_PER_GROUP = 5
 #: Fewest labeled cases per group for a group Dice worth weighing by: fewer, and a warning says so.
 MIN_LABELED_PER_GROUP = 3
 #: The profile settings a query uses: it trains once (or not at all) and ranks; it has no active-learning schedule
@@ -55,50 +53,6 @@ def query_profile(name: str, overrides: dict[str, str] | None = None) -> Profile
                               "and ranks the unlabeled cases: no active-learning schedule, no simulated data); "
                               f"its settings: {', '.join(QUERY_SETTINGS)}")
     return get_profile(name, overrides)
-
-
-@dataclass
-class GroupModel:
-    """``p(g|x)`` for the cases whose group is unknown: how it was obtained, and its quality when measurable."""
-
-    method: str  # "classifier", "frequencies" or "none needed"
-    groups: list
-    proba: np.ndarray  # (n_unknown, n_groups)
-    cv_accuracy: float | None = None
-    chance_accuracy: float | None = None
-    n_train: int = 0
-
-
-def group_probabilities(features: np.ndarray, groups: np.ndarray, known: np.ndarray, order: list,
-                        seed: int = 0) -> GroupModel:
-    """``p(g|x)`` of the cases with ``known == False``, learnt from the cases of known group.
-
-    With at least :data:`MIN_PER_GROUP` known cases in every group: a standardised multinomial logistic regression
-    on ``features`` (its stratified cross-validated accuracy is reported against the majority-class rate); else the
-    groups' frequencies among the known cases, the same for every unknown case."""
-    unknown = ~known
-    n_unknown = int(unknown.sum())
-    if n_unknown == 0:
-        return GroupModel("none needed", order, np.zeros((0, len(order))))
-    y = np.array([order.index(g) for g in groups[known]])
-    counts = np.bincount(y, minlength=len(order))
-    chance = float(counts.max() / counts.sum())
-    if len(order) > 1 and counts.min() >= MIN_PER_GROUP:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold, cross_val_score
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-        folds = StratifiedKFold(n_splits=min(5, int(counts.min())), shuffle=True,
-                                random_state=stream_seed(seed, "query-classifier"))
-        cv = float(cross_val_score(clf, features[known], y, cv=folds).mean())
-        clf.fit(features[known], y)
-        proba = np.zeros((n_unknown, len(order)))
-        proba[:, clf.classes_] = clf.predict_proba(features[unknown])
-        return GroupModel("classifier", order, proba, cv, chance, int(known.sum()))
-    freq = counts / counts.sum()
-    return GroupModel("frequencies", order, np.tile(freq, (n_unknown, 1)), None, chance, int(known.sum()))
 
 
 GROUP_DICE = ("labeled", "cross-validated")
@@ -126,29 +80,6 @@ def out_of_fold_dice(vol, rows: list[int], groups: list, profile: Profile, seed:
                              model_factory(profile, vol, train, dropout=dropout), progress=progress)
         dice[held] = evaluate(result.model, vol, [rows[i] for i in held], batch_size=8)
     return dice.tolist()
-
-
-def case_features(model: UNet3D, images: torch.Tensor, batch_size: int = 8) -> np.ndarray:
-    """One feature vector per case: the channel means of the deepest encoder block and of the last decoder block
-    (what the network sees at its coarsest and finest level), for the group classifier."""
-    captured: list[torch.Tensor] = []
-
-    def keep(_module, _inputs, output):
-        captured.append(output.detach().float().mean(dim=(2, 3, 4)).cpu())
-
-    layers = [model.encoders[-1]] + ([model.decoders[0]] if len(model.decoders) else [])
-    hooks = [layer.register_forward_hook(keep) for layer in layers]
-    rows = []
-    try:
-        for start in range(0, len(images), batch_size):
-            captured.clear()
-            for _ in predict_proba(model, images[start:start + batch_size], batch_size=batch_size):
-                pass
-            rows.append(torch.cat(captured, dim=1).numpy())
-    finally:
-        for h in hooks:
-            h.remove()
-    return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, 0))
 
 
 def _model_for(path: Path, profile: Profile, dropout: float) -> tuple[UNet3D, dict]:

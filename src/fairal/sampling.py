@@ -33,6 +33,8 @@ STREAMS: dict[str, tuple[int, str]] = {
     "test-split": (0, "the fixed test split of a dataset"),
     "eval-groups": (_BASE + 0, "the groups of the evaluation subjects, in a shuffled order"),
     "eval-subject": (_BASE + 1, "one evaluation subject's coefficients and bias c (key: its index)"),
+    "acquisition-inu": (_BASE + 2, "one subject's intensity non-uniformity field (key: its case id)"),
+    "acquisition-noise": (_BASE + 3, "one subject's Rician noise (key: its case id)"),
     # experiments: seed = the run's or baseline's seed
     "cohort": (_BASE + 10, "the baseline (Table 1) training cohorts"),
     "baseline-training": (_BASE + 11, "the baseline models' initial weights and batches"),
@@ -40,6 +42,8 @@ STREAMS: dict[str, tuple[int, str]] = {
     "training": (_BASE + 21, "an AL round's initial weights and batches (key: the round)"),
     "mc-dropout": (_BASE + 22, "an AL round's MC-dropout draws (key: the round)"),
     "selection": (_BASE + 23, "an AL round's random scores and stochastic batches (key: the round)"),
+    "group-classifier": (_BASE + 24, "the folds of an AL round's group classifier (groups_known false; key: the "
+                         "round)"),
     # training: seed = the training's own seed
     "training-restart": (_BASE + 30, "the k-th restart of a collapsed training (key: k)"),
     "mc-dropout-batch": (_BASE + 31, "the dropout masks of one batch of MC-dropout prediction (key: the batch)"),

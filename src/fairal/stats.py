@@ -46,15 +46,18 @@ def _values(values: Sequence[float]) -> np.ndarray:
     return v
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
-    """Mean and Student-t confidence interval ``mean ± t(1 - (1 - level) / 2, n - 1) · s / √n`` (``s``: sample SD).
-    One value gives a zero-width interval at the value."""
+def mean_ci(values: Sequence[float], level: float = 0.95,
+            bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
+    """Mean and Student-t confidence interval ``mean ± t(1 - (1 - level) / 2, n - 1) · s / √n`` (``s``: sample SD),
+    clipped to ``bounds``, the range the measure can take (:func:`fairal.metrics.bounds`: a share's mean is never
+    above 1, a Δ's never below 0). One value gives a zero-width interval at the value."""
     v = _values(values)
     m = float(v.mean())
     if v.size == 1:
         return Estimate(m, m, m, 1)
     half = float(sps.t.ppf(1 - (1 - level) / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return Estimate(m, m - half, m + half, int(v.size))
+    low, high = bounds
+    return Estimate(m, max(m - half, low), min(m + half, high), int(v.size))
 
 
 def sign_flip_test(differences: Sequence[float], seed: int = 0) -> float:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fairal.io import check_output_folder, within, write_csv, write_text
-from fairal.metrics import METRICS
+from fairal.metrics import METRICS, bounds
+from fairal.report.claims import RULE_2
 from fairal.report.examples import write_examples
 from fairal.report.figures import write_figures
 from fairal.report.records import Results, final_table, load_results
@@ -43,66 +43,92 @@ def how_to_read(profile: dict) -> str:
 #: Readable column headers of the report's tables.
 HEADERS = {"dataset": "dataset", "init": "initial set", "strategy": "strategy", "cohort": "training cohort",
            "n_seeds": "seeds", "n_labeled": "labeled", "dice_all": "Dice", "dice_g1": "Dice G1", "dice_g2": "Dice G2",
-           "delta": "Δ", "essp": "ESSP", "essp_auc": "ESSP AUC", "g1_ratio": "G1 share",
+           "delta": "Δ", "essp": "ESSP", "essp_auc": "ESSP AUC", "g1_ratio": "G1 share of labeled set",
+           "g1_acquired_share": "G1 share of acquisitions",
            "delta_reduction_vs_entropy": "Δ vs entropy", "dice_g1_paper": "paper Dice G1",
            "dice_g2_paper": "paper Dice G2", "dice_all_paper": "paper Dice", "essp_paper": "paper ESSP",
-           "delta_paper": "paper Δ", "essp_paper_by_eq4": "paper ESSP by Eq. 4", "essp_ci": "ESSP 95% CI",
-           "delta_ci": "Δ 95% CI", "p_value": "p", "ci_low": "CI low", "ci_high": "CI high"}
+           "delta_paper": "paper Δ", "essp_paper_by_eq4": "paper ESSP by Eq. 4", "p_value": "p", "ci_low": "CI low",
+           "ci_high": "CI high"}
 BANNER = ("<div class='banner'><b>{profile} profile: a pipeline check, not evidence.</b> Tiny data and short "
           "training; the numbers below show that everything runs, nothing about the strategies. The "
           "<code>standard</code> profile with several seeds (docs/REPRODUCTION.md) is the evidence.</div>")
+#: What every figure shows; the report numbers the figures it has in order (file names keep their numbers).
 CAPTIONS = {
-    "fig1_essp": "Figure 1: ESSP per round (the paper's Figure 1).",
-    "fig2_delta_dice_strong": "Figure 2: Δ and Dice per round, strong bias (the paper's Figure 2).",
-    "fig3_group1_ratio": "Figure 3: Group 1 share of the labeled set per round (the paper's Figure 3).",
-    "fig4_delta_dice_weak": "Figure 4: Δ and Dice per round, weak bias (the paper's Figure 4).",
-    "fig5_beyond_essp": "Figure 5: ESSP of the strategies beyond the paper (dashed) against entropy and WLE.",
-    "fig6_beyond_delta": "Figure 6: Δ of the strategies beyond the paper (dashed) against entropy and WLE.",
-    "fig7_dice_per_group": "Figure 7: Dice of each group per round.",
-    "fig8_group_weights": "Figure 8: the weight of Group 1 in Eq. 2 per round (two groups: Group 2's is 1 minus it).",
-    "fig9_case_dice": "Figure 9: Dice of every test case by group at the final budget (all seeds and initial sets).",
-    "fig10_examples": "Figure 10: example segmentations of the final models.",
+    "fig1_essp": "ESSP per round (the paper's Figure 1).",
+    "fig2_delta_dice_strong": "Δ and Dice per round, strong bias (the paper's Figure 2).",
+    "fig3_group1_ratio": "Group 1 share of the labeled set per round (the paper's Figure 3).",
+    "fig4_delta_dice_weak": "Δ and Dice per round, weak bias (the paper's Figure 4).",
+    "fig5_beyond_essp": "ESSP of the strategies beyond the paper (dashed) against entropy and WLE.",
+    "fig6_beyond_delta": "Δ of the strategies beyond the paper (dashed) against entropy and WLE.",
+    "fig7_dice_per_group": "Dice of each group per round.",
+    "fig8_group_weights": "the weight of Group 1 in Eq. 2 per round (two groups: Group 2's is 1 minus it).",
+    "fig9_case_dice": "Dice of every test case by group at the final budget (all seeds and initial sets).",
+    "fig10_examples": "example segmentations of the final models.",
 }
+#: How the intervals of a mean keep to what a measure can take (fairal.metrics.bounds).
+BOUNDED = ("clipped to the measure's range where the t interval passes it: Dice, ESSP, shares and weights in "
+           "[0, 1], Δ at least 0")
+
+
+def _printed(v: float, digits: int) -> float:
+    """``v`` as the table prints it (so that values that read the same compare equal)."""
+    return float(f"{v:.{digits}f}")
+
+
+def _bold(df: pd.DataFrame, best: dict[str, str], within: list[str] | None, digits: int) -> pd.DataFrame:
+    """Where the best value of each column of ``best`` is, per group of rows ``within``: every value that reads the
+    same as the best at the printed digits (ties are bold alike)."""
+    bold = pd.DataFrame(False, index=df.index, columns=df.columns)
+    for col, how in best.items():
+        if col not in df.columns:
+            continue
+        shown = df[col].map(lambda v: _printed(v, digits) if pd.notna(v) else np.nan)
+        groups = shown.groupby([df[c] for c in within], sort=False) if within else [(None, shown)]
+        for _, g in groups:
+            if g.notna().any():
+                bold.loc[g.index[g == (g.max() if how == "max" else g.min())], col] = True
+    return bold
+
+
+def _cell_text(v, col: str, digits: int, formats: dict) -> str:
+    if col in formats:
+        return formats[col](v)
+    if isinstance(v, float):
+        if pd.isna(v):
+            return ""
+        if col == "delta_reduction_vs_entropy":
+            return f"{v:+.0%}"
+        if col == "p_value":
+            return "<0.001" if v < 0.001 else f"{v:.3f}"
+        return f"{v:.{digits}f}"
+    return str(v)
 
 
 def html_table(df: pd.DataFrame, best: dict[str, str] | None = None, within: list[str] | None = None,
-               digits: int = 3) -> str:
-    """A table with readable headers, constant columns dropped, and the best value of each column in ``best``
-    (``"max"``/``"min"``) set in bold, per group of rows ``within`` (e.g. per scenario)."""
+               digits: int = 3, ci: dict[str, tuple[str, str]] | None = None, formats: dict | None = None) -> str:
+    """A table with readable headers, constant seed and size columns dropped, and the best value of each column in
+    ``best`` (``"max"``/``"min"``) set in bold per group of rows ``within`` (e.g. per scenario; ties alike). A
+    column of ``ci`` (``{column: (low column, high column)}``) shows its interval in the value's cell; ``formats``
+    gives a column its own formatter (e.g. the paper's values as printed)."""
     if df.empty:
         return ""
-    df = df.copy()
-    constant = [c for c in df.columns if df[c].nunique(dropna=False) <= 1 and len(df) > 1 and c in ("n_seeds",
-                                                                                                 "n_labeled")]
-    df = df.drop(columns=constant)
-    bold = pd.DataFrame(False, index=df.index, columns=df.columns)
-    for col, how in (best or {}).items():
-        if col not in df.columns:
-            continue
-        groups = df.groupby(within, sort=False)[col] if within else [(None, df[col])]
-        for _, g in groups:
-            if g.notna().any():
-                bold.loc[g.idxmax() if how == "max" else g.idxmin(), col] = True
-    head = "".join(f"<th>{html.escape(HEADERS.get(c, c.replace('_', ' ')))}</th>" for c in df.columns)
+    ci, formats = ci or {}, formats or {}
+    bounds_cols = [c for pair in ci.values() for c in pair]
+    df = df.drop(columns=[c for c in df.columns if c in ("n_seeds", "n_labeled") and len(df) > 1
+                          and df[c].nunique(dropna=False) <= 1])
+    bold = _bold(df, best or {}, within, digits)
+    shown = [c for c in df.columns if c not in bounds_cols]
+    head = "".join(f"<th>{html.escape(HEADERS.get(c, c.replace('_', ' ')))}</th>" for c in shown)
     rows = []
     for i, r in df.iterrows():
         cells = []
-        for c in df.columns:
-            v = r[c]
-            if isinstance(v, float):
-                if pd.isna(v):
-                    text = ""
-                elif c == "delta_reduction_vs_entropy":
-                    text = f"{v:+.0%}"
-                elif c == "p_value":
-                    text = "<0.001" if v < 0.001 else f"{v:.3f}"
-                else:
-                    text = f"{v:.{digits}f}"
-                text = html.escape(text)
-            else:
-                text = html.escape(str(v))
-            cls = "" if isinstance(v, int | float | np.integer | np.floating) else " class='text'"
-            cells.append(f"<td{cls}><b>{text}</b></td>" if bold.loc[i, c] else f"<td{cls}>{text}</td>")
+        for c in shown:
+            text = html.escape(_cell_text(r[c], c, digits, formats))
+            text = f"<b>{text}</b>" if bold.loc[i, c] else text
+            if c in ci and pd.notna(r[ci[c][0]]):
+                text += f" <span class='ci'>[{r[ci[c][0]]:.{digits}f}, {r[ci[c][1]]:.{digits}f}]</span>"
+            numeric = isinstance(r[c], int | float | np.integer | np.floating)
+            cells.append(f"<td{'' if numeric else ' class=text'}>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
@@ -127,15 +153,31 @@ def paper_essp_check(t1: pd.DataFrame) -> pd.DataFrame:
     return t1.assign(essp_paper_by_eq4=t1["dice_all_paper"] / (1 + t1["delta_paper"]))
 
 
-def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub-flavoured Markdown table (numbers rounded to ``digits``)."""
-    def cell(v):
+def as_printed(v) -> str:
+    """A value of the paper's Table 1 with the decimals the paper prints it with: two (0.88), or three (0.002)."""
+    if pd.isna(v):
+        return ""
+    return f"{v:.2f}" if abs(round(v, 2) - v) < 1e-9 else f"{v:.3f}"
+
+
+#: The columns of the paper's own numbers in Table 1 (printed as the paper prints them).
+PAPER_COLUMNS = [f"{c}_paper" for c in PAPER_TABLE1.columns if c not in ("dataset", "cohort")]
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3, formats: dict | None = None) -> str:
+    """A GitHub-flavoured Markdown table (numbers rounded to ``digits``; ``formats``: a column's own formatter)."""
+    formats = formats or {}
+
+    def cell(col, v):
+        if col in formats:
+            return formats[col](v)
         if isinstance(v, float):
             return "" if pd.isna(v) else f"{v:.{digits}f}"
         return str(v)
 
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + " --- |" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row, strict=True)) + " |"
+              for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
@@ -154,7 +196,7 @@ def table1(results: Results) -> pd.DataFrame:
         row = {"dataset": dataset, "cohort": cohort, **g[cols].mean().to_dict()}
         if "seed" in b.columns and len(g) > 1:
             for m in ("essp", "delta"):
-                e = mean_ci(g[m].to_numpy())
+                e = mean_ci(g[m].to_numpy(), bounds=bounds(m))
                 row.update({f"{m}_ci_low": e.ci_low, f"{m}_ci_high": e.ci_high})
         row["n_seeds"] = len(g)
         rows.append(row)
@@ -232,11 +274,15 @@ HEAD = (
     "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
     "line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;"
     "padding:3px 7px;text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}"
-    "td.text{text-align:left;white-space:normal;min-width:8em}"
+    "td.text{text-align:left;white-space:normal;min-width:3em}"
     ".scroll{overflow-x:auto;max-width:100%}img{max-width:100%;height:auto}figure{margin:1em 0}"
     ".wide img{max-width:none;width:1050px}"
     ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5em 1em}"
-    ".banner{background:#fde8e8;border-left:6px solid #c0392b;padding:.7em 1em;font-size:1.05em}</style>"
+    ".banner{background:#fde8e8;border-left:6px solid #c0392b;padding:.7em 1em;font-size:1.05em}"
+    ".ci{color:#555;font-size:11px;display:block}th{white-space:normal;vertical-align:bottom}.file{font-weight:normal;font-size:.75em;color:#666}"
+    ".mixed{background:#fff4e0}.small{font-size:.85em;color:#555}"
+    "table.settings th{text-align:left;vertical-align:top;position:static}"
+    "table.settings td.text{white-space:normal}</style>"
     "</head><body>",
     "<h1>fairal: fairness-aware active learning, results</h1>",
 )
@@ -253,6 +299,12 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
     results = results if results is not None else load_results(folder)
     out = check_output_folder(Path(out) if out is not None else folder / "report", "the report folder")
     out.mkdir(parents=True, exist_ok=True)
+    from fairal.report.study import build_study_report, study_info
+    from fairal.study import PAPER_SOURCE
+
+    info = study_info(folder)
+    if info is not None and info.get("study", {}).get("source") != PAPER_SOURCE:  # the paper's: the paper's report
+        return build_study_report(folder, out, results, info)
     figs = write_figures(results, out)
     examples = write_examples(folder, results, out) if not results.rounds.empty else None
     if examples:
@@ -261,7 +313,8 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
     final = final_table(results)
     if not t1.empty:
         write_csv(within(out, "table1_baselines.csv"), t1)
-        write_text(within(out, "table1_baselines.md"), markdown_table(t1))
+        write_text(within(out, "table1_baselines.md"),
+                   markdown_table(t1, formats=dict.fromkeys(PAPER_COLUMNS, as_printed)))
     if not final.empty:
         write_csv(within(out, "final_budget.csv"), final)
         write_text(within(out, "final_budget.md"), markdown_table(final))
@@ -271,7 +324,7 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
     parts = [*HEAD, *_overview(folder, results, profile, n_seeds), how_to_read(profile), *_previews(results),
              *_claims_section(results, claims, n_seeds), *_table1_section(t1, profile),
              *_final_section(final, stats, n_seeds), *_figures_section(figs, n_seeds),
-             *_settings_section(results, profile), "</body></html>"]
+             *settings_section(results), "</body></html>"]
     target = within(out, "report.html")
     write_text(target, "\n".join(parts))
     return target
@@ -304,7 +357,9 @@ def _previews(results: Results) -> list[str]:
     if not results.previews:
         return []
     parts = ["<h2>The synthetic data</h2><p>Group 1 (local caudate deformation) against Group 2, per "
-             "dataset: slices through the left caudate, label frequency per group, volume by group.</p>"]
+             "dataset. Top row: an axial slice through the left caudate of the template and of example "
+             "subjects, each subject's label outlined in yellow and the template's in dashed cyan; bottom row: the "
+             "label frequency per group on that slice, their difference, and the caudate volume by group.</p>"]
     for d, path in results.previews.items():  # wide: scrolls on a narrow screen instead of shrinking
         parts.append(f"<h3>{html.escape(d)} bias</h3><div class='scroll wide'>"
                      + _img(path, f"preview of the {d} dataset") + "</div>")
@@ -314,8 +369,8 @@ def _previews(results: Results) -> list[str]:
 def _claims_section(results: Results, claims: pd.DataFrame, n_seeds: int) -> list[str]:
     """The paper's claims with their verdicts, or why they are not computed or not tested."""
     if not claims.empty:
-        view = claims.assign(ci=[f"[{a:+.4f}, {b:+.4f}]" for a, b in zip(claims["ci_low"], claims["ci_high"],
-                                                                          strict=True)])
+        view = claims.assign(ci=[f"[{a:+.4f},\u00a0{b:+.4f}]" for a, b in zip(claims["ci_low"],  # kept on one line
+                                                                              claims["ci_high"], strict=True)])
         return [_plan_claims(results, view, n_seeds) if uses_plan(results) else _rule_claims(view, n_seeds)]
     if n_seeds and withheld(results, n_seeds):
         return [f"<h2>The paper's claims</h2><p>Not computed: {html.escape(withheld(results, n_seeds))}.</p>"]
@@ -351,7 +406,8 @@ def _rule_claims(view: pd.DataFrame, n_seeds: int) -> str:
         columns={"ci": "95% CI"})
     return (f"<h2>The paper's claims</h2><p>{n_seeds} seeds per run. Verdicts under the rule of "
             "docs/statistics.md (fixed before the numbers): paired differences (same dataset, initial "
-            "set and seed) with 95% t intervals and sign-flip permutation tests. Files: "
+            "set and seed) with 95% t intervals and sign-flip permutation tests. " + html.escape(RULE_2)
+            + " Files: "
             "<code>claims.csv</code>, <code>claims.md</code>, <code>final_stats.csv</code> (mean and CI "
             "per scenario and strategy), <code>paired.csv</code> (WLE against each strategy).</p>"
             + html_table(view, digits=4))
@@ -362,65 +418,125 @@ def _table1_section(t1: pd.DataFrame, profile: dict) -> list[str]:
     if t1.empty:
         return []
     cohorts = profile.get("cohort_size", 126)
-    view = t1.copy()
-    if "essp_ci_low" in view.columns:
-        view["essp_ci"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(view["essp_ci_low"], view["essp_ci_high"],
-                                                                  strict=True)]
-        view["delta_ci"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(view["delta_ci_low"], view["delta_ci_high"],
-                                                                   strict=True)]
-        view = view.drop(columns=["essp_ci_low", "essp_ci_high", "delta_ci_low", "delta_ci_high"])
+    ci = {m: (f"{m}_ci_low", f"{m}_ci_high") for m in ("essp", "delta") if f"{m}_ci_low" in t1.columns}
     return [f"<h2>Table 1: baselines by training cohort</h2><p>Cohorts: <code>all</code> "
             f"{cohorts // 2} + {cohorts - cohorts // 2}, <code>g1</code> / <code>g2</code> {cohorts} of one "
-            "group; mean over the training seeds (with their 95% CI when there are several); the paper's "
-            "numbers beside ours, and its ESSP recomputed by its own Eq. 4. Bold: the best of a dataset.</p>"
-            + html_table(view, best={"essp": "max", "delta": "min"}, within=["dataset"])
+            "group; mean over the training seeds (with several, the 95% t interval of the mean beside it, "
+            f"{BOUNDED}); the paper's numbers as it prints them beside ours, and its ESSP recomputed by its own "
+            "Eq. 4. Bold: the best of a dataset.</p>"
+            + html_table(t1, best={"essp": "max", "delta": "min"}, within=["dataset"], ci=ci,
+                         formats=dict.fromkeys(PAPER_COLUMNS, as_printed))
             + "<div class='warn'><b>Where the paper does not add up:</b><ul>"
             + "".join(f"<li>{html.escape(x)}</li>" for x in PAPER_INCONSISTENCIES) + "</ul></div>"]
 
 
 def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int) -> list[str]:
-    """The final-budget table, with the ESSP's interval across seeds when there are several."""
+    """The final-budget table, with the intervals across seeds of Δ, ESSP and the Group 1 share of the
+    acquisitions beside their values when there are several seeds."""
     if final.empty:
         return []
-    view = final.copy()
+    view, ci = final.copy(), {}
     if not stats.empty and "essp_ci_low" in stats.columns and n_seeds > 1:
-        ci = stats.set_index(["dataset", "init", "strategy"])
-        keys = list(zip(view["dataset"], view["init"], view["strategy"], strict=True))
-        view["essp_ci"] = [f"[{ci.loc[k, 'essp_ci_low']:.3f}, {ci.loc[k, 'essp_ci_high']:.3f}]" for k in keys]
+        measures = [m for m in ("delta", "essp", "g1_acquired_share") if f"{m}_ci_low" in stats.columns]
+        ci = {m: (f"{m}_ci_low", f"{m}_ci_high") for m in measures}
+        cols = [c for m in measures for c in ci[m]] + (["g1_acquired_share"] if "g1_acquired_share" in ci else [])
+        view = view.merge(stats[["dataset", "init", "strategy", *cols]], on=["dataset", "init", "strategy"],
+                          how="left")
+        if "g1_acquired_share" in ci and "g1_ratio" in view.columns:  # the two Group 1 shares side by side
+            order = [c for c in view.columns if c != "g1_acquired_share"]
+            order.insert(order.index("g1_ratio") + 1, "g1_acquired_share")
+            view = view[order]
     # the best of a scenario by each measure's direction in the metric table
     best = {"dice_all": "max", "essp_auc": "max",
             **{m.name: "max" if m.higher_is_better else "min" for m in METRICS.values() if m.name in view.columns}}
     words = "; ".join(f"{'highest' if d == 'max' else 'lowest'} {', '.join(k for k, v in best.items() if v == d)}"
                       for d in ("max", "min") if d in best.values())
+    band = f" Beside a value: the 95% t interval of the mean across seeds ({BOUNDED})." if ci else ""
     return [f"<h2>Final budget</h2><p>Mean over {n_seeds} seed{_plural(n_seeds)} at the last "
-            f"round of finished runs. Bold: the best of a scenario ({html.escape(words)}).</p>"
-            + html_table(view, best=best, within=["dataset", "init"])]
+            f"round of finished runs. Bold: the best of a scenario ({html.escape(words)}; values that read the "
+            f"same are bold alike).{band} <i>G1 share of labeled set</i>: Group 1's share of the final labeled set "
+            "(initial set included); <i>G1 share of acquisitions</i>: of the cases the strategy acquired.</p>"
+            + html_table(view, best=best, within=["dataset", "init"], ci=ci)]
+
+
+def figure_order(figs: dict[str, list[Path]]) -> list[str]:
+    """The figures' keys in the order of their file numbers; the report numbers them 1, 2, ... in this order, so
+    the numbers run on when a figure is absent (no strategies beyond the paper, no models for examples)."""
+    return sorted(figs, key=lambda k: int(k[3:].split("_")[0]))
 
 
 def _figures_section(figs: dict[str, list[Path]], n_seeds: int) -> list[str]:
-    """Every figure, in the order of its number, with its caption."""
+    """Every figure, numbered in order, with its caption and its files."""
     if not figs:
         return []
-    band = (f"Lines: mean of {n_seeds} seeds; bands: 95% t interval of the mean across seeds."
+    band = (f"Lines: mean of {n_seeds} seeds; bands: 95% t interval of the mean across seeds, {BOUNDED}."
             if n_seeds > 1 else "One seed per run: no band.")
     parts = [f"<h2>Figures</h2><p>{band} x axis: labeled images.</p>"]
-    for key in sorted(figs, key=lambda k: int(k[3:].split("_")[0])):
-        parts.append(f"<h3>{html.escape(CAPTIONS.get(key, key))}</h3>" + _img(figs[key][0], CAPTIONS.get(key, key)))
+    for number, key in enumerate(figure_order(figs), start=1):
+        caption = f"Figure {number}: {CAPTIONS.get(key, key)}"
+        files = " / ".join(p.name for p in figs[key])
+        parts.append(f"<h3>{html.escape(caption)} <span class='file'>{html.escape(files)}</span></h3>"
+                     + _img(figs[key][0], caption))
     return parts
 
 
-def _settings_section(results: Results, profile: dict) -> list[str]:
-    """The runs' distinct profile settings and the versions of the software that made this report."""
-    if not results.settings:
-        return []
+def _several(values: dict[str, int]) -> str:
+    """One recorded value as it is; several each with their number of runs (never one picked)."""
+    if len(values) == 1:
+        return html.escape(next(iter(values)))
+    return "<span class='mixed'>" + "; ".join(f"{html.escape(v)} ({n} run{_plural(n)})" for v, n in
+                                               values.items()) + "</span>"
+
+
+def _seeds_row(results: Results) -> str:
+    """The seeds the records hold (beside the profile's default, when that differs)."""
+    seeds = sorted(int(x) for x in set(results.rounds["seed"])) if not results.rounds.empty else []
+    planned = (results.settings or {}).get("planned_seeds")
+    text = f"{len(seeds)} per run ({', '.join(map(str, seeds))})" if seeds else "none"
+    text += f" of the {int(planned)} planned" if planned else ""
+    default = results.recorded.get("profile.seeds", {})
+    if default and set(default) != {str(len(seeds))}:
+        text += f"; the profile's default (its <code>seeds</code> setting) is {_several(default)}"
+    return text
+
+
+def _profile_items(results: Results) -> str:
+    """The profile's settings as ``key = value``; the requested device said to be the request."""
+    items = []
+    for key, values in results.recorded.items():
+        name = key[len("profile."):]
+        if not key.startswith("profile.") or name in ("name", "description"):
+            continue
+        item = f"<code>{html.escape(name)}</code>&nbsp;=&nbsp;{_several(values)}"
+        if name == "seeds":
+            item += " (default; the seeds of these records: above)"
+        elif name == "device" and "device" in results.recorded:
+            item += " (asked for; where the runs ran: above)"
+        items.append(item)
+    return " &middot; ".join(items)
+
+
+def settings_section(results: Results) -> list[str]:
+    """What the records say about how they were made: their seeds, device, library versions, commit, where they
+    ran and the analysis plan, then the profile and its settings (a value that differs across the runs shows each
+    value with its number of runs); the software that drew this page apart, at the end."""
     from fairal import versions
 
-    profiles = results.profiles or [profile]
-    lines = ["<h2>Settings</h2>", f"<p>{len(profiles)} distinct profile setting"
-             f"{_plural(len(profiles))} among the runs"
-             + (" (runs of different settings are mixed here)" if len(profiles) > 1 else "") + ". Versions of "
-             "this report's software: " + html.escape(", ".join(f"{k} {v}" for k, v in versions().items()))
-             + ".</p>"]
-    for prof in profiles:
-        lines.append("<div class='scroll'><pre>" + html.escape(json.dumps(prof, indent=1)) + "</pre></div>")
+    about = results.recorded
+    rows = [("seeds", _seeds_row(results))] + [(k, _several(v)) for k, v in about.items() if "." not in k]
+    if "profile.name" in about:
+        described = about.get("profile.description")
+        rows.append(("profile", f"<b>{_several(about['profile.name'])}</b>" + (
+            f"; the profile's description of its defaults: &ldquo;{_several(described)}&rdquo;" if described else "")))
+    mixed = [k[len("profile."):] for k, v in about.items() if k.startswith("profile.") and len(v) > 1]
+    lines = ["<h2>Settings</h2><p>As the records hold them (not the software that drew this page: last line).</p>",
+             "<table class='settings'>" + "".join(f"<tr><th>{html.escape(k)}</th><td class=text>{v}</td></tr>"
+                                                  for k, v in rows) + "</table>"]
+    if mixed:
+        lines.append(f"<div class='warn'>Runs of different settings are mixed here: {html.escape(', '.join(mixed))}"
+                     ".</div>")
+    if _profile_items(results):
+        lines.append(f"<p class='items'>Profile settings: {_profile_items(results)}.</p>")
+    drawn = ", ".join(f"{k} {v}" for k, v in versions().items())
+    lines.append(f"<p class='small'>This page was drawn by {html.escape(drawn)}.</p>")
     return lines

@@ -72,8 +72,25 @@ def _final_model(folder: Path, dataset: str) -> tuple | None:
     return run, manifest, vol, model
 
 
+def _draw(ax, image: np.ndarray, truth: np.ndarray, proba: np.ndarray) -> None:
+    """The axial slice with the most structure: the ground truth filled in yellow beneath, the prediction's outline
+    in dashed vermillion over it (where they agree, the outline runs along the fill's edge; neither hides the
+    other)."""
+    from matplotlib.colors import ListedColormap
+
+    z = int(np.argmax(truth.sum(axis=(0, 1)))) if truth.any() else truth.shape[2] // 2
+    ax.imshow(image[:, :, z].T, cmap="gray", origin="lower", interpolation="nearest")
+    if truth[:, :, z].any():
+        fill = np.ma.masked_where(truth[:, :, z].T < 0.5, np.ones_like(truth[:, :, z].T, dtype=float))
+        ax.imshow(fill, cmap=ListedColormap(["#F0E442"]), alpha=0.45, origin="lower", interpolation="nearest")
+    if (proba[:, :, z] > 0.5).any():
+        ax.contour((proba[:, :, z] > 0.5).T, levels=[0.5], colors="#D55E00", linewidths=1.6, linestyles="--")
+    ax.axis("off")
+
+
 def write_examples(folder: Path, results: Results, out: Path) -> list[Path] | None:
-    """Figure 10, when the results folder holds the runs' models and their datasets (a grid folder); else None."""
+    """Figure 10, when the results folder holds the runs' models and their datasets (a grid folder); else None.
+    One row per dataset, one column per group, so the panels stay large on a narrow screen."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,22 +102,22 @@ def write_examples(folder: Path, results: Results, out: Path) -> list[Path] | No
     panels = _panels(folder, results)
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 4.0), squeeze=False)
-    for ax, (dataset, group, case, d, image, truth, proba, _run) in zip(axes[0], panels, strict=True):
-        z = int(np.argmax(truth.sum(axis=(0, 1)))) if truth.any() else truth.shape[2] // 2
-        ax.imshow(image[:, :, z].T, cmap="gray", origin="lower", interpolation="nearest")
-        if truth[:, :, z].any():
-            ax.contour(truth[:, :, z].T, levels=[0.5], colors="#F0E442", linewidths=1.4)
-        if (proba[:, :, z] > 0.5).any():
-            ax.contour((proba[:, :, z] > 0.5).T, levels=[0.5], colors="#D55E00", linewidths=1.2,
-                       linestyles="--")
-        ax.set_title(literal(f"{dataset} bias, Group {group}\n{case}: Dice {d:.3f}"), fontsize=10)
+    datasets = list(dict.fromkeys(p[0] for p in panels))
+    groups = list(dict.fromkeys(p[1] for p in panels))
+    fig, axes = plt.subplots(len(datasets), len(groups), figsize=(3.6 * len(groups), 3.6 * len(datasets) + 1.0),
+                             squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
-    fig.text(0.5, 0.01, literal(f"yellow: ground truth; dashed vermillion: prediction of the final "
-                                f"{EXAMPLE_STRATEGY} model ({panels[0][-1].parts[-3]} start, {panels[0][-1].name}); "
-                                "the median test case of each group; axial slice with the most structure"),
-             ha="center", fontsize=9)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    for dataset, group, case, d, image, truth, proba, _run in panels:
+        ax = axes[datasets.index(dataset), groups.index(group)]
+        _draw(ax, image, truth, proba)
+        ax.set_title(literal(f"{dataset} bias, Group {group}\n{case}: Dice {d:.3f}"), fontsize=10)
+    run = panels[0][-1]
+    fig.text(0.5, 0.01, literal(f"filled yellow: ground truth; dashed vermillion: prediction of the final\n"
+                                f"{EXAMPLE_STRATEGY} model ({run.parts[-3]} start, {run.name}); the median test\n"
+                                "case of each group; axial slice with the most structure"),
+             ha="center", va="bottom", fontsize=9)
+    fig.tight_layout(rect=(0, 0.9 / (3.6 * len(datasets) + 1.0), 1, 1))
     written = []
     for suffix in (".png", ".svg"):
         target = within(out, f"fig10_examples{suffix}")

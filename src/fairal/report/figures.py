@@ -114,21 +114,22 @@ def _figure(results: Results, panels: list[list[dict]], path: Path, strategies=P
 
 
 def _group_dice_figure(results: Results, path: Path, datasets, inits) -> list[Path]:
-    """Dice of each group over the rounds: rows = initial set, columns = dataset x group."""
+    """Dice of each group over the rounds: columns = dataset, rows = initial set x group (two columns at most, so
+    that the figure stays legible on a narrow screen)."""
     groups = sorted(c[len("dice_g"):] for c in results.rounds.columns if c.startswith("dice_g"))
-    cols = [(d, g) for d in datasets for g in groups]
+    rows = [(i, g) for i in inits for g in groups]
     n_seeds = int(results.rounds["seed"].nunique())
-    fig, axes = plt.subplots(len(inits), len(cols), figsize=(4.0 * len(cols), 3.0 * len(inits) + 0.8),
+    fig, axes = plt.subplots(len(rows), len(datasets), figsize=(5.0 * len(datasets), 2.6 * len(rows) + 0.8),
                              squeeze=False, sharex=True, sharey="row")
-    for j, (d, g) in enumerate(cols):
-        table = curves(results, f"dice_g{g}")
-        for i, init in enumerate(inits):
+    tables = {g: curves(results, f"dice_g{g}") for g in groups}
+    for i, (init, g) in enumerate(rows):
+        for j, d in enumerate(datasets):
             ax = axes[i, j]
-            _panel(ax, table, d, init, n_seeds, PAPER_STRATEGIES)
+            _panel(ax, tables[g], d, init, n_seeds, PAPER_STRATEGIES)
             ax.set_title(literal(f"{d} bias, {init} start: Group {g}"), fontsize=FONT["panel"])
             if j == 0:
-                ax.set_ylabel("Dice of the group", fontsize=FONT["axis"])
-            if i == len(inits) - 1:
+                ax.set_ylabel(literal(f"Dice of Group {g}"), fontsize=FONT["axis"])
+            if i == len(rows) - 1:
                 ax.set_xlabel("labeled images", fontsize=FONT["axis"])
     handles, labels = axes[0, 0].get_legend_handles_labels()
     return _save(fig, path, handles, labels)
@@ -139,9 +140,9 @@ def _case_dice_figure(cases: pd.DataFrame, path: Path, datasets) -> list[Path]:
     group, the cases as dots."""
     strategies = ordered(set(cases["strategy"]) & set(PAPER_STRATEGIES), STRATEGY_ORDER)
     groups = sorted(set(cases["group"]), key=str)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False, sharey=True)
-    for j, d in enumerate(datasets):
-        ax = axes[0, j]
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(8.0, 4.0 * len(datasets)), squeeze=False, sharey=True)
+    for j, d in enumerate(datasets):  # one dataset per row: legible on a narrow screen
+        ax = axes[j, 0]
         positions, data, colours = [], [], []
         for si, s in enumerate(strategies):
             for gi, g in enumerate(groups):

@@ -432,7 +432,7 @@ def table1_parts(m: Measure) -> list[Part]:
     return parts
 
 
-def _verdicts(parts: list[Part], factor: float = 1.0) -> list[dict]:
+def verdict_rows(parts: list[Part], factor: float = 1.0) -> list[dict]:
     """Rows of ``claims.csv`` for analysed parts (one family's Holm applied within it)."""
     rows = []
     by_family: dict[str, list[Part]] = {}
@@ -463,7 +463,8 @@ def _verdicts(parts: list[Part], factor: float = 1.0) -> list[dict]:
 
 CONJUNCTIONS = {"C1": ("WLE has the best final ESSP in all scenarios (pooled over the six; no scenario "
                        "significantly against)", "final ESSP: WLE - each other strategy", ("C1a", "C1b", "C1c")),
-                "C2": ("WLE has the best ESSP over the whole budget (ESSP AUC) in all scenarios",
+                "C2": ("WLE has the best ESSP over the whole budget (ESSP AUC) in all scenarios (pooled over the "
+                       "six; no scenario significantly against)",
                        "ESSP AUC: WLE - each other strategy", ("C2a", "C2b", "C2c")),
                 "C3": ("ESSP order WLE > LE > random >> entropy (final budget)", "final ESSP links",
                        ("C3a", "C3b", "C3c")),
@@ -532,7 +533,7 @@ def plan_tables(rounds: pd.DataFrame, cases: pd.DataFrame | None, round_cases: p
         decomp += _decomposition(parts + [a.run(p, two_level_ci=False) for p in
                                            primary_parts(m, "delta") + primary_parts(m, "dice_all")], split)
         for factor in (0.5, 1.0, 2.0):
-            got = _with_conjunctions(_verdicts(parts, factor))
+            got = _with_conjunctions(verdict_rows(parts, factor))
             for r in got:
                 r["split"] = split
             if factor == 1.0:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from fairal.config import ALL_STRATEGIES, PAPER_STRATEGIES
 from fairal.errors import FairalError
-from fairal.metrics import METRICS
+from fairal.metrics import METRICS, bounds
 
 #: Strategy order: the paper's four as in its figures, then the ones beyond it.
 STRATEGY_ORDER = list(ALL_STRATEGIES)
@@ -36,7 +36,8 @@ class Results:
     # per-case Dice of each run's final round on the test split and, with one, the evaluation split
     # (RUN_KEYS, round, case_id, group, split, dice)
     cases: pd.DataFrame | None = None
-    profiles: list[dict] = field(default_factory=list)  # the distinct profile settings of the runs
+    # what the records say about how they were made: setting -> {value as written: number of runs} (recorded())
+    recorded: dict[str, dict[str, int]] = field(default_factory=dict)
     round_cases: pd.DataFrame | None = None  # per-case test Dice of every round (RUN_KEYS, round, case_id, group, dice)
     baseline_cases: pd.DataFrame | None = None  # per-case Dice of the baselines (dataset, seed, cohort, ..., split)
 
@@ -78,7 +79,7 @@ def load_results(folder: str | Path) -> Results:
     previews = {d: folder / "data" / d / "preview.png" for d in datasets
                 if (folder / "data" / d / "preview.png").is_file()}
     return Results(rounds, baselines, runs.finished, expected, runs.settings, previews, runs.skipped, runs.cases,
-                   [p for p in runs.profiles if p], runs.round_cases, base_cases)
+                   runs.recorded, runs.round_cases, base_cases)
 
 
 def _run_folders(folder: Path) -> list[tuple[Path, tuple[str, str, str, int]]]:
@@ -110,14 +111,15 @@ class _Runs:
     settings: dict
     skipped: dict[str, str]
     cases: pd.DataFrame | None
-    profiles: list
+    recorded: dict[str, dict[str, int]]
     round_cases: pd.DataFrame | None
 
 
 def _read_runs(runs: list[tuple[Path, tuple[str, str, str, int]]]) -> _Runs:
     """Every run's rounds; the final-round cases (test and evaluation split) and every round's test cases of the
-    finished ones; the first run's settings and the distinct profiles; the folders whose records cannot be used."""
-    frames, case_frames, round_frames, finished, settings, skipped, profiles = [], [], [], set(), {}, {}, []
+    finished ones; the first run's settings and every run's recorded settings (:func:`tally`); the folders whose
+    records cannot be used."""
+    frames, case_frames, round_frames, finished, settings, skipped, configs = [], [], [], set(), {}, {}, []
     for run, key in runs:
         try:
             df, done = read_run(run)
@@ -135,15 +137,49 @@ def _read_runs(runs: list[tuple[Path, tuple[str, str, str, int]]]) -> _Runs:
                 round_frames.append(test)
         config = run / "config.json"
         if config.is_file():
-            run_settings = json.loads(config.read_text()).get("settings", {})
-            settings = settings or run_settings
-            if run_settings.get("profile") not in profiles:
-                profiles.append(run_settings.get("profile"))
+            configs.append(json.loads(config.read_text()))
+            settings = settings or configs[-1].get("settings", {})
     rounds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["dataset", "init", "strategy", "seed", "round", "n_labeled"])
     cases = pd.concat(case_frames, ignore_index=True) if case_frames else None
-    return _Runs(rounds, finished, settings, skipped, cases, profiles,
+    return _Runs(rounds, finished, settings, skipped, cases, tally([(recorded(c), 1) for c in configs]),
                  pd.concat(round_frames, ignore_index=True) if round_frames else None)
+
+
+def _as_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def recorded(config: dict) -> dict[str, str]:
+    """How a run's records say it was made (a run's ``config.json``, or the ``settings.json`` of tidy records), as
+    text: each profile setting (``profile.KEY``), the device, bf16 and the library versions and, where written, the
+    commit, where it ran and the analysis plan (its path, commit and git blob hash)."""
+    out = {f"profile.{k}": _as_text(v) for k, v in ((config.get("settings") or {}).get("profile") or {}).items()}
+    if isinstance(config.get("versions"), dict):
+        out["versions"] = ", ".join(f"{k} {v}" for k, v in config["versions"].items())
+    for key in ("device", "bf16", "commit", "where"):
+        if config.get(key) is not None:
+            out[key] = _as_text(config[key])
+    plan = config.get("analysis_plan")
+    if isinstance(plan, dict):
+        out["analysis plan"] = (f"{plan.get('path')} at commit {plan.get('commit')}, git blob (hash of the file) "
+                                f"{plan.get('blob')}")
+    return out
+
+
+def tally(records: list[tuple[dict[str, str], int]]) -> dict[str, dict[str, int]]:
+    """Per setting, each value found and how many runs hold it (``records``: a run's :func:`recorded` settings and
+    the number of runs it stands for); a setting some runs lack is counted as ``(not recorded)`` for them."""
+    total = sum(n for _, n in records)
+    out: dict[str, dict[str, int]] = {}
+    for about, n in records:
+        for key, value in about.items():
+            out.setdefault(key, {}).setdefault(value, 0)
+            out[key][value] += n
+    for values in out.values():
+        if sum(values.values()) < total:
+            values["(not recorded)"] = total - sum(values.values())
+    return out
 
 
 def _run_cases(run: Path, key: tuple[str, str, str, int], last_round: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -235,19 +271,19 @@ def load_tidy(folder: str | Path) -> Results:
     keys = sorted(set(rounds[RUN_KEYS].itertuples(index=False, name=None)))
     cases = (_read_table(folder / "cases.csv", [*RUN_KEYS, "case_id", "group", "dice"], TEXT_COLUMNS)
              if (folder / "cases.csv").is_file() else None)
-    settings = {}
+    settings, about = {}, {}
     if (folder / "settings.json").is_file():
         info = json.loads((folder / "settings.json").read_text())
         settings = info.get("run_settings") or {}
         settings = {**settings, "profile": {**settings.get("profile", {}), "name": info.get("profile", "unknown")},
                     "device": info.get("device"), "commit": info.get("commit"),
                     "analysis_plan": info.get("analysis_plan"), "planned_seeds": info.get("planned_seeds")}
+        about = tally([(recorded({**info, "settings": settings}), len(keys))])  # one file for every run
     round_cases = (pd.read_csv(folder / "test_cases.csv.gz", dtype=TEXT_COLUMNS)
                    if (folder / "test_cases.csv.gz").is_file() else None)
     base_cases = (pd.read_csv(folder / "baseline_cases.csv", dtype=TEXT_COLUMNS)
                   if (folder / "baseline_cases.csv").is_file() else None)
-    return Results(rounds, baselines, set(keys), keys, settings, {}, {}, cases,
-                   [settings["profile"]] if settings.get("profile") else [], round_cases, base_cases)
+    return Results(rounds, baselines, set(keys), keys, settings, {}, {}, cases, about, round_cases, base_cases)
 
 
 def area_under_curve(n_labeled: np.ndarray, values: np.ndarray) -> float:
@@ -294,23 +330,24 @@ def final_table(results: Results) -> pd.DataFrame:
     return table.sort_values(["_d", "_i", "_s"]).drop(columns=["_d", "_i", "_s"]).reset_index(drop=True)
 
 
-def seed_band(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval of the mean across seeds (:func:`fairal.stats.mean_ci`); with one seed the
-    interval is the value itself."""
+def seed_band(values: np.ndarray, bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval of the mean across seeds (:func:`fairal.stats.mean_ci`), clipped to the
+    measure's ``bounds``; with one seed the interval is the value itself."""
     from fairal.stats import mean_ci
 
     v = np.asarray(values, dtype=float)
     if v.size == 0:
         return float("nan"), float("nan"), float("nan")
-    e = mean_ci(v)
+    e = mean_ci(v, bounds=bounds)
     return e.mean, e.ci_low, e.ci_high
 
 
 def curves(results: Results, metric: str) -> pd.DataFrame:
-    """Mean and 95% band across seeds of ``metric`` per dataset, init, strategy and labeled-set size."""
+    """Mean and 95% band across seeds of ``metric`` per dataset, init, strategy and labeled-set size, kept inside
+    the measure's range (:func:`fairal.metrics.bounds`)."""
     rows = []
     for key, g in results.rounds.groupby(["dataset", "init", "strategy", "n_labeled"]):
-        mean, lo, hi = seed_band(g[metric].to_numpy())
+        mean, lo, hi = seed_band(g[metric].to_numpy(), bounds(metric))
         rows.append((*key, mean, lo, hi, len(g)))
     return pd.DataFrame(rows, columns=["dataset", "init", "strategy", "n_labeled", "mean", "lo", "hi", "n_seeds"])
 

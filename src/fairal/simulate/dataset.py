@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import os
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import nibabel as nib
@@ -15,81 +15,34 @@ import numpy as np
 import pandas as pd
 
 from fairal import sampling, versions
-from fairal.errors import FairalError
+from fairal.errors import FairalError, SettingError
 from fairal.io import check_output_folder, is_fairal_folder, publish_folder, within
-from fairal.simulate.deformation import (
-    DEFAULT_GLOBAL_RMS_MM,
-    DEFAULT_LOCAL_SD_MM,
-    DeformationModel,
-    default_global_model,
-    default_local_model,
-)
-from fairal.simulate.template import Template, crop_box, load_template, sha256
-
-#: Bias presets, the seed paper's N(mu, sigma) of the local PC1 coefficient for Group 1 (in SD units).
-BIAS_PRESETS: dict[str, tuple[float, float]] = {"strong": (4.0, 2.0), "weak": (2.0, 2.0), "none": (0.0, 0.0)}
-GLOBAL_SAMPLING = ("per-component", "one-scalar")
-DEFAULT_SHAPE = (170, 170, 76)
+from fairal.simulate.acquisition import WHITE_MATTER_METHOD, acquire, white_matter_intensity
+from fairal.simulate.deformation import DeformationModel, default_global_model, default_local_model
+from fairal.simulate.groups import Group
+from fairal.simulate.settings import SimulationConfig, build_config
+from fairal.simulate.template import Template, crop_box, harvard_oxford_index, load_template, sha256
 
 
-@dataclass
-class SimulationConfig:
-    """Every setting of a synthetic dataset. Recorded whole in ``dataset.json``."""
+def simulation_config(options: Mapping, where: str) -> SimulationConfig:
+    """The settings of a dataset from a table of ``fairal simulate``'s options by their names, ``_`` for ``-``
+    (``bias``, ``n_subjects``, ``seed``, ``structure``, ``contrast``, ``inu``, ``noise``, ``noise_all``,
+    ``inu_all``, ``group`` as a list of spec texts or of tables ``{name = ..., bias = ..., share = ...}``,
+    ``shape``, ...), as a settings file gives them. The same validation as the command line's; an unknown key
+    or a bad value is a FairalError naming ``where`` and the key.
 
-    bias: str = "strong"
-    n_subjects: int = 312
-    seed: int = 0
-    bias_mean: float | None = None  # default: the preset's
-    bias_std: float | None = None
-    shape: tuple[int, int, int] = DEFAULT_SHAPE
-    global_sampling: str = "per-component"
-    model_seed: int = 0
-    global_rms_mm: float = DEFAULT_GLOBAL_RMS_MM
-    global_components: int = 10
-    local_sd_mm: float = DEFAULT_LOCAL_SD_MM
-    local_components: int = 4
-    test_per_group: int = 15
-    eval_per_group: int = 0  # subjects per group of the evaluation split (split "eval"), beyond n_subjects
-    template: str | None = None
-    label: str | None = None
-    label_value: float | None = None
-    global_model: str | None = None
-    local_model: str | None = None
-    jobs: int = 0  # 0 = one per core (one process for fewer than 64 subjects)
-    preview: bool = True
-
-    def resolved_bias(self) -> tuple[float, float]:
-        if self.bias not in BIAS_PRESETS:
-            raise FairalError(f"--bias must be one of {', '.join(BIAS_PRESETS)}, got {self.bias!r}")
-        mu, sd = BIAS_PRESETS[self.bias]
-        mu = mu if self.bias_mean is None else self.bias_mean
-        sd = sd if self.bias_std is None else self.bias_std
-        for name, v in (("--bias-mean", mu), ("--bias-std", sd)):
-            if not math.isfinite(v):
-                raise FairalError(f"{name} must be a finite number, got {v}")
-        if sd < 0:
-            raise FairalError(f"the bias SD must be >= 0, got {sd}")
-        return mu, sd
-
-    def validate(self) -> None:
-        self.resolved_bias()
-        for name, v in (("--seed", self.seed), ("--model-seed", self.model_seed)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise FairalError(f"{name} must be a whole number >= 0, got {v!r}")
-        if self.n_subjects < 2:
-            raise FairalError(f"--n-subjects must be at least 2 (one per group), got {self.n_subjects}")
-        for name, v, low in (("--seed", self.seed, 0), ("--model-seed", self.model_seed, 0),
-                             ("--eval-per-group", self.eval_per_group, 0),
-                             ("--test-per-group", self.test_per_group, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise FairalError(f"{name} must be a whole number >= {low}, got {v!r}")
-        if self.global_sampling not in GLOBAL_SAMPLING:
-            raise FairalError(f"--global-sampling must be one of {GLOBAL_SAMPLING}, got {self.global_sampling!r}")
-        if len(self.shape) != 3 or min(self.shape) < 4:
-            raise FairalError(f"--shape must be three sizes of at least 4 voxels, got {self.shape}")
-        for name, v in (("--global-rms-mm", self.global_rms_mm), ("--local-sd-mm", self.local_sd_mm)):
-            if not (math.isfinite(v) and v >= 0):
-                raise FairalError(f"{name} must be a finite number >= 0, got {v}")
+    >>> simulation_config({"n_subjects": 40, "group": ["1:bias=strong,share=3", "2"]}, "study.toml").group_counts()
+    [30, 10]
+    """
+    if not isinstance(options, Mapping):
+        raise FairalError(f"{where}: the simulator's settings must be a table of keys, got {options!r}")
+    try:
+        return build_config(options)
+    except SettingError as err:
+        known = [f.name for f in fields(SimulationConfig)]
+        if err.key not in known:
+            raise FairalError(f"{where}: unknown key {err.key!r}; known keys: {', '.join(known)}") from None
+        raise FairalError(f"{where}: {err.key} {err.problem}") from None
 
 
 @dataclass
@@ -104,36 +57,36 @@ class Subject:
 
 
 def draw_subjects(cfg: SimulationConfig, n_global: int) -> list[Subject]:
-    """Groups (ceil(n/2) Group 1, the rest Group 2, in a seeded random order) and each subject's coefficients,
-    then the evaluation subjects (``eval_per_group`` of each group, ids ``eval-NNNN``).
+    """Groups (their sizes by the shares, :meth:`SimulationConfig.group_counts`: by default ceil(n/2) Group 1 and
+    the rest Group 2) in a seeded random order and each subject's coefficients, then the evaluation subjects
+    (``eval_per_group`` of each group, ids ``eval-NNNN``).
 
     Each subject has its own random stream (:func:`fairal.sampling.stream` ``"subject"``, an evaluation subject
     ``"eval-subject"``), so a subject's draw does not depend on the others, on how many evaluation subjects there
     are or on how the work is split across processes.
     """
-    n1 = (cfg.n_subjects + 1) // 2
-    groups = np.array([1] * n1 + [2] * (cfg.n_subjects - n1))
+    by_name = {g.name: g for g in cfg.resolved_groups()}
+    groups = np.array([name for name, n in zip(by_name, cfg.group_counts(), strict=True) for _ in range(n)])
     sampling.stream(cfg.seed, "subject-groups").shuffle(groups)
-    subjects = [_draw(cfg, i, f"sub-{i + 1:04d}", int(g), sampling.stream(cfg.seed, "subject", i), n_global)
+    subjects = [_draw(cfg, i, f"sub-{i + 1:04d}", by_name[int(g)], sampling.stream(cfg.seed, "subject", i), n_global)
                 for i, g in enumerate(groups)]
     if cfg.eval_per_group:
-        eval_groups = np.array([1] * cfg.eval_per_group + [2] * cfg.eval_per_group)
+        eval_groups = np.array([name for name in by_name for _ in range(cfg.eval_per_group)])
         sampling.stream(cfg.seed, "eval-groups").shuffle(eval_groups)
-        subjects += [_draw(cfg, cfg.n_subjects + j, f"eval-{j + 1:04d}", int(g),
+        subjects += [_draw(cfg, cfg.n_subjects + j, f"eval-{j + 1:04d}", by_name[int(g)],
                            sampling.stream(cfg.seed, "eval-subject", j), n_global)
                      for j, g in enumerate(eval_groups)]
     return subjects
 
 
-def _draw(cfg: SimulationConfig, index: int, case_id: str, group: int, rng: np.random.Generator,
+def _draw(cfg: SimulationConfig, index: int, case_id: str, group: Group, rng: np.random.Generator,
           n_global: int) -> Subject:
-    mu, sd = cfg.resolved_bias()
     if cfg.global_sampling == "one-scalar":  # SimBA's variant: one N(0,1) scalar scales all components
         z = np.full(n_global, rng.standard_normal())
     else:
         z = rng.standard_normal(n_global)
-    c = float(rng.normal(mu, sd)) if group == 1 else None
-    return Subject(index, case_id, group, c, z)
+    c = float(rng.normal(group.bias_mean, group.bias_std)) if group.biased else None
+    return Subject(index, case_id, group.name, c, z)
 
 
 # --- worker side -------------------------------------------------------------------------------------------
@@ -194,12 +147,23 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(img, str(path))
 
 
+def acquired_image(state: dict, subject: Subject, image: np.ndarray) -> np.ndarray:
+    """The warped image as the subject's group acquires it (:func:`fairal.simulate.acquisition.acquire`); the
+    image itself for a group without contrast, INU or noise."""
+    group: Group = state["groups"][subject.group]
+    if not group.acquisition_changed:
+        return image
+    return acquire(image, group, state["seed"], subject.case_id, state["white_matter"],
+                   state["template_image_crop"] > 0, state["spacing"])
+
+
 def _write_subject(subject: Subject) -> dict:
     state = _STATE
     image, label = simulate_subject(state, subject)
+    image = acquired_image(state, subject, image)
     out: Path = state["out_dir"]
     if state["integer_image"]:
-        image = np.round(image).astype(np.int16)
+        image = np.round(np.clip(image, -32768, 32767)).astype(np.int16)
     else:
         image = image.astype(np.float32)
     _save_nifti(image, state["out_affine"], within(out, "images", f"{subject.case_id}.nii.gz"))
@@ -222,7 +186,8 @@ def _write_subject(subject: Subject) -> dict:
 def prepare(cfg: SimulationConfig) -> dict:
     """Load the template, make or load the models, and everything a worker needs (no subject work yet)."""
     cfg.validate()
-    tpl = load_template(cfg.template, cfg.label, cfg.label_value)
+    label_value = cfg.label_value if cfg.structure is None else harvard_oxford_index(cfg.structure)
+    tpl = load_template(cfg.template, cfg.label, label_value)
     start, out_affine = crop_box(tpl, cfg.shape)
     if cfg.global_model:
         gm = DeformationModel.load(cfg.global_model)
@@ -256,6 +221,11 @@ def prepare(cfg: SimulationConfig) -> dict:
         # The default global field is smooth on a 10 mm scale: sampling it every 2nd voxel and upsampling is
         # within 0.05 mm of exact and saves a fifth of a subject's time. A user's model may be rougher: exact.
         "global_stride": 1 if cfg.global_model else 2,
+        # the acquisition (fairal.simulate.acquisition): each group's settings, the noise reference
+        "groups": {g.name: g for g in cfg.resolved_groups()},
+        "seed": cfg.seed,
+        "white_matter": white_matter_intensity(tpl.image),
+        "spacing": tuple(float(v) for v in tpl.spacing),
     }
 
 
@@ -316,7 +286,7 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
         state["global_model"].save(within(tmp, "models", "global.npz"))
         state["local_model"].save(within(tmp, "models", "local.npz"))
         manifest = _manifest(subjects, results, test_split(subjects[:cfg.n_subjects], cfg.seed, cfg.test_per_group),
-                             {s.case_id for s in subjects[cfg.n_subjects:]})
+                             {s.case_id for s in subjects[cfg.n_subjects:]}, state["groups"])
         manifest.to_csv(within(tmp, "manifest.csv"), index=False)
         _write_dataset_json(cfg, state, manifest, tmp)
         if cfg.preview:
@@ -367,8 +337,13 @@ def test_split(subjects: list[Subject], seed: int, per_group: int) -> set[str]:
     return sampling.test_split(ids, per_group, seed)
 
 
-def _manifest(subjects: list[Subject], results: dict[str, dict], test: set[str], evaluation: set[str]
-              ) -> pd.DataFrame:
+#: The acquisition settings with a manifest column per subject when a group sets them, and their neutral values.
+ACQUISITION_COLUMNS = {"contrast": 1.0, "inu": 0.0, "noise": 0.0}
+
+
+def _manifest(subjects: list[Subject], results: dict[str, dict], test: set[str], evaluation: set[str],
+              groups: dict[int, Group]) -> pd.DataFrame:
+    extra = [k for k, neutral in ACQUISITION_COLUMNS.items() if any(getattr(g, k) != neutral for g in groups.values())]
     rows = []
     for s in subjects:
         r = results[s.case_id]
@@ -382,6 +357,7 @@ def _manifest(subjects: list[Subject], results: dict[str, dict], test: set[str],
                 "split": "test" if s.case_id in test else "eval" if s.case_id in evaluation else "pool",
                 "label_volume_mm3": round(r["label_volume_mm3"], 3),
                 "dice_to_template": round(r["dice_to_template"], 6),
+                **{k: getattr(groups[s.group], k) for k in extra},
             }
         )
     return pd.DataFrame(rows)
@@ -404,25 +380,64 @@ def _counts(groups: pd.Series) -> dict[str, int]:
     return {str(g): int(n) for g, n in groups.value_counts().sort_index().items()}
 
 
-def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFrame, tmp: Path) -> None:
-    tpl: Template = state["template"]
-    mu, sd = cfg.resolved_bias()
+def _acquisition_json(state: dict) -> dict:
+    """How the acquisition differences are made (docs/simulation.md), with the template's white-matter intensity."""
+    wm = state["white_matter"]
+    return {
+        "white_matter_intensity": round(wm, 6),
+        "white_matter_method": WHITE_MATTER_METHOD,
+        "order": "contrast, then intensity non-uniformity, then Rician noise; on the image, never the label",
+        "contrast": "SimBA's change_contrast: clip(f * (v - h) + h, lo, hi), h = (hi - lo) / 2, lo and hi the "
+                    "warped image's minimum and maximum",
+        "inu": "a smooth multiplicative field within [1 - a/2, 1 + a/2] reaching both ends over the template's "
+               "brain, a = level / 100 (BrainWeb); per subject from the stream acquisition-inu",
+        "noise": "Rician: |v + n_re + i n_im|, n ~ N(0, sd^2) per channel, sd = level / 100 x the white-matter "
+                 "intensity (BrainWeb); per subject from the stream acquisition-noise",
+        "noise_sd": {str(name): round(g.noise / 100.0 * wm, 6) for name, g in state["groups"].items()},
+    }
+
+
+def recorded_settings(cfg: SimulationConfig) -> dict:
+    """The settings as ``dataset.json`` records them: what the data depend on (not ``jobs``, ``preview``), the
+    bias resolved (the groups' own with ``group``), in JSON's types."""
+    mu, sd = (None, None) if cfg.group else cfg.resolved_bias()
     settings = {**asdict(cfg), "shape": list(cfg.shape), "bias_mean": mu, "bias_std": sd}
+    if cfg.group:  # the groups say their own bias
+        settings["bias"] = None
     for key in ("jobs", "preview"):  # how it ran, not what it made: the same data whatever these are
         settings.pop(key)
+    return json.loads(json.dumps(settings, default=str))
+
+
+def same_settings(recorded: dict, cfg: SimulationConfig) -> bool:
+    """Whether a dataset's recorded settings are ``cfg``'s; a setting it does not record (one added since it was
+    written) counts as equal when ``cfg`` holds its default."""
+    mine, default = recorded_settings(cfg), recorded_settings(SimulationConfig())
+    return all(recorded.get(k, default.get(k)) == v for k, v in mine.items())
+
+
+def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFrame, tmp: Path) -> None:
+    tpl: Template = state["template"]
+    settings = recorded_settings(cfg)
     from fairal.export import decathlon_json
 
+    groups: dict[int, Group] = state["groups"]
+    title = f"fairal groups {', '.join(map(str, groups))}" if cfg.group else f"fairal {cfg.bias} bias"
     info = {
-        **decathlon_json(manifest, f"fairal {cfg.bias} bias"),
+        **decathlon_json(manifest, title),
         "format": "fairal-dataset/1",
         "settings": settings,
         "n_subjects": int(len(manifest)),
         "n_per_group": _counts(manifest["group"]),
         "n_test_per_group": _counts(manifest.loc[manifest["split"] == "test", "group"]),
         "n_eval_per_group": _counts(manifest.loc[manifest["split"] == "eval", "group"]),
-        "groups": {"1": "local bias deformation of the structure", "2": "global deformation only"},
+        "groups": {str(name): g.describe() for name, g in groups.items()},
+        "group_settings": {str(name): {k: v for k, v in asdict(g).items() if k != "name"}
+                           for name, g in groups.items()},
+        "acquisition": _acquisition_json(state),
         "template": {"sources": {k: Path(v).name if k != "label_value" else v for k, v in tpl.sources.items()},
-                     "sha256": {Path(k).name: v for k, v in tpl.checksums.items()}, "shape": list(tpl.shape)},
+                     "sha256": {Path(k).name: v for k, v in tpl.checksums.items()}, "shape": list(tpl.shape),
+                     "structure": cfg.structure},
         "output_grid": {
             "shape": list(cfg.shape),
             "affine": np.round(state["out_affine"], 6).tolist(),

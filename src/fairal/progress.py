@@ -1,0 +1,64 @@
+"""Progress of long work: a bar on a terminal; with output to a file or a pipe (a batch job, ``nohup``, CI), a
+plain line whenever a run finishes and at least once a minute while rounds go on, so a log shows where the work is."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+#: Seconds between two lines of a non-terminal log when only rounds moved on.
+LINE_EVERY = 60.0
+
+
+def elapsed(seconds: float) -> str:
+    """``5m 03s``, ``1h 02m``: a duration as a person reads it."""
+    s = int(round(seconds))
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+class GridProgress:
+    """A grid's progress in units (baselines plus rounds of the runs) and in finished tasks (baselines, runs)."""
+
+    def __init__(self, total_units: int, total_tasks: int, enabled: bool = True, stream=None,
+                 label: str = "grid (baselines + rounds)") -> None:
+        self.total_units, self.total_tasks, self.enabled = total_units, total_tasks, enabled
+        self.stream = stream if stream is not None else sys.stdout
+        self.label = label
+        self.terminal = enabled and self.stream.isatty()
+        self._bar: Progress | None = None
+        self._last: tuple[int, int] | None = None
+        self._last_line = 0.0
+        self._start = time.monotonic()
+
+    def __enter__(self) -> GridProgress:
+        if self.terminal:
+            self._bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            self._bar.__enter__()
+            self._task = self._bar.add_task("grid", total=self.total_units)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, units: int, finished: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=units)
+            return
+        now = time.monotonic()
+        first = self._last is None
+        moved = first or finished != self._last[1] or (units != self._last[0] and now - self._last_line >= LINE_EVERY)
+        if moved:
+            print(self.line(units, finished, now - self._start), file=self.stream, flush=True)
+            self._last, self._last_line = (units, finished), now
+
+    def line(self, units: int, finished: int, seconds: float) -> str:
+        share = units / self.total_units if self.total_units else 1.0
+        return (f"{self.label}: {finished}/{self.total_tasks} finished, {units}/{self.total_units} units "
+                f"({share:.0%}), {elapsed(seconds)} elapsed")

@@ -1,0 +1,222 @@
+"""The report of any study (``fairal study``): per dataset and initial set, each strategy's final and
+whole-budget measures with their CIs over seeds; the study's reference strategy paired against each other one
+under the rule of docs/analysis-plan.md (the seed as the unit, sign-flip superiority and TOST equivalence,
+Holm within each family); figures per dataset; the study file echoed.
+
+Measured on the evaluation split when the datasets have one (the primary endpoint of the plan), else on the test
+split. Families: ``pooled`` (per dataset, the reference against each strategy, each seed's mean over the initial
+sets) and ``scenario`` (per dataset and initial set), for final ESSP; ``secondary`` for final Δ and Dice and the
+ESSP AUC (per dataset, pooled).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fairal.io import within, write_csv, write_text  # noqa: E402
+from fairal.metrics import bounds  # noqa: E402
+from fairal.report.build import HEAD, html_table, settings_section  # noqa: E402
+from fairal.report.figures import OKABE_ITO, label, literal  # noqa: E402
+from fairal.report.plan import AL_ON, MARGINS, Analysis, Part, al_measure, match, verdict_rows  # noqa: E402
+from fairal.report.records import Results, curves, ordered  # noqa: E402
+from fairal.stats import mean_ci  # noqa: E402
+
+MEASURES = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice", "essp_auc": "ESSP AUC"}
+PAIRED_COLUMNS = ["id", "dataset", "init", "family", "statistic", "metric", "value", "ci_low", "ci_high", "p_value",
+                  "p_holm", "margin", "p_tost", "p_tost_holm", "within_margin", "n", "verdict"]
+
+
+def study_info(folder: Path) -> dict | None:
+    """``study.json`` of a study's results folder (None for another folder)."""
+    path = Path(folder) / "study.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def split_of(results: Results) -> str:
+    r = results.rounds
+    return "eval" if "eval_essp" in r.columns and r["eval_essp"].notna().any() else "test"
+
+
+def summary_table(results: Results, split: str) -> pd.DataFrame:
+    """Per dataset, initial set and strategy: mean and 95% t CI over seeds of each measure (finished runs), and of
+    Group 1's share of the acquired cases (with a group 1); the intervals clipped to each measure's range."""
+    m = al_measure(_finished(results), results.cases, results.round_cases, split).runs
+    rows = []
+    for (d, i, s), g in m.groupby(["dataset", "init", "strategy"], sort=False):
+        row = {"dataset": d, "init": i, "strategy": s, "n_seeds": len(g)}
+        for metric in (*MEASURES, "g1_acquired_share"):  # and Group 1's share of the acquired cases
+            values = g[metric].dropna().to_numpy(float) if metric in g.columns else []
+            if len(values):  # (a dataset without a group 1 has no Group 1 share)
+                e = mean_ci(values, bounds=bounds(metric))
+                row.update({metric: e.mean, f"{metric}_ci": f"[{e.ci_low:.3f}, {e.ci_high:.3f}]"})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _finished(results: Results) -> pd.DataFrame:
+    r = results.rounds
+    keep = [tuple(k) in results.finished for k in r[["dataset", "init", "strategy", "seed"]].itertuples(
+        index=False, name=None)]
+    return r[keep]
+
+
+def paired_parts(m, reference: str, others: list[str]) -> list[Part]:
+    """The reference against each other strategy: final ESSP pooled per dataset and per scenario, and the
+    secondary measures pooled per dataset."""
+    parts = []
+    for d in ordered(set(m.runs["dataset"]), []):
+        inits = ordered(set(m.runs.loc[m.runs["dataset"] == d, "init"]), [])
+        for other in others:
+            for metric, family in (("essp", "pooled"), ("delta", "secondary"), ("dice_all", "secondary"),
+                                   ("essp_auc", "secondary")):
+                sign = -1.0 if metric == "delta" else 1.0  # a smaller Δ is better: the difference is flipped
+                pairs = match(m, {"strategy": reference}, {"strategy": other}, AL_ON, sign=sign,
+                              where={"dataset": d})
+                if len(pairs.ia):
+                    parts.append(Part(f"{d}:{metric}:{other}", f"{reference} vs {other}", _statistic(
+                        metric, reference, other), metric, pairs, family))
+            for init in inits:
+                pairs = match(m, {"strategy": reference}, {"strategy": other}, AL_ON,
+                              where={"dataset": d, "init": init})
+                if len(pairs.ia):
+                    parts.append(Part(f"{d}:{init}:{other}", f"{reference} vs {other}",
+                                      _statistic("essp", reference, other), "essp", pairs, "scenario"))
+    return parts
+
+
+def _statistic(metric: str, a: str, b: str) -> str:
+    if metric == "delta":
+        return f"{MEASURES[metric]}: {b} - {a} (positive: {a} fairer)"
+    return f"{MEASURES[metric]}: {a} - {b}"
+
+
+def paired_table(results: Results, reference: str, split: str) -> pd.DataFrame:
+    """``study_paired.csv``: every comparison of :func:`paired_parts` with its verdict."""
+    rounds = _finished(results)
+    if rounds.empty or reference not in set(rounds["strategy"]):
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    m = al_measure(rounds, results.cases, results.round_cases, split)
+    others = [s for s in ordered(set(m.runs["strategy"]), []) if s != reference]
+    a = Analysis(m, split, seed=0)
+    parts = [a.run(p, two_level_ci=split == "test") for p in paired_parts(m, reference, others)]
+    rows = verdict_rows(parts)  # grouped by family: matched to their parts by id
+    by_id = {p.id: p for p in parts}
+    for r in rows:
+        p = by_id[r["id"]]
+        dataset, scope, _ = p.id.split(":")
+        r.update({"dataset": dataset, "init": "pooled" if p.family != "scenario" else scope, "metric": p.metric})
+    return pd.DataFrame(rows)[PAIRED_COLUMNS] if rows else pd.DataFrame(columns=PAIRED_COLUMNS)
+
+
+def study_figures(results: Results, out: Path) -> list[Path]:
+    """One figure per dataset: rows = initial sets, columns = ESSP, Δ, Dice and the labeled set's group shares,
+    per round, mean over seeds with the band of :func:`fairal.report.records.curves`."""
+    r = results.rounds
+    paths = []
+    metrics = [m for m in ("essp", "delta", "dice_all") if m in r.columns]
+    share_cols = [c for c in r.columns if c.startswith("n_labeled_g")]
+    tables = {m: curves(results, m) for m in metrics}
+    for d in ordered(set(r["dataset"]), []):
+        inits = ordered(set(r.loc[r["dataset"] == d, "init"]), [])
+        strategies = ordered(set(r.loc[r["dataset"] == d, "strategy"]), [])
+        ncol = len(metrics) + (1 if share_cols else 0)
+        fig, axes = plt.subplots(len(inits), ncol, figsize=(3.6 * ncol, 2.9 * len(inits)), squeeze=False)
+        for row, init in enumerate(inits):
+            for col, metric in enumerate(metrics):
+                ax = axes[row, col]
+                t = tables[metric]
+                for k, s in enumerate(strategies):
+                    c = t[(t["dataset"] == d) & (t["init"] == init) & (t["strategy"] == s)].sort_values("n_labeled")
+                    ax.plot(c["n_labeled"], c["mean"], color=OKABE_ITO[k % 8], label=label(s), lw=1.6)
+                    ax.fill_between(c["n_labeled"], c["lo"], c["hi"], color=OKABE_ITO[k % 8], alpha=0.15, lw=0)
+                ax.set_title(literal(f"{d}, {init}: {MEASURES.get(metric, metric).replace('final ', '')}"),
+                             fontsize=10)
+            if share_cols:
+                _share_panel(axes[row, -1], r[(r["dataset"] == d) & (r["init"] == init)], strategies, share_cols)
+        for ax in axes[-1]:
+            ax.set_xlabel("labeled images")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+        fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 1))
+        path = within(out, f"study_{_safe(d)}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _share_panel(ax, rounds: pd.DataFrame, strategies: list[str], share_cols: list[str]) -> None:
+    """Group 1's share of the labeled set (the first group's with other names), mean over seeds."""
+    col = "n_labeled_g1" if "n_labeled_g1" in share_cols else share_cols[0]
+    for k, s in enumerate(strategies):
+        g = rounds[rounds["strategy"] == s]
+        share = (g[col] / g["n_labeled"]).groupby(g["n_labeled"]).mean()
+        ax.plot(share.index, share.to_numpy(), color=OKABE_ITO[k % 8], lw=1.6)
+    ax.set_ylim(0, 1)
+    ax.set_title(literal(f"share of group {col[len('n_labeled_g'):]} in the labeled set"), fontsize=10)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def build_study_report(folder: Path, out: Path, results: Results, info: dict) -> Path:
+    """``report.html`` of a study, with ``study_summary.csv``, ``study_paired.csv`` and a figure per dataset."""
+    study = info.get("study", {})
+    reference = study.get("reference", "weighted-localized-entropy")
+    split = split_of(results)
+    summary = summary_table(results, split) if not results.rounds.empty else pd.DataFrame()
+    paired = paired_table(results, reference, split) if not results.rounds.empty else pd.DataFrame()
+    write_csv(within(out, "study_summary.csv"), summary)
+    write_csv(within(out, "study_paired.csv"), paired)
+    figs = study_figures(results, out) if not results.rounds.empty else []
+    parts = [*HEAD, f"<h2>Study {html.escape(str(study.get('name', '')))}</h2>",
+             f"<p>{html.escape(str(study.get('description', '')))}</p>",
+             _counts(results, split), "<h2>Each strategy</h2>",
+             "<p>Mean over seeds and 95% t interval of the mean, clipped to the measure's range (Dice, ESSP and "
+             "shares in [0, 1], Δ &ge; 0); final = at the final budget.</p>",
+             html_table(summary, best={"essp": "max", "delta": "min", "dice_all": "max", "essp_auc": "max"},
+                        within=["dataset", "init"]),
+             f"<h2>{html.escape(reference)} against each strategy</h2>", _rule(), html_table(paired, digits=4)]
+    for p in figs:
+        parts.append(f"<h3>{html.escape(p.stem)}</h3>" + _figure(p))
+    parts += ["<h2>The study file</h2>", "<pre>" + html.escape(study.get("text") or json.dumps(study, indent=1))
+              + "</pre>", *settings_section(results), "</body></html>"]
+    target = within(out, "report.html")
+    write_text(target, "\n".join(parts))
+    return target
+
+
+def _counts(results: Results, split: str) -> str:
+    seeds = int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0
+    where = "the evaluation split" if split == "eval" else "the test split"
+    return (f"<p>{len(results.finished)} finished runs of {len(results.expected)} expected, {seeds} seed(s); "
+            f"measured on {where}.</p>")
+
+
+def _rule() -> str:
+    margins = ", ".join(f"{k} ±{v:g}" for k, v in MARGINS.items() if k in MEASURES)
+    return ("<p>The seed is the unit (a pooled comparison: each seed's mean difference over the initial sets); "
+            "confirmed / refuted: the 95% CI on one side of 0 and a Holm-adjusted sign-flip p &lt; 0.05 within "
+            "the family; equivalent: Holm-adjusted TOST p &lt; 0.05 within the margin (" + html.escape(margins)
+            + "); 'within margin': a real difference smaller than the margin (docs/analysis-plan.md).</p>")
+
+
+def _figure(path: Path) -> str:
+    import base64
+
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"/></figure>'

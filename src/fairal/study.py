@@ -1,0 +1,407 @@
+"""Studies: an experiment described by a file (TOML) or a built-in name — its datasets (simulated with any
+``fairal simulate`` option, or a lab's labeled cohort from a CSV), initial sets, strategies, seeds and profile.
+The paper's experiment is the built-in study ``paper``.
+
+A study file (every key is checked; an unknown one is refused naming it)::
+
+    name = "accumbens-site"
+    profile = "standard"            # any profile; [set] overrides its settings
+    seeds = 5
+    strategies = ["random", "entropy", "localized-entropy", "weighted-localized-entropy"]
+    inits = ["balanced", "g1-heavy"]
+    reference = "weighted-localized-entropy"   # paired comparisons: the reference against each other strategy
+    [set]
+    steps = 400
+    [datasets.site]                  # simulated: any `fairal simulate` option, by its name with _ for -
+    simulate = { bias = "none", contrast = 1.2, n_subjects = 312 }
+    [datasets.lab]                   # a lab's own labeled cohort, as an active-learning benchmark
+    csv = "cohort.csv"               # case_id, image, label (all labeled), the group columns
+    group_by = ["site"]
+    groups_known = false             # the strategies see no group of a pool case: expected weights
+
+A strategy may also be a table, an *arm* of the study with its own name and settings, e.g. the same strategy with
+and without the pool's groups: ``{ name = "wle-groups-unknown", strategy = "weighted-localized-entropy",
+groups_known = false }``. Settings apply in this order: the profile, the study's ``[set]``, the dataset's
+(``groups_known``, ``set``), the arm's, and last the command line's ``--set``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+from fairal.acquisition import parse_strategy
+from fairal.config import PROFILES, Profile, get_profile
+from fairal.errors import FairalError
+
+TOP_KEYS = ("name", "description", "profile", "seeds", "strategies", "inits", "reference", "set", "datasets",
+            "baselines")
+DATASET_KEYS = ("simulate", "csv", "folder", "group_by", "groups_known", "set", "spacing", "margin_mm",
+                "label_value", "seed")
+ARM_KEYS = ("name", "strategy", "groups_known", "set")
+WLE = "weighted-localized-entropy"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One strategy of a study, under its own name (the records' folder), with its own settings."""
+
+    name: str
+    strategy: str
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A study's dataset: simulated (``simulate``: ``fairal simulate`` options) or a lab's CSV (``csv``)."""
+
+    name: str
+    simulate: dict | None = None
+    csv: Path | None = None
+    folder: Path | None = None  # a dataset folder made before (fairal simulate): read, never written
+    group_by: tuple[str, ...] = ()
+    overrides: dict = field(default_factory=dict)
+    spacing: float = 1.0  # mm: the grid a CSV cohort is resampled to (the profile's downsample applies on top)
+    margin_mm: float = 12.0  # around the labeled structures' union
+    label_value: float | None = None
+    seed: int = 0  # the CSV cohort's test split
+
+    @property
+    def kind(self) -> str:
+        return "simulate" if self.simulate is not None else "folder" if self.folder is not None else "csv"
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed, checked study. ``arms`` None: the profile's strategies; ``seeds`` None: the profile's."""
+
+    name: str
+    source: str
+    text: str
+    datasets: tuple[DatasetSpec, ...]
+    profile: str | None = None
+    seeds: int | None = None
+    arms: tuple[Arm, ...] | None = None
+    inits: tuple[str, ...] = ("balanced", "g1-heavy", "g2-heavy")
+    reference: str = WLE
+    overrides: dict = field(default_factory=dict)
+    baselines: bool = False
+    description: str = ""
+
+    def profile_for(self, base: Profile, dataset: DatasetSpec, arm: Arm | None, cli: dict) -> Profile:
+        """The settings of one dataset's runs of ``arm`` (None: its baselines): the profile, then the study's,
+        the dataset's, the arm's and the command line's overrides."""
+        layers = [self.overrides, dataset.overrides, arm.overrides if arm else {}, cli]
+        merged = {k: v for layer in layers for k, v in layer.items()}
+        return base.with_overrides(merged) if merged else base
+
+    def resolved_arms(self, profile: Profile) -> tuple[Arm, ...]:
+        return self.arms if self.arms is not None else tuple(Arm(s, s) for s in profile.strategies)
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["datasets"] = [{**dataclasses.asdict(s), "csv": str(s.csv) if s.csv else None,
+                          "folder": str(s.folder) if s.folder else None} for s in self.datasets]
+        return d
+
+
+def paper_study() -> Study:
+    """The paper's experiment: two datasets (strong and weak bias, independent subjects), the three initial sets,
+    the profile's strategies, Table 1's baselines."""
+    datasets = (DatasetSpec("strong", simulate={"bias": "strong", "seed": 0}),
+                DatasetSpec("weak", simulate={"bias": "weak", "seed": 1}))
+    return Study("paper", PAPER_SOURCE, PAPER_TEXT, datasets, baselines=True,
+                 description="the paper's experiment: strong and weak caudate bias, three initial sets, Table 1")
+
+
+PAPER_SOURCE = "built-in study 'paper'"
+PAPER_TEXT = """# the built-in study 'paper': the paper's experiment
+name = "paper"
+strategies = "the profile's"   # e.g. standard: the paper's four and three more
+inits = ["balanced", "g1-heavy", "g2-heavy"]
+reference = "weighted-localized-entropy"
+baselines = true
+[datasets.strong]
+simulate = { bias = "strong", seed = 0 }
+[datasets.weak]
+simulate = { bias = "weak", seed = 1 }
+"""
+
+BUILTIN = {"paper": paper_study}
+
+
+def _fail(where: str, text: str) -> FairalError:
+    return FairalError(f"{where}: {text}")
+
+
+def _unknown(where: str, keys, known) -> None:
+    bad = [k for k in keys if k not in known]
+    if bad:
+        near = difflib.get_close_matches(bad[0], known, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise _fail(where, f"unknown key {bad[0]!r}{hint}; keys: {', '.join(known)}")
+
+
+def _typed(where: str, key: str, value, kind, what: str):
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise _fail(where, f"{key} must be {what}, got {value!r}")
+    return value
+
+
+def _settings(where: str, table) -> dict[str, str]:
+    """A ``set`` table as ``--set`` strings (TOML booleans as true/false, lists as comma lists)."""
+    _typed(where, "set", table, dict, "a table of settings")
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, list):
+            out[key] = ",".join(str(v) for v in value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+def _arm(where: str, item) -> Arm:
+    if isinstance(item, str):
+        parse_strategy(item)
+        return Arm(item, item)
+    _typed(where, "each strategy", item, dict, "a strategy name or a table {name, strategy, groups_known, set}")
+    _unknown(where, item, ARM_KEYS)
+    if "strategy" not in item:
+        raise _fail(where, f"the strategy table {item!r} lacks the key 'strategy'")
+    strategy = _typed(where, "strategy", item["strategy"], str, "a strategy name")
+    parse_strategy(strategy)
+    name = _typed(where, "name", item.get("name", strategy), str, "a name")
+    overrides = _settings(f"{where}, strategy {name}", item.get("set", {}))
+    if "groups_known" in item:
+        _typed(where, "groups_known", item["groups_known"], bool, "true or false")
+        overrides["groups_known"] = "true" if item["groups_known"] else "false"
+    return Arm(name, strategy, overrides)
+
+
+def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
+    where = f"{where}, dataset {name}"
+    _typed(where, f"datasets.{name}", table, dict, "a table")
+    _unknown(where, table, DATASET_KEYS)
+    if sum(k in table for k in ("simulate", "csv", "folder")) != 1:
+        raise _fail(where, "give exactly one of 'simulate' (a table of fairal simulate options), 'csv' (a labeled "
+                    "cohort) or 'folder' (a dataset folder made by fairal simulate)")
+    overrides = _settings(where, table.get("set", {}))
+    if "groups_known" in table:
+        _typed(where, "groups_known", table["groups_known"], bool, "true or false")
+        overrides["groups_known"] = "true" if table["groups_known"] else "false"
+    group_by = table.get("group_by", [])
+    group_by = [group_by] if isinstance(group_by, str) else group_by
+    if not isinstance(group_by, list) or not all(isinstance(c, str) for c in group_by):
+        raise _fail(where, f"group_by must be a column name or a list of them, got {group_by!r}")
+    spacing = _typed(where, "spacing", table.get("spacing", 1.0), int | float, "a number of mm")
+    margin = _typed(where, "margin_mm", table.get("margin_mm", 12.0), int | float, "a number of mm")
+    label_value = table.get("label_value")
+    if label_value is not None:
+        _typed(where, "label_value", label_value, int | float, "a number")
+    seed = _typed(where, "seed", table.get("seed", 0), int, "a whole number")
+    if "folder" in table:
+        folder = base / _typed(where, "folder", table["folder"], str, "a folder name")
+        if not (folder / "manifest.csv").is_file():
+            raise _fail(where, f"{folder} is not a dataset folder (no manifest.csv)")
+        return DatasetSpec(name, folder=folder.resolve(), overrides=overrides)
+    if "simulate" in table:
+        sim = _typed(where, "simulate", table["simulate"], dict, "a table of fairal simulate options")
+        for key in ("group_by", "spacing", "margin_mm", "label_value", "seed"):
+            if key in table:
+                raise _fail(where, f"{key!r} belongs to a CSV dataset (a simulated one takes its options in "
+                            "'simulate')")
+        from fairal.simulate.dataset import simulation_config
+
+        simulation_config(sim, where)  # checked now, built with the profile's sizes later
+        return DatasetSpec(name, simulate=dict(sim), overrides=overrides)
+    if not group_by:
+        raise _fail(where, "a CSV dataset needs group_by: the column(s) that name each case's group")
+    csv = base / _typed(where, "csv", table["csv"], str, "a file name")
+    spec = DatasetSpec(name, csv=csv, group_by=tuple(group_by), overrides=overrides, spacing=float(spacing),
+                       margin_mm=float(margin), label_value=label_value, seed=seed)
+    check_cohort(spec)
+    return spec
+
+
+def check_cohort(spec: DatasetSpec) -> None:
+    """A CSV cohort is a benchmark: every case labeled and of known group (the metrics need both)."""
+    from fairal.owndata import read_cases
+
+    cases = read_cases(spec.csv, spec.group_by)
+    unlabeled = cases.loc[~cases["labeled"], "case_id"].tolist()
+    if unlabeled:
+        raise FairalError(f"{spec.csv}: dataset {spec.name} is a benchmark, every case needs a label; "
+                          f"{len(unlabeled)} have none (first: {unlabeled[0]})")
+    unknown = cases.loc[~cases["group_known"], "case_id"].tolist()
+    if unknown:
+        raise FairalError(f"{spec.csv}: dataset {spec.name}: {len(unknown)} cases have no group in "
+                          f"{', '.join(spec.group_by)} (first: {unknown[0]}); the metrics need every case's group "
+                          "(hide the pool's groups from the strategies with groups_known = false)")
+
+
+def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
+    """A :class:`Study` from a parsed study file (``where`` names it in messages; ``base``: the folder that
+    relative file names are read from)."""
+    _unknown(where, data, TOP_KEYS)
+    if "datasets" not in data or not isinstance(data["datasets"], dict) or not data["datasets"]:
+        raise _fail(where, "the study names no dataset: add a [datasets.NAME] table")
+    datasets = tuple(_dataset(where, n, t, base) for n, t in data["datasets"].items())
+    for d in datasets:
+        if not d.name or d.name.startswith(".") or "/" in d.name or "\\" in d.name:
+            raise _fail(where, f"dataset name {d.name!r} cannot name a folder")
+    arms = None
+    if "strategies" in data:
+        items = _typed(where, "strategies", data["strategies"], list, "a list of strategies")
+        if not items:
+            raise _fail(where, "strategies is empty")
+        arms = tuple(_arm(where, s) for s in items)
+        names = [a.name for a in arms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise _fail(where, f"two strategies are named {dup[0]!r}: give each a name of its own")
+    profile = data.get("profile")
+    if profile is not None and profile not in PROFILES:
+        raise _fail(where, f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
+    seeds = data.get("seeds")
+    if seeds is not None and (_typed(where, "seeds", seeds, int, "a whole number >= 1") < 1):
+        raise _fail(where, f"seeds must be a whole number >= 1, got {seeds}")
+    inits = tuple(_typed(where, "inits", data.get("inits", ["balanced", "g1-heavy", "g2-heavy"]), list,
+                         "a list of initial sets"))
+    from fairal.loop import heavy_group
+
+    for init in inits:
+        heavy_group(_typed(where, "each initial set", init, str, "a name"))
+    reference = _typed(where, "reference", data.get("reference", WLE), str, "a strategy name")
+    if arms is not None and reference not in [a.name for a in arms]:
+        raise _fail(where, f"the reference {reference!r} is not one of the study's strategies "
+                    f"({', '.join(a.name for a in arms)})")
+    name = _typed(where, "name", data.get("name", Path(where).stem), str, "a name")
+    return Study(name, where, text, datasets, profile=profile, seeds=seeds, arms=arms, inits=inits,
+                 reference=reference, overrides=_settings(where, data.get("set", {})),
+                 baselines=_typed(where, "baselines", data.get("baselines", False), bool, "true or false"),
+                 description=_typed(where, "description", data.get("description", ""), str, "text"))
+
+
+def load_study(source: str | Path) -> Study:
+    """A built-in study by name (:data:`BUILTIN`) or a study file (TOML), parsed and checked before any work."""
+    if str(source) in BUILTIN:
+        return BUILTIN[str(source)]()
+    path = Path(source)
+    if not path.is_file():
+        raise FairalError(f"{path}: no such study file, and no built-in study of that name (built-in: "
+                          f"{', '.join(BUILTIN)})")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise FairalError(f"{path}: not a valid TOML study file: {err}") from None
+    return parse_study(data, str(path), path.resolve().parent, text)
+
+
+def check_settings(study: Study, base: Profile, cli: dict) -> None:
+    """Every run's settings and strategy, built once before any work (a bad ``set`` fails here)."""
+    for d in study.datasets:
+        study.profile_for(base, d, None, cli)
+        for arm in study.resolved_arms(base):
+            study.profile_for(base, d, arm, cli)
+
+
+def base_profile(study: Study, profile: str | None, seeds: int | None) -> tuple[Profile, int]:
+    """The study's profile (the command line's, else the file's, else ``standard``) and its number of seeds."""
+    prof = get_profile(profile or study.profile or "standard")
+    return prof, seeds or study.seeds or prof.seeds
+
+
+# --- a lab's labeled cohort as a dataset --------------------------------------------------------------------
+
+
+def _cohort_settings(spec: DatasetSpec, profile: Profile) -> dict:
+    import hashlib
+
+    return {"csv": str(spec.csv.resolve()), "csv_sha256": hashlib.sha256(spec.csv.read_bytes()).hexdigest(),
+            "group_by": list(spec.group_by), "spacing": spec.spacing, "margin_mm": spec.margin_mm,
+            "label_value": spec.label_value, "seed": spec.seed, "test_per_group": profile.test_per_group}
+
+
+def cohort_splits(cases, spec: DatasetSpec, per_group: int) -> list[str]:
+    """Each case's split: the CSV's ``split`` column (pool, test or eval) if it has one, else a seeded test split
+    of ``per_group`` cases per group (at most half of a group; :func:`fairal.sampling.test_split`)."""
+    from fairal.data import SPLITS
+    from fairal.sampling import test_split
+
+    if "split" in cases.columns:
+        values = cases["split"].str.strip()
+        bad = sorted(set(values) - set(SPLITS))
+        if bad:
+            raise FairalError(f"{spec.csv}: column 'split' must hold {', '.join(SPLITS)}, found {bad}")
+        return values.tolist()
+    ids: dict = {}
+    for case, group in zip(cases["case_id"], cases["group"], strict=True):
+        ids.setdefault(group, []).append(case)
+    test = test_split(ids, per_group, spec.seed)
+    return ["test" if c in test else "pool" for c in cases["case_id"]]
+
+
+def _save(array, affine, path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.Nifti1Image(np.asarray(array), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+def ensure_cohort(spec: DatasetSpec, path: Path, profile: Profile) -> Path:
+    """A CSV cohort as a fairal dataset in ``path``: every case resampled onto one grid around the labeled
+    structures (``spacing`` mm, as ``fairal query`` does; intensities normalised), a manifest with the groups and
+    the splits, the pool's union of labels as the template structure (the crop and the fallback region). Reused
+    when ``path`` holds this cohort with these settings; the user's files are only read."""
+    import json
+
+    import pandas as pd
+
+    from fairal import versions
+    from fairal.io import publish_folder, within, write_json
+    from fairal.owndata import load_cases, read_cases, structure_grid
+
+    settings = _cohort_settings(spec, profile)
+    info = path / "dataset.json"
+    if info.is_file():
+        if json.loads(info.read_text()).get("settings") == settings:
+            return path
+        raise FairalError(f"{path} holds another cohort than dataset {spec.name} (its CSV or settings changed); "
+                          "use another output folder or delete it")
+    check_cohort(spec)
+    cases = read_cases(spec.csv, spec.group_by)
+    splits = cohort_splits(cases, spec, profile.test_per_group)
+    grid = structure_grid(cases, spec.spacing, spec.margin_mm, spec.label_value)
+    vol = load_cases(cases, grid, label_value=spec.label_value)
+    pool = [i for i, s in enumerate(splits) if s == "pool"]
+    with publish_folder(path, "dataset") as tmp:
+        for sub in ("images", "labels", "template"):
+            within(tmp, sub).mkdir()
+        rows = []
+        for i, (case, group) in enumerate(zip(cases["case_id"], cases["group"], strict=True)):
+            _save(vol.images[i, 0].numpy(), grid.affine, within(tmp, "images", f"{case}.nii.gz"))
+            _save(vol.labels[i, 0].numpy().astype("uint8"), grid.affine, within(tmp, "labels", f"{case}.nii.gz"))
+            rows.append({"case_id": case, "group": group, "image": f"images/{case}.nii.gz",
+                         "label": f"labels/{case}.nii.gz", "split": splits[i],
+                         "source_image": cases["image_path"].iloc[i], "source_label": cases["label_path"].iloc[i]})
+        union = vol.labels[pool, 0].amax(dim=0).numpy().astype("uint8")
+        _save(union, grid.affine, within(tmp, "template", "label.nii.gz"))
+        manifest = pd.DataFrame(rows)
+        manifest.to_csv(within(tmp, "manifest.csv"), index=False)
+        write_json(within(tmp, "dataset.json"), {
+            "format": "fairal-dataset/1", "kind": "csv cohort", "settings": settings,
+            "n_per_group": {str(g): int(n) for g, n in manifest["group"].value_counts().sort_index().items()},
+            "output_grid": {"shape": list(grid.shape), "affine": grid.affine.round(6).tolist()},
+            "versions": versions()})
+    return path

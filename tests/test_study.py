@@ -1,0 +1,242 @@
+"""Studies: the study file's checks, groups hidden from the strategies in an AL run, and a study of a simulated
+dataset of another structure and a lab's CSV cohort end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fairal.cli import app
+from fairal.config import get_profile
+from fairal.errors import FairalError
+from fairal.experiments import grid, run_dir, study_grid
+from fairal.loop import ActiveLearningRun, RunSpec
+from fairal.study import load_study, paper_study
+
+from .conftest import LABEL_VALUE, OUT_SHAPE, make_template
+
+TINY = {"init_size": "4", "acquire": "2", "final_size": "8", "steps": "3", "round_steps": "2", "crop_margin": "4",
+        "downsample": "1", "test_per_group": "6", "eval_per_group": "0", "n_subjects": "24"}
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def _refused(tmp_path, text, *needles):
+    path = _write(tmp_path / "s.toml", text)
+    with pytest.raises(FairalError) as err:
+        load_study(path)
+    for n in needles:
+        assert n in str(err.value), str(err.value)
+    return str(err.value)
+
+
+def test_malformed_study_files_are_refused_naming_the_key(tmp_path):
+    ok = '[datasets.a]\nsimulate = { bias = "weak" }\n'
+    _refused(tmp_path, 'strategy = ["random"]\n' + ok, "unknown key 'strategy'", "did you mean 'strategies'")
+    _refused(tmp_path, 'name = "x"\n', "names no dataset")
+    _refused(tmp_path, 'strategies = ["weighted-localised-entropy"]\n' + ok, "weighted-localised-entropy")
+    _refused(tmp_path, '[datasets.a]\nsimulate = { bias = "weak", n_subject = 3 }\n', "dataset a",
+             "unknown key 'n_subject'", "n_subjects")
+    _refused(tmp_path, '[datasets.a]\nsimulate = { bias = "medium" }\n', "dataset a", "medium")
+    _refused(tmp_path, '[datasets.a]\nsimulate = {}\ncsv = "c.csv"\n', "exactly one of 'simulate'")
+    _refused(tmp_path, '[datasets.a]\nsimulate = {}\ngroups_kown = false\n', "unknown key 'groups_kown'")
+    _refused(tmp_path, 'reference = "bald"\nstrategies = ["random"]\n' + ok, "reference 'bald'")
+    _refused(tmp_path, 'inits = ["g1-light"]\n' + ok, "g1-light")
+    _refused(tmp_path, 'seeds = 0\n' + ok, "seeds must be")
+    _refused(tmp_path, 'profile = "fast"\n' + ok, "unknown profile 'fast'")
+    _refused(tmp_path, 'strategies = ["random", "random"]\n' + ok, "two strategies are named 'random'")
+    _refused(tmp_path, 'name = [1\n', "not a valid TOML")
+    with pytest.raises(FairalError, match="no such study file"):
+        load_study(tmp_path / "missing.toml")
+
+
+def test_a_csv_cohort_without_labels_or_groups_is_refused(tmp_path, tiny_dataset):
+    m = pd.read_csv(tiny_dataset / "manifest.csv").head(6)
+    rows = pd.DataFrame({"case_id": m["case_id"], "image": [str(tiny_dataset / p) for p in m["image"]],
+                         "label": [str(tiny_dataset / p) for p in m["label"]], "site": m["group"].astype(str)})
+    rows.loc[2, "label"] = ""
+    rows.to_csv(tmp_path / "c.csv", index=False)
+    text = '[datasets.lab]\ncsv = "c.csv"\ngroup_by = ["site"]\n'
+    _refused(tmp_path, text, "c.csv", "every case needs a label", "1 have none", rows["case_id"][2])
+    rows.loc[2, "label"] = rows.loc[3, "label"]
+    rows.loc[4, "site"] = ""
+    rows.to_csv(tmp_path / "c.csv", index=False)
+    _refused(tmp_path, text, "have no group in site")
+    _refused(tmp_path, '[datasets.lab]\ncsv = "c.csv"\n', "needs group_by")
+    _refused(tmp_path, '[datasets.lab]\ncsv = "c.csv"\ngroup_by = ["hospital"]\n', "hospital")
+
+
+def test_a_bad_setting_is_refused_before_any_work(tmp_path):
+    study = _write(tmp_path / "s.toml", '[set]\nstepz = 3\n[datasets.a]\nsimulate = { bias = "weak" }\n')
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["study", str(study), str(out), "--profile", "smoke"])
+    assert res.exit_code == 2 and "unknown setting 'stepz'" in res.output
+    assert not out.exists()
+
+
+def test_the_paper_study_is_reproduces_grid():
+    """`fairal reproduce` is the built-in study: the same runs, folders and settings."""
+    prof = get_profile("smoke")
+    runs = study_grid(paper_study(), prof, 2)
+    keys = [(r.dataset.name, r.init, r.arm.name, r.seed) for r in runs]
+    assert keys == grid(2, prof.strategies)
+    assert all(r.profile == prof for r in runs)
+    assert runs[0].folder("o") == run_dir("o", *keys[0])
+    assert paper_study().baselines and [d.simulate for d in paper_study().datasets] == [
+        {"bias": "strong", "seed": 0}, {"bias": "weak", "seed": 1}]
+
+
+def test_settings_apply_in_order_profile_study_dataset_arm_command_line(tmp_path):
+    text = ('[set]\nsteps = 7\nround_steps = 5\n[datasets.a]\nsimulate = { bias = "weak" }\ngroups_known = false\n'
+            'set = { round_steps = 4 }\n[datasets.b]\nsimulate = { bias = "weak" }\n')
+    text = 'strategies = ["random", { name = "w", strategy = "weighted-bald", set = { steps = 6 } }]\n' + text
+    text = 'reference = "w"\n' + text
+    s = load_study(_write(tmp_path / "s.toml", text))
+    base = get_profile("smoke")
+    a, b = s.datasets
+    w = s.arms[1]
+    assert (s.profile_for(base, a, w, {}).steps, s.profile_for(base, a, w, {}).round_steps) == (6, 4)
+    assert s.profile_for(base, a, w, {}).groups_known is False
+    assert s.profile_for(base, b, s.arms[0], {}).groups_known is True
+    assert s.profile_for(base, a, w, {"steps": "2"}).steps == 2  # the command line last
+
+
+def test_a_run_with_the_pool_groups_hidden(tiny_dataset, tmp_path):
+    """groups_known false: the labeled cases keep their group (the weights), every candidate gets the expected
+    weight sum_g p(g|x) w_g; with fewer than 5 labeled cases per group p(g|x) is the labeled set's group shares,
+    so the weight is hand-computable from the round's records."""
+    prof = get_profile("smoke", {**TINY, "groups_known": "false"})
+    out = tmp_path / "run"
+    rounds = ActiveLearningRun(RunSpec(str(tiny_dataset), "weighted-localized-entropy", "g1-heavy", 0, prof),
+                               out).run()
+    config = json.loads((out / "config.json").read_text())
+    assert config["groups_known"] is False and config["settings"]["profile"]["groups_known"] is False
+    sel = pd.read_csv(out / "selections.csv")
+    assert set(sel["group"]) == {1, 2}  # the true groups stay in the records, for the metrics
+    for _, r in rounds[rounds["round"] < rounds["round"].max()].iterrows():
+        expected = (r["n_labeled_g1"] * r["w_g1"] + r["n_labeled_g2"] * r["w_g2"]) / r["n_labeled"]
+        w = sel.loc[sel["round"] == r["round"], "weight"].to_numpy()
+        assert np.allclose(w, expected, atol=1e-12)
+        assert r["group_model"] == "frequencies" and 0 <= r["pool_group_accuracy"] <= 1
+    known = ActiveLearningRun(RunSpec(str(tiny_dataset), "weighted-localized-entropy", "g1-heavy", 0,
+                                      get_profile("smoke", TINY)), tmp_path / "known").run()
+    assert "group_model" not in known.columns
+    sel_known = pd.read_csv(tmp_path / "known" / "selections.csv")
+    first = sel_known[sel_known["round"] == 0]
+    w1, w2 = known.loc[0, "w_g1"], known.loc[0, "w_g2"]
+    assert np.allclose(first["weight"], np.where(first["group"] == 1, w1, w2))
+
+
+def _cohort_csv(tiny_dataset, tmp_path):
+    m = pd.read_csv(tiny_dataset / "manifest.csv")
+    rows = pd.DataFrame({"case_id": m["case_id"], "image": [str(tiny_dataset / p) for p in m["image"]],
+                         "label": [str(tiny_dataset / p) for p in m["label"]],
+                         "site": np.where(m["group"] == 1, "north", "south")})
+    rows.to_csv(tmp_path / "cohort.csv", index=False)
+    return tmp_path / "cohort.csv"
+
+
+def test_a_study_of_another_structure_and_a_csv_cohort_end_to_end(tiny_dataset, tmp_path):
+    tpl, lab = make_template(tmp_path)
+    _cohort_csv(tiny_dataset, tmp_path)
+    settings = "\n".join(f"{k} = {v}" for k, v in TINY.items())
+    tiny = f'template = "{tpl}", label = "{lab}", shape = {list(OUT_SHAPE)}'
+    three = '["1:bias=strong", "2", "3:contrast=1.2"]'
+    study = _write(tmp_path / "study.toml", f'''
+name = "structures-and-sites"
+profile = "smoke"
+seeds = 2
+inits = ["balanced"]
+strategies = ["random", "weighted-localized-entropy",
+              {{ name = "wle-groups-unknown", strategy = "weighted-localized-entropy", groups_known = false }}]
+reference = "weighted-localized-entropy"
+[set]
+{settings}
+[datasets.right]    # the template's other caudate (label 7) as the segmented and biased structure
+simulate = {{ template = "{tpl}", label = "{lab}", label_value = 7, shape = {list(OUT_SHAPE)}, seed = 3 }}
+[datasets.three]    # three groups: the morphological bias, a scanner's contrast, neither
+simulate = {{ {tiny}, label_value = {LABEL_VALUE}, seed = 4, group = {three} }}
+[datasets.lab]
+csv = "cohort.csv"
+group_by = ["site"]
+groups_known = false
+spacing = 1.0
+margin_mm = 3
+''')
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["study", str(study), str(out), "--jobs", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    for d in ("right", "three", "lab"):
+        for arm in ("random", "weighted-localized-entropy", "wle-groups-unknown"):
+            for seed in (0, 1):
+                state = json.loads((run_dir(out, d, "balanced", arm, seed) / "state.json").read_text())
+                assert state["finished"]
+    hidden = json.loads((run_dir(out, "right", "balanced", "wle-groups-unknown", 0) / "config.json").read_text())
+    shown = json.loads((run_dir(out, "right", "balanced", "weighted-localized-entropy", 0) / "config.json"
+                        ).read_text())
+    lab_wle = json.loads((run_dir(out, "lab", "balanced", "weighted-localized-entropy", 0) / "config.json"
+                          ).read_text())
+    assert (hidden["groups_known"], shown["groups_known"], lab_wle["groups_known"]) == (False, True, False)
+    right = json.loads((out / "data" / "right" / "dataset.json").read_text())["settings"]
+    assert right["label_value"] == 7 and right["n_subjects"] == 24  # the profile's size unless the file gives one
+    manifest = pd.read_csv(out / "data" / "lab" / "manifest.csv")
+    assert set(manifest["group"]) == {"north", "south"}
+    assert manifest.groupby("group")["split"].apply(lambda s: (s == "test").sum()).tolist() == [6, 6]
+    assert (tmp_path / "cohort.csv").read_text().count("\n") == 25  # the user's file is only read
+    paired = pd.read_csv(out / "report" / "study_paired.csv")
+    assert set(paired["dataset"]) == {"right", "three", "lab"}
+    three = pd.read_csv(run_dir(out, "three", "balanced", "weighted-localized-entropy", 0) / "rounds.csv")
+    assert {"w_g1", "w_g2", "w_g3", "dice_g3"} <= set(three.columns)
+    assert {"random", "wle-groups-unknown"} <= set(paired["statistic"].str.extract(r"- (\S+)$")[0].dropna())
+    assert set(paired["verdict"]) <= {"confirmed", "refuted", "equivalent", "inconclusive"}
+    summary = pd.read_csv(out / "report" / "study_summary.csv")
+    assert len(summary) == 9 and (summary["n_seeds"] == 2).all()
+    html = (out / "report" / "report.html").read_text()
+    assert "structures-and-sites" in html and "groups_known = false" in html  # the study file echoed
+    assert all((out / "report" / f"study_{d}.png").is_file() for d in ("right", "three", "lab"))
+    again = CliRunner().invoke(app, ["study", str(study), str(out), "--jobs", "1", "--quiet"])
+    assert again.exit_code == 0, again.output  # everything finished: nothing to redo
+
+
+def test_a_dataset_folder_and_runs_reused_from_another_study(tiny_dataset, tmp_path):
+    """``folder``: a dataset made before, only read; ``--reuse``: finished runs of identical settings on the same
+    data are linked (the same files), a run of other settings is run anew."""
+    settings = "\n".join(f"{k} = {v}" for k, v in TINY.items())
+    text = (f'profile = "smoke"\nseeds = 1\ninits = ["balanced"]\nstrategies = ["random"]\nreference = "random"\n'
+            f'[set]\n{settings}\n[datasets.tiny]\nfolder = "{tiny_dataset}"\n')
+    first = _write(tmp_path / "a.toml", text)
+    res = CliRunner().invoke(app, ["study", str(first), str(tmp_path / "a"), "--jobs", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "a" / "data").exists()  # the folder is used where it is
+    res = CliRunner().invoke(app, ["study", str(first), str(tmp_path / "b"), "--jobs", "1", "--quiet", "--reuse",
+                                   str(tmp_path / "a"), "--strategies", "random,entropy"])
+    assert res.exit_code == 0, res.output
+    a, b = (run_dir(tmp_path / x, "tiny", "balanced", "random", 0) / "rounds.csv" for x in "ab")
+    assert a.stat().st_ino == b.stat().st_ino  # linked, not run again
+    assert json.loads((run_dir(tmp_path / "b", "tiny", "balanced", "entropy", 0) / "state.json").read_text()
+                      )["finished"]
+    res = CliRunner().invoke(app, ["study", str(first), str(tmp_path / "c"), "--jobs", "1", "--quiet", "--reuse",
+                                   str(tmp_path / "a"), "--set", "steps=4"])
+    assert res.exit_code == 0, res.output
+    c = run_dir(tmp_path / "c", "tiny", "balanced", "random", 0) / "rounds.csv"
+    assert c.stat().st_ino != a.stat().st_ino  # other settings: run anew
+    bad = CliRunner().invoke(app, ["study", str(first), str(tmp_path / "d"), "--reuse", str(tmp_path / "none")])
+    assert bad.exit_code == 2 and "no results folder" in bad.output
+
+
+@pytest.mark.parametrize("name", ["groups-unknown", "acquisition-bias"])
+def test_the_studies_of_docs_beyond_parse(name):
+    from pathlib import Path
+
+    from fairal.study import check_settings
+
+    study = load_study(Path(__file__).parents[1] / "studies" / f"{name}.toml")
+    check_settings(study, get_profile(study.profile), {})
+    assert study.seeds == 5 and study.profile == "standard"
