@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import fairal
@@ -19,8 +20,18 @@ from fairal.errors import FairalError
 from fairal.query import QUERY_SETTINGS, query_profile
 
 runner = CliRunner()
-COMMANDS = [["simulate"], ["build-model"], ["calibrate"], ["baseline"], ["run"], ["reproduce"], ["query"],
-            ["report"], ["export", "nnunet"]]
+
+
+def _commands(group, path=()) -> list[list[str]]:
+    """Every command of the app, by the words that call it (``export nnunet``): a new command is tested too."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        sub = getattr(command, "commands", None)
+        found += _commands(command, (*path, name)) if sub else [[*path, name]]
+    return found
+
+
+COMMANDS = _commands(typer.main.get_command(app))
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

@@ -137,7 +137,7 @@ def _clear_errors(fn):
     return wrapper
 
 
-class SimulateCommand(TyperCommand):
+class SimulateCommand(HelpCommand):
     """``fairal simulate``, which also reads the older ``--shape X Y Z`` (three words) as ``--shape X,Y,Z``."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
