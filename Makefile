@@ -25,7 +25,7 @@ smoke: install
 
 test: install
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile  # one process per core, a file's tests in one
 
 bench: install
 	$(BIN)/python benchmarks/bench_simulate.py
