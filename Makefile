@@ -18,13 +18,14 @@ install: $(BIN)/fairal
 
 demo: install
 	$(BIN)/fairal reproduce $(OUT) --profile quick
+	@echo "fairal is installed in $(VENV): 'source $(VENV)/bin/activate' puts it on your PATH"
 
 smoke: install
 	$(BIN)/fairal reproduce $(OUT)-smoke --profile smoke
 
 test: install
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile  # one process per core, a file's tests in one
 
 bench: install
 	$(BIN)/python benchmarks/bench_simulate.py

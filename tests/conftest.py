@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the tests in one process per core (pytest-xdist): each trains on one thread, as do the
+    # processes it starts (fairal's commands, grid workers), or the cores would be oversubscribed.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 SHAPE = (40, 44, 32)
 OUT_SHAPE = (32, 32, 24)

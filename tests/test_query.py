@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -15,9 +18,10 @@ from fairal.cli import app
 from fairal.config import get_profile
 from fairal.errors import FairalError
 from fairal.owndata import load_cases, read_cases, structure_grid
-from fairal.query import MIN_PER_GROUP, group_probabilities, run_query
+from fairal.query import MIN_PER_GROUP, group_probabilities, run_query, weight_notes
 
 from .own_data import make_study
+from .test_hostile_inputs import SLICER_STUB
 
 FAST = {"steps": "30", "batch_size": "4", "mc_samples": "3", "stochastic_batches": "20"}
 
@@ -187,9 +191,15 @@ def test_no_known_group_is_fine_without_weights(study, tmp_path):
                   group_by=["site"], progress=False)
 
 
-def test_annotators_get_predictions_on_each_scans_own_grid(study, tmp_path):
-    out = tmp_path / "batch"
-    table = run_query(study, 3, "weighted-localized-entropy", out, _profile(), group_by=["site"], progress=False)
+@pytest.fixture(scope="module")
+def handoff(study, tmp_path_factory):
+    """A query's output folder (3 cases selected) and its table."""
+    out = tmp_path_factory.mktemp("handoff") / "batch"
+    return out, run_query(study, 3, "weighted-localized-entropy", out, _profile(), group_by=["site"], progress=False)
+
+
+def test_annotators_get_predictions_on_each_scans_own_grid(handoff):
+    out, table = handoff
     batch = table[table["selected"]]
     assert list(table.columns[:6]) == ["rank", "case_id", "group", "score", "entropy", "weight"]
     assert {"image", "label", "prediction"} <= set(table.columns)
@@ -217,3 +227,93 @@ def test_a_multi_label_map_with_label_value(tmp_path):
     table = run_query(study, 2, "entropy", tmp_path / "b", _profile(), group_by=["site"], progress=False,
                       label_value=11)
     assert table["selected"].sum() == 2
+
+
+def _slicer(script_args: list[str], cwd, tmp_path, name: str) -> list:
+    """Run Python as 3D Slicer would (``script_args``), with a stub ``slicer`` module that records what it opens."""
+    stub, log = tmp_path / f"stub-{name}", tmp_path / f"log-{name}"
+    stub.mkdir()
+    log.mkdir()
+    (stub / "slicer.py").write_text(SLICER_STUB)
+    res = subprocess.run([sys.executable, *script_args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(stub), "STUB_LOG": str(log)})
+    if res.returncode:
+        return [res.stderr]
+    return [json.loads(line) for line in (log / "slicer.jsonl").read_text().splitlines()]
+
+
+def test_the_slicer_script_runs_as_the_docs_say_from_any_folder(handoff, tmp_path):
+    out, table = handoff
+    batch = table[table["selected"]]
+    want = []
+    for case, img in zip(batch["case_id"], batch["image"], strict=True):
+        want += [["volume", img], ["segmentation", str(out / "predictions" / f"{case}.nii.gz")],
+                 ["name", f"{case} (fairal prediction)"]]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # Slicer's console: exec(open(PATH).read()), with no __file__ and the working folder anyone's
+    doc_way = f"exec(open({str(out / 'open_in_slicer.py')!r}).read())"
+    assert _slicer(["-c", doc_way], elsewhere, tmp_path, "exec") == want
+    # the folder moved: run as a file, the script finds the predictions beside itself
+    moved = tmp_path / "moved"
+    shutil.move(out, moved)
+    try:
+        want_moved = [[k, v.replace(str(out), str(moved)) if k == "segmentation" else v] for k, v in want]
+        assert _slicer([str(moved / "open_in_slicer.py")], elsewhere, tmp_path, "file") == want_moved
+        # under exec, a moved folder has no __file__ to find it by: a clear error, not a wrong folder
+        [message] = _slicer(["-c", f"exec(open({str(moved / 'open_in_slicer.py')!r}).read())"], elsewhere,
+                            tmp_path, "moved")
+        assert "no predictions/ folder in" in message and "__file__=PATH" in message
+    finally:
+        shutil.move(moved, out)
+
+
+def test_weight_notes_say_when_there_is_nothing_to_weigh_or_too_little():
+    notes, warnings = weight_notes([], ["all"], ["all"] * 20, {"all": 1.0}, "labeled")
+    assert notes == ["no groups given (--group-by): every case is in one group, so there are no weights to steer "
+                     "by and the ranking is the unweighted score's"] and warnings == []
+    notes, _ = weight_notes(["site"], ["A"], ["A"] * 6, {"A": 1.0}, "labeled")
+    assert notes[0].startswith("one group only (A)")
+    notes, _ = weight_notes(["site"], ["A", "B"], ["A"] * 3 + ["B"] * 3, {"A": 0.5, "B": 0.5}, "labeled")
+    assert notes[0].startswith("the weights are equal: the model segments its labeled cases equally well")
+    notes, _ = weight_notes(["site"], ["A", "B"], ["A"] * 3 + ["B"] * 3, {"A": 0.5, "B": 0.5}, "cross-validated")
+    assert notes == []
+    notes, warnings = weight_notes(["dx", "site"], ["x/A", "x/B", "y/A"], ["x/A"] * 5 + ["x/B"] * 2 + [None],
+                                   {"x/A": 0.2, "x/B": 0.5, "y/A": 0.3}, "labeled")
+    assert notes == [] and warnings == [
+        "group x/B has 2 labeled cases: its Dice, and so its weight (0.500), rests on them; label at least 3 of "
+        "each group, or group more coarsely",
+        "group y/A has 0 labeled cases: its Dice, and so its weight (0.300), rests on them; label at least 3 of "
+        "each group, or group more coarsely"]
+
+
+def test_the_console_says_no_groups_were_given_and_warns_of_small_groups(study, tmp_path):
+    args = ["query", str(study), "--budget", "2", "--profile", "smoke", "--quiet"]
+    for k, v in FAST.items():
+        args += ["--set", f"{k}={v}"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "none"), "--no-quiet"])
+    assert res.exit_code == 0, res.output
+    assert "no groups given (--group-by)" in res.output and "equally well" not in res.output
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "both"), "--no-quiet", "--group-by", "site",
+                                   "--group-by", "sex"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "both" / "query.json").read_text())
+    assert len(info["warnings"]) == 6  # 4 labeled cases per site, 2 of each sex: six groups of 2
+    assert all(f"warning: {w}" in res.output for w in info["warnings"])
+    assert "group A/F has 2 labeled cases" in res.output
+
+
+def test_an_absent_label_value_is_named(study, tmp_path):
+    res = CliRunner().invoke(app, ["query", str(study), "--budget", "2", "--out", str(tmp_path / "q"),
+                                   "--label-value", "11", "--profile", "smoke"])
+    assert res.exit_code == 2 and "--label-value 11 is absent from 12 of 12 label maps" in res.output, res.output
+
+
+def test_empty_label_maps_are_named_as_such(tmp_path):
+    study = make_study(tmp_path / "study", per_site=2, labeled_per_site=1, unknown=1)
+    t = read_cases(study, ["site"])
+    for path in t.loc[t["labeled"], "label_path"]:
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), path)
+    with pytest.raises(FairalError, match=r"every label map of the 3 labeled cases is empty \(no voxel is 1\)"):
+        structure_grid(t, spacing=2.0, margin_mm=4.0)

@@ -22,6 +22,7 @@ The paper's four are ``random``, ``entropy``, ``localized-entropy`` and ``weight
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -114,6 +115,20 @@ class Strategy:
         return text + (f", T = {self.temperature:g}" if self.temperature is not None else "")
 
 
+def strategy_names() -> list[str]:
+    """Every strategy name without a temperature: ``[stochastic-][weighted-]BASE`` for each base of the table."""
+    return [f"{stochastic}{weighted}{base}" for stochastic in ("", "stochastic-") for weighted in ("", "weighted-")
+            for base in BASES if not (stochastic and base == "random")]
+
+
+def did_you_mean(name: str) -> str:
+    """``" (did you mean 'entropy'?)"`` for a mistyped strategy name (the closest names, by difflib), else ``""``."""
+    t = re.search(r"-t[0-9.]+$", name)
+    stem, tail = (name[:t.start()], t.group()) if t else (name, "")
+    close = difflib.get_close_matches(stem.lower(), strategy_names(), n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(c + tail) for c in close)}?)" if close else ""
+
+
 def parse_strategy(name: str | Strategy) -> Strategy:
     """Read ``[stochastic-][weighted-]BASE[-tT]``; a clear error for anything else."""
     if isinstance(name, Strategy):
@@ -121,8 +136,8 @@ def parse_strategy(name: str | Strategy) -> Strategy:
     known = ", ".join(ALL_STRATEGIES)
     m = _NAME.match(str(name).strip())
     if not m or m["base"] not in BASES:
-        raise FairalError(f"unknown strategy {name!r}: a name is [stochastic-][weighted-]BASE[-tT] with BASE one of "
-                          f"{', '.join(BASES)} (e.g. {known})")
+        raise FairalError(f"unknown strategy {name!r}{did_you_mean(str(name).strip())}: a name is "
+                          f"[stochastic-][weighted-]BASE[-tT] with BASE one of {', '.join(BASES)} (e.g. {known})")
     temperature = None
     if m["t"] is not None:
         try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +19,66 @@ from typer.core import TyperCommand
 from fairal.errors import FairalError
 from fairal.simulate.deformation import DEFAULT_GLOBAL_RMS_MM, DEFAULT_LOCAL_SD_MM
 
-app = typer.Typer(
+#: Click's names of the values of parameters that give no metavar of their own.
+VALUE_NAMES = {int: "INTEGER", float: "FLOAT", str: "TEXT", Path: "PATH"}
+
+
+def value_name(annotation) -> str:
+    """Click's metavar of a parameter's type: ``INTEGER`` for ``int``, ``PATH`` for a ``Path`` (also inside
+    ``list[...]``, ``X | None`` or ``Annotated[...]``), ``INTEGER INTEGER INTEGER`` for ``tuple[int, int, int]``."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        return " ".join(value_name(a) for a in args)
+    if args and origin is not typing.Literal:  # Annotated[X, ...], list[X], X | None
+        return value_name(args[0])
+    return VALUE_NAMES.get(annotation, "VALUE")
+
+
+def usage_name(param) -> str:
+    """An argument as click writes it in a usage line: ``DATA``, ``[DATA]`` if optional, ``FIELDS...``."""
+    name = param.metavar or param.name.upper()
+    name = name if param.required else f"[{name}]"
+    return name + ("..." if param.nargs != 1 else "")
+
+
+class HelpCommand(TyperCommand):
+    """A command whose ``--help`` names values as click does, never in Python: ``DATA`` for an argument (typer
+    writes ``{data}``), ``INTEGER``, ``PATH``, ``TEXT`` for an option without a metavar of its own (typer writes
+    ``<int>``, ``<list[str]>``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        hints = typing.get_type_hints(inspect.unwrap(self.callback), include_extras=True) if self.callback else {}
+        for param in self.params:
+            if param.metavar is None and param.name in hints and not getattr(param, "is_flag", False):
+                argument = param.param_type_name == "argument"
+                param.metavar = param.name.upper() if argument else value_name(hints[param.name])
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        return pieces + [usage_name(p) for p in self.get_params(ctx) if p.param_type_name == "argument"]
+
+    def format_options(self, ctx, formatter) -> None:
+        params = self.get_params(ctx)
+        arguments = [(usage_name(p).strip("[]"), "  ".join(filter(None, [p.help, "[required]" if p.required else ""])))
+                     for p in params if p.param_type_name == "argument"]
+        options = [r for p in params if p.param_type_name == "option" and (r := p.get_help_record(ctx))]
+        for title, records in (("Arguments", arguments), ("Options", options)):
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
+class FairalTyper(typer.Typer):
+    """``typer.Typer`` whose commands are :class:`HelpCommand`."""
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", HelpCommand)
+        return super().command(*args, **kwargs)
+
+
+app = FairalTyper(
     help="Fairness-aware active learning for 3D brain MRI segmentation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -28,6 +89,22 @@ app = typer.Typer(
 # hard line breaks inside messages: scripts and tests read them.
 console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 stdout = Console(soft_wrap=True, markup=False, highlight=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"fairal {version('fairal')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print fairal's version and exit.")] = False,
+) -> None:
+    """Fairness-aware active learning for 3D brain MRI segmentation."""
 
 
 #: What the operating system said, in words that name the cause (a read-only file system is not a permission).
@@ -60,7 +137,7 @@ def _clear_errors(fn):
     return wrapper
 
 
-class SimulateCommand(TyperCommand):
+class SimulateCommand(HelpCommand):
     """``fairal simulate``, which also reads the older ``--shape X Y Z`` (three words) as ``--shape X,Y,Z``."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
@@ -224,9 +301,10 @@ def calibrate(
         write_json(within(out.parent, out.name), cal.as_dict())
 
 
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Settings profile: smoke, quick, standard, paper.")]
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", metavar="NAME",
+                                         help="Settings profile: smoke, quick, standard, paper.")]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override one profile setting, KEY=VALUE (repeatable).")
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override one profile setting (repeatable).")
 ]
 
 
@@ -422,9 +500,10 @@ def _print_query(table, strat, budget: int, group_dice: str) -> None:
         dice = ", ".join(f"{g} {d:.3f}" for g, d in info["labeled_dice"].items())
         weights = ", ".join(f"{g} {w:.3f}" for g, w in info["weights"].items())
         stdout.print(f"group Dice ({group_dice}): {dice}; group weights: {weights}")
-        if len(set(round(w, 6) for w in info["weights"].values())) == 1 and group_dice == "labeled":
-            stdout.print("the weights are equal: the model segments its labeled cases equally well (no spread "
-                         "in Dice); --group-dice cross-validated measures it on cases it has not seen")
+        for note in info["notes"]:
+            stdout.print(note)
+        for warning in info["warnings"]:
+            console.print(Text.assemble(("warning:", "bold yellow"), " ", warning))
     unknown = info["unknown_groups"]
     if unknown["n_unlabeled_unknown"]:
         acc = (f", cross-validated accuracy {unknown['classifier_cv_accuracy']:.2f} against a majority rate of "
@@ -445,15 +524,16 @@ def _print_query(table, strat, budget: int, group_dice: str) -> None:
 @app.command()
 @_clear_errors
 def query(
-    data: Annotated[Path, typer.Argument(help="CSV of your cases: case_id, image, label (empty = unlabeled) and the "
-                                         "--group-by columns.")],
+    data: Annotated[Path, typer.Argument(metavar="CSV", help="CSV of your cases: case_id, image, label (empty = "
+                                         "unlabeled) and the --group-by columns.")],
     budget: Annotated[int, typer.Option(help="How many cases to annotate next.")],
     out: Annotated[Path, typer.Option(help="Output folder: query.csv, montage.png, model.pt, query.json.")],
-    strategy: Annotated[str, typer.Option(help="Acquisition strategy, e.g. weighted-localized-entropy, "
+    strategy: Annotated[str, typer.Option(metavar="NAME", help="Acquisition strategy, e.g. weighted-localized-entropy, "
                                           "weighted-bald, stochastic-weighted-localized-entropy.")]
     = "weighted-localized-entropy",
     group_by: Annotated[
-        list[str] | None, typer.Option(help="Sensitive-attribute column (repeat for intersectional groups).")
+        list[str] | None, typer.Option(metavar="COLUMN", help="Sensitive-attribute column (repeat for intersectional "
+                                       "groups; none: one group, no weights to steer by).")
     ] = None,
     model: Annotated[Path | None, typer.Option(help="A trained model (model.pt of an earlier query) instead of "
                                                "training on the labeled cases.")] = None,
@@ -473,10 +553,10 @@ def query(
 ) -> None:
     """Rank the unlabeled cases of your own data for annotation, fairness-aware: the top --budget cases first."""
     from fairal.acquisition import parse_strategy
-    from fairal.config import get_profile, parse_overrides
-    from fairal.query import run_query
+    from fairal.config import parse_overrides
+    from fairal.query import query_profile, run_query
 
-    prof = get_profile(profile, parse_overrides(set_))
+    prof = query_profile(profile, parse_overrides(set_))
     strat = parse_strategy(strategy)
     table = run_query(data, budget, strat, out, prof, group_by=group_by or [], model_path=model, seed=seed,
                       spacing=spacing, overwrite=overwrite, progress=not quiet, group_dice=group_dice,
@@ -506,7 +586,7 @@ def report(
     stdout.print(f"report: {path}")
 
 
-export_app = typer.Typer(help="A fairal dataset in the layout of another tool.", no_args_is_help=True,
+export_app = FairalTyper(help="A fairal dataset in the layout of another tool.", no_args_is_help=True,
                          rich_markup_mode=None)
 app.add_typer(export_app, name="export")
 

@@ -41,7 +41,9 @@ class Profile:
     sim_shape: tuple[int, int, int] = (170, 170, 76)
     test_per_group: int = 15
     eval_per_group: int = 0  # evaluation subjects per group that ``reproduce`` simulates (split "eval")
-    crop_margin: int | None = 12  # voxels around the template's structure; None = whole volume
+    # Voxels of the data's grid around the template's structure (the simulated data are 1 mm: mm); None = whole
+    # volume. ``fairal query`` reads it in mm, around the labeled structures (its images have any spacing).
+    crop_margin: int | None = 12
     downsample: int = 2  # 1 = the data's 1 mm grid
     # model
     features: tuple[int, ...] = (8, 16)
@@ -114,8 +116,11 @@ class Profile:
         number("temperature", 0.0, open_low=True)
         number("mc_dropout", 0.0, 1.0)
         if self.final_size < self.init_size or (self.final_size - self.init_size) % self.acquire:
-            raise FairalError(f"impossible budget: {self.final_size} labeled cannot be reached from {self.init_size} "
-                              f"in steps of {self.acquire}")
+            reachable = ", ".join(str(self.init_size + k * self.acquire) for k in range(1, 4))
+            raise FairalError(f"impossible budget of the active-learning schedule: settings init_size "
+                              f"{self.init_size}, acquire {self.acquire}, final_size {self.final_size}; a run grows "
+                              f"from init_size by acquire cases a round, so final_size must be one of "
+                              f"{self.init_size}, {reachable}, ...")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(self.device))):
             raise FairalError(f"setting device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.bf16 not in ("auto", "on", "off"):

@@ -154,7 +154,8 @@ def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_
         lo, hi = np.minimum(lo, world.min(0)), np.maximum(hi, world.max(0))
     _refuse_absent_value(absent, len(labeled), label_value)
     if not np.all(np.isfinite(lo)):
-        raise FairalError("every label is empty: no structure to place the analysis grid around")
+        raise FairalError(f"every label map of the {len(labeled)} labeled cases is empty (no voxel is 1): no "
+                          "structure to place the analysis grid around")
     lo, hi = lo - margin_mm, hi + margin_mm
     shape = tuple(int(math.ceil((b - a) / spacing)) + 1 for a, b in zip(lo, hi, strict=True))
     check_voxels(shape, f"the analysis grid at --spacing {spacing:g} mm", "; choose a larger --spacing")

@@ -13,6 +13,7 @@ next time) and ``query.json`` (settings, group weights, the classifier's cross-v
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from fairal import versions
 from fairal.acquisition import STATISTICS, Strategy, parse_strategy, roi_mask
-from fairal.config import Profile
+from fairal.config import Profile, get_profile
 from fairal.data import case_records
 from fairal.engine import acquisition_round, evaluate, fit, model_factory
 from fairal.errors import FairalError
@@ -31,6 +32,28 @@ from fairal.model import UNet3D, load_unet
 from fairal.owndata import Grid, load_cases, read_cases, structure_grid, to_case_grid
 from fairal.sampling import stream, stream_seed
 from fairal.train import check_device, predict_proba, save_checkpoint, train_model
+
+#: Fewest labeled cases per group for a group Dice worth weighing by: fewer, and a warning says so.
+MIN_LABELED_PER_GROUP = 3
+#: The profile settings a query uses: it trains once (or not at all) and ranks; it has no active-learning schedule
+#: and simulates nothing, so the other settings would do nothing and are refused (:func:`query_profile`).
+QUERY_SETTINGS = ("steps", "epochs", "lr", "batch_size", "device", "bf16", "features", "crop_margin", "roi_dilation",
+                  "temperature", "mc_dropout", "mc_samples", "stochastic_batches")
+
+
+def query_profile(name: str, overrides: dict[str, str] | None = None) -> Profile:
+    """The profile ``name`` with ``overrides`` (``--set``) for a query: a setting that a query does not use (the
+    active-learning schedule ``init_size``/``acquire``/``final_size``, the simulated data, the grid's) is refused
+    naming it, instead of a check of that setting speaking of a schedule the query does not have."""
+    fields = {f.name for f in dataclasses.fields(Profile)}
+    for key in overrides or {}:
+        setting = key.strip().replace("-", "_")
+        if setting in fields and setting not in QUERY_SETTINGS:
+            raise FairalError(f"--set {key}: fairal query does not use the setting {setting} (a query trains one model "
+                              "and ranks the unlabeled cases: no active-learning schedule, no simulated data); "
+                              f"its settings: {', '.join(QUERY_SETTINGS)}")
+    return get_profile(name, overrides)
+
 
 GROUP_DICE = ("labeled", "cross-validated")
 
@@ -260,9 +283,34 @@ def _write_query(q: _Query, rnd, table: pd.DataFrame, montage_cases: int) -> Non
             "grid": q.grid.as_meta(), "features": list(q.model.features), "dropout": float(q.model.dropout),
             "profile": q.profile.name, "group_by": q.group_by, "n_labeled": n_labeled, "seed": q.seed})
         write_handoff(tmp, [(c, records_of[c].image, p) for c, p in zip(batch, probas, strict=True)], q.grid,
-                      q.label_value)
+                      q.label_value, final=q.out)
         table.attrs["query"] = info = _query_info(q, rnd, n_labeled)
         write_json(within(tmp, "query.json"), info)
+
+
+def weight_notes(group_by: list, order: list, labeled_groups: list, weights: dict, group_dice: str
+                 ) -> tuple[list[str], list[str]]:
+    """What the console and ``query.json`` say about the group weights of a weighted strategy: notes (no groups
+    given, one group, equal weights) and warnings (a group with fewer than :data:`MIN_LABELED_PER_GROUP` labeled
+    cases, whose Dice, and so its weight, rests on those few)."""
+    notes, warnings = [], []
+    if not group_by:
+        notes.append("no groups given (--group-by): every case is in one group, so there are no weights to steer "
+                     "by and the ranking is the unweighted score's")
+    elif len(order) == 1:
+        notes.append(f"one group only ({order[0]}): no other group to weigh it against, so the ranking is the "
+                     "unweighted score's")
+    elif len({round(w, 6) for w in weights.values()}) == 1 and group_dice == "labeled":
+        notes.append("the weights are equal: the model segments its labeled cases equally well (no spread in "
+                     "Dice); --group-dice cross-validated measures it on cases it has not seen")
+    counts = pd.Series(labeled_groups, dtype=object).value_counts()
+    for g in order if len(order) > 1 else []:
+        n = int(counts.get(g, 0))
+        if n < MIN_LABELED_PER_GROUP:
+            warnings.append(f"group {g} has {n} labeled case{'' if n == 1 else 's'}: its Dice, and so its weight "
+                            f"({weights[g]:.3f}), rests on {'it' if n == 1 else 'them'}; label at least "
+                            f"{MIN_LABELED_PER_GROUP} of each group, or group more coarsely")
+    return notes, warnings
 
 
 def _query_info(q: _Query, rnd, n_labeled: int) -> dict:
@@ -270,10 +318,13 @@ def _query_info(q: _Query, rnd, n_labeled: int) -> dict:
     model, the grid, the counts, the profile and the versions."""
     lab_table = q.cases.loc[q.cases["labeled"], ["case_id", "group"]].assign(dice=rnd.weight_dice)
     gm = q.gm
+    notes, warnings = weight_notes(q.group_by, q.order, [q.records[c].group for c in q.labeled_ids], rnd.weights,
+                                   q.group_dice) if q.strat.weighted else ([], [])
     return {
         "csv": str(q.csv_path.resolve()), "strategy": q.strat.name, "budget": q.budget, "seed": q.seed,
         "group_by": q.group_by, "groups": [str(g) for g in q.order],
         "weights": {str(g): rnd.weights[g] for g in q.order} if q.strat.weighted else None,
+        "notes": notes, "warnings": warnings,
         "temperature": q.strat.temperature or q.profile.temperature, "group_dice": q.group_dice,
         "labeled_dice": {str(g): float(d.mean()) for g, d in lab_table.groupby("group")["dice"]},
         "unknown_groups": {"n_unlabeled_unknown": int((~q.known_u).sum()), "method": gm.method,
@@ -285,13 +336,42 @@ def _query_info(q: _Query, rnd, n_labeled: int) -> dict:
         "profile": q.profile.as_dict(), "versions": versions()}
 
 
+#: The 3D Slicer script of the hand-off (``value``, ``folder`` and ``cases`` filled in as Python literals). Slicer's
+#: console runs it with ``exec(open(PATH).read())``, where ``__file__`` is not this file and the working folder is
+#: anyone's: the script names the folder fairal wrote it in, and falls back on its own file's folder when run as a
+#: file after the folder has moved.
+SLICER_SCRIPT = """\
+# Open the scans to annotate in 3D Slicer, each with fairal's prediction as a segmentation to correct.
+# In Slicer's Python console, from any working folder: exec(open('/path/to/this/open_in_slicer.py').read())
+# Save each corrected segmentation as a label map{value} and give its path in the CSV's label column.
+import os
+
+import slicer
+
+# The folder fairal wrote this script in; if it has been moved since, the folder of this file run as a file.
+folder = {folder}
+if not os.path.isdir(os.path.join(folder, "predictions")) and "__file__" in globals():
+    folder = os.path.dirname(os.path.abspath(__file__))
+if not os.path.isdir(os.path.join(folder, "predictions")):
+    raise FileNotFoundError("no predictions/ folder in " + folder + ": the folder has moved; in Slicer's console "
+                            "run exec(open(PATH).read(), dict(__file__=PATH)) with PATH this script's new path")
+cases = [
+{cases}]
+for case, image, prediction in cases:
+    volume = slicer.util.loadVolume(image)
+    segmentation = slicer.util.loadSegmentation(os.path.join(folder, prediction))
+    segmentation.SetName(case + " (fairal prediction)")
+"""
+
+
 def write_handoff(folder: Path, batch: list[tuple[str, str, np.ndarray]], grid: Grid,
-                  label_value: float | None) -> None:
+                  label_value: float | None, final: str | Path | None = None) -> None:
     """The annotators' files: each selected scan's prediction on the scan's own grid
     (``predictions/CASE.nii.gz``, to correct rather than draw from nothing), ``annotate.csv`` (case, image,
     prediction), a 3D Slicer script that opens them all (``open_in_slicer.py``) and ITK-SNAP command lines
     (``open_in_itksnap.sh``). Every string the scripts embed is quoted as data: ``repr`` in Python, ``shlex.quote``
-    in the shell (a case id or a folder named ``O'Brien; $(rm -rf ~)`` stays a name)."""
+    in the shell (a case id or a folder named ``O'Brien; $(rm -rf ~)`` stays a name). ``final``: where ``folder``
+    will be once published (default: ``folder`` itself), the folder the Slicer script opens the predictions from."""
     import shlex
 
     import nibabel as nib
@@ -303,16 +383,10 @@ def write_handoff(folder: Path, batch: list[tuple[str, str, np.ndarray]], grid: 
         rows.append({"case_id": case, "image": image, "prediction": f"predictions/{case}.nii.gz"})
     write_csv(within(folder, "annotate.csv"), pd.DataFrame(rows, columns=["case_id", "image", "prediction"]))
     value = "" if label_value is None else f" (saved with value 1; your map uses {label_value:g})"
-    cases = ",\n".join(f"    ({r['case_id']!r}, {r['image']!r}, {r['prediction']!r})" for r in rows)
+    cases = "".join(f"    ({r['case_id']!r}, {r['image']!r}, {r['prediction']!r}),\n" for r in rows)
     within(folder, "open_in_slicer.py").write_text(
-        "# Open the scans to annotate in 3D Slicer, each with fairal's prediction as a segmentation to correct.\n"
-        "# In Slicer's Python console: exec(open('/path/to/this/open_in_slicer.py').read())\n"
-        f"# Save each corrected segmentation as a label map{value} and give its path in the CSV's label column.\n"
-        "import os\nimport slicer\n\nhere = os.path.dirname(os.path.abspath(__file__)) if '__file__' in dir() else "
-        "os.getcwd()\ncases = [\n" + cases + ",\n]\nfor case, image, prediction in cases:\n"
-        "    volume = slicer.util.loadVolume(image)\n"
-        "    segmentation = slicer.util.loadSegmentation(os.path.join(here, prediction))\n"
-        "    segmentation.SetName(case + ' (fairal prediction)')\n")
+        SLICER_SCRIPT.format(value=value, folder=repr(str(Path(final if final is not None else folder).resolve())),
+                             cases=cases))
     within(folder, "open_in_itksnap.sh").write_text(
         "#!/bin/sh\n# One ITK-SNAP window per scan to annotate, with fairal's prediction loaded as the segmentation.\n"
         "cd \"$(dirname \"$0\")\"\n"
