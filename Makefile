@@ -27,7 +27,16 @@ test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -n auto --dist loadfile  # one process per core, a file's tests in one
 
+# fairal inside MONAI Label (docs/annotate.md): the server's runtime set, then MONAI Label itself without its
+# requirements; the installed torch and numpy are held (pip fails rather than replace them).
+MONAILABEL_SPEC ?= monailabel==0.8.5 monai==1.5.2 pydicom-seg==0.4.1
+monailabel: install
+	$(BIN)/pip freeze | grep -i -E "^(torch|numpy)==" > $(VENV)/held.txt
+	$(BIN)/pip install -q -c $(VENV)/held.txt -e ".[test,ray,monailabel]"
+	$(BIN)/pip install -q --no-deps $(MONAILABEL_SPEC)
+	$(BIN)/python -c "import monailabel.main, torch; print('MONAI Label', __import__('monailabel').__version__, 'with torch', torch.__version__)"
+
 bench: install
 	$(BIN)/python benchmarks/bench_simulate.py
 
-.PHONY: install demo smoke test bench
+.PHONY: install demo smoke test monailabel bench

@@ -567,6 +567,44 @@ def query(
                  f"{out}/predictions/ (each scan's prediction on its own grid), open_in_slicer.py, open_in_itksnap.sh")
 
 
+@app.command("monailabel-app")
+@_clear_errors
+def monailabel_app(
+    out: Annotated[Path, typer.Argument(help="The app folder to write: main.py and fairal.json (and model/).")],
+    strategy: Annotated[str, typer.Option(metavar="NAME", help="The app's own strategy (also listed: the paper's "
+                                          "four; any other name of fairal's grammar is accepted on request).")]
+    = "weighted-localized-entropy",
+    group_by: Annotated[
+        list[str] | None, typer.Option(metavar="COLUMN", help="Group column of groups.csv in the studies folder (or "
+                                       "key of the images' info); repeat for intersectional groups.")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="The app's first model (model.pt of a fairal query); without "
+                                               "it the first request trains one on the saved labels.")] = None,
+    spacing: Annotated[float, typer.Option(help="Voxel size (mm) of the common grid, as in fairal query.")] = 2.0,
+    seed: Annotated[int, typer.Option(help="Seed of training and of every random draw.")] = 0,
+    label_value: Annotated[float | None, typer.Option(help="The structure's value in multi-label maps; default: "
+                                                      "binary labels.")] = None,
+    profile: ProfileOpt = "standard",
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an app folder that fairal wrote.")] = False,
+) -> None:
+    """Write a MONAI Label app whose "Next Sample" is fairal's: start it with `monailabel start_server --app OUT
+    --studies STUDIES` (docs/annotate.md)."""
+    import importlib.util
+
+    from fairal.config import parse_overrides
+    from fairal.monailabel_app import write_app
+    from fairal.query import query_profile
+
+    overrides = parse_overrides(set_)
+    query_profile(profile, overrides)  # the settings a query uses, checked now
+    write_app(out, strategy, group_by or [], profile, overrides, seed=seed, spacing=spacing, label_value=label_value,
+              model=model, overwrite=overwrite)
+    stdout.print(f"MONAI Label app in {out}: monailabel start_server --app {out} --studies STUDIES")
+    if importlib.util.find_spec("monailabel") is None:
+        console.print("note: MONAI Label is not installed here; see docs/annotate.md (make monailabel)")
+
+
 @app.command()
 @_clear_errors
 def report(

@@ -279,13 +279,55 @@ def _write_query(q: _Query, rnd, table: pd.DataFrame, montage_cases: int) -> Non
         write_csv(within(tmp, "query.csv"), table)
         write_montage(within(tmp, "montage.png"), [q.vol.images[q.vol.index[c], 0].numpy() for c in top],
                       probas[:len(top)], rois[:len(top)], titles)
-        save_checkpoint(q.model, within(tmp, "model.pt"), {
-            "grid": q.grid.as_meta(), "features": list(q.model.features), "dropout": float(q.model.dropout),
-            "profile": q.profile.name, "group_by": q.group_by, "n_labeled": n_labeled, "seed": q.seed})
+        save_checkpoint(q.model, within(tmp, "model.pt"), _model_meta(q, n_labeled))
         write_handoff(tmp, [(c, records_of[c].image, p) for c, p in zip(batch, probas, strict=True)], q.grid,
                       q.label_value, final=q.out)
         table.attrs["query"] = info = _query_info(q, rnd, n_labeled)
         write_json(within(tmp, "query.json"), info)
+
+
+def _model_meta(q: _Query, n_labeled: int) -> dict:
+    """What a query's ``model.pt`` carries beside the weights: its grid (``--model`` ranks on it), its architecture
+    and how it was trained."""
+    return {"grid": q.grid.as_meta(), "features": list(q.model.features), "dropout": float(q.model.dropout),
+            "profile": q.profile.name, "group_by": q.group_by, "n_labeled": n_labeled, "seed": q.seed}
+
+
+def train_query_model(csv_path: str | Path, model_file: str | Path, profile: Profile,
+                      group_by: list[str] | tuple[str, ...] = (), seed: int = 0, spacing: float = 2.0,
+                      label_value: float | None = None, strategy: str | Strategy = "weighted-localized-entropy",
+                      progress: bool = False) -> dict:
+    """Train the model a query of ``csv_path`` would train (same grid, seed stream and settings) and save it as
+    ``model_file``, without ranking: a later ``run_query(..., model_path=model_file)`` ranks with it, as ``fairal
+    query --model`` does. Every case may be labeled. Returns how the training went."""
+    q = _Query(Path(csv_path), 0, parse_strategy(strategy), Path(model_file).parent, profile, list(group_by), None,
+               seed, "labeled", label_value, progress)
+    check_device(profile.device)
+    q.cases = read_cases(q.csv_path, q.group_by)
+    q.records = case_records(q.cases)
+    if not q.cases["labeled"].any():
+        raise FairalError(f"{q.csv_path}: no labeled case to train on: save some labels first")
+    _query_model(q, spacing)
+    n_labeled = int(q.cases["labeled"].sum())
+    save_checkpoint(q.model, model_file, _model_meta(q, n_labeled))
+    return {"n_labeled": n_labeled, **q.training}
+
+
+def predict_image(model_file: str | Path, image: str | Path, target: str | Path, profile: Profile,
+                  label_value: float | None = None) -> Path:
+    """The segmentation of ``image`` by a query's model, on the image's own grid (as the hand-off's predictions),
+    saved as ``target``."""
+    import nibabel as nib
+
+    model, meta = _model_for(Path(model_file), profile, 0.0)
+    grid = Grid.from_meta(meta["grid"], model_file)
+    case = Path(image).name.split(".")[0]
+    cases = pd.DataFrame({"case_id": [case], "image_path": [str(image)], "label_path": [""], "labeled": [False],
+                          "group": [None]})
+    vol = load_cases(cases, grid, label_value=label_value)
+    proba = next(iter(predict_proba(model, vol.images, batch_size=1)))
+    nib.save(to_case_grid(proba, grid, str(image), case), str(target))
+    return Path(target)
 
 
 def weight_notes(group_by: list, order: list, labeled_groups: list, weights: dict, group_dice: str
@@ -327,6 +369,7 @@ def _query_info(q: _Query, rnd, n_labeled: int) -> dict:
         "notes": notes, "warnings": warnings,
         "temperature": q.strat.temperature or q.profile.temperature, "group_dice": q.group_dice,
         "labeled_dice": {str(g): float(d.mean()) for g, d in lab_table.groupby("group")["dice"]},
+        "labeled_case_dice": {c: float(d) for c, d in zip(q.labeled_ids, rnd.weight_dice, strict=True)},
         "unknown_groups": {"n_unlabeled_unknown": int((~q.known_u).sum()), "method": gm.method,
                            "classifier_cv_accuracy": gm.cv_accuracy, "majority_rate": gm.chance_accuracy,
                            "n_known": gm.n_train},

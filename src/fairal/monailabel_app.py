@@ -1,0 +1,52 @@
+"""``fairal monailabel-app``: write a MONAI Label app folder whose strategies, scoring, training and inference are
+fairal's (the server side is :mod:`fairal.monailabel`, which imports MONAI Label; this module does not, so the
+folder can be written where MONAI Label is not installed)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from fairal.acquisition import parse_strategy
+from fairal.config import get_profile
+from fairal.errors import FairalError
+from fairal.io import within
+
+MAIN_PY = '''\
+"""A MONAI Label app of fairal (written by `fairal monailabel-app`; settings in fairal.json).
+
+    monailabel start_server --app {app} --studies STUDIES
+"""
+
+from fairal.monailabel import FairalApp
+
+
+class App(FairalApp):
+    pass
+'''
+
+
+def write_app(out: str | Path, strategy: str, group_by: list[str], profile: str, overrides: dict[str, str],
+              seed: int = 0, spacing: float = 2.0, label_value: float | None = None, model: str | Path | None = None,
+              overwrite: bool = False) -> Path:
+    """Write the app folder ``out`` (whole or not at all): ``main.py``, ``fairal.json`` and, with ``model``, the
+    model of an earlier ``fairal query`` as the app's first model."""
+    from importlib.metadata import version
+
+    from fairal.io import check_replaceable, publish_folder, write_json
+
+    strat = parse_strategy(strategy)  # a bad name is refused before anything is written
+    get_profile(profile, overrides)
+    out = Path(out)
+    check_replaceable(out, overwrite, [model] if model else [])
+    if model is not None and not Path(model).is_file():
+        raise FairalError(f"--model {model}: no such file")
+    with publish_folder(out, "monailabel-app") as tmp:
+        within(tmp, "main.py").write_text(MAIN_PY.format(app=out.resolve()))
+        write_json(within(tmp, "fairal.json"), {
+            "strategy": strat.name, "group_by": list(group_by), "profile": profile, "set": dict(overrides),
+            "seed": seed, "spacing": spacing, "label_value": label_value, "fairal_version": version("fairal")})
+        if model is not None:
+            within(tmp, "model").mkdir()
+            shutil.copyfile(model, within(tmp, "model", "model.pt"))
+    return out
