@@ -139,6 +139,18 @@ def test_next_sample_over_http_is_fairal_query_s_first(tmp_path):
             assert second["fairal_n_labeled"] == first["fairal_n_labeled"] + 1
             assert second["fairal_weights"] != pytest.approx(first["fairal_weights"])
             assert second["id"] != saved
+            # the app's training on the saved labels (7 now) replaces its model
+            before = (tmp_path / "app" / "model" / "model.pt").read_bytes()
+            train = client.post("/train/fairal", params={"run_sync": True}, json={})
+            assert train.status_code == 200, train.text
+            assert (tmp_path / "app" / "model" / "model.pt").read_bytes() != before
+            third = client.post(f"/activelearning/{STRATEGY}", json={}).json()
+            assert third["fairal_n_labeled"] == second["fairal_n_labeled"] and third["id"] != saved
+            # a strategy of fairal's grammar that the app does not list is built when asked for
+            other = client.post("/activelearning/weighted-bald", json={})
+            assert other.status_code == 200 and other.json()["fairal_strategy"] == "weighted-bald", other.text
+            bad = client.post("/activelearning/weighted-localised-entropy", json={})
+            assert bad.status_code == 400 and "did you mean 'weighted-localized-entropy'" in bad.text, bad.text
             # the app's inference: a label to correct, on the image's own grid
             infer = client.post("/infer/fairal", params={"image": second["id"]}, json={})
             assert infer.status_code == 200, infer.text

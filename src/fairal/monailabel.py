@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -153,6 +154,20 @@ class FairalContext:
             return str(target)
 
 
+def _clear(error: MONAILabelError, fn, *args):
+    """``fn(*args)``, with fairal's clear messages of bad input (an unreadable image, a missing group column, no
+    label to train on) passed on to the client: in a request, an HTTP 400 whose detail is the message (MONAI Label
+    answers its own errors with a bare 500); in MONAI Label's background tasks, its error."""
+    try:
+        return fn(*args)
+    except FairalError as err:
+        from fastapi import HTTPException
+
+        if error is MONAILabelError.APP_TRAIN_FAILED:
+            raise MONAILabelException(error, f"fairal: {err}") from None
+        raise HTTPException(status_code=400, detail=f"fairal: {err}") from None
+
+
 def answer(table: pd.DataFrame, strategy: str) -> dict:
     """The answer of ``/activelearning/STRATEGY``: MONAI Label's ``id`` and fairal's fields of the first image."""
     top = table.iloc[0]
@@ -176,7 +191,7 @@ class FairalStrategy(Strategy):
     def __call__(self, request, datastore):
         if not datastore.get_unlabeled_images():
             return None
-        return answer(self.context.rank(datastore, self.name), self.name)
+        return answer(_clear(MONAILabelError.APP_ERROR, self.context.rank, datastore, self.name), self.name)
 
 
 class Strategies(dict):
@@ -192,10 +207,23 @@ class Strategies(dict):
             return self[name]
         try:
             strategy = FairalStrategy(self.context, name)
-        except FairalError:
-            return default
+        except FairalError as err:  # answered as a 400 naming the strategy, with "did you mean"
+            return _Refused(str(err))
         self[name] = strategy
         return strategy
+
+
+class _Refused(Strategy):
+    """A strategy name fairal cannot parse: each call answers HTTP 400 with fairal's message."""
+
+    def __init__(self, message: str):
+        super().__init__("not a fairal strategy")
+        self.message = message
+
+    def __call__(self, request, datastore):
+        from fastapi import HTTPException
+
+        raise HTTPException(status_code=400, detail=f"fairal: {self.message}")
 
 
 class FairalScoring(ScoringMethod):
@@ -208,7 +236,7 @@ class FairalScoring(ScoringMethod):
 
     def __call__(self, request, datastore):
         strategy = request.get("strategy") or self.context.settings.get("strategy", PAPER_STRATEGIES[-1])
-        table = self.context.rank(datastore, strategy)
+        table = _clear(MONAILabelError.APP_ERROR, self.context.rank, datastore, strategy)
         info = table.attrs.get("query", {})
         for rec in table.to_dict("records"):
             datastore.update_image_info(str(rec["case_id"]), {"fairal": {
@@ -235,7 +263,7 @@ class FairalTrain(TrainTask):
         return self._last
 
     def __call__(self, request, datastore):
-        self._last = self.context.train(datastore)
+        self._last = _clear(MONAILabelError.APP_TRAIN_FAILED, self.context.train, datastore)
         return self._last
 
 
@@ -251,7 +279,8 @@ class FairalInfer(InferTask):
         return True
 
     def __call__(self, request):
-        return self.context.predict(request["image"]), {"model": str(self.context.model_file)}
+        path = _clear(MONAILabelError.APP_INFERENCE_FAILED, self.context.predict, request["image"])
+        return path, {"model": str(self.context.model_file)}
 
 
 class FairalApp(MONAILabelApp):
