@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -89,6 +90,9 @@ class FairalContext:
             if missing:
                 raise FairalError(f"{path}: no column {', '.join(map(repr, missing))} (columns: "
                                   f"{', '.join(table.columns)})")
+            twice = table.loc[table["case_id"].duplicated(), "case_id"].tolist()
+            if twice:
+                raise FairalError(f"{path}: case_id {twice[0]!r} appears more than once")
             return table.set_index("case_id")[self.group_by]
         rows = {i: {c: str(datastore.get_image_info(i).get(c, "") or "") for c in self.group_by}
                 for i in datastore.list_images()}
@@ -120,7 +124,8 @@ class FairalContext:
         with self.lock:
             csv = self.cases_csv(datastore)
             self.model_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.model_file.with_name(".model.pt.partial")
+            # MONAI Label may train in a process of its own: each writes its own partial, moved into place whole
+            partial = self.model_file.with_name(f".model.pt.partial-{os.getpid()}")
             info = train_query_model(csv, partial, self.profile, group_by=self.group_by, seed=self.seed,
                                      spacing=self.spacing, label_value=self.label_value,
                                      strategy=self.settings.get("strategy", PAPER_STRATEGIES[-1]))
