@@ -15,7 +15,7 @@ from fairal.io import within
 MAIN_PY = '''\
 """A MONAI Label app of fairal (written by `fairal monailabel-app`; settings in fairal.json).
 
-    monailabel start_server --app {app} --studies STUDIES
+    monailabel start_server --app THIS_FOLDER --studies STUDIES
 """
 
 from fairal.monailabel import FairalApp
@@ -42,7 +42,7 @@ def write_app(out: str | Path, strategy: str, group_by: list[str], profile: str,
     if model is not None and not Path(model).is_file():
         raise FairalError(f"--model {model}: no such file")
     with publish_folder(out, "monailabel-app") as tmp:
-        within(tmp, "main.py").write_text(MAIN_PY.format(app=out.resolve()))
+        within(tmp, "main.py").write_text(MAIN_PY)  # no path or name of the user's in the code
         write_json(within(tmp, "fairal.json"), {
             "strategy": strat.name, "group_by": list(group_by), "profile": profile, "set": dict(overrides),
             "seed": seed, "spacing": spacing, "label_value": label_value, "fairal_version": version("fairal")})
