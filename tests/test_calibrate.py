@@ -37,3 +37,22 @@ def test_calibration_meets_its_anchor_on_a_tiny_template(tiny_template):
     assert cal.group2_cv == pytest.approx(0.2, abs=0.02)
     assert cal.local_sd_mm > 0 and cal.global_rms_mm > 0
     assert np.isfinite(cal.as_dict()["global_rms_mm"])
+
+
+def test_calibration_names_a_structure_as_simulate_does(tiny_template):
+    """``structure`` reaches the simulator's settings: refused with a template of one's own, as in simulate."""
+    from fairal.errors import SettingError
+
+    tpl, lab = tiny_template
+    with pytest.raises(SettingError, match="structure"):
+        calibrate(cv=0.2, n_subjects=2, template=str(tpl), label=str(lab), structure="Left_Accumbens")
+
+
+def test_calibrate_command_refuses_an_unknown_structure_with_the_close_names():
+    from typer.testing import CliRunner
+
+    from fairal.cli import app
+
+    result = CliRunner().invoke(app, ["calibrate", "--structure", "Left_Acumbens", "--n-subjects", "2"])
+    assert result.exit_code == 2
+    assert "close names: Left_Accumbens" in result.output

@@ -311,3 +311,26 @@ def test_a_dataset_of_before_the_scenarios_is_reused(tmp_path):
     (folder / "dataset.json").write_text(json.dumps({"settings": {**old, "contrast": 1.2}}))
     with pytest.raises(FairalError, match="holds a dataset of other settings"):
         ensure_dataset(tmp_path, "strong", profile, progress=False)
+
+
+def test_preview_shows_every_group(tiny_config, tmp_path):
+    """Three groups: an example subject and a label-frequency panel for each, and the biased group's difference
+    against the first group without a local bias."""
+    import matplotlib.image as mpimg
+    import pandas as pd
+
+    from fairal.simulate.preview import _comparisons, _examples
+
+    cfg = tiny_config(n_subjects=6, test_per_group=1, group=["1:bias=strong", "2", "3:contrast=1.2"], preview=True)
+    out = simulate_dataset(cfg, tmp_path / "three", progress=False)
+    manifest = pd.read_csv(out / "manifest.csv")
+    picks = _examples(manifest)
+    assert [title.split(",")[0] for _, title in picks] == ["Group 1", "Group 2", "Group 3"]
+    assert picks[2][1].endswith("no local bias, contrast 1.2")
+    assert _comparisons(manifest) == [(1, 2)]
+    # 3 frequency panels + 1 difference + the volumes: 5 columns of 3 inches at 110 dpi
+    assert mpimg.imread(out / "preview.png").shape[1] == 5 * 3 * 110
+    plain = manifest.assign(bias_scale=float("nan"))  # no local bias anywhere: Group 2 against Group 1 alone
+    assert _comparisons(plain) == [(2, 1)]
+    paper = manifest[manifest["group"] != 3]
+    assert [title.split(",")[0] for _, title in _examples(paper)] == ["Group 1", "Group 1", "Group 2", "Group 2"]

@@ -136,8 +136,10 @@ def parse_strategy(name: str | Strategy) -> Strategy:
     known = ", ".join(ALL_STRATEGIES)
     m = _NAME.match(str(name).strip())
     if not m or m["base"] not in BASES:
-        raise FairalError(f"unknown strategy {name!r}{did_you_mean(str(name).strip())}: a name is "
-                          f"[stochastic-][weighted-]BASE[-tT] with BASE one of {', '.join(BASES)} (e.g. {known})")
+        close = did_you_mean(str(name).strip())
+        plugin = "" if close else "; a base score of a plugin is known once the plugin is loaded (fairal --plugin FILE)"
+        raise FairalError(f"unknown strategy {name!r}{close}: a name is [stochastic-][weighted-]BASE[-tT] with BASE "
+                          f"one of {', '.join(BASES)} (e.g. {known}){plugin}")
     temperature = None
     if m["t"] is not None:
         try:
@@ -249,6 +251,9 @@ BASES: dict[str, Base] = {b.name: b for b in (
     Base("localized-entropy", "localized_entropy", "localized entropy", "localized entropy"),
     Base("bald", "bald", "BALD", "BALD (mutual information in the ROI)"),
 )}
+#: The names built into fairal (the rest were registered: :mod:`fairal.plugins` sends those to a grid's workers).
+BUILT_IN_STATISTICS = frozenset(STATISTICS)
+BUILT_IN_BASES = frozenset(BASES)
 
 _BASE_NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 

@@ -103,8 +103,20 @@ def _print_version(value: bool) -> None:
 def _options(
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print fairal's version and exit.")] = False,
+    plugin: Annotated[list[str] | None, typer.Option(
+        "--plugin", metavar="FILE|MODULE", help="A plugin to load first (repeatable): a .py file or a module that "
+        "registers strategies, metrics or a network (docs/api.md); also $FAIRAL_PLUGINS and installed packages' "
+        "'fairal.plugins' entry points. A grid's workers load them too.")] = None,
 ) -> None:
     """Fairness-aware active learning for 3D brain MRI segmentation."""
+    from fairal import plugins
+
+    try:
+        plugins.load_entry_points()
+        plugins.load_all(plugins.from_environment() + list(plugin or []))
+    except FairalError as err:
+        console.print(Text.assemble(("error:", "bold red"), " ", str(err)))
+        raise typer.Exit(2) from None
 
 
 #: What the operating system said, in words that name the cause (a read-only file system is not a permission).
@@ -275,19 +287,28 @@ def calibrate(
     template: Annotated[Path | None, typer.Option(help="Template T1 image (NIfTI); default MNI152.")] = None,
     label: Annotated[Path | None, typer.Option(help="Label map or 4D probability atlas on the template.")] = None,
     label_value: Annotated[float | None, typer.Option(help="Label value (3D) or volume index (4D atlas).")] = None,
+    structure: Annotated[str | None, typer.Option(metavar="NAME", help="A structure of the default Harvard-Oxford "
+                                                  "atlas by name (as in fairal simulate; default Left_Caudate). "
+                                                  "Give its own --cv.")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the numbers to this JSON file.")] = None,
 ) -> None:
     """Anchor the default deformation models in anatomy: the global RMS velocity at which unbiased subjects'
     structure volume varies with CV --cv, and the local PC1 scale at which one SD shrinks it by one natural SD."""
     from fairal.io import within, write_json
+    from fairal.simulate.calibrate import CAUDATE_VOLUME_CV
     from fairal.simulate.calibrate import calibrate as run_calibration
 
     if n_subjects < 2:
         raise FairalError(f"--n-subjects must be at least 2, got {n_subjects}")
     cal = run_calibration(cv=cv, n_subjects=n_subjects, seed=seed, template=str(template) if template else None,
-                          label=str(label) if label else None, label_value=label_value)
+                          label=str(label) if label else None, label_value=label_value, structure=structure)
     v0 = cal.template_volume_mm3
-    stdout.print(f"template structure: {v0:.0f} mm3; one natural SD = {cv:g} x {v0:.0f} = {cv * v0:.0f} mm3")
+    name = structure or ("the label" if label or label_value is not None else "Left_Caudate")
+    stdout.print(f"template structure ({name}): {v0:.0f} mm3; one natural SD = {cv:g} x {v0:.0f} = "
+                 f"{cv * v0:.0f} mm3")
+    if structure is not None and structure.lower() != "left_caudate" and cv == CAUDATE_VOLUME_CV:
+        stdout.print(f"note: --cv {cv:g} is the caudate's anchor (Raz et al. 2003); give {structure}'s own "
+                     "normative CV")
     stdout.print(f"global model: RMS velocity {cal.global_rms_mm:.3f} mm (CV of {cal.n_subjects} unbiased subjects "
                  f"at that scale: {cal.group2_cv:.3f})")
     stdout.print(f"local model: one SD of PC1 = {cal.local_sd_mm:.3f} mm at the boundary")
@@ -622,6 +643,34 @@ def report(
         console.print(f"warning: left out {run}: {why}")
     path = build_report(results, out, loaded)
     stdout.print(f"report: {path}")
+
+
+@app.command()
+@_clear_errors
+def strategies() -> None:
+    """The base scores and metrics fairal knows here (with the plugins loaded, e.g. fairal --plugin FILE
+    strategies), where each comes from, and how strategy names are made of them."""
+    from fairal import acquisition, metrics, plugins
+
+    view = Table(title="base scores: a strategy is [stochastic-][weighted-]BASE[-tT]")
+    for col in ("base", "ranks by", "MC dropout", "from"):
+        view.add_column(col)
+    for name, base in acquisition.BASES.items():
+        stat = acquisition.STATISTICS.get(base.statistic) if base.statistic else None
+        view.add_row(name, stat.label if stat else "a seeded uniform draw", "yes" if base.needs_dropout else "",
+                     plugins.source(stat.compute if stat else None, name in acquisition.BUILT_IN_BASES))
+    stdout.print(view)
+    stdout.print("weighted-: times the group weight of Eq. 2; -tT: the weights' softmax temperature T; stochastic-: "
+                 "the best of random candidate batches. The paper's four: " +
+                 ", ".join(acquisition.PAPER_STRATEGIES))
+    view = Table(title="metrics: columns of rounds.csv and the baselines' table (eval_ on the evaluation split)")
+    for col in ("metric", "label", "better", "from"):
+        view.add_column(col)
+    view.add_row(metrics.DICE.name, metrics.DICE.label, "higher", "built in")
+    for name, m in metrics.METRICS.items():
+        view.add_row(name, m.label, "higher" if m.higher_is_better else "lower",
+                     plugins.source(m.compute, name in metrics.BUILT_IN_METRICS))
+    stdout.print(view)
 
 
 export_app = FairalTyper(help="A fairal dataset in the layout of another tool.", no_args_is_help=True,

@@ -234,7 +234,11 @@ def run_study(
         raise FairalError(f"--pack must be auto, on or off, got {pack!r}")
     if isinstance(pack_size, bool) or not isinstance(pack_size, int) or pack_size < 0:
         raise FairalError(f"--pack-size must be a whole number >= 0 (0: no limit), got {pack_size!r}")
+    from fairal.plugins import for_workers
+    from fairal.plugins import record as extensions
+
     check_settings(study, profile, cli)
+    work = for_workers(grid_task)  # the plugins and run-time registrations, checked before any work
     if reuse is not None and not (Path(reuse) / "runs").is_dir():
         raise FairalError(f"--reuse {reuse}: no results folder (no runs/ in it)")
     if isinstance(executor, str):
@@ -247,9 +251,11 @@ def run_study(
         if packed and isinstance(executor, LocalExecutor) and not executor.jobs:
             executor = LocalExecutor(jobs=1)  # one process drives the GPU; --jobs N runs N lockstep groups
         seeds = seeds or study.seeds or profile.seeds
-        write_json(within(out, "study.json"), {"study": study.as_dict(), "profile": profile.as_dict(),
-                                               "seeds": seeds, "cli_overrides": cli})
-        _run_grid(out, study, profile, cli, seeds, executor, progress, pack_size if packed else 1, reuse)
+        info = {"study": study.as_dict(), "profile": profile.as_dict(), "seeds": seeds, "cli_overrides": cli}
+        if (extended := extensions()) is not None:
+            info["extensions"] = extended
+        write_json(within(out, "study.json"), info)
+        _run_grid(out, study, profile, cli, seeds, executor, progress, pack_size if packed else 1, reuse, work)
 
 
 def lockstep_groups(runs: list[Task], pack_size: int) -> list[list[Task]]:
@@ -368,7 +374,7 @@ def grid_tasks(out: Path, study: Study, profile: Profile, seeds: int, pack_size:
 
 
 def _run_grid(out: Path, study: Study, profile: Profile, cli: dict, seeds: int, executor: Executor,
-              progress: bool, pack_size: int, reuse: str | Path | None = None) -> None:
+              progress: bool, pack_size: int, reuse: str | Path | None = None, work=None) -> None:
     from fairal.loop import schedule
     from fairal.progress import GridProgress
 
@@ -384,7 +390,7 @@ def _run_grid(out: Path, study: Study, profile: Profile, cli: dict, seeds: int, 
             bar.update(*_units_done(out, runs, study))
 
         refresh()
-        failures = executor.run(tasks, grid_task, refresh)
+        failures = executor.run(tasks, work or grid_task, refresh)
         refresh()
     if failures:
         lines = "; ".join(f"{describe(t)}: {err}" for t, err in failures[:5])

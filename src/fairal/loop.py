@@ -259,11 +259,14 @@ class ActiveLearningRun:
         clean_stale_partials(self.out / "checkpoints")
         if state is None:
             write_json(within(self.out, "data.json"), data_files(self.manifest))
-            write_json(within(self.out, "config.json"),
-                       {"settings": self.spec.settings(), "groups_known": self.profile.groups_known,
-                        "versions": versions(), "schedule": self.sizes,
-                        "device": describe_device(self.profile.device),
-                        "bf16": resolve_bf16(self.profile.bf16, resolve_device(self.profile.device))})
+            from fairal.plugins import record as extensions
+
+            config = {"settings": self.spec.settings(), "groups_known": self.profile.groups_known,
+                      "versions": versions(), "schedule": self.sizes, "device": describe_device(self.profile.device),
+                      "bf16": resolve_bf16(self.profile.bf16, resolve_device(self.profile.device))}
+            if (extended := extensions()) is not None:
+                config["extensions"] = extended  # the plugins and registered names the run could use
+            write_json(within(self.out, "config.json"), config)
             self._records = {"rounds": [], "cases": [], "selections": []}
             self._labeled = initial_set(self.manifest, self.spec.init, self.profile.init_size, self.spec.seed)
             self._rnd = 0

@@ -166,6 +166,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("delta", "Δ", False, lambda overall, per_group: delta(overall, per_group), (0.0, math.inf)),
     Metric("essp", "ESSP", True, lambda overall, per_group: essp(overall, delta(overall, per_group)), UNIT),
 )}
+#: The metrics built into fairal (the rest were registered: :mod:`fairal.plugins` sends those to a grid's workers).
+BUILT_IN_METRICS = frozenset(METRICS)
 #: The measures every summary has before the metric table's: the overall Dice (and one Dice per group).
 DICE = Metric("dice_all", "Dice", True, lambda overall, per_group: overall, UNIT)
 #: The ranges of the records' columns that are not measures of the table: the Group 1 share of the labeled set

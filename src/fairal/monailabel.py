@@ -68,6 +68,10 @@ class FairalContext:
             self.settings = json.loads(settings_file.read_text())
         except (OSError, ValueError) as err:
             raise FairalError(f"{settings_file}: not a fairal app's settings ({err})") from err
+        from fairal.plugins import load_all, load_entry_points
+
+        load_entry_points()
+        load_all(self.settings.get("plugins") or [])  # those of `fairal --plugin ... monailabel-app`
         self.profile = get_profile(self.settings["profile"], self.settings.get("set") or {})
         self.group_by = list(self.settings.get("group_by") or [])
         self.seed = int(self.settings.get("seed", 0))

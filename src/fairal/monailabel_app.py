@@ -34,6 +34,7 @@ def write_app(out: str | Path, strategy: str, group_by: list[str], profile: str,
     from importlib.metadata import version
 
     from fairal.io import check_replaceable, publish_folder, write_json
+    from fairal.plugins import loaded
 
     strat = parse_strategy(strategy)  # a bad name is refused before anything is written
     get_profile(profile, overrides)
@@ -45,7 +46,8 @@ def write_app(out: str | Path, strategy: str, group_by: list[str], profile: str,
         within(tmp, "main.py").write_text(MAIN_PY)  # no path or name of the user's in the code
         write_json(within(tmp, "fairal.json"), {
             "strategy": strat.name, "group_by": list(group_by), "profile": profile, "set": dict(overrides),
-            "seed": seed, "spacing": spacing, "label_value": label_value, "fairal_version": version("fairal")})
+            "seed": seed, "spacing": spacing, "label_value": label_value, "fairal_version": version("fairal"),
+            "plugins": loaded()})  # the server loads them too: a plugin's strategy is the app's as well
         if model is not None:
             within(tmp, "model").mkdir()
             shutil.copyfile(model, within(tmp, "model", "model.pt"))

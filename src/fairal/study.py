@@ -39,7 +39,7 @@ from fairal.config import PROFILES, Profile, get_profile
 from fairal.errors import FairalError
 
 TOP_KEYS = ("name", "description", "profile", "seeds", "strategies", "inits", "reference", "set", "datasets",
-            "baselines")
+            "baselines", "plugins")
 DATASET_KEYS = ("simulate", "csv", "folder", "group_by", "groups_known", "set", "spacing", "margin_mm",
                 "label_value", "seed")
 ARM_KEYS = ("name", "strategy", "groups_known", "set")
@@ -91,6 +91,7 @@ class Study:
     overrides: dict = field(default_factory=dict)
     baselines: bool = False
     description: str = ""
+    plugins: tuple[str, ...] = ()  # loaded when the file is read (files: absolute paths)
 
     def profile_for(self, base: Profile, dataset: DatasetSpec, arm: Arm | None, cli: dict) -> Profile:
         """The settings of one dataset's runs of ``arm`` (None: its baselines): the profile, then the study's,
@@ -104,6 +105,8 @@ class Study:
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        if not d["plugins"]:
+            del d["plugins"]  # the records of a study without plugins keep their form
         d["datasets"] = [{**dataclasses.asdict(s), "csv": str(s.csv) if s.csv else None,
                           "folder": str(s.folder) if s.folder else None} for s in self.datasets]
         return d
@@ -249,6 +252,7 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
     """A :class:`Study` from a parsed study file (``where`` names it in messages; ``base``: the folder that
     relative file names are read from)."""
     _unknown(where, data, TOP_KEYS)
+    plugins = _plugins(where, data.get("plugins", []), base)
     if "datasets" not in data or not isinstance(data["datasets"], dict) or not data["datasets"]:
         raise _fail(where, "the study names no dataset: add a [datasets.NAME] table")
     datasets = tuple(_dataset(where, n, t, base) for n, t in data["datasets"].items())
@@ -285,7 +289,23 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
     return Study(name, where, text, datasets, profile=profile, seeds=seeds, arms=arms, inits=inits,
                  reference=reference, overrides=_settings(where, data.get("set", {})),
                  baselines=_typed(where, "baselines", data.get("baselines", False), bool, "true or false"),
-                 description=_typed(where, "description", data.get("description", ""), str, "text"))
+                 description=_typed(where, "description", data.get("description", ""), str, "text"),
+                 plugins=plugins)
+
+
+def _plugins(where: str, items, base: Path) -> tuple[str, ...]:
+    """The study's plugins (``.py`` files relative to the study file, or module names), loaded now, so that the
+    strategies and metrics they register are known when the rest of the file is checked."""
+    from fairal.plugins import load_all
+
+    items = [items] if isinstance(items, str) else items
+    if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
+        raise _fail(where, f"plugins must be a list of .py files or module names, got {items!r}")
+    specs = [str((base / p).resolve()) if p.endswith(".py") or "/" in p else p for p in items]
+    try:
+        return tuple(load_all(specs))
+    except FairalError as err:
+        raise _fail(where, str(err)) from None
 
 
 def load_study(source: str | Path) -> Study:

@@ -153,13 +153,20 @@ def _as_text(value) -> str:
 def recorded(config: dict) -> dict[str, str]:
     """How a run's records say it was made (a run's ``config.json``, or the ``settings.json`` of tidy records), as
     text: each profile setting (``profile.KEY``), the device, bf16 and the library versions and, where written, the
-    commit, where it ran and the analysis plan (its path, commit and git blob hash)."""
+    commit, where it ran, the plugins and registered names it could use (``extensions``) and the analysis plan (its
+    path, commit and git blob hash)."""
     out = {f"profile.{k}": _as_text(v) for k, v in ((config.get("settings") or {}).get("profile") or {}).items()}
     if isinstance(config.get("versions"), dict):
         out["versions"] = ", ".join(f"{k} {v}" for k, v in config["versions"].items())
     for key in ("device", "bf16", "commit", "where"):
         if config.get(key) is not None:
             out[key] = _as_text(config[key])
+    extended = config.get("extensions")
+    if isinstance(extended, dict):  # the plugins and registered names of a run that used them
+        parts = [f"plugins {', '.join(extended['plugins'])}"] if extended.get("plugins") else []
+        parts += [f"{kind} {', '.join(extended[kind])}" for kind in ("bases", "statistics", "metrics")
+                  if extended.get(kind)]
+        out["extensions"] = "; ".join(parts)
     plan = config.get("analysis_plan")
     if isinstance(plan, dict):
         out["analysis plan"] = (f"{plan.get('path')} at commit {plan.get('commit')}, git blob (hash of the file) "

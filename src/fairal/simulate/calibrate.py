@@ -101,11 +101,15 @@ class Calibration:
     local_curve: list[tuple[float, float]] = field(default_factory=list)  # (c, volume) at the anchored scale
     group2_cv: float = float("nan")  # CV of the structure volume over the calibration subjects, anchored scale
     n_subjects: int = 0
+    structure: str | None = None  # the default atlas's structure by name; None: the template's label as given
 
     def as_dict(self) -> dict:
-        return {"cv": self.cv, "template_volume_mm3": self.template_volume_mm3, "local_sd_mm": self.local_sd_mm,
-                "global_rms_mm": self.global_rms_mm, "group2_cv": self.group2_cv, "n_subjects": self.n_subjects,
-                "local_curve": [[c, v] for c, v in self.local_curve], "anchor": ANCHOR_SOURCE}
+        # The anchor is the caudate's: it is named only when the calibration used its CV.
+        anchor = ANCHOR_SOURCE if self.cv == CAUDATE_VOLUME_CV else "the CV given (--cv)"
+        return {"cv": self.cv, "structure": self.structure, "template_volume_mm3": self.template_volume_mm3,
+                "local_sd_mm": self.local_sd_mm, "global_rms_mm": self.global_rms_mm, "group2_cv": self.group2_cv,
+                "n_subjects": self.n_subjects, "local_curve": [[c, v] for c, v in self.local_curve],
+                "anchor": anchor}
 
 
 def calibrate_local(state: dict, cv: float, model_sd_mm: float) -> float:
@@ -140,8 +144,10 @@ def local_volume_curve(state: dict, cs: Sequence[float]) -> list[tuple[float, fl
 
 def calibrate(cv: float = CAUDATE_VOLUME_CV, n_subjects: int = 100, seed: int = 0, template: str | None = None,
               label: str | None = None, label_value: float | None = None, model_seed: int = 0,
-              curve: Sequence[float] = (-2, -1, 0, 1, 2, 3, 4, 5, 6, 8)) -> Calibration:
-    """Both anchored scales for a template (default MNI152 + Harvard-Oxford left caudate).
+              curve: Sequence[float] = (-2, -1, 0, 1, 2, 3, 4, 5, 6, 8),
+              structure: str | None = None) -> Calibration:
+    """Both anchored scales for a template (default MNI152 + Harvard-Oxford left caudate; ``structure`` names
+    another structure of the default atlas, as ``fairal simulate --structure`` does).
 
     The global scale is found on ``n_subjects`` draws of the simulator's own per-subject streams (``seed``), so
     it is the scale at which a dataset of that seed's Group 2 varies like the anchor.
@@ -151,7 +157,8 @@ def calibrate(cv: float = CAUDATE_VOLUME_CV, n_subjects: int = 100, seed: int = 
     if not 0 < cv < 1:
         raise FairalError(f"the coefficient of variation must lie in (0, 1), got {cv}")
     base = SimulationConfig(bias="none", n_subjects=max(2 * n_subjects, 2), seed=seed, template=template,
-                            label=label, label_value=label_value, model_seed=model_seed, preview=False)
+                            label=label, label_value=label_value, structure=structure, model_seed=model_seed,
+                            preview=False)
     with torch.inference_mode():
         state = prepare(base)
         v0 = structure_volume(_structure_state(state), None, None)
@@ -160,9 +167,10 @@ def calibrate(cv: float = CAUDATE_VOLUME_CV, n_subjects: int = 100, seed: int = 
                           if s.group == 2][:n_subjects])
         rms = calibrate_global(state, cv, base.global_rms_mm, draws)
         anchored = prepare(SimulationConfig(bias="none", seed=seed, template=template, label=label,
-                                            label_value=label_value, model_seed=model_seed, local_sd_mm=sd_mm,
+                                            label_value=label_value, structure=structure, model_seed=model_seed,
+                                            local_sd_mm=sd_mm,
                                             global_rms_mm=rms, preview=False))
         box = _structure_state(anchored)
         g2 = coefficient_of_variation([structure_volume(box, z, None) for z in draws])
         points = local_volume_curve(anchored, curve)
-    return Calibration(cv, v0, sd_mm, rms, points, g2, len(draws))
+    return Calibration(cv, v0, sd_mm, rms, points, g2, len(draws), structure)

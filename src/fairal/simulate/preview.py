@@ -1,4 +1,4 @@
-"""``preview.png``: what the bias does to the structure, Group 1 against Group 2, in one picture."""
+"""``preview.png``: what the bias does to the structure, each group against one without it, in one picture."""
 
 from __future__ import annotations
 
@@ -14,19 +14,53 @@ import pandas as pd  # noqa: E402
 
 from fairal.io import within  # noqa: E402
 from fairal.nifti import load_nifti  # noqa: E402
+from fairal.simulate.dataset import ACQUISITION_COLUMNS  # noqa: E402
+
+
+def _groups(manifest: pd.DataFrame) -> list:
+    return sorted(manifest["group"].unique())
+
+
+def _biased(manifest: pd.DataFrame, g) -> bool:
+    """Whether group ``g`` has a local bias (its subjects have a bias coefficient)."""
+    return bool(manifest.loc[manifest["group"] == g, "bias_scale"].notna().any())
 
 
 def _examples(manifest: pd.DataFrame) -> list[tuple[str, str]]:
-    """Template, Group 1 at the median and at the 90th percentile of the bias scale, two Group 2 subjects."""
-    g1 = manifest[manifest["group"] == 1].sort_values("bias_scale")
-    g2 = manifest[manifest["group"] == 2]
-    rows = [g1.iloc[min(int(q * len(g1)), len(g1) - 1)] for q in (0.5, 0.9)] if len(g1) else []
-    rows += [row for _, row in g2.head(2).iterrows()]
+    """The example subjects of the top row. The paper's two groups: Group 1 at the median and at the 90th
+    percentile of the bias coefficient, two Group 2 subjects. More groups: one subject a group (a biased group's at
+    its median coefficient)."""
+    groups = _groups(manifest)
+    rows = []
+    for g in groups:
+        members = manifest[manifest["group"] == g]
+        if _biased(manifest, g):
+            members = members.sort_values("bias_scale")
+            quantiles = (0.5, 0.9) if groups == [1, 2] and g == 1 else (0.5,)
+            rows += [members.iloc[min(int(q * len(members)), len(members) - 1)] for q in quantiles]
+        else:
+            rows += [row for _, row in members.head(2 if groups == [1, 2] else 1).iterrows()]
     picks: list[tuple[str, str]] = []
     for row in rows:
         bias = "no local bias" if pd.isna(row["bias_scale"]) else f"bias c = {row['bias_scale']:.2f} SD"
+        acquisition = [f"{key} {row[key]:g}{'' if key == 'contrast' else '%'}"
+                       for key, neutral in ACQUISITION_COLUMNS.items()
+                       if key in row.index and pd.notna(row[key]) and row[key] != neutral]
+        bias = ", ".join([bias, *acquisition])
         picks.append((row["case_id"], f"Group {row['group']}, {row['case_id']}\n{bias}"))
     return picks
+
+
+def _comparisons(manifest: pd.DataFrame) -> list[tuple]:
+    """The (group, reference) pairs of the frequency-difference panels: each biased group against the first group
+    without a local bias (the last group if all have one); without a biased group, the first other group."""
+    groups = _groups(manifest)
+    if len(groups) < 2:
+        return []
+    plain = [g for g in groups if not _biased(manifest, g)]
+    ref = plain[0] if plain else groups[-1]
+    others = [g for g in groups if g != ref and _biased(manifest, g)] or [g for g in groups if g != ref][:1]
+    return [(g, ref) for g in others]
 
 
 def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.DataFrame) -> Path:
@@ -35,7 +69,9 @@ def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.
     ref = state["template_label_crop"]
     k = int(np.round(np.argwhere(ref).mean(0)).astype(int)[2])  # axial slice through the structure's centroid
     n_top = 1 + len(_examples(manifest))
-    fig, axes = plt.subplots(2, max(n_top, 4), figsize=(3.0 * max(n_top, 4), 6.4))
+    n_bottom = len(_groups(manifest)) + len(_comparisons(manifest)) + 1
+    n_cols = max(n_top, n_bottom, 4)
+    fig, axes = plt.subplots(2, n_cols, figsize=(3.0 * n_cols, 6.4))
     _subject_row(axes[0], out, state, manifest, k)
     _group_row(fig, axes[1], state, results, manifest, k)
     left = "right" if state["out_affine"][0, 0] < 0 else "left"  # RAS: x falling with i = toward the patient's left
@@ -79,34 +115,40 @@ def _subject_row(axes, out: Path, state: dict, manifest: pd.DataFrame, k: int) -
 
 
 def _group_row(fig, axes, state: dict, results: dict, manifest: pd.DataFrame, k: int) -> None:
-    """The bottom row: each group's label frequency on the slice, their difference, and the volumes by group."""
+    """The bottom row: each group's label frequency on the slice, the differences of :func:`_comparisons`, and
+    the volumes by group."""
     box = state["preview_box"]
     ref = state["template_label_crop"]
     kb = k - box[2].start
+    groups = _groups(manifest)
     freq = {}
-    for g in (1, 2):
+    for g in groups:
         ids = manifest.loc[manifest["group"] == g, "case_id"]
         if len(ids):
             freq[g] = np.mean([results[c]["preview_label"][:, :, kb] for c in ids], axis=0)
     ref_box = ref[box][:, :, kb].astype(float)
-    for col, g in enumerate((1, 2)):
+    col = 0
+    for g in groups:
         ax = axes[col]
-        if g in freq:
-            im = ax.imshow(freq[g].T, cmap="magma", vmin=0, vmax=1, origin="lower")
-            ax.contour(ref_box.T, levels=[0.5], colors="cyan", linestyles="--", linewidths=1)
-            fig.colorbar(im, ax=ax, fraction=0.046)
+        im = ax.imshow(freq[g].T, cmap="magma", vmin=0, vmax=1, origin="lower")
+        ax.contour(ref_box.T, levels=[0.5], colors="cyan", linestyles="--", linewidths=1)
+        fig.colorbar(im, ax=ax, fraction=0.046)
         ax.set_title(f"Group {g}: label frequency\n(n = {int((manifest['group'] == g).sum())})", fontsize=8)
         ax.axis("off")
-    ax = axes[2]
-    if 1 in freq and 2 in freq:
-        im = ax.imshow((freq[1] - freq[2]).T, cmap="RdBu_r", vmin=-1, vmax=1, origin="lower")
+        col += 1
+    for g, r in _comparisons(manifest):
+        ax = axes[col]
+        im = ax.imshow((freq[g] - freq[r]).T, cmap="RdBu_r", vmin=-1, vmax=1, origin="lower")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title("frequency, Group 1 - Group 2", fontsize=8)
-    ax.axis("off")
-    ax = axes[3]
-    others = [g for g in sorted(manifest["group"].unique()) if g not in (1, 2)]  # groups of a group spec
-    extra = ("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
-    for g, colour in ((1, "tab:red"), (2, "tab:blue"), *zip(others, itertools.cycle(extra))):
+        ax.set_title(f"frequency, Group {g} - Group {r}", fontsize=8)
+        ax.axis("off")
+        col += 1
+    ax = axes[col]
+    palette = {1: "tab:red", 2: "tab:blue"}
+    extra = itertools.cycle(("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+                             "tab:cyan", "tab:gray"))
+    for g in groups:
+        colour = palette.get(g) or next(extra)
         v = manifest.loc[manifest["group"] == g, "label_volume_mm3"]
         if len(v):
             ax.hist(v, bins=20, alpha=0.6, color=colour, label=f"Group {g}")
@@ -115,5 +157,5 @@ def _group_row(fig, axes, state: dict, results: dict, manifest: pd.DataFrame, k:
     ax.set_ylabel("subjects", fontsize=8)
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
-    for ax in axes[4:]:
+    for ax in axes[col + 1:]:
         ax.axis("off")

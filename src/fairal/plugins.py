@@ -1,0 +1,211 @@
+"""Plugins: modules that extend fairal (a strategy, a metric, a network), loaded in every process that runs its work.
+
+A plugin is a Python module that registers what it adds when it is imported (``fairal.acquisition.register``,
+``fairal.metrics.register_metric``, a replacement of ``fairal.engine.model_factory``). It is loaded by
+
+- ``fairal --plugin FILE_OR_MODULE COMMAND ...`` (repeatable) or the environment variable ``FAIRAL_PLUGINS``
+  (names separated by the path separator, ``:`` on Linux);
+- a study file's ``plugins = ["margin.py"]`` (relative to the study file);
+- an installed package's entry point in the group ``fairal.plugins`` (loaded by every ``fairal`` command).
+
+A grid's worker processes start afresh (spawn, or a Ray worker on another machine): :func:`for_workers` wraps the
+function that does one task so that each worker first loads the driver's plugins and then adds what the driver
+registered at run time (in a script or a notebook), sent with cloudpickle, which also carries lambdas and
+functions defined in ``__main__``. So whatever the driver can run, its workers can.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from fairal.errors import FairalError
+
+ENTRY_POINT_GROUP = "fairal.plugins"
+ENV_VAR = "FAIRAL_PLUGINS"
+
+#: The plugins loaded in this process, by their spec (an absolute file path or a module name), in load order.
+_LOADED: dict[str, ModuleType] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def _spec_of(spec: str | Path) -> tuple[str, Path | None]:
+    """(the key of a plugin, its file): a path (``.py``, or any name with a path separator) or a module name."""
+    text = str(spec).strip()
+    if not text:
+        raise FairalError("a plugin needs a file or a module name, got an empty one")
+    if text.endswith(".py") or os.sep in text or (os.altsep and os.altsep in text):
+        path = Path(text).expanduser().resolve()
+        return str(path), path
+    return text, None
+
+
+def load(spec: str | Path) -> ModuleType:
+    """Import the plugin ``spec`` (a ``.py`` file or an importable module name) once in this process."""
+    key, path = _spec_of(spec)
+    if key in _LOADED:
+        return _LOADED[key]
+    try:
+        if path is None:
+            module = importlib.import_module(key)
+        else:
+            if not path.is_file():
+                raise FairalError(f"plugin {spec}: no such file")
+            # A stable module name per file: a worker that loads the same file gets the same name, so that
+            # cloudpickle's references to the plugin's functions resolve there too.
+            name = f"fairal_plugin_{path.stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
+    except FairalError:
+        raise
+    except ModuleNotFoundError as err:
+        raise FairalError(f"plugin {spec}: {err} (give a .py file, or a module installed in this environment)") \
+            from None
+    except Exception as err:  # the plugin's own error, named as such
+        raise FairalError(f"plugin {spec} failed to load: {type(err).__name__}: {err}") from err
+    _LOADED[key] = module
+    return module
+
+
+def load_all(specs: Iterable[str | Path]) -> list[str]:
+    """Load each plugin of ``specs`` (in order); their keys."""
+    keys = []
+    for spec in specs:
+        load(spec)
+        keys.append(_spec_of(spec)[0])
+    return keys
+
+
+def from_environment() -> list[str]:
+    """The plugins named by ``FAIRAL_PLUGINS``."""
+    return [s for s in os.environ.get(ENV_VAR, "").split(os.pathsep) if s.strip()]
+
+
+def load_entry_points() -> list[str]:
+    """Load the installed packages' plugins (entry points of the group ``fairal.plugins``), once per process."""
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return []
+    _ENTRY_POINTS_LOADED = True
+    from importlib.metadata import entry_points
+
+    names = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            module = ep.load()
+        except Exception as err:
+            raise FairalError(f"the plugin {ep.name!r} of the installed package {ep.value!r} (entry point group "
+                              f"{ENTRY_POINT_GROUP}) failed to load: {type(err).__name__}: {err}") from err
+        key = getattr(module, "__name__", ep.value)
+        _LOADED.setdefault(key, module)
+        names.append(key)
+    return names
+
+
+def loaded() -> list[str]:
+    """The plugins loaded in this process (files as absolute paths, modules by name), in load order."""
+    return list(_LOADED)
+
+
+# --- what the driver has: sent to the workers ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Extensions:
+    """What a worker must load before its task: the driver's plugins, and its run-time registrations (cloudpickle
+    of the base scores, statistics and metrics that are not built in)."""
+
+    plugins: tuple[str, ...] = ()
+    registrations: bytes = b""
+
+    def restore(self) -> None:
+        """In a worker: load the plugins, then add each registration that this process does not have yet."""
+        load_all(self.plugins)
+        if not self.registrations:
+            return
+        import cloudpickle
+
+        from fairal import acquisition, metrics
+
+        statistics, bases, metric_entries = cloudpickle.loads(self.registrations)
+        for st in statistics:
+            acquisition.STATISTICS.setdefault(st.name, st)
+        for base in bases:
+            acquisition.BASES.setdefault(base.name, base)
+        for m in metric_entries:
+            metrics.METRICS.setdefault(m.name, m)
+
+
+def snapshot() -> Extensions:
+    """The driver's plugins and run-time registrations, ready to send to workers; a registration that cannot be
+    sent is refused here, naming it, before any work."""
+    from fairal import acquisition, metrics
+
+    statistics = [st for n, st in acquisition.STATISTICS.items() if n not in acquisition.BUILT_IN_STATISTICS]
+    bases = [b for n, b in acquisition.BASES.items() if n not in acquisition.BUILT_IN_BASES]
+    metric_entries = [m for n, m in metrics.METRICS.items() if n not in metrics.BUILT_IN_METRICS]
+    payload = b""
+    if statistics or bases or metric_entries:
+        import cloudpickle
+
+        for kind, entries in (("statistic", statistics), ("base score", bases), ("metric", metric_entries)):
+            for entry in entries:
+                try:
+                    cloudpickle.dumps(entry)
+                except Exception as err:
+                    raise FairalError(f"the {kind} {entry.name!r} registered in this process cannot be sent to the "
+                                      f"grid's workers ({type(err).__name__}: {err}); register it in a plugin "
+                                      "(fairal --plugin FILE, docs/api.md)") from None
+        payload = cloudpickle.dumps((statistics, bases, metric_entries))
+    return Extensions(tuple(_LOADED), payload)
+
+
+def _with_extensions(extensions: Extensions, work: Callable, task):
+    extensions.restore()
+    return work(task)
+
+
+def for_workers(work: Callable) -> Callable:
+    """``work`` (one task in a worker), first loading this process's plugins and registrations there."""
+    extensions = snapshot()
+    if not extensions.plugins and not extensions.registrations:
+        return work
+    return functools.partial(_with_extensions, extensions, work)
+
+
+def source(function: Callable | None, built_in: bool) -> str:
+    """Where an entry of a table comes from: ``built in``, the plugin whose module defines ``function``, or
+    ``registered at run time``."""
+    if built_in:
+        return "built in"
+    module = getattr(function, "__module__", None)
+    for key, loaded_module in _LOADED.items():
+        if loaded_module.__name__ == module:
+            return f"plugin {key}"
+    return "registered at run time"
+
+
+def record() -> dict | None:
+    """What extends fairal in this process, for a run's records: the plugins loaded and the names registered
+    beyond the built-in ones (``None`` when nothing does, so that the records of a plain run keep their form)."""
+    from fairal import acquisition, metrics
+
+    added = {"bases": sorted(set(acquisition.BASES) - acquisition.BUILT_IN_BASES),
+             "statistics": sorted(set(acquisition.STATISTICS) - acquisition.BUILT_IN_STATISTICS),
+             "metrics": sorted(set(metrics.METRICS) - metrics.BUILT_IN_METRICS)}
+    out = {"plugins": loaded(), **{k: v for k, v in added.items() if v}}
+    return out if out["plugins"] or len(out) > 1 else None
