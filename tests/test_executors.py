@@ -147,3 +147,27 @@ def test_packing_is_for_gpus_and_its_settings_are_checked(tmp_path):
     with pytest.raises(FairalError, match="--pack-size must be a whole number"):
         reproduce(tmp_path / "b", smoke, pack_size=-1, progress=False)
     assert not any((tmp_path / x).exists() for x in "abc")  # refused before anything is written
+
+
+def test_a_local_ray_that_does_not_start_is_retried_then_refused():
+    from fairal.executors import start_ray
+
+    class SlowRay:  # Ray's node registers in time only at the second attempt, or never
+        def __init__(self, fails):
+            self.fails, self.inits, self.shutdowns = fails, 0, 0
+
+        def init(self, **kwargs):
+            self.inits += 1
+            if self.inits <= self.fails:
+                raise Exception("The current node timed out during startup.")
+
+        def shutdown(self):
+            self.shutdowns += 1
+
+    late = SlowRay(fails=1)
+    start_ray(late, None)
+    assert (late.inits, late.shutdowns) == (2, 1)
+    never = SlowRay(fails=10)
+    with pytest.raises(FairalError, match=r"a local Ray did not start \(3 attempts: The current node timed out"):
+        start_ray(never, None)
+    assert never.inits == 3

@@ -123,10 +123,7 @@ class RayExecutor:
         if not tasks:
             return []
         if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address)
-            else:
-                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            start_ray(ray, self.address)
         remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=self.max_retries,
                             retry_exceptions=True)(_ray_task)
         refs = {remote.remote(t, work, self.cpus_per_task): t for t in tasks}
@@ -141,6 +138,24 @@ class RayExecutor:
                 except Exception as err:  # retries used up
                     failures.append((refs[ref], err))
         return failures
+
+
+def start_ray(ray, address: str | None, attempts: int = 3) -> None:
+    """Connect to the cluster at ``address`` or start a local Ray. Ray gives a new local node 30 s to register
+    (fixed in Ray); on a busy machine it may need longer, so a local start is tried ``attempts`` times before it is
+    refused with the reason."""
+    if address:
+        ray.init(address=address)
+        return
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as err:  # Ray raises a bare Exception when its node does not come up in time
+            ray.shutdown()
+            if attempt == attempts:
+                raise FairalError(f"a local Ray did not start ({attempts} attempts: {err}); on a busy machine "
+                                  "wait for other work to finish, or use --executor local") from err
 
 
 #: The executors by name (``--executor``).
