@@ -171,3 +171,14 @@ def test_a_local_ray_that_does_not_start_is_retried_then_refused():
     with pytest.raises(FairalError, match=r"a local Ray did not start \(3 attempts: The current node timed out"):
         start_ray(never, None)
     assert never.inits == 3
+
+
+    class BrokenRay(SlowRay):
+        def init(self, **kwargs):
+            self.inits += 1
+            raise ValueError("bad argument")
+
+    broken = BrokenRay(fails=0)
+    with pytest.raises(ValueError, match="bad argument"):  # not a slow start: not tried again
+        start_ray(broken, None)
+    assert broken.inits == 1

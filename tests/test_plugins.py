@@ -36,13 +36,16 @@ def clean_tables():
     """Whatever a test registers or loads is gone afterwards (the tables are the process's)."""
     before = (dict(acquisition.BASES), dict(acquisition.STATISTICS), dict(metrics.METRICS),
               dict(plugins._LOADED), set(sys.modules))
+    entry_points_loaded = plugins._ENTRY_POINTS_LOADED
     yield
+    plugins._ENTRY_POINTS_LOADED = entry_points_loaded
+    plugins._RESTORED = None
     tables = (acquisition.BASES, acquisition.STATISTICS, metrics.METRICS, plugins._LOADED)
     for table, old in zip(tables, before[:4], strict=True):
         table.clear()
         table.update(old)
     for name in set(sys.modules) - before[4]:
-        if name.startswith(("fairal_plugin_", "fake_fairal_plugin")):
+        if name.startswith(("fairal_plugin_", "fake_fairal_plugin", "margin_plugin")):
             del sys.modules[name]
 
 
@@ -53,9 +56,12 @@ def plugin_file(tmp_path, clean_tables):
     return path
 
 
-def test_a_plugin_file_registers_once_and_is_recorded(plugin_file):
+def test_a_plugin_file_registers_once_and_is_recorded(plugin_file, monkeypatch):
     module = plugins.load(plugin_file)
-    assert plugins.load(str(plugin_file)) is module  # loaded once, whatever the spelling of the path
+    monkeypatch.chdir(plugin_file.parent)
+    # loaded once, whatever the spelling of the path (a second execution would register twice and fail)
+    assert plugins.load("margin_plugin.py") is module
+    assert plugins.load(f"../{plugin_file.parent.name}/./margin_plugin.py") is module
     assert acquisition.parse_strategy("weighted-plugin-margin").spec.statistic == "plugin_margin"
     assert plugins.loaded() == [str(plugin_file.resolve())]
     assert plugins.record() == {"plugins": [str(plugin_file.resolve())], "bases": ["plugin-margin"],
@@ -68,6 +74,21 @@ def test_no_plugin_leaves_the_records_as_they_were(clean_tables):
     assert plugins.for_workers(work) is work  # nothing to send: the task function as it is
 
 
+def test_a_file_also_importable_as_a_module_is_one_plugin(plugin_file, monkeypatch):
+    monkeypatch.syspath_prepend(str(plugin_file.parent))
+    module = plugins.load(plugin_file)
+    assert plugins.load("margin_plugin") is module  # the same source: not executed again
+    assert list(acquisition.BASES).count("plugin-margin") == 1
+
+
+def test_a_module_imported_first_is_not_run_again_as_a_file(plugin_file, monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(plugin_file.parent))
+    module = importlib.import_module("margin_plugin")  # a script imported it (and so registered its base)
+    assert plugins.load(plugin_file) is module
+
+
 def test_bad_plugins_are_refused_naming_them(tmp_path, clean_tables):
     with pytest.raises(FairalError, match=r"plugin .*nothing\.py: no such file"):
         plugins.load(tmp_path / "nothing.py")
@@ -78,6 +99,15 @@ def test_bad_plugins_are_refused_naming_them(tmp_path, clean_tables):
     assert not any(name.startswith("fairal_plugin_broken") for name in sys.modules)
     with pytest.raises(FairalError, match="plugin no_such_module_here: No module named"):
         plugins.load("no_such_module_here")
+    needs = tmp_path / "needs.py"
+    needs.write_text("import not_installed_dependency\n")
+    with pytest.raises(FairalError, match=r"needs\.py failed to load: ModuleNotFoundError: .*not_installed_dep"):
+        plugins.load(needs)
+    clash = tmp_path / "clash.py"
+    clash.write_text("from fairal.acquisition import Base, register\nregister(Base('entropy', None, 'x', 'x'))\n")
+    with pytest.raises(FairalError, match=r"clash\.py failed to load: FairalError: the base score 'entropy' "
+                                          "exists already"):
+        plugins.load(clash)
 
 
 def test_a_registration_that_cannot_be_sent_is_refused_before_work(clean_tables):
@@ -114,6 +144,42 @@ def test_an_installed_packages_entry_point_is_loaded(tmp_path, monkeypatch, clea
     assert plugins.load_entry_points() == ["fake_fairal_plugin"]
     assert "entry-margin" in acquisition.BASES
     assert plugins.load_entry_points() == []  # once per process
+
+
+
+def test_an_entry_point_naming_an_attribute_is_loaded_as_its_module(tmp_path, monkeypatch, clean_tables):
+    """``module:attr``: the plugin is the module (what a worker imports), not the attribute's name."""
+    (tmp_path / "fake_fairal_plugin_attr.py").write_text(PLUGIN.replace("plugin-margin", "attr-margin")
+                                                         .replace("plugin_margin", "attr_margin") +
+                                                         "\ndef setup():\n    pass\n")
+    dist = tmp_path / "fake_fairal_plugin_attr-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-fairal-plugin-attr\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[fairal.plugins]\nmargin = fake_fairal_plugin_attr:setup\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "_ENTRY_POINTS_LOADED", False)
+    assert plugins.load_entry_points() == ["fake_fairal_plugin_attr"]
+    assert plugins.loaded() == ["fake_fairal_plugin_attr"] and "attr-margin" in acquisition.BASES
+
+
+def test_a_worker_takes_the_drivers_current_registrations(clean_tables):
+    """A worker that served an earlier grid (Ray keeps its workers) gets the new version of a registration and
+    loses one the driver dropped."""
+    metrics.register_metric(metrics.Metric("worst", "worst", True, lambda overall, per_group: 1.0))
+    first = plugins.snapshot()
+    metrics.unregister_metric("worst")
+    metrics.register_metric(metrics.Metric("worst", "worst", True, lambda overall, per_group: 2.0))
+    second = plugins.snapshot()
+    metrics.unregister_metric("worst")
+    as_worker = {"origin": -1}  # restored as in another process
+    plugins.Extensions(first.plugins, first.registrations, **as_worker).restore()
+    assert metrics.METRICS["worst"].compute(0.0, {}) == 1.0
+    plugins.Extensions(second.plugins, second.registrations, **as_worker).restore()
+    assert metrics.METRICS["worst"].compute(0.0, {}) == 2.0
+    plugins.Extensions((), b"", **as_worker).restore()
+    assert "worst" not in metrics.METRICS
+    second.restore()  # in the driver itself: nothing changes
+    assert "worst" not in metrics.METRICS
 
 
 def test_study_plugins_and_run_time_registrations_reach_the_grid_workers(plugin_file, tiny_dataset, tmp_path):

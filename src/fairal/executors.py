@@ -152,6 +152,8 @@ def start_ray(ray, address: str | None, attempts: int = 3) -> None:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
             return
         except Exception as err:  # Ray raises a bare Exception when its node does not come up in time
+            if "timed out during startup" not in str(err):
+                raise  # another cause: trying again would not help
             ray.shutdown()
             if attempt == attempts:
                 raise FairalError(f"a local Ray did not start ({attempts} attempts: {err}); on a busy machine "

@@ -44,10 +44,11 @@ def write_app(out: str | Path, strategy: str, group_by: list[str], profile: str,
         raise FairalError(f"--model {model}: no such file")
     with publish_folder(out, "monailabel-app") as tmp:
         within(tmp, "main.py").write_text(MAIN_PY)  # no path or name of the user's in the code
-        write_json(within(tmp, "fairal.json"), {
-            "strategy": strat.name, "group_by": list(group_by), "profile": profile, "set": dict(overrides),
-            "seed": seed, "spacing": spacing, "label_value": label_value, "fairal_version": version("fairal"),
-            "plugins": loaded()})  # the server loads them too: a plugin's strategy is the app's as well
+        settings = {"strategy": strat.name, "group_by": list(group_by), "profile": profile, "set": dict(overrides),
+                    "seed": seed, "spacing": spacing, "label_value": label_value, "fairal_version": version("fairal")}
+        if loaded():
+            settings["plugins"] = loaded()  # the server loads them too: a plugin's strategy is the app's as well
+        write_json(within(tmp, "fairal.json"), settings)
         if model is not None:
             within(tmp, "model").mkdir()
             shutil.copyfile(model, within(tmp, "model", "model.pt"))

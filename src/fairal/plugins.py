@@ -48,37 +48,70 @@ def _spec_of(spec: str | Path) -> tuple[str, Path | None]:
     return text, None
 
 
+def _file_of(module: ModuleType | None) -> str | None:
+    path = getattr(module, "__file__", None)
+    return str(Path(path).resolve()) if path else None
+
+
+def _already(key: str, path: Path | None) -> ModuleType | None:
+    """The module of this plugin if its source was executed already under another name: a file also imported as
+    a module (``--plugin margin`` and ``--plugin margin.py``, an entry point and its file), so that no plugin's
+    registrations run twice."""
+    if path is None:
+        module = sys.modules.get(key)
+        if module is not None:
+            return module
+        try:
+            found = importlib.util.find_spec(key)
+        except (ImportError, ValueError):
+            return None
+        origin = str(Path(found.origin).resolve()) if found is not None and found.origin else None
+        return _LOADED.get(origin) if origin else None
+    target = str(path)
+    for module in list(_LOADED.values()) + list(sys.modules.values()):
+        if _file_of(module) == target:
+            return module
+    return None
+
+
 def load(spec: str | Path) -> ModuleType:
-    """Import the plugin ``spec`` (a ``.py`` file or an importable module name) once in this process."""
+    """Import the plugin ``spec`` (a ``.py`` file or an importable module name) once in this process; a file
+    and a module of the same source are one plugin."""
     key, path = _spec_of(spec)
     if key in _LOADED:
         return _LOADED[key]
-    try:
-        if path is None:
-            module = importlib.import_module(key)
-        else:
-            if not path.is_file():
-                raise FairalError(f"plugin {spec}: no such file")
-            # A stable module name per file: a worker that loads the same file gets the same name, so that
-            # cloudpickle's references to the plugin's functions resolve there too.
-            name = f"fairal_plugin_{path.stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module
-            try:
-                module_spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(name, None)
-                raise
-    except FairalError:
-        raise
-    except ModuleNotFoundError as err:
-        raise FairalError(f"plugin {spec}: {err} (give a .py file, or a module installed in this environment)") \
-            from None
-    except Exception as err:  # the plugin's own error, named as such
-        raise FairalError(f"plugin {spec} failed to load: {type(err).__name__}: {err}") from err
+    if path is not None and not path.is_file():
+        raise FairalError(f"plugin {spec}: no such file")
+    module = _already(key, path)
+    if module is None:
+        module = _execute(spec, key, path)
     _LOADED[key] = module
     return module
+
+
+def _execute(spec, key: str, path: Path | None) -> ModuleType:
+    try:
+        if path is None:
+            return importlib.import_module(key)
+        # A stable module name per file: a worker that loads the same file gets the same name, so that
+        # cloudpickle's references to the plugin's functions resolve there too.
+        name = f"fairal_plugin_{path.stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        return module
+    except ModuleNotFoundError as err:
+        if path is None and err.name is not None and (key == err.name or key.startswith(f"{err.name}.")):
+            raise FairalError(f"plugin {spec}: {err} (give a .py file, or a module installed in this "
+                              "environment)") from None
+        raise FairalError(f"plugin {spec} failed to load: ModuleNotFoundError: {err}") from err
+    except Exception as err:  # the plugin's own error (a FairalError of a registration too), named as such
+        raise FairalError(f"plugin {spec} failed to load: {type(err).__name__}: {err}") from err
 
 
 def load_all(specs: Iterable[str | Path]) -> list[str]:
@@ -106,12 +139,12 @@ def load_entry_points() -> list[str]:
     names = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
-            module = ep.load()
+            ep.load()  # imports the module (and checks the attribute of a ``module:attr`` entry point)
         except Exception as err:
             raise FairalError(f"the plugin {ep.name!r} of the installed package {ep.value!r} (entry point group "
                               f"{ENTRY_POINT_GROUP}) failed to load: {type(err).__name__}: {err}") from err
-        key = getattr(module, "__name__", ep.value)
-        _LOADED.setdefault(key, module)
+        key = ep.module  # what a worker imports: the module, whatever attribute the entry point names
+        _LOADED.setdefault(key, sys.modules[key])
         names.append(key)
     return names
 
@@ -127,27 +160,41 @@ def loaded() -> list[str]:
 @dataclass(frozen=True)
 class Extensions:
     """What a worker must load before its task: the driver's plugins, and its run-time registrations (cloudpickle
-    of the base scores, statistics and metrics that are not built in)."""
+    of the base scores, statistics and metrics that are not built in), from the driver process ``origin``."""
 
     plugins: tuple[str, ...] = ()
     registrations: bytes = b""
+    origin: int = 0
 
     def restore(self) -> None:
-        """In a worker: load the plugins, then add each registration that this process does not have yet."""
-        load_all(self.plugins)
-        if not self.registrations:
+        """In a worker: load the plugins, then make the tables' registered entries the driver's (a worker that
+        served an earlier grid of the driver drops the entries it no longer has and takes their new versions).
+        In the driver itself: nothing to do."""
+        global _RESTORED
+        if self.origin == os.getpid():
             return
-        import cloudpickle
-
+        load_all(self.plugins)
+        digest = hashlib.sha1(self.registrations).hexdigest()
+        if _RESTORED == digest:
+            return
         from fairal import acquisition, metrics
 
-        statistics, bases, metric_entries = cloudpickle.loads(self.registrations)
-        for st in statistics:
-            acquisition.STATISTICS.setdefault(st.name, st)
-        for base in bases:
-            acquisition.BASES.setdefault(base.name, base)
-        for m in metric_entries:
-            metrics.METRICS.setdefault(m.name, m)
+        statistics, bases, metric_entries = [], [], []
+        if self.registrations:
+            import cloudpickle
+
+            statistics, bases, metric_entries = cloudpickle.loads(self.registrations)
+        for table, built_in, entries in ((acquisition.STATISTICS, acquisition.BUILT_IN_STATISTICS, statistics),
+                                         (acquisition.BASES, acquisition.BUILT_IN_BASES, bases),
+                                         (metrics.METRICS, metrics.BUILT_IN_METRICS, metric_entries)):
+            for name in [n for n in table if n not in built_in]:
+                del table[name]
+            table.update({entry.name: entry for entry in entries})
+        _RESTORED = digest
+
+
+#: The registrations restored last in this worker (their digest): the same ones again are not unpickled again.
+_RESTORED: str | None = None
 
 
 def snapshot() -> Extensions:
@@ -171,7 +218,7 @@ def snapshot() -> Extensions:
                                       f"grid's workers ({type(err).__name__}: {err}); register it in a plugin "
                                       "(fairal --plugin FILE, docs/api.md)") from None
         payload = cloudpickle.dumps((statistics, bases, metric_entries))
-    return Extensions(tuple(_LOADED), payload)
+    return Extensions(tuple(_LOADED), payload, os.getpid())
 
 
 def _with_extensions(extensions: Extensions, work: Callable, task):
