@@ -132,32 +132,30 @@ def test_the_command_line_and_the_environment_load_plugins(plugin_file, tmp_path
     assert bad.exit_code == 2 and "missing.py: no such file" in bad.output
 
 
-def test_an_installed_packages_entry_point_is_loaded(tmp_path, monkeypatch, clean_tables):
-    (tmp_path / "fake_fairal_plugin.py").write_text(PLUGIN.replace("plugin-margin", "entry-margin")
-                                                    .replace("plugin_margin", "entry_margin"))
-    dist = tmp_path / "fake_fairal_plugin-0.1.dist-info"
+def _installed(tmp_path, monkeypatch, module: str, base: str, entry: str) -> None:
+    """A package installed on sys.path: ``module``.py registering the base score ``base``, with the entry point
+    ``entry`` in the group fairal.plugins."""
+    (tmp_path / f"{module}.py").write_text(PLUGIN.replace("plugin-margin", base)
+                                           .replace("plugin_margin", base.replace("-", "_")) +
+                                           "\ndef setup():\n    pass\n")
+    dist = tmp_path / f"{module}-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-fairal-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[fairal.plugins]\nmargin = fake_fairal_plugin\n")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[fairal.plugins]\nmargin = {entry}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(plugins, "_ENTRY_POINTS_LOADED", False)
+
+
+def test_an_installed_packages_entry_point_is_loaded(tmp_path, monkeypatch, clean_tables):
+    _installed(tmp_path, monkeypatch, "fake_fairal_plugin", "entry-margin", "fake_fairal_plugin")
     assert plugins.load_entry_points() == ["fake_fairal_plugin"]
     assert "entry-margin" in acquisition.BASES
     assert plugins.load_entry_points() == []  # once per process
 
 
-
 def test_an_entry_point_naming_an_attribute_is_loaded_as_its_module(tmp_path, monkeypatch, clean_tables):
     """``module:attr``: the plugin is the module (what a worker imports), not the attribute's name."""
-    (tmp_path / "fake_fairal_plugin_attr.py").write_text(PLUGIN.replace("plugin-margin", "attr-margin")
-                                                         .replace("plugin_margin", "attr_margin") +
-                                                         "\ndef setup():\n    pass\n")
-    dist = tmp_path / "fake_fairal_plugin_attr-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-fairal-plugin-attr\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[fairal.plugins]\nmargin = fake_fairal_plugin_attr:setup\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(plugins, "_ENTRY_POINTS_LOADED", False)
+    _installed(tmp_path, monkeypatch, "fake_fairal_plugin_attr", "attr-margin", "fake_fairal_plugin_attr:setup")
     assert plugins.load_entry_points() == ["fake_fairal_plugin_attr"]
     assert plugins.loaded() == ["fake_fairal_plugin_attr"] and "attr-margin" in acquisition.BASES
 
