@@ -169,7 +169,7 @@ def test_a_worker_takes_the_drivers_current_registrations(clean_tables):
     metrics.register_metric(metrics.Metric("worst", "worst", True, lambda overall, per_group: 2.0))
     second = plugins.snapshot()
     metrics.unregister_metric("worst")
-    as_worker = {"origin": -1}  # restored as in another process
+    as_worker = {"origin": "another process"}
     plugins.Extensions(first.plugins, first.registrations, **as_worker).restore()
     assert metrics.METRICS["worst"].compute(0.0, {}) == 1.0
     plugins.Extensions(second.plugins, second.registrations, **as_worker).restore()

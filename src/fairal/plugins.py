@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,14 +165,14 @@ class Extensions:
 
     plugins: tuple[str, ...] = ()
     registrations: bytes = b""
-    origin: int = 0
+    origin: str = ""  # the driver process's token (:data:`_PROCESS`)
 
     def restore(self) -> None:
         """In a worker: load the plugins, then make the tables' registered entries the driver's (a worker that
         served an earlier grid of the driver drops the entries it no longer has and takes their new versions).
         In the driver itself: nothing to do."""
         global _RESTORED
-        if self.origin == os.getpid():
+        if self.origin == _PROCESS:
             return
         load_all(self.plugins)
         digest = hashlib.sha1(self.registrations).hexdigest()
@@ -195,6 +196,8 @@ class Extensions:
 
 #: The registrations restored last in this worker (their digest): the same ones again are not unpickled again.
 _RESTORED: str | None = None
+#: This process, among all the machines of a cluster (a process id alone may recur on another host).
+_PROCESS = uuid.uuid4().hex
 
 
 def snapshot() -> Extensions:
@@ -218,7 +221,7 @@ def snapshot() -> Extensions:
                                       f"grid's workers ({type(err).__name__}: {err}); register it in a plugin "
                                       "(fairal --plugin FILE, docs/api.md)") from None
         payload = cloudpickle.dumps((statistics, bases, metric_entries))
-    return Extensions(tuple(_LOADED), payload, os.getpid())
+    return Extensions(tuple(_LOADED), payload, _PROCESS)
 
 
 def _with_extensions(extensions: Extensions, work: Callable, task):
