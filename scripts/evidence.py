@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -278,6 +279,28 @@ def _volumes(data: Path, scale: float) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+#: A finished task in ``evidence.log``: the job's clock, the task's own seconds, its folder.
+DONE = re.compile(r"^\s*(?P<clock>[\d.]+)s done\s+(?P<seconds>[\d.]+)s (?P<task>\S+)\s*$")
+
+
+def task_times(out: Path) -> pd.DataFrame:
+    """Each task's seconds as ``OUT/evidence.log`` has them, per session of the job (a session starts at each
+    ``N tasks`` line): ``session, task, seconds`` with the task's folder relative to ``out``. A task that a session
+    found finished takes ~0.1 s; a task resumed after an interrupted session counts only its resumed part (the
+    work lost when a session ended is not in the log). With one torch thread per task, seconds are core-seconds."""
+    rows, session = [], 0
+    log = out / "evidence.log"
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        if line.strip().endswith(" tasks"):
+            session += 1
+        elif (m := DONE.match(line)) is not None:
+            task = Path(m["task"])
+            rows.append({"session": session, "task": str(task.relative_to(out) if task.is_absolute() and
+                                                         task.is_relative_to(out) else task),
+                         "seconds": float(m["seconds"])})
+    return pd.DataFrame(rows, columns=["session", "task", "seconds"])
+
+
 def export(out: Path, dest: Path, scales: list[float], profile: str = "standard", name: str = "standard",
            seeds: int | None = None) -> None:
     """The tidy tables of what finished under ``out`` (with ``seeds``, only the runs and baselines of whole
@@ -313,6 +336,9 @@ def export(out: Path, dest: Path, scales: list[float], profile: str = "standard"
             "device": json.loads(config.read_text()).get("device") if config else None,
             "run_settings": json.loads(config.read_text())["settings"] if config else None}
     (std / "settings.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    times = task_times(out)
+    if len(times):  # the compute the records cost, as the job's log has it
+        times.to_csv(std / "tasks.csv", index=False)
     if name != "standard":  # a named export (v2) holds its own grid only; ablations and sweep are v1's
         return
     abl_rounds, abl_cases = [], []
