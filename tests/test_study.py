@@ -231,6 +231,27 @@ def test_a_dataset_folder_and_runs_reused_from_another_study(tiny_dataset, tmp_p
     assert bad.exit_code == 2 and "no results folder" in bad.output
 
 
+def test_a_run_linked_with_its_data_under_another_path_is_the_same_run(tiny_dataset, tmp_path):
+    """A simulated dataset reused from another results folder is linked into OUT/data (another path, the same
+    files): the runs linked with it are finished runs there, not runs "with other settings"; other files are."""
+    from fairal.experiments import link_tree
+
+    prof = get_profile("smoke", TINY)
+    ActiveLearningRun(RunSpec(str(tiny_dataset), "random", "balanced", 0, prof), tmp_path / "a" / "run").run()
+    link_tree(tiny_dataset, tmp_path / "b" / "data")
+    link_tree(tmp_path / "a" / "run", tmp_path / "b" / "run")
+    moved = RunSpec(str(tmp_path / "b" / "data"), "random", "balanced", 0, prof)
+    assert ActiveLearningRun(moved, tmp_path / "b" / "run").is_finished()
+    other = RunSpec(str(tmp_path / "b" / "data"), "random", "balanced", 1, prof)  # another seed: other settings
+    with pytest.raises(FairalError, match="holds a run with other settings"):
+        ActiveLearningRun(other, tmp_path / "b" / "run").is_finished()
+    image = next((tmp_path / "b" / "data" / "images").iterdir())
+    image.unlink()  # a linked file replaced by another one: other data
+    image.write_bytes((tiny_dataset / "images" / image.name).read_bytes())
+    with pytest.raises(FairalError, match="holds a run with other settings"):
+        ActiveLearningRun(moved, tmp_path / "b" / "run").is_finished()
+
+
 @pytest.mark.parametrize("name", ["groups-unknown", "acquisition-bias"])
 def test_the_studies_of_docs_beyond_parse(name):
     from pathlib import Path

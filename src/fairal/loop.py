@@ -207,7 +207,7 @@ class ActiveLearningRun:
             config = json.loads((self.out / "config.json").read_text())
         except (OSError, ValueError) as err:
             raise FairalError(f"{self.out} holds an unreadable run state: {err}") from err
-        if not same_settings(config.get("settings", {}), self.spec.settings()):
+        if not same_settings(config.get("settings", {}), self.spec.settings()) and not self._moved_data(config):
             raise FairalError(f"{self.out} holds a run with other settings; choose another --out or delete it")
         if not state.get("finished") and (self.out / "data.json").is_file():
             # Resume only on the data the run started from: a changed manifest or file would mix two datasets.
@@ -217,6 +217,18 @@ class ActiveLearningRun:
                 raise FairalError(f"{self.out} was started on other data than {self.spec.data_dir} holds now "
                                   f"({changes}); resume refused: restore the data or start a new run folder")
         return state
+
+    def _moved_data(self, config: dict) -> bool:
+        """The stored run has these settings on the same data under another path: its ``data.json`` (every
+        case's group, split, file sizes and modification times) is the current data's. So a run linked from
+        another results folder (``--reuse``), or a results folder moved with its datasets, is the same run."""
+        here = {k: v for k, v in self.spec.settings().items() if k != "data_dir"}
+        there = {k: v for k, v in config.get("settings", {}).items() if k != "data_dir"}
+        try:
+            started = json.loads((self.out / "data.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return same_settings(there, here) and started == json.loads(json.dumps(data_files(self.manifest)))
 
     @property
     def volumes(self) -> VolumeSet:
