@@ -99,26 +99,6 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
-def _options(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print fairal's version and exit.")] = False,
-    plugin: Annotated[list[str] | None, typer.Option(
-        "--plugin", metavar="FILE|MODULE", help="A plugin to load first (repeatable): a .py file or a module that "
-        "registers strategies, metrics or a network (docs/api.md); also $FAIRAL_PLUGINS and installed packages' "
-        "'fairal.plugins' entry points. A grid's workers load them too.")] = None,
-) -> None:
-    """Fairness-aware active learning for 3D brain MRI segmentation."""
-    from fairal import plugins
-
-    try:
-        plugins.load_entry_points()
-        plugins.load_all(plugins.from_environment() + list(plugin or []))
-    except FairalError as err:
-        console.print(Text.assemble(("error:", "bold red"), " ", str(err)))
-        raise typer.Exit(2) from None
-
-
 #: What the operating system said, in words that name the cause (a read-only file system is not a permission).
 OS_REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
@@ -147,6 +127,23 @@ def _clear_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+@app.callback()
+@_clear_errors
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print fairal's version and exit.")] = False,
+    plugin: Annotated[list[str] | None, typer.Option(
+        "--plugin", metavar="FILE|MODULE", help="A plugin to load first (repeatable): a .py file or a module that "
+        "registers strategies, metrics or a network (docs/api.md); also $FAIRAL_PLUGINS and installed packages' "
+        "'fairal.plugins' entry points. A grid's workers load them too.")] = None,
+) -> None:
+    """Fairness-aware active learning for 3D brain MRI segmentation."""
+    from fairal import plugins
+
+    plugins.load_entry_points()
+    plugins.load_all(plugins.from_environment() + list(plugin or []))
 
 
 class SimulateCommand(HelpCommand):

@@ -292,19 +292,14 @@ def reuse_run(spec, manifest: pd.DataFrame, source: Path, target: Path) -> bool:
     (:func:`fairal.loop.same_settings`: strategy, initial set, seed, profile) on the same data files (its
     ``data.json``: every case's group, split, file sizes and modification times, as linked datasets keep them).
     Its files are hard links (:func:`link_tree`); returns whether it was."""
-    from fairal.data import data_files
-    from fairal.loop import same_settings
+    from fairal.loop import same_run_elsewhere
 
     try:
         state = json.loads((source / "state.json").read_text())
         config = json.loads((source / "config.json").read_text())
-        started = json.loads((source / "data.json").read_text())
     except (OSError, ValueError):
         return False
-    here = {k: v for k, v in spec.settings().items() if k != "data_dir"}  # the same files, by data.json
-    there = {k: v for k, v in config.get("settings", {}).items() if k != "data_dir"}
-    if not (state.get("finished") and same_settings(there, here)
-            and started == json.loads(json.dumps(data_files(manifest)))):
+    if not (state.get("finished") and same_run_elsewhere(source, config, spec, manifest)):
         return False
     link_tree(source, target)
     return True

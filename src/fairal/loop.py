@@ -120,6 +120,18 @@ def same_settings(stored: dict, current: dict) -> bool:
     return {**stored, "profile": old} == {**current, "profile": new}
 
 
+def same_run_elsewhere(folder: Path, config: dict, spec: RunSpec, manifest: pd.DataFrame) -> bool:
+    """The run in ``folder`` (its ``config``) has ``spec``'s settings but for the data's path, on the same data
+    files: its ``data.json`` (every case's group, split, file sizes and modification times) is ``manifest``'s."""
+    here = {k: v for k, v in spec.settings().items() if k != "data_dir"}
+    there = {k: v for k, v in config.get("settings", {}).items() if k != "data_dir"}
+    try:
+        started = json.loads((Path(folder) / "data.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return same_settings(there, here) and started == json.loads(json.dumps(data_files(manifest)))
+
+
 def heavy_group(init: str):
     """``balanced`` -> None; ``g<X>-heavy`` -> X (an int when it reads as one)."""
     if init == "balanced":
@@ -219,16 +231,10 @@ class ActiveLearningRun:
         return state
 
     def _moved_data(self, config: dict) -> bool:
-        """The stored run has these settings on the same data under another path: its ``data.json`` (every
-        case's group, split, file sizes and modification times) is the current data's. So a run linked from
-        another results folder (``--reuse``), or a results folder moved with its datasets, is the same run."""
-        here = {k: v for k, v in self.spec.settings().items() if k != "data_dir"}
-        there = {k: v for k, v in config.get("settings", {}).items() if k != "data_dir"}
-        try:
-            started = json.loads((self.out / "data.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return same_settings(there, here) and started == json.loads(json.dumps(data_files(self.manifest)))
+        """The stored run has these settings on the same data under another path (:func:`same_run_elsewhere`):
+        a run linked from another results folder (``--reuse``), or a results folder moved with its datasets, is
+        the same run."""
+        return same_run_elsewhere(self.out, config, self.spec, self.manifest)
 
     @property
     def volumes(self) -> VolumeSet:

@@ -200,27 +200,35 @@ _RESTORED: str | None = None
 _PROCESS = uuid.uuid4().hex
 
 
+def _registered() -> tuple[list, list, list]:
+    """The entries of the tables beyond fairal's own: (statistics, base scores, metrics), in table order."""
+    from fairal import acquisition, metrics
+
+    return ([st for n, st in acquisition.STATISTICS.items() if n not in acquisition.BUILT_IN_STATISTICS],
+            [b for n, b in acquisition.BASES.items() if n not in acquisition.BUILT_IN_BASES],
+            [m for n, m in metrics.METRICS.items() if n not in metrics.BUILT_IN_METRICS])
+
+
 def snapshot() -> Extensions:
     """The driver's plugins and run-time registrations, ready to send to workers; a registration that cannot be
     sent is refused here, naming it, before any work."""
-    from fairal import acquisition, metrics
-
-    statistics = [st for n, st in acquisition.STATISTICS.items() if n not in acquisition.BUILT_IN_STATISTICS]
-    bases = [b for n, b in acquisition.BASES.items() if n not in acquisition.BUILT_IN_BASES]
-    metric_entries = [m for n, m in metrics.METRICS.items() if n not in metrics.BUILT_IN_METRICS]
+    entries = _registered()
     payload = b""
-    if statistics or bases or metric_entries:
+    if any(entries):
         import cloudpickle
 
-        for kind, entries in (("statistic", statistics), ("base score", bases), ("metric", metric_entries)):
-            for entry in entries:
-                try:
-                    cloudpickle.dumps(entry)
-                except Exception as err:
-                    raise FairalError(f"the {kind} {entry.name!r} registered in this process cannot be sent to the "
-                                      f"grid's workers ({type(err).__name__}: {err}); register it in a plugin "
-                                      "(fairal --plugin FILE, docs/api.md)") from None
-        payload = cloudpickle.dumps((statistics, bases, metric_entries))
+        try:
+            payload = cloudpickle.dumps(entries)
+        except Exception:  # find the entry to name
+            for kind, table in zip(("statistic", "base score", "metric"), entries, strict=True):
+                for entry in table:
+                    try:
+                        cloudpickle.dumps(entry)
+                    except Exception as err:
+                        raise FairalError(f"the {kind} {entry.name!r} registered in this process cannot be sent "
+                                          f"to the grid's workers ({type(err).__name__}: {err}); register it in a "
+                                          "plugin (fairal --plugin FILE, docs/api.md)") from None
+            raise
     return Extensions(tuple(_LOADED), payload, _PROCESS)
 
 
@@ -252,10 +260,7 @@ def source(function: Callable | None, built_in: bool) -> str:
 def record() -> dict | None:
     """What extends fairal in this process, for a run's records: the plugins loaded and the names registered
     beyond the built-in ones (``None`` when nothing does, so that the records of a plain run keep their form)."""
-    from fairal import acquisition, metrics
-
-    added = {"bases": sorted(set(acquisition.BASES) - acquisition.BUILT_IN_BASES),
-             "statistics": sorted(set(acquisition.STATISTICS) - acquisition.BUILT_IN_STATISTICS),
-             "metrics": sorted(set(metrics.METRICS) - metrics.BUILT_IN_METRICS)}
-    out = {"plugins": loaded(), **{k: v for k, v in added.items() if v}}
-    return out if out["plugins"] or len(out) > 1 else None
+    added = {kind: sorted(e.name for e in entries)
+             for kind, entries in zip(("statistics", "bases", "metrics"), _registered(), strict=True) if entries}
+    out = {"plugins": loaded(), **{k: added[k] for k in ("bases", "statistics", "metrics") if k in added}}
+    return out if out["plugins"] or added else None
