@@ -357,7 +357,8 @@ def run(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder (from fairal simulate).")],
     strategy: Annotated[str, typer.Option(help="random, entropy, localized-entropy, weighted-localized-entropy, "
                                           "or [stochastic-][weighted-]BASE[-tT] (BASE: random, entropy, "
-                                          "localized-entropy, bald); see docs/REPRODUCTION.md.")],
+                                          "localized-entropy, bald, or a plugin's; `fairal strategies` lists them "
+                                          "all).")],
     init: Annotated[str, typer.Option(help="Initial labeled set: balanced, g1-heavy or g2-heavy (any gX-heavy).")],
     out: Annotated[Path, typer.Option(help="Run folder (records; resumed if it holds this run).")],
     seed: Annotated[int, typer.Option(help="Seed of the initial set, training and random draws.")] = 0,
