@@ -105,7 +105,10 @@ def test_baseline_errors_are_clear(dataset_copy, tmp_path):
     res = _baseline(dataset_copy, tmp_path / "o2", "--set", "stepz=3")
     assert res.exit_code == 2 and "unknown setting 'stepz'" in res.output and _no_output(tmp_path / "o2")
     res = _baseline(tmp_path / "nowhere", tmp_path / "o3")
-    assert res.exit_code == 2 and "no manifest.csv" in res.output and _no_output(tmp_path / "o3")
+    assert res.exit_code == 2 and "nowhere does not exist" in res.output and _no_output(tmp_path / "o3")
+    (tmp_path / "empty").mkdir()
+    res = _baseline(tmp_path / "empty", tmp_path / "o4")
+    assert res.exit_code == 2 and "no manifest.csv" in res.output and _no_output(tmp_path / "o4")
 
 
 def _edit_manifest(folder, fn):

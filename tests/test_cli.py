@@ -86,7 +86,7 @@ def test_a_query_refuses_settings_it_does_not_use(tmp_path):
     with pytest.raises(FairalError, match=r"--set final_size: fairal query does not use the setting final_size "
                                           r"\(a query trains one model .* no active-learning schedule"):
         query_profile("standard", {"final_size": "5"})
-    with pytest.raises(FairalError, match="unknown setting 'stesp'"):
+    with pytest.raises(FairalError, match=r"--set stesp: unknown setting \(did you mean 'steps'\?\)"):
         query_profile("standard", {"stesp": "5"})
     assert query_profile("smoke", {"steps": "7", "roi-dilation": "2"}).roi_dilation == 2
     assert set(QUERY_SETTINGS) <= set(get_profile("smoke").as_dict())

@@ -10,6 +10,7 @@ import pytest
 from fairal.config import get_profile
 from fairal.errors import FairalError
 from fairal.experiments import reproduce
+from fairal.io import MARKER
 
 from .records import same_records
 
@@ -35,6 +36,7 @@ def _records(out):
 def _with_data(local, tmp_path, name):
     out = tmp_path / name
     shutil.copytree(local / "data", out / "data")  # same datasets: only the executor differs
+    shutil.copyfile(local / MARKER, out / MARKER)  # a copy of part of a results folder of fairal's
     return out
 
 

@@ -38,7 +38,7 @@ def test_the_app_folder_is_written_whole_and_checked(tmp_path):
     assert "from fairal.monailabel import FairalApp" in (tmp_path / "app" / "main.py").read_text()
     for bad, message in ((["--strategy", "weighted-localised-entropy"], "did you mean"),
                          (["--set", "final_size=5"], "does not use the setting final_size"),
-                         (["--model", str(tmp_path / "none.pt")], "no such file")):
+                         (["--model", str(tmp_path / "none.pt")], "checkpoint file not found")):
         res = runner.invoke(app, ["monailabel-app", str(tmp_path / "bad"), *bad])
         assert res.exit_code == 2 and message in res.output, res.output
         assert not (tmp_path / "bad").exists()

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fairal.metrics import fairness_summary
-from fairal.report.plan import CaseMatrix, plan_tables
+from fairal.report.plan import MIN_SEEDS_FOR_CLAIMS, CaseMatrix, Part, plan_tables, verdict_rows
 from fairal.stats import (
     Estimate,
     conjunction_verdict_v2,
@@ -39,6 +39,7 @@ def test_tost_by_hand():
     assert tost([0.001, 0.002, 0.003], 0.0025) == pytest.approx(0.5 - t / (2 * math.sqrt(2 + t**2)), rel=1e-9)
     assert tost([0.001, 0.002, 0.003], 0.0025) > 0.05
     assert tost([0.004, 0.004], 0.005) == 0.0 and tost([0.006, 0.006], 0.005) == 1.0  # no spread
+    assert math.isnan(tost([0.001], 0.005))  # one value tests nothing
 
 
 def test_holm_by_hand():
@@ -232,3 +233,17 @@ def test_report_withholds_claims_until_the_planned_seeds_are_in(tmp_path, constr
     assert "0000000000" in html  # the plan's commit is printed
     for name in ("claims_sensitivity.csv", "primary.csv", "variance_decomposition.csv", "claims.md"):
         assert (tmp_path / "r" / name).is_file()
+
+
+def test_no_verdict_from_fewer_than_three_seeds():
+    """The same clear win (CI above 0, p 0.001) is confirmed from 3 seeds; from 2 the row has its numbers and no
+    verdict (a study run with too few seeds is described, not judged)."""
+    def row(n):
+        part = Part("x", "a > b", "essp: a - b", "essp", pairs=None, family="pooled",
+                    estimate=Estimate(0.02, 0.01, 0.03, n, 0.001), p_tost={1.0: 0.9})
+        return verdict_rows([part])[0]
+
+    assert MIN_SEEDS_FOR_CLAIMS == 3
+    assert row(3)["verdict"] == "confirmed"
+    two = row(2)
+    assert two["verdict"] == "" and not two["within_margin"] and two["value"] == 0.02 and two["p_value"] == 0.001

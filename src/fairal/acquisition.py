@@ -156,7 +156,19 @@ def parse_strategy(name: str | Strategy) -> Strategy:
 
 
 def _tensor(x) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    """A tensor, or a NumPy array (any array-like) as one without a copy; anything else is refused, named."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], str):
+        raise FairalError("got a pair (array, str): roi_mask and mutual_information return (map, ...); pass the "
+                          "first item")
+    try:
+        a = np.ascontiguousarray(x)
+    except (TypeError, ValueError) as err:
+        raise FairalError(f"expected a numeric array or tensor, got {type(x).__name__} ({err})") from None
+    if a.dtype.kind not in "biuf":
+        raise FairalError(f"expected a numeric array or tensor, got {type(x).__name__} of dtype {a.dtype}")
+    return torch.from_numpy(a)
 
 
 def _like(result: torch.Tensor, given):
@@ -351,6 +363,14 @@ def group_weights(
     groups_all = list(dict.fromkeys(all_groups))
     if not groups_all:
         raise FairalError("group weights need at least one group")
+    stray = sorted({str(k) for k in g if k is not None and k not in groups_all})
+    if stray:
+        named = ", ".join(map(str, groups_all))
+        raise FairalError(f"labeled cases of group(s) {', '.join(stray)} that all_groups ({named}) does not name "
+                          "(a typo?)")
+    if not np.all(np.isfinite(d)) or d.min() < 0 or d.max() > 1:
+        raise FairalError("group weights need Dice values in [0, 1] (finite), got "
+                          f"{d[~np.isfinite(d) | (d < 0) | (d > 1)][:3].tolist()}")
     overall, sd = float(d.mean()), float(d.std())
     if sd < 1e-12:
         return {k: 1.0 / len(groups_all) for k in groups_all}
@@ -379,6 +399,14 @@ def case_weights(groups: Sequence[Hashable | None], weights: Mapping[Hashable, f
     expected weight ``sum_g p(g|x) w_g`` from its row of ``p_group`` (columns in ``order``)."""
     out = np.empty(len(groups), dtype=np.float64)
     unknown = [i for i, g in enumerate(groups) if g is None]
+    missing = sorted({str(g) for g in groups if g is not None and g not in weights})
+    if missing:
+        raise FairalError(f"no group weight for group(s) {', '.join(missing)} (weights: "
+                          f"{', '.join(map(str, weights)) or 'none'})")
+    bad = {k: v for k, v in weights.items() if not (isinstance(v, (int, float, np.number)) and math.isfinite(v)
+                                                   and v >= 0)}
+    if bad:
+        raise FairalError(f"group weights must be finite numbers >= 0, got {bad}")
     for i, g in enumerate(groups):
         if g is not None:
             out[i] = weights[g]

@@ -141,7 +141,9 @@ def _options(
 ) -> None:
     """Fairness-aware active learning for 3D brain MRI segmentation."""
     from fairal import plugins
+    from fairal.errors import plain_warnings
 
+    plain_warnings()
     plugins.load_entry_points()
     plugins.load_all(plugins.from_environment() + list(plugin or []))
 
@@ -162,8 +164,8 @@ class SimulateCommand(HelpCommand):
 @_clear_errors
 def simulate(
     out: Annotated[Path, typer.Argument(help="Output folder of the dataset (must not exist, or --overwrite).")],
-    bias: Annotated[str | None, typer.Option(help="Group 1's bias preset: strong (c ~ N(4, 2), the default), weak "
-                                             "(N(2, 2)) or none.")] = None,
+    bias: Annotated[str | None, typer.Option(metavar="strong|weak|none", help="Group 1's bias preset: strong "
+                                             "(c ~ N(4, 2), the default), weak (N(2, 2)) or none.")] = None,
     n_subjects: Annotated[int, typer.Option(help="Number of subjects, split into the groups by their shares "
                                             "(evenly into Group 1 and 2 by default).")] = 312,
     seed: Annotated[int, typer.Option(help="Seed of the subjects' draws. Datasets to be compared or pooled in one "
@@ -195,9 +197,9 @@ def simulate(
     label_value: Annotated[float | None, typer.Option(help="Label value (3D) or volume index (4D atlas).")] = None,
     global_model: Annotated[Path | None, typer.Option(help="Global deformation model (.npz).")] = None,
     local_model: Annotated[Path | None, typer.Option(help="Local (bias) deformation model (.npz).")] = None,
-    global_sampling: Annotated[
-        str, typer.Option(help="per-component (z_k ~ N(0,1) each) or one-scalar (SimBA: one z for all).")
-    ] = "per-component",
+    global_sampling: Annotated[str, typer.Option(metavar="per-component|one-scalar", help="per-component (z_k ~ "
+                                                 "N(0,1) each) or one-scalar (SimBA: one z for all).")
+                               ] = "per-component",
     global_rms_mm: Annotated[float, typer.Option(help="RMS velocity of the default global model (mm); the default "
                                                  "is anchored in anatomy (fairal calibrate).")] = DEFAULT_GLOBAL_RMS_MM,
     local_sd_mm: Annotated[float, typer.Option(help="One SD of the default local PC1 at the boundary (mm); the "
@@ -255,7 +257,8 @@ def _print_dataset_summary(path: Path, cfg) -> None:
 def build_model_cmd(
     fields: Annotated[list[Path], typer.Argument(help="Vector fields (NIfTI, X x Y x Z x 3 in mm), one per subject.")],
     out: Annotated[Path, typer.Option(help="Output model file (.npz).")],
-    kind: Annotated[str, typer.Option(help="velocity (integrated) or displacement (used as is).")] = "velocity",
+    kind: Annotated[str, typer.Option(metavar="velocity|displacement",
+                                      help="velocity (integrated) or displacement (used as is).")] = "velocity",
     n_components: Annotated[int | None, typer.Option(help="Components to keep (default: 95% of variance).")] = None,
     lps: Annotated[bool, typer.Option(help="Vectors are in LPS (ITK/ANTs) components, not RAS.")] = False,
 ) -> None:
@@ -288,15 +291,18 @@ def calibrate(
                                                   "atlas by name (as in fairal simulate; default Left_Caudate). "
                                                   "Give its own --cv.")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the numbers to this JSON file.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Anchor the default deformation models in anatomy: the global RMS velocity at which unbiased subjects'
     structure volume varies with CV --cv, and the local PC1 scale at which one SD shrinks it by one natural SD."""
-    from fairal.io import within, write_json
+    from fairal.io import check_output_file, within, write_json
     from fairal.simulate.calibrate import CAUDATE_VOLUME_CV
     from fairal.simulate.calibrate import calibrate as run_calibration
 
     if n_subjects < 2:
         raise FairalError(f"--n-subjects must be at least 2, got {n_subjects}")
+    if out is not None:
+        check_output_file(out, overwrite)
     cal = run_calibration(cv=cv, n_subjects=n_subjects, seed=seed, template=str(template) if template else None,
                           label=str(label) if label else None, label_value=label_value, structure=structure)
     v0 = cal.template_volume_mm3
@@ -316,6 +322,7 @@ def calibrate(
         view.add_row(f"{c:g}", f"{v:.0f}", f"{v / v0 - 1:+.1%}", f"{(v - v0) / (cv * v0):+.2f}")
     stdout.print(view)
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_json(within(out.parent, out.name), cal.as_dict())
 
 
@@ -334,7 +341,7 @@ def baseline(
     profile: ProfileOpt = "standard",
     seed: Annotated[int, typer.Option(help="Seed of the cohorts' draw and of training.")] = 0,
     set_: SetOpt = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars (the table is still printed).")] = False,
 ) -> None:
     """Table 1: train on the balanced, Group 1-only and Group 2-only cohorts; evaluate on the fixed test set."""
     from fairal.config import get_profile, parse_overrides
@@ -355,11 +362,12 @@ def baseline(
 @_clear_errors
 def run(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder (from fairal simulate).")],
-    strategy: Annotated[str, typer.Option(help="random, entropy, localized-entropy, weighted-localized-entropy, "
-                                          "or [stochastic-][weighted-]BASE[-tT] (BASE: random, entropy, "
-                                          "localized-entropy, bald, or a plugin's; `fairal strategies` lists them "
-                                          "all).")],
-    init: Annotated[str, typer.Option(help="Initial labeled set: balanced, g1-heavy or g2-heavy (any gX-heavy).")],
+    strategy: Annotated[str, typer.Option(metavar="NAME", help="random, entropy, localized-entropy, "
+                                          "weighted-localized-entropy, or [stochastic-][weighted-]BASE[-tT] "
+                                          "(BASE: random, entropy, localized-entropy, bald, or a plugin's; `fairal "
+                                          "strategies` lists them all; docs/own-data.md, section 7).")],
+    init: Annotated[str, typer.Option(metavar="NAME", help="Initial labeled set: balanced, g1-heavy or g2-heavy "
+                                      "(any gX-heavy).")],
     out: Annotated[Path, typer.Option(help="Run folder (records; resumed if it holds this run).")],
     seed: Annotated[int, typer.Option(help="Seed of the initial set, training and random draws.")] = 0,
     profile: ProfileOpt = "standard",
@@ -391,21 +399,22 @@ def run(
     stdout.print(f"records in {out}: rounds.csv, cases.csv, selections.csv")
 
 
-StudyProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Settings profile: smoke, quick, "
-                                                     "standard, paper (default: the study file's, else standard).")]
+StudyProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", metavar="NAME", help="Settings profile: "
+                                                     "smoke, quick, standard, paper (default: the study file's, else "
+                                                     "standard).")]
 SeedsOpt = Annotated[int | None, typer.Option(help="Seeds per dataset, initial set and strategy (default: the "
                                              "study's, else the profile's).")]
 JobsOpt = Annotated[int, typer.Option(help="Worker processes of the local executor (0 = one per core).")]
-ExecutorOpt = Annotated[str, typer.Option(help="Where the tasks run: local (a process pool) or ray (one Ray task "
-                                          "per run, on a local Ray or a cluster).")]
+ExecutorOpt = Annotated[str, typer.Option(metavar="local|ray", help="Where the tasks run: local (a process pool) "
+                                          "or ray (one Ray task per run, on a local Ray or a cluster).")]
 AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join: auto or ray://HOST:PORT (default: a "
                                                 "local Ray).")]
 CpusOpt = Annotated[int, typer.Option(help="CPUs (and torch threads) per Ray task.")]
 GpusOpt = Annotated[float, typer.Option(help="GPUs per Ray task, fractional (e.g. 0.25).")]
 StrategiesOpt = Annotated[str | None, typer.Option(help="Comma-separated strategies of the grid (default: the "
                                                    "study's, else the profile's).")]
-PackOpt = Annotated[str, typer.Option(help="Train the runs of one dataset and seed in lockstep as one task: auto "
-                                      "(when they train on a GPU), on or off.")]
+PackOpt = Annotated[str, typer.Option(metavar="auto|on|off", help="Train the runs of one dataset and seed in "
+                                      "lockstep as one task: auto (when they train on a GPU), on or off.")]
 PackSizeOpt = Annotated[int, typer.Option(help="At most this many runs per lockstep task (0: all of a dataset "
                                           "and seed).")]
 QuietOpt = Annotated[bool, typer.Option(help="No progress output.")]
@@ -455,6 +464,7 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
     """The grid of a study, then its report and its final table on the console."""
     import dataclasses
 
+    from fairal.acquisition import parse_strategy
     from fairal.config import get_profile, parse_overrides
     from fairal.experiments import run_study
     from fairal.study import Arm
@@ -463,6 +473,13 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
     base = get_profile(profile or the_study.profile or "standard")
     if strategies is not None:  # the grid's strategies: the profile's list for the paper, the study's arms else
         names = tuple(v.strip() for v in strategies.split(",") if v.strip())
+        if not names:
+            raise FairalError(f"--strategies names no strategy: {strategies!r}")
+        for name in names:  # refused before any work
+            try:
+                parse_strategy(name)
+            except FairalError as err:
+                raise FairalError(f"--strategies: {err}") from None
         if the_study.arms is None:
             base = base.with_overrides({"strategies": ",".join(names)})
         else:
@@ -558,8 +575,9 @@ def query(
                                                "training on the labeled cases.")] = None,
     spacing: Annotated[float, typer.Option(help="Voxel size (mm) of the common grid the images are resampled to.")]
     = 2.0,
-    group_dice: Annotated[str, typer.Option(help="Dice of the group weights: labeled (the model on its training "
-                                            "cases, the paper) or cross-validated (5 folds, out-of-fold).")]
+    group_dice: Annotated[str, typer.Option(metavar="labeled|cross-validated", help="Dice of the group weights: "
+                                            "labeled (the model on its training cases, the paper) or "
+                                            "cross-validated (5 folds, out-of-fold).")]
     = "labeled",
     seed: Annotated[int, typer.Option(help="Seed of training and of every random draw.")] = 0,
     label_value: Annotated[float | None, typer.Option(help="The structure's value in multi-label maps (e.g. 11 "
@@ -613,10 +631,8 @@ def monailabel_app(
 
     from fairal.config import parse_overrides
     from fairal.monailabel_app import write_app
-    from fairal.query import query_profile
 
     overrides = parse_overrides(set_)
-    query_profile(profile, overrides)  # the settings a query uses, checked now
     write_app(out, strategy, group_by or [], profile, overrides, seed=seed, spacing=spacing, label_value=label_value,
               model=model, overwrite=overwrite)
     stdout.print(f"MONAI Label app in {out}: monailabel start_server --app {out} --studies STUDIES")
@@ -627,7 +643,8 @@ def monailabel_app(
 @app.command()
 @_clear_errors
 def report(
-    results: Annotated[Path, typer.Argument(help="Results folder (from fairal reproduce), complete or partial.")],
+    results: Annotated[Path, typer.Argument(help="Results folder of fairal reproduce or fairal study, or one run's "
+                                            "folder; complete or partial.")],
     out: Annotated[Path | None, typer.Option(help="Report folder (default: RESULTS/report).")] = None,
 ) -> None:
     """The paper's Table 1, Figures 1-4 and six figures beyond them, from the runs in RESULTS: CSV/Markdown

@@ -171,13 +171,17 @@ def _convert(name: str, raw: str, current):
         if name == "strategies":
             return tuple(v.strip() for v in text.split(",") if v.strip())
         if isinstance(current, tuple):
-            return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+            parts = [v.strip() for v in text.replace("x", ",").split(",")]
+            if not all(parts):  # "8,x" or "8,,16": a part is missing, not silently dropped
+                raise ValueError
+            return tuple(int(v) for v in parts)
         if isinstance(current, int) or name in ("crop_margin", "epochs", "first_round_steps"):
             return int(text)
         if isinstance(current, float):
             return float(text)
     except ValueError as err:
-        raise FairalError(f"setting {name}: cannot read {raw!r} as {type(current).__name__}") from err
+        kind = "a list of whole numbers (e.g. 8,16,32)" if isinstance(current, tuple) else type(current).__name__
+        raise FairalError(f"setting {name}: cannot read {raw!r} as {kind}") from err
     return text
 
 

@@ -38,6 +38,8 @@ def read_manifest(data_dir: str | Path, test_per_group: int = 15, seed: int = 0)
     of each group, at most half of it, chosen among the case ids sorted)."""
     data_dir = Path(data_dir)
     path = data_dir / "manifest.csv"
+    if not data_dir.exists():
+        raise FairalError(f"dataset folder {data_dir} does not exist")
     if not path.is_file():
         raise FairalError(f"no manifest.csv in {data_dir}: is this a dataset folder (fairal simulate OUT)?")
     m = read_table(path, {"case_id": str, "group": str, "image": str, "label": str})

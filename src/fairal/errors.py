@@ -1,4 +1,7 @@
-"""The one exception type that the command line turns into a clear message and a non-zero exit."""
+"""The one exception type that the command line turns into a clear message and a non-zero exit, and the one-line
+form of fairal's warnings on the command line."""
+
+import warnings
 
 
 class FairalError(Exception):
@@ -13,3 +16,13 @@ class SettingError(FairalError):
         self.key = key
         self.problem = problem
         super().__init__(f"--{key.replace('_', '-')} {problem}")
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def plain_warnings() -> None:
+    """Show warnings as ``warning: MESSAGE`` lines (the command line and its grid workers): the file, line and
+    source line of the code that warned mean nothing to a user."""
+    warnings.formatwarning = _one_line

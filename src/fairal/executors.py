@@ -4,6 +4,7 @@ array, say) is a class with ``check``, ``trains_on_gpu`` and ``run``, and an ent
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -168,6 +169,15 @@ def make_executor(name: str, **options) -> Executor:
     """The executor ``name`` with the options it takes (others are ignored: the CLI passes them all)."""
     if name not in EXECUTORS:
         raise FairalError(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
+    whole = {"jobs": 0, "cpus_per_task": 1, "max_retries": 0}  # the smallest value each may take
+    for key, low in whole.items():
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise FairalError(f"--{key.replace('_', '-')} must be a whole number >= {low}, got {v!r}")
+    gpus = options.get("gpus_per_task")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not math.isfinite(gpus)
+                             or gpus < 0):
+        raise FairalError(f"--gpus-per-task must be a number >= 0 (fractions share a GPU), got {gpus!r}")
     cls = EXECUTORS[name]
     return cls(**{k: v for k, v in options.items() if k in cls.__dataclass_fields__ and k != "name"})
 
@@ -180,7 +190,10 @@ def _ray_task(task: Task, work, threads: int):
 def init_worker(threads: int, parent: int) -> None:
     """A grid worker: its torch threads, and it dies with the driver (a driver killed with kill -9 must not
     leave workers writing runs that a rerun would write too)."""
+    from fairal.errors import plain_warnings
+
     torch.set_num_threads(threads)
+    plain_warnings()
     die_with_parent(parent)
 
 

@@ -14,7 +14,16 @@ from fairal.data import load_volumes, read_manifest, read_volume_cache, volume_c
 from fairal.engine import evaluate, model_factory
 from fairal.errors import FairalError
 from fairal.executors import Executor, LocalExecutor, Task, describe, make_executor
-from fairal.io import FolderLock, check_output_folder, check_own_folder, make_own_folder, within, write_csv, write_json
+from fairal.io import (
+    FolderLock,
+    check_output_folder,
+    check_own_folder,
+    is_fairal_folder,
+    make_own_folder,
+    within,
+    write_csv,
+    write_json,
+)
 from fairal.metrics import EVAL_PREFIX, METRICS, fairness_columns, fairness_summary, prefixed_summary
 from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
 from fairal.study import Arm, DatasetSpec, Study, ensure_cohort, paper_study
@@ -204,6 +213,18 @@ def reproduce(
               pack=pack, pack_size=pack_size)
 
 
+#: The marker's kind of a study's results folder (``OUT`` of ``fairal study`` and ``fairal reproduce``).
+RESULTS = "results folder"
+
+
+def check_results_folder(out: str | Path) -> Path:
+    """A study's results folder: absent, empty, or fairal's results folder (its marker, or from a fairal that set
+    no marker yet: its ``study.json``); a folder of the user's or a dataset is refused before any work."""
+    if (Path(out) / "study.json").is_file() and not is_fairal_folder(out):
+        return check_output_folder(out, "OUT")
+    return check_own_folder(out, RESULTS, "OUT")
+
+
 def run_study(
     study: Study, out: str | Path, profile: Profile, cli: dict | None = None, seeds: int | None = None,
     jobs: int = 0, progress: bool = True, executor: str | Executor = "local", address: str | None = None,
@@ -227,9 +248,10 @@ def run_study(
     slower than a process per core. ``reuse``: another results folder; its finished runs of identical settings on
     the same data files are linked into ``out`` instead of run again (:func:`reuse_run`).
     """
-    from fairal.study import check_settings
+    from fairal.study import check_settings, study_seeds
 
     cli = cli or {}
+    seeds = study_seeds(study, profile, seeds)
     if pack not in ("auto", "on", "off"):
         raise FairalError(f"--pack must be auto, on or off, got {pack!r}")
     if isinstance(pack_size, bool) or not isinstance(pack_size, int) or pack_size < 0:
@@ -245,12 +267,12 @@ def run_study(
         executor = make_executor(executor, jobs=jobs, address=address, cpus_per_task=cpus_per_task,
                                  gpus_per_task=gpus_per_task, max_retries=max_retries)
     executor.check(profile)
-    out = check_output_folder(out, "the results folder")
+    out = check_results_folder(out)
     with FolderLock(out, f"fairal study {study.name}"):
+        make_own_folder(out, RESULTS)
         packed = pack == "on" or (pack == "auto" and executor.trains_on_gpu(profile))
         if packed and isinstance(executor, LocalExecutor) and not executor.jobs:
             executor = LocalExecutor(jobs=1)  # one process drives the GPU; --jobs N runs N lockstep groups
-        seeds = seeds or study.seeds or profile.seeds
         info = {"study": study.as_dict(), "profile": profile.as_dict(), "seeds": seeds, "cli_overrides": cli}
         if (extended := extensions()) is not None:
             info["extensions"] = extended

@@ -68,7 +68,7 @@ def export_nnunet(data_dir: str | Path, out: str | Path, dataset_id: int, name: 
         raise FairalError(f"--name may hold letters, digits, '_' and '-' only, got {name!r}")
     manifest = read_manifest(data_dir)
     target = Path(out) / f"Dataset{dataset_id:03d}_{name}"
-    check_replaceable(target, overwrite, [data_dir])
+    check_replaceable(target, overwrite, [data_dir], what="the export folder")
     cases = list(zip(manifest["case_id"], manifest["split"], manifest["image_path"], manifest["label_path"],
                      strict=True))
     for case, _, img, lab in cases:  # only images and labels are linked or copied, never another file

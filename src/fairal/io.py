@@ -158,10 +158,27 @@ def check_output_folder(out: str | Path, what: str = "--out") -> Path:
     if out.exists() and not out.is_dir():
         raise FairalError(f"{what} {out} exists and is not a folder")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise FairalError(f"{what} {out}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         why = "read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "permission denied"
         raise FairalError(f"{what} {out}: cannot write in {parent} ({why})")
     return out
+
+
+def check_output_file(path: str | Path, overwrite: bool = False, what: str = "--out") -> Path:
+    """Refuse, before any work is done, a file that cannot be written: a folder, a symbolic link, a file there
+    already (without ``overwrite``), or a place where nothing can be written. Missing folders above it are made
+    when it is written."""
+    path = Path(path)
+    if path.is_symlink():
+        raise FairalError(f"{what} {path} is a symbolic link; give the real file")
+    if path.is_dir():
+        raise FairalError(f"{what} {path} is a folder; give a file name (e.g. {path / 'calibration.json'})")
+    if path.exists() and not overwrite:
+        raise FairalError(f"{what} {path} exists: choose another file or add --overwrite")
+    check_output_folder(path.parent, what)
+    return path
 
 
 def is_fairal_folder(path: str | Path) -> bool:
@@ -177,13 +194,14 @@ def _has_content(folder: Path) -> bool:
     return folder.exists() and any(e.name != LOCK for e in folder.iterdir())
 
 
-def check_own_folder(out: str | Path, kind: str) -> Path:
-    """A folder that fairal writes into and continues (a run, a baseline): absent, empty, or marked by fairal as
-    one of ``kind``; a folder of the user's, or fairal's of another kind, is refused."""
-    out = check_output_folder(out)
+def check_own_folder(out: str | Path, kind: str, what: str = "--out") -> Path:
+    """A folder that fairal writes into and continues (a run, a baseline, a study's results): absent, empty, or
+    marked by fairal as one of ``kind``; a folder of the user's, or fairal's of another kind, is refused. ``what``:
+    how the message names the folder (the option or argument that gave it)."""
+    out = check_output_folder(out, what)
     if _has_content(out) and (not is_fairal_folder(out) or (out / MARKER).read_text().strip() != kind):
-        raise FairalError(f"{out} is not empty and was not made by fairal for a {kind} (no {MARKER} marker saying "
-                          f"so): fairal never writes into a folder of yours; choose a new or empty --out")
+        raise FairalError(f"{what} {out} is not empty and was not made by fairal for a {kind} (no {MARKER} marker "
+                          f"saying so): fairal never writes into a folder of yours; choose a new or empty folder")
     return out
 
 
@@ -202,20 +220,21 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
-def check_replaceable(out: str | Path, overwrite: bool, inputs: list[str | Path] = ()) -> None:
+def check_replaceable(out: str | Path, overwrite: bool, inputs: list[str | Path] = (), what: str = "--out") -> None:
     """The rules for replacing an existing output folder: it must be empty, or ``overwrite`` must be given and the
-    folder must carry fairal's marker; and it must never hold one of the ``inputs``."""
-    out = check_output_folder(out)
+    folder must carry fairal's marker; and it must never hold one of the ``inputs``. ``what``: how the messages
+    name the folder (``--out``, or ``OUT`` where it is an argument)."""
+    out = check_output_folder(out, what)
     for p in inputs:
         if p and (Path(p).resolve() == out.resolve() or _inside(Path(p), out)):
-            raise FairalError(f"--out {out} holds the input {p}: choose an output folder apart from your data")
+            raise FairalError(f"{what} {out} holds the input {p}: choose an output folder apart from your data")
     if not _has_content(out):
         return
     if not overwrite:
-        raise FairalError(f"{out} exists and is not empty: choose another --out or add --overwrite")
+        raise FairalError(f"{what} {out} exists and is not empty: choose another {what} or add --overwrite")
     if not is_fairal_folder(out):
-        raise FairalError(f"{out} was not made by fairal (no {MARKER} marker): --overwrite only replaces fairal's "
-                          "own output folders; remove it yourself or choose another --out")
+        raise FairalError(f"{what} {out} was not made by fairal (no {MARKER} marker): --overwrite only replaces "
+                          f"fairal's own output folders; remove it yourself or choose another {what}")
 
 
 @contextlib.contextmanager

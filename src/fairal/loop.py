@@ -253,6 +253,8 @@ class ActiveLearningRun:
         """Run (or continue) to the final budget. Returns ``rounds.csv`` as a table. The run folder is locked
         while the run writes it: a second process on the same folder is refused."""
         check_device(self.profile.device)  # a GPU that is not there fails before anything is written
+        if not self.is_finished():
+            _ = self.volumes  # every image and label read first: a corrupt one is refused before the folder is made
         with FolderLock(self.out, f"fairal run {self.spec.strategy.name}"):
             self.start()
             while self.next_round is not None:

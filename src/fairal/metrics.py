@@ -122,9 +122,9 @@ def group_means(values: Sequence[float] | np.ndarray, groups: Sequence[Hashable]
 
 def delta(overall: float, per_group: Mapping[Hashable, float]) -> float:
     """Eq. 3: ``Delta = sum_g |DSC_overall - DSC_g|``, summed over every group ``g`` in ``per_group``."""
-    if len(per_group) == 0:
-        raise FairalError("delta needs at least one group mean, got an empty mapping")
-    values = [float(overall), *(float(v) for v in per_group.values())]
+    if not isinstance(per_group, Mapping) or len(per_group) == 0:
+        raise FairalError(f"delta needs a mapping of at least one group mean, got {per_group!r}")
+    values = [_number(overall, "overall"), *(_number(v, f"the mean of group {g}") for g, v in per_group.items())]
     if not all(math.isfinite(v) for v in values):
         raise FairalError(
             f"delta needs finite Dice values, got overall={overall!r}, per_group={dict(per_group)!r}"
@@ -132,8 +132,16 @@ def delta(overall: float, per_group: Mapping[Hashable, float]) -> float:
     return float(sum(abs(float(overall) - float(v)) for v in per_group.values()))
 
 
+def _number(value, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise FairalError(f"{name} must be a number, got {value!r}") from None
+
+
 def essp(overall: float, delta: float) -> float:
     """Eq. 4: equity-scaled segmentation performance ``ESSP = DSC_overall / (1 + Delta)``."""
+    overall, delta = _number(overall, "overall"), _number(delta, "delta")
     if not (math.isfinite(overall) and math.isfinite(delta)):
         raise FairalError(f"essp needs finite numbers, got overall={overall!r}, delta={delta!r}")
     if delta < 0:

@@ -281,6 +281,11 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict:
     source = Path(path)
     if not source.is_file():
         raise FairalError(f"checkpoint file not found: {source}")
+    with open(source, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch saves a zip archive (a pickle before torch 1.6)
+        raise FairalError(f"checkpoint file {source} is corrupt or not a torch checkpoint (the file is neither a zip "
+                          "archive nor a pickle)")
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's message advises loading it with weights_only=False: never
@@ -288,9 +293,9 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict:
         raise FairalError(f"checkpoint file {source} holds Python objects, not only weights ("
                           f"{'it names ' + what.group(1) if what else 'a pickle'}): fairal never loads such a file"
                           ) from None
-    except Exception as exc:  # torch raises several types (RuntimeError, EOFError, ...)
-        raise FairalError(f"checkpoint file {source} is corrupt or not a torch checkpoint: "
-                          f"{' '.join(str(exc).split())}") from exc
+    except Exception as exc:  # torch raises several types (RuntimeError, EOFError, a bare KeyError of a byte, ...)
+        why = " ".join(str(exc).split()) if not isinstance(exc, KeyError) else "damaged contents"
+        raise FairalError(f"checkpoint file {source} is corrupt or not a torch checkpoint ({why})") from exc
     if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
         raise FairalError(
             f"checkpoint file {source} is not a fairal checkpoint: "

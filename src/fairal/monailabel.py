@@ -195,7 +195,7 @@ class FairalStrategy(Strategy):
 
     def __init__(self, context: FairalContext, name: str):
         self.context, self.name = context, parse_strategy(name).name
-        super().__init__(f"fairal {self.name} (docs/strategies.md)")
+        super().__init__(f"fairal {self.name} (docs/own-data.md, section 7)")
 
     def __call__(self, request, datastore):
         if not datastore.get_unlabeled_images():

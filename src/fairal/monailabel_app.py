@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 from fairal.acquisition import parse_strategy
-from fairal.config import get_profile
-from fairal.errors import FairalError
 from fairal.io import within
+from fairal.owndata import check_label_value, check_spacing
 
 MAIN_PY = '''\
 """A MONAI Label app of fairal (written by `fairal monailabel-app`; settings in fairal.json).
@@ -35,13 +34,16 @@ def write_app(out: str | Path, strategy: str, group_by: list[str], profile: str,
 
     from fairal.io import check_replaceable, publish_folder, write_json
     from fairal.plugins import loaded
+    from fairal.query import load_query_model, query_profile
 
-    strat = parse_strategy(strategy)  # a bad name is refused before anything is written
-    get_profile(profile, overrides)
+    strat = parse_strategy(strategy)  # every setting is refused before anything is written
+    prof = query_profile(profile, overrides)
+    check_spacing(spacing)
+    check_label_value(label_value)
     out = Path(out)
-    check_replaceable(out, overwrite, [model] if model else [])
-    if model is not None and not Path(model).is_file():
-        raise FairalError(f"--model {model}: no such file")
+    check_replaceable(out, overwrite, [model] if model else [], what="OUT")
+    if model is not None:
+        load_query_model(Path(model), prof, 0.0)  # a model of fairal query, of this profile's architecture
     with publish_folder(out, "monailabel-app") as tmp:
         within(tmp, "main.py").write_text(MAIN_PY)  # no path or name of the user's in the code
         settings = {"strategy": strat.name, "group_by": list(group_by), "profile": profile, "set": dict(overrides),

@@ -68,9 +68,11 @@ class Grid:
         return cls(shape, affine)  # type: ignore[arg-type]
 
 
-def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = (), group_key: str = "--group-by"
+               ) -> pd.DataFrame:
     """Read and validate the CSV. Returns it with ``image_path``, ``label_path`` (absolute; ``""`` if unlabeled),
-    ``labeled``, ``group`` (the group's name, ``None`` if unknown) and ``group_known``."""
+    ``labeled``, ``group`` (the group's name, ``None`` if unknown) and ``group_known``. ``group_key``: how the
+    messages name the option or key that gave ``group_by``."""
     path = Path(csv_path)
     if not path.is_file():
         raise FairalError(f"{path}: file not found")
@@ -81,7 +83,7 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = ())
                           f"has {', '.join(t.columns)})")
     absent = [c for c in group_by if c not in t.columns]
     if absent:
-        raise FairalError(f"{path}: no column {', '.join(map(repr, absent))} for --group-by (columns: "
+        raise FairalError(f"{path}: no column {', '.join(map(repr, absent))} for {group_key} (columns: "
                           f"{', '.join(t.columns)})")
     if t.empty:
         raise FairalError(f"{path} lists no case")
@@ -94,10 +96,11 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = ())
                                                 t["label"], strict=True):
         if not img:
             raise FairalError(f"{path}: case {case} has no image")
-        if not Path(img).is_file():
-            raise FairalError(f"case {case}: image file not found: {rel_img} (looked for {img})")
-        if lab and not Path(lab).is_file():
-            raise FairalError(f"case {case}: label file not found: {rel_lab} (looked for {lab})")
+        for what, full, rel in (("image", img, rel_img), ("label", lab, rel_lab)):
+            if full and Path(full).is_dir():
+                raise FairalError(f"{path}: case {case}: the {what} {rel} is a folder, not a NIfTI file ({full})")
+            if full and not Path(full).is_file():
+                raise FairalError(f"case {case}: {what} file not found: {rel} (looked for {full})")
     t["labeled"] = t["label_path"] != ""
     if group_by:
         values = t[list(group_by)].apply(lambda col: col.str.strip())
@@ -132,11 +135,26 @@ def _check_pair(case: str, img: nib.Nifti1Image, lab: nib.Nifti1Image, img_path:
                           f"{img_path}, label {lab_path})")
 
 
+def check_spacing(spacing: float, what: str = "--spacing") -> float:
+    """The common grid's voxel size: a finite number of mm above 0."""
+    if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or not (math.isfinite(spacing)
+                                                                                and spacing > 0):
+        raise FairalError(f"{what} must be > 0 mm (a finite number), got {spacing!r}")
+    return float(spacing)
+
+
+def check_label_value(value: float | None, what: str = "--label-value") -> float | None:
+    """The structure's value in multi-label maps: None (binary labels) or a finite number."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+        raise FairalError(f"{what} must be a finite number (the structure's value in the label maps), got {value!r}")
+    return value
+
+
 def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_value: float | None = None) -> Grid:
     """The common grid: RAS, ``spacing`` mm, around the union of the labeled structures' world bounding boxes,
     widened by ``margin_mm`` on every side."""
-    if not (math.isfinite(spacing) and spacing > 0):
-        raise FairalError(f"--spacing must be > 0 mm (a finite number), got {spacing}")
+    check_spacing(spacing)
     lo, hi, absent = np.full(3, np.inf), np.full(3, -np.inf), []
     labeled = cases[cases["labeled"]]
     if labeled.empty:

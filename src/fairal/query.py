@@ -29,7 +29,7 @@ from fairal.errors import FairalError
 from fairal.groups import MIN_PER_GROUP, GroupModel, case_features, group_probabilities  # noqa: F401
 from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
 from fairal.model import UNet3D, load_unet
-from fairal.owndata import Grid, load_cases, read_cases, structure_grid, to_case_grid
+from fairal.owndata import Grid, check_label_value, load_cases, read_cases, structure_grid, to_case_grid
 from fairal.sampling import stream, stream_seed
 from fairal.train import check_device, predict_proba, save_checkpoint, train_model
 
@@ -48,7 +48,13 @@ def query_profile(name: str, overrides: dict[str, str] | None = None) -> Profile
     fields = {f.name for f in dataclasses.fields(Profile)}
     for key in overrides or {}:
         setting = key.strip().replace("-", "_")
-        if setting in fields and setting not in QUERY_SETTINGS:
+        if setting not in fields:
+            import difflib
+
+            near = difflib.get_close_matches(setting, QUERY_SETTINGS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise FairalError(f"--set {key}: unknown setting{hint}; a query's settings: {', '.join(QUERY_SETTINGS)}")
+        if setting not in QUERY_SETTINGS:
             raise FairalError(f"--set {key}: fairal query does not use the setting {setting} (a query trains one model "
                               "and ranks the unlabeled cases: no active-learning schedule, no simulated data); "
                               f"its settings: {', '.join(QUERY_SETTINGS)}")
@@ -82,7 +88,7 @@ def out_of_fold_dice(vol, rows: list[int], groups: list, profile: Profile, seed:
     return dice.tolist()
 
 
-def _model_for(path: Path, profile: Profile, dropout: float) -> tuple[UNet3D, dict]:
+def load_query_model(path: Path, profile: Profile, dropout: float) -> tuple[UNet3D, dict]:
     """The U-Net of the profile's architecture with the weights of a model saved by ``fairal query`` (a clear
     error for another architecture, or a checkpoint without the grid it was trained on, e.g. a run's)."""
     model, meta = load_unet(path, profile.features, dropout=dropout)
@@ -168,6 +174,7 @@ def _check_query(q: _Query, overwrite: bool) -> None:
     if isinstance(q.budget, bool) or not isinstance(q.budget, int) or q.budget < 1:
         raise FairalError(f"--budget must be a whole number >= 1, got {q.budget!r}")
     check_device(q.profile.device)
+    check_label_value(q.label_value)
     cases = q.cases = read_cases(q.csv_path, q.group_by)
     q.records = case_records(cases)
     # The output folder: never one that holds the user's data, replaced only if fairal made it.
@@ -192,7 +199,7 @@ def _query_model(q: _Query, spacing: float) -> None:
     model: the one given, else trained on the labeled cases."""
     meta: dict = {}
     if q.model_path is not None:
-        q.model, meta = _model_for(Path(q.model_path), q.profile, q.dropout)
+        q.model, meta = load_query_model(Path(q.model_path), q.profile, q.dropout)
     margin = float(q.profile.crop_margin if q.profile.crop_margin is not None else 12)
     q.grid = (Grid.from_meta(meta["grid"], q.model_path) if "grid" in meta
               else structure_grid(q.cases, spacing, margin, q.label_value))
@@ -319,7 +326,7 @@ def predict_image(model_file: str | Path, image: str | Path, target: str | Path,
     saved as ``target``."""
     import nibabel as nib
 
-    model, meta = _model_for(Path(model_file), profile, 0.0)
+    model, meta = load_query_model(Path(model_file), profile, 0.0)
     grid = Grid.from_meta(meta["grid"], model_file)
     case = Path(image).name.split(".")[0]
     cases = pd.DataFrame({"case_id": [case], "image_path": [str(image)], "label_path": [""], "labeled": [False],

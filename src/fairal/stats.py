@@ -50,11 +50,11 @@ def mean_ci(values: Sequence[float], level: float = 0.95,
             bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
     """Mean and Student-t confidence interval ``mean ± t(1 - (1 - level) / 2, n - 1) · s / √n`` (``s``: sample SD),
     clipped to ``bounds``, the range the measure can take (:func:`fairal.metrics.bounds`: a share's mean is never
-    above 1, a Δ's never below 0). One value gives a zero-width interval at the value."""
+    above 1, a Δ's never below 0). One value has no interval: its bounds are NaN."""
     v = _values(values)
     m = float(v.mean())
     if v.size == 1:
-        return Estimate(m, m, m, 1)
+        return Estimate(m, math.nan, math.nan, 1)
     half = float(sps.t.ppf(1 - (1 - level) / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
     low, high = bounds
     return Estimate(m, max(m - half, low), min(m + half, high), int(v.size))
@@ -161,12 +161,15 @@ def magnitude_verdict(e: Estimate, claimed: float, alpha: float = ALPHA, max_wid
 def tost(values: Sequence[float], margin: float) -> float:
     """Two one-sided t tests of equivalence: H0 ``mean <= -margin`` or ``mean >= +margin`` against
     ``-margin < mean < +margin``. Returns the larger one-sided p (equivalence at level a when it is < a, i.e.
-    when the ``1 - 2a`` t interval lies inside the margins). One value or no spread: 0 inside the margins, else 1."""
+    when the ``1 - 2a`` t interval lies inside the margins). No spread: 0 inside the margins, else 1; one value
+    tests nothing: NaN."""
     v = _values(values)
     if not (math.isfinite(margin) and margin > 0):
         raise FairalError(f"an equivalence margin must be a finite number > 0, got {margin!r}")
+    if v.size == 1:
+        return math.nan
     m = float(v.mean())
-    sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    sd = float(v.std(ddof=1))
     if sd == 0.0:
         return 0.0 if abs(m) < margin else 1.0
     se = sd / math.sqrt(v.size)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,16 +170,23 @@ def _settings(where: str, table) -> dict[str, str]:
     return out
 
 
+def _strategy(where: str, name: str) -> None:
+    try:
+        parse_strategy(name)
+    except FairalError as err:
+        raise _fail(where, f"strategies: {err}") from None
+
+
 def _arm(where: str, item) -> Arm:
     if isinstance(item, str):
-        parse_strategy(item)
+        _strategy(where, item)
         return Arm(item, item)
     _typed(where, "each strategy", item, dict, "a strategy name or a table {name, strategy, groups_known, set}")
     _unknown(where, item, ARM_KEYS)
     if "strategy" not in item:
         raise _fail(where, f"the strategy table {item!r} lacks the key 'strategy'")
     strategy = _typed(where, "strategy", item["strategy"], str, "a strategy name")
-    parse_strategy(strategy)
+    _strategy(where, strategy)
     name = _typed(where, "name", item.get("name", strategy), str, "a name")
     overrides = _settings(f"{where}, strategy {name}", item.get("set", {}))
     if "groups_known" in item:
@@ -202,11 +210,14 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
     group_by = [group_by] if isinstance(group_by, str) else group_by
     if not isinstance(group_by, list) or not all(isinstance(c, str) for c in group_by):
         raise _fail(where, f"group_by must be a column name or a list of them, got {group_by!r}")
-    spacing = _typed(where, "spacing", table.get("spacing", 1.0), int | float, "a number of mm")
+    from fairal.owndata import check_label_value, check_spacing
+
+    spacing = check_spacing(_typed(where, "spacing", table.get("spacing", 1.0), int | float, "a number of mm"),
+                            f"{where}: spacing")
     margin = _typed(where, "margin_mm", table.get("margin_mm", 12.0), int | float, "a number of mm")
-    label_value = table.get("label_value")
-    if label_value is not None:
-        _typed(where, "label_value", label_value, int | float, "a number")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise _fail(where, f"margin_mm must be a finite number of mm >= 0, got {margin!r}")
+    label_value = check_label_value(table.get("label_value"), f"{where}: label_value")
     seed = _typed(where, "seed", table.get("seed", 0), int, "a whole number")
     if "folder" in table:
         folder = base / _typed(where, "folder", table["folder"], str, "a folder name")
@@ -236,7 +247,7 @@ def check_cohort(spec: DatasetSpec) -> None:
     """A CSV cohort is a benchmark: every case labeled and of known group (the metrics need both)."""
     from fairal.owndata import read_cases
 
-    cases = read_cases(spec.csv, spec.group_by)
+    cases = read_cases(spec.csv, spec.group_by, "group_by")
     unlabeled = cases.loc[~cases["labeled"], "case_id"].tolist()
     if unlabeled:
         raise FairalError(f"{spec.csv}: dataset {spec.name} is a benchmark, every case needs a label; "
@@ -246,6 +257,18 @@ def check_cohort(spec: DatasetSpec) -> None:
         raise FairalError(f"{spec.csv}: dataset {spec.name}: {len(unknown)} cases have no group in "
                           f"{', '.join(spec.group_by)} (first: {unknown[0]}); the metrics need every case's group "
                           "(hide the pool's groups from the strategies with groups_known = false)")
+    if "split" in cases.columns:  # the CSV's own split: every group measured on test cases, and acquirable
+        splits = cases.assign(split=cohort_splits(cases, spec, 0))
+        for split in ("test", "pool"):
+            short = sorted(set(cases["group"]) - set(splits.loc[splits["split"] == split, "group"]))
+            if short:
+                raise FairalError(f"{spec.csv}: dataset {spec.name}: column 'split' gives group {short[0]} no "
+                                  f"{split} case; each group needs at least one test and one pool case")
+    else:
+        sizes = cases["group"].value_counts()
+        if (sizes < 2).any():
+            raise FairalError(f"{spec.csv}: dataset {spec.name}: group {sizes.idxmin()} has "
+                              f"{int(sizes.min())} case; each group needs at least two (a test and a pool case)")
 
 
 def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
@@ -279,8 +302,16 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
                          "a list of initial sets"))
     from fairal.loop import heavy_group
 
+    if not inits:
+        raise _fail(where, "inits is empty: name at least one initial set (e.g. \"balanced\")")
+    dup = sorted({i for i in inits if inits.count(i) > 1})
+    if dup:
+        raise _fail(where, f"the initial set {dup[0]!r} is named twice in inits")
     for init in inits:
-        heavy_group(_typed(where, "each initial set", init, str, "a name"))
+        try:
+            heavy_group(_typed(where, "each initial set", init, str, "a name"))
+        except FairalError as err:
+            raise _fail(where, f"inits: {err}") from None
     reference = _typed(where, "reference", data.get("reference", WLE), str, "a strategy name")
     if arms is not None and reference not in [a.name for a in arms]:
         raise _fail(where, f"the reference {reference!r} is not one of the study's strategies "
@@ -325,17 +356,37 @@ def load_study(source: str | Path) -> Study:
 
 
 def check_settings(study: Study, base: Profile, cli: dict) -> None:
-    """Every run's settings and strategy, built once before any work (a bad ``set`` fails here)."""
-    for d in study.datasets:
-        study.profile_for(base, d, None, cli)
-        for arm in study.resolved_arms(base):
-            study.profile_for(base, d, arm, cli)
+    """Every run's settings and strategy, built once before any work (a bad ``set`` or strategy fails here)."""
+    from fairal.acquisition import parse_strategy
+
+    arms = study.resolved_arms(base)
+    if not arms:
+        raise FairalError(f"{study.source}: no strategy to run (the list of strategies is empty)")
+    for arm in arms:
+        parse_strategy(arm.strategy)
+    for layers in ({}, cli):  # first the file's own settings (a message naming the file), then the command line's
+        for d in study.datasets:
+            for arm in (None, *arms):
+                try:
+                    study.profile_for(base, d, arm, layers)
+                except FairalError as err:
+                    if layers is cli:
+                        raise
+                    where = f"dataset {d.name}" + (f", strategy {arm.name}" if arm else "")
+                    raise FairalError(f"{study.source} ({where}): {err}") from None
+
+
+def study_seeds(study: Study, profile: Profile, seeds: int | None) -> int:
+    """The number of seeds: the command line's (``seeds``), else the study file's, else the profile's."""
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
+        raise FairalError(f"--seeds must be a whole number >= 1, got {seeds!r}")
+    return seeds if seeds is not None else study.seeds or profile.seeds
 
 
 def base_profile(study: Study, profile: str | None, seeds: int | None) -> tuple[Profile, int]:
     """The study's profile (the command line's, else the file's, else ``standard``) and its number of seeds."""
     prof = get_profile(profile or study.profile or "standard")
-    return prof, seeds or study.seeds or prof.seeds
+    return prof, study_seeds(study, prof, seeds)
 
 
 # --- a lab's labeled cohort as a dataset --------------------------------------------------------------------

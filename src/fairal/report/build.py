@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fairal.io import check_output_folder, within, write_csv, write_text
+from fairal.io import check_output_folder, check_own_folder, make_own_folder, within, write_csv, write_text
 from fairal.metrics import METRICS, bounds
 from fairal.report.claims import RULE_2
 from fairal.report.examples import write_examples
 from fairal.report.figures import write_figures
+from fairal.report.plan import MIN_SEEDS_FOR_CLAIMS
 from fairal.report.records import Results, final_table, load_results
 
 PAPER_TABLE1 = pd.DataFrame(
@@ -204,8 +205,6 @@ def table1(results: Results) -> pd.DataFrame:
     return ours.merge(PAPER_TABLE1, on=["dataset", "cohort"], how="left", suffixes=("", "_paper"))
 
 
-#: Fewer seeds than this: no paired statistics or verdicts (one run is an anecdote).
-MIN_SEEDS_FOR_CLAIMS = 3
 
 
 def uses_plan(results: Results) -> bool:
@@ -292,13 +291,20 @@ def _plural(n: int) -> str:
     return "s" if n != 1 else ""
 
 
+#: The marker's kind of a report folder.
+REPORT = "report"
+
+
 def build_report(folder: str | Path, out: str | Path | None = None, results: Results | None = None) -> Path:
     """Write the report of the results in ``folder`` into ``out`` (default ``folder/report``); returns the
     path of ``report.html``."""
     folder = Path(folder)
     results = results if results is not None else load_results(folder)
-    out = check_output_folder(Path(out) if out is not None else folder / "report", "the report folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if out is None:  # RESULTS/report: the results' own report folder
+        out = check_output_folder(folder / "report", "the report folder")
+    else:  # a folder of the user's choosing: new, empty, or a report fairal wrote before
+        out = check_own_folder(out, REPORT, "--out")
+    make_own_folder(out, REPORT)
     from fairal.report.study import build_study_report, study_info
     from fairal.study import PAPER_SOURCE
 

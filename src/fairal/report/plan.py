@@ -432,8 +432,13 @@ def table1_parts(m: Measure) -> list[Part]:
     return parts
 
 
+#: Fewer seeds than this: no verdict (one run is an anecdote, two give no usable interval).
+MIN_SEEDS_FOR_CLAIMS = 3
+
+
 def verdict_rows(parts: list[Part], factor: float = 1.0) -> list[dict]:
-    """Rows of ``claims.csv`` for analysed parts (one family's Holm applied within it)."""
+    """Rows of ``claims.csv`` for analysed parts (one family's Holm applied within it). A part of fewer than
+    :data:`MIN_SEEDS_FOR_CLAIMS` units gets no verdict (empty): its row is descriptive."""
     rows = []
     by_family: dict[str, list[Part]] = {}
     for p in parts:
@@ -451,6 +456,8 @@ def verdict_rows(parts: list[Part], factor: float = 1.0) -> list[dict]:
                 v, within = verdict(e, ph, pt if margin else np.nan, margin)
                 if p.scenario_check and p.against:
                     v = "refuted"
+            if e.n < MIN_SEEDS_FOR_CLAIMS:
+                v, within = "", False
             re = p.random_effect
             rows.append({"id": p.id, "claim": p.claim, "statistic": p.statistic, "value": e.mean,
                          "ci_low": e.ci_low, "ci_high": e.ci_high, "test": p.test, "p_value": e.p_value, "n": e.n,

@@ -339,7 +339,7 @@ def final_table(results: Results) -> pd.DataFrame:
 
 def seed_band(values: np.ndarray, bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float, float]:
     """Mean and 95% Student-t interval of the mean across seeds (:func:`fairal.stats.mean_ci`), clipped to the
-    measure's ``bounds``; with one seed the interval is the value itself."""
+    measure's ``bounds``; one seed has no interval (NaN bounds: no band is drawn)."""
     from fairal.stats import mean_ci
 
     v = np.asarray(values, dtype=float)

@@ -25,7 +25,16 @@ from fairal.io import within, write_csv, write_text  # noqa: E402
 from fairal.metrics import bounds  # noqa: E402
 from fairal.report.build import HEAD, html_table, settings_section  # noqa: E402
 from fairal.report.figures import OKABE_ITO, label, literal  # noqa: E402
-from fairal.report.plan import AL_ON, MARGINS, Analysis, Part, al_measure, match, verdict_rows  # noqa: E402
+from fairal.report.plan import (  # noqa: E402
+    AL_ON,
+    MARGINS,
+    MIN_SEEDS_FOR_CLAIMS,
+    Analysis,
+    Part,
+    al_measure,
+    match,
+    verdict_rows,
+)
 from fairal.report.records import Results, curves, ordered  # noqa: E402
 from fairal.stats import mean_ci  # noqa: E402
 
@@ -61,7 +70,7 @@ def summary_table(results: Results, split: str) -> pd.DataFrame:
             values = g[metric].dropna().to_numpy(float) if metric in g.columns else []
             if len(values):  # (a dataset without a group 1 has no Group 1 share)
                 e = mean_ci(values, bounds=bounds(metric))
-                row.update({metric: e.mean, f"{metric}_ci": f"[{e.ci_low:.3f}, {e.ci_high:.3f}]"})
+                row.update({metric: e.mean, f"{metric}_ci": f"[{e.ci_low:.3f}, {e.ci_high:.3f}]" if e.n > 1 else ""})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -190,7 +199,9 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
              "shares in [0, 1], Δ &ge; 0); final = at the final budget.</p>",
              html_table(summary, best={"essp": "max", "delta": "min", "dice_all": "max", "essp_auc": "max"},
                         within=["dataset", "init"]),
-             f"<h2>{html.escape(reference)} against each strategy</h2>", _rule(), html_table(paired, digits=4)]
+             f"<h2>{html.escape(reference)} against each strategy</h2>",
+             _rule(int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0),
+             html_table(paired, digits=4)]
     for p in figs:
         parts.append(f"<h3>{html.escape(p.stem)}</h3>" + _figure(p))
     parts += ["<h2>The study file</h2>", "<pre>" + html.escape(study.get("text") or json.dumps(study, indent=1))
@@ -207,9 +218,11 @@ def _counts(results: Results, split: str) -> str:
             f"measured on {where}.</p>")
 
 
-def _rule() -> str:
+def _rule(seeds: int) -> str:
     margins = ", ".join(f"{k} ±{v:g}" for k, v in MARGINS.items() if k in MEASURES)
-    return ("<p>The seed is the unit (a pooled comparison: each seed's mean difference over the initial sets); "
+    few = (f"<p><b>{seeds} seed(s): no verdict.</b> A verdict needs at least {MIN_SEEDS_FOR_CLAIMS} seeds (one run "
+           "is an anecdote); the table is descriptive.</p>" if seeds < MIN_SEEDS_FOR_CLAIMS else "")
+    return few + ("<p>The seed is the unit (a pooled comparison: each seed's mean difference over the initial sets); "
             "confirmed / refuted: the 95% CI on one side of 0 and a Holm-adjusted sign-flip p &lt; 0.05 within "
             "the family; equivalent: Holm-adjusted TOST p &lt; 0.05 within the margin (" + html.escape(margins)
             + "); 'within margin': a real difference smaller than the margin (docs/analysis-plan.md).</p>")

@@ -265,7 +265,7 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
     and ``preview.png``. Written into a hidden temporary folder and moved into place at the end, so an
     interrupted or failed run never leaves a folder that looks complete."""
     out = Path(out)
-    check_output_folder(out)
+    check_output_folder(out, "OUT")
     if out.exists() and not overwrite:
         raise FairalError(f"{out} already exists; choose another folder or pass --overwrite")
     if out.exists() and not is_fairal_folder(out) and not (out / "dataset.json").is_file():

@@ -46,7 +46,7 @@ class DeformationModel:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise FairalError(f"deformation model kind must be one of {KINDS}, got {self.kind!r}")
+            raise FairalError(f"deformation model kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.mean.ndim != 4 or self.mean.shape[0] != 3:
             raise FairalError(f"deformation model mean must have shape (3, X, Y, Z), got {self.mean.shape}")
         if self.basis.ndim != 5 or self.basis.shape[1:] != self.mean.shape:
@@ -110,6 +110,10 @@ class DeformationModel:
         path = Path(path)
         if not path.is_file():
             raise FairalError(f"deformation model not found: {path}")
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # an .npz is a zip archive; numpy would read anything else as a pickle
+                raise FairalError(f"deformation model {path} is not an .npz archive (a model of fairal build-model "
+                                  "or fairal simulate's models/)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 keys = set(z.files)
@@ -128,7 +132,9 @@ class DeformationModel:
         except FairalError:
             raise
         except Exception as err:
-            raise FairalError(f"deformation model {path} is not a readable .npz model: {err}") from err
+            why = ("it holds Python objects, which fairal never loads" if "allow_pickle" in str(err)
+                   else " ".join(str(err).split()))
+            raise FairalError(f"deformation model {path} is not a readable .npz model: {why}") from err
 
 
 def _orthonormalise(vectors: np.ndarray) -> np.ndarray:
@@ -304,7 +310,7 @@ def build_model(
     if len(fields) < 2:
         raise FairalError(f"a PCA model needs at least 2 fields, got {len(fields)}")
     if kind not in KINDS:
-        raise FairalError(f"--kind must be one of {KINDS}, got {kind!r}")
+        raise FairalError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     first, affine = _read_field(Path(fields[0]), None, None)
     shape = first.shape[1:]
     data = np.empty((len(fields), first.size), np.float32)

@@ -104,7 +104,8 @@ class SimulationConfig:
         if whole("n_subjects", self.n_subjects, 0) < 2:
             raise SettingError("n_subjects", f"must be at least 2 (one per group), got {self.n_subjects}")
         if self.global_sampling not in GLOBAL_SAMPLING:
-            raise SettingError("global_sampling", f"must be one of {GLOBAL_SAMPLING}, got {self.global_sampling!r}")
+            raise SettingError("global_sampling",
+                               f"must be one of {', '.join(GLOBAL_SAMPLING)}, got {self.global_sampling!r}")
         for name in ("global_rms_mm", "local_sd_mm"):
             number(name, getattr(self, name), 0.0)
         for name in PATHS:
