@@ -357,8 +357,6 @@ def load_study(source: str | Path) -> Study:
 
 def check_settings(study: Study, base: Profile, cli: dict) -> None:
     """Every run's settings and strategy, built once before any work (a bad ``set`` or strategy fails here)."""
-    from fairal.acquisition import parse_strategy
-
     arms = study.resolved_arms(base)
     if not arms:
         raise FairalError(f"{study.source}: no strategy to run (the list of strategies is empty)")

@@ -205,8 +205,6 @@ def table1(results: Results) -> pd.DataFrame:
     return ours.merge(PAPER_TABLE1, on=["dataset", "cohort"], how="left", suffixes=("", "_paper"))
 
 
-
-
 def uses_plan(results: Results) -> bool:
     """Records judged under docs/analysis-plan.md: those with an evaluation split or a recorded analysis plan.
     Records made before the evaluation split (docs/results/standard) keep the rule they were judged by
