@@ -83,9 +83,9 @@ def load(spec: str | Path) -> ModuleType:
         return _LOADED[key]
     if path is not None and not path.is_file():
         raise FairalError(f"plugin {spec}: no such file")
-    if (path is not None and path.suffix != ".py") or (path is None and Path(str(spec)).exists()):
-        raise FairalError(f"plugin {spec}: a plugin is a .py file or a module name, and {spec} is a file or folder "
-                          "without the .py suffix")
+    if (path is not None and path.suffix != ".py") or (path is None and Path(str(spec)).is_file()):
+        raise FairalError(f"plugin {spec}: a plugin is a .py file or a module name, and {spec} is a file without "
+                          "the .py suffix")
     module = _already(key, path)
     if module is None:
         module = _execute(spec, key, path)
