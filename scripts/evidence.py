@@ -233,11 +233,16 @@ def _round_cases(out: Path, rounds: pd.DataFrame) -> pd.DataFrame:
         columns=[*RUN_KEYS, "round", "case_id", "group", "dice"])
 
 
+def _cases_file(folder: Path) -> Path:
+    """The exported final per-case table: ``cases.csv.gz``, or the plain ``cases.csv`` of an earlier export."""
+    return folder / "cases.csv.gz" if (folder / "cases.csv.gz").is_file() else folder / "cases.csv"
+
+
 def _merge(path: Path, new: pd.DataFrame) -> pd.DataFrame:
     """The table at ``path`` (if any) without the seeds of ``new``, then ``new``: a seed is exported whole, once."""
     if not path.is_file() or not len(new):
-        return new if len(new) or not path.is_file() else pd.read_csv(path)
-    old = pd.read_csv(path)
+        return new if len(new) or not path.is_file() else pd.read_csv(path, float_precision="round_trip")
+    old = pd.read_csv(path, float_precision="round_trip")  # the values written before, to the last bit
     return pd.concat([old[~old["seed"].isin(set(new["seed"]))], new], ignore_index=True).sort_values(
         "seed", kind="stable")
 
@@ -301,6 +306,40 @@ def task_times(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["session", "task", "seconds"])
 
 
+def _merge_task_times(out: Path, path: Path, times: pd.DataFrame) -> pd.DataFrame:
+    """``times`` (this job folder's log) after the sessions that ``path`` holds from earlier job folders (a job
+    restarted on another machine has a new log): the first export from a folder records how many sessions came
+    before it (``OUT/export.json``: ``session_offset``), so that exporting again replaces this folder's own rows."""
+    old = pd.read_csv(path) if path.is_file() else times.iloc[:0]
+    record = out / "export.json"
+    info = json.loads(record.read_text()) if record.is_file() else {}
+    if "session_offset" not in info:
+        info["session_offset"] = int(old["session"].max()) if len(old) else 0
+        record.write_text(json.dumps(info, indent=2) + "\n")
+    offset = info["session_offset"]
+    earlier = old[old["session"] <= offset]
+    return pd.concat([earlier, times.assign(session=times["session"] + offset)], ignore_index=True)
+
+
+def _exported_settings(folder: Path, recorded: dict) -> dict:
+    """``folder/settings.json`` of the seeds exported before, checked against a run's ``config.json`` of this job
+    folder (``recorded``): seeds merged into one table were made with the same profile, device and versions."""
+    path = folder / "settings.json"
+    if not path.is_file():
+        return {}
+    before = json.loads(path.read_text())
+    if recorded:
+        now = {"versions": recorded.get("versions"), "device": recorded.get("device"),
+               "profile": (recorded.get("settings") or {}).get("profile")}
+        then = {"versions": before.get("versions"), "device": before.get("device"),
+                "profile": (before.get("run_settings") or {}).get("profile")}
+        differ = [k for k in now if then[k] is not None and now[k] != then[k]]
+        if differ:
+            raise SystemExit(f"the runs of this job folder differ from the seeds exported in {folder} in "
+                             f"{', '.join(differ)}: {', '.join(f'{now[k]} (before: {then[k]})' for k in differ)}")
+    return before
+
+
 def export(out: Path, dest: Path, scales: list[float], profile: str = "standard", name: str = "standard",
            seeds: int | None = None) -> None:
     """The tidy tables of what finished under ``out`` (with ``seeds``, only the runs and baselines of whole
@@ -320,24 +359,29 @@ def export(out: Path, dest: Path, scales: list[float], profile: str = "standard"
         test_rounds = _merge(std / "test_cases.csv.gz", _round_cases(out, rounds))
         test_rounds.to_csv(std / "test_cases.csv.gz", index=False, float_format="%.6g")
         # seeds exported before (by an earlier session's job) are kept
-        rounds, cases = _merge(std / "rounds.csv", rounds), _merge(std / "cases.csv", cases)
+        rounds, cases = _merge(std / "rounds.csv", rounds), _merge(_cases_file(std), cases)
         base, base_cases = _merge(std / "baselines.csv", base), _merge(std / "baseline_cases.csv", base_cases)
     rounds = rounds.sort_values([*RUN_KEYS, "round"]) if "round" in rounds.columns else rounds
     rounds.to_csv(std / "rounds.csv", index=False)
-    cases.to_csv(std / "cases.csv", index=False)
+    cases.to_csv(std / "cases.csv.gz", index=False)  # the final per-case Dice, gzip'd (~6 MB plain at 10 seeds)
+    if (std / "cases.csv").is_file():  # an earlier export's plain copy of the same table
+        (std / "cases.csv").unlink()
     base.drop(columns="scale", errors="ignore").to_csv(std / "baselines.csv", index=False)
     base_cases.drop(columns="scale", errors="ignore").to_csv(std / "baseline_cases.csv", index=False)
     config = next(iter(sorted(out.glob("runs/*/*/*/seed-*/config.json"))), None)
     plan = out / "analysis_plan.json"
-    info = {"profile": profile, "commit": _run_commit(out), "versions": versions(),
+    recorded = json.loads(config.read_text()) if config else {}
+    before = _exported_settings(std, recorded) if seeds is not None else {}
+    info = {"profile": profile, "commit": _run_commit(out),
+            "versions": recorded.get("versions") or before.get("versions") or versions(),
             "analysis_plan": json.loads(plan.read_text()) if plan.is_file() else None,
             "seeds": sorted(int(v) for v in set(rounds["seed"])) if len(rounds) else [],
             "planned_seeds": _planned_seeds(out),
-            "device": json.loads(config.read_text()).get("device") if config else None,
-            "run_settings": json.loads(config.read_text())["settings"] if config else None}
+            "device": recorded.get("device", before.get("device")),
+            "run_settings": recorded.get("settings", before.get("run_settings"))}
     (std / "settings.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-    times = task_times(out)
-    if len(times):  # the compute the records cost, as the job's log has it
+    times = _merge_task_times(out, std / "tasks.csv", task_times(out))
+    if len(times):  # the compute the records cost, as the job's logs have it
         times.to_csv(std / "tasks.csv", index=False)
     if name != "standard":  # a named export (v2) holds its own grid only; ablations and sweep are v1's
         return

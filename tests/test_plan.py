@@ -221,8 +221,11 @@ def test_report_withholds_claims_until_the_planned_seeds_are_in(tmp_path, constr
     assert not (tmp_path / "r" / "claims.csv").exists()
     assert "5 of the 10 pre-registered seeds" in (tmp_path / "r" / "report.html").read_text()
     rounds.to_csv(folder / "rounds.csv", index=False)
-    cases.to_csv(folder / "cases.csv", index=False)
+    (folder / "cases.csv").unlink()
+    cases.to_csv(folder / "cases.csv.gz", index=False)  # as scripts/evidence.py exports it
     round_cases.to_csv(folder / "test_cases.csv.gz", index=False)
+    from fairal.report.records import load_tidy
+    assert len(load_tidy(folder).cases) == len(cases)
     res = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     claims = pd.read_csv(tmp_path / "r" / "claims.csv")

@@ -269,15 +269,17 @@ def _read_table(path: Path, needs: list[str], dtype=None) -> pd.DataFrame:
 
 def load_tidy(folder: str | Path) -> Results:
     """Tidy records (what docs/results/ holds): ``rounds.csv`` with ``dataset, init, strategy, seed`` and the rounds
-    of finished runs only, optionally ``baselines.csv`` (``dataset, seed, cohort, ...``) and ``settings.json``."""
+    of finished runs only, optionally ``baselines.csv`` (``dataset, seed, cohort, ...``), ``cases.csv`` (or
+    ``cases.csv.gz``) and ``settings.json``."""
     folder = Path(folder)
     rounds = _read_table(folder / "rounds.csv", [*RUN_KEYS, "round", "n_labeled", "dice_all", "delta", "essp"])
     rounds["seed"] = rounds["seed"].astype(int)
     baselines = (_read_table(folder / "baselines.csv", ["dataset", "cohort", "dice_all", "essp", "delta"])
                  if (folder / "baselines.csv").is_file() else pd.DataFrame())
     keys = sorted(set(rounds[RUN_KEYS].itertuples(index=False, name=None)))
-    cases = (_read_table(folder / "cases.csv", [*RUN_KEYS, "case_id", "group", "dice"], TEXT_COLUMNS)
-             if (folder / "cases.csv").is_file() else None)
+    case_file = next((folder / n for n in ("cases.csv.gz", "cases.csv") if (folder / n).is_file()), None)
+    cases = (_read_table(case_file, [*RUN_KEYS, "case_id", "group", "dice"], TEXT_COLUMNS)
+             if case_file is not None else None)
     settings, about = {}, {}
     if (folder / "settings.json").is_file():
         info = json.loads((folder / "settings.json").read_text())
