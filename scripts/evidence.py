@@ -23,18 +23,26 @@ the tidy tables of what finished (``DIR/NAME`` with ``--name``, default ``standa
 ``DIR/sweep``)::
 
     python scripts/evidence.py evidence-v2 --parts baselines,seeds --seeds 10 --baseline-seeds 10 --jobs 2
-    python scripts/evidence.py evidence-v2 --export docs/results --name v2 --seeds 10
+    python scripts/evidence.py evidence-v2 --export docs/results --name v2 --seeds 10 --whole-seeds
+
+A job folder lives on one machine. With ``--whole-seeds`` the export also writes the finished tasks of the seeds
+not yet whole to ``DIR/NAME-pending.tar.gz`` (their records, no checkpoints); on a new machine, ``--restore`` puts
+them into the new job folder before the job starts with ``--first-seed``, and the job finds them finished::
+
+    python scripts/evidence.py evidence-v2 --restore docs/results/v2-pending.tar.gz
     python scripts/evidence.py evidence --parts sweep --scales 0.5,2 --baseline-seeds 3 --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -306,6 +314,59 @@ def task_times(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["session", "task", "seconds"])
 
 
+def _pending_folders(out: Path, whole: list[int], seeds: int) -> list[Path]:
+    """The finished runs and baselines under ``out`` of the seeds below ``seeds`` that are not whole yet."""
+    def seed(folder: Path) -> int:
+        return int(folder.name.split("-")[1])
+
+    runs = [s.parent for s in sorted(out.glob("runs/*/*/*/seed-*/state.json"))
+            if json.loads(s.read_text()).get("finished")]
+    bases = [t.parent for t in sorted(out.glob("baseline/*/seed-*/baseline_table.csv"))]
+    return [f for f in runs + bases if seed(f) < seeds and seed(f) not in whole]
+
+
+def save_pending(out: Path, path: Path, folders: list[Path]) -> None:
+    """``folders`` (finished tasks of a seed still running) as ``path``, a tar.gz of their records without
+    checkpoints or locks, byte-identical for the same records; no folder, no file. A job folder on another machine
+    gets them back with :func:`restore_pending`, and the pinned job finds them finished (a finished run is not run
+    again, whatever the data's file times)."""
+    if not folders:
+        path.unlink(missing_ok=True)
+        return
+
+    def plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
+    part = path.with_name(path.name + ".part")
+    with open(part, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for folder in folders:
+            for f in sorted(folder.rglob("*")):
+                inner = f.relative_to(folder).parts
+                if f.is_file() and "checkpoints" not in inner and not f.name.startswith((".fairal", ".")) \
+                        and not f.name.endswith(".part"):
+                    tar.add(f, arcname=f.relative_to(out).as_posix(), recursive=False, filter=plain)
+    part.replace(path)
+
+
+def restore_pending(path: Path, out: Path) -> list[str]:
+    """The task folders of ``path`` (:func:`save_pending`) into ``out``, each only where ``out`` lacks it (nothing is
+    overwritten); returns the folders restored."""
+    depth = {"runs": 5, "baseline": 3}
+    with tarfile.open(path, "r:gz") as tar:
+        members = tar.getmembers()
+        for m in members:
+            parts = Path(m.name).parts
+            if not m.isfile() or parts[0] not in depth or len(parts) != depth[parts[0]] + 1 or ".." in parts:
+                raise SystemExit(f"{path}: {m.name} is not a file of a run or baseline folder")
+        folders = sorted({Path(*Path(m.name).parts[:depth[Path(m.name).parts[0]]]) for m in members})
+        new = [f for f in folders if not (out / f).exists()]
+        tar.extractall(out, members=[m for m in members if any(Path(m.name).is_relative_to(f) for f in new)],
+                       filter="data")
+    return [f.as_posix() for f in new]
+
+
 def _merge_task_times(out: Path, path: Path, times: pd.DataFrame) -> pd.DataFrame:
     """``times`` (this job folder's log) after the sessions that ``path`` holds from earlier job folders (a job
     restarted on another machine has a new log): the first export from a folder records how many sessions came
@@ -360,6 +421,8 @@ def export(out: Path, dest: Path, scales: list[float], profile: str = "standard"
         test_rounds.to_csv(std / "test_cases.csv.gz", index=False, float_format="%.6g")
         # seeds exported before (by an earlier session's job) are kept
         rounds, cases = _merge(std / "rounds.csv", rounds), _merge(_cases_file(std), cases)
+        # the finished tasks of a seed still running, for the next machine's job (restore_pending)
+        save_pending(out, dest / f"{name}-pending.tar.gz", _pending_folders(out, whole, seeds))
         base, base_cases = _merge(std / "baselines.csv", base), _merge(std / "baseline_cases.csv", base_cases)
     rounds = rounds.sort_values([*RUN_KEYS, "round"]) if "round" in rounds.columns else rounds
     rounds.to_csv(std / "rounds.csv", index=False)
@@ -429,7 +492,10 @@ def main() -> None:
     ap.add_argument("--export", type=Path, default=None)
     ap.add_argument("--name", default="standard", help="the exported folder's name under --export")
     ap.add_argument("--whole-seeds", action="store_true",
-                    help="export only seeds whose runs and baselines all finished (of --seeds)")
+                    help="export only seeds whose runs and baselines all finished (of --seeds); the finished tasks "
+                         "of the others go to DIR/NAME-pending.tar.gz")
+    ap.add_argument("--restore", type=Path, default=None,
+                    help="first put the task folders of this NAME-pending.tar.gz into OUT (those OUT lacks)")
     args = ap.parse_args()
     scales = [float(s) for s in args.scales.split(",") if s]
     parts = [p for p in args.parts.split(",") if p]
@@ -445,6 +511,9 @@ def main() -> None:
         with open(log_file, "a") as f:
             f.write(msg + "\n")
 
+    if args.restore is not None:
+        restored = restore_pending(args.restore, args.out)
+        log(f"restored {len(restored)} finished task folders from {args.restore}")
     if parts:
         if parts != ["sweep"]:  # records judged by the analysis plan: the plan must be committed first
             plan, recorded = analysis_plan(), args.out / "analysis_plan.json"

@@ -75,3 +75,58 @@ def test_seeds_of_another_setting_are_not_merged(evidence, tmp_path):
     with pytest.raises(SystemExit, match="profile"):
         evidence._exported_settings(tmp_path, {**same, "settings": {"profile": {**profile, "steps": 400}}})
     assert evidence._exported_settings(tmp_path / "none", same) == {}
+
+
+def test_finished_tasks_of_an_unfinished_seed_travel_to_a_new_job_folder(evidence, tmp_path):
+    """save_pending keeps the finished runs and baselines of a seed not yet whole (records, no checkpoints, the
+    same bytes for the same records); restore_pending puts them into a new job folder without overwriting."""
+    import json
+    import tarfile
+
+    out = tmp_path / "job"
+    done = out / "runs" / "strong" / "balanced" / "random" / "seed-7"
+    running = out / "runs" / "weak" / "balanced" / "random" / "seed-7"
+    whole = out / "runs" / "strong" / "balanced" / "random" / "seed-6"
+    base = out / "baseline" / "weak" / "seed-7"
+    for folder, finished in ((done, True), (running, False), (whole, True)):
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "round-3.pt").write_bytes(b"weights")
+        (folder / "state.json").write_text(json.dumps({"finished": finished}))
+        (folder / "rounds.csv").write_text(f"round,dice\n0,{0.5 if finished else 0.1}\n")
+        (folder / ".fairal.lock").write_text("")
+    base.mkdir(parents=True)
+    (base / "baseline_table.csv").write_text("cohort,dice_all\nall,0.9\n")
+    folders = evidence._pending_folders(out, whole=[6], seeds=10)
+    assert sorted(f.relative_to(out).as_posix() for f in folders) == [
+        "baseline/weak/seed-7", "runs/strong/balanced/random/seed-7"]
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    evidence.save_pending(out, first, folders)
+    evidence.save_pending(out, second, folders)
+    assert first.read_bytes() == second.read_bytes()
+    with tarfile.open(first) as tar:
+        assert sorted(tar.getnames()) == ["baseline/weak/seed-7/baseline_table.csv",
+                                          "runs/strong/balanced/random/seed-7/rounds.csv",
+                                          "runs/strong/balanced/random/seed-7/state.json"]
+    new = tmp_path / "new-job"
+    (new / "baseline" / "weak" / "seed-7").mkdir(parents=True)  # the new folder has this one already: kept
+    (new / "baseline" / "weak" / "seed-7" / "baseline_table.csv").write_text("mine\n")
+    assert evidence.restore_pending(first, new) == ["runs/strong/balanced/random/seed-7"]
+    assert (new / "runs/strong/balanced/random/seed-7/rounds.csv").read_text() == "round,dice\n0,0.5\n"
+    assert (new / "baseline/weak/seed-7/baseline_table.csv").read_text() == "mine\n"
+    evidence.save_pending(out, first, [])  # nothing pending: no file
+    assert not first.exists()
+
+
+def test_restore_refuses_a_member_outside_a_task_folder(evidence, tmp_path):
+    import io
+    import tarfile
+
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        data = b"x"
+        info = tarfile.TarInfo("runs/../../escape.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(SystemExit, match="escape.txt"):
+        evidence.restore_pending(bad, tmp_path / "job")
+    assert not (tmp_path / "escape.txt").exists()
