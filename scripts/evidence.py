@@ -36,18 +36,19 @@ them into the new job folder before the job starts with ``--first-seed``, and th
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from task_archive import finished_tasks, restore_tasks, save_tasks, seed_of  # noqa: E402
 
 DATASETS = ("strong", "weak")
 INITS = ("balanced", "g1-heavy", "g2-heavy")
@@ -316,55 +317,7 @@ def task_times(out: Path) -> pd.DataFrame:
 
 def _pending_folders(out: Path, whole: list[int], seeds: int) -> list[Path]:
     """The finished runs and baselines under ``out`` of the seeds below ``seeds`` that are not whole yet."""
-    def seed(folder: Path) -> int:
-        return int(folder.name.split("-")[1])
-
-    runs = [s.parent for s in sorted(out.glob("runs/*/*/*/seed-*/state.json"))
-            if json.loads(s.read_text()).get("finished")]
-    bases = [t.parent for t in sorted(out.glob("baseline/*/seed-*/baseline_table.csv"))]
-    return [f for f in runs + bases if seed(f) < seeds and seed(f) not in whole]
-
-
-def save_pending(out: Path, path: Path, folders: list[Path]) -> None:
-    """``folders`` (finished tasks of a seed still running) as ``path``, a tar.gz of their records without
-    checkpoints or locks, byte-identical for the same records; no folder, no file. A job folder on another machine
-    gets them back with :func:`restore_pending`, and the pinned job finds them finished (a finished run is not run
-    again, whatever the data's file times)."""
-    if not folders:
-        path.unlink(missing_ok=True)
-        return
-
-    def plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-        return info
-
-    part = path.with_name(path.name + ".part")
-    with open(part, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for folder in folders:
-            for f in sorted(folder.rglob("*")):
-                inner = f.relative_to(folder).parts
-                if f.is_file() and "checkpoints" not in inner and not f.name.startswith((".fairal", ".")) \
-                        and not f.name.endswith(".part"):
-                    tar.add(f, arcname=f.relative_to(out).as_posix(), recursive=False, filter=plain)
-    part.replace(path)
-
-
-def restore_pending(path: Path, out: Path) -> list[str]:
-    """The task folders of ``path`` (:func:`save_pending`) into ``out``, each only where ``out`` lacks it (nothing is
-    overwritten); returns the folders restored."""
-    depth = {"runs": 5, "baseline": 3}
-    with tarfile.open(path, "r:gz") as tar:
-        members = tar.getmembers()
-        for m in members:
-            parts = Path(m.name).parts
-            if not m.isfile() or parts[0] not in depth or len(parts) != depth[parts[0]] + 1 or ".." in parts:
-                raise SystemExit(f"{path}: {m.name} is not a file of a run or baseline folder")
-        folders = sorted({Path(*Path(m.name).parts[:depth[Path(m.name).parts[0]]]) for m in members})
-        new = [f for f in folders if not (out / f).exists()]
-        tar.extractall(out, members=[m for m in members if any(Path(m.name).is_relative_to(f) for f in new)],
-                       filter="data")
-    return [f.as_posix() for f in new]
+    return [f for f in finished_tasks(out) if seed_of(f) < seeds and seed_of(f) not in whole]
 
 
 def _merge_task_times(out: Path, path: Path, times: pd.DataFrame) -> pd.DataFrame:
@@ -422,7 +375,7 @@ def export(out: Path, dest: Path, scales: list[float], profile: str = "standard"
         # seeds exported before (by an earlier session's job) are kept
         rounds, cases = _merge(std / "rounds.csv", rounds), _merge(_cases_file(std), cases)
         # the finished tasks of a seed still running, for the next machine's job (restore_pending)
-        save_pending(out, dest / f"{name}-pending.tar.gz", _pending_folders(out, whole, seeds))
+        save_tasks(out, dest / f"{name}-pending.tar.gz", _pending_folders(out, whole, seeds))
         base, base_cases = _merge(std / "baselines.csv", base), _merge(std / "baseline_cases.csv", base_cases)
     rounds = rounds.sort_values([*RUN_KEYS, "round"]) if "round" in rounds.columns else rounds
     rounds.to_csv(std / "rounds.csv", index=False)
@@ -512,7 +465,7 @@ def main() -> None:
             f.write(msg + "\n")
 
     if args.restore is not None:
-        restored = restore_pending(args.restore, args.out)
+        restored = restore_tasks(args.restore, args.out)
         log(f"restored {len(restored)} finished task folders from {args.restore}")
     if parts:
         if parts != ["sweep"]:  # records judged by the analysis plan: the plan must be committed first

@@ -77,56 +77,99 @@ def test_seeds_of_another_setting_are_not_merged(evidence, tmp_path):
     assert evidence._exported_settings(tmp_path / "none", same) == {}
 
 
-def test_finished_tasks_of_an_unfinished_seed_travel_to_a_new_job_folder(evidence, tmp_path):
-    """save_pending keeps the finished runs and baselines of a seed not yet whole (records, no checkpoints, the
-    same bytes for the same records); restore_pending puts them into a new job folder without overwriting."""
+@pytest.fixture(scope="module")
+def archive():
+    path = Path(__file__).parents[1] / "scripts" / "task_archive.py"
+    spec = importlib.util.spec_from_file_location("task_archive_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _task(folder: Path, finished: bool = True) -> Path:
     import json
+
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "round-3.pt").write_bytes(b"weights")
+    (folder / "state.json").write_text(json.dumps({"finished": finished}))
+    (folder / "rounds.csv").write_text(f"round,dice\n0,{0.5 if finished else 0.1}\n")
+    (folder / ".fairal.lock").write_text("")
+    (folder / ".fairal").write_text("run\n")
+    return folder
+
+
+def test_finished_tasks_of_an_unfinished_seed_travel_to_a_new_job_folder(evidence, archive, tmp_path):
+    """The evidence export keeps the finished runs and baselines of a seed not yet whole (records and markers, no
+    checkpoints or locks, the same bytes for the same records); a new job folder gets them back, nothing
+    overwritten."""
     import tarfile
 
     out = tmp_path / "job"
-    done = out / "runs" / "strong" / "balanced" / "random" / "seed-7"
-    running = out / "runs" / "weak" / "balanced" / "random" / "seed-7"
-    whole = out / "runs" / "strong" / "balanced" / "random" / "seed-6"
+    _task(out / "runs" / "strong" / "balanced" / "random" / "seed-7")
+    _task(out / "runs" / "weak" / "balanced" / "random" / "seed-7", finished=False)
+    _task(out / "runs" / "strong" / "balanced" / "random" / "seed-6")  # seed 6 is whole: exported, not pending
     base = out / "baseline" / "weak" / "seed-7"
-    for folder, finished in ((done, True), (running, False), (whole, True)):
-        (folder / "checkpoints").mkdir(parents=True)
-        (folder / "checkpoints" / "round-3.pt").write_bytes(b"weights")
-        (folder / "state.json").write_text(json.dumps({"finished": finished}))
-        (folder / "rounds.csv").write_text(f"round,dice\n0,{0.5 if finished else 0.1}\n")
-        (folder / ".fairal.lock").write_text("")
     base.mkdir(parents=True)
     (base / "baseline_table.csv").write_text("cohort,dice_all\nall,0.9\n")
     folders = evidence._pending_folders(out, whole=[6], seeds=10)
     assert sorted(f.relative_to(out).as_posix() for f in folders) == [
         "baseline/weak/seed-7", "runs/strong/balanced/random/seed-7"]
     first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
-    evidence.save_pending(out, first, folders)
-    evidence.save_pending(out, second, folders)
+    archive.save_tasks(out, first, folders)
+    archive.save_tasks(out, second, folders)
     assert first.read_bytes() == second.read_bytes()
     with tarfile.open(first) as tar:
-        assert sorted(tar.getnames()) == ["baseline/weak/seed-7/baseline_table.csv",
-                                          "runs/strong/balanced/random/seed-7/rounds.csv",
-                                          "runs/strong/balanced/random/seed-7/state.json"]
+        assert tar.getnames() == ["TASKS", "baseline/weak/seed-7/baseline_table.csv",
+                                  "runs/strong/balanced/random/seed-7/.fairal",
+                                  "runs/strong/balanced/random/seed-7/rounds.csv",
+                                  "runs/strong/balanced/random/seed-7/state.json"]
     new = tmp_path / "new-job"
     (new / "baseline" / "weak" / "seed-7").mkdir(parents=True)  # the new folder has this one already: kept
     (new / "baseline" / "weak" / "seed-7" / "baseline_table.csv").write_text("mine\n")
-    assert evidence.restore_pending(first, new) == ["runs/strong/balanced/random/seed-7"]
+    assert archive.restore_tasks(first, new) == ["runs/strong/balanced/random/seed-7"]
     assert (new / "runs/strong/balanced/random/seed-7/rounds.csv").read_text() == "round,dice\n0,0.5\n"
     assert (new / "baseline/weak/seed-7/baseline_table.csv").read_text() == "mine\n"
-    evidence.save_pending(out, first, [])  # nothing pending: no file
+    archive.save_tasks(out, first, [])  # nothing pending: no file
     assert not first.exists()
 
 
-def test_restore_refuses_a_member_outside_a_task_folder(evidence, tmp_path):
+def test_a_study_folder_travels_with_its_study_json(archive, tmp_path):
+    """A study's results folder: its finished runs, its baselines (baseline/DATASET) and its own study.json and
+    marker, so that fairal study takes the restored folder as its own and skips the finished runs."""
+
+    out = tmp_path / "study"
+    _task(out / "runs" / "site" / "balanced" / "random" / "seed-0")
+    (out / "baseline" / "site").mkdir(parents=True)
+    (out / "baseline" / "site" / "baseline_table.csv").write_text("cohort\nall\n")
+    (out / "study.json").write_text("{}\n")
+    (out / ".fairal").write_text("results folder\n")
+    (out / ".fairal.lock").write_text("")
+    folders = archive.finished_tasks(out)
+    assert [f.relative_to(out).as_posix() for f in folders] == ["runs/site/balanced/random/seed-0", "baseline/site"]
+    path = tmp_path / "study.tar.gz"
+    archive.save_tasks(out, path, folders)
+    new = tmp_path / "again"
+    assert archive.restore_tasks(path, new) == ["baseline/site", "runs/site/balanced/random/seed-0"]
+    assert (new / "study.json").read_text() == "{}\n" and (new / ".fairal").read_text() == "results folder\n"
+    assert not (new / ".fairal.lock").exists()
+
+
+def test_restore_refuses_a_member_outside_a_task_folder(archive, tmp_path):
     import io
     import tarfile
 
-    bad = tmp_path / "bad.tar.gz"
-    with tarfile.open(bad, "w:gz") as tar:
-        data = b"x"
-        info = tarfile.TarInfo("runs/../../escape.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    def bad_archive(index: str, member: str) -> Path:
+        bad = tmp_path / "bad.tar.gz"
+        with tarfile.open(bad, "w:gz") as tar:
+            for name, data in (("TASKS", index.encode()), (member, b"x")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return bad
+
     with pytest.raises(SystemExit, match="escape.txt"):
-        evidence.restore_pending(bad, tmp_path / "job")
-    assert not (tmp_path / "escape.txt").exists()
+        archive.restore_tasks(bad_archive("runs/a/b/c/seed-0\n", "runs/a/b/c/seed-0/../../../../escape.txt"),
+                              tmp_path / "job")
+    with pytest.raises(SystemExit, match="not a run or baseline folder"):
+        archive.restore_tasks(bad_archive("../elsewhere\n", "../elsewhere/x"), tmp_path / "job")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "job").exists()
