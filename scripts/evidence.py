@@ -24,13 +24,14 @@ the tidy tables of what finished (``DIR/NAME`` with ``--name``, default ``standa
 
     python scripts/evidence.py evidence-v2 --parts baselines,seeds --seeds 10 --baseline-seeds 10 --jobs 2
     python scripts/evidence.py evidence-v2 --export docs/results --name v2 --seeds 10 --whole-seeds
+    python scripts/evidence.py evidence --parts sweep --scales 0.5,2 --baseline-seeds 3 --jobs 2
 
 A job folder lives on one machine. With ``--whole-seeds`` the export also writes the finished tasks of the seeds
-not yet whole to ``DIR/NAME-pending.tar.gz`` (their records, no checkpoints); on a new machine, ``--restore`` puts
-them into the new job folder before the job starts with ``--first-seed``, and the job finds them finished::
+not yet whole to ``DIR/NAME-pending.tar.gz`` (their records, no checkpoints: ``scripts/task_archive.py``); on a new
+machine, ``--restore`` puts them into the new job folder before the job starts with ``--first-seed``, and the job
+finds them finished::
 
     python scripts/evidence.py evidence-v2 --restore docs/results/v2-pending.tar.gz
-    python scripts/evidence.py evidence --parts sweep --scales 0.5,2 --baseline-seeds 3 --jobs 2
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from task_archive import finished_tasks, restore_tasks, save_tasks, seed_of  # noqa: E402
+from study_records import dataset_cases  # noqa: E402
+from task_archive import archived_tasks, finished_tasks, restore_tasks, save_tasks, seed_of  # noqa: E402
 
 DATASETS = ("strong", "weak")
 INITS = ("balanced", "g1-heavy", "g2-heavy")
@@ -250,8 +252,8 @@ def _cases_file(folder: Path) -> Path:
 def _merge(path: Path, new: pd.DataFrame) -> pd.DataFrame:
     """The table at ``path`` (if any) without the seeds of ``new``, then ``new``: a seed is exported whole, once."""
     if not path.is_file() or not len(new):
-        return new if len(new) or not path.is_file() else pd.read_csv(path, float_precision="round_trip")
-    old = pd.read_csv(path, float_precision="round_trip")  # the values written before, to the last bit
+        return new if len(new) or not path.is_file() else pd.read_csv(path)
+    old = pd.read_csv(path)  # (pandas reads back the values it wrote to the last bit)
     return pd.concat([old[~old["seed"].isin(set(new["seed"]))], new], ignore_index=True).sort_values(
         "seed", kind="stable")
 
@@ -315,86 +317,127 @@ def task_times(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["session", "task", "seconds"])
 
 
+def _check_restorable(archive: Path, out: Path) -> None:
+    """A run names its data by the job folder's absolute path, so its folder restored into a job folder elsewhere
+    would be taken for a run of other settings: refused before anything is restored, naming the path to use."""
+    import tarfile
+
+    if not archive.is_file():
+        raise SystemExit(f"{archive}: no such archive")
+    with tarfile.open(archive, "r:gz") as tar:
+        for m in tar.getmembers():
+            if m.isfile() and m.name.startswith("runs/") and m.name.endswith("/config.json"):
+                data = Path(json.loads(tar.extractfile(m).read())["settings"]["data_dir"])
+                if not data.is_relative_to(out.resolve()):
+                    raise SystemExit(f"{archive}: its runs used the data at {data}: the job folder must be "
+                                     f"{data.parents[1]} (the path the runs record), not {out}")
+
+
 def _pending_folders(out: Path, whole: list[int], seeds: int) -> list[Path]:
     """The finished runs and baselines under ``out`` of the seeds below ``seeds`` that are not whole yet."""
-    return [f for f in finished_tasks(out) if seed_of(f) < seeds and seed_of(f) not in whole]
+    return [f for f in finished_tasks(out) if seed_of(f) is not None and seed_of(f) < seeds and
+            seed_of(f) not in whole]
 
 
 def _merge_task_times(out: Path, path: Path, times: pd.DataFrame) -> pd.DataFrame:
     """``times`` (this job folder's log) after the sessions that ``path`` holds from earlier job folders (a job
-    restarted on another machine has a new log): the first export from a folder records how many sessions came
-    before it (``OUT/export.json``: ``session_offset``), so that exporting again replaces this folder's own rows."""
+    restarted on another machine has a new log): the first export from a folder into ``path`` records how many
+    sessions came before it (``OUT/export.json``: ``session_offset``, per destination), so that exporting again
+    replaces this folder's own rows."""
     old = pd.read_csv(path) if path.is_file() else times.iloc[:0]
     record = out / "export.json"
     info = json.loads(record.read_text()) if record.is_file() else {}
-    if "session_offset" not in info:
-        info["session_offset"] = int(old["session"].max()) if len(old) else 0
-        record.write_text(json.dumps(info, indent=2) + "\n")
-    offset = info["session_offset"]
-    earlier = old[old["session"] <= offset]
-    return pd.concat([earlier, times.assign(session=times["session"] + offset)], ignore_index=True)
+    offsets = info.get("session_offset", {})
+    key = str(path.resolve())
+    if key not in offsets:
+        offsets[key] = int(old["session"].max()) if len(old) else 0
+        record.write_text(json.dumps({**info, "session_offset": offsets}, indent=2) + "\n")
+    earlier = old[old["session"] <= offsets[key]]
+    return pd.concat([earlier, times.assign(session=times["session"] + offsets[key])], ignore_index=True)
 
 
-def _exported_settings(folder: Path, recorded: dict) -> dict:
-    """``folder/settings.json`` of the seeds exported before, checked against a run's ``config.json`` of this job
-    folder (``recorded``): seeds merged into one table were made with the same profile, device and versions."""
-    path = folder / "settings.json"
-    if not path.is_file():
-        return {}
-    before = json.loads(path.read_text())
-    if recorded:
-        now = {"versions": recorded.get("versions"), "device": recorded.get("device"),
-               "profile": (recorded.get("settings") or {}).get("profile")}
-        then = {"versions": before.get("versions"), "device": before.get("device"),
-                "profile": (before.get("run_settings") or {}).get("profile")}
-        differ = [k for k in now if then[k] is not None and now[k] != then[k]]
+def _recorded(out: Path, rounds: pd.DataFrame, folder: Path) -> dict:
+    """What the exported runs recorded (every ``config.json`` of the runs in ``rounds``): their one profile and
+    versions, checked against the seeds exported before (``folder/settings.json``: seeds merged into one table were
+    made with the same profile and versions), and their devices; the earlier export's where no run is exported."""
+    before = json.loads((folder / "settings.json").read_text()) if (folder / "settings.json").is_file() else {}
+    configs = [json.loads((out / "runs" / d / i / st / f"seed-{s}" / "config.json").read_text())
+               for d, i, st, s in rounds[["dataset", "init", "strategy", "seed"]].drop_duplicates().itertuples(
+                   index=False, name=None)]
+    if not configs:
+        return {"versions": before.get("versions"), "device": before.get("device"),
+                "settings": before.get("run_settings")}
+    then = {"versions": before.get("versions"), "profile": (before.get("run_settings") or {}).get("profile")}
+    for c in configs:
+        now = {"versions": c.get("versions"), "profile": (c.get("settings") or {}).get("profile")}
+        differ = [k for k in now if (then[k] is not None and now[k] != then[k])]
         if differ:
             raise SystemExit(f"the runs of this job folder differ from the seeds exported in {folder} in "
-                             f"{', '.join(differ)}: {', '.join(f'{now[k]} (before: {then[k]})' for k in differ)}")
-    return before
+                             f"{', '.join(differ)}: {', '.join(f'{now[k]} (before: {then[k]})' for k in differ)}; "
+                             "nothing was written")
+        then = {k: then[k] if then[k] is not None else now[k] for k in then}
+    devices = sorted({str(d) for d in (before.get("device"), *(c.get("device") for c in configs)) if d})
+    return {**configs[0], "device": " / ".join(devices) if devices else None}
+
+
+def _pending(out: Path, path: Path, whole: list[int], seeds: int) -> list[Path]:
+    """The finished tasks of the seeds still running (:func:`_pending_folders`), refused where ``path`` (the
+    archive of an earlier session) holds one of them that this folder lacks: restore it first (``--restore``)."""
+    folders = _pending_folders(out, whole, seeds)
+    if path.is_file():
+        have = {f.relative_to(out).as_posix() for f in folders}
+        lost = [t for t in archived_tasks(path) if t not in have and (seed_of(Path(t)) or 0) not in whole]
+        if lost:
+            raise SystemExit(f"{path} holds finished tasks this job folder lacks ({', '.join(lost[:3])}"
+                             f"{', ...' if len(lost) > 3 else ''}): restore them first (--restore {path}); "
+                             "nothing was written")
+    return folders
 
 
 def export(out: Path, dest: Path, scales: list[float], profile: str = "standard", name: str = "standard",
            seeds: int | None = None) -> None:
     """The tidy tables of what finished under ``out`` (with ``seeds``, only the runs and baselines of whole
-    seeds: every run and baseline of the seed finished)."""
+    seeds: every run and baseline of the seed finished, merged with the seeds exported before; the finished tasks
+    of the others go to ``DEST/NAME-pending.tar.gz``). Everything is checked before anything is written."""
     from fairal import versions
     from fairal.report.records import RUN_KEYS, tidy_records
 
     std = dest / name
-    std.mkdir(parents=True, exist_ok=True)
     rounds, cases = tidy_records(out)
     base, base_cases = _baselines(out, 1.0)
+    gz = {"method": "gzip", "mtime": 0}  # the same bytes for the same table
     if seeds is not None:
         whole = _whole_seeds(rounds, base, seeds)
         rounds, cases = rounds[rounds["seed"].isin(whole)], cases[cases["seed"].isin(whole)]
         base, base_cases = (t[t["seed"].isin(whole)] if len(t) else t for t in (base, base_cases))
+    recorded = _recorded(out, rounds, std)  # checked before any write
+    pending = _pending(out, dest / f"{name}-pending.tar.gz", whole, seeds) if seeds is not None else []
+    std.mkdir(parents=True, exist_ok=True)
+    if seeds is not None:
         # Every round's per-case test Dice (the two-level bootstrap of the ESSP AUC on the test split needs them).
         test_rounds = _merge(std / "test_cases.csv.gz", _round_cases(out, rounds))
-        test_rounds.to_csv(std / "test_cases.csv.gz", index=False, float_format="%.6g")
+        test_rounds.to_csv(std / "test_cases.csv.gz", index=False, float_format="%.6g", compression=gz)
         # seeds exported before (by an earlier session's job) are kept
         rounds, cases = _merge(std / "rounds.csv", rounds), _merge(_cases_file(std), cases)
-        # the finished tasks of a seed still running, for the next machine's job (restore_pending)
-        save_tasks(out, dest / f"{name}-pending.tar.gz", _pending_folders(out, whole, seeds))
         base, base_cases = _merge(std / "baselines.csv", base), _merge(std / "baseline_cases.csv", base_cases)
+        # the finished tasks of a seed still running, for the next machine's job (--restore)
+        save_tasks(out, dest / f"{name}-pending.tar.gz", pending)
     rounds = rounds.sort_values([*RUN_KEYS, "round"]) if "round" in rounds.columns else rounds
     rounds.to_csv(std / "rounds.csv", index=False)
-    cases.to_csv(std / "cases.csv.gz", index=False)  # the final per-case Dice, gzip'd (~6 MB plain at 10 seeds)
+    cases.to_csv(std / "cases.csv.gz", index=False, compression=gz)  # the final per-case Dice (~6 MB plain)
     if (std / "cases.csv").is_file():  # an earlier export's plain copy of the same table
         (std / "cases.csv").unlink()
     base.drop(columns="scale", errors="ignore").to_csv(std / "baselines.csv", index=False)
     base_cases.drop(columns="scale", errors="ignore").to_csv(std / "baseline_cases.csv", index=False)
-    config = next(iter(sorted(out.glob("runs/*/*/*/seed-*/config.json"))), None)
+    data = dataset_cases({d: _data(out, 1.0) / d for d in DATASETS})
+    if len(data):  # the cases the runs were measured on (a study may take these records as its arms)
+        data.to_csv(std / "datasets.csv", index=False)
     plan = out / "analysis_plan.json"
-    recorded = json.loads(config.read_text()) if config else {}
-    before = _exported_settings(std, recorded) if seeds is not None else {}
-    info = {"profile": profile, "commit": _run_commit(out),
-            "versions": recorded.get("versions") or before.get("versions") or versions(),
+    info = {"profile": profile, "commit": _run_commit(out), "versions": recorded.get("versions") or versions(),
             "analysis_plan": json.loads(plan.read_text()) if plan.is_file() else None,
             "seeds": sorted(int(v) for v in set(rounds["seed"])) if len(rounds) else [],
             "planned_seeds": _planned_seeds(out),
-            "device": recorded.get("device", before.get("device")),
-            "run_settings": recorded.get("settings", before.get("run_settings"))}
+            "device": recorded.get("device"), "run_settings": recorded.get("settings")}
     (std / "settings.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     times = _merge_task_times(out, std / "tasks.csv", task_times(out))
     if len(times):  # the compute the records cost, as the job's logs have it
@@ -465,8 +508,10 @@ def main() -> None:
             f.write(msg + "\n")
 
     if args.restore is not None:
-        restored = restore_tasks(args.restore, args.out)
-        log(f"restored {len(restored)} finished task folders from {args.restore}")
+        _check_restorable(args.restore, args.out)
+        restored, kept = restore_tasks(args.restore, args.out)
+        log(f"restored {len(restored)} finished task folders from {args.restore}"
+            + (f"; kept {len(kept)} this folder had: {', '.join(kept)}" if kept else ""))
     if parts:
         if parts != ["sweep"]:  # records judged by the analysis plan: the plan must be committed first
             plan, recorded = analysis_plan(), args.out / "analysis_plan.json"

@@ -21,8 +21,10 @@ import argparse
 import gzip
 import io
 import json
+import shutil
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 #: The list of the archive's task folders, its first member.
@@ -47,8 +49,17 @@ def finished_tasks(out: Path) -> list[Path]:
 
 
 def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
     return info
+
+
+def archived_tasks(path: Path) -> list[str]:
+    """The task folders an archive holds (its index)."""
+    with tarfile.open(path, "r:gz") as tar:
+        first = tar.next()
+        if first is None or first.name != INDEX:
+            raise SystemExit(f"{path} is not an archive of finished tasks (no {INDEX} list)")
+        return tar.extractfile(first).read().decode().splitlines()
 
 
 def save_tasks(out: Path, path: Path, folders: list[Path]) -> None:
@@ -86,27 +97,42 @@ def _task_folder(name: str) -> bool:
         (parts[:1] == ("baseline",) and (len(parts) == 2 or (len(parts) == 3 and parts[2].startswith("seed-"))))
 
 
-def restore_tasks(path: Path, out: Path) -> list[str]:
-    """The task folders of the archive ``path`` into ``out``, each only where ``out`` lacks it, and ``out``'s own
-    files where it lacks them (nothing is overwritten); returns the task folders restored. An archive with a member
-    outside its listed task folders is refused before anything is written."""
+def restore_tasks(path: Path, out: Path) -> tuple[list[str], list[str]]:
+    """The task folders of the archive ``path`` into ``out``, each only where ``out`` lacks it (nothing is
+    overwritten), each complete or not at all; ``out``'s own files (:data:`TOP`) only into a new or empty ``out``,
+    or one with the same ``study.json``. Returns the task folders restored and those ``out`` had already. An archive
+    with a member outside its listed task folders, or of another study than ``out``'s, is refused before anything
+    is written."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such archive")
+    folders = archived_tasks(path)
+    if bad := [f for f in folders if not _task_folder(f)]:
+        raise SystemExit(f"{path}: {bad[0]} is not a run or baseline folder")
     with tarfile.open(path, "r:gz") as tar:
-        members = tar.getmembers()
-        if not members or members[0].name != INDEX:
-            raise SystemExit(f"{path} is not an archive of finished tasks (no {INDEX} list)")
-        folders = tar.extractfile(members[0]).read().decode().split()
-        if bad := [f for f in folders if not _task_folder(f)]:
-            raise SystemExit(f"{path}: {bad[0]} is not a run or baseline folder")
-        for m in members[1:]:
+        members = tar.getmembers()[1:]
+        for m in members:
             inside = ".." not in Path(m.name).parts and any(Path(m.name).is_relative_to(f) for f in folders)
             if not m.isfile() or not (m.name in TOP or inside):
                 raise SystemExit(f"{path}: {m.name} is not a file of a run or baseline folder")
+        tops = {m.name: m for m in members if m.name in TOP}
+        if "study.json" in tops and (out / "study.json").is_file() and \
+                tar.extractfile(tops["study.json"]).read() != (out / "study.json").read_bytes():
+            raise SystemExit(f"{path} holds the tasks of another study than {out} (study.json differs)")
+        fresh = not out.exists() or not any(out.iterdir())
         new = [f for f in folders if not (out / f).exists()]
-        take = [m for m in members[1:] if (m.name in TOP and not (out / m.name).exists())
+        own = fresh or ("study.json" in tops and (out / "study.json").is_file())  # out's own files: its folder
+        take = [m for m in members if (m.name in TOP and own and not (out / m.name).exists())
                 or any(Path(m.name).is_relative_to(f) for f in new)]
         out.mkdir(parents=True, exist_ok=True)
-        tar.extractall(out, members=take, filter="data")
-    return new
+        tmp = Path(tempfile.mkdtemp(prefix=".restore-", dir=out))
+        try:  # into a scratch folder first, then each task folder into place whole
+            tar.extractall(tmp, members=take, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            for name in [*(m.name for m in take if m.name in TOP), *new]:
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / name).rename(out / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return new, [f for f in folders if f not in new]
 
 
 def main() -> None:
@@ -127,10 +153,9 @@ def main() -> None:
         print(f"{len(folders)} finished tasks of {args.out} in {args.file}" if folders else
               f"{args.out} has no finished task; no archive")
     else:
-        if not args.file.is_file():
-            raise SystemExit(f"{args.file}: no such archive")
-        restored = restore_tasks(args.file, args.out)
-        print(f"restored {len(restored)} finished task folders into {args.out}")
+        restored, kept = restore_tasks(args.file, args.out)
+        print(f"restored {len(restored)} finished task folders into {args.out}"
+              + (f"; {len(kept)} were there already and are kept as they are: {', '.join(kept)}" if kept else ""))
 
 
 if __name__ == "__main__":

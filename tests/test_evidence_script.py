@@ -61,20 +61,39 @@ def test_task_times_of_a_new_job_folder_follow_the_exported_sessions(evidence, t
 
 
 def test_seeds_of_another_setting_are_not_merged(evidence, tmp_path):
-    """A job folder's runs made with other versions (or device, or profile) than the seeds exported before are
-    refused, naming what differs; the same ones return the exported settings."""
+    """The runs exported from a job folder with other versions or another profile than the seeds exported before
+    are refused, naming what differs; the same ones give their settings, and every device that made them."""
     import json
 
+    import pandas as pd
+
     profile = {"name": "standard", "steps": 1000}
-    (tmp_path / "settings.json").write_text(json.dumps({"versions": {"torch": "2.13.0"}, "device": "cpu",
-                                                        "run_settings": {"profile": profile}}))
-    same = {"versions": {"torch": "2.13.0"}, "device": "cpu", "settings": {"profile": profile, "seed": 6}}
-    assert evidence._exported_settings(tmp_path, same)["device"] == "cpu"
+    folder = tmp_path / "v2"
+    folder.mkdir()
+    (folder / "settings.json").write_text(json.dumps({"versions": {"torch": "2.13.0"}, "device": "cpu",
+                                                      "run_settings": {"profile": profile}}))
+    out = tmp_path / "job"
+
+    def config(seed, **changes):
+        run = out / "runs" / "strong" / "balanced" / "random" / f"seed-{seed}"
+        run.mkdir(parents=True, exist_ok=True)
+        c = {"versions": {"torch": "2.13.0"}, "device": "cpu (AMD EPYC; AVX512)",
+             "settings": {"profile": profile, "seed": seed}}
+        (run / "config.json").write_text(json.dumps({**c, **changes}))
+
+    rounds = pd.DataFrame({"dataset": ["strong"] * 2, "init": ["balanced"] * 2, "strategy": ["random"] * 2,
+                           "seed": [6, 7]})
+    config(6)
+    config(7)
+    recorded = evidence._recorded(out, rounds, folder)
+    assert recorded["settings"]["seed"] == 6 and recorded["device"] == "cpu / cpu (AMD EPYC; AVX512)"
+    config(7, versions={"torch": "2.14.1"})
     with pytest.raises(SystemExit, match="versions"):
-        evidence._exported_settings(tmp_path, {**same, "versions": {"torch": "2.14.1"}})
+        evidence._recorded(out, rounds, folder)
+    config(7, settings={"profile": {**profile, "steps": 400}, "seed": 7})
     with pytest.raises(SystemExit, match="profile"):
-        evidence._exported_settings(tmp_path, {**same, "settings": {"profile": {**profile, "steps": 400}}})
-    assert evidence._exported_settings(tmp_path / "none", same) == {}
+        evidence._recorded(out, rounds, folder)
+    assert evidence._recorded(out, rounds.iloc[:0], folder)["device"] == "cpu"  # nothing new: the export's own
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +145,7 @@ def test_finished_tasks_of_an_unfinished_seed_travel_to_a_new_job_folder(evidenc
     new = tmp_path / "new-job"
     (new / "baseline" / "weak" / "seed-7").mkdir(parents=True)  # the new folder has this one already: kept
     (new / "baseline" / "weak" / "seed-7" / "baseline_table.csv").write_text("mine\n")
-    assert archive.restore_tasks(first, new) == ["runs/strong/balanced/random/seed-7"]
+    assert archive.restore_tasks(first, new) == (["runs/strong/balanced/random/seed-7"], ["baseline/weak/seed-7"])
     assert (new / "runs/strong/balanced/random/seed-7/rounds.csv").read_text() == "round,dice\n0,0.5\n"
     assert (new / "baseline/weak/seed-7/baseline_table.csv").read_text() == "mine\n"
     archive.save_tasks(out, first, [])  # nothing pending: no file
@@ -149,7 +168,7 @@ def test_a_study_folder_travels_with_its_study_json(archive, tmp_path):
     path = tmp_path / "study.tar.gz"
     archive.save_tasks(out, path, folders)
     new = tmp_path / "again"
-    assert archive.restore_tasks(path, new) == ["baseline/site", "runs/site/balanced/random/seed-0"]
+    assert archive.restore_tasks(path, new) == (["baseline/site", "runs/site/balanced/random/seed-0"], [])
     assert (new / "study.json").read_text() == "{}\n" and (new / ".fairal").read_text() == "results folder\n"
     assert not (new / ".fairal.lock").exists()
 

@@ -341,6 +341,17 @@ def test_restart_seeds_come_from_their_own_stream() -> None:
     assert math.isclose(TrainConfig().lr, 1e-4)
 
 
+def test_the_records_name_the_processor_and_its_kernels(monkeypatch):
+    """A CPU run's device names the processor and torch's kernel instruction set (the same seed reproduces its
+    records on one kind of CPU; another kind may round the training differently)."""
+    from fairal import train as train_mod
+
+    monkeypatch.setattr(train_mod, "cpu_model", lambda: "Some CPU 9000")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert train_mod.describe_device("cpu") == "cpu (Some CPU 9000; AVX2)"
+    assert train_mod.cpu_model()  # this machine's, whatever it is
+
+
 def test_device_setting_is_validated():
     from fairal.train import resolve_device
 

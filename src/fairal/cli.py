@@ -411,8 +411,8 @@ AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join: auto 
                                                 "local Ray).")]
 CpusOpt = Annotated[int, typer.Option(help="CPUs (and torch threads) per Ray task.")]
 GpusOpt = Annotated[float, typer.Option(help="GPUs per Ray task, fractional (e.g. 0.25).")]
-StrategiesOpt = Annotated[str | None, typer.Option(help="Comma-separated strategies of the grid (default: the "
-                                                   "study's, else the profile's).")]
+StrategiesOpt = Annotated[str | None, typer.Option(help="Comma-separated strategies of the grid, or a study's "
+                                                   "arms by name (default: the study's, else the profile's).")]
 PackOpt = Annotated[str, typer.Option(metavar="auto|on|off", help="Train the runs of one dataset and seed in "
                                       "lockstep as one task: auto (when they train on a GPU), on or off.")]
 PackSizeOpt = Annotated[int, typer.Option(help="At most this many runs per lockstep task (0: all of a dataset "
@@ -475,15 +475,18 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
         names = tuple(v.strip() for v in strategies.split(",") if v.strip())
         if not names:
             raise FairalError(f"--strategies names no strategy: {strategies!r}")
+        arms = {a.name: a for a in the_study.arms or ()}  # a study's arm by its name, with its own settings
         for name in names:  # refused before any work
             try:
-                parse_strategy(name)
+                if name not in arms:
+                    parse_strategy(name)
             except FairalError as err:
-                raise FairalError(f"--strategies: {err}") from None
+                raise FairalError(f"--strategies: {err}"
+                                  + (f" (the study's arms: {', '.join(arms)})" if arms else "")) from None
         if the_study.arms is None:
             base = base.with_overrides({"strategies": ",".join(names)})
         else:
-            the_study = dataclasses.replace(the_study, arms=tuple(Arm(n, n) for n in names))
+            the_study = dataclasses.replace(the_study, arms=tuple(arms.get(n, Arm(n, n)) for n in names))
     run_study(the_study, out, base, cli=cli, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor,
               address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack,
               pack_size=pack_size, reuse=reuse)

@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -201,12 +202,27 @@ def check_device(name: str) -> None:
 
 
 def describe_device(name: str) -> str:
-    """The device that ``name`` resolves to, in words for the records: ``cpu`` or ``cuda:0 (NVIDIA H200)``."""
+    """The device that ``name`` resolves to, in words for the records: ``cpu (AMD EPYC; AVX512)`` (the processor
+    and the instruction set of torch's CPU kernels: another kind may round the training differently) or
+    ``cuda:0 (NVIDIA H200)``."""
     device = resolve_device(name)
     if device.type != "cuda":
-        return "cpu"
+        return f"cpu ({cpu_model()}; {torch.backends.cpu.get_cpu_capability()})"
     index = device.index if device.index is not None else torch.cuda.current_device()
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo, else the platform's word for it)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown processor"
 
 
 def _model_device(model: nn.Module) -> torch.device:

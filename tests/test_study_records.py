@@ -1,0 +1,87 @@
+"""scripts/study_records.py: a study's tidy records, with arms taken from another experiment's tidy records only
+where they are the study's runs, and the study report built from the records alone."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fairal.cli import app
+
+TINY = {"init_size": "4", "acquire": "2", "final_size": "8", "steps": "3", "round_steps": "2", "crop_margin": "4",
+        "downsample": "1", "test_per_group": "6", "eval_per_group": "0", "n_subjects": "24"}
+
+
+@pytest.fixture(scope="module")
+def records():
+    path = Path(__file__).parents[1] / "scripts" / "study_records.py"
+    spec = importlib.util.spec_from_file_location("study_records_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _study(path: Path, data: Path, strategies: str, reference: str) -> Path:
+    settings = "\n".join(f"{k} = {v}" for k, v in TINY.items())
+    path.write_text(f'profile = "smoke"\nseeds = 2\ninits = ["balanced"]\nstrategies = [{strategies}]\n'
+                    f'reference = "{reference}"\n[set]\n{settings}\n[datasets.tiny]\nfolder = "{data}"\n')
+    return path
+
+
+def _run(study: Path, out: Path, *extra: str) -> None:
+    res = CliRunner().invoke(app, ["study", str(study), str(out), "--jobs", "1", "--quiet", *extra])
+    assert res.exit_code == 0, res.output
+
+
+def _copy(folder: Path, to: Path) -> Path:
+    to.mkdir()
+    for f in folder.iterdir():
+        (to / f.name).write_bytes(f.read_bytes())
+    return to
+
+
+def test_a_study_takes_its_other_arm_from_earlier_records_only_where_they_are_its_runs(tiny_dataset, tmp_path,
+                                                                                      records):
+    """The earlier records (random, 2 seeds) stand for the study's random arm; the study runs only its new arm
+    (``--strategies`` names it); the report is built from the records alone. Records of other settings or other
+    data are refused, and nothing is written."""
+    earlier = _study(tmp_path / "a.toml", tiny_dataset, '"random"', "random")
+    _run(earlier, tmp_path / "a")
+    records.export(earlier, tmp_path / "a", tmp_path / "tidy", commit="a" * 40)
+    tidy = tmp_path / "tidy"
+    arm = '{ name = "wle-hidden", strategy = "weighted-localized-entropy", groups_known = false }'
+    study = _study(tmp_path / "b.toml", tiny_dataset, f'{arm}, "random"', "wle-hidden")
+    _run(study, tmp_path / "b", "--strategies", "wle-hidden")  # only the new arm is run
+    assert [p.name for p in (tmp_path / "b" / "runs" / "tiny" / "balanced").iterdir()] == ["wle-hidden"]
+    dest = tmp_path / "records"
+    records.export(study, tmp_path / "b", dest, commit="b" * 40, reuse=tidy)
+    rounds = pd.read_csv(dest / "rounds.csv")
+    assert rounds.groupby("strategy")["seed"].nunique().to_dict() == {"random": 2, "wle-hidden": 2}
+    before = pd.read_csv(tidy / "rounds.csv")  # the earlier records' rows, as they were
+    pd.testing.assert_frame_equal(rounds[rounds["strategy"] == "random"][before.columns].reset_index(drop=True),
+                                  before, check_dtype=False)
+    sources = json.loads((dest / "settings.json").read_text())["sources"]
+    assert [s["commit"][0] for s in sources] == ["b", "a"] and sources[1]["arms"] == ["random"]
+    res = CliRunner().invoke(app, ["report", str(dest), "--out", str(tmp_path / "report")])
+    assert res.exit_code == 0, res.output
+    paired = pd.read_csv(tmp_path / "report" / "study_paired.csv")
+    assert len(paired) and paired["id"].str.contains("random").all()
+
+    other = _copy(tidy, tmp_path / "other-settings")
+    info = json.loads((other / "settings.json").read_text())
+    info["run_settings"]["profile"]["steps"] = 4
+    (other / "settings.json").write_text(json.dumps(info))
+    with pytest.raises(SystemExit, match="steps: 4 there, 3 here"):
+        records.export(study, tmp_path / "b", tmp_path / "refused", commit="b" * 40, reuse=other)
+    other = _copy(tidy, tmp_path / "other-data")
+    cases = pd.read_csv(other / "datasets.csv")
+    cases.loc[0, "label_volume_mm3"] += 1.0
+    cases.to_csv(other / "datasets.csv", index=False)
+    with pytest.raises(SystemExit, match="not the study's"):
+        records.export(study, tmp_path / "b", tmp_path / "refused", commit="b" * 40, reuse=other)
+    assert not (tmp_path / "refused").exists()
