@@ -41,6 +41,8 @@ def dataset_cases(folders: dict[str, Path]) -> pd.DataFrame:
         if manifest.is_file():
             m = pd.read_csv(manifest, dtype={"case_id": str, "group": str})
             frames.append(m.assign(dataset=name)[[c for c in DATASET_COLUMNS if c in m.columns or c == "dataset"]])
+        else:
+            raise SystemExit(f"dataset {name}: no manifest at {manifest}")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DATASET_COLUMNS)
 
 
@@ -49,11 +51,14 @@ def same_cases(mine: pd.DataFrame, theirs: pd.DataFrame) -> bool:
     the digits written (a relative 1e-12)."""
     import numpy as np
 
-    if not len(mine) or len(mine) != len(theirs) or not set(DATASET_COLUMNS) <= set(mine.columns) | {"dataset"}:
+    for table, whose in ((mine, "the study's manifest"), (theirs, "datasets.csv")):
+        if missing := [c for c in DATASET_COLUMNS if c not in table.columns]:
+            raise SystemExit(f"{whose} lacks {', '.join(missing)}: the datasets cannot be compared")
+    if not len(mine) or len(mine) != len(theirs):
         return False
     a, b = mine.reset_index(drop=True), theirs.reset_index(drop=True)
     words = all((a[c].astype(str) == b[c].astype(str)).all() for c in ("case_id", "group", "split"))
-    return words and all(np.allclose(a[c].to_numpy(float), b[c].to_numpy(float), rtol=1e-12, atol=0)
+    return words and all(np.allclose(a[c].to_numpy(float), b[c].to_numpy(float), rtol=1e-12, atol=0, equal_nan=True)
                          for c in ("label_volume_mm3", "dice_to_template"))
 
 
@@ -75,14 +80,21 @@ def reused(study, info: dict, base, out_rounds: pd.DataFrame, tidy: Path, cases_
     round's test cases, and what was taken (for ``settings.json``)."""
     from fairal.loop import same_settings
 
+    if not (tidy / "settings.json").is_file() or not (tidy / "rounds.csv").is_file():
+        raise SystemExit(f"{tidy}: no tidy records (rounds.csv and settings.json)")
     settings = json.loads((tidy / "settings.json").read_text())
-    theirs = (settings.get("run_settings") or {}).get("profile") or {}
+    # a study's records have a profile per arm (arms may have settings of their own); an experiment's one for all
+    profiles = settings.get("arm_profiles") or {}
+    if "sources" in settings and not profiles:
+        raise SystemExit(f"{tidy} holds a study's records without their arms' profiles: they cannot be checked")
     ran = set(out_rounds["strategy"]) if len(out_rounds) else set()
     arms = [a for a in study.resolved_arms(base) if a.name not in ran]
     if not arms:
         raise SystemExit(f"every arm of the study has runs in its results folder; nothing to take from {tidy}")
     rounds = pd.read_csv(tidy / "rounds.csv", dtype={"group": str})
-    cases_file = next(tidy / n for n in ("cases.csv.gz", "cases.csv") if (tidy / n).is_file())
+    cases_file = next((tidy / n for n in ("cases.csv.gz", "cases.csv") if (tidy / n).is_file()), None)
+    if cases_file is None:
+        raise SystemExit(f"{tidy}: no cases.csv.gz (the final round's per-case Dice)")
     cases = pd.read_csv(cases_file, dtype={"case_id": str, "group": str})
     test_file = tidy / "test_cases.csv.gz"
     tests = pd.read_csv(test_file, dtype={"case_id": str, "group": str}) if test_file.is_file() else None
@@ -101,6 +113,10 @@ def reused(study, info: dict, base, out_rounds: pd.DataFrame, tidy: Path, cases_
             if arm.overrides:
                 raise SystemExit(f"arm {arm.name} has settings of its own ({arm.overrides}); records made "
                                  f"without them cannot stand for it")
+            theirs = profiles.get(arm.strategy) if profiles else (settings.get("run_settings") or {}).get("profile")
+            if not theirs:
+                raise SystemExit(f"{tidy}/settings.json records no profile of {arm.strategy}: its runs cannot be "
+                                 "checked")
             mine = study.profile_for(base, d, arm, info.get("cli_overrides") or {}).as_dict()
             mine = json.loads(json.dumps({k: v for k, v in mine.items() if k != "strategies"}))  # as a run records it
             if not same_settings({"profile": theirs}, {"profile": mine}):
@@ -124,50 +140,88 @@ def reused(study, info: dict, base, out_rounds: pd.DataFrame, tidy: Path, cases_
 
     taken = {"records": str(tidy), "commit": settings.get("commit"), "versions": settings.get("versions"),
              "device": settings.get("device"), "analysis_plan": settings.get("analysis_plan"),
-             "arms": sorted({a.name for a in arms}), "seeds": list(seeds)}
+             "arms": sorted({a.name for a in arms}), "seeds": list(seeds),
+             "profiles": {a.name: profiles.get(a.strategy) if profiles else
+                          (settings.get("run_settings") or {}).get("profile") for a in arms}}
     return pick(rounds), pick(cases), pick(tests), taken
 
 
 def export(study_file: Path, out: Path, dest: Path, commit: str, reuse: Path | None = None) -> None:
+    """The tidy records of ``out`` (and of ``reuse`` where it holds the study's other arms) into ``dest``: a new
+    folder, or one this script wrote before (replaced whole); everything is checked before anything is written."""
+    from fairal.errors import FairalError
     from fairal.report.records import load_results
 
+    if not (out / "study.json").is_file():
+        raise SystemExit(f"{out}: not a study's results folder (no study.json)")
+    for other, what in ((out, "the results folder"), (reuse, "the reused records")):
+        if other is not None and (dest.resolve() == other.resolve() or dest.resolve().is_relative_to(other.resolve())):
+            raise SystemExit(f"{dest} is {what} or inside it: the records go to a folder of their own")
+    if dest.exists() and any(dest.iterdir()) and not _own_records(dest):
+        raise SystemExit(f"{dest} is not empty and holds no records of this script: choose a new folder")
     study, info, base = _study(study_file, out)
-    results = load_results(out)
-    finished = results.finished
-    r = results.rounds
-    rounds = r[[tuple(k) in finished for k in r[RUN_KEYS].itertuples(index=False, name=None)]]
-    cases = results.cases if results.cases is not None else pd.DataFrame(columns=RUN_KEYS)
-    tests = results.round_cases
+    if any(out.glob("runs/*/*/*/seed-*/rounds.csv")) or any(out.glob("baseline/*/baseline_table.csv")):
+        try:
+            results = load_results(out)
+        except FairalError as err:
+            raise SystemExit(f"{out}: {err}") from None
+        r, tests, baselines, base_cases = (results.rounds, results.round_cases, results.baselines,
+                                           results.baseline_cases)
+        cases = results.cases if results.cases is not None else pd.DataFrame(columns=[*RUN_KEYS, "case_id"])
+        rounds = r[[tuple(k) in results.finished for k in r[RUN_KEYS].itertuples(index=False, name=None)]] \
+            if len(r) else pd.DataFrame(columns=[*RUN_KEYS, "round"])
+    else:  # every arm from earlier records
+        r = rounds = pd.DataFrame(columns=[*RUN_KEYS, "round"])
+        cases, tests, baselines, base_cases = pd.DataFrame(columns=[*RUN_KEYS, "case_id"]), None, pd.DataFrame(), None
     data = dataset_cases({d.name: d.folder or out / "data" / d.name for d in study.datasets})
-    recorded = {}
-    config = next(iter(sorted(out.glob("runs/*/*/*/seed-*/config.json"))), None)
-    if config is not None:
-        recorded = json.loads(config.read_text())
+    configs = {}  # the first recorded config of each arm (its folder's name)
+    for path in sorted(out.glob("runs/*/*/*/seed-*/config.json")):
+        configs.setdefault(path.parts[-3], json.loads(path.read_text()))
+    recorded = next(iter(configs.values()), {})
+    arm_profiles = {arm: c.get("settings", {}).get("profile") for arm, c in configs.items()}
     sources = [{"records": f"runs of {out.name}", "commit": commit, "versions": recorded.get("versions"),
                 "device": recorded.get("device"), "arms": sorted(set(rounds["strategy"])),
                 "seeds": sorted(int(s) for s in set(rounds["seed"]))}]
     if reuse is not None:
-        more_rounds, more_cases, more_tests, taken = reused(study, info, base, rounds, reuse, data)
+        more_rounds, more_cases, more_tests, taken = reused(study, info, base, r, reuse, data)
         rounds = pd.concat([rounds, more_rounds], ignore_index=True)
         cases = pd.concat([cases, more_cases], ignore_index=True)
+        # every round's test cases only where both have them (the report's test-split AUC needs them for all runs)
         tests = pd.concat([tests, more_tests], ignore_index=True) if tests is not None and more_tests is not None \
-            else tests
+            else None
         sources.append(taken)
-    dest.mkdir(parents=True, exist_ok=True)
-    rounds.sort_values([*RUN_KEYS, "round"]).to_csv(dest / "rounds.csv", index=False)
-    cases.to_csv(dest / "cases.csv.gz", index=False)
+        arm_profiles.update(taken["profiles"])
+    if not len(rounds):
+        raise SystemExit(f"{out} has no finished run" + (f", and {reuse} none of the study's" if reuse else ""))
+    part = dest.with_name(dest.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    rounds.sort_values([*RUN_KEYS, "round"]).to_csv(part / "rounds.csv", index=False)
+    gz = {"method": "gzip", "mtime": 0}
+    cases.to_csv(part / "cases.csv.gz", index=False, compression=gz)
     if tests is not None:
-        tests.to_csv(dest / "test_cases.csv.gz", index=False, float_format="%.6g")
-    if len(results.baselines):
-        results.baselines.to_csv(dest / "baselines.csv", index=False)
-        if results.baseline_cases is not None:
-            results.baseline_cases.to_csv(dest / "baseline_cases.csv", index=False)
-    data.to_csv(dest / "datasets.csv", index=False)
-    shutil.copyfile(out / "study.json", dest / "study.json")
-    (dest / "settings.json").write_text(json.dumps({
+        tests.to_csv(part / "test_cases.csv.gz", index=False, float_format="%.6g", compression=gz)
+    if len(baselines):
+        baselines.to_csv(part / "baselines.csv", index=False)
+        if base_cases is not None:
+            base_cases.to_csv(part / "baseline_cases.csv", index=False)
+    data.to_csv(part / "datasets.csv", index=False)
+    shutil.copyfile(out / "study.json", part / "study.json")
+    (part / "settings.json").write_text(json.dumps({
         "profile": info["profile"]["name"], "commit": commit, "versions": recorded.get("versions"),
         "device": recorded.get("device"), "run_settings": recorded.get("settings"), "seeds": list(range(info["seeds"])),
-        "sources": sources}, indent=2, default=str) + "\n")
+        "arm_profiles": arm_profiles, "sources": sources}, indent=2, default=str) + "\n")
+    if dest.exists():  # this script's records of before: replaced whole
+        shutil.rmtree(dest)
+    part.rename(dest)
+
+
+def _own_records(folder: Path) -> bool:
+    """``folder`` holds records this script wrote (its settings.json names their sources)."""
+    try:
+        return "sources" in json.loads((folder / "settings.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def main() -> None:
@@ -179,8 +233,6 @@ def main() -> None:
     ap.add_argument("--reuse-records", type=Path, default=None,
                     help="tidy records holding the study's other arms (e.g. docs/results/v2)")
     args = ap.parse_args()
-    if not (args.out / "study.json").is_file():
-        raise SystemExit(f"{args.out}: not a study's results folder (no study.json)")
     export(args.study, args.out, args.dest, args.commit, args.reuse_records)
     print(f"tidy records in {args.dest}")
 

@@ -192,3 +192,38 @@ def test_restore_refuses_a_member_outside_a_task_folder(archive, tmp_path):
     with pytest.raises(SystemExit, match="not a run or baseline folder"):
         archive.restore_tasks(bad_archive("../elsewhere\n", "../elsewhere/x"), tmp_path / "job")
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "job").exists()
+
+
+def test_archives_keep_names_with_spaces_and_refuse_another_study(archive, tmp_path):
+    out = tmp_path / "study"
+    _task(out / "runs" / "my site" / "balanced" / "random" / "seed-0")
+    (out / "study.json").write_text('{"study": "a"}\n')
+    path = tmp_path / "a.tar.gz"
+    archive.save_tasks(out, path, archive.finished_tasks(out))
+    assert archive.archived_tasks(path) == ["runs/my site/balanced/random/seed-0"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "study.json").write_text('{"study": "b"}\n')
+    with pytest.raises(SystemExit, match="another study"):
+        archive.restore_tasks(path, other)
+    assert not (other / "runs").exists()
+    mine = tmp_path / "mine"  # a folder of the user's: tasks come in, fairal's own files do not
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    assert archive.restore_tasks(path, mine)[0] == ["runs/my site/balanced/random/seed-0"]
+    assert not (mine / "study.json").exists() and not (mine / ".fairal").exists()
+    assert not [p for p in mine.iterdir() if p.name.startswith(".restore-")]
+
+
+def test_the_export_refuses_to_drop_pending_tasks_it_lacks(evidence, archive, tmp_path):
+    """An export from a job folder that lacks a pending task of the last archive (not restored) is refused,
+    naming it, before anything is written."""
+    job = tmp_path / "job"
+    _task(job / "runs" / "strong" / "balanced" / "random" / "seed-7")
+    path = tmp_path / "v2-pending.tar.gz"
+    archive.save_tasks(job, path, evidence._pending_folders(job, whole=[], seeds=10))
+    new = tmp_path / "new-job"
+    _task(new / "runs" / "weak" / "balanced" / "random" / "seed-7")
+    with pytest.raises(SystemExit, match="strong/balanced/random/seed-7"):
+        evidence._pending(new, path, whole=[], seeds=10)
+    assert evidence._pending(new, path, whole=[7], seeds=10) == []  # seed 7 whole: nothing pending

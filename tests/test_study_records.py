@@ -38,6 +38,18 @@ def _run(study: Path, out: Path, *extra: str) -> None:
     assert res.exit_code == 0, res.output
 
 
+def _renamed(records: Path) -> Path:
+    """The study records with the arm wle-hidden named as the plain strategy it runs (as if it were that arm)."""
+    to = _copy(records, records.with_name("renamed"))
+    rounds = pd.read_csv(to / "rounds.csv")
+    rounds.loc[rounds["strategy"] == "wle-hidden", "strategy"] = "weighted-localized-entropy"
+    rounds.to_csv(to / "rounds.csv", index=False)
+    info = json.loads((to / "settings.json").read_text())
+    info["arm_profiles"]["weighted-localized-entropy"] = info["arm_profiles"].pop("wle-hidden")
+    (to / "settings.json").write_text(json.dumps(info))
+    return to
+
+
 def _copy(folder: Path, to: Path) -> Path:
     to.mkdir()
     for f in folder.iterdir():
@@ -74,7 +86,7 @@ def test_a_study_takes_its_other_arm_from_earlier_records_only_where_they_are_it
 
     other = _copy(tidy, tmp_path / "other-settings")
     info = json.loads((other / "settings.json").read_text())
-    info["run_settings"]["profile"]["steps"] = 4
+    info["arm_profiles"]["random"]["steps"] = 4
     (other / "settings.json").write_text(json.dumps(info))
     with pytest.raises(SystemExit, match="steps: 4 there, 3 here"):
         records.export(study, tmp_path / "b", tmp_path / "refused", commit="b" * 40, reuse=other)
@@ -84,4 +96,17 @@ def test_a_study_takes_its_other_arm_from_earlier_records_only_where_they_are_it
     cases.to_csv(other / "datasets.csv", index=False)
     with pytest.raises(SystemExit, match="not the study's"):
         records.export(study, tmp_path / "b", tmp_path / "refused", commit="b" * 40, reuse=other)
-    assert not (tmp_path / "refused").exists()
+    with pytest.raises(SystemExit, match="groups_known"):  # its wle-hidden is not the study's plain WLE
+        other = _study(tmp_path / "c.toml", tiny_dataset, '"weighted-localized-entropy", "random"', "random")
+        (tmp_path / "c").mkdir()
+        (tmp_path / "c" / "study.json").write_text(json.dumps(
+            {**json.loads((tmp_path / "b" / "study.json").read_text()),
+             "study": {"text": other.read_text()}}))
+        records.export(other, tmp_path / "c", tmp_path / "refused", commit="c" * 40, reuse=_renamed(dest))
+    with pytest.raises(SystemExit, match="inside it"):
+        records.export(study, tmp_path / "b", tmp_path / "b" / "records", commit="b" * 40, reuse=tidy)
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "b" / "records").exists()
+    records.export(study, tmp_path / "b", dest, commit="c" * 40, reuse=tidy)  # its own records: replaced whole
+    assert json.loads((dest / "settings.json").read_text())["commit"] == "c" * 40
+    config = json.loads(next((tmp_path / "b" / "runs").glob("*/*/wle-hidden/seed-0/config.json")).read_text())
+    assert config["settings"]["profile"]["groups_known"] is False  # the arm's own settings, by its name
