@@ -86,3 +86,14 @@ def tiny_dataset(tmp_path_factory):
     cfg = SimulationConfig(n_subjects=24, shape=OUT_SHAPE, template=str(tpl), label=str(lab), label_value=LABEL_VALUE,
                            jobs=1, preview=False)
     return simulate_dataset(cfg, folder / "data", progress=False)
+
+
+def load_script(name: str):
+    """``scripts/NAME.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

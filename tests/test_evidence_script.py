@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from .conftest import load_script
+
 
 @pytest.fixture(scope="module")
 def evidence():
-    path = Path(__file__).parents[1] / "scripts" / "evidence.py"
-    spec = importlib.util.spec_from_file_location("evidence_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evidence")
 
 
 def test_task_times_from_the_log(evidence, tmp_path):
@@ -98,11 +95,7 @@ def test_seeds_of_another_setting_are_not_merged(evidence, tmp_path):
 
 @pytest.fixture(scope="module")
 def archive():
-    path = Path(__file__).parents[1] / "scripts" / "task_archive.py"
-    spec = importlib.util.spec_from_file_location("task_archive_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("task_archive")
 
 
 def _task(folder: Path, finished: bool = True) -> Path:

@@ -3,7 +3,6 @@ where they are the study's runs, and the study report built from the records alo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,17 +12,15 @@ from typer.testing import CliRunner
 
 from fairal.cli import app
 
+from .conftest import load_script
+
 TINY = {"init_size": "4", "acquire": "2", "final_size": "8", "steps": "3", "round_steps": "2", "crop_margin": "4",
         "downsample": "1", "test_per_group": "6", "eval_per_group": "0", "n_subjects": "24"}
 
 
 @pytest.fixture(scope="module")
 def records():
-    path = Path(__file__).parents[1] / "scripts" / "study_records.py"
-    spec = importlib.util.spec_from_file_location("study_records_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("study_records")
 
 
 def _study(path: Path, data: Path, strategies: str, reference: str) -> Path:
