@@ -218,8 +218,8 @@ def cpu_model() -> str:
 
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and (model := line.split(":", 1)[1].strip()):
+                return model
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown processor"
