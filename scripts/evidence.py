@@ -499,6 +499,8 @@ def main() -> None:
     unknown = sorted(set(ablations) - set(ABLATIONS))
     if unknown:
         raise SystemExit(f"unknown ablations {', '.join(unknown)}; ablations: {', '.join(ABLATIONS)}")
+    if args.restore is not None:  # checked before the job folder is made
+        _check_restorable(args.restore, args.out)
     log_file = (args.out / "evidence.log")
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -508,7 +510,6 @@ def main() -> None:
             f.write(msg + "\n")
 
     if args.restore is not None:
-        _check_restorable(args.restore, args.out)
         restored, kept = restore_tasks(args.restore, args.out)
         log(f"restored {len(restored)} finished task folders from {args.restore}"
             + (f"; kept {len(kept)} this folder had: {', '.join(kept)}" if kept else ""))
