@@ -250,3 +250,25 @@ def test_no_verdict_from_fewer_than_three_seeds():
     assert row(3)["verdict"] == "confirmed"
     two = row(2)
     assert two["verdict"] == "" and not two["within_margin"] and two["value"] == 0.02 and two["p_value"] == 0.001
+
+
+def test_reproduction_tables_print_the_reports_numbers(tmp_path, constructed, capsys):
+    from .conftest import load_script
+
+    *_, tables = constructed
+    tables.claims.to_csv(tmp_path / "claims.csv", index=False)
+    tables.primary.to_csv(tmp_path / "primary.csv", index=False)
+    tables.sensitivity.to_csv(tmp_path / "claims_sensitivity.csv", index=False)
+    tables.decomposition.to_csv(tmp_path / "variance_decomposition.csv", index=False)
+    script = load_script("reproduction_tables")
+    assert script.main([str(tmp_path), str(tmp_path / "v1")]) == 2  # no v1 report: refused, naming the file
+    assert "v1/claims.csv is missing" in capsys.readouterr().err
+    assert script.main([str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    p1 = tables.primary.set_index(["split", "id"]).loc[("eval", "P1")]
+    pooled = next(line for line in text.splitlines() if line.startswith("| P1 | WLE − random |"))
+    assert f"{p1['value']:+.4f} [{p1['ci_low']:+.4f}, {p1['ci_high']:+.4f}]" in pooled
+    assert "**confirmed**" in pooled
+    c3 = next(line for line in text.splitlines() if line.startswith("| C3 |"))
+    assert "**equivalent**" in c3  # the tie inside the margin, on both splits
+    assert c3.count("**equivalent**") == 2
