@@ -234,8 +234,36 @@ def test_report_withholds_claims_until_the_planned_seeds_are_in(tmp_path, constr
     assert {"split", "p_holm", "p_tost", "within_margin"} <= set(claims.columns)
     html = (tmp_path / "r" / "report.html").read_text()
     assert "0000000000" in html  # the plan's commit is printed
-    for name in ("claims_sensitivity.csv", "primary.csv", "variance_decomposition.csv", "claims.md"):
+    for name in ("claims_sensitivity.csv", "primary.csv", "variance_decomposition.csv", "claims.md",
+                 "fig1_essp_eval.png", "fig2_delta_eval.png", "final_stats_eval.csv"):
         assert (tmp_path / "r" / name).is_file()
+    # the final-budget table of the primary endpoint measures on the evaluation split, the paper's on the test split
+    last = rounds[rounds["round"] == rounds["round"].max()]
+    for name, column in (("final_budget_eval.csv", "eval_essp"), ("final_budget.csv", "essp")):
+        table = pd.read_csv(tmp_path / "r" / name).set_index(["dataset", "init", "strategy"])
+        expected = last.groupby(["dataset", "init", "strategy"])[column].mean()
+        assert table["essp"].to_numpy() == pytest.approx(expected.loc[table.index].to_numpy())
+    assert "Final budget (evaluation split, 150 + 150 subjects)" not in html  # the constructed profile has none
+    assert "Final budget (evaluation split)" in html and "Final budget (paper&#x27;s test split)" in html
+
+
+def test_evaluation_split_view_swaps_the_measures_and_mixes_none():
+    from fairal.report.records import Results, on_evaluation_split
+
+    rounds = pd.DataFrame({"dataset": ["d"], "init": ["i"], "strategy": ["s"], "seed": [0], "round": [0],
+                           "n_labeled": [10], "dice_all": [0.9], "dice_g1": [0.8], "dice_g2": [0.95],
+                           "dice_g3": [0.7], "delta": [0.1], "essp": [0.8], "eval_dice_all": [0.5],
+                           "eval_dice_g1": [0.4], "eval_dice_g2": [0.6], "eval_delta": [0.2], "eval_essp": [0.4]})
+    results = Results(rounds, pd.DataFrame(), {("d", "i", "s", 0)}, [("d", "i", "s", 0)])
+    ev = on_evaluation_split(results).rounds
+    assert ev.loc[0, ["dice_all", "dice_g1", "dice_g2", "delta", "essp"]].tolist() == [0.5, 0.4, 0.6, 0.2, 0.4]
+    assert "dice_g3" not in ev.columns  # a test measure without an evaluation counterpart is not carried over
+    assert not any(c.startswith("eval_") for c in ev.columns)
+    assert on_evaluation_split(Results(rounds.assign(eval_essp=np.nan, eval_delta=np.nan, eval_dice_all=np.nan,
+                                                     eval_dice_g1=np.nan, eval_dice_g2=np.nan),
+                                       pd.DataFrame(), set(), [])) is None  # a lab's data: no evaluation split
+    assert on_evaluation_split(Results(rounds.drop(columns=[c for c in rounds if c.startswith("eval_")]),
+                                       pd.DataFrame(), set(), [])) is None  # records before the split
 
 
 def test_no_verdict_from_fewer_than_three_seeds():

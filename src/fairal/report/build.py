@@ -13,9 +13,9 @@ from fairal.io import check_output_folder, check_own_folder, make_own_folder, wi
 from fairal.metrics import METRICS, bounds
 from fairal.report.claims import RULE_2
 from fairal.report.examples import write_examples
-from fairal.report.figures import write_figures
+from fairal.report.figures import write_eval_figures, write_figures
 from fairal.report.plan import MIN_SEEDS_FOR_CLAIMS
-from fairal.report.records import Results, final_table, load_results
+from fairal.report.records import Results, final_table, load_results, on_evaluation_split
 
 PAPER_TABLE1 = pd.DataFrame(
     [("strong", "all", 0.88, 0.93, 0.91, 0.91, 0.04), ("strong", "g1", 0.89, 0.88, 0.89, 0.89, 0.01),
@@ -24,8 +24,9 @@ PAPER_TABLE1 = pd.DataFrame(
     columns=["dataset", "cohort", "dice_g1", "dice_g2", "dice_all", "essp", "delta"],
 )
 
-def how_to_read(profile: dict) -> str:
-    """The reading guide, with the numbers of the runs' own profile (not the paper's)."""
+def how_to_read(profile: dict, evaluated: bool = False) -> str:
+    """The reading guide, with the numbers of the runs' own profile (not the paper's); ``evaluated``: the runs
+    were also measured on an evaluation split."""
     init, acquire, final = profile.get("init_size", 10), profile.get("acquire", 4), profile.get("final_size", 86)
     test = profile.get("test_per_group", 15)
     heavy = round(0.8 * init)
@@ -38,7 +39,12 @@ def how_to_read(profile: dict) -> str:
             "share</i> is the share of Group 1 (biased anatomy) in the labeled set. <i>&Delta; vs entropy</i> is 1 "
             "&minus; &Delta; / &Delta;<sub>entropy</sub> in the same scenario (the paper reports 75% for the strong "
             "and 86% for the weak bias); <i>ESSP AUC</i> is the area under the ESSP curve divided by the range of "
-            "labeled-set sizes: the curve's mean level over the whole budget.</p>")
+            "labeled-set sizes: the curve's mean level over the whole budget."
+            + (f" Every round is also measured on an <i>evaluation split</i> of "
+               f"{profile.get('eval_per_group', '')} + {profile.get('eval_per_group', '')} subjects per dataset, never "
+               "in the pool, the test set or a baseline cohort: the primary endpoint of docs/analysis-plan.md. "
+               "Tables and figures say which split they measure on."
+               if evaluated else "") + "</p>")
 
 
 #: Readable column headers of the report's tables.
@@ -55,7 +61,9 @@ BANNER = ("<div class='banner'><b>{profile} profile: a pipeline check, not evide
           "<code>standard</code> profile with several seeds (docs/REPRODUCTION.md) is the evidence.</div>")
 #: What every figure shows; the report numbers the figures it has in order (file names keep their numbers).
 CAPTIONS = {
+    "fig1_essp_eval": "ESSP per round on the evaluation split (the primary endpoint's curves).",
     "fig1_essp": "ESSP per round (the paper's Figure 1).",
+    "fig2_delta_eval": "Δ per round on the evaluation split.",
     "fig2_delta_dice_strong": "Δ and Dice per round, strong bias (the paper's Figure 2).",
     "fig3_group1_ratio": "Group 1 share of the labeled set per round (the paper's Figure 3).",
     "fig4_delta_dice_weak": "Δ and Dice per round, weak bias (the paper's Figure 4).",
@@ -228,11 +236,9 @@ def statistics(results: Results, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     ``variance_decomposition.csv``. Returns the claims and the per-scenario statistics."""
     from fairal.report.claims import claims_markdown, claims_table, paired_table, run_summary, summary_table
 
-    r = results.rounds
-    if r.empty:
+    if results.rounds.empty:
         return pd.DataFrame(), pd.DataFrame()
-    keys = ["dataset", "init", "strategy", "seed"]
-    done = r[[tuple(k) in results.finished for k in r[keys].itertuples(index=False, name=None)]]
+    done = finished_rounds(results)
     if done.empty:
         return pd.DataFrame(), pd.DataFrame()
     runs = run_summary(done)
@@ -325,13 +331,51 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
     claims, stats = statistics(results, out)
     profile = results.settings.get("profile", {}) if results.settings else {}
     n_seeds = int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0
-    parts = [*HEAD, *_overview(folder, results, profile, n_seeds), how_to_read(profile), *_previews(results),
-             *_claims_section(results, claims, n_seeds), *_table1_section(t1, profile),
-             *_final_section(final, stats, n_seeds), *_figures_section(figs, n_seeds),
-             *settings_section(results), "</body></html>"]
+    evaluation = _evaluation_sections(results, out, profile, n_seeds, figs)
+    parts = [*HEAD, *_overview(folder, results, profile, n_seeds), how_to_read(profile, bool(evaluation)),
+             *_previews(results),
+             *_claims_section(results, claims, n_seeds), *evaluation,
+             *_table1_section(t1, profile, heading="paper's test split" if evaluation else ""),
+             *_final_section(final, stats, n_seeds, heading="paper's test split" if evaluation else ""),
+             *_figures_section(figs, n_seeds), *settings_section(results), "</body></html>"]
     target = within(out, "report.html")
     write_text(target, "\n".join(parts))
     return target
+
+
+def _evaluation_sections(results: Results, out: Path, profile: dict, n_seeds: int,
+                         figs: dict[str, list[Path]]) -> list[str]:
+    """With an evaluation split (docs/analysis-plan.md's primary endpoint): the final-budget table and Table 1 as
+    it measures them (``final_budget_eval.*``, ``final_stats_eval.csv``, ``table1_baselines_eval.*``) and its ESSP
+    and Δ curves (added to ``figs``); nothing for records without one."""
+    ev = on_evaluation_split(results)
+    if ev is None:
+        return []
+    figs.update(write_eval_figures(ev, out))
+    final, t1 = final_table(ev), paper_essp_check(table1(ev))
+    stats = pd.DataFrame()
+    if not final.empty:
+        from fairal.report.claims import run_summary, summary_table
+
+        write_csv(within(out, "final_budget_eval.csv"), final)
+        write_text(within(out, "final_budget_eval.md"), markdown_table(final))
+        stats = summary_table(run_summary(finished_rounds(ev)))
+        write_csv(within(out, "final_stats_eval.csv"), stats)
+    if not t1.empty:
+        write_csv(within(out, "table1_baselines_eval.csv"), t1)
+        write_text(within(out, "table1_baselines_eval.md"),
+                   markdown_table(t1, formats=dict.fromkeys(PAPER_COLUMNS, as_printed)))
+    per_group = profile.get("eval_per_group")
+    name = f"evaluation split, {per_group} + {per_group} subjects" if per_group else "evaluation split"
+    return [*_final_section(final, stats, n_seeds, heading=name, stem="final_budget_eval"),
+            *_table1_section(t1, profile, heading=name, stem="table1_baselines_eval")]
+
+
+def finished_rounds(results: Results) -> pd.DataFrame:
+    """The rounds of the finished runs."""
+    r = results.rounds
+    keys = ["dataset", "init", "strategy", "seed"]
+    return r[[tuple(k) in results.finished for k in r[keys].itertuples(index=False, name=None)]]
 
 
 def _overview(folder: Path, results: Results, profile: dict, n_seeds: int) -> list[str]:
@@ -417,13 +461,17 @@ def _rule_claims(view: pd.DataFrame, n_seeds: int) -> str:
             + html_table(view, digits=4))
 
 
-def _table1_section(t1: pd.DataFrame, profile: dict) -> list[str]:
-    """Table 1: our baselines beside the paper's, and where the paper does not add up."""
+def _table1_section(t1: pd.DataFrame, profile: dict, heading: str = "",
+                   stem: str = "table1_baselines") -> list[str]:
+    """Table 1: our baselines beside the paper's, and where the paper does not add up; ``heading`` names the split
+    the table measures on where there are two (the files are ``stem``.csv and .md)."""
     if t1.empty:
         return []
+    title = "Table 1: baselines by training cohort" + (f" ({heading})" if heading else "")
     cohorts = profile.get("cohort_size", 126)
     ci = {m: (f"{m}_ci_low", f"{m}_ci_high") for m in ("essp", "delta") if f"{m}_ci_low" in t1.columns}
-    return [f"<h2>Table 1: baselines by training cohort</h2><p>Cohorts: <code>all</code> "
+    return [f"<h2>{html.escape(title)}</h2><p>Files: <code>{stem}.csv</code>, <code>{stem}.md</code>. "
+            f"Cohorts: <code>all</code> "
             f"{cohorts // 2} + {cohorts - cohorts // 2}, <code>g1</code> / <code>g2</code> {cohorts} of one "
             "group; mean over the training seeds (with several, the 95% t interval of the mean beside it, "
             f"{BOUNDED}); the paper's numbers as it prints them beside ours, and its ESSP recomputed by its own "
@@ -434,9 +482,11 @@ def _table1_section(t1: pd.DataFrame, profile: dict) -> list[str]:
             + "".join(f"<li>{html.escape(x)}</li>" for x in PAPER_INCONSISTENCIES) + "</ul></div>"]
 
 
-def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int) -> list[str]:
+def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int, heading: str = "",
+                   stem: str = "final_budget") -> list[str]:
     """The final-budget table, with the intervals across seeds of Δ, ESSP and the Group 1 share of the
-    acquisitions beside their values when there are several seeds."""
+    acquisitions beside their values when there are several seeds; ``heading`` names the split the table measures
+    on where there are two (the files are ``stem``.csv and .md)."""
     if final.empty:
         return []
     view, ci = final.copy(), {}
@@ -456,7 +506,9 @@ def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int) -> li
     words = "; ".join(f"{'highest' if d == 'max' else 'lowest'} {', '.join(k for k, v in best.items() if v == d)}"
                       for d in ("max", "min") if d in best.values())
     band = f" Beside a value: the 95% t interval of the mean across seeds ({BOUNDED})." if ci else ""
-    return [f"<h2>Final budget</h2><p>Mean over {n_seeds} seed{_plural(n_seeds)} at the last "
+    title = f"Final budget ({heading})" if heading else "Final budget"
+    return [f"<h2>{html.escape(title)}</h2><p>Files: <code>{stem}.csv</code>, <code>{stem}.md</code>. "
+            f"Mean over {n_seeds} seed{_plural(n_seeds)} at the last "
             f"round of finished runs. Bold: the best of a scenario ({html.escape(words)}; values that read the "
             f"same are bold alike).{band} <i>G1 share of labeled set</i>: Group 1's share of the final labeled set "
             "(initial set included); <i>G1 share of acquisitions</i>: of the cases the strategy acquired.</p>"

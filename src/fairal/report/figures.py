@@ -92,9 +92,11 @@ def _save(fig, path: Path, handles, labels) -> list[Path]:
     return written
 
 
-def _figure(results: Results, panels: list[list[dict]], path: Path, strategies=PAPER_STRATEGIES) -> list[Path]:
+def _figure(results: Results, panels: list[list[dict]], path: Path, strategies=PAPER_STRATEGIES,
+            measured_on: str = "") -> list[Path]:
     """A grid of panels, each ``{"dataset", "init", "metric"}``; one line per strategy of ``strategies`` that has
-    runs; every panel titled with its dataset and initial set, every y-axis with its metric."""
+    runs; every panel titled with its dataset and initial set, every y-axis with its metric (and ``measured_on``,
+    the split, when it is not the test split)."""
     n_seeds = int(results.rounds["seed"].nunique())
     n_rows, n_cols = len(panels), len(panels[0])
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.0 * n_cols, 3.0 * n_rows + 0.8), squeeze=False, sharex=True)
@@ -106,11 +108,24 @@ def _figure(results: Results, panels: list[list[dict]], path: Path, strategies=P
             if p["metric"] == "g1_ratio":
                 ax.axhline(0.5, color="k", linewidth=0.6, linestyle=":")
             ax.set_title(literal(f"{p['dataset']} bias, {p['init']} start"), fontsize=FONT["panel"])
-            ax.set_ylabel(METRIC_LABEL.get(p["metric"], p["metric"]), fontsize=FONT["axis"])
+            label = METRIC_LABEL.get(p["metric"], p["metric"])
+            ax.set_ylabel(f"{label}, {measured_on}" if measured_on else label, fontsize=FONT["axis"])
             if i == n_rows - 1:
                 ax.set_xlabel("labeled images", fontsize=FONT["axis"])
     handles, labels = axes[0, 0].get_legend_handles_labels()
     return _save(fig, path, handles, labels)
+
+
+def write_eval_figures(results: Results, out: Path) -> dict[str, list[Path]]:
+    """The primary endpoint's curves: ESSP and Δ per round on the evaluation split (``results`` as
+    :func:`fairal.report.records.on_evaluation_split` gives them), datasets as columns, initial sets as rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    datasets = ordered(set(results.rounds["dataset"]), DATASET_ORDER)
+    inits = ordered(set(results.rounds["init"]), INIT_ORDER)
+    return {f"fig{n}_{metric}_eval": _figure(results, [[{"dataset": d, "init": i, "metric": metric} for d in datasets]
+                                                         for i in inits], out / f"fig{n}_{metric}_eval",
+                                              measured_on="eval split")
+            for n, metric in ((1, "essp"), (2, "delta"))}
 
 
 def _group_dice_figure(results: Results, path: Path, datasets, inits) -> list[Path]:

@@ -4,7 +4,7 @@ the report: final-budget table, Delta reduction against entropy, area under the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +228,33 @@ def split_cases(cases: pd.DataFrame | None, split: str = "test") -> pd.DataFrame
     if "split" not in cases.columns:
         return cases if split == "test" else cases.iloc[0:0]
     return cases[cases["split"] == split]
+
+
+#: The prefix of a measure on the evaluation split in rounds.csv and the baselines' table (``eval_essp``).
+EVAL_PREFIX = "eval_"
+
+
+def _measured_on_eval(table: pd.DataFrame | None) -> pd.DataFrame:
+    """``table`` with each ``eval_*`` column in place of the test split's measure of its name; the test split's
+    measures without an evaluation counterpart dropped (never mixed in); empty without evaluation numbers."""
+    if table is None or table.empty:
+        return pd.DataFrame()
+    evals = [c for c in table.columns if c.startswith(EVAL_PREFIX)]
+    if not evals or table[evals].isna().all().all():
+        return pd.DataFrame()
+    measures = [c for c in table.columns if c.startswith("dice_") or c in METRICS]
+    return table.drop(columns=measures).rename(columns={c: c[len(EVAL_PREFIX):] for c in evals})
+
+
+def on_evaluation_split(results: Results) -> Results | None:
+    """The records as the evaluation split measures them (``eval_essp`` read as ``essp``, ...), for the report's
+    tables and figures of the primary endpoint (docs/analysis-plan.md); None when no run has an evaluation split
+    (records made before it, a lab's own data). Per-case tables are left out: their split is said per row."""
+    rounds = _measured_on_eval(results.rounds)
+    if rounds.empty:
+        return None
+    return replace(results, rounds=rounds, baselines=_measured_on_eval(results.baselines), cases=None,
+                   round_cases=None, baseline_cases=None)
 
 
 #: What a run's rounds.csv must hold to be used.
