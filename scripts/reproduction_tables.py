@@ -139,6 +139,48 @@ def decomposition(v2: Path) -> str:
             + ", ".join(f"{k} split {v:.0%}" for k, v in scen.items()) + ".")
 
 
+def ci3(row: pd.Series, m: str, digits: int = 3) -> str:
+    """``mean [low, high]`` of a measure of the report's tables, or the mean alone without an interval."""
+    if m not in row or pd.isna(row[m]):
+        return "—"
+    if f"{m}_ci_low" not in row or pd.isna(row[f"{m}_ci_low"]):
+        return f"{row[m]:.{digits}f}"
+    return f"{row[m]:.{digits}f} [{row[f'{m}_ci_low']:.{digits}f}, {row[f'{m}_ci_high']:.{digits}f}]"
+
+
+def final_budget(v2: Path) -> str:
+    """Per scenario and strategy at the final budget on the evaluation split (``final_stats_eval.csv``)."""
+    path = v2 / "final_stats_eval.csv"
+    if not path.is_file():
+        return "No evaluation split in these records."
+    f = pd.read_csv(path)
+    short = {"weighted-localized-entropy": "**WLE**", "localized-entropy": "localized entropy"}
+    rows = [[r["dataset"], r["init"], short.get(r["strategy"], r["strategy"]), ci3(r, "dice_all"), ci3(r, "delta"),
+             ci3(r, "essp"), ci3(r, "essp_auc"), ci3(r, "g1_acquired_share", 2)] for _, r in f.iterrows()]
+    n = ", ".join(str(v) for v in sorted(set(f["n_seeds"])))
+    return (f"Mean [95% t interval] over {n} seeds, evaluation split:\n\n"
+            + table(["dataset", "initial set", "strategy", "Dice", "Δ", "ESSP", "ESSP AUC",
+                     "Group 1 share of acquisitions"], rows))
+
+
+def table1(v2: Path) -> str:
+    """Table 1 on each split (``table1_baselines_eval.csv``, ``table1_baselines.csv``), the paper's beside."""
+    out = []
+    for name, split in (("table1_baselines_eval.csv", "evaluation split"),
+                        ("table1_baselines.csv", "the paper's test split")):
+        if not (v2 / name).is_file():
+            continue
+        t = pd.read_csv(v2 / name)
+        rows = [[r["dataset"], r["cohort"], f"{r['dice_g1']:.3f} / {r['dice_g1_paper']:.2f}",
+                 f"{r['dice_g2']:.3f} / {r['dice_g2_paper']:.2f}", f"{r['dice_all']:.3f} / {r['dice_all_paper']:.2f}",
+                 f"{ci3(r, 'essp')} ({r['essp_paper']:.2f})", f"{ci3(r, 'delta')} ({r['delta_paper']:g})",
+                 str(int(r["n_seeds"]))] for _, r in t.iterrows()]
+        out.append(f"Table 1 on {split} (ours / paper; mean [95% t interval] over the training seeds):\n\n"
+                   + table(["dataset", "cohort", "Dice G1", "Dice G2", "Dice all", "ESSP (paper)", "Δ (paper)",
+                            "seeds"], rows))
+    return "\n\n".join(out) or "No baselines in these records."
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("v2_report", type=Path, help="the report folder of docs/results/v2")
@@ -154,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     sections = [("Primary endpoint", primary(args.v2_report)), ("Claims", claims(args.v2_report, args.v1_report)),
                 ("Margin sensitivity", sensitivity(args.v2_report)),
-                ("Variance decomposition", decomposition(args.v2_report))]
+                ("Variance decomposition", decomposition(args.v2_report)),
+                ("Final budget per scenario", final_budget(args.v2_report)), ("Table 1", table1(args.v2_report))]
     print("\n\n".join(f"## {title}\n\n{body}" for title, body in sections))
     return 0
 
