@@ -120,7 +120,8 @@ def _records(seeds=10, lift=0.02, seed_noise=0.004, case_sd=0.03, per_group=(15,
                 level = 0.85 + rng.normal(0, seed_noise)
                 for strategy in STRATEGIES:
                     g1_per_round = {"weighted-localized-entropy": 4, "entropy": 0}.get(strategy, 2)
-                    up = lift if strategy == "weighted-localized-entropy" else 0.0
+                    lifted = lift.get((dataset, init), 0.0) if isinstance(lift, dict) else lift
+                    up = lifted if strategy == "weighted-localized-entropy" else 0.0
                     for rnd in range(3):
                         row = {"dataset": dataset, "init": init, "strategy": strategy, "seed": seed, "round": rnd,
                                "n_labeled": 10 + 4 * rnd, "n_labeled_g1": n1 + g1_per_round * rnd}
@@ -187,6 +188,19 @@ def test_case_noise_shows_in_the_two_level_interval_and_the_decomposition():
     assert high - low > 0  # the two-level CI sees the cases although every seed agrees
     primary = tables.primary.set_index(["split", "id"])
     assert primary.loc[("eval", "P1"), "two_level_ci_high"] > primary.loc[("eval", "P1"), "two_level_ci_low"]
+
+
+def test_primary_rows_carry_their_own_two_level_intervals():
+    # WLE's lift differs by scenario: a row given another comparison's interval would not contain its own value.
+    lifts = {("strong", "balanced"): 0.0, ("strong", "g1-heavy"): 0.01, ("strong", "g2-heavy"): 0.02,
+             ("weak", "balanced"): 0.03, ("weak", "g1-heavy"): 0.04, ("weak", "g2-heavy"): 0.05}
+    rounds, cases, round_cases = _records(seeds=5, lift=lifts, seed_noise=0.0005, case_sd=0.01)
+    primary = plan_tables(rounds, cases, round_cases, pd.DataFrame(), None).primary
+    assert len(primary) == 2 * (3 + 18)
+    for r in primary.itertuples(index=False):
+        assert r.two_level_ci_low <= r.value <= r.two_level_ci_high, r.id
+    p = primary.set_index(["split", "id"])
+    assert p.loc[("eval", "P1-weak-g2-heavy"), "two_level_ci_low"] > p.loc[("eval", "P1"), "two_level_ci_high"]
 
 
 def test_a_loss_is_refuted_and_sensitivity_moves_ties(constructed):

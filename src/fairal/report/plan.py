@@ -545,9 +545,10 @@ def plan_tables(rounds: pd.DataFrame, cases: pd.DataFrame | None, round_cases: p
                 r["split"] = split
             if factor == 1.0:
                 rows += [r for r in got if r["family"] not in ("P-scenario",)]
-                for r, p in zip((r for r in got if r["family"] in ("P", "P-scenario")),
-                                (p for p in parts if p.family in ("P", "P-scenario")), strict=True):
-                    primary.append({**r, "two_level_ci_low": p.two_level[0], "two_level_ci_high": p.two_level[1]})
+                by_id = {p.id: p for p in parts}  # verdict_rows orders by family: match each row by its id
+                primary += [{**r, "two_level_ci_low": by_id[r["id"]].two_level[0],
+                             "two_level_ci_high": by_id[r["id"]].two_level[1]}
+                            for r in got if r["family"] in ("P", "P-scenario")]
             sens += [{"split": split, "id": r["id"], "margin_factor": factor, "margin": r["margin"],
                       "verdict": r["verdict"], "within_margin": r["within_margin"]}
                      for r in got if r["family"] != "P-scenario"]
