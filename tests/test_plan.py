@@ -238,6 +238,12 @@ def test_report_withholds_claims_until_the_planned_seeds_are_in(tmp_path, constr
     (folder / "cases.csv").unlink()
     cases.to_csv(folder / "cases.csv.gz", index=False)  # as scripts/evidence.py exports it
     round_cases.to_csv(folder / "test_cases.csv.gz", index=False)
+    rng = np.random.default_rng(2)
+    base = [{"dataset": d, "seed": s, "cohort": c, **{f"{pre}{k}": v for pre in ("", "eval_") for k, v in
+                                                      fairness_summary(rng.uniform(0.9, 0.95, 8),
+                                                                       np.repeat([1, 2], 4)).items()}}
+            for d in ("strong", "weak") for s in range(10) for c in ("all", "g1", "g2")]
+    pd.DataFrame(base).to_csv(folder / "baselines.csv", index=False)
     from fairal.report.records import load_tidy
     assert len(load_tidy(folder).cases) == len(cases)
     res = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "r")])
@@ -259,6 +265,11 @@ def test_report_withholds_claims_until_the_planned_seeds_are_in(tmp_path, constr
         assert table["essp"].to_numpy() == pytest.approx(expected.loc[table.index].to_numpy())
     assert "Final budget (evaluation split, 150 + 150 subjects)" not in html  # the constructed profile has none
     assert "Final budget (evaluation split)" in html and "Final budget (paper&#x27;s test split)" in html
+    assert "Table 1: baselines by training cohort (evaluation split)" in html
+    assert html.count("Where the paper does not add up") == 1  # once, under the first Table 1
+    t1 = pd.read_csv(tmp_path / "r" / "table1_baselines_eval.csv").set_index(["dataset", "cohort"])
+    means = pd.DataFrame(base).groupby(["dataset", "cohort"])["eval_essp"].mean()
+    assert t1["essp"].to_numpy() == pytest.approx(means.loc[t1.index].to_numpy())
 
 
 def test_evaluation_split_view_swaps_the_measures_and_mixes_none():

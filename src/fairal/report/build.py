@@ -335,7 +335,8 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
     parts = [*HEAD, *_overview(folder, results, profile, n_seeds), how_to_read(profile, bool(evaluation)),
              *_previews(results),
              *_claims_section(results, claims, n_seeds), *evaluation,
-             *_table1_section(t1, profile, heading="paper's test split" if evaluation else ""),
+             *_table1_section(t1, profile, heading="paper's test split" if evaluation else "",
+                              inconsistencies=not any("does not add up" in part for part in evaluation)),
              *_final_section(final, stats, n_seeds, heading="paper's test split" if evaluation else ""),
              *_figures_section(figs, n_seeds), *settings_section(results), "</body></html>"]
     target = within(out, "report.html")
@@ -461,10 +462,10 @@ def _rule_claims(view: pd.DataFrame, n_seeds: int) -> str:
             + html_table(view, digits=4))
 
 
-def _table1_section(t1: pd.DataFrame, profile: dict, heading: str = "",
-                   stem: str = "table1_baselines") -> list[str]:
-    """Table 1: our baselines beside the paper's, and where the paper does not add up; ``heading`` names the split
-    the table measures on where there are two (the files are ``stem``.csv and .md)."""
+def _table1_section(t1: pd.DataFrame, profile: dict, heading: str = "", stem: str = "table1_baselines",
+                   inconsistencies: bool = True) -> list[str]:
+    """Table 1: our baselines beside the paper's, and (``inconsistencies``: once on a page) where the paper does not
+    add up; ``heading`` names the split the table measures on where there are two (files ``stem``.csv and .md)."""
     if t1.empty:
         return []
     title = "Table 1: baselines by training cohort" + (f" ({heading})" if heading else "")
@@ -478,8 +479,9 @@ def _table1_section(t1: pd.DataFrame, profile: dict, heading: str = "",
             "Eq. 4. Bold: the best of a dataset.</p>"
             + html_table(t1, best={"essp": "max", "delta": "min"}, within=["dataset"], ci=ci,
                          formats=dict.fromkeys(PAPER_COLUMNS, as_printed))
-            + "<div class='warn'><b>Where the paper does not add up:</b><ul>"
-            + "".join(f"<li>{html.escape(x)}</li>" for x in PAPER_INCONSISTENCIES) + "</ul></div>"]
+            + ("<div class='warn'><b>Where the paper does not add up:</b><ul>"
+               + "".join(f"<li>{html.escape(x)}</li>" for x in PAPER_INCONSISTENCIES) + "</ul></div>"
+               if inconsistencies else "")]
 
 
 def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int, heading: str = "",
