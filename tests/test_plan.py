@@ -325,3 +325,11 @@ def test_reproduction_tables_print_the_reports_numbers(tmp_path, constructed, ca
     c3 = next(line for line in text.splitlines() if line.startswith("| C3 |"))
     assert "**equivalent**" in c3  # the tie inside the margin, on both splits
     assert c3.count("**equivalent**") == 2
+
+
+def test_evaluation_curves_come_before_the_test_splits():
+    from fairal.report.build import figure_order
+
+    keys = ["fig1_essp", "fig2_delta_dice_strong", "fig10_examples", "fig1_essp_eval", "fig2_delta_eval"]
+    assert figure_order(dict.fromkeys(keys)) == ["fig1_essp_eval", "fig1_essp", "fig2_delta_eval",
+                                                 "fig2_delta_dice_strong", "fig10_examples"]

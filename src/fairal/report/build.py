@@ -518,9 +518,10 @@ def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int, headi
 
 
 def figure_order(figs: dict[str, list[Path]]) -> list[str]:
-    """The figures' keys in the order of their file numbers; the report numbers them 1, 2, ... in this order, so
-    the numbers run on when a figure is absent (no strategies beyond the paper, no models for examples)."""
-    return sorted(figs, key=lambda k: int(k[3:].split("_")[0]))
+    """The figures' keys in the order of their file numbers, a number's evaluation-split curves (the primary
+    endpoint) before the test split's; the report numbers them 1, 2, ... in this order, so the numbers run on when a
+    figure is absent (no strategies beyond the paper, no models for examples)."""
+    return sorted(figs, key=lambda k: (int(k[3:].split("_")[0]), not k.endswith("_eval")))  # evaluation first
 
 
 def _figures_section(figs: dict[str, list[Path]], n_seeds: int) -> list[str]:
