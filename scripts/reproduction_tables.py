@@ -18,6 +18,8 @@ import pandas as pd
 
 COMPARISONS = {"P1": "WLE − random", "P2": "WLE − localized entropy", "P3": "WLE − entropy"}
 SCENARIOS = [(d, i) for d in ("strong", "weak") for i in ("balanced", "g1-heavy", "g2-heavy")]
+#: The end of a per-scenario comparison's id (``P1-strong-g1-heavy``, ``D-delta-1-weak-balanced``).
+SCENARIO_SUFFIX = r"-(?:strong|weak)-(?:balanced|g1-heavy|g2-heavy)$"
 SHARE_IDS = {"C4", "C5", "C6", "C7", "C8"}  # reductions and acquisition shares: two decimals
 
 
@@ -127,12 +129,13 @@ def sensitivity(v2: Path) -> str:
 
 def decomposition(v2: Path) -> str:
     d = pd.read_csv(v2 / "variance_decomposition.csv")
-    pooled = d[~d["id"].str.contains("-") & ~d["id"].str.match(r"C1[abc]$")]  # C1a-c are P1-P3
+    per_scenario = d["id"].str.contains(SCENARIO_SUFFIX)
+    pooled = d[~per_scenario & ~d["id"].str.match(r"C1[abc]$")]  # C1a-c are P1-P3
     rows = []
     for _, r in pooled.iterrows():
         rows.append([r["split"], r["id"], str(r["statistic"]), f"{r['seed_sd']:.4f}", f"{r['case_se']:.4f}",
                      "—" if pd.isna(r["case_share"]) else f"{r['case_share']:.0%}"])
-    scen = d[d["id"].str.contains("-")].groupby("split")["case_share"].median()
+    scen = d[per_scenario].groupby("split")["case_share"].median()
     return (table(["split", "id", "statistic", "seed SD of the unit values", "SE from the cases (drawn within group)",
                    "case share of the variance"], rows)
             + "\n\nMedian case share over the per-scenario comparisons: "
