@@ -23,11 +23,11 @@ SCENARIO_SUFFIX = r"-(?:strong|weak)-(?:balanced|g1-heavy|g2-heavy)$"
 SHARE_IDS = {"C4", "C5", "C6", "C7", "C8"}  # reductions and acquisition shares: two decimals
 
 
-def num(v: float, cid: str = "", signed: bool = True) -> str:
+def num(v: float, cid: str = "") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
     digits = 2 if cid.split("-")[0].rstrip("abc") in SHARE_IDS else 4
-    return f"{v:+.{digits}f}" if signed and cid.split("-")[0].rstrip("abc") not in {"C4", "C5"} else f"{v:.{digits}f}"
+    return f"{v:+.{digits}f}" if cid.split("-")[0].rstrip("abc") not in {"C4", "C5"} else f"{v:.{digits}f}"
 
 
 def interval(row: pd.Series, low: str = "ci_low", high: str = "ci_high", value: str = "value") -> str:

@@ -15,7 +15,7 @@ from fairal.report.claims import RULE_2
 from fairal.report.examples import write_examples
 from fairal.report.figures import write_eval_figures, write_figures
 from fairal.report.plan import MIN_SEEDS_FOR_CLAIMS
-from fairal.report.records import Results, final_table, load_results, on_evaluation_split
+from fairal.report.records import Results, final_table, finished_rounds, load_results, on_evaluation_split
 
 PAPER_TABLE1 = pd.DataFrame(
     [("strong", "all", 0.88, 0.93, 0.91, 0.91, 0.04), ("strong", "g1", 0.89, 0.88, 0.89, 0.89, 0.01),
@@ -370,13 +370,6 @@ def _evaluation_sections(results: Results, out: Path, profile: dict, n_seeds: in
     name = f"evaluation split, {per_group} + {per_group} subjects" if per_group else "evaluation split"
     return [*_final_section(final, stats, n_seeds, heading=name, stem="final_budget_eval"),
             *_table1_section(t1, profile, heading=name, stem="table1_baselines_eval")]
-
-
-def finished_rounds(results: Results) -> pd.DataFrame:
-    """The rounds of the finished runs."""
-    r = results.rounds
-    keys = ["dataset", "init", "strategy", "seed"]
-    return r[[tuple(k) in results.finished for k in r[keys].itertuples(index=False, name=None)]]
 
 
 def _overview(folder: Path, results: Results, profile: dict, n_seeds: int) -> list[str]:

@@ -334,6 +334,13 @@ def area_under_curve(n_labeled: np.ndarray, values: np.ndarray) -> float:
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
+def finished_rounds(results: Results) -> pd.DataFrame:
+    """The rounds of the finished runs."""
+    r = results.rounds
+    keys = ["dataset", "init", "strategy", "seed"]
+    return r[[tuple(k) in results.finished for k in r[keys].itertuples(index=False, name=None)]]
+
+
 def final_table(results: Results) -> pd.DataFrame:
     """Per dataset, initial set and strategy, over finished runs (mean over seeds): Dice (all, per group),
     Delta, ESSP at the final budget, the Delta reduction against ``entropy`` (1 - Delta / Delta_entropy),
@@ -342,7 +349,7 @@ def final_table(results: Results) -> pd.DataFrame:
     if r.empty:
         return pd.DataFrame()
     keys = ["dataset", "init", "strategy", "seed"]
-    done = r[[tuple(k) in results.finished for k in r[keys].itertuples(index=False, name=None)]]
+    done = finished_rounds(results)
     if done.empty:
         return pd.DataFrame()
     last = done.sort_values("round").groupby(keys).tail(1)
