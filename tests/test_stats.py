@@ -17,7 +17,9 @@ from fairal.stats import (
     one_sample,
     paired,
     reduction,
+    seeds_for_a_verdict,
     sign_flip_test,
+    smallest_sign_flip_p,
 )
 
 
@@ -95,3 +97,11 @@ def test_all_scenarios_conjunction_and_magnitude():
     assert magnitude_verdict(Estimate(0.5, 0.1, 0.9, 15, 0.01), 0.75) == "inconclusive"  # CI too wide
     assert magnitude_verdict(Estimate(0.5, -0.1, 0.8, 15, 0.2), 0.75) == "inconclusive"  # direction undecided
     assert magnitude_verdict(Estimate(-0.5, -0.8, -0.2, 15, 0.001), 0.75) == "refuted"
+
+
+def test_the_smallest_p_a_number_of_seeds_allows():
+    # 5 seeds: 32 sign patterns, the observed and its mirror as extreme: 2/32; the test reaches it
+    assert smallest_sign_flip_p(5) == 0.0625 == sign_flip_test([0.01, 0.02, 0.03, 0.04, 0.05])
+    assert smallest_sign_flip_p(10) == 2 / 1024 and smallest_sign_flip_p(17) == 1 / 100_001
+    # Holm's first step multiplies by the family's size: 6 comparisons need 2/2^n * 6 < 0.05, n = 8 (0.047; 7: 0.094)
+    assert (seeds_for_a_verdict(1), seeds_for_a_verdict(3), seeds_for_a_verdict(6)) == (6, 7, 8)

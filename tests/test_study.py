@@ -257,8 +257,101 @@ def test_a_run_linked_with_its_data_under_another_path_is_the_same_run(tiny_data
 def test_the_studies_of_docs_beyond_parse(name):
     from pathlib import Path
 
-    from fairal.study import check_settings
+    from fairal.study import check_settings, seeds_warning
 
     study = load_study(Path(__file__).parents[1] / "studies" / f"{name}.toml")
     check_settings(study, get_profile(study.profile), {})
-    assert study.seeds == 5 and study.profile == "standard"
+    assert study.seeds == 10 and study.profile == "standard"
+    assert seeds_warning(study, get_profile(study.profile), study.seeds) == ""  # its seeds can reach a verdict
+
+
+def test_the_study_report_has_the_baselines_with_group_1s_gap_on_its_split():
+    from fairal.report.records import Results
+    from fairal.report.study import baseline_table
+
+    rows = [  # one training seed; the evaluation split's numbers differ from the test split's
+        {"dataset": "scanner", "seed": 0, "cohort": "g2", "dice_g1": 0.90, "dice_g2": 0.95, "dice_all": 0.925,
+         "essp": 0.88, "delta": 0.05, "eval_dice_g1": 0.80, "eval_dice_g2": 0.96, "eval_dice_all": 0.88,
+         "eval_essp": 0.75, "eval_delta": 0.16},
+        {"dataset": "scanner", "seed": 0, "cohort": "all", "dice_g1": 0.94, "dice_g2": 0.95, "dice_all": 0.945,
+         "essp": 0.93, "delta": 0.01, "eval_dice_g1": 0.95, "eval_dice_g2": 0.93, "eval_dice_all": 0.94,
+         "eval_essp": 0.92, "eval_delta": 0.02}]
+    rounds = pd.DataFrame([{"dataset": "scanner", "init": "balanced", "strategy": "random", "seed": 0, "round": 0,
+                            "n_labeled": 10, "dice_all": 0.9, "delta": 0.01, "essp": 0.89, "eval_dice_all": 0.9,
+                            "eval_delta": 0.01, "eval_essp": 0.89}])
+    results = Results(rounds=rounds, baselines=pd.DataFrame(rows), finished=set(), expected=[])
+    ev = baseline_table(results, "eval").set_index("cohort")
+    assert ev.loc["g2", "gap_g1_g2"] == pytest.approx(0.80 - 0.96)  # Group 1 segmented 0.16 worse
+    assert ev.loc["all", "gap_g1_g2"] == pytest.approx(0.02)
+    assert ev.loc["g2", "essp"] == pytest.approx(0.75) and not any(c.endswith("_paper") for c in ev.columns)
+    test = baseline_table(results, "test").set_index("cohort")
+    assert test.loc["g2", "gap_g1_g2"] == pytest.approx(-0.05)
+    assert baseline_table(Results(rounds=rounds, baselines=pd.DataFrame(), finished=set(), expected=[]),
+                          "eval").empty
+
+
+def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
+    from fairal.report.records import Results
+    from fairal.report.study import build_study_report
+
+    from .conftest import load_script
+
+    lift = [0.010, 0.012, 0.008, 0.011, 0.009]  # the reference's final evaluation ESSP over random's, per seed
+    rows = []
+    for seed in range(5):
+        for strategy, gain in (("wle", lift[seed]), ("random", 0.0)):
+            for rnd, n in ((0, 10), (1, 14)):
+                essp = 0.80 + 0.01 * seed + rnd * (0.05 + gain)
+                rows.append({"dataset": "scanner", "init": "balanced", "strategy": strategy, "seed": seed,
+                             "round": rnd, "n_labeled": n, "n_labeled_g1": 5 + 2 * rnd, "n_labeled_g2": 5,
+                             "dice_g1": 0.9, "dice_g2": 0.9, "dice_all": 0.9, "delta": 0.0, "essp": 0.9,
+                             "eval_dice_g1": essp, "eval_dice_g2": essp, "eval_dice_all": essp, "eval_delta": 0.0,
+                             "eval_essp": essp, "pool_group_accuracy": 0.6 + 0.2 * rnd if strategy == "wle" else
+                             float("nan")})
+    rounds = pd.DataFrame(rows)
+    finished = {("scanner", "balanced", s, k) for s in ("wle", "random") for k in range(5)}
+    base = pd.DataFrame([{"dataset": "scanner", "seed": 0, "cohort": "g2", "dice_g1": 0.9, "dice_g2": 0.9,
+                          "dice_all": 0.9, "essp": 0.9, "delta": 0.0, "eval_dice_g1": 0.81, "eval_dice_g2": 0.93,
+                          "eval_dice_all": 0.87, "eval_essp": 0.77, "eval_delta": 0.12}])
+    results = Results(rounds=rounds, baselines=base, finished=finished, expected=sorted(finished))
+    report = tmp_path / "report"
+    report.mkdir()
+    build_study_report(tmp_path, report, results, {"study": {"name": "t", "reference": "wle", "text": "x"}})
+    records = tmp_path / "records"
+    records.mkdir()
+    rounds.to_csv(records / "rounds.csv", index=False)
+    assert load_script("beyond_tables").main([str(report), "--records", str(records)]) == 0
+    text = capsys.readouterr().out
+    pooled = next(line for line in text.splitlines() if "final ESSP: wle - random" in line and "| pooled |" in line)
+    assert "+0.0100 [" in pooled and "| 5 |" in pooled  # the mean of the five lifts
+    assert "| scanner | g2 | 0.8100 | 0.9300 | -0.1200 |" in text  # the baseline's gap, Group 1 0.12 behind
+    assert "0.600 (0.600–0.600) | 0.800 (0.800–0.800) | 5 |" in text  # the classifier's accuracy by round
+    assert load_script("beyond_tables").main([str(tmp_path / "nothing")]) == 2
+    html = (report / "report.html").read_text()  # 5 seeds, 1 comparison: 2/32 = 0.0625 cannot reach 0.05
+    assert "smallest two-sided p is 0.0625" in html and "No comparison of that family can be confirmed" in html
+    assert "6 seeds can reach a verdict" in html
+
+
+def test_a_study_whose_seeds_cannot_reach_a_verdict_is_warned_before_any_work(tmp_path):
+    from fairal.study import seeds_warning
+
+    study = _write(tmp_path / "s.toml", """
+name = "too-few"
+profile = "smoke"
+seeds = 5
+strategies = ["random", "entropy", "localized-entropy", "weighted-localized-entropy"]
+[datasets.a]
+simulate = { bias = "strong" }
+[datasets.b]
+simulate = { bias = "weak" }
+""")
+    parsed = load_study(study)
+    warning = seeds_warning(parsed, get_profile("smoke"), 5)  # 2 datasets x 3 comparisons: Holm over 6
+    assert "0.0625 (2/2^5), 0.375 after Holm over the 6 comparisons" in warning and "8 seeds can reach" in warning
+    assert seeds_warning(parsed, get_profile("smoke"), 8) == ""
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("keep")  # a folder fairal did not make: refused after the warning
+    res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet"])
+    assert res.exit_code != 0 and "cannot give a verdict of superiority" in res.output
+    assert (users / "notes.txt").read_text() == "keep" and sorted(p.name for p in users.iterdir()) == ["notes.txt"]

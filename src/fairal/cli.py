@@ -436,9 +436,14 @@ def study(
 ) -> None:
     """Run a study: its datasets (simulated, or a lab's labeled cohort), initial sets, strategies and seeds, with
     the statistics and report; resumable. The command line overrides the file."""
-    from fairal.study import load_study
+    from fairal.study import PAPER_SOURCE, base_profile, load_study, seeds_warning
 
-    _run_study(load_study(source), out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task,
+    the_study = load_study(source)
+    if the_study.source != PAPER_SOURCE:  # the paper's study has its own plan (docs/analysis-plan.md)
+        base, n_seeds = base_profile(the_study, profile, seeds)
+        if warning := seeds_warning(the_study, base, n_seeds):
+            console.print(Text.assemble(("warning:", "bold yellow"), " ", warning))
+    _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task,
                strategies, pack, pack_size, set_, quiet, reuse)
 
 

@@ -82,6 +82,23 @@ def sign_flip_test(differences: Sequence[float], seed: int = 0) -> float:
     return (hits + 1) / (MONTE_CARLO_PATTERNS + 1)
 
 
+def smallest_sign_flip_p(n: int) -> float:
+    """The smallest p :func:`sign_flip_test` can give with ``n`` paired differences: ``2 / 2^n`` (the observed
+    signs and their mirror are always as extreme) when exact, ``1 / (patterns + 1)`` when Monte Carlo."""
+    if n < 1:
+        return 1.0
+    return 2.0 / 2 ** n if n <= EXACT_MAX_N else 1.0 / (MONTE_CARLO_PATTERNS + 1)
+
+
+def seeds_for_a_verdict(comparisons: int, alpha: float = 0.05) -> int:
+    """The fewest units (seeds) with which one of ``comparisons`` tests under Holm's correction can reach
+    ``p < alpha``: Holm's first step multiplies the smallest p by the family's size."""
+    n = 1
+    while smallest_sign_flip_p(n) * max(comparisons, 1) >= alpha:
+        n += 1
+    return n
+
+
 def paired(a: Sequence[float], b: Sequence[float]) -> Estimate:
     """The mean of ``a - b`` over pairs, its t interval and its sign-flip p-value."""
     x, y = _values(a), _values(b)

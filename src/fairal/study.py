@@ -381,6 +381,23 @@ def study_seeds(study: Study, profile: Profile, seeds: int | None) -> int:
     return seeds if seeds is not None else study.seeds or profile.seeds
 
 
+def seeds_warning(study: Study, profile: Profile, seeds: int, alpha: float = 0.05) -> str:
+    """Why a study's seeds cannot give a ``confirmed`` or ``refuted`` verdict under docs/analysis-plan.md's rule
+    ("" when they can): the exact sign-flip test's smallest two-sided p with ``seeds`` units, times the size of
+    the report's primary family (Holm: per dataset, the reference against each other arm), is not below
+    ``alpha``; only ``equivalent`` can then be reached."""
+    from fairal.stats import seeds_for_a_verdict, smallest_sign_flip_p
+
+    k = len(study.datasets) * max(len(study.resolved_arms(profile)) - 1, 1)
+    floor = smallest_sign_flip_p(seeds)
+    if floor * k < alpha:
+        return ""
+    return (f"{seeds} seed(s) cannot give a verdict of superiority: the exact sign-flip test's smallest two-sided "
+            f"p is {floor:.3g} (2/2^{seeds}), {min(floor * k, 1.0):.3g} after Holm over the {k} comparisons of "
+            f"the primary family, not below {alpha:g}; the report can then only find arms equivalent. "
+            f"{seeds_for_a_verdict(k, alpha)} seeds can reach a verdict (--seeds, or seeds in the study file).")
+
+
 def base_profile(study: Study, profile: str | None, seeds: int | None) -> tuple[Profile, int]:
     """The study's profile (the command line's, else the file's, else ``standard``) and its number of seeds."""
     prof = get_profile(profile or study.profile or "standard")

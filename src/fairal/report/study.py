@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 
 from fairal.io import within, write_csv, write_text  # noqa: E402
 from fairal.metrics import bounds  # noqa: E402
-from fairal.report.build import HEAD, html_table, settings_section  # noqa: E402
+from fairal.report.build import HEAD, html_table, settings_section, table1  # noqa: E402
 from fairal.report.figures import OKABE_ITO, label, literal  # noqa: E402
 from fairal.report.plan import (  # noqa: E402
     AL_ON,
@@ -35,7 +35,7 @@ from fairal.report.plan import (  # noqa: E402
     match,
     verdict_rows,
 )
-from fairal.report.records import Results, curves, ordered  # noqa: E402
+from fairal.report.records import Results, curves, finished_rounds, on_evaluation_split, ordered  # noqa: E402
 from fairal.stats import mean_ci  # noqa: E402
 
 MEASURES = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice", "essp_auc": "ESSP AUC"}
@@ -62,7 +62,7 @@ def split_of(results: Results) -> str:
 def summary_table(results: Results, split: str) -> pd.DataFrame:
     """Per dataset, initial set and strategy: mean and 95% t CI over seeds of each measure (finished runs), and of
     Group 1's share of the acquired cases (with a group 1); the intervals clipped to each measure's range."""
-    m = al_measure(_finished(results), results.cases, results.round_cases, split).runs
+    m = al_measure(finished_rounds(results), results.cases, results.round_cases, split).runs
     rows = []
     for (d, i, s), g in m.groupby(["dataset", "init", "strategy"], sort=False):
         row = {"dataset": d, "init": i, "strategy": s, "n_seeds": len(g)}
@@ -75,11 +75,20 @@ def summary_table(results: Results, split: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _finished(results: Results) -> pd.DataFrame:
-    r = results.rounds
-    keep = [tuple(k) in results.finished for k in r[["dataset", "init", "strategy", "seed"]].itertuples(
-        index=False, name=None)]
-    return r[keep]
+def baseline_table(results: Results, split: str) -> pd.DataFrame:
+    """``study_baselines.csv``: Table 1 on the study's datasets (a study with ``baselines = true``): per dataset
+    and training cohort, each group's Dice, Dice, ESSP and Δ on the split the study measures (the mean over
+    training seeds, with the interval of ESSP and Δ from several), and ``gap_g1_g2`` = Group 1's Dice − Group 2's
+    (negative: Group 1 segmented worse; the Group 2-only model's gap is a bias's manipulation check). The paper's
+    own Table 1 is not beside it: a study's datasets are not the paper's."""
+    source = on_evaluation_split(results) if split == "eval" else results
+    if source is None or source.baselines is None or source.baselines.empty:
+        return pd.DataFrame()
+    t = table1(source)
+    t = t[[c for c in t.columns if not c.endswith("_paper")]].copy()
+    if {"dice_g1", "dice_g2"} <= set(t.columns):
+        t.insert(t.columns.get_loc("dice_g2") + 1, "gap_g1_g2", t["dice_g1"] - t["dice_g2"])
+    return t.reset_index(drop=True)
 
 
 def paired_parts(m, reference: str, others: list[str]) -> list[Part]:
@@ -114,7 +123,7 @@ def _statistic(metric: str, a: str, b: str) -> str:
 
 def paired_table(results: Results, reference: str, split: str) -> pd.DataFrame:
     """``study_paired.csv``: every comparison of :func:`paired_parts` with its verdict."""
-    rounds = _finished(results)
+    rounds = finished_rounds(results)
     if rounds.empty or reference not in set(rounds["strategy"]):
         return pd.DataFrame(columns=PAIRED_COLUMNS)
     m = al_measure(rounds, results.cases, results.round_cases, split)
@@ -191,6 +200,9 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
     paired = paired_table(results, reference, split) if not results.rounds.empty else pd.DataFrame()
     write_csv(within(out, "study_summary.csv"), summary)
     write_csv(within(out, "study_paired.csv"), paired)
+    baselines = baseline_table(results, split)
+    if not baselines.empty:
+        write_csv(within(out, "study_baselines.csv"), baselines)
     figs = study_figures(results, out) if not results.rounds.empty else []
     parts = [*HEAD, f"<h2>Study {html.escape(str(study.get('name', '')))}</h2>",
              f"<p>{html.escape(str(study.get('description', '')))}</p>",
@@ -199,8 +211,10 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
              "shares in [0, 1], Δ &ge; 0); final = at the final budget.</p>",
              html_table(summary, best={"essp": "max", "delta": "min", "dice_all": "max", "essp_auc": "max"},
                         within=["dataset", "init"]),
+             *_baseline_section(baselines, split),
              f"<h2>{html.escape(reference)} against each strategy</h2>",
-             _rule(int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0),
+             _rule(int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0,
+                   int((paired["family"] == "pooled").sum()) if not paired.empty else 0),
              html_table(paired, digits=4)]
     for p in figs:
         parts.append(f"<h3>{html.escape(p.stem)}</h3>" + _figure(p))
@@ -211,6 +225,16 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
     return target
 
 
+def _baseline_section(baselines: pd.DataFrame, split: str) -> list[str]:
+    if baselines.empty:
+        return []
+    where = "the evaluation split" if split == "eval" else "the test split"
+    return ["<h2>Baselines: one model per training cohort</h2>",
+            f"<p>Trained on all of the pool, Group 1 only or Group 2 only, measured on {where}; gap_g1_g2 = Group 1's "
+            "Dice − Group 2's (negative: Group 1 segmented worse). With one training seed a row is one model: an "
+            "anecdote, not an estimate.</p>", html_table(baselines, digits=4)]
+
+
 def _counts(results: Results, split: str) -> str:
     seeds = int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0
     where = "the evaluation split" if split == "eval" else "the test split"
@@ -218,10 +242,24 @@ def _counts(results: Results, split: str) -> str:
             f"measured on {where}.</p>")
 
 
-def _rule(seeds: int) -> str:
+def _rule(seeds: int, primary: int = 0) -> str:
+    """The rule of the paired table; with ``primary`` comparisons in the primary family, the smallest p the
+    seeds allow and, where it cannot reach 0.05 after Holm, that no superiority verdict is possible."""
+    from fairal.stats import seeds_for_a_verdict, smallest_sign_flip_p
+
     margins = ", ".join(f"{k} ±{v:g}" for k, v in MARGINS.items() if k in MEASURES)
     few = (f"<p><b>{seeds} seed(s): no verdict.</b> A verdict needs at least {MIN_SEEDS_FOR_CLAIMS} seeds (one run "
            "is an anecdote); the table is descriptive.</p>" if seeds < MIN_SEEDS_FOR_CLAIMS else "")
+    if seeds >= MIN_SEEDS_FOR_CLAIMS and primary:
+        floor = smallest_sign_flip_p(seeds)
+        few += (f"<p>With {seeds} seeds the exact sign-flip test's smallest two-sided p is {floor:.3g}; after Holm "
+                f"over the {primary} comparisons of the primary family (pooled final ESSP) at best "
+                f"{min(floor * primary, 1.0):.3g}.")
+        if floor * primary >= 0.05:
+            few += (f" <b>No comparison of that family can be confirmed or refuted with {seeds} seeds, whatever the "
+                    f"runs show; only equivalence can be found.</b> {seeds_for_a_verdict(primary)} seeds can "
+                    "reach a verdict.")
+        few += "</p>"
     return few + ("<p>The seed is the unit (a pooled comparison: each seed's mean difference over the initial sets); "
             "confirmed / refuted: the 95% CI on one side of 0 and a Holm-adjusted sign-flip p &lt; 0.05 within "
             "the family; equivalent: Holm-adjusted TOST p &lt; 0.05 within the margin (" + html.escape(margins)

@@ -1,0 +1,132 @@
+"""Markdown tables of docs/beyond.md from a study's report and tidy records.
+
+    fairal report docs/results/beyond/groups-unknown --out gu-report
+    python scripts/beyond_tables.py gu-report --records docs/results/beyond/groups-unknown > tables.md
+
+Every number of a study's results section is printed here from the report's ``study_paired.csv``,
+``study_summary.csv`` and ``study_baselines.csv`` and, with ``--records``, the records' ``rounds.csv`` (the group
+classifier's accuracy on the pool where the pool's groups were hidden), so none is copied by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+FAMILIES = {"pooled": "Primary: final ESSP on the evaluation split, pooled over the initial sets",
+            "secondary": "Secondary: final Δ, Dice and ESSP AUC, pooled over the initial sets",
+            "scenario": "Per initial set: final ESSP"}
+
+
+def num(v, digits: int = 4, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def pval(p) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.2g}" if p < 0.1 else f"{p:.2f}"
+
+
+def verdict(row: pd.Series) -> str:
+    v = row.get("verdict")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"**{v}** (within margin)" if str(row.get("within_margin")).lower() == "true" else f"**{v}**"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def paired(report: Path) -> str:
+    p = pd.read_csv(report / "study_paired.csv")
+    out = []
+    for family, title in FAMILIES.items():
+        f = p[p["family"] == family]
+        if f.empty:
+            continue
+        rows = [[r["dataset"], r["init"], str(r["statistic"]),
+                 f"{num(r['value'], signed=True)} [{num(r['ci_low'], signed=True)}, {num(r['ci_high'], signed=True)}]",
+                 pval(r["p_holm"]), pval(r["p_tost_holm"]), verdict(r), str(int(r["n"]))] for _, r in f.iterrows()]
+        out.append(f"{title} (the seed is the unit; Holm within the family)\n\n" + table(
+            ["dataset", "initial set", "comparison", "mean difference [95% CI]", "p (Holm)", "TOST p (Holm)",
+             "verdict", "seeds"], rows))
+    return "\n\n".join(out)
+
+
+def summary(report: Path) -> str:
+    s = pd.read_csv(report / "study_summary.csv")
+
+    def cell(r, m):
+        if m not in r or pd.isna(r[m]):
+            return "—"
+        ci = r.get(f"{m}_ci")
+        return f"{num(r[m], 3 if m == 'g1_acquired_share' else 4)} {ci if isinstance(ci, str) else ''}".strip()
+
+    measures = [m for m in ("essp", "delta", "dice_all", "essp_auc", "g1_acquired_share") if m in s.columns]
+    rows = [[r["dataset"], r["init"], r["strategy"], *[cell(r, m) for m in measures], str(int(r["n_seeds"]))]
+            for _, r in s.iterrows()]
+    names = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice", "essp_auc": "ESSP AUC",
+             "g1_acquired_share": "Group 1 share of acquired"}
+    return ("Each arm: mean over seeds [95% t CI], evaluation split\n\n"
+            + table(["dataset", "initial set", "arm", *[names[m] for m in measures], "seeds"], rows))
+
+
+def baselines(report: Path) -> str:
+    path = report / "study_baselines.csv"
+    if not path.is_file():
+        return ""
+    b = pd.read_csv(path)
+    cols = [c for c in ("dice_g1", "dice_g2", "gap_g1_g2", "dice_all", "essp", "delta") if c in b.columns]
+    rows = [[r["dataset"], r["cohort"], *[num(r[c], signed=c == "gap_g1_g2") for c in cols], str(int(r["n_seeds"]))]
+            for _, r in b.iterrows()]
+    return ("Baselines (one model per training cohort), evaluation split\n\n"
+            + table(["dataset", "trained on", *cols, "training seeds"], rows))
+
+
+def group_classifier(records: Path) -> str:
+    """Where the pool's groups were hidden: the group classifier's accuracy on the pool (its true groups) at the
+    first, middle and last round, mean and range over the runs."""
+    r = pd.read_csv(records / "rounds.csv")
+    if "pool_group_accuracy" not in r.columns or r["pool_group_accuracy"].isna().all():
+        return ""
+    r = r[r["pool_group_accuracy"].notna()]
+    rounds = sorted(r["round"].unique())
+    picks = sorted({rounds[0], rounds[len(rounds) // 2], rounds[-1]})
+    rows = []
+    for (d, s), g in r.groupby(["dataset", "strategy"], sort=True):
+        cells = []
+        for k in picks:
+            a = g.loc[g["round"] == k, "pool_group_accuracy"]
+            cells.append(f"{a.mean():.3f} ({a.min():.3f}–{a.max():.3f})" if len(a) else "—")
+        rows.append([d, s, *cells, str(g.groupby(["init", "seed"]).ngroups)])
+    labels = [f"round {k} ({int(r.loc[r['round'] == k, 'n_labeled'].iloc[0])} labeled)" for k in picks]
+    return ("The group classifier's accuracy on the pool (true groups), mean (min–max) over runs\n\n"
+            + table(["dataset", "arm", *labels, "runs"], rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("report", type=Path, help="the study's report folder (fairal report RECORDS --out REPORT)")
+    ap.add_argument("--records", type=Path, help="the study's tidy records (for the group classifier's accuracy)")
+    args = ap.parse_args(argv)
+    if not (args.report / "study_paired.csv").is_file():
+        print(f"{args.report}: no study_paired.csv (not a study's report?)", file=sys.stderr)
+        return 2
+    parts = [paired(args.report), summary(args.report), baselines(args.report)]
+    if args.records is not None:
+        parts.append(group_classifier(args.records))
+    print("\n\n".join(p for p in parts if p))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
