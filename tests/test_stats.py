@@ -105,3 +105,5 @@ def test_the_smallest_p_a_number_of_seeds_allows():
     assert smallest_sign_flip_p(10) == 2 / 1024 and smallest_sign_flip_p(17) == 1 / 100_001
     # Holm's first step multiplies by the family's size: 6 comparisons need 2/2^n * 6 < 0.05, n = 8 (0.047; 7: 0.094)
     assert (seeds_for_a_verdict(1), seeds_for_a_verdict(3), seeds_for_a_verdict(6)) == (6, 7, 8)
+    # beyond 16 units the Monte Carlo floor 1/100,001: a family of 5,001 can never reach 0.05
+    assert seeds_for_a_verdict(5000) == 17 and seeds_for_a_verdict(5001) is None

@@ -90,13 +90,14 @@ def smallest_sign_flip_p(n: int) -> float:
     return 2.0 / 2 ** n if n <= EXACT_MAX_N else 1.0 / (MONTE_CARLO_PATTERNS + 1)
 
 
-def seeds_for_a_verdict(comparisons: int, alpha: float = 0.05) -> int:
+def seeds_for_a_verdict(comparisons: int, alpha: float = 0.05) -> int | None:
     """The fewest units (seeds) with which one of ``comparisons`` tests under Holm's correction can reach
-    ``p < alpha``: Holm's first step multiplies the smallest p by the family's size."""
-    n = 1
-    while smallest_sign_flip_p(n) * max(comparisons, 1) >= alpha:
-        n += 1
-    return n
+    ``p < alpha``: Holm's first step multiplies the smallest p by the family's size. None where no number can
+    (a family so large that even the Monte Carlo test's floor, reached from ``EXACT_MAX_N + 1`` on, is too big)."""
+    for n in range(1, EXACT_MAX_N + 2):
+        if smallest_sign_flip_p(n) * max(comparisons, 1) < alpha:
+            return n
+    return None
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> Estimate:

@@ -393,9 +393,15 @@ def seeds_warning(study: Study, profile: Profile, seeds: int, alpha: float = 0.0
     if floor * k < alpha:
         return ""
     return (f"{seeds} seed(s) cannot give a verdict of superiority: the exact sign-flip test's smallest two-sided "
-            f"p is {floor:.3g} (2/2^{seeds}), {min(floor * k, 1.0):.3g} after Holm over the {k} comparisons of "
+            f"p is {floor:.3g}{f' (2/2^{seeds})' if floor > 1e-5 else ''}, {min(floor * k, 1.0):.3g} after Holm over the {k} comparisons of "
             f"the primary family, not below {alpha:g}; the report can then only find arms equivalent. "
-            f"{seeds_for_a_verdict(k, alpha)} seeds can reach a verdict (--seeds, or seeds in the study file).")
+            + _seeds_needed(seeds_for_a_verdict(k, alpha)))
+
+
+def _seeds_needed(n: int | None) -> str:
+    if n is None:
+        return "No number of seeds can: the family is too large for the test (fewer datasets or arms)."
+    return f"{n} seeds can reach a verdict (--seeds, or seeds in the study file)."
 
 
 def base_profile(study: Study, profile: str | None, seeds: int | None) -> tuple[Profile, int]:

@@ -257,13 +257,16 @@ def _rule(seeds: int, primary: int = 0) -> str:
                 f"{min(floor * primary, 1.0):.3g}.")
         if floor * primary >= 0.05:
             few += (f" <b>No comparison of that family can be confirmed or refuted with {seeds} seeds, whatever the "
-                    f"runs show; only equivalence can be found.</b> {seeds_for_a_verdict(primary)} seeds can "
-                    "reach a verdict.")
+                    f"runs show; only equivalence can be found.</b> {_needed(seeds_for_a_verdict(primary))}")
         few += "</p>"
     return few + ("<p>The seed is the unit (a pooled comparison: each seed's mean difference over the initial sets); "
             "confirmed / refuted: the 95% CI on one side of 0 and a Holm-adjusted sign-flip p &lt; 0.05 within "
             "the family; equivalent: Holm-adjusted TOST p &lt; 0.05 within the margin (" + html.escape(margins)
             + "); 'within margin': a real difference smaller than the margin (docs/analysis-plan.md).</p>")
+
+
+def _needed(n: int | None) -> str:
+    return f"{n} seeds can reach a verdict." if n is not None else "No number of seeds can: the family is too large."
 
 
 def _figure(path: Path) -> str:
