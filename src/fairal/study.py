@@ -392,8 +392,9 @@ def seeds_warning(study: Study, profile: Profile, seeds: int, alpha: float = 0.0
     floor = smallest_sign_flip_p(seeds)
     if floor * k < alpha:
         return ""
+    exact = f" (2/2^{seeds})" if floor > 1e-5 else ""
     return (f"{seeds} seed(s) cannot give a verdict of superiority: the exact sign-flip test's smallest two-sided "
-            f"p is {floor:.3g}{f' (2/2^{seeds})' if floor > 1e-5 else ''}, {min(floor * k, 1.0):.3g} after Holm over the {k} comparisons of "
+            f"p is {floor:.3g}{exact}, {min(floor * k, 1.0):.3g} after Holm over the {k} comparisons of "
             f"the primary family, not below {alpha:g}; the report can then only find arms equivalent. "
             + _seeds_needed(seeds_for_a_verdict(k, alpha)))
 
