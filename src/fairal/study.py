@@ -396,13 +396,14 @@ def seeds_warning(study: Study, profile: Profile, seeds: int, alpha: float = 0.0
     return (f"{seeds} seed(s) cannot give a verdict of superiority: the exact sign-flip test's smallest two-sided "
             f"p is {floor:.3g}{exact}, {min(floor * k, 1.0):.3g} after Holm over the {k} comparisons of "
             f"the primary family, not below {alpha:g}; the report can then only find arms equivalent. "
-            + _seeds_needed(seeds_for_a_verdict(k, alpha)))
+            + seeds_needed(seeds_for_a_verdict(k, alpha)) + " (--seeds, or seeds in the study file)")
 
 
-def _seeds_needed(n: int | None) -> str:
+def seeds_needed(n: int | None) -> str:
+    """What :func:`fairal.stats.seeds_for_a_verdict` found, in words (the warning's and the report's)."""
     if n is None:
         return "No number of seeds can: the family is too large for the test (fewer datasets or arms)."
-    return f"{n} seeds can reach a verdict (--seeds, or seeds in the study file)."
+    return f"{n} seeds can reach a verdict."
 
 
 def base_profile(study: Study, profile: str | None, seeds: int | None) -> tuple[Profile, int]:

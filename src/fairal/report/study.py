@@ -246,6 +246,7 @@ def _rule(seeds: int, primary: int = 0) -> str:
     """The rule of the paired table; with ``primary`` comparisons in the primary family, the smallest p the
     seeds allow and, where it cannot reach 0.05 after Holm, that no superiority verdict is possible."""
     from fairal.stats import seeds_for_a_verdict, smallest_sign_flip_p
+    from fairal.study import seeds_needed
 
     margins = ", ".join(f"{k} ±{v:g}" for k, v in MARGINS.items() if k in MEASURES)
     few = (f"<p><b>{seeds} seed(s): no verdict.</b> A verdict needs at least {MIN_SEEDS_FOR_CLAIMS} seeds (one run "
@@ -257,16 +258,12 @@ def _rule(seeds: int, primary: int = 0) -> str:
                 f"{min(floor * primary, 1.0):.3g}.")
         if floor * primary >= 0.05:
             few += (f" <b>No comparison of that family can be confirmed or refuted with {seeds} seeds, whatever the "
-                    f"runs show; only equivalence can be found.</b> {_needed(seeds_for_a_verdict(primary))}")
+                    f"runs show; only equivalence can be found.</b> {seeds_needed(seeds_for_a_verdict(primary))}")
         few += "</p>"
     return few + ("<p>The seed is the unit (a pooled comparison: each seed's mean difference over the initial sets); "
             "confirmed / refuted: the 95% CI on one side of 0 and a Holm-adjusted sign-flip p &lt; 0.05 within "
             "the family; equivalent: Holm-adjusted TOST p &lt; 0.05 within the margin (" + html.escape(margins)
             + "); 'within margin': a real difference smaller than the margin (docs/analysis-plan.md).</p>")
-
-
-def _needed(n: int | None) -> str:
-    return f"{n} seeds can reach a verdict." if n is not None else "No number of seeds can: the family is too large."
 
 
 def _figure(path: Path) -> str:
