@@ -1,5 +1,7 @@
 """Progress of long work: a bar on a terminal; with output to a file or a pipe (a batch job, ``nohup``, CI), a
-plain line whenever a run finishes and at least once a minute while rounds go on, so a log shows where the work is."""
+plain line whenever a run finishes and at least once a minute while rounds go on, so a log shows where the work is.
+Both say how long the rest will take at the pace of this process so far (a resumed grid's earlier units do not
+count towards the pace)."""
 
 from __future__ import annotations
 
@@ -33,12 +35,14 @@ class GridProgress:
         self._last: tuple[int, int] | None = None
         self._last_line = 0.0
         self._start = time.monotonic()
+        self._first_units: int | None = None  # the units already done when this process first reported
 
     def __enter__(self) -> GridProgress:
         if self.terminal:
-            self._bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            self._bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[left]}"))
             self._bar.__enter__()
-            self._task = self._bar.add_task("grid", total=self.total_units)
+            self._task = self._bar.add_task("grid", total=self.total_units, left="")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -48,17 +52,29 @@ class GridProgress:
     def update(self, units: int, finished: int) -> None:
         if not self.enabled:
             return
-        if self._bar is not None:
-            self._bar.update(self._task, completed=units)
-            return
+        if self._first_units is None:
+            self._first_units = units
         now = time.monotonic()
+        if self._bar is not None:
+            left = self.time_left(units, now - self._start)
+            self._bar.update(self._task, completed=units, left=f"≈ {elapsed(left)} left" if left is not None else "")
+            return
         first = self._last is None
         moved = first or finished != self._last[1] or (units != self._last[0] and now - self._last_line >= LINE_EVERY)
         if moved:
             print(self.line(units, finished, now - self._start), file=self.stream, flush=True)
             self._last, self._last_line = (units, finished), now
 
+    def time_left(self, units: int, seconds: float) -> float | None:
+        """Seconds the remaining units take at this process's pace so far; None before it has done one."""
+        done = units - (self._first_units if self._first_units is not None else units)
+        if done <= 0 or seconds <= 0:
+            return None
+        return (self.total_units - units) * seconds / done
+
     def line(self, units: int, finished: int, seconds: float) -> str:
         share = units / self.total_units if self.total_units else 1.0
+        left = self.time_left(units, seconds)
         return (f"{self.label}: {finished}/{self.total_tasks} finished, {units}/{self.total_units} units "
-                f"({share:.0%}), {elapsed(seconds)} elapsed")
+                f"({share:.0%}), {elapsed(seconds)} elapsed" + (f", ≈ {elapsed(left)} left" if left is not None
+                                                                 else ""))
