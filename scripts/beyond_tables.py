@@ -121,9 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.report / "study_paired.csv").is_file():
         print(f"{args.report}: no study_paired.csv (not a study's report?)", file=sys.stderr)
         return 2
-    parts = [paired(args.report), summary(args.report), baselines(args.report)]
-    if args.records is not None:
-        parts.append(group_classifier(args.records))
+    try:
+        parts = [paired(args.report), summary(args.report), baselines(args.report)]
+        if args.records is not None:
+            parts.append(group_classifier(args.records))
+    except pd.errors.EmptyDataError:  # a report drawn before any round of the study had finished
+        print(f"{args.report}: the study's tables are empty (no finished round yet?)", file=sys.stderr)
+        return 2
     print("\n\n".join(p for p in parts if p))
     return 0
 

@@ -66,11 +66,15 @@ def _study(study_file: Path, out: Path):
     from fairal.config import get_profile
     from fairal.study import load_study
 
-    info = json.loads((out / "study.json").read_text())
+    try:
+        info = json.loads((out / "study.json").read_text())
+        recorded_text, profile_name = info["study"].get("text"), info["profile"]["name"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise SystemExit(f"{out}: no readable study.json (a results folder of fairal study?)") from None
     study = load_study(study_file)
-    if study.text != info["study"].get("text"):
+    if study.text != recorded_text:
         raise SystemExit(f"{out} holds the records of another study than {study_file} (study.json's text differs)")
-    base = get_profile(info["profile"]["name"])
+    base = get_profile(profile_name)
     return study, info, base
 
 
@@ -224,7 +228,7 @@ def _own_records(folder: Path) -> bool:
         return False
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("study", type=Path, help="the study file the results folder ran")
     ap.add_argument("out", type=Path, help="the study's results folder (fairal study STUDY OUT)")
@@ -232,8 +236,13 @@ def main() -> None:
     ap.add_argument("--commit", required=True, help="the commit the study's runs were made at")
     ap.add_argument("--reuse-records", type=Path, default=None,
                     help="tidy records holding the study's other arms (e.g. docs/results/v2)")
-    args = ap.parse_args()
-    export(args.study, args.out, args.dest, args.commit, args.reuse_records)
+    args = ap.parse_args(argv)
+    from fairal.errors import FairalError
+
+    try:
+        export(args.study, args.out, args.dest, args.commit, args.reuse_records)
+    except FairalError as err:  # a study file or its data that cannot be read: the message, not a traceback
+        raise SystemExit(f"error: {err}") from None
     print(f"tidy records in {args.dest}")
 
 

@@ -327,6 +327,12 @@ def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
     assert "| scanner | g2 | 0.8100 | 0.9300 | -0.1200 |" in text  # the baseline's gap, Group 1 0.12 behind
     assert "0.600 (0.600–0.600) | 0.800 (0.800–0.800) | 5 |" in text  # the classifier's accuracy by round
     assert load_script("beyond_tables").main([str(tmp_path / "nothing")]) == 2
+    early = tmp_path / "early"  # a report drawn before any round finished: its tables are empty files
+    early.mkdir()
+    for name in ("study_paired.csv", "study_summary.csv"):
+        (early / name).write_text("\n")
+    assert load_script("beyond_tables").main([str(early)]) == 2
+    assert "the study's tables are empty" in capsys.readouterr().err
     html = (report / "report.html").read_text()  # 5 seeds, 1 comparison: 2/32 = 0.0625 cannot reach 0.05
     assert "smallest two-sided p is 0.0625" in html and "No comparison of that family can be confirmed" in html
     assert "6 seeds can reach a verdict" in html
@@ -355,3 +361,91 @@ simulate = { bias = "weak" }
     res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet"])
     assert res.exit_code != 0 and "cannot give a verdict of superiority" in res.output
     assert (users / "notes.txt").read_text() == "keep" and sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+
+
+def test_names_settings_and_paths_a_study_file_cannot_hold_are_refused(tmp_path):
+    ok = '[datasets.a]\nsimulate = { bias = "weak" }\n'
+    _refused(tmp_path, 'strategies = [{ name = "../x", strategy = "random" }]\n' + ok, "strategy name '../x'",
+             "cannot name a folder")
+    _refused(tmp_path, 'strategies = [{ name = "", strategy = "random" }]\n' + ok, "strategy name ''")
+    _refused(tmp_path, '[set]\nstrategies = ["random"]\n' + ok, "set.strategies", "key 'strategies'")
+    _refused(tmp_path, '[datasets.a]\nsimulate = {}\ngroups_known = false\nset = { groups_known = true }\n',
+             "dataset a", "groups_known is given twice")
+    _refused(tmp_path, '[datasets.a]\nsimulate = {}\nseed = 3\n', "dataset a", "'seed' belongs to a CSV dataset")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "manifest.csv").write_text("case_id,group,image,label\n")
+    _refused(tmp_path, '[datasets.a]\nfolder = "d"\ngroup_by = ["site"]\n', "'group_by' belongs to a CSV dataset")
+    _refused(tmp_path, '[datasets.a]\ncsv = "c.csv"\ngroup_by = "site"\nseed = -1\n', "seed must be a whole "
+             "number >= 0")
+    # simulate's files are read relative to the study file, as csv and folder are
+    _refused(tmp_path, '[datasets.a]\nsimulate = { template = "t.nii.gz", label = "l.nii.gz" }\n',
+             "simulate.template: no such file", str(tmp_path / "t.nii.gz"))
+
+
+def test_simulate_files_are_relative_to_the_study_file(tmp_path, monkeypatch):
+    tpl, lab = make_template(tmp_path)
+    sub = tmp_path / "studies"
+    sub.mkdir()
+    path = _write(sub / "s.toml", f'[datasets.a]\nsimulate = {{ template = "../{tpl.name}", label = "../{lab.name}",'
+                                  f' label_value = {LABEL_VALUE} }}\n')
+    monkeypatch.chdir(sub)  # elsewhere than the files: the study file's folder is what counts
+    study = load_study(path)
+    assert study.datasets[0].simulate["template"] == str(tpl.resolve())
+    assert study.datasets[0].simulate["label"] == str(lab.resolve())
+
+
+def _cli_refused(tmp_path, text, *args):
+    study = _write(tmp_path / "s.toml", text)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["study", str(study), str(out), "--quiet", *args])
+    assert not out.exists(), "nothing is made before the study is refused"
+    return res
+
+
+def test_what_the_datasets_cannot_give_is_refused_before_any_dataset_is_made(tmp_path, tiny_dataset):
+    """The initial sets, budget and baselines against each dataset's groups and pool, before it is simulated or
+    resampled: a CSV cohort's sites, a simulation's group sizes at the profile."""
+    _cohort_csv(tiny_dataset, tmp_path)  # sites north and south, 12 cases each; smoke: 4 test, 8 pool each
+    lab = '[datasets.lab]\ncsv = "cohort.csv"\ngroup_by = ["site"]\n'
+    smoke = 'profile = "smoke"\nseeds = 9\n'
+    res = _cli_refused(tmp_path, smoke + lab)  # smoke's final budget 18 against a pool of 16
+    assert res.exit_code == 2 and "dataset lab, strategy random: impossible budget, 18 labeled cases asked for " \
+        "(final_size) and the pool has 16" in res.output, res.output
+    fits = '[set]\nfinal_size = 14\n'
+    res = _cli_refused(tmp_path, smoke + 'inits = ["balanced", "g1-heavy"]\n' + fits + lab)
+    assert res.exit_code == 2 and "dataset lab: initial set g1-heavy: the dataset has no group 1 (groups: north, " \
+                                  "south)" in res.output, res.output
+    res = _cli_refused(tmp_path, smoke + 'inits = ["gnorth-heavy"]\n[set]\ninit_size = 12\nfinal_size = 16\n' + lab)
+    assert res.exit_code == 2 and "initial set gnorth-heavy takes 10 cases of group north, its pool has 8" \
+        in res.output, res.output  # round(0.8 x 12) = 10
+    sim = '[datasets.sim]\nsimulate = { bias = "strong", n_subjects = 40 }\n'  # 20 a group: 4 test, 16 pool
+    res = _cli_refused(tmp_path, smoke + 'baselines = true\n' + sim, "--set", "cohort_size=20")
+    assert res.exit_code == 2 and "dataset sim: the baselines train on 20 cases of each group alone " \
+        "(cohort_size), group 1's pool has 16" in res.output, res.output
+    three = '[datasets.sim]\nsimulate = { n_subjects = 40, group = ["1:bias=strong", "2", "3:share=0.05"] }\n'
+    res = _cli_refused(tmp_path, smoke + three)
+    assert res.exit_code == 2 and "group 3 has no test case" in res.output, res.output
+
+
+def test_the_reference_and_the_seeds_warning_follow_the_strategies_run(tmp_path):
+    sim = '[datasets.a]\nsimulate = { bias = "strong" }\n'
+    res = _cli_refused(tmp_path, 'profile = "smoke"\nreference = "weighted-localised-entropy"\n' + sim)
+    assert res.exit_code == 2 and "the reference 'weighted-localised-entropy' is not among the strategies run" \
+        in res.output, res.output
+    res = _cli_refused(tmp_path, 'profile = "smoke"\n' + sim, "--set", "strategies=random")
+    assert res.exit_code == 2 and "--set strategies" in res.output and "--strategies" in res.output
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("keep")  # refused after the warnings: a folder fairal did not make
+    four = ('profile = "smoke"\nseeds = 6\nstrategies = ["random", "entropy", "localized-entropy", '
+            '"weighted-localized-entropy"]\n' + sim)
+    study = _write(tmp_path / "s.toml", four)
+    res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet"])  # 3 comparisons: 3 x 2/64 > 0.05
+    assert "cannot give a verdict" in res.output and "after Holm over the 3 comparisons" in res.output
+    res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet", "--strategies",
+                                   "random,weighted-localized-entropy"])  # 1 comparison: 2/64 < 0.05
+    assert res.exit_code == 2 and "cannot give a verdict" not in res.output, res.output
+    res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet", "--strategies", "random,entropy"])
+    assert "the reference 'weighted-localized-entropy' is not among the strategies run (random, entropy): the " \
+           "report has no paired comparisons" in res.output, res.output
+    assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]

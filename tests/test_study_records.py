@@ -102,6 +102,13 @@ def test_a_study_takes_its_other_arm_from_earlier_records_only_where_they_are_it
         records.export(other, tmp_path / "c", tmp_path / "refused", commit="c" * 40, reuse=_renamed(dest))
     with pytest.raises(SystemExit, match="inside it"):
         records.export(study, tmp_path / "b", tmp_path / "b" / "records", commit="b" * 40, reuse=tidy)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "study.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no readable study.json"):  # a study.json without the study
+        records.main([str(study), str(tmp_path / "broken"), str(tmp_path / "refused"), "--commit", "d" * 40])
+    with pytest.raises(SystemExit, match="error: .*no such study file"):  # a message, not a traceback
+        records.main([str(tmp_path / "gone.toml"), str(tmp_path / "b"), str(tmp_path / "refused"), "--commit",
+                      "d" * 40])
     assert not (tmp_path / "refused").exists() and not (tmp_path / "b" / "records").exists()
     records.export(study, tmp_path / "b", dest, commit="c" * 40, reuse=tidy)  # its own records: replaced whole
     assert json.loads((dest / "settings.json").read_text())["commit"] == "c" * 40

@@ -91,6 +91,11 @@ console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 stdout = Console(soft_wrap=True, markup=False, highlight=False)
 
 
+def _warn(text: str) -> None:
+    """A warning on stderr, before the work it is about."""
+    console.print(Text.assemble(("warning:", "bold yellow"), " ", text))
+
+
 def _print_version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -436,14 +441,9 @@ def study(
 ) -> None:
     """Run a study: its datasets (simulated, or a lab's labeled cohort), initial sets, strategies and seeds, with
     the statistics and report; resumable. The command line overrides the file."""
-    from fairal.study import PAPER_SOURCE, base_profile, load_study, seeds_warning
+    from fairal.study import load_study
 
-    the_study = load_study(source)
-    if the_study.source != PAPER_SOURCE:  # the paper's study has its own plan (docs/analysis-plan.md)
-        base, n_seeds = base_profile(the_study, profile, seeds)
-        if warning := seeds_warning(the_study, base, n_seeds):
-            console.print(Text.assemble(("warning:", "bold yellow"), " ", warning))
-    _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task,
+    _run_study(load_study(source), out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task,
                strategies, pack, pack_size, set_, quiet, reuse)
 
 
@@ -472,9 +472,11 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
     from fairal.acquisition import parse_strategy
     from fairal.config import get_profile, parse_overrides
     from fairal.experiments import run_study
-    from fairal.study import Arm
+    from fairal.study import PAPER_SOURCE, Arm, seeds_warning, study_seeds
 
     cli = parse_overrides(set_)
+    if "strategies" in cli:
+        raise FairalError("--set strategies: the grid's strategies are chosen with --strategies")
     base = get_profile(profile or the_study.profile or "standard")
     if strategies is not None:  # the grid's strategies: the profile's list for the paper, the study's arms else
         names = tuple(v.strip() for v in strategies.split(",") if v.strip())
@@ -492,6 +494,16 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
             base = base.with_overrides({"strategies": ",".join(names)})
         else:
             the_study = dataclasses.replace(the_study, arms=tuple(arms.get(n, Arm(n, n)) for n in names))
+    if the_study.source != PAPER_SOURCE:  # the paper's study has its own plan (docs/analysis-plan.md)
+        names = [a.name for a in the_study.resolved_arms(base)]
+        if the_study.reference not in names:  # a file's typo is refused; a subset of arms runs, unpaired
+            problem = (f"the reference {the_study.reference!r} is not among the strategies run "
+                       f"({', '.join(names)})")
+            if strategies is None:
+                raise FairalError(f"{the_study.source}: {problem} at profile {base.name}")
+            _warn(f"{problem}: the report has no paired comparisons")
+        elif warning := seeds_warning(the_study, base, study_seeds(the_study, base, seeds)):
+            _warn(warning)
     run_study(the_study, out, base, cli=cli, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor,
               address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack,
               pack_size=pack_size, reuse=reuse)
@@ -547,7 +559,7 @@ def _print_query(table, strat, budget: int, group_dice: str) -> None:
         for note in info["notes"]:
             stdout.print(note)
         for warning in info["warnings"]:
-            console.print(Text.assemble(("warning:", "bold yellow"), " ", warning))
+            _warn(warning)
     unknown = info["unknown_groups"]
     if unknown["n_unlabeled_unknown"]:
         acc = (f", cross-validated accuracy {unknown['classifier_cv_accuracy']:.2f} against a majority rate of "

@@ -52,7 +52,7 @@ def read_manifest(data_dir: str | Path, test_per_group: int = 15, seed: int = 0)
     empty_group = m["case_id"][m["group"].astype(str).str.strip() == ""].tolist()
     if empty_group:
         raise FairalError(f"{path}: case {empty_group[0]} has no group (column 'group' is empty)")
-    m["group"] = m["group"].map(_group_value)
+    m["group"] = m["group"].map(group_value)
     for col in ("image", "label"):
         m[f"{col}_path"] = [str((data_dir / p).resolve()) if p else "" for p in m[col]]
         for case, p, rel in zip(m["case_id"], m[f"{col}_path"], m[col], strict=True):
@@ -122,7 +122,7 @@ def describe_changes(before: dict, now: dict) -> str:
     return "; ".join(parts)
 
 
-def _group_value(value):
+def group_value(value):
     """A group is the text the file holds ("007", "7", "7.0" and "1e0" are four groups); a plain whole number
     ("1", "2": the simulated groups) is kept as an int."""
     text = str(value).strip()

@@ -248,7 +248,7 @@ def run_study(
     slower than a process per core. ``reuse``: another results folder; its finished runs of identical settings on
     the same data files are linked into ``out`` instead of run again (:func:`reuse_run`).
     """
-    from fairal.study import check_settings, study_seeds
+    from fairal.study import check_data, check_settings, study_seeds
 
     cli = cli or {}
     seeds = study_seeds(study, profile, seeds)
@@ -260,6 +260,7 @@ def run_study(
     from fairal.plugins import record as extensions
 
     check_settings(study, profile, cli)
+    check_data(study, profile, cli)  # what the datasets must hold for these runs, before any is made
     work = for_workers(grid_task)  # the plugins and run-time registrations, checked before any work
     if reuse is not None and not (Path(reuse) / "runs").is_dir():
         raise FairalError(f"--reuse {reuse}: no results folder (no runs/ in it)")

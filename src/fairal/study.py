@@ -36,7 +36,7 @@ from pathlib import Path
 import tomllib
 
 from fairal.acquisition import parse_strategy
-from fairal.config import PROFILES, Profile, get_profile
+from fairal.config import PROFILES, Profile
 from fairal.errors import FairalError
 
 TOP_KEYS = ("name", "description", "profile", "seeds", "strategies", "inits", "reference", "set", "datasets",
@@ -63,7 +63,8 @@ class DatasetSpec:
     name: str
     simulate: dict | None = None
     csv: Path | None = None
-    folder: Path | None = None  # a dataset folder made before (fairal simulate): read, never written
+    folder: Path | None = None  # a dataset folder made before (fairal simulate): its files only read (the volume
+    # cache goes into its cache/, as for every dataset; a read-only folder works without one)
     group_by: tuple[str, ...] = ()
     overrides: dict = field(default_factory=dict)
     spacing: float = 1.0  # mm: the grid a CSV cohort is resampled to (the profile's downsample applies on top)
@@ -159,6 +160,9 @@ def _typed(where: str, key: str, value, kind, what: str):
 def _settings(where: str, table) -> dict[str, str]:
     """A ``set`` table as ``--set`` strings (TOML booleans as true/false, lists as comma lists)."""
     _typed(where, "set", table, dict, "a table of settings")
+    if "strategies" in table:
+        raise _fail(where, "set.strategies: the study's strategies are its key 'strategies' (or --strategies), "
+                    "not a setting")
     out = {}
     for key, value in table.items():
         if isinstance(value, bool):
@@ -168,6 +172,21 @@ def _settings(where: str, table) -> dict[str, str]:
         else:
             out[key] = str(value)
     return out
+
+
+def _folder_name(where: str, what: str, name: str) -> None:
+    """A dataset's or arm's name becomes a folder of the records: one plain folder name."""
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip():
+        raise _fail(where, f"{what} name {name!r} cannot name a folder (no '/', '\\', leading '.' or spaces)")
+
+
+def _groups_known(where: str, table: dict, overrides: dict) -> None:
+    """``groups_known`` of a dataset or arm, into its settings; given once (not also in its ``set``)."""
+    if "groups_known" in table:
+        if "groups_known" in overrides:
+            raise _fail(where, "groups_known is given twice (the key and set.groups_known): give it once")
+        _typed(where, "groups_known", table["groups_known"], bool, "true or false")
+        overrides["groups_known"] = "true" if table["groups_known"] else "false"
 
 
 def _strategy(where: str, name: str) -> None:
@@ -188,10 +207,9 @@ def _arm(where: str, item) -> Arm:
     strategy = _typed(where, "strategy", item["strategy"], str, "a strategy name")
     _strategy(where, strategy)
     name = _typed(where, "name", item.get("name", strategy), str, "a name")
+    _folder_name(where, "strategy", name)
     overrides = _settings(f"{where}, strategy {name}", item.get("set", {}))
-    if "groups_known" in item:
-        _typed(where, "groups_known", item["groups_known"], bool, "true or false")
-        overrides["groups_known"] = "true" if item["groups_known"] else "false"
+    _groups_known(f"{where}, strategy {name}", item, overrides)
     return Arm(name, strategy, overrides)
 
 
@@ -202,10 +220,13 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
     if sum(k in table for k in ("simulate", "csv", "folder")) != 1:
         raise _fail(where, "give exactly one of 'simulate' (a table of fairal simulate options), 'csv' (a labeled "
                     "cohort) or 'folder' (a dataset folder made by fairal simulate)")
+    if "csv" not in table:
+        for key in ("group_by", "spacing", "margin_mm", "label_value", "seed"):
+            if key in table:
+                raise _fail(where, f"{key!r} belongs to a CSV dataset (a simulated one takes its options in "
+                            "'simulate'; a dataset folder has its own groups and grid)")
     overrides = _settings(where, table.get("set", {}))
-    if "groups_known" in table:
-        _typed(where, "groups_known", table["groups_known"], bool, "true or false")
-        overrides["groups_known"] = "true" if table["groups_known"] else "false"
+    _groups_known(where, table, overrides)
     group_by = table.get("group_by", [])
     group_by = [group_by] if isinstance(group_by, str) else group_by
     if not isinstance(group_by, list) or not all(isinstance(c, str) for c in group_by):
@@ -219,21 +240,26 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
         raise _fail(where, f"margin_mm must be a finite number of mm >= 0, got {margin!r}")
     label_value = check_label_value(table.get("label_value"), f"{where}: label_value")
     seed = _typed(where, "seed", table.get("seed", 0), int, "a whole number")
+    if seed < 0:
+        raise _fail(where, f"seed must be a whole number >= 0, got {seed}")
     if "folder" in table:
         folder = base / _typed(where, "folder", table["folder"], str, "a folder name")
         if not (folder / "manifest.csv").is_file():
             raise _fail(where, f"{folder} is not a dataset folder (no manifest.csv)")
         return DatasetSpec(name, folder=folder.resolve(), overrides=overrides)
     if "simulate" in table:
-        sim = _typed(where, "simulate", table["simulate"], dict, "a table of fairal simulate options")
-        for key in ("group_by", "spacing", "margin_mm", "label_value", "seed"):
-            if key in table:
-                raise _fail(where, f"{key!r} belongs to a CSV dataset (a simulated one takes its options in "
-                            "'simulate')")
+        sim = dict(_typed(where, "simulate", table["simulate"], dict, "a table of fairal simulate options"))
         from fairal.simulate.dataset import simulation_config
+        from fairal.simulate.settings import PATHS
 
+        for key in PATHS:  # files relative to the study file, as csv and folder are
+            if isinstance(sim.get(key), str):
+                path = base / sim[key]
+                if not path.is_file():
+                    raise _fail(where, f"simulate.{key}: no such file {path}")
+                sim[key] = str(path.resolve())
         simulation_config(sim, where)  # checked now, built with the profile's sizes later
-        return DatasetSpec(name, simulate=dict(sim), overrides=overrides)
+        return DatasetSpec(name, simulate=sim, overrides=overrides)
     if not group_by:
         raise _fail(where, "a CSV dataset needs group_by: the column(s) that name each case's group")
     csv = base / _typed(where, "csv", table["csv"], str, "a file name")
@@ -280,8 +306,7 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
         raise _fail(where, "the study names no dataset: add a [datasets.NAME] table")
     datasets = tuple(_dataset(where, n, t, base) for n, t in data["datasets"].items())
     for d in datasets:
-        if not d.name or d.name.startswith(".") or "/" in d.name or "\\" in d.name:
-            raise _fail(where, f"dataset name {d.name!r} cannot name a folder")
+        _folder_name(where, "dataset", d.name)
     arms = None
     if "strategies" in data:
         items = _typed(where, "strategies", data["strategies"], list, "a list of strategies")
@@ -374,6 +399,72 @@ def check_settings(study: Study, base: Profile, cli: dict) -> None:
                     raise FairalError(f"{study.source} ({where}): {err}") from None
 
 
+def dataset_outline(spec: DatasetSpec, profile: Profile):
+    """Each case's ``group`` and ``split`` as the dataset will have them, without making it: a folder's manifest,
+    a CSV cohort's cases and split, a simulation's group sizes with its test and evaluation cases per group."""
+    import pandas as pd
+
+    from fairal.data import group_value, read_manifest
+    from fairal.sampling import test_split
+
+    if spec.kind == "folder":
+        return read_manifest(spec.folder, test_per_group=profile.test_per_group)[["group", "split"]]
+    if spec.kind == "csv":
+        from fairal.owndata import read_cases
+
+        cases = read_cases(spec.csv, spec.group_by)
+        return pd.DataFrame({"group": cases["group"].map(group_value),
+                             "split": cohort_splits(cases, spec, profile.test_per_group)})
+    from fairal.experiments import simulation_settings
+
+    cfg = simulation_settings(spec, profile)
+    names = [g.name for g in cfg.resolved_groups()]
+    ids = {g: [f"{g}-{i}" for i in range(n)] for g, n in zip(names, cfg.group_counts(), strict=True)}
+    test = test_split(ids, cfg.test_per_group, cfg.seed)  # only its size per group matters here
+    rows = [(g, "test" if i in test else "pool") for g in names for i in ids[g]]
+    rows += [(g, "eval") for g in names for _ in range(cfg.eval_per_group)]
+    return pd.DataFrame(rows, columns=["group", "split"])
+
+
+def check_data(study: Study, base: Profile, cli: dict) -> None:
+    """What each dataset must hold for the study's runs, checked before any dataset is made or run: every group
+    a test case, a pool of the final budget, each initial set's cases per group, and the baselines' training
+    cohorts (``cohort_size`` cases of each group) where the study has them."""
+    from fairal.loop import initial_counts
+
+    for d in study.datasets:
+        outline = dataset_outline(d, study.profile_for(base, d, None, cli))
+        where = f"{study.source}, dataset {d.name}"
+        groups = sorted(set(outline["group"]), key=str)
+        pool = outline.loc[outline["split"] == "pool", "group"].value_counts().to_dict()
+        test = outline.loc[outline["split"] == "test", "group"].value_counts().to_dict()
+        for g in groups:
+            if not test.get(g):
+                raise FairalError(f"{where}: group {g} has no test case (the metrics measure every group on the "
+                                  "test split); add cases of the group")
+        if study.baselines:
+            size = study.profile_for(base, d, None, cli).cohort_size
+            short = [g for g in groups if pool.get(g, 0) < size]
+            if short:
+                raise FairalError(f"{where}: the baselines train on {size} cases of each group alone "
+                                  f"(cohort_size), group {short[0]}'s pool has {pool.get(short[0], 0)}: lower "
+                                  "cohort_size ([set] or --set) or add subjects")
+        for arm in study.resolved_arms(base):
+            prof = study.profile_for(base, d, arm, cli)
+            if sum(pool.values()) < prof.final_size:
+                raise FairalError(f"{where}, strategy {arm.name}: impossible budget, {prof.final_size} labeled "
+                                  f"cases asked for (final_size) and the pool has {sum(pool.values())}")
+            for init in study.inits:
+                try:
+                    need = initial_counts(groups, init, prof.init_size)
+                except FairalError as err:
+                    raise FairalError(f"{where}: {err}") from None
+                short = [g for g in groups if need[g] > pool.get(g, 0)]
+                if short:
+                    raise FairalError(f"{where}, strategy {arm.name}: initial set {init} takes {need[short[0]]} "
+                                      f"cases of group {short[0]}, its pool has {pool.get(short[0], 0)}")
+
+
 def study_seeds(study: Study, profile: Profile, seeds: int | None) -> int:
     """The number of seeds: the command line's (``seeds``), else the study file's, else the profile's."""
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
@@ -404,12 +495,6 @@ def seeds_needed(n: int | None) -> str:
     if n is None:
         return "No number of seeds can: the family is too large for the test (fewer datasets or arms)."
     return f"{n} seeds can reach a verdict."
-
-
-def base_profile(study: Study, profile: str | None, seeds: int | None) -> tuple[Profile, int]:
-    """The study's profile (the command line's, else the file's, else ``standard``) and its number of seeds."""
-    prof = get_profile(profile or study.profile or "standard")
-    return prof, study_seeds(study, prof, seeds)
 
 
 # --- a lab's labeled cohort as a dataset --------------------------------------------------------------------
