@@ -449,3 +449,68 @@ def test_the_reference_and_the_seeds_warning_follow_the_strategies_run(tmp_path)
     assert "the reference 'weighted-localized-entropy' is not among the strategies run (random, entropy): the " \
            "report has no paired comparisons" in res.output, res.output
     assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+
+
+def test_grid_settings_data_settings_and_folder_names_are_refused_where_they_cannot_apply(tmp_path, tiny_dataset):
+    ok = '[datasets.a]\nsimulate = { bias = "weak" }\n'
+    _refused(tmp_path, '[set]\nseeds = 8\n' + ok, "set.seeds: give it as the study file's key 'seeds' (or --seeds)")
+    _refused(tmp_path, '[datasets.a]\nsimulate = {}\nset = { seeds = 8 }\n', "dataset a: set.seeds")
+    _refused(tmp_path, 'strategies = [{ name = "r", strategy = "random", set = { n_subjects = 500 } }]\n' + ok,
+             "strategy r: set.n_subjects makes the dataset", "the study's [set] or the dataset's set")
+    _refused(tmp_path, 'strategies = [{ name = "a\\u0000b", strategy = "random" }]\n' + ok, "cannot name a folder")
+    _refused(tmp_path, f'strategies = [{{ name = "{"x" * 101}", strategy = "random" }}]\n' + ok, "at most 100 bytes")
+    _refused(tmp_path, 'inits = ["g1/F-heavy"]\n' + ok, "inits: 'g1/F-heavy' cannot name a folder",
+             "intersectional group")
+    msg = _refused(tmp_path, 'inits = [1]\n' + ok, "each initial set must be a name, got 1")
+    assert msg.count("s.toml") == 1, msg  # the file named once
+    cohort = _cohort_csv(tiny_dataset, tmp_path)
+    _refused(tmp_path, '[datasets.lab]\ncsv = "cohort.csv"\ngroup_by = ["site", "site"]\n',
+             "s.toml, dataset lab: ", f"{cohort}: group_by names the column 'site' twice")
+    _refused(tmp_path, '[datasets.lab]\ncsv = "cohort.csv"\ngroup_by = ["scanner"]\n',
+             "s.toml, dataset lab: ", "no column 'scanner' for group_by")
+    res = _cli_refused(tmp_path, 'profile = "smoke"\n' + ok, "--set", "seeds=8")
+    assert res.exit_code == 2 and "--set seeds: give it as the study file's key 'seeds' (or --seeds)" in res.output
+    res = _cli_refused(tmp_path, 'profile = "smoke"\n' + ok, "--strategies", "random,random")
+    assert res.exit_code == 2 and "--strategies names 'random' twice" in res.output, res.output
+    res = _cli_refused(tmp_path, 'profile = "smoke"\nseeds = 2\n' + ok, "--set", "stepz=3")
+    assert res.exit_code == 2 and "stepz" in res.output and "cannot give a verdict" not in res.output, res.output
+
+
+def test_a_heavy_initial_set_names_its_group_as_the_manifest_reads_it():
+    from fairal.loop import heavy_group, initial_counts
+
+    assert heavy_group("g2-heavy") == 2 and heavy_group("g007-heavy") == "007" and heavy_group("balanced") is None
+    assert initial_counts(["007", "008"], "g007-heavy", 10) == {"007": 8, "008": 2}  # round(0.8 x 10) = 8
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_device_the_machine_lacks_is_refused_for_any_arm_before_any_work(tmp_path):
+    ok = '[datasets.a]\nsimulate = { bias = "weak" }\n'
+    arms = 'strategies = ["random", { name = "gpu", strategy = "random", set = { device = "cuda" } }]\n'
+    res = _cli_refused(tmp_path, 'profile = "smoke"\nseeds = 6\nreference = "gpu"\n' + arms + ok)
+    assert res.exit_code == 2 and "cuda" in res.output.lower() and "Traceback" not in res.output, res.output
+
+
+def test_a_dataset_of_other_settings_in_out_is_refused_before_the_study_writes(tmp_path):
+    from fairal.experiments import RESULTS
+    from fairal.io import make_own_folder
+
+    out = tmp_path / "out"
+    make_own_folder(out, RESULTS)
+    held = out / "data" / "a"
+    held.mkdir(parents=True)
+    (held / "dataset.json").write_text(json.dumps({"settings": {"bias": "strong", "seed": 9}}))
+    study = _write(tmp_path / "s.toml", 'profile = "smoke"\nseeds = 6\nstrategies = ["random", '
+                                        '"weighted-localized-entropy"]\n[datasets.a]\nsimulate = { bias = "weak" }\n')
+    res = CliRunner().invoke(app, ["study", str(study), str(out), "--quiet"])
+    assert res.exit_code == 2 and f"{held} holds a dataset of other settings than dataset a" in res.output, \
+        res.output
+    assert sorted(p.name for p in out.iterdir()) == [".fairal", "data"], "no study.json, lock or run written"
+
+
+def test_dataset_figures_get_one_file_name_each():
+    from fairal.report.study import _file_names
+
+    assert _file_names(["a.b", "a_b", "scanner", "a_b-2"]) == {"a.b": "a_b", "a_b": "a_b-2", "scanner": "scanner",
+                                                               "a_b-2": "a_b-2-2"}
+    assert _file_names(["é"]) == {"é": "_"}

@@ -472,16 +472,17 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
     from fairal.acquisition import parse_strategy
     from fairal.config import get_profile, parse_overrides
     from fairal.experiments import run_study
-    from fairal.study import PAPER_SOURCE, Arm, seeds_warning, study_seeds
+    from fairal.study import PAPER_SOURCE, Arm, check_settings, grid_key_refused, seeds_warning, study_seeds
 
     cli = parse_overrides(set_)
-    if "strategies" in cli:
-        raise FairalError("--set strategies: the grid's strategies are chosen with --strategies")
+    grid_key_refused(cli, "--set ")
     base = get_profile(profile or the_study.profile or "standard")
     if strategies is not None:  # the grid's strategies: the profile's list for the paper, the study's arms else
         names = tuple(v.strip() for v in strategies.split(",") if v.strip())
         if not names:
             raise FairalError(f"--strategies names no strategy: {strategies!r}")
+        if twice := [n for n in dict.fromkeys(names) if names.count(n) > 1]:
+            raise FairalError(f"--strategies names {twice[0]!r} twice")
         arms = {a.name: a for a in the_study.arms or ()}  # a study's arm by its name, with its own settings
         for name in names:  # refused before any work
             try:
@@ -494,9 +495,12 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
             base = base.with_overrides({"strategies": ",".join(names)})
         else:
             the_study = dataclasses.replace(the_study, arms=tuple(arms.get(n, Arm(n, n)) for n in names))
+    check_settings(the_study, base, cli)  # a bad --set before any warning about the runs it would change
     if the_study.source != PAPER_SOURCE:  # the paper's study has its own plan (docs/analysis-plan.md)
         names = [a.name for a in the_study.resolved_arms(base)]
-        if the_study.reference not in names:  # a file's typo is refused; a subset of arms runs, unpaired
+        if names == [the_study.reference]:
+            _warn(f"only the reference {the_study.reference!r} runs: the report has no paired comparisons")
+        elif the_study.reference not in names:  # a file's typo is refused; a subset of arms runs, unpaired
             problem = (f"the reference {the_study.reference!r} is not among the strategies run "
                        f"({', '.join(names)})")
             if strategies is None:

@@ -156,14 +156,27 @@ def ensure_dataset(out: Path, spec: str | DatasetSpec, profile: Profile, progres
     path = Path(out) / "data" / spec.name
     if spec.kind == "csv":
         return ensure_cohort(spec, path, profile)
-    cfg = simulation_settings(spec, profile)
-    info = path / "dataset.json"
-    if info.is_file():
-        if _same_simulation(json.loads(info.read_text()).get("settings", {}), cfg):
-            return path
-        raise FairalError(f"{path} holds a dataset of other settings than dataset {spec.name} of this study at "
-                          f"profile {profile.name}; use another output folder or delete it")
-    return simulate_dataset(cfg, path, progress=progress)
+    if check_made_dataset(out, spec, profile):
+        return path
+    return simulate_dataset(simulation_settings(spec, profile), path, progress=progress)
+
+
+def check_made_dataset(out: Path, spec: DatasetSpec, profile: Profile) -> bool:
+    """Whether ``out/data/NAME`` holds this dataset already (made with these settings); a dataset of other
+    settings there is refused, so that a study is refused before any work rather than after its first datasets."""
+    from fairal.study import cohort_settings
+
+    info = Path(out) / "data" / spec.name / "dataset.json"
+    if spec.kind == "folder" or not info.is_file():
+        return False
+    held = json.loads(info.read_text()).get("settings", {})
+    if spec.kind == "csv" and held == cohort_settings(spec, profile):
+        return True
+    if spec.kind == "simulate" and _same_simulation(held, simulation_settings(spec, profile)):
+        return True
+    raise FairalError(f"{info.parent} holds a dataset of other settings than dataset {spec.name} of this study at "
+                      f"profile {profile.name} (its CSV, its simulation or a setting that makes it changed); use "
+                      "another output folder or delete it")
 
 
 @dataclass(frozen=True)
@@ -267,11 +280,16 @@ def run_study(
     if isinstance(executor, str):
         executor = make_executor(executor, jobs=jobs, address=address, cpus_per_task=cpus_per_task,
                                  gpus_per_task=gpus_per_task, max_retries=max_retries)
-    executor.check(profile)
+    profiles = [study.profile_for(profile, d, a, cli) for d in study.datasets
+                for a in (None, *study.resolved_arms(profile))]
+    for prof in profiles:  # each device a run is set to (the study's, a dataset's or an arm's)
+        executor.check(prof)
     out = check_results_folder(out)
+    for d in study.datasets:
+        check_made_dataset(out, d, study.profile_for(profile, d, None, cli))
     with FolderLock(out, f"fairal study {study.name}"):
         make_own_folder(out, RESULTS)
-        packed = pack == "on" or (pack == "auto" and executor.trains_on_gpu(profile))
+        packed = pack == "on" or (pack == "auto" and any(executor.trains_on_gpu(p) for p in profiles))
         if packed and isinstance(executor, LocalExecutor) and not executor.jobs:
             executor = LocalExecutor(jobs=1)  # one process drives the GPU; --jobs N runs N lockstep groups
         info = {"study": study.as_dict(), "profile": profile.as_dict(), "seeds": seeds, "cli_overrides": cli}

@@ -22,7 +22,7 @@ import torch
 from fairal import versions
 from fairal.acquisition import STATISTICS, Strategy, parse_strategy
 from fairal.config import Profile
-from fairal.data import VolumeSet, case_records, data_files, describe_changes, load_volumes, read_manifest
+from fairal.data import VolumeSet, case_records, data_files, describe_changes, group_value, load_volumes, read_manifest
 from fairal.engine import acquisition_round, evaluate, training_member
 from fairal.errors import FairalError
 from fairal.groups import hidden_group_model
@@ -133,12 +133,12 @@ def same_run_elsewhere(folder: Path, config: dict, spec: RunSpec, manifest: pd.D
 
 
 def heavy_group(init: str):
-    """``balanced`` -> None; ``g<X>-heavy`` -> X (an int when it reads as one)."""
+    """``balanced`` -> None; ``g<X>-heavy`` -> X, read as a group of the manifest is (:func:`group_value`: "2" is
+    the int 2, "007" stays text)."""
     if init == "balanced":
         return None
     if init.startswith("g") and init.endswith("-heavy") and len(init) > len("g-heavy"):
-        name = init[1:-len("-heavy")]
-        return int(name) if name.isdigit() else name
+        return group_value(init[1:-len("-heavy")])
     raise FairalError(f"unknown initial set {init!r}; initial sets: balanced, g<GROUP>-heavy (e.g. "
                       f"{', '.join(INITS)})")
 

@@ -81,6 +81,9 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = (),
     if missing:
         raise FairalError(f"{path} lacks the column(s) {', '.join(missing)} (needs {', '.join(OWN_COLUMNS)}; "
                           f"has {', '.join(t.columns)})")
+    twice = [c for c in dict.fromkeys(group_by) if list(group_by).count(c) > 1]
+    if twice:
+        raise FairalError(f"{path}: {group_key} names the column {twice[0]!r} twice")
     absent = [c for c in group_by if c not in t.columns]
     if absent:
         raise FairalError(f"{path}: no column {', '.join(map(repr, absent))} for {group_key} (columns: "

@@ -157,12 +157,26 @@ def _typed(where: str, key: str, value, kind, what: str):
     return value
 
 
+#: Settings of the grid itself, not of its runs: a study file's key and an option each, never a ``set`` entry.
+GRID_KEYS = {"strategies": "the study file's key 'strategies' (or --strategies)",
+             "seeds": "the study file's key 'seeds' (or --seeds)"}
+#: Settings that make a dataset (its subjects, grid and splits) or the baselines' cohorts: one value for all of a
+#: dataset's runs, so the study's or the dataset's ``set``, never an arm's.
+DATA_KEYS = ("n_subjects", "sim_shape", "test_per_group", "eval_per_group", "cohort_size")
+
+
+def grid_key_refused(keys, prefix: str) -> None:
+    """A grid setting (:data:`GRID_KEYS`) given as a ``set`` entry or ``--set`` is refused; ``prefix`` names where
+    (``"study.toml: set."``, ``"--set "``)."""
+    for key in keys:
+        if key in GRID_KEYS:
+            raise FairalError(f"{prefix}{key}: give it as {GRID_KEYS[key]}, not as a setting")
+
+
 def _settings(where: str, table) -> dict[str, str]:
     """A ``set`` table as ``--set`` strings (TOML booleans as true/false, lists as comma lists)."""
     _typed(where, "set", table, dict, "a table of settings")
-    if "strategies" in table:
-        raise _fail(where, "set.strategies: the study's strategies are its key 'strategies' (or --strategies), "
-                    "not a setting")
+    grid_key_refused(table, f"{where}: set.")
     out = {}
     for key, value in table.items():
         if isinstance(value, bool):
@@ -175,9 +189,11 @@ def _settings(where: str, table) -> dict[str, str]:
 
 
 def _folder_name(where: str, what: str, name: str) -> None:
-    """A dataset's or arm's name becomes a folder of the records: one plain folder name."""
-    if not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip():
-        raise _fail(where, f"{what} name {name!r} cannot name a folder (no '/', '\\', leading '.' or spaces)")
+    """A dataset's, arm's or initial set's name becomes a folder of the records: one plain folder name."""
+    if (not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip()
+            or any(not c.isprintable() for c in name) or len(name.encode()) > 100):
+        raise _fail(where, f"{what} name {name!r} cannot name a folder (no '/', '\\', leading '.', spaces at "
+                    "either end or control characters; at most 100 bytes)")
 
 
 def _groups_known(where: str, table: dict, overrides: dict) -> None:
@@ -209,6 +225,10 @@ def _arm(where: str, item) -> Arm:
     name = _typed(where, "name", item.get("name", strategy), str, "a name")
     _folder_name(where, "strategy", name)
     overrides = _settings(f"{where}, strategy {name}", item.get("set", {}))
+    for key in DATA_KEYS:
+        if key in overrides:
+            raise _fail(where, f"strategy {name}: set.{key} makes the dataset, the same for all its strategies: "
+                        "give it in the study's [set] or the dataset's set")
     _groups_known(f"{where}, strategy {name}", item, overrides)
     return Arm(name, strategy, overrides)
 
@@ -265,7 +285,10 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
     csv = base / _typed(where, "csv", table["csv"], str, "a file name")
     spec = DatasetSpec(name, csv=csv, group_by=tuple(group_by), overrides=overrides, spacing=float(spacing),
                        margin_mm=float(margin), label_value=label_value, seed=seed)
-    check_cohort(spec)
+    try:
+        check_cohort(spec)
+    except FairalError as err:
+        raise _fail(where, str(err)) from None
     return spec
 
 
@@ -276,11 +299,11 @@ def check_cohort(spec: DatasetSpec) -> None:
     cases = read_cases(spec.csv, spec.group_by, "group_by")
     unlabeled = cases.loc[~cases["labeled"], "case_id"].tolist()
     if unlabeled:
-        raise FairalError(f"{spec.csv}: dataset {spec.name} is a benchmark, every case needs a label; "
+        raise FairalError(f"{spec.csv}: a CSV dataset is a benchmark, every case needs a label; "
                           f"{len(unlabeled)} have none (first: {unlabeled[0]})")
     unknown = cases.loc[~cases["group_known"], "case_id"].tolist()
     if unknown:
-        raise FairalError(f"{spec.csv}: dataset {spec.name}: {len(unknown)} cases have no group in "
+        raise FairalError(f"{spec.csv}: {len(unknown)} cases have no group in "
                           f"{', '.join(spec.group_by)} (first: {unknown[0]}); the metrics need every case's group "
                           "(hide the pool's groups from the strategies with groups_known = false)")
     if "split" in cases.columns:  # the CSV's own split: every group measured on test cases, and acquirable
@@ -288,12 +311,12 @@ def check_cohort(spec: DatasetSpec) -> None:
         for split in ("test", "pool"):
             short = sorted(set(cases["group"]) - set(splits.loc[splits["split"] == split, "group"]))
             if short:
-                raise FairalError(f"{spec.csv}: dataset {spec.name}: column 'split' gives group {short[0]} no "
+                raise FairalError(f"{spec.csv}: column 'split' gives group {short[0]} no "
                                   f"{split} case; each group needs at least one test and one pool case")
     else:
         sizes = cases["group"].value_counts()
         if (sizes < 2).any():
-            raise FairalError(f"{spec.csv}: dataset {spec.name}: group {sizes.idxmin()} has "
+            raise FairalError(f"{spec.csv}: group {sizes.idxmin()} has "
                               f"{int(sizes.min())} case; each group needs at least two (a test and a pool case)")
 
 
@@ -329,14 +352,20 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
 
     if not inits:
         raise _fail(where, "inits is empty: name at least one initial set (e.g. \"balanced\")")
+    for init in inits:
+        _typed(where, "each initial set", init, str, "a name")
     dup = sorted({i for i in inits if inits.count(i) > 1})
     if dup:
         raise _fail(where, f"the initial set {dup[0]!r} is named twice in inits")
     for init in inits:
         try:
-            heavy_group(_typed(where, "each initial set", init, str, "a name"))
+            heavy_group(init)
         except FairalError as err:
             raise _fail(where, f"inits: {err}") from None
+        if "/" in init:
+            raise _fail(where, f"inits: {init!r} cannot name a folder of the records: an intersectional group "
+                        "(its columns joined by '/') cannot be an initial set's heavy group")
+        _folder_name(where, "initial set", init)
     reference = _typed(where, "reference", data.get("reference", WLE), str, "a strategy name")
     if arms is not None and reference not in [a.name for a in arms]:
         raise _fail(where, f"the reference {reference!r} is not one of the study's strategies "
@@ -500,7 +529,8 @@ def seeds_needed(n: int | None) -> str:
 # --- a lab's labeled cohort as a dataset --------------------------------------------------------------------
 
 
-def _cohort_settings(spec: DatasetSpec, profile: Profile) -> dict:
+def cohort_settings(spec: DatasetSpec, profile: Profile) -> dict:
+    """What makes a CSV cohort's dataset: its file (path and content), group columns, grid, seed and test split."""
     import hashlib
 
     return {"csv": str(spec.csv.resolve()), "csv_sha256": hashlib.sha256(spec.csv.read_bytes()).hexdigest(),
@@ -551,14 +581,17 @@ def ensure_cohort(spec: DatasetSpec, path: Path, profile: Profile) -> Path:
     from fairal.io import publish_folder, within, write_json
     from fairal.owndata import load_cases, read_cases, structure_grid
 
-    settings = _cohort_settings(spec, profile)
+    settings = cohort_settings(spec, profile)
     info = path / "dataset.json"
     if info.is_file():
         if json.loads(info.read_text()).get("settings") == settings:
             return path
         raise FairalError(f"{path} holds another cohort than dataset {spec.name} (its CSV or settings changed); "
                           "use another output folder or delete it")
-    check_cohort(spec)
+    try:
+        check_cohort(spec)
+    except FairalError as err:
+        raise FairalError(f"dataset {spec.name}: {err}") from None
     cases = read_cases(spec.csv, spec.group_by)
     splits = cohort_splits(cases, spec, profile.test_per_group)
     grid = structure_grid(cases, spec.spacing, spec.margin_mm, spec.label_value)

@@ -147,6 +147,7 @@ def study_figures(results: Results, out: Path) -> list[Path]:
     metrics = [m for m in ("essp", "delta", "dice_all") if m in r.columns]
     share_cols = [c for c in r.columns if c.startswith("n_labeled_g")]
     tables = {m: curves(results, m) for m in metrics}
+    names = _file_names(ordered(set(r["dataset"]), []))
     for d in ordered(set(r["dataset"]), []):
         inits = ordered(set(r.loc[r["dataset"] == d, "init"]), [])
         strategies = ordered(set(r.loc[r["dataset"] == d, "strategy"]), [])
@@ -169,7 +170,7 @@ def study_figures(results: Results, out: Path) -> list[Path]:
         handles, labels = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
         fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 1))
-        path = within(out, f"study_{_safe(d)}.png")
+        path = within(out, f"study_{names[d]}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
@@ -187,8 +188,18 @@ def _share_panel(ax, rounds: pd.DataFrame, strategies: list[str], share_cols: li
     ax.set_title(literal(f"share of group {col[len('n_labeled_g'):]} in the labeled set"), fontsize=10)
 
 
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+def _file_names(datasets: list[str]) -> dict[str, str]:
+    """Each dataset's name in a file name: its letters, digits, - and _ (others become _), and a number after it
+    where two datasets would share one (``a.b`` and ``a_b``: ``a_b``, ``a_b-2``)."""
+    names: dict[str, str] = {}
+    for d in datasets:
+        safe = base = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in d)
+        k = 1
+        while safe in names.values():
+            k += 1
+            safe = f"{base}-{k}"
+        names[d] = safe
+    return names
 
 
 def build_study_report(folder: Path, out: Path, results: Results, info: dict) -> Path:
