@@ -514,3 +514,20 @@ def test_dataset_figures_get_one_file_name_each():
     assert _file_names(["a.b", "a_b", "scanner", "a_b-2"]) == {"a.b": "a_b", "a_b": "a_b-2", "scanner": "scanner",
                                                                "a_b-2": "a_b-2-2"}
     assert _file_names(["é"]) == {"é": "_"}
+
+
+def test_files_that_are_no_nifti_are_refused_before_any_dataset_is_made(tmp_path, tiny_dataset):
+    cohort = _cohort_csv(tiny_dataset, tmp_path)
+    rows = pd.read_csv(cohort)
+    (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
+    rows.loc[3, "label"] = str(tmp_path / "broken.nii.gz")
+    rows.to_csv(cohort, index=False)
+    sim = '[datasets.first]\nsimulate = { bias = "strong" }\n'  # listed first: it would be simulated first
+    top = 'profile = "smoke"\nseeds = 6\ninits = ["balanced"]\nstrategies = ["random", "weighted-localized-entropy"]\n'
+    res = _cli_refused(tmp_path, top + sim + '[datasets.lab]\ncsv = "cohort.csv"\ngroup_by = ["site"]\n'
+                       '[datasets.lab.set]\nfinal_size = 14\n')
+    assert res.exit_code == 2 and "dataset lab: case " in res.output and "broken.nii.gz is not a readable NIfTI" \
+        in res.output, res.output
+    (tmp_path / "t.nii.gz").write_text("text")
+    _refused(tmp_path, '[datasets.a]\nsimulate = { template = "t.nii.gz" }\n', "dataset a: simulate.template",
+             "is not a readable NIfTI image")

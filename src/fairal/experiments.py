@@ -285,8 +285,14 @@ def run_study(
     for prof in profiles:  # each device a run is set to (the study's, a dataset's or an arm's)
         executor.check(prof)
     out = check_results_folder(out)
-    for d in study.datasets:
-        check_made_dataset(out, d, study.profile_for(profile, d, None, cli))
+    for d in study.datasets:  # made already with these settings, or its files' headers readable
+        if not check_made_dataset(out, d, study.profile_for(profile, d, None, cli)) and d.kind == "csv":
+            from fairal.owndata import check_headers, read_cases
+
+            try:
+                check_headers(read_cases(d.csv, d.group_by, "group_by"))
+            except FairalError as err:
+                raise FairalError(f"{study.source}, dataset {d.name}: {err}") from None
     with FolderLock(out, f"fairal study {study.name}"):
         make_own_folder(out, RESULTS)
         packed = pack == "on" or (pack == "auto" and any(executor.trains_on_gpu(p) for p in profiles))

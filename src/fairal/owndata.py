@@ -138,6 +138,15 @@ def _check_pair(case: str, img: nib.Nifti1Image, lab: nib.Nifti1Image, img_path:
                           f"{img_path}, label {lab_path})")
 
 
+def check_headers(cases: pd.DataFrame) -> None:
+    """Every case's image (and label) opened as a 3D NIfTI volume, and a label on its image's grid: the headers
+    only, so that a cohort's bad file is refused before any other work (its data is read when it is loaded)."""
+    for case, img_path, lab_path in zip(cases["case_id"], cases["image_path"], cases["label_path"], strict=True):
+        img = _load(img_path, case, "image")
+        if lab_path:
+            _check_pair(case, img, _load(lab_path, case, "label"), img_path, lab_path)
+
+
 def check_spacing(spacing: float, what: str = "--spacing") -> float:
     """The common grid's voxel size: a finite number of mm above 0."""
     if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or not (math.isfinite(spacing)

@@ -269,6 +269,7 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
         return DatasetSpec(name, folder=folder.resolve(), overrides=overrides)
     if "simulate" in table:
         sim = dict(_typed(where, "simulate", table["simulate"], dict, "a table of fairal simulate options"))
+        from fairal.nifti import load_nifti
         from fairal.simulate.dataset import simulation_config
         from fairal.simulate.settings import PATHS
 
@@ -277,6 +278,11 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
                 path = base / sim[key]
                 if not path.is_file():
                     raise _fail(where, f"simulate.{key}: no such file {path}")
+                if key in ("template", "label"):  # its header now; its data when the dataset is made
+                    try:
+                        load_nifti(path, f"simulate.{key}", read=False)
+                    except FairalError as err:
+                        raise _fail(where, str(err)) from None
                 sim[key] = str(path.resolve())
         simulation_config(sim, where)  # checked now, built with the profile's sizes later
         return DatasetSpec(name, simulate=sim, overrides=overrides)
