@@ -531,3 +531,25 @@ def test_files_that_are_no_nifti_are_refused_before_any_dataset_is_made(tmp_path
     (tmp_path / "t.nii.gz").write_text("text")
     _refused(tmp_path, '[datasets.a]\nsimulate = { template = "t.nii.gz" }\n', "dataset a: simulate.template",
              "is not a readable NIfTI image")
+
+
+def test_a_simulated_datasets_outline_is_the_manifest_it_will_have(tmp_path, tiny_dataset):
+    from fairal.study import dataset_outline
+
+    tpl, lab = tiny_dataset.parent / "template.nii.gz", tiny_dataset.parent / "labels.nii.gz"
+    made = pd.read_csv(tiny_dataset / "manifest.csv")
+    study = load_study(_write(tmp_path / "s.toml", f'''
+[datasets.sim]
+simulate = {{ template = "{tpl}", label = "{lab}", label_value = {LABEL_VALUE}, n_subjects = 24 }}
+[datasets.made]
+folder = "{tiny_dataset}"
+'''))
+    prof = get_profile("smoke").with_overrides({"test_per_group": "6", "eval_per_group": "0"})
+    sim, folder = (dataset_outline(d, prof) for d in study.datasets)
+    assert sim.to_dict("index") == folder.to_dict("index") == {1: {"test": 6, "pool": 6, "eval": 0},
+                                                                 2: {"test": 6, "pool": 6, "eval": 0}}
+    assert (made["split"] == "test").sum() == 12  # the folder's own manifest, as the outline reads it
+    small = load_study(_write(tmp_path / "s.toml", '[datasets.sim]\nsimulate = { bias = "weak" }\n')).datasets[0]
+    prof = prof.with_overrides({"n_subjects": "9", "eval_per_group": "3"})  # 5 + 4 subjects: a test split of half
+    assert dataset_outline(small, prof).to_dict("index") == {1: {"test": 2, "pool": 3, "eval": 3},
+                                                             2: {"test": 2, "pool": 2, "eval": 3}}

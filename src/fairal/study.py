@@ -435,30 +435,32 @@ def check_settings(study: Study, base: Profile, cli: dict) -> None:
 
 
 def dataset_outline(spec: DatasetSpec, profile: Profile):
-    """Each case's ``group`` and ``split`` as the dataset will have them, without making it: a folder's manifest,
-    a CSV cohort's cases and split, a simulation's group sizes with its test and evaluation cases per group."""
+    """The cases the dataset will have per group (rows) and split (columns test, pool, eval), without making it:
+    from a folder's manifest, a CSV cohort's cases and split, or a simulation's group sizes (its test split takes
+    ``test_per_group`` of a group, at most half: :func:`fairal.sampling.test_split`)."""
     import pandas as pd
 
-    from fairal.data import group_value, read_manifest
-    from fairal.sampling import test_split
+    from fairal.data import SPLITS, group_value, read_manifest
 
-    if spec.kind == "folder":
-        return read_manifest(spec.folder, test_per_group=profile.test_per_group)[["group", "split"]]
-    if spec.kind == "csv":
-        from fairal.owndata import read_cases
+    if spec.kind == "simulate":
+        from fairal.experiments import simulation_settings
 
-        cases = read_cases(spec.csv, spec.group_by)
-        return pd.DataFrame({"group": cases["group"].map(group_value),
-                             "split": cohort_splits(cases, spec, profile.test_per_group)})
-    from fairal.experiments import simulation_settings
+        cfg = simulation_settings(spec, profile)
+        names = [g.name for g in cfg.resolved_groups()]
+        rows = [(min(cfg.test_per_group, n // 2), n - min(cfg.test_per_group, n // 2), cfg.eval_per_group)
+                for n in cfg.group_counts()]
+        counts = pd.DataFrame(rows, index=pd.Index(names, name="group"), columns=list(SPLITS))
+    else:
+        if spec.kind == "folder":
+            cases = read_manifest(spec.folder, test_per_group=profile.test_per_group)
+        else:
+            from fairal.owndata import read_cases
 
-    cfg = simulation_settings(spec, profile)
-    names = [g.name for g in cfg.resolved_groups()]
-    ids = {g: [f"{g}-{i}" for i in range(n)] for g, n in zip(names, cfg.group_counts(), strict=True)}
-    test = test_split(ids, cfg.test_per_group, cfg.seed)  # only its size per group matters here
-    rows = [(g, "test" if i in test else "pool") for g in names for i in ids[g]]
-    rows += [(g, "eval") for g in names for _ in range(cfg.eval_per_group)]
-    return pd.DataFrame(rows, columns=["group", "split"])
+            cases = read_cases(spec.csv, spec.group_by)
+            cases = pd.DataFrame({"group": cases["group"].map(group_value),
+                                  "split": cohort_splits(cases, spec, profile.test_per_group)})
+        counts = pd.crosstab(cases["group"], cases["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    return counts.loc[sorted(counts.index, key=str)]  # the groups in the order the initial sets take them
 
 
 def check_data(study: Study, base: Profile, cli: dict) -> None:
@@ -470,9 +472,8 @@ def check_data(study: Study, base: Profile, cli: dict) -> None:
     for d in study.datasets:
         outline = dataset_outline(d, study.profile_for(base, d, None, cli))
         where = f"{study.source}, dataset {d.name}"
-        groups = sorted(set(outline["group"]), key=str)
-        pool = outline.loc[outline["split"] == "pool", "group"].value_counts().to_dict()
-        test = outline.loc[outline["split"] == "test", "group"].value_counts().to_dict()
+        groups = list(outline.index)
+        pool, test = outline["pool"].to_dict(), outline["test"].to_dict()
         for g in groups:
             if not test.get(g):
                 raise FairalError(f"{where}: group {g} has no test case (the metrics measure every group on the "
