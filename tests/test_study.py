@@ -77,8 +77,11 @@ def test_a_bad_setting_is_refused_before_any_work(tmp_path):
     study = _write(tmp_path / "s.toml", '[set]\nstepz = 3\n[datasets.a]\nsimulate = { bias = "weak" }\n')
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["study", str(study), str(out), "--profile", "smoke"])
-    assert res.exit_code == 2 and "unknown setting 'stepz'" in res.output
+    assert res.exit_code == 2 and "s.toml ([set]): unknown setting 'stepz'" in res.output, res.output
     assert not out.exists()
+    _write(study, '[datasets.a]\nsimulate = { bias = "weak" }\nset = { stepz = 3 }\n')
+    res = CliRunner().invoke(app, ["study", str(study), str(out), "--profile", "smoke"])
+    assert res.exit_code == 2 and "s.toml (dataset a): unknown setting 'stepz'" in res.output, res.output
 
 
 def test_the_paper_study_is_reproduces_grid():

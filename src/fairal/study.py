@@ -422,6 +422,10 @@ def check_settings(study: Study, base: Profile, cli: dict) -> None:
         raise FairalError(f"{study.source}: no strategy to run (the list of strategies is empty)")
     for arm in arms:
         parse_strategy(arm.strategy)
+    try:  # the study's [set] on its own first, so that its error is not put down to a dataset
+        base.with_overrides(study.overrides)
+    except FairalError as err:
+        raise FairalError(f"{study.source} ([set]): {err}") from None
     for layers in ({}, cli):  # first the file's own settings (a message naming the file), then the command line's
         for d in study.datasets:
             for arm in (None, *arms):
