@@ -37,7 +37,8 @@ def verdict(row: pd.Series) -> str:
     v = row.get("verdict")
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
-    return f"**{v}** (within margin)" if str(row.get("within_margin")).lower() == "true" else f"**{v}**"
+    within = str(row.get("within_margin")).lower() == "true" and v in ("confirmed", "refuted")  # rule 4
+    return f"**{v}** (within margin)" if within else f"**{v}**"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

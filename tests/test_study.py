@@ -17,7 +17,7 @@ from fairal.experiments import grid, run_dir, study_grid
 from fairal.loop import ActiveLearningRun, RunSpec
 from fairal.study import load_study, paper_study
 
-from .conftest import LABEL_VALUE, OUT_SHAPE, make_template
+from .conftest import LABEL_VALUE, OUT_SHAPE, load_script, make_template
 
 TINY = {"init_size": "4", "acquire": "2", "final_size": "8", "steps": "3", "round_steps": "2", "crop_margin": "4",
         "downsample": "1", "test_per_group": "6", "eval_per_group": "0", "n_subjects": "24"}
@@ -297,8 +297,6 @@ def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
     from fairal.report.records import Results
     from fairal.report.study import build_study_report
 
-    from .conftest import load_script
-
     lift = [0.010, 0.012, 0.008, 0.011, 0.009]  # the reference's final evaluation ESSP over random's, per seed
     rows = []
     for seed in range(5):
@@ -339,6 +337,16 @@ def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
     html = (report / "report.html").read_text()  # 5 seeds, 1 comparison: 2/32 = 0.0625 cannot reach 0.05
     assert "smallest two-sided p is 0.0625" in html and "No comparison of that family can be confirmed" in html
     assert "6 seeds can reach a verdict" in html
+    plan = {"name": "t", "reference": "wle", "text": "x", "datasets": [{"name": "scanner"}], "inits": ["balanced"],
+            "arms": [{"name": "wle"}, {"name": "random"}]}
+    for seeds, withheld in ((5, False), (6, True)):  # all 5 planned seeds in; 6 planned, seed 5 missing
+        again = tmp_path / f"report-{seeds}"
+        again.mkdir()
+        build_study_report(tmp_path, again, results, {"study": plan, "seeds": seeds})
+        paired = pd.read_csv(again / "study_paired.csv")
+        page = (again / "report.html").read_text()
+        assert paired.empty == withheld and ("Withheld: 2 run(s) of the plan (6 seeds) are not finished (first: "
+                                             "scanner/balanced/wle/seed-5)" in page) == withheld
 
 
 def test_a_study_whose_seeds_cannot_reach_a_verdict_is_warned_before_any_work(tmp_path):
@@ -461,6 +469,7 @@ def test_grid_settings_data_settings_and_folder_names_are_refused_where_they_can
     _refused(tmp_path, 'strategies = [{ name = "r", strategy = "random", set = { n_subjects = 500 } }]\n' + ok,
              "strategy r: set.n_subjects makes the dataset", "the study's [set] or the dataset's set")
     _refused(tmp_path, 'strategies = [{ name = "a\\u0000b", strategy = "random" }]\n' + ok, "cannot name a folder")
+    _refused(tmp_path, '[datasets."site:a"]\nsimulate = {}\n', "dataset name 'site:a' cannot name a folder")
     _refused(tmp_path, f'strategies = [{{ name = "{"x" * 101}", strategy = "random" }}]\n' + ok, "at most 100 bytes")
     _refused(tmp_path, 'inits = ["g1/F-heavy"]\n' + ok, "inits: 'g1/F-heavy' cannot name a folder",
              "intersectional group")
@@ -556,3 +565,13 @@ folder = "{tiny_dataset}"
     prof = prof.with_overrides({"n_subjects": "9", "eval_per_group": "3"})  # 5 + 4 subjects: a test split of half
     assert dataset_outline(small, prof).to_dict("index") == {1: {"test": 2, "pool": 3, "eval": 3},
                                                              2: {"test": 2, "pool": 2, "eval": 3}}
+
+
+def test_beyond_tables_write_within_margin_only_on_a_verdict_of_a_difference():
+    """docs/analysis-plan.md rule 4: 'confirmed (within margin)' / 'refuted (within margin)', never on equivalent."""
+    verdict = load_script("beyond_tables").verdict
+    assert verdict(pd.Series({"verdict": "confirmed", "within_margin": True})) == "**confirmed** (within margin)"
+    assert verdict(pd.Series({"verdict": "refuted", "within_margin": "True"})) == "**refuted** (within margin)"
+    assert verdict(pd.Series({"verdict": "equivalent", "within_margin": True})) == "**equivalent**"
+    assert verdict(pd.Series({"verdict": "inconclusive", "within_margin": True})) == "**inconclusive**"
+    assert verdict(pd.Series({"verdict": "confirmed", "within_margin": False})) == "**confirmed**"

@@ -681,6 +681,11 @@ def report(
     for run, why in loaded.skipped.items():
         console.print(f"warning: left out {run}: {why}")
     path = build_report(results, out, loaded)
+    from fairal.report.study import missing_runs, study_info, withheld_note
+
+    info = study_info(results)
+    if info is not None and (note := withheld_note(missing_runs(loaded, info), info)):
+        _warn(note)
     stdout.print(f"report: {path}")
 
 

@@ -190,10 +190,10 @@ def _settings(where: str, table) -> dict[str, str]:
 
 def _folder_name(where: str, what: str, name: str) -> None:
     """A dataset's, arm's or initial set's name becomes a folder of the records: one plain folder name."""
-    if (not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip()
+    if (not name or name.startswith(".") or any(c in name for c in "/\\:") or name != name.strip()
             or any(not c.isprintable() for c in name) or len(name.encode()) > 100):
-        raise _fail(where, f"{what} name {name!r} cannot name a folder (no '/', '\\', leading '.', spaces at "
-                    "either end or control characters; at most 100 bytes)")
+        raise _fail(where, f"{what} name {name!r} cannot name a folder (no '/', '\\', ':', leading '.', spaces "
+                    "at either end or control characters; at most 100 bytes)")
 
 
 def _groups_known(where: str, table: dict, overrides: dict) -> None:

@@ -202,13 +202,41 @@ def _file_names(datasets: list[str]) -> dict[str, str]:
     return names
 
 
+def missing_runs(results: Results, info: dict) -> list[tuple[str, str, str, int]]:
+    """The runs of the study's plan (its ``study.json``: datasets x initial sets x strategies x seeds) that have
+    not finished; runs of other strategies that the records hold besides do not count."""
+    study, seeds = info.get("study", {}), info.get("seeds")
+    if not seeds:
+        return []
+    arms = study.get("arms")
+    names = [a["name"] for a in arms] if arms else info.get("profile", {}).get("strategies", [])
+    names = names.split(",") if isinstance(names, str) else list(names)
+    planned = [(d["name"], i, s, n) for d in study.get("datasets", []) for i in study.get("inits", [])
+               for s in names for n in range(int(seeds))]
+    return [k for k in planned if k not in results.finished]
+
+
+def withheld_note(missing: list, info: dict) -> str:
+    """Why the paired comparisons are not computed ("" when they are): runs of the plan not finished."""
+    if not missing:
+        return ""
+    d, i, s, n = missing[0]
+    return (f"withheld: {len(missing)} run(s) of the plan ({info.get('seeds')} seeds) are not finished (first: "
+            f"{d}/{i}/{s}/seed-{n}); no paired comparison or verdict is computed before all are "
+            "(docs/analysis-plan.md)")
+
+
 def build_study_report(folder: Path, out: Path, results: Results, info: dict) -> Path:
-    """``report.html`` of a study, with ``study_summary.csv``, ``study_paired.csv`` and a figure per dataset."""
+    """``report.html`` of a study, with ``study_summary.csv``, ``study_paired.csv`` and a figure per dataset.
+    While runs of the study's plan are missing, ``study_paired.csv`` has its columns only and the report says
+    why (:func:`withheld_note`)."""
     study = info.get("study", {})
     reference = study.get("reference", "weighted-localized-entropy")
     split = split_of(results)
     summary = summary_table(results, split) if not results.rounds.empty else pd.DataFrame()
-    paired = paired_table(results, reference, split) if not results.rounds.empty else pd.DataFrame()
+    withheld = withheld_note(missing_runs(results, info), info)
+    paired = (paired_table(results, reference, split) if not results.rounds.empty and not withheld
+              else pd.DataFrame(columns=PAIRED_COLUMNS))
     write_csv(within(out, "study_summary.csv"), summary)
     write_csv(within(out, "study_paired.csv"), paired)
     baselines = baseline_table(results, split)
@@ -224,6 +252,7 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
                         within=["dataset", "init"]),
              *_baseline_section(baselines, split),
              f"<h2>{html.escape(reference)} against each strategy</h2>",
+             f"<p><b>{html.escape(withheld.capitalize())}.</b></p>" if withheld else "",
              _rule(int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0,
                    int((paired["family"] == "pooled").sum()) if not paired.empty else 0),
              html_table(paired, digits=4)]
