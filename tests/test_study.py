@@ -327,6 +327,11 @@ def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
     assert "+0.0100 [" in pooled and "| 5 |" in pooled  # the mean of the five lifts
     assert "| scanner | g2 | 0.8100 | 0.9300 | -0.1200 |" in text  # the baseline's gap, Group 1 0.12 behind
     assert "0.600 (0.600–0.600) | 0.800 (0.800–0.800) | 5 |" in text  # the classifier's accuracy by round
+    summary = pd.read_csv(report / "study_summary.csv").set_index("strategy")
+    wle = summary.loc["wle"]  # final evaluation ESSP 0.85 + 0.01 seed + the lift: mean 0.85 + 0.02 + 0.01
+    assert wle["essp"] == pytest.approx(0.88) and wle["essp_ci_low"] < 0.88 < wle["essp_ci_high"]
+    assert wle["essp_ci"] == f"[{wle['essp_ci_low']:.3f}, {wle['essp_ci_high']:.3f}]"
+    assert (wle["g1_acquired_share"], wle["g1_acquired_share_ci_low"]) == (0.5, 0.5)  # 2 of the 4 acquired
     assert load_script("beyond_tables").main([str(tmp_path / "nothing")]) == 2
     early = tmp_path / "early"  # a report drawn before any round finished: its tables are empty files
     early.mkdir()

@@ -61,7 +61,8 @@ def split_of(results: Results) -> str:
 
 def summary_table(results: Results, split: str) -> pd.DataFrame:
     """Per dataset, initial set and strategy: mean and 95% t CI over seeds of each measure (finished runs), and of
-    Group 1's share of the acquired cases (with a group 1); the intervals clipped to each measure's range."""
+    Group 1's share of the acquired cases (with a group 1); the intervals clipped to each measure's range, as text
+    (``MEASURE_ci``, 3 decimals) and as numbers (``MEASURE_ci_low``, ``MEASURE_ci_high``)."""
     m = al_measure(finished_rounds(results), results.cases, results.round_cases, split).runs
     rows = []
     for (d, i, s), g in m.groupby(["dataset", "init", "strategy"], sort=False):
@@ -70,7 +71,10 @@ def summary_table(results: Results, split: str) -> pd.DataFrame:
             values = g[metric].dropna().to_numpy(float) if metric in g.columns else []
             if len(values):  # (a dataset without a group 1 has no Group 1 share)
                 e = mean_ci(values, bounds=bounds(metric))
-                row.update({metric: e.mean, f"{metric}_ci": f"[{e.ci_low:.3f}, {e.ci_high:.3f}]" if e.n > 1 else ""})
+                several = e.n > 1
+                row.update({metric: e.mean, f"{metric}_ci": f"[{e.ci_low:.3f}, {e.ci_high:.3f}]" if several else "",
+                            f"{metric}_ci_low": e.ci_low if several else float("nan"),
+                            f"{metric}_ci_high": e.ci_high if several else float("nan")})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -248,7 +252,8 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
              _counts(results, split), "<h2>Each strategy</h2>",
              "<p>Mean over seeds and 95% t interval of the mean, clipped to the measure's range (Dice, ESSP and "
              "shares in [0, 1], Δ &ge; 0); final = at the final budget.</p>",
-             html_table(summary, best={"essp": "max", "delta": "min", "dice_all": "max", "essp_auc": "max"},
+             html_table(summary[[c for c in summary.columns if not c.endswith(("_ci_low", "_ci_high"))]],
+                        best={"essp": "max", "delta": "min", "dice_all": "max", "essp_auc": "max"},
                         within=["dataset", "init"]),
              *_baseline_section(baselines, split),
              f"<h2>{html.escape(reference)} against each strategy</h2>",
