@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     except pd.errors.EmptyDataError:  # a report drawn before any round of the study had finished
         print(f"{args.report}: the study's tables are empty (no finished round yet?)", file=sys.stderr)
         return 2
+    page = args.report / "report.html"
+    if not parts[0] and page.is_file() and "Withheld:" in page.read_text():
+        print(f"{args.report}: no paired comparison: withheld, runs of the study's plan are missing (report.html "
+              "says which)", file=sys.stderr)
     print("\n\n".join(p for p in parts if p))
     return 0
 

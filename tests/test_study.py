@@ -352,6 +352,8 @@ def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
         page = (again / "report.html").read_text()
         assert paired.empty == withheld and ("Withheld: 2 run(s) of the plan (6 seeds) are not finished (first: "
                                              "scanner/balanced/wle/seed-5)" in page) == withheld
+        assert load_script("beyond_tables").main([str(again)]) == 0
+        assert ("no paired comparison: withheld" in capsys.readouterr().err) == withheld
 
 
 def test_a_study_whose_seeds_cannot_reach_a_verdict_is_warned_before_any_work(tmp_path):
