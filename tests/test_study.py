@@ -475,6 +475,9 @@ def test_grid_settings_data_settings_and_folder_names_are_refused_where_they_can
     _refused(tmp_path, '[datasets.a]\nsimulate = {}\nset = { seeds = 8 }\n', "dataset a: set.seeds")
     _refused(tmp_path, 'strategies = [{ name = "r", strategy = "random", set = { n_subjects = 500 } }]\n' + ok,
              "strategy r: set.n_subjects makes the dataset", "the study's [set] or the dataset's set")
+    _refused(tmp_path, 'strategies = [{ name = "r", strategy = "random", set = { "n-subjects" = 64 } }]\n' + ok,
+             "strategy r: set.n-subjects makes the dataset")
+    _refused(tmp_path, '[set]\n"seeds " = 8\n' + ok, "give it as the study file's key 'seeds'")
     _refused(tmp_path, 'strategies = [{ name = "a\\u0000b", strategy = "random" }]\n' + ok, "cannot name a folder")
     _refused(tmp_path, '[datasets."site:a"]\nsimulate = {}\n', "dataset name 'site:a' cannot name a folder")
     _refused(tmp_path, f'strategies = [{{ name = "{"x" * 101}", strategy = "random" }}]\n' + ok, "at most 100 bytes")
@@ -582,3 +585,22 @@ def test_beyond_tables_write_within_margin_only_on_a_verdict_of_a_difference():
     assert verdict(pd.Series({"verdict": "equivalent", "within_margin": True})) == "**equivalent**"
     assert verdict(pd.Series({"verdict": "inconclusive", "within_margin": True})) == "**inconclusive**"
     assert verdict(pd.Series({"verdict": "confirmed", "within_margin": False})) == "**confirmed**"
+
+
+def test_a_dataset_made_with_relative_template_paths_is_found_again(tmp_path, tiny_dataset):
+    """An older dataset.json records the template and label as they were given (relative to where fairal ran):
+    the same files where names and recorded checksums agree, a refusal where the file changed."""
+    from fairal.experiments import _same_simulation
+    from fairal.simulate.dataset import SimulationConfig
+
+    info = json.loads((tiny_dataset / "dataset.json").read_text())
+    tpl, lab = info["settings"]["template"], info["settings"]["label"]
+    cfg = SimulationConfig(n_subjects=24, shape=OUT_SHAPE, template=tpl, label=lab, label_value=LABEL_VALUE)
+    assert _same_simulation(info, cfg)
+    old = {**info, "settings": {**info["settings"], "template": "template.nii.gz", "label": "./labels.nii.gz"}}
+    assert _same_simulation(old, cfg)
+    changed = {**old, "template": {**old["template"], "sha256": {**old["template"]["sha256"],
+                                                                 "template.nii.gz": "0" * 64}}}
+    assert not _same_simulation(changed, cfg)
+    elsewhere = {**info, "settings": {**info["settings"], "template": "other.nii.gz"}}
+    assert not _same_simulation(elsewhere, cfg)

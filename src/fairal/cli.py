@@ -682,9 +682,11 @@ def report(
         console.print(f"warning: left out {run}: {why}")
     path = build_report(results, out, loaded)
     from fairal.report.study import missing_runs, study_info, withheld_note
+    from fairal.study import PAPER_SOURCE
 
-    info = study_info(results)
-    if info is not None and (note := withheld_note(missing_runs(loaded, info), info)):
+    info = study_info(results)  # a study's report withholds its comparisons (the paper's has its own plan)
+    if info is not None and info.get("study", {}).get("source") != PAPER_SOURCE \
+            and (note := withheld_note(missing_runs(loaded, info), info)):
         _warn(note)
     stdout.print(f"report: {path}")
 

@@ -137,10 +137,21 @@ def simulation_settings(spec: DatasetSpec, profile: Profile):
     return simulation_config({**sizes, **spec.simulate}, f"dataset {spec.name}")
 
 
-def _same_simulation(stored: dict, cfg) -> bool:
+def _same_simulation(info: dict, cfg) -> bool:
+    """Whether a ``dataset.json`` (``info``) holds ``cfg``'s simulation. Its template and label paths are recorded
+    as they were given (relative to where fairal ran then, or to the study file): the same files where their
+    names and the recorded checksums agree."""
     from fairal.simulate.dataset import same_settings
+    from fairal.simulate.template import sha256
 
-    return same_settings(stored, cfg)
+    recorded = dict(info.get("settings") or {})
+    sums = (info.get("template") or {}).get("sha256") or {}
+    for key in ("template", "label"):
+        mine, theirs = getattr(cfg, key), recorded.get(key)
+        if mine and isinstance(theirs, str) and theirs != str(mine) and Path(theirs).name == Path(mine).name \
+                and Path(mine).is_file() and sums.get(Path(mine).name) == sha256(mine):
+            recorded[key] = str(mine)
+    return same_settings(recorded, cfg)
 
 
 def ensure_dataset(out: Path, spec: str | DatasetSpec, profile: Profile, progress: bool) -> Path:
@@ -169,8 +180,13 @@ def check_made_dataset(out: Path, spec: DatasetSpec, profile: Profile) -> bool:
     info = Path(out) / "data" / spec.name / "dataset.json"
     if spec.kind == "folder" or not info.is_file():
         return False
-    held = json.loads(info.read_text()).get("settings", {})
-    if spec.kind == "csv" and held == cohort_settings(spec, profile):
+    try:
+        held = json.loads(info.read_text())
+    except (OSError, ValueError) as err:
+        raise FairalError(f"{info} is unreadable ({err}); use another output folder or delete it") from None
+    if not isinstance(held, dict):
+        raise FairalError(f"{info} is not a dataset's description; use another output folder or delete it")
+    if spec.kind == "csv" and held.get("settings") == cohort_settings(spec, profile):
         return True
     if spec.kind == "simulate" and _same_simulation(held, simulation_settings(spec, profile)):
         return True
@@ -285,14 +301,7 @@ def run_study(
     for prof in profiles:  # each device a run is set to (the study's, a dataset's or an arm's)
         executor.check(prof)
     out = check_results_folder(out)
-    for d in study.datasets:  # made already with these settings, or its files' headers readable
-        if not check_made_dataset(out, d, study.profile_for(profile, d, None, cli)) and d.kind == "csv":
-            from fairal.owndata import check_headers, read_cases
-
-            try:
-                check_headers(read_cases(d.csv, d.group_by, "group_by"))
-            except FairalError as err:
-                raise FairalError(f"{study.source}, dataset {d.name}: {err}") from None
+    _check_datasets_in(out, study, profile, cli)
     with FolderLock(out, f"fairal study {study.name}"):
         make_own_folder(out, RESULTS)
         packed = pack == "on" or (pack == "auto" and any(executor.trains_on_gpu(p) for p in profiles))
@@ -303,6 +312,19 @@ def run_study(
             info["extensions"] = extended
         write_json(within(out, "study.json"), info)
         _run_grid(out, study, profile, cli, seeds, executor, progress, pack_size if packed else 1, reuse, work)
+
+
+def _check_datasets_in(out: Path, study: Study, profile: Profile, cli: dict) -> None:
+    """Each dataset of the study in ``out/data`` made with these settings (:func:`check_made_dataset`), or, not
+    made yet, a CSV cohort's image and label headers readable: refused before the study writes anything."""
+    from fairal.owndata import check_headers, read_cases
+
+    for d in study.datasets:
+        if not check_made_dataset(out, d, study.profile_for(profile, d, None, cli)) and d.kind == "csv":
+            try:
+                check_headers(read_cases(d.csv, d.group_by, "group_by"))
+            except FairalError as err:
+                raise FairalError(f"{study.source}, dataset {d.name}: {err}") from None
 
 
 def lockstep_groups(runs: list[Task], pack_size: int) -> list[list[Task]]:
@@ -376,7 +398,7 @@ def reuse_datasets(out: Path, study: Study, profile: Profile, cli: dict, reuse: 
         if d.kind != "simulate" or target.exists() or not (source / "dataset.json").is_file():
             continue
         cfg = simulation_settings(d, study.profile_for(profile, d, None, cli))
-        if _same_simulation(json.loads((source / "dataset.json").read_text()).get("settings", {}), cfg):
+        if _same_simulation(json.loads((source / "dataset.json").read_text()), cfg):
             link_tree(source, target)
 
 

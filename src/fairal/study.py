@@ -169,8 +169,8 @@ def grid_key_refused(keys, prefix: str) -> None:
     """A grid setting (:data:`GRID_KEYS`) given as a ``set`` entry or ``--set`` is refused; ``prefix`` names where
     (``"study.toml: set."``, ``"--set "``)."""
     for key in keys:
-        if key in GRID_KEYS:
-            raise FairalError(f"{prefix}{key}: give it as {GRID_KEYS[key]}, not as a setting")
+        if (name := key.strip().replace("-", "_")) in GRID_KEYS:  # a setting's name, as with_overrides reads it
+            raise FairalError(f"{prefix}{key}: give it as {GRID_KEYS[name]}, not as a setting")
 
 
 def _settings(where: str, table) -> dict[str, str]:
@@ -225,8 +225,8 @@ def _arm(where: str, item) -> Arm:
     name = _typed(where, "name", item.get("name", strategy), str, "a name")
     _folder_name(where, "strategy", name)
     overrides = _settings(f"{where}, strategy {name}", item.get("set", {}))
-    for key in DATA_KEYS:
-        if key in overrides:
+    for key in overrides:
+        if key.strip().replace("-", "_") in DATA_KEYS:  # a setting's name, as with_overrides reads it
             raise _fail(where, f"strategy {name}: set.{key} makes the dataset, the same for all its strategies: "
                         "give it in the study's [set] or the dataset's set")
     _groups_known(f"{where}, strategy {name}", item, overrides)
@@ -268,24 +268,7 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
             raise _fail(where, f"{folder} is not a dataset folder (no manifest.csv)")
         return DatasetSpec(name, folder=folder.resolve(), overrides=overrides)
     if "simulate" in table:
-        sim = dict(_typed(where, "simulate", table["simulate"], dict, "a table of fairal simulate options"))
-        from fairal.nifti import load_nifti
-        from fairal.simulate.dataset import simulation_config
-        from fairal.simulate.settings import PATHS
-
-        for key in PATHS:  # files relative to the study file, as csv and folder are
-            if isinstance(sim.get(key), str):
-                path = base / sim[key]
-                if not path.is_file():
-                    raise _fail(where, f"simulate.{key}: no such file {path}")
-                if key in ("template", "label"):  # its header now; its data when the dataset is made
-                    try:
-                        load_nifti(path, f"simulate.{key}", read=False)
-                    except FairalError as err:
-                        raise _fail(where, str(err)) from None
-                sim[key] = str(path.resolve())
-        simulation_config(sim, where)  # checked now, built with the profile's sizes later
-        return DatasetSpec(name, simulate=sim, overrides=overrides)
+        return DatasetSpec(name, simulate=_simulation(where, table["simulate"], base), overrides=overrides)
     if not group_by:
         raise _fail(where, "a CSV dataset needs group_by: the column(s) that name each case's group")
     csv = base / _typed(where, "csv", table["csv"], str, "a file name")
@@ -296,6 +279,29 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
     except FairalError as err:
         raise _fail(where, str(err)) from None
     return spec
+
+
+def _simulation(where: str, table, base: Path) -> dict:
+    """A simulated dataset's ``fairal simulate`` options, checked now (built with the profile's sizes later); its
+    files relative to the study file, as csv and folder are, and its template and label headers read."""
+    from fairal.nifti import load_nifti
+    from fairal.simulate.dataset import simulation_config
+    from fairal.simulate.settings import PATHS
+
+    sim = dict(_typed(where, "simulate", table, dict, "a table of fairal simulate options"))
+    for key in PATHS:
+        if isinstance(sim.get(key), str):
+            path = base / sim[key]
+            if not path.is_file():
+                raise _fail(where, f"simulate.{key}: no such file {path}")
+            if key in ("template", "label"):  # its header now; its data when the dataset is made
+                try:
+                    load_nifti(path, f"simulate.{key}", read=False)
+                except FairalError as err:
+                    raise _fail(where, str(err)) from None
+            sim[key] = str(path.resolve())
+    simulation_config(sim, where)
+    return sim
 
 
 def check_cohort(spec: DatasetSpec) -> None:

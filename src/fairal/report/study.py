@@ -257,7 +257,7 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
                         within=["dataset", "init"]),
              *_baseline_section(baselines, split),
              f"<h2>{html.escape(reference)} against each strategy</h2>",
-             f"<p><b>{html.escape(withheld.capitalize())}.</b></p>" if withheld else "",
+             f"<p><b>{html.escape(withheld[:1].upper() + withheld[1:])}.</b></p>" if withheld else "",
              _rule(int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0,
                    int((paired["family"] == "pooled").sum()) if not paired.empty else 0),
              html_table(paired, digits=4)]
