@@ -439,7 +439,7 @@ def test_what_the_datasets_cannot_give_is_refused_before_any_dataset_is_made(tmp
     sim = '[datasets.sim]\nsimulate = { bias = "strong", n_subjects = 40 }\n'  # 20 a group: 4 test, 16 pool
     res = _cli_refused(tmp_path, smoke + 'baselines = true\n' + sim, "--set", "cohort_size=20")
     assert res.exit_code == 2 and "dataset sim: the baselines train on 20 cases of each group alone " \
-        "(cohort_size), group 1's pool has 16" in res.output, res.output
+        "(cohort_size, from --set), group 1's pool has 16" in res.output, res.output
     three = '[datasets.sim]\nsimulate = { n_subjects = 40, group = ["1:bias=strong", "2", "3:share=0.05"] }\n'
     res = _cli_refused(tmp_path, smoke + three)
     assert res.exit_code == 2 and "group 3 has no test case" in res.output, res.output

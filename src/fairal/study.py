@@ -479,6 +479,11 @@ def check_data(study: Study, base: Profile, cli: dict) -> None:
     cohorts (``cohort_size`` cases of each group) where the study has them."""
     from fairal.loop import initial_counts
 
+    given = {k.strip().replace("-", "_") for k in cli}
+
+    def setting(key: str) -> str:  # a setting's name in a message, and whether the command line gave it
+        return f"{key}, from --set" if key in given else key
+
     for d in study.datasets:
         outline = dataset_outline(d, study.profile_for(base, d, None, cli))
         where = f"{study.source}, dataset {d.name}"
@@ -493,13 +498,13 @@ def check_data(study: Study, base: Profile, cli: dict) -> None:
             short = [g for g in groups if pool.get(g, 0) < size]
             if short:
                 raise FairalError(f"{where}: the baselines train on {size} cases of each group alone "
-                                  f"(cohort_size), group {short[0]}'s pool has {pool.get(short[0], 0)}: lower "
-                                  "cohort_size ([set] or --set) or add subjects")
+                                  f"({setting('cohort_size')}), group {short[0]}'s pool has "
+                                  f"{pool.get(short[0], 0)}: lower cohort_size ([set] or --set) or add subjects")
         for arm in study.resolved_arms(base):
             prof = study.profile_for(base, d, arm, cli)
             if sum(pool.values()) < prof.final_size:
                 raise FairalError(f"{where}, strategy {arm.name}: impossible budget, {prof.final_size} labeled "
-                                  f"cases asked for (final_size) and the pool has {sum(pool.values())}")
+                                  f"cases asked for ({setting('final_size')}) and the pool has {sum(pool.values())}")
             for init in study.inits:
                 try:
                     need = initial_counts(groups, init, prof.init_size)
