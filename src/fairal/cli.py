@@ -679,7 +679,7 @@ def report(
 
     loaded = load_results(results)
     for run, why in loaded.skipped.items():
-        console.print(f"warning: left out {run}: {why}")
+        _warn(f"left out {run}: {why}")
     path = build_report(results, out, loaded)
     from fairal.report.study import missing_runs, study_info, withheld_note
     from fairal.study import PAPER_SOURCE

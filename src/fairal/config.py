@@ -261,6 +261,11 @@ def get_profile(name: str, overrides: dict[str, str] | None = None) -> Profile:
     return PROFILES[name].with_overrides(overrides or {})
 
 
+def setting_name(key: str) -> str:
+    """A setting's field name as a ``--set`` key or a study file's ``set`` key may write it (``n-subjects``)."""
+    return key.strip().replace("-", "_")
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, str]:
     """``["steps=200", "downsample=1"]`` -> ``{"steps": "200", "downsample": "1"}``."""
     out: dict[str, str] = {}

@@ -165,10 +165,10 @@ def ensure_dataset(out: Path, spec: str | DatasetSpec, profile: Profile, progres
     if spec.kind == "folder":
         return spec.folder
     path = Path(out) / "data" / spec.name
-    if spec.kind == "csv":
-        return ensure_cohort(spec, path, profile)
     if check_made_dataset(out, spec, profile):
         return path
+    if spec.kind == "csv":
+        return ensure_cohort(spec, path, profile)
     return simulate_dataset(simulation_settings(spec, profile), path, progress=progress)
 
 

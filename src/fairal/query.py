@@ -22,7 +22,7 @@ import pandas as pd
 
 from fairal import versions
 from fairal.acquisition import STATISTICS, Strategy, parse_strategy, roi_mask
-from fairal.config import Profile, get_profile
+from fairal.config import Profile, get_profile, setting_name
 from fairal.data import case_records
 from fairal.engine import acquisition_round, evaluate, fit, model_factory
 from fairal.errors import FairalError
@@ -47,7 +47,7 @@ def query_profile(name: str, overrides: dict[str, str] | None = None) -> Profile
     naming it, instead of a check of that setting speaking of a schedule the query does not have."""
     fields = {f.name for f in dataclasses.fields(Profile)}
     for key in overrides or {}:
-        setting = key.strip().replace("-", "_")
+        setting = setting_name(key)
         if setting not in fields:
             import difflib
 

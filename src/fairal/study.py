@@ -36,7 +36,7 @@ from pathlib import Path
 import tomllib
 
 from fairal.acquisition import parse_strategy
-from fairal.config import PROFILES, Profile
+from fairal.config import PROFILES, Profile, setting_name
 from fairal.errors import FairalError
 
 TOP_KEYS = ("name", "description", "profile", "seeds", "strategies", "inits", "reference", "set", "datasets",
@@ -169,7 +169,7 @@ def grid_key_refused(keys, prefix: str) -> None:
     """A grid setting (:data:`GRID_KEYS`) given as a ``set`` entry or ``--set`` is refused; ``prefix`` names where
     (``"study.toml: set."``, ``"--set "``)."""
     for key in keys:
-        if (name := key.strip().replace("-", "_")) in GRID_KEYS:  # a setting's name, as with_overrides reads it
+        if (name := setting_name(key)) in GRID_KEYS:
             raise FairalError(f"{prefix}{key}: give it as {GRID_KEYS[name]}, not as a setting")
 
 
@@ -226,7 +226,7 @@ def _arm(where: str, item) -> Arm:
     _folder_name(where, "strategy", name)
     overrides = _settings(f"{where}, strategy {name}", item.get("set", {}))
     for key in overrides:
-        if key.strip().replace("-", "_") in DATA_KEYS:  # a setting's name, as with_overrides reads it
+        if setting_name(key) in DATA_KEYS:
             raise _fail(where, f"strategy {name}: set.{key} makes the dataset, the same for all its strategies: "
                         "give it in the study's [set] or the dataset's set")
     _groups_known(f"{where}, strategy {name}", item, overrides)
@@ -479,13 +479,14 @@ def check_data(study: Study, base: Profile, cli: dict) -> None:
     cohorts (``cohort_size`` cases of each group) where the study has them."""
     from fairal.loop import initial_counts
 
-    given = {k.strip().replace("-", "_") for k in cli}
+    given = {setting_name(k) for k in cli}
 
     def setting(key: str) -> str:  # a setting's name in a message, and whether the command line gave it
         return f"{key}, from --set" if key in given else key
 
     for d in study.datasets:
-        outline = dataset_outline(d, study.profile_for(base, d, None, cli))
+        data_profile = study.profile_for(base, d, None, cli)
+        outline = dataset_outline(d, data_profile)
         where = f"{study.source}, dataset {d.name}"
         groups = list(outline.index)
         pool, test = outline["pool"].to_dict(), outline["test"].to_dict()
@@ -494,7 +495,7 @@ def check_data(study: Study, base: Profile, cli: dict) -> None:
                 raise FairalError(f"{where}: group {g} has no test case (the metrics measure every group on the "
                                   "test split); add cases of the group")
         if study.baselines:
-            size = study.profile_for(base, d, None, cli).cohort_size
+            size = data_profile.cohort_size
             short = [g for g in groups if pool.get(g, 0) < size]
             if short:
                 raise FairalError(f"{where}: the baselines train on {size} cases of each group alone "
@@ -593,10 +594,9 @@ def _save(array, affine, path: Path) -> None:
 def ensure_cohort(spec: DatasetSpec, path: Path, profile: Profile) -> Path:
     """A CSV cohort as a fairal dataset in ``path``: every case resampled onto one grid around the labeled
     structures (``spacing`` mm, as ``fairal query`` does; intensities normalised), a manifest with the groups and
-    the splits, the pool's union of labels as the template structure (the crop and the fallback region). Reused
-    when ``path`` holds this cohort with these settings; the user's files are only read."""
-    import json
-
+    the splits, the pool's union of labels as the template structure (the crop and the fallback region); the
+    user's files are only read. A ``path`` made before is the caller's to check
+    (:func:`fairal.experiments.check_made_dataset`)."""
     import pandas as pd
 
     from fairal import versions
@@ -604,12 +604,6 @@ def ensure_cohort(spec: DatasetSpec, path: Path, profile: Profile) -> Path:
     from fairal.owndata import load_cases, read_cases, structure_grid
 
     settings = cohort_settings(spec, profile)
-    info = path / "dataset.json"
-    if info.is_file():
-        if json.loads(info.read_text()).get("settings") == settings:
-            return path
-        raise FairalError(f"{path} holds another cohort than dataset {spec.name} (its CSV or settings changed); "
-                          "use another output folder or delete it")
     try:
         check_cohort(spec)
     except FairalError as err:

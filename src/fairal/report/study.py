@@ -151,8 +151,9 @@ def study_figures(results: Results, out: Path) -> list[Path]:
     metrics = [m for m in ("essp", "delta", "dice_all") if m in r.columns]
     share_cols = [c for c in r.columns if c.startswith("n_labeled_g")]
     tables = {m: curves(results, m) for m in metrics}
-    names = _file_names(ordered(set(r["dataset"]), []))
-    for d in ordered(set(r["dataset"]), []):
+    datasets = ordered(set(r["dataset"]), [])
+    names = _file_names(datasets)
+    for d in datasets:
         inits = ordered(set(r.loc[r["dataset"] == d, "init"]), [])
         strategies = ordered(set(r.loc[r["dataset"] == d, "strategy"]), [])
         ncol = len(metrics) + (1 if share_cols else 0)
