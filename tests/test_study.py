@@ -293,6 +293,32 @@ def test_the_study_report_has_the_baselines_with_group_1s_gap_on_its_split():
                           "eval").empty
 
 
+def test_the_study_figures_draw_the_split_the_study_measures_on(tmp_path, monkeypatch):
+    import fairal.report.study as study_report
+    from fairal.report.records import Results
+
+    rounds = pd.DataFrame([{"dataset": "scanner", "init": "balanced", "strategy": "random", "seed": seed,
+                            "round": k, "n_labeled": 10 + 4 * k, "n_labeled_g1": 5 + 2 * k, "n_labeled_g2": 5 + 2 * k,
+                            "dice_all": 0.90, "delta": 0.01, "essp": 0.89, "eval_dice_all": 0.80,
+                            "eval_delta": 0.10, "eval_essp": 0.70 + 0.01 * seed} for seed in (0, 1) for k in (0, 1)])
+    results = Results(rounds=rounds, baselines=None, finished=set(), expected=[])
+    drawn = {}
+    real_curves = study_report.curves
+
+    def spy(res, metric):
+        t = real_curves(res, metric)
+        drawn[metric] = t
+        return t
+
+    monkeypatch.setattr(study_report, "curves", spy)
+    (path,) = study_report.study_figures(results, tmp_path, "eval")
+    assert path.name == "study_scanner.png" and path.stat().st_size > 0
+    assert drawn["essp"]["mean"].tolist() == pytest.approx([0.705, 0.705])  # the evaluation split's, seeds' mean
+    assert drawn["delta"]["mean"].tolist() == pytest.approx([0.10, 0.10])
+    study_report.study_figures(results, tmp_path, "test")
+    assert drawn["essp"]["mean"].tolist() == pytest.approx([0.89, 0.89])
+
+
 def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
     from fairal.report.records import Results
     from fairal.report.study import build_study_report

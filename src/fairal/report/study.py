@@ -143,9 +143,12 @@ def paired_table(results: Results, reference: str, split: str) -> pd.DataFrame:
     return pd.DataFrame(rows)[PAIRED_COLUMNS] if rows else pd.DataFrame(columns=PAIRED_COLUMNS)
 
 
-def study_figures(results: Results, out: Path) -> list[Path]:
+def study_figures(results: Results, out: Path, split: str = "test") -> list[Path]:
     """One figure per dataset: rows = initial sets, columns = ESSP, Δ, Dice and the labeled set's group shares,
-    per round, mean over seeds with the band of :func:`fairal.report.records.curves`."""
+    per round, mean over seeds with the band of :func:`fairal.report.records.curves`; the measures on ``split``
+    (``"eval"``: the evaluation split, as the study's tables; said in the figure's title)."""
+    if split == "eval":
+        results = on_evaluation_split(results) or results
     r = results.rounds
     paths = []
     metrics = [m for m in ("essp", "delta", "dice_all") if m in r.columns]
@@ -174,6 +177,8 @@ def study_figures(results: Results, out: Path) -> list[Path]:
             ax.set_xlabel("labeled images")
         handles, labels = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+        fig.suptitle(literal(f"{d}: measured on the {'evaluation' if split == 'eval' else 'test'} split; mean "
+                             "over seeds, band = 95% CI of the mean"), fontsize=11)
         fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 1))
         path = within(out, f"study_{names[d]}.png")
         fig.savefig(path, dpi=110)
@@ -247,7 +252,7 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
     baselines = baseline_table(results, split)
     if not baselines.empty:
         write_csv(within(out, "study_baselines.csv"), baselines)
-    figs = study_figures(results, out) if not results.rounds.empty else []
+    figs = study_figures(results, out, split) if not results.rounds.empty else []
     parts = [*HEAD, f"<h2>Study {html.escape(str(study.get('name', '')))}</h2>",
              f"<p>{html.escape(str(study.get('description', '')))}</p>",
              _counts(results, split), "<h2>Each strategy</h2>",
