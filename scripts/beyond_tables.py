@@ -5,7 +5,8 @@
 
 Every number of a study's results section is printed here from the report's ``study_paired.csv``,
 ``study_summary.csv`` and ``study_baselines.csv`` and, with ``--records``, the records' ``rounds.csv`` (the group
-classifier's accuracy on the pool where the pool's groups were hidden), so none is copied by hand.
+classifier's accuracy on the pool where the pool's groups were hidden; Eq. 2's weight of Group 1 and each run's
+share of Group 1 among its acquired cases), so none is copied by hand.
 """
 from __future__ import annotations
 
@@ -114,6 +115,30 @@ def group_classifier(records: Path) -> str:
             + table(["dataset", "arm", *labels, "runs"], rows))
 
 
+def weights(records: Path, strategy: str | None = None) -> str:
+    """Per dataset, initial set and arm (only ``strategy`` where given): Eq. 2's weight of Group 1 (``w_g1``) over
+    all rounds of all runs, mean (min–max), and the share of Group 1 among each run's acquired cases, mean
+    (min–max over runs): how far single runs swing, which the mean and its interval do not show."""
+    r = pd.read_csv(records / "rounds.csv")
+    if not {"w_g1", "n_labeled_g1"} <= set(r.columns) or r["w_g1"].isna().all():
+        return ""
+    if strategy is not None:
+        r = r[r["strategy"] == strategy]
+    rows = []
+    for (d, i, s), g in r.groupby(["dataset", "init", "strategy"], sort=True):
+        runs = g.sort_values("round").groupby("seed")
+        first, last = runs.first(), runs.last()
+        acquired = last["n_labeled"] - first["n_labeled"]
+        share = ((last["n_labeled_g1"] - first["n_labeled_g1"]) / acquired)[acquired > 0]
+        w = g["w_g1"].dropna()
+        rows.append([d, i, s, f"{w.mean():.3f} ({w.min():.3f}–{w.max():.3f})" if len(w) else "—",
+                     f"{share.mean():.3f} ({share.min():.2f}–{share.max():.2f})" if len(share) else "—",
+                     str(len(last))])
+    return ("Eq. 2's weight of Group 1 (all rounds) and Group 1's share of the acquired cases (per run), mean "
+            "(min–max)\n\n" + table(["dataset", "initial set", "arm", "w_g1", "Group 1 share of acquired", "runs"],
+                                      rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report", type=Path, help="the study's report folder (fairal report RECORDS --out REPORT)")
@@ -125,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parts = [paired(args.report), summary(args.report), baselines(args.report)]
         if args.records is not None:
-            parts.append(group_classifier(args.records))
+            parts += [group_classifier(args.records), weights(args.records)]
     except pd.errors.EmptyDataError:  # a report drawn before any round of the study had finished
         print(f"{args.report}: the study's tables are empty (no finished round yet?)", file=sys.stderr)
         return 2

@@ -353,6 +353,11 @@ def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
     assert "+0.0100 [" in pooled and "| 5 |" in pooled  # the mean of the five lifts
     assert "| scanner | g2 | 0.8100 | 0.9300 | -0.1200 |" in text  # the baseline's gap, Group 1 0.12 behind
     assert "0.600 (0.600–0.600) | 0.800 (0.800–0.800) | 5 |" in text  # the classifier's accuracy by round
+    assert "Eq. 2's weight" not in text  # records without the weights: no such table
+    rounds.assign(w_g1=[0.5, 0.7] * 10).to_csv(records / "rounds.csv", index=False)
+    shares = load_script("beyond_tables").weights(records, "wle")
+    assert "| scanner | balanced | wle | 0.600 (0.500–0.700) | 0.500 (0.50–0.50) | 5 |" in shares
+    assert "random" not in shares
     summary = pd.read_csv(report / "study_summary.csv").set_index("strategy")
     wle = summary.loc["wle"]  # final evaluation ESSP 0.85 + 0.01 seed + the lift: mean 0.85 + 0.02 + 0.01
     assert wle["essp"] == pytest.approx(0.88) and wle["essp_ci_low"] < 0.88 < wle["essp_ci_high"]
