@@ -150,6 +150,21 @@ def test_strategies_beyond_the_paper_get_their_own_figures(records):
     assert final["strategy"].tolist()[:3] == ["entropy", "weighted-localized-entropy", "weighted-bald"]
 
 
+def test_a_strategy_keeps_its_colour_in_every_figure_and_others_get_free_ones():
+    from fairal.report.figures import COLOURS, OKABE_ITO, colours_for
+
+    study1 = colours_for(["localized-entropy", "random", "weighted-localized-entropy", "wle-groups-unknown"])
+    study2 = colours_for(["entropy", "localized-entropy", "random", "weighted-localized-entropy"])
+    assert study1["weighted-localized-entropy"] == study2["weighted-localized-entropy"] == "#D55E00"
+    assert study1["localized-entropy"] == study2["localized-entropy"] == "#E69F00"
+    assert study1["wle-groups-unknown"] == "#000000"  # Okabe-Ito's first, which no fixed colour of the figure has
+    crowded = colours_for([*COLOURS, "mine", "yours"])  # all eight fixed colours taken: yellow, then tab10's brown
+    assert len(set(crowded.values())) == 10 and (crowded["mine"], crowded["yours"]) == ("#F0E442", "#8C564B")
+    assert OKABE_ITO[4] == "#F0E442"
+    two = colours_for(["mine", "entropy", "yours"])  # entropy's blue (#0072B2) is skipped for the others
+    assert two == {"mine": "#000000", "entropy": "#0072B2", "yours": "#E69F00"}
+
+
 def test_three_groups_in_the_final_table(tmp_path):
     d = tmp_path / "runs" / "mine" / "balanced" / "entropy" / "seed-0"
     d.mkdir(parents=True)

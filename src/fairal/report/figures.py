@@ -56,6 +56,22 @@ def label(strategy: str) -> str:
         return literal(strategy)
 
 
+def colours_for(strategies) -> dict[str, str]:
+    """One colour per strategy of a figure: the paper report's fixed colour where the strategy has one
+    (:data:`COLOURS`: the same strategy looks the same in every figure and report), else the first Okabe-Ito colour
+    no other strategy of the figure has, then matplotlib's tab10 brown, olive and cyan (cycling only past those)."""
+    strategies = list(strategies)
+    taken = {COLOURS[s] for s in strategies if s in COLOURS}
+    spare = [c for c in (*OKABE_ITO, "#8C564B", "#BCBD22", "#17BECF") if c not in taken]
+    out, k = {}, 0
+    for s in strategies:
+        if s in COLOURS:
+            out[s] = COLOURS[s]
+        else:
+            out[s], k = spare[k % len(spare)], k + 1
+    return out
+
+
 def _style(strategy: str, index: int) -> dict:
     return {"color": COLOURS.get(strategy, OKABE_ITO[index % len(OKABE_ITO)]),
             "marker": MARKERS.get(strategy, "o"), "linestyle": "-" if strategy in PAPER_STRATEGIES else "--"}

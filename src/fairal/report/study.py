@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 from fairal.io import within, write_csv, write_text  # noqa: E402
 from fairal.metrics import bounds  # noqa: E402
 from fairal.report.build import HEAD, html_table, settings_section, table1  # noqa: E402
-from fairal.report.figures import OKABE_ITO, label, literal  # noqa: E402
+from fairal.report.figures import colours_for, label, literal  # noqa: E402
 from fairal.report.plan import (  # noqa: E402
     AL_ON,
     MARGINS,
@@ -159,20 +159,21 @@ def study_figures(results: Results, out: Path, split: str = "test") -> list[Path
     for d in datasets:
         inits = ordered(set(r.loc[r["dataset"] == d, "init"]), [])
         strategies = ordered(set(r.loc[r["dataset"] == d, "strategy"]), [])
+        colours = colours_for(strategies)
         ncol = len(metrics) + (1 if share_cols else 0)
         fig, axes = plt.subplots(len(inits), ncol, figsize=(3.6 * ncol, 2.9 * len(inits)), squeeze=False)
         for row, init in enumerate(inits):
             for col, metric in enumerate(metrics):
                 ax = axes[row, col]
                 t = tables[metric]
-                for k, s in enumerate(strategies):
+                for s in strategies:
                     c = t[(t["dataset"] == d) & (t["init"] == init) & (t["strategy"] == s)].sort_values("n_labeled")
-                    ax.plot(c["n_labeled"], c["mean"], color=OKABE_ITO[k % 8], label=label(s), lw=1.6)
-                    ax.fill_between(c["n_labeled"], c["lo"], c["hi"], color=OKABE_ITO[k % 8], alpha=0.15, lw=0)
+                    ax.plot(c["n_labeled"], c["mean"], color=colours[s], label=label(s), lw=1.6)
+                    ax.fill_between(c["n_labeled"], c["lo"], c["hi"], color=colours[s], alpha=0.15, lw=0)
                 ax.set_title(literal(f"{d}, {init}: {MEASURES.get(metric, metric).replace('final ', '')}"),
                              fontsize=10)
             if share_cols:
-                _share_panel(axes[row, -1], r[(r["dataset"] == d) & (r["init"] == init)], strategies, share_cols)
+                _share_panel(axes[row, -1], r[(r["dataset"] == d) & (r["init"] == init)], colours, share_cols)
         for ax in axes[-1]:
             ax.set_xlabel("labeled images")
         handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -187,13 +188,14 @@ def study_figures(results: Results, out: Path, split: str = "test") -> list[Path
     return paths
 
 
-def _share_panel(ax, rounds: pd.DataFrame, strategies: list[str], share_cols: list[str]) -> None:
-    """Group 1's share of the labeled set (the first group's with other names), mean over seeds."""
+def _share_panel(ax, rounds: pd.DataFrame, colours: dict[str, str], share_cols: list[str]) -> None:
+    """Group 1's share of the labeled set (the first group's with other names), mean over seeds; ``colours``:
+    each strategy's, in the figure's order."""
     col = "n_labeled_g1" if "n_labeled_g1" in share_cols else share_cols[0]
-    for k, s in enumerate(strategies):
+    for s, colour in colours.items():
         g = rounds[rounds["strategy"] == s]
         share = (g[col] / g["n_labeled"]).groupby(g["n_labeled"]).mean()
-        ax.plot(share.index, share.to_numpy(), color=OKABE_ITO[k % 8], lw=1.6)
+        ax.plot(share.index, share.to_numpy(), color=colour, lw=1.6)
     ax.set_ylim(0, 1)
     ax.set_title(literal(f"share of group {col[len('n_labeled_g'):]} in the labeled set"), fontsize=10)
 
