@@ -72,19 +72,21 @@ def colours_for(strategies) -> dict[str, str]:
     return out
 
 
-def _style(strategy: str, index: int) -> dict:
-    return {"color": COLOURS.get(strategy, OKABE_ITO[index % len(OKABE_ITO)]),
-            "marker": MARKERS.get(strategy, "o"), "linestyle": "-" if strategy in PAPER_STRATEGIES else "--"}
+def _style(strategy: str, colour: str) -> dict:
+    return {"color": colour, "marker": MARKERS.get(strategy, "o"),
+            "linestyle": "-" if strategy in PAPER_STRATEGIES else "--"}
 
 
 def _panel(ax, table: pd.DataFrame, dataset: str, init: str, n_seeds: int, strategies, column: str = "mean"
            ) -> None:
-    for i, strategy in enumerate(ordered(set(table["strategy"]) & set(strategies), STRATEGY_ORDER)):
+    drawn = ordered(set(table["strategy"]) & set(strategies), STRATEGY_ORDER)
+    colours = colours_for(drawn)
+    for strategy in drawn:
         c = table[(table["dataset"] == dataset) & (table["init"] == init) & (table["strategy"] == strategy)]
         if c.empty:
             continue
         c = c.sort_values("n_labeled")
-        st = _style(strategy, i)
+        st = _style(strategy, colours[strategy])
         ax.plot(c["n_labeled"], c[column], markersize=4, linewidth=1.4, markevery=2, label=label(strategy),
                 **st)
         if n_seeds > 1 and "lo" in c:
