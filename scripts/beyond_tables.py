@@ -119,21 +119,22 @@ def weights(records: Path, strategy: str | None = None) -> str:
     """Per dataset, initial set and arm (only ``strategy`` where given): Eq. 2's weight of Group 1 (``w_g1``) over
     all rounds of all runs, mean (min–max), and the share of Group 1 among each run's acquired cases, mean
     (min–max over runs): how far single runs swing, which the mean and its interval do not show."""
+    from fairal.report.claims import run_summary  # each run's Group 1 share of its acquired cases
+
     r = pd.read_csv(records / "rounds.csv")
     if not {"w_g1", "n_labeled_g1"} <= set(r.columns) or r["w_g1"].isna().all():
         return ""
     if strategy is not None:
         r = r[r["strategy"] == strategy]
+    runs = run_summary(r)
     rows = []
     for (d, i, s), g in r.groupby(["dataset", "init", "strategy"], sort=True):
-        runs = g.sort_values("round").groupby("seed")
-        first, last = runs.first(), runs.last()
-        acquired = last["n_labeled"] - first["n_labeled"]
-        share = ((last["n_labeled_g1"] - first["n_labeled_g1"]) / acquired)[acquired > 0]
+        mine = runs[(runs["dataset"] == d) & (runs["init"] == i) & (runs["strategy"] == s)]
+        share = mine["g1_acquired_share"].dropna() if "g1_acquired_share" in mine else pd.Series(dtype=float)
         w = g["w_g1"].dropna()
         rows.append([d, i, s, f"{w.mean():.3f} ({w.min():.3f}–{w.max():.3f})" if len(w) else "—",
                      f"{share.mean():.3f} ({share.min():.2f}–{share.max():.2f})" if len(share) else "—",
-                     str(len(last))])
+                     str(len(mine))])
     return ("Eq. 2's weight of Group 1 (all rounds) and Group 1's share of the acquired cases (per run), mean "
             "(min–max)\n\n" + table(["dataset", "initial set", "arm", "w_g1", "Group 1 share of acquired", "runs"],
                                       rows))
