@@ -4,7 +4,8 @@ Scoring is kept apart from selection: each strategy turns per-case statistics in
 and :func:`select` picks the cases to annotate (the top k, or the best of random candidate batches), so any
 score composes with either selection rule.
 
-A strategy name is composed as ``[stochastic-][weighted-]BASE[-tT]``:
+A strategy name composes three parts, ``[SELECTION-][STEERING-]BASE[-tT]``, one table entry each (baal's
+composition: steering and selection apart from the base score):
 
 | part | meaning |
 | --- | --- |
@@ -12,10 +13,19 @@ A strategy name is composed as ``[stochastic-][weighted-]BASE[-tT]``:
 | ``entropy`` | mean voxel entropy over the whole (cropped) volume |
 | ``localized-entropy`` | Eq. 1: mean voxel entropy over R, the predicted mask dilated by r voxels |
 | ``bald`` | MC-dropout BALD: mean voxel mutual information ``H[E p] - E H[p]`` over R (dropout samples) |
+| ``fair-influence`` | first-order influence on the group gap of the labeled set (Pang et al. 2024) |
 | ``weighted-`` | Eq. 2: the score times the group weight ``w_g(x)`` (expected weight if the group is unknown) |
+| ``worst-group-`` | min-max (Abernethy et al. 2022): the group of the largest ``w_g`` first, ranked by the score; \
+fill from the next group by weight |
+| ``balanced-`` | each group ranked by the score, slots taken round-robin over the groups, largest ``w_g`` first \
+(Branchaud-Charron et al. 2021) |
+| ``group-drawn-`` | each slot's group drawn with probability ``w_g``, then that group's best case by the score \
+(``group-drawn-random``: WLE's steering with a uniform case of the group) |
 | ``-tT`` | the softmax temperature T of the group weights (default: the profile's, 1 in the paper) |
 | ``stochastic-`` | Gaillochet et al. 2023: draw random candidate batches of the budget's size and take the one with \
 the highest mean score |
+| ``power-`` | k cases drawn without replacement with probability proportional to ``score^(1/T)`` (baal's \
+PowerSampling; T the profile's ``power_temperature``) |
 
 The paper's four are ``random``, ``entropy``, ``localized-entropy`` and ``weighted-localized-entropy``.
 """
@@ -32,6 +42,7 @@ import numpy as np
 import torch
 
 from fairal.errors import FairalError
+from fairal.influence import fair_influence
 
 #: The paper's four strategies, and the ones beyond it that the grids run by default.
 PAPER_STRATEGIES = ("random", "entropy", "localized-entropy", "weighted-localized-entropy")
@@ -42,7 +53,8 @@ STANDARD_EXTRAS = ("weighted-bald", "stochastic-weighted-localized-entropy", "we
 
 __all__ = ["PAPER_STRATEGIES", "ALL_STRATEGIES", "BASES", "STATISTICS", "Base", "Statistic", "CaseMaps", "register",
            "case_statistics", "Strategy", "parse_strategy", "group_weights", "expected_weights", "case_weights",
-           "strategy_scores", "select", "select_top_k", "stochastic_batch", "rank_cases", "ranking"]
+           "strategy_scores", "select", "select_top_k", "stochastic_batch", "power_order", "rank_cases", "ranking",
+           "STEERINGS", "SELECTIONS", "worst_group_order", "balanced_order", "group_drawn_order", "steering_groups"]
 
 _EPS = 1e-7
 _NAME = re.compile(r"^(?P<stochastic>stochastic-)?(?P<weighted>weighted-)?(?P<base>[a-z0-9-]+?)(?:-t(?P<t>[0-9.]+))?$")
@@ -63,12 +75,27 @@ class CaseMaps:
 class Statistic:
     """A per-case statistic that a base score ranks by: its name (its column in ``selections.csv``, ``query.csv``
     and the API's table), how it is computed from a case's maps (:class:`CaseMaps`, on the model's device: one
-    implementation for the CPU and a GPU), its words in reasons, and whether it needs MC-dropout samples."""
+    implementation for the CPU and a GPU; None for one the round engine computes from the model), its words in
+    reasons, and whether it needs MC-dropout samples."""
 
     name: str
-    compute: Callable[[CaseMaps], float]
+    compute: Callable[[CaseMaps], float] | None
     label: str
     needs_dropout: bool = False
+    # computed by the round engine from the network itself: (model, candidate images, labeled images, their labels,
+    # their groups) -> one value per candidate (:func:`fairal.influence.fair_influence`)
+    from_model: Callable | None = None
+
+    @property
+    def needs_model(self) -> bool:
+        return self.from_model is not None
+
+    @property
+    def needs(self) -> str:
+        """What it takes beyond a probability map, in words ("" for nothing)."""
+        if self.needs_model:
+            return "computed from the network in fairal run, study or query, not from saved probabilities"
+        return "MC-dropout samples of the network" if self.needs_dropout else ""
 
 
 @dataclass(frozen=True)
@@ -88,19 +115,64 @@ class Base:
 
 
 @dataclass(frozen=True)
+class Steering:
+    """How the group weights steer a selection: its prefix in strategy names (``""``: none), its words, whether
+    it multiplies the base score by the case's weight (Eq. 2), and, for a steering that fills the slots group by
+    group, how (:func:`worst_group_order`, :func:`balanced_order`, :func:`group_drawn_order`)."""
+
+    name: str
+    label: str
+    scales_scores: bool = False
+    by_group: Callable | None = None
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}-" if self.name else ""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How the slots are filled from the scores: its prefix (``""``: the top k), its words, and the order it
+    ranks a set of cases in (``None``: stochastic batches, which pick a batch, not an order)."""
+
+    name: str
+    label: str
+    order: Callable | None = None
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}-" if self.name else ""
+
+
+@dataclass(frozen=True)
 class Strategy:
-    """A parsed strategy name: its base score, whether it is group-weighted, its own softmax temperature (None:
-    the profile's) and whether it selects by stochastic batches."""
+    """A parsed strategy name: its base score, its group steering (``""``, ``weighted``, ``worst-group``,
+    ``balanced``, ``group-drawn``), its own softmax temperature (None: the profile's) and its selection (``""``:
+    top k, ``stochastic``, ``power``)."""
 
     name: str
     base: str
-    weighted: bool = False
+    steering: str = ""
     temperature: float | None = None
-    stochastic: bool = False
+    selection: str = ""
 
     @property
     def spec(self) -> Base:
         return BASES[self.base]
+
+    @property
+    def weighted(self) -> bool:
+        """Eq. 2: the base score times the group weight."""
+        return self.steering == "weighted"
+
+    @property
+    def steered(self) -> bool:
+        """The group weights steer the choice (any steering): the round computes them."""
+        return bool(self.steering)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.selection == "stochastic"
 
     @property
     def needs_dropout(self) -> bool:
@@ -109,16 +181,18 @@ class Strategy:
     @property
     def label(self) -> str:
         """In words, for figures: "weighted localized entropy", "stochastic batches of weighted BALD, T = 0.5"."""
-        text = ("weighted " if self.weighted else "") + self.spec.label
-        if self.stochastic:
-            text = "stochastic batches of " + text
+        text = (STEERINGS[self.steering].label + " " if self.steering else "") + self.spec.label
+        if self.selection:
+            text = SELECTIONS[self.selection].label + " " + text
         return text + (f", T = {self.temperature:g}" if self.temperature is not None else "")
 
 
 def strategy_names() -> list[str]:
-    """Every strategy name without a temperature: ``[stochastic-][weighted-]BASE`` for each base of the table."""
-    return [f"{stochastic}{weighted}{base}" for stochastic in ("", "stochastic-") for weighted in ("", "weighted-")
-            for base in BASES if not (stochastic and base == "random")]
+    """Every strategy name without a temperature: ``[SELECTION-][STEERING-]BASE`` for each part of the tables
+    (random candidate batches of random scores excepted)."""
+    return [f"{sel.prefix}{steer.prefix}{base}" for sel in SELECTIONS.values() for steer in STEERINGS.values()
+            for base in BASES if not (sel.name and base == "random" and not steer.name)
+            and not (sel.order is None and steer.by_group is not None)]
 
 
 def did_you_mean(name: str) -> str:
@@ -126,33 +200,53 @@ def did_you_mean(name: str) -> str:
     t = re.search(r"-t[0-9.]+$", name)
     stem, tail = (name[:t.start()], t.group()) if t else (name, "")
     close = difflib.get_close_matches(stem.lower(), strategy_names(), n=2, cutoff=0.75)
+    ratio = [difflib.SequenceMatcher(None, stem.lower(), c).ratio() for c in close]
+    close = [c for c, r in zip(close, ratio, strict=True) if r >= ratio[0] - 0.02]  # a near tie, not a longer name
     return f" (did you mean {' or '.join(repr(c + tail) for c in close)}?)" if close else ""
 
 
+def _split_name(text: str) -> tuple[str, str, str, str | None] | None:
+    """``(selection, steering, base, temperature text)`` of a name, by the tables' prefixes; None if no base."""
+    t = re.search(r"-t([0-9.]+)$", text)
+    stem, temp = (text[:t.start()], t.group(1)) if t else (text, None)
+    selection = next((k for k, v in SELECTIONS.items() if k and stem.startswith(v.prefix)), "")
+    stem = stem[len(SELECTIONS[selection].prefix):]
+    steering = next((k for k, v in STEERINGS.items() if k and stem.startswith(v.prefix)), "")
+    base = stem[len(STEERINGS[steering].prefix):]
+    return (selection, steering, base, temp) if base in BASES else None
+
+
 def parse_strategy(name: str | Strategy) -> Strategy:
-    """Read ``[stochastic-][weighted-]BASE[-tT]``; a clear error for anything else."""
+    """Read ``[SELECTION-][STEERING-]BASE[-tT]``; a clear error for anything else."""
     if isinstance(name, Strategy):
         return name
-    known = ", ".join(ALL_STRATEGIES)
-    m = _NAME.match(str(name).strip())
-    if not m or m["base"] not in BASES:
-        close = did_you_mean(str(name).strip())
+    text = str(name).strip()
+    parts = _split_name(text)
+    if parts is None:
+        close = did_you_mean(text)
         plugin = "" if close else "; a base score of a plugin is known once the plugin is loaded (fairal --plugin FILE)"
-        raise FairalError(f"unknown strategy {name!r}{close}: a name is [stochastic-][weighted-]BASE[-tT] with BASE "
-                          f"one of {', '.join(BASES)} (e.g. {known}){plugin}")
+        raise FairalError(f"unknown strategy {name!r}{close}: a name is [SELECTION-][STEERING-]BASE[-tT] with "
+                          f"SELECTION one of {', '.join(v.prefix for v in SELECTIONS.values() if v.name)}, STEERING "
+                          f"one of {', '.join(v.prefix for v in STEERINGS.values() if v.name)} and BASE one of "
+                          f"{', '.join(BASES)} (e.g. {', '.join(ALL_STRATEGIES)}){plugin}")
+    selection, steering, base, temp = parts
     temperature = None
-    if m["t"] is not None:
+    if temp is not None:
         try:
-            temperature = float(m["t"])
+            temperature = float(temp)
         except ValueError:
-            raise FairalError(f"strategy {name!r}: cannot read the temperature {m['t']!r}") from None
-        if not m["weighted"]:
-            raise FairalError(f"strategy {name!r}: a temperature (-t{m['t']}) needs group weights (weighted-...)")
+            raise FairalError(f"strategy {name!r}: cannot read the temperature {temp!r}") from None
+        if not steering:
+            raise FairalError(f"strategy {name!r}: a temperature (-t{temp}) needs group weights (a steering: "
+                              f"{', '.join(v.prefix for v in STEERINGS.values() if v.name)})")
         if not temperature > 0 or not math.isfinite(temperature):
             raise FairalError(f"strategy {name!r}: the softmax temperature must be > 0")
-    if m["stochastic"] and m["base"] == "random":
-        raise FairalError(f"strategy {name!r}: random candidate batches of random scores are just 'random'")
-    return Strategy(str(name).strip(), m["base"], bool(m["weighted"]), temperature, bool(m["stochastic"]))
+    if selection and base == "random" and not steering:
+        raise FairalError(f"strategy {name!r}: {SELECTIONS[selection].prefix} on random scores is just 'random'")
+    if selection == "stochastic" and STEERINGS[steering].by_group is not None:
+        raise FairalError(f"strategy {name!r}: stochastic batches pick a whole batch, not an order of cases, so "
+                          f"they cannot fill slots group by group ({steering}-); use power- or the top k")
+    return Strategy(text, base, steering, temperature, selection)
 
 
 def _tensor(x) -> torch.Tensor:
@@ -254,6 +348,7 @@ STATISTICS: dict[str, Statistic] = {st.name: st for st in (
     Statistic("localized_entropy", lambda m: localized_entropy(m.proba, m.roi), "localized entropy"),
     Statistic("bald", lambda m: localized_bald(mutual_information(m.samples)[0], m.roi),
               "BALD (mutual information in the ROI)", needs_dropout=True),
+    Statistic("fair_influence", None, "influence on the group gap", from_model=fair_influence),
 )}
 
 #: The strategy table: a base score per entry; strategy names, reasons, figure labels and the grid read it.
@@ -262,6 +357,8 @@ BASES: dict[str, Base] = {b.name: b for b in (
     Base("entropy", "entropy", "entropy", "mean entropy"),
     Base("localized-entropy", "localized_entropy", "localized entropy", "localized entropy"),
     Base("bald", "bald", "BALD", "BALD (mutual information in the ROI)"),
+    Base("fair-influence", "fair_influence", "fairness influence",
+         "expected reduction of the labeled set's group gap (first-order influence)"),
 )}
 #: The names built into fairal (the rest were registered: :mod:`fairal.plugins` sends those to a grid's workers).
 BUILT_IN_STATISTICS = frozenset(STATISTICS)
@@ -274,10 +371,10 @@ def register(base: Base, statistic: Statistic | None = None) -> Base:
     """Add a base score (and the statistic it ranks by) to the tables: it is then a strategy name of the grammar
     (``[stochastic-][weighted-]NAME[-tT]``), computed every round for every candidate, written to the records as a
     column of its own and named in reasons and figures. Returns the base."""
-    if not _BASE_NAME.match(base.name) or base.name.startswith(("weighted-", "stochastic-")) or \
-            re.search(r"-t[0-9.]+$", base.name):
-        raise FairalError(f"a base score's name is lower-case words joined by '-', without a weighted-/stochastic- "
-                          f"prefix or a -tT suffix; got {base.name!r}")
+    prefixes = tuple(p.prefix for p in (*STEERINGS.values(), *SELECTIONS.values()) if p.name)
+    if not _BASE_NAME.match(base.name) or base.name.startswith(prefixes) or re.search(r"-t[0-9.]+$", base.name):
+        raise FairalError(f"a base score's name is lower-case words joined by '-', without a prefix of the grammar "
+                          f"({', '.join(prefixes)}) or a -tT suffix; got {base.name!r}")
     if base.name in BASES:
         raise FairalError(f"the base score {base.name!r} exists already")
     if statistic is not None:
@@ -300,7 +397,7 @@ def unregister(name: str) -> None:
 def case_statistics(maps: Iterable[CaseMaps], dropout: bool = False) -> dict[str, list[float]]:
     """The statistics of :data:`STATISTICS` that need MC-dropout samples (``dropout``) or that do not, for each
     case's maps, by statistic name."""
-    chosen = {name: st for name, st in STATISTICS.items() if st.needs_dropout == dropout}
+    chosen = {name: st for name, st in STATISTICS.items() if st.needs_dropout == dropout and not st.needs_model}
     out: dict[str, list[float]] = {name: [] for name in chosen}
     for m in maps:
         for name, st in chosen.items():
@@ -427,7 +524,8 @@ def strategy_scores(
 
     ``stats``: the per-case statistics of the round engine (``entropy``, ``localized_entropy``, ``bald``: one value
     per case); ``weights``: each case's group weight ``w_g(x)`` (the expected weight over the groups where a case's
-    group is unknown). A ``random`` base draws from ``rng``."""
+    group is unknown). A ``random`` base draws from ``rng``. The score is the base times the weight for
+    ``weighted-`` (Eq. 2); a steering that fills slots group by group ranks each group by the base alone."""
     s = parse_strategy(strategy)
     w = np.asarray(weights, dtype=np.float64)
     n = w.size
@@ -436,13 +534,15 @@ def strategy_scores(
     else:
         values = stats.get(s.spec.statistic)
         if values is None or np.isnan(np.asarray(values, dtype=np.float64)).any():
-            raise FairalError(f"strategy {s.name} needs the statistic {s.spec.statistic!r} of every pool case")
+            raise FairalError(f"strategy {s.name} needs the statistic {s.spec.statistic!r} of every pool case"
+                              + (f" ({STATISTICS[s.spec.statistic].needs})" if s.spec.statistic in STATISTICS
+                                 and STATISTICS[s.spec.statistic].needs else ""))
         base = np.asarray(values, dtype=np.float64)
         if base.shape != (n,):
             raise FairalError(f"{base.size} values of {s.spec.statistic} for {n} cases")
-    if not s.weighted:
+    if not s.steered:
         return base, np.ones(n)
-    return w * base, w  # Eq. 2
+    return (w * base if s.weighted else base), w  # Eq. 2 for weighted-
 
 
 def select_top_k(case_ids: Sequence[str], scores: Sequence[float], k: int) -> list[str]:
@@ -454,6 +554,22 @@ def rank_cases(case_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
     """All cases by descending score, ties by case id."""
     order = sorted(range(len(case_ids)), key=lambda i: (-float(scores[i]), str(case_ids[i])))
     return [case_ids[i] for i in order]
+
+
+def power_order(case_ids: Sequence[str], scores: Sequence[float], rng: np.random.Generator,
+                temperature: float = 1.0) -> list[str]:
+    """An order of the cases drawn without replacement with probability proportional to ``score^(1/T)``: the
+    cases by descending ``log(score) / T + G`` with ``G`` standard Gumbel noise (one draw per case, in the order
+    given; the Gumbel-top-k trick, baal's PowerSampling). A score <= 0 comes last; ties by case id."""
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise FairalError(f"the power temperature must be a finite number > 0, got {temperature!r}")
+    s = np.asarray(scores, dtype=np.float64)
+    if np.isnan(s).any():
+        raise FairalError("power sampling needs a score for every case (found NaN)")
+    noise = rng.gumbel(size=s.size)
+    with np.errstate(divide="ignore"):
+        keys = np.where(s > 0, np.log(np.where(s > 0, s, 1.0)) / temperature + noise, -np.inf)
+    return rank_cases(case_ids, keys)
 
 
 def ranking(case_ids: Sequence[str], scores: Sequence[float], selected: Sequence[str]) -> list[str]:
@@ -488,12 +604,114 @@ def stochastic_batch(
     return rank_cases([case_ids[i] for i in best], s[best])
 
 
+# --- steering by group: each group's cases in the selection's order, slots filled by the group weights ---------
+
+
+def groups_by_weight(weights: Mapping[Hashable, float], present: Iterable[Hashable]) -> list:
+    """The groups that have candidates, by descending weight (ties: the order of ``weights``)."""
+    here = set(present)
+    keys = [g for g in weights if g in here]
+    return sorted(keys, key=lambda g: (-float(weights[g]), keys.index(g)))
+
+
+def worst_group_order(orders: Mapping[Hashable, list[str]], weights: Mapping[Hashable, float], k: int,
+                      rng: np.random.Generator) -> list[str]:
+    """Min-max (Abernethy et al. 2022): the group of the largest weight g* = argmax_g w_g, its cases in order;
+    when g* has fewer than ``k``, the next group by weight fills the rest."""
+    return [c for g in groups_by_weight(weights, orders) for c in orders[g]][:k]
+
+
+def balanced_order(orders: Mapping[Hashable, list[str]], weights: Mapping[Hashable, float], k: int,
+                   rng: np.random.Generator) -> list[str]:
+    """Group-balanced interleaving (Branchaud-Charron et al. 2021): slots taken round-robin over the groups in
+    descending weight, each group's next case in its order; an exhausted group is skipped."""
+    queues = [list(orders[g]) for g in groups_by_weight(weights, orders)]
+    out: list[str] = []
+    while len(out) < k and any(queues):
+        for q in queues:
+            if q and len(out) < k:
+                out.append(q.pop(0))
+    return out
+
+
+def group_drawn_order(orders: Mapping[Hashable, list[str]], weights: Mapping[Hashable, float], k: int,
+                      rng: np.random.Generator) -> list[str]:
+    """Each slot: a group drawn with probability proportional to its weight among the groups with cases left
+    (``u = rng.random()``, the first group whose cumulative share exceeds ``u``, groups in descending weight;
+    equal shares when all their weights are 0), then that group's next case in its order."""
+    queues = {g: list(orders[g]) for g in groups_by_weight(weights, orders)}
+    out: list[str] = []
+    while len(out) < k and any(queues.values()):
+        left = [g for g, q in queues.items() if q]
+        w = np.array([max(float(weights[g]), 0.0) for g in left])
+        p = w / w.sum() if w.sum() > 0 else np.full(len(left), 1.0 / len(left))
+        u = rng.random()
+        g = left[min(int(np.searchsorted(np.cumsum(p), u, side="right")), len(left) - 1)]
+        out.append(queues[g].pop(0))
+    return out
+
+
+def steering_groups(seen: Sequence[Hashable | None], p_group: np.ndarray | None, order: Sequence[Hashable]) -> list:
+    """Each candidate's group for a steering that fills slots group by group: its own where the strategy sees it,
+    else its most probable group under ``p_group`` (columns in ``order``; ties: the first); None where neither."""
+    out = list(seen)
+    for i, g in enumerate(seen):
+        if g is None and p_group is not None and len(order):
+            out[i] = order[int(np.argmax(np.asarray(p_group)[i]))]
+    return out
+
+
+def _top_order(case_ids: Sequence[str], scores: Sequence[float], rng: np.random.Generator, temperature: float
+               ) -> list[str]:
+    return rank_cases(case_ids, scores)
+
+
+def _power(case_ids: Sequence[str], scores: Sequence[float], rng: np.random.Generator, temperature: float
+           ) -> list[str]:
+    return power_order(case_ids, scores, rng, temperature)
+
+
+#: The group steerings of the strategy grammar: adding one is one entry.
+STEERINGS: dict[str, Steering] = {st.name: st for st in (
+    Steering("", ""),
+    Steering("weighted", "weighted", scales_scores=True),
+    Steering("worst-group", "worst-group", by_group=worst_group_order),
+    Steering("balanced", "group-balanced", by_group=balanced_order),
+    Steering("group-drawn", "group-drawn", by_group=group_drawn_order),
+)}
+#: The selection rules of the strategy grammar.
+SELECTIONS: dict[str, Selection] = {sel.name: sel for sel in (
+    Selection("", "", _top_order),
+    Selection("stochastic", "stochastic batches of"),
+    Selection("power", "power sampling of", _power),
+)}
+
+
 def select(
     strategy: str | Strategy, case_ids: Sequence[str], scores: Sequence[float], k: int, n_batches: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator, groups: Sequence[Hashable] | None = None,
+    weights: Mapping[Hashable, float] | None = None, power_temperature: float = 1.0,
 ) -> list[str]:
-    """The cases to annotate: the top ``k`` scores, or with ``stochastic-`` the best random candidate batch."""
+    """The cases to annotate, best first: the top ``k`` scores, the best random candidate batch (``stochastic-``)
+    or a power draw (``power-``); a steering by group (``worst-group-``, ``balanced-``, ``group-drawn-``) orders
+    each group's cases (``groups``: each case's group) by the selection and fills the slots by the group
+    ``weights``. ``rng`` draws the power noise (one value per case, group by group) before the groups."""
     s = parse_strategy(strategy)
-    if s.stochastic:
-        return stochastic_batch(case_ids, scores, k, n_batches, rng)
-    return select_top_k(case_ids, scores, k)
+    k = _check_k(k)
+    by_group = STEERINGS[s.steering].by_group
+    if by_group is None:
+        if s.stochastic:
+            return stochastic_batch(case_ids, scores, k, n_batches, rng)
+        return SELECTIONS[s.selection].order(case_ids, scores, rng, power_temperature)[:k]
+    if groups is None or weights is None or len(groups) != len(case_ids):
+        raise FairalError(f"strategy {s.name} needs each candidate's group and the group weights")
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    stray = sorted(str(g) for g in members if g not in weights)
+    if stray:
+        raise FairalError(f"strategy {s.name}: no group weight for group(s) {', '.join(stray)}")
+    order = SELECTIONS[s.selection].order
+    orders = {g: order([case_ids[i] for i in members[g]], [scores[i] for i in members[g]], rng, power_temperature)
+              for g in groups_by_weight(weights, members)}
+    return by_group(orders, weights, k, rng)

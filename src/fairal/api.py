@@ -21,7 +21,16 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import pandas as pd
 
-from fairal.acquisition import STATISTICS, case_weights, parse_strategy, proba_stats, ranking, select, strategy_scores
+from fairal.acquisition import (
+    STATISTICS,
+    case_weights,
+    parse_strategy,
+    proba_stats,
+    ranking,
+    select,
+    steering_groups,
+    strategy_scores,
+)
 from fairal.errors import FairalError
 from fairal.sampling import stream
 
@@ -36,13 +45,16 @@ def rank_for_annotation(
     p_group: Mapping[str, Mapping[Hashable, float]] | None = None,
     seed: int = 0,
     stochastic_batches: int = 50,
+    power_temperature: float = 1.0,
 ) -> pd.DataFrame:
     """Rank the scans of ``probas`` (case id -> (X, Y, Z) foreground probability map) for annotation.
 
     Scores: ``random``, ``entropy`` (mean voxel entropy), ``localized-entropy`` (Eq. 1: mean entropy in the
     predicted mask dilated by ``roi_dilation`` voxels), each optionally ``weighted-`` (Eq. 2: times the group's
     weight ``w_g``, e.g. from :func:`fairal.group_weights`; a scan of unknown group gets ``sum_g p(g|x) w_g`` from
-    ``p_group``) and ``stochastic-`` (the best of random candidate batches). MC-dropout BALD needs the model
+    ``p_group``), steered by group (``worst-group-``, ``balanced-``, ``group-drawn-``: a scan of unknown group
+    counts in its most probable group) and selected by ``stochastic-`` (the best of random candidate batches) or
+    ``power-`` (drawn ∝ score^(1/``power_temperature``)). MC-dropout BALD and ``fair-influence`` need the model
     itself (``fairal query``). Returns one row per scan, best first: ``rank, case_id, group, score, weight``, one
     column per statistic of the strategy table that needs no MC dropout (``entropy``: mean entropy,
     ``localized_entropy``), ``selected``.
@@ -51,6 +63,8 @@ def rank_for_annotation(
     if s.needs_dropout:
         raise FairalError(f"strategy {s.name} needs MC-dropout samples of the model: use fairal query, or score "
                           "your own samples with fairal.acquisition.mutual_information")
+    if s.spec.statistic and STATISTICS[s.spec.statistic].needs_model:
+        raise FairalError(f"strategy {s.name} needs the network itself ({STATISTICS[s.spec.statistic].needs})")
     ids = list(probas)
     if not ids:
         raise FairalError("no probability map to rank")
@@ -73,10 +87,12 @@ def rank_for_annotation(
     w = case_weights([groups[c] for c in ids], weights, rows, order)
     rng = stream(seed, "query-selection")
     scores, used = strategy_scores(s, stats, w, rng)
-    chosen = select(s, ids, scores, budget, stochastic_batches, rng)
+    chosen = select(s, ids, scores, budget, stochastic_batches, rng,
+                    groups=steering_groups([groups[c] for c in ids], rows, order), weights=weights,
+                    power_temperature=power_temperature)
     order = ranking(ids, scores, chosen)
     at = {c: i for i, c in enumerate(ids)}
-    plain = [name for name, st in STATISTICS.items() if not st.needs_dropout]
+    plain = [name for name, st in STATISTICS.items() if not st.needs_dropout and not st.needs_model]
     return pd.DataFrame([{"rank": r, "case_id": c, "group": groups[c], "score": float(scores[at[c]]),
                           "weight": float(used[at[c]]), **{name: stats[name][at[c]] for name in plain},
                           "selected": r <= budget}

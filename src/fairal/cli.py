@@ -437,14 +437,20 @@ def study(
     reuse: Annotated[Path | None, typer.Option(help="Another results folder: its finished runs of identical "
                                                "settings on the same data files are linked, not run again.")]
     = None,
+    datasets: Annotated[str | None, typer.Option(help="Comma-separated datasets of the study whose runs to run now "
+                                                 "(a ladder's rung is NAME-gapG; default: all). The records, "
+                                                 "calibrations and report stay the whole study's.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run a study: its datasets (simulated, or a lab's labeled cohort), initial sets, strategies and seeds, with
     the statistics and report; resumable. The command line overrides the file."""
     from fairal.study import load_study
 
+    only = [v.strip() for v in datasets.split(",") if v.strip()] if datasets is not None else None
+    if only is not None and not only:
+        raise FairalError(f"--datasets names no dataset: {datasets!r}")
     _run_study(load_study(source), out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task,
-               strategies, pack, pack_size, set_, quiet, reuse)
+               strategies, pack, pack_size, set_, quiet, reuse, only)
 
 
 @app.command()
@@ -465,7 +471,7 @@ def reproduce(
 
 
 def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task, strategies,
-               pack, pack_size, set_, quiet, reuse=None) -> None:
+               pack, pack_size, set_, quiet, reuse=None, only=None) -> None:
     """The grid of a study, then its report and its final table on the console."""
     import dataclasses
 
@@ -510,7 +516,7 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
             _warn(warning)
     run_study(the_study, out, base, cli=cli, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor,
               address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack,
-              pack_size=pack_size, reuse=reuse)
+              pack_size=pack_size, reuse=reuse, only=only)
     from fairal.report import build_report
     from fairal.report.records import load_results
 
@@ -556,7 +562,7 @@ def _print_final(results, prof) -> None:
 def _print_query(table, strat, budget: int, group_dice: str) -> None:
     """The query's group weights, its unknown groups and the cases to annotate, as tables on the console."""
     info = table.attrs["query"]
-    if strat.weighted:
+    if strat.steered:
         dice = ", ".join(f"{g} {d:.3f}" for g, d in info["labeled_dice"].items())
         weights = ", ".join(f"{g} {w:.3f}" for g, w in info["weights"].items())
         stdout.print(f"group Dice ({group_dice}): {dice}; group weights: {weights}")

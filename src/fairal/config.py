@@ -75,6 +75,7 @@ class Profile:
     mc_dropout: float = 0.2  # dropout of the BALD strategies' U-Net (trained and sampled with it); others train without
     mc_samples: int = 8  # MC-dropout samples per pool case for BALD
     stochastic_batches: int = 50  # random candidate batches of the stochastic- strategies
+    power_temperature: float = 1.0  # T of the power- strategies: cases drawn with probability ∝ score^(1/T)
     # the grid of ``fairal reproduce``: strategies run per dataset, initial set and seed
     strategies: tuple[str, ...] = PAPER_STRATEGIES
 
@@ -114,6 +115,7 @@ class Profile:
             whole("features", 1, v)
         number("lr", 0.0)
         number("temperature", 0.0, open_low=True)
+        number("power_temperature", 0.0, open_low=True)
         number("mc_dropout", 0.0, 1.0)
         if self.final_size < self.init_size or (self.final_size - self.init_size) % self.acquire:
             reachable = ", ".join(str(self.init_size + k * self.acquire) for k in range(1, 4))

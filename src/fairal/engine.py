@@ -26,6 +26,7 @@ from fairal.acquisition import (
     plain_stats,
     ranking,
     select,
+    steering_groups,
     strategy_scores,
 )
 from fairal.config import Profile
@@ -81,7 +82,8 @@ def uncertainty_stats(model, images, fallback, profile: Profile, dropout: bool, 
                       ) -> dict:
     """:func:`proba_stats` of ``model``'s predictions, computed with torch where the model is (a GPU: only the
     numbers leave it), and with ``dropout`` the statistics that need MC-dropout samples (BALD; their maps' ``proba``
-    is the samples' mean), in the same R (from the deterministic prediction); without ``dropout`` those are NaN."""
+    is the samples' mean), in the same R (from the deterministic prediction); without ``dropout`` those are NaN,
+    as are the statistics computed from the network itself (:func:`acquisition_round` fills in the one it uses)."""
     device = next(model.parameters()).device
     fb = None if fallback is None else torch.as_tensor(np.asarray(fallback), dtype=torch.bool, device=device)
     probas = predict_proba(model, images, batch_size=batch_size, as_tensor=True)
@@ -93,6 +95,8 @@ def uncertainty_stats(model, images, fallback, profile: Profile, dropout: bool, 
     else:
         n = len(stats["roi_source"])
         stats.update({name: [float("nan")] * n for name, st in STATISTICS.items() if st.needs_dropout})
+    n = len(stats["roi_source"])
+    stats.update({name: [float("nan")] * n for name, st in STATISTICS.items() if st.needs_model})
     return stats
 
 
@@ -155,9 +159,16 @@ def acquisition_round(
     cand_rows = volumes.rows(list(candidates))
     result.stats = uncertainty_stats(model, volumes.images[cand_rows], volumes.roi[0].numpy(), profile,
                                      strategy.needs_dropout, seed=mc_seed)
+    stat = STATISTICS.get(strategy.spec.statistic) if strategy.spec.statistic else None
+    if stat is not None and stat.needs_model:
+        result.stats[stat.name] = stat.from_model(model, volumes.images[cand_rows], volumes.images[rows],
+                                                  volumes.labels[rows], [cases[c].group for c in labeled])
     seen = [None if hide_groups else cases[c].group for c in candidates]
     result.case_weights = (case_weights(seen, weights, p_group, list(groups))
                            if groups else np.ones(len(candidates)))
     result.scores, result.case_weights = strategy_scores(strategy, result.stats, result.case_weights, rng)
-    result.selected = select(strategy, list(candidates), result.scores, k, profile.stochastic_batches, rng)
+    result.selected = select(strategy, list(candidates), result.scores, k, profile.stochastic_batches, rng,
+                             groups=steering_groups(seen, p_group, list(groups)), weights=weights,
+                             power_temperature=profile.power_temperature)
     return result
+

@@ -3,12 +3,14 @@ on an executor of :mod:`fairal.executors`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from fairal import ladder
 from fairal.config import Profile
 from fairal.data import load_volumes, read_manifest, read_volume_cache, volume_cache
 from fairal.engine import evaluate, model_factory
@@ -258,11 +260,13 @@ def run_study(
     study: Study, out: str | Path, profile: Profile, cli: dict | None = None, seeds: int | None = None,
     jobs: int = 0, progress: bool = True, executor: str | Executor = "local", address: str | None = None,
     cpus_per_task: int = 1, gpus_per_task: float = 0.0, max_retries: int = 3, pack: str = "auto",
-    pack_size: int = 0, reuse: str | Path | None = None,
+    pack_size: int = 0, reuse: str | Path | None = None, only: list[str] | None = None,
 ) -> None:
     """A study (:mod:`fairal.study`): its datasets, their baselines if it has them, and its grid of AL runs (its
-    datasets x initial sets x strategies x seeds), skipping finished work. ``profile``: the base settings (the
-    study's, dataset's and arm's overrides apply on top, then ``cli``'s).
+    datasets x initial sets x strategies x seeds), skipping finished work. A ladder's calibration
+    (:mod:`fairal.ladder`) comes first: the knob of each target gap is fixed before any dataset is made.
+    ``only``: run the grid of these datasets alone (the study's records and calibrations stay the whole study's).
+    ``profile``: the base settings (the study's, dataset's and arm's overrides apply on top, then ``cli``'s).
 
     ``executor``: an :class:`fairal.executors.Executor` or its name, ``"local"`` (a process pool on this machine,
     ``jobs`` workers) or ``"ray"`` (one Ray task per AL run and per dataset's baselines, on a local Ray or the
@@ -290,6 +294,10 @@ def run_study(
 
     check_settings(study, profile, cli)
     check_data(study, profile, cli)  # what the datasets must hold for these runs, before any is made
+    names = [d.name for d in study.datasets]
+    missing = [n for n in only or () if n not in names]
+    if missing:
+        raise FairalError(f"{study.source}: no dataset {missing[0]!r} (datasets: {', '.join(names)})")
     work = for_workers(grid_task)  # the plugins and run-time registrations, checked before any work
     if reuse is not None and not (Path(reuse) / "runs").is_dir():
         raise FairalError(f"--reuse {reuse}: no results folder (no runs/ in it)")
@@ -301,9 +309,11 @@ def run_study(
     for prof in profiles:  # each device a run is set to (the study's, a dataset's or an arm's)
         executor.check(prof)
     out = check_results_folder(out)
+    study = ladder.resolve(out, study, profile, cli, compute=False)  # a calibration made before: the same knob
     _check_datasets_in(out, study, profile, cli)
     with FolderLock(out, f"fairal study {study.name}"):
         make_own_folder(out, RESULTS)
+        study = ladder.resolve(out, study, profile, cli, compute=True, progress=progress)
         packed = pack == "on" or (pack == "auto" and any(executor.trains_on_gpu(p) for p in profiles))
         if packed and isinstance(executor, LocalExecutor) and not executor.jobs:
             executor = LocalExecutor(jobs=1)  # one process drives the GPU; --jobs N runs N lockstep groups
@@ -311,6 +321,8 @@ def run_study(
         if (extended := extensions()) is not None:
             info["extensions"] = extended
         write_json(within(out, "study.json"), info)
+        if only:
+            study = dataclasses.replace(study, datasets=tuple(d for d in study.datasets if d.name in only))
         _run_grid(out, study, profile, cli, seeds, executor, progress, pack_size if packed else 1, reuse, work)
 
 
@@ -320,6 +332,8 @@ def _check_datasets_in(out: Path, study: Study, profile: Profile, cli: dict) -> 
     from fairal.owndata import check_headers, read_cases
 
     for d in study.datasets:
+        if d.target_gap is not None and d.harm is None:
+            continue  # its knob comes from the calibration, before its dataset is made
         if not check_made_dataset(out, d, study.profile_for(profile, d, None, cli)) and d.kind == "csv":
             try:
                 check_headers(read_cases(d.csv, d.group_by, "group_by"))

@@ -199,7 +199,7 @@ class ActiveLearningRun:
         self.cases = case_records(self.manifest)
         self.strategy = spec.strategy
         self.columns = round_columns(self.groups)
-        self.hide_groups = not self.profile.groups_known and self.strategy.weighted
+        self.hide_groups = not self.profile.groups_known and self.strategy.steered
         if self.hide_groups:
             self.columns = [*self.columns, *HIDDEN_GROUP_COLUMNS]
         initial_counts(self.groups, spec.init, self.profile.init_size)  # an init that names no group fails here

@@ -160,7 +160,7 @@ def run_query(
     _unlabeled_groups(q)
     rnd = acquisition_round(q.model, q.vol, q.labeled_ids, q.unlabeled_ids, q.records, q.order, q.strat,
                             profile, budget, rng=stream(seed, "query-selection"),
-                            mc_seed=stream_seed(seed, "mc-dropout", 0), weigh=q.strat.weighted,
+                            mc_seed=stream_seed(seed, "mc-dropout", 0), weigh=q.strat.steered,
                             weight_dice=lambda dice: _weight_dice(q, dice), p_group=q.p_group)
     table = _query_table(q, rnd)
     _write_query(q, rnd, table, montage_cases)
@@ -189,7 +189,7 @@ def _check_query(q: _Query, overwrite: bool) -> None:
     if q.model_path is None and not cases["labeled"].any():
         raise FairalError(f"{q.csv_path}: no labeled case in any group: label some cases (the 'label' column) to "
                           "train on, or give a trained model (--model)")
-    if q.strat.weighted and not (cases["labeled"] & cases["group_known"]).any():
+    if q.strat.steered and not (cases["labeled"] & cases["group_known"]).any():
         raise FairalError(f"{q.csv_path}: strategy {q.strat.name} weighs groups by the model's Dice on the labeled "
                           f"cases, but no labeled case has a known group (columns {', '.join(q.group_by) or '-'})")
 
@@ -239,7 +239,7 @@ def _unlabeled_groups(q: _Query) -> None:
 
 def _weight_dice(q: _Query, labeled_dice: list[float]) -> list[float]:
     """The Dice behind the group weights: the labeled cases' own, or out of fold (``--group-dice``)."""
-    if q.group_dice != "cross-validated" or not q.strat.weighted:
+    if q.group_dice != "cross-validated" or not q.strat.steered:
         return labeled_dice
     records_of = q.records
     lab_groups = [records_of[c].group for c in q.labeled_ids]
@@ -368,11 +368,11 @@ def _query_info(q: _Query, rnd, n_labeled: int) -> dict:
     lab_table = q.cases.loc[q.cases["labeled"], ["case_id", "group"]].assign(dice=rnd.weight_dice)
     gm = q.gm
     notes, warnings = weight_notes(q.group_by, q.order, [q.records[c].group for c in q.labeled_ids], rnd.weights,
-                                   q.group_dice) if q.strat.weighted else ([], [])
+                                   q.group_dice) if q.strat.steered else ([], [])
     return {
         "csv": str(q.csv_path.resolve()), "strategy": q.strat.name, "budget": q.budget, "seed": q.seed,
         "group_by": q.group_by, "groups": [str(g) for g in q.order],
-        "weights": {str(g): rnd.weights[g] for g in q.order} if q.strat.weighted else None,
+        "weights": {str(g): rnd.weights[g] for g in q.order} if q.strat.steered else None,
         "notes": notes, "warnings": warnings,
         "temperature": q.strat.temperature or q.profile.temperature, "group_dice": q.group_dice,
         "labeled_dice": {str(g): float(d.mean()) for g, d in lab_table.groupby("group")["dice"]},
@@ -453,6 +453,9 @@ def _reason(strat, rec: dict, order: list, p: np.ndarray, profile: Profile) -> s
         else:
             mix = ", ".join(f"{g} {q:.2f}" for g, q in zip(order, p, strict=True) if q >= 0.005)
             text += f" x expected weight {rec['weight']:.3f} (group unknown; p: {mix})"
+    elif strat.steered:
+        text += (f"; {strat.steering} steering, weight {rec['weight']:.3f} of group {rec['group']}"
+                 if rec["group_known"] else f"; {strat.steering} steering, expected weight {rec['weight']:.3f}")
     if strat.stochastic:
         text += (f"; in the best of {profile.stochastic_batches} random batches" if rec["selected"]
                  else "; not in the chosen batch")

@@ -48,6 +48,10 @@ STREAMS: dict[str, tuple[int, str]] = {
     "training-restart": (_BASE + 30, "the k-th restart of a collapsed training (key: k)"),
     "mc-dropout-batch": (_BASE + 31, "the dropout masks of one batch of MC-dropout prediction (key: the batch)"),
     # own data (fairal query, the API): seed = the query's seed
+    "harm-subjects": (_BASE + 50, "a harm calibration's subjects (seed: the recipe's; key: the ladder's name)"),
+    "harm-training": (_BASE + 51, "a harm calibration's Group 2-only models (key: the training seed)"),
+    "harm-bootstrap": (_BASE + 52, "a harm calibration's bootstrap of the gap (key: the level)"),
+    "ladder-rung": (_BASE + 53, "the subjects of one rung of a study's ladder (key: the rung's target gap)"),
     "query-selection": (_BASE + 40, "a query's random scores and stochastic batches"),
     "query-training": (_BASE + 41, "a query's model (initial weights and batches)"),
     "query-folds": (_BASE + 42, "the folds of the out-of-fold Dice behind a query's weights"),

@@ -42,7 +42,10 @@ from fairal.errors import FairalError
 TOP_KEYS = ("name", "description", "profile", "seeds", "strategies", "inits", "reference", "set", "datasets",
             "baselines", "plugins")
 DATASET_KEYS = ("simulate", "csv", "folder", "group_by", "groups_known", "set", "spacing", "margin_mm",
-                "label_value", "seed")
+                "label_value", "seed", "target_gap", "target_gaps", "knob", "ladder", "calibration")
+#: A simulated dataset's keys of harm as a setting (:mod:`fairal.harm`).
+HARM_KEYS = ("target_gap", "target_gaps", "knob", "ladder", "calibration")
+CALIBRATION_KEYS = ("levels", "seeds", "eval_per_group")
 ARM_KEYS = ("name", "strategy", "groups_known", "set")
 WLE = "weighted-localized-entropy"
 
@@ -71,6 +74,13 @@ class DatasetSpec:
     margin_mm: float = 12.0  # around the labeled structures' union
     label_value: float | None = None
     seed: int = 0  # the CSV cohort's test split
+    # harm as a setting: the gap a Group 2-only model shows (fairal.harm), resolved before any run into the
+    # simulation's knob; a ladder's datasets share one calibration and the study report's dose-response view
+    target_gap: float | None = None
+    knob: str = "bias_mean"
+    ladder: str | None = None
+    calibration: dict = field(default_factory=dict)  # levels, seeds, eval_per_group of the ladder's calibration
+    harm: dict | None = None  # what the calibration found for this dataset (once resolved)
 
     @property
     def kind(self) -> str:
@@ -240,6 +250,10 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
     if sum(k in table for k in ("simulate", "csv", "folder")) != 1:
         raise _fail(where, "give exactly one of 'simulate' (a table of fairal simulate options), 'csv' (a labeled "
                     "cohort) or 'folder' (a dataset folder made by fairal simulate)")
+    if "simulate" not in table:
+        for key in HARM_KEYS:
+            if key in table:
+                raise _fail(where, f"{key!r} belongs to a simulated dataset (harm is a setting of a simulation)")
     if "csv" not in table:
         for key in ("group_by", "spacing", "margin_mm", "label_value", "seed"):
             if key in table:
@@ -268,7 +282,8 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
             raise _fail(where, f"{folder} is not a dataset folder (no manifest.csv)")
         return DatasetSpec(name, folder=folder.resolve(), overrides=overrides)
     if "simulate" in table:
-        return DatasetSpec(name, simulate=_simulation(where, table["simulate"], base), overrides=overrides)
+        return DatasetSpec(name, simulate=_simulation(where, table["simulate"], base), overrides=overrides,
+                           **_harm(where, table))
     if not group_by:
         raise _fail(where, "a CSV dataset needs group_by: the column(s) that name each case's group")
     csv = base / _typed(where, "csv", table["csv"], str, "a file name")
@@ -279,6 +294,46 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
     except FairalError as err:
         raise _fail(where, str(err)) from None
     return spec
+
+
+def _harm(where: str, table: dict) -> dict:
+    """A simulated dataset's harm keys, checked: ``target_gap`` (a number) or ``target_gaps`` (a list: a ladder,
+    expanded by :func:`expand_ladders`), the ``knob`` (:data:`fairal.harm.KNOBS`), the ``ladder`` it joins and the
+    ``calibration`` settings."""
+    from fairal.harm import KNOBS
+
+    out: dict = {}
+    if "target_gap" in table and "target_gaps" in table:
+        raise _fail(where, "give target_gap (one dataset) or target_gaps (a ladder of datasets), not both")
+    gaps = table.get("target_gaps", [table["target_gap"]] if "target_gap" in table else [])
+    if "target_gaps" in table:
+        _typed(where, "target_gaps", gaps, list, "a list of gaps")
+        if not gaps:
+            raise _fail(where, "target_gaps is empty")
+    for g in gaps:
+        if isinstance(g, bool) or not isinstance(g, int | float) or not (math.isfinite(g) and 0 < g < 1):
+            raise _fail(where, f"a target gap is a Dice difference in (0, 1), got {g!r}")
+    if len(set(gaps)) != len(gaps):
+        raise _fail(where, "target_gaps names a gap twice")
+    if gaps:
+        out["target_gap"] = tuple(float(g) for g in gaps) if "target_gaps" in table else float(gaps[0])
+    knob = _typed(where, "knob", table.get("knob", "bias_mean"), str, "a knob's name")
+    if knob not in KNOBS:
+        raise _fail(where, f"unknown knob {knob!r}; knobs: {', '.join(KNOBS)}")
+    if "knob" in table and not gaps and "ladder" not in table:
+        raise _fail(where, "knob is the setting a target_gap or a ladder turns: give target_gap(s) or ladder")
+    out["knob"] = knob
+    if "ladder" in table:
+        out["ladder"] = _typed(where, "ladder", table["ladder"], str, "a name")
+        _folder_name(where, "ladder", out["ladder"])
+    cal = _typed(where, "calibration", table.get("calibration", {}), dict, "a table (levels, seeds, eval_per_group)")
+    _unknown(f"{where}, calibration", cal, CALIBRATION_KEYS)
+    if cal and not gaps and "ladder" not in table:
+        raise _fail(where, "calibration settings need a target_gap(s) or a ladder to calibrate")
+    out["calibration"] = dict(cal)
+    if knob in table["simulate"] and gaps:
+        raise _fail(where, f"simulate.{knob} is what target_gap sets: give one of them")
+    return out
 
 
 def _simulation(where: str, table, base: Path) -> dict:
@@ -339,7 +394,7 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
     plugins = _plugins(where, data.get("plugins", []), base)
     if "datasets" not in data or not isinstance(data["datasets"], dict) or not data["datasets"]:
         raise _fail(where, "the study names no dataset: add a [datasets.NAME] table")
-    datasets = tuple(_dataset(where, n, t, base) for n, t in data["datasets"].items())
+    datasets = expand_ladders(where, tuple(_dataset(where, n, t, base) for n, t in data["datasets"].items()))
     for d in datasets:
         _folder_name(where, "dataset", d.name)
     arms = None
@@ -388,6 +443,43 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
                  baselines=_typed(where, "baselines", data.get("baselines", False), bool, "true or false"),
                  description=_typed(where, "description", data.get("description", ""), str, "text"),
                  plugins=plugins)
+
+
+def rung_name(name: str, gap: float) -> str:
+    """The dataset of a ladder's rung: ``NAME-gap0.1``."""
+    return f"{name}-gap{gap:g}"
+
+
+def expand_ladders(where: str, datasets: tuple[DatasetSpec, ...]) -> tuple[DatasetSpec, ...]:
+    """A dataset with ``target_gaps`` becomes one dataset per gap (:func:`rung_name`), each with subjects of its
+    own (seed: stream ``ladder-rung`` of the dataset's seed and the gap); a dataset with a ``target_gap`` is the
+    one rung of its ladder. Each rung's ladder is the dataset's name unless it names one."""
+    from fairal.sampling import stream_seed
+
+    out = []
+    for d in datasets:
+        if isinstance(d.target_gap, tuple):
+            for gap in d.target_gap:
+                seed = stream_seed(int(d.simulate.get("seed", 0)), "ladder-rung", f"{gap:g}")
+                out.append(dataclasses.replace(d, name=rung_name(d.name, gap), target_gap=gap,
+                                               simulate={**d.simulate, "seed": seed}, ladder=d.ladder or d.name))
+        elif d.target_gap is not None:
+            out.append(dataclasses.replace(d, ladder=d.ladder or d.name))
+        else:
+            out.append(d)
+    names = [d.name for d in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise _fail(where, f"two datasets are named {dup[0]!r} (a ladder's rung is NAME-gapG)")
+    for name in {d.ladder for d in out if d.ladder}:
+        members = [d for d in out if d.ladder == name]
+        if len({d.knob for d in members}) > 1:
+            raise _fail(where, f"the datasets of ladder {name} turn different knobs: one knob a ladder")
+        given = [d.calibration for d in members if d.calibration]
+        if any(c != given[0] for c in given):
+            raise _fail(where, f"the datasets of ladder {name} give different calibration settings: give them once")
+    return tuple(dataclasses.replace(d, calibration=next((m.calibration for m in out if m.ladder == d.ladder
+                                                         and m.calibration), {})) if d.ladder else d for d in out)
 
 
 def _plugins(where: str, items, base: Path) -> tuple[str, ...]:

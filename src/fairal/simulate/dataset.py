@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -260,10 +260,15 @@ def _check_model_grid(model: DeformationModel, affine, shape, name: str, must_co
         )
 
 
-def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
+def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+                     keep: Callable[[Subject, str], bool] | None = None) -> Path:
     """Generate a dataset in ``out``: ``images/``, ``labels/``, ``manifest.csv``, ``dataset.json``, ``models/``
     and ``preview.png``. Written into a hidden temporary folder and moved into place at the end, so an
-    interrupted or failed run never leaves a folder that looks complete."""
+    interrupted or failed run never leaves a folder that looks complete.
+
+    ``keep(subject, split)``: only the subjects it accepts are made (the others are drawn all the same, so a kept
+    subject is the one the whole dataset would hold: the same draws, the same split); ``dataset.json`` then says
+    how many were kept (``subset``)."""
     out = Path(out)
     check_output_folder(out, "OUT")
     if out.exists() and not overwrite:
@@ -282,13 +287,19 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
         _save_nifti(state["template_label_crop"].astype(np.uint8), state["out_affine"],
                     within(tmp, "template", "label.nii.gz"))
         state["out_dir"] = tmp
+        test = test_split(subjects[:cfg.n_subjects], cfg.seed, cfg.test_per_group)
+        evaluation = {s.case_id for s in subjects[cfg.n_subjects:]}
+        drawn = len(subjects)
+        if keep is not None:
+            subjects = [s for s in subjects if keep(s, "test" if s.case_id in test else "eval"
+                                                    if s.case_id in evaluation else "pool")]
         results = _run_subjects(state, subjects, cfg.jobs, progress)
         state["global_model"].save(within(tmp, "models", "global.npz"))
         state["local_model"].save(within(tmp, "models", "local.npz"))
-        manifest = _manifest(subjects, results, test_split(subjects[:cfg.n_subjects], cfg.seed, cfg.test_per_group),
-                             {s.case_id for s in subjects[cfg.n_subjects:]}, state["groups"])
+        manifest = _manifest(subjects, results, test, evaluation, state["groups"])
         manifest.to_csv(within(tmp, "manifest.csv"), index=False)
-        _write_dataset_json(cfg, state, manifest, tmp)
+        _write_dataset_json(cfg, state, manifest, tmp, None if keep is None else {"kept": len(subjects),
+                                                                                   "drawn": drawn})
         if cfg.preview:
             from fairal.simulate.preview import write_preview
 
@@ -416,7 +427,8 @@ def same_settings(recorded: dict, cfg: SimulationConfig) -> bool:
     return all(recorded.get(k, default.get(k)) == v for k, v in mine.items())
 
 
-def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFrame, tmp: Path) -> None:
+def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFrame, tmp: Path,
+                        subset: dict | None = None) -> None:
     tpl: Template = state["template"]
     settings = recorded_settings(cfg)
     from fairal.export import decathlon_json
@@ -453,5 +465,6 @@ def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFra
         },
         "summary": group_summary(manifest).round(6).to_dict(orient="records"),
         "versions": versions(),
+        **({"subset": subset} if subset is not None else {}),
     }
     within(tmp, "dataset.json").write_text(json.dumps(info, indent=2, default=str) + "\n")

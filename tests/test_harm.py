@@ -1,0 +1,113 @@
+"""Harm as a setting: the calibration's curve, the knob for a target gap, and a study's ladder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fairal.errors import FairalError
+from fairal.harm import LEVEL_COLUMNS, HarmSettings, anatomy, gap_with_ci, knob_for, monotone_fit
+
+
+def _levels(gaps: dict, vanished=()) -> pd.DataFrame:
+    rows = [{c: 0.0 for c in LEVEL_COLUMNS} | {"level": float(k), "gap": g, "usable": k not in vanished,
+                                                  "g1_empty": int(k in vanished)} for k, g in gaps.items()]
+    return pd.DataFrame(rows, columns=LEVEL_COLUMNS)
+
+
+def test_a_gap_growing_with_the_knob_gives_a_monotone_curve_and_the_knob_of_a_target():
+    # constructed: the gap grows with mu but for one noisy dip (12 below 8); 16 vanishes
+    levels = _levels({0: 0.01, 2: 0.03, 4: 0.05, 8: 0.12, 12: 0.11, 16: 0.30}, vanished=(16,))
+    # pool adjacent violators: 8 and 12 -> their mean 0.115; 16 is not usable
+    np.testing.assert_allclose(monotone_fit(levels), [0.01, 0.03, 0.05, 0.115, 0.115])
+    # 0.10 lies between 4 (0.05) and 8 (0.115): 4 + (0.10 - 0.05) * 4 / 0.065 = 7.076923
+    assert knob_for(levels, 0.10) == pytest.approx(7.076923, abs=1e-6)
+    assert knob_for(levels, 0.01) == 0.0  # a level's own gap: that level
+    assert knob_for(levels, 0.115) == 8.0  # the first of a flat stretch
+    with pytest.raises(FairalError, match=r"out of reach.*0\.0100\.\.0\.1150.*16 left out"):
+        knob_for(levels, 0.20)
+    with pytest.raises(FairalError, match="out of reach"):
+        knob_for(levels, 0.005)
+
+
+def test_gap_and_its_two_level_bootstrap_by_hand():
+    # one seed; Group 1 Dice 0.8, 0.6 (mean 0.7), Group 2 0.9, 0.9: gap 0.2. Resampling Group 1's two cases gives
+    # means 0.8, 0.7, 0.6 (prob 1/4, 1/2, 1/4): the gap's 2.5% and 97.5% points are 0.1 and 0.3
+    gap, low, high = gap_with_ci(np.array([[0.8, 0.6]]), np.array([[0.9, 0.9]]), np.random.default_rng(0))
+    assert gap == pytest.approx(0.2) and low == pytest.approx(0.1) and high == pytest.approx(0.3)
+    # two seeds: the gap is the mean of the seeds' gaps, (0.2 + 0.0) / 2
+    gap, _, _ = gap_with_ci(np.array([[0.8, 0.6], [0.9, 0.9]]), np.array([[0.9, 0.9], [0.9, 0.9]]),
+                            np.random.default_rng(0), n_boot=10)
+    assert gap == pytest.approx(0.1)
+
+
+def test_anatomy_in_natural_sds():
+    g1 = pd.DataFrame({"label_volume_mm3": [2000.0, 3000.0]})
+    g2 = pd.DataFrame({"label_volume_mm3": [3500.0, 4500.0]})  # mean 4000, SD 707.107
+    a = anatomy(g1, g2, [120, 0])
+    # (2500 - 4000) / 707.107 = -2.121320; 2500 / 4000 - 1 = -37.5%
+    assert a["volume_change_sd"] == pytest.approx(-2.121320, abs=1e-6)
+    assert a["volume_change_pct"] == pytest.approx(-37.5)
+    assert (a["g1_min_voxels"], a["g1_empty"]) == (0, 1)
+
+
+def test_calibration_settings_are_checked():
+    s = HarmSettings({"bias": "strong"}, levels=(4, 0, 2))
+    assert s.levels == (0.0, 2.0, 4.0)
+    for kwargs, why in (({"knob": "size"}, "unknown knob"), ({"levels": (1,)}, "two distinct"),
+                        ({"seeds": 0}, "seeds must be")):
+        with pytest.raises(FairalError, match=why):
+            HarmSettings({"bias": "strong"}, **kwargs)
+    with pytest.raises(FairalError, match="cannot set 'seed'"):
+        HarmSettings({"bias": "strong", "seed": 3})
+    with pytest.raises(FairalError, match="cannot set 'bias_mean'"):
+        HarmSettings({"bias_mean": 3})
+
+
+def _study(tmp_path, body: str):
+    from fairal.study import load_study
+
+    path = tmp_path / "s.toml"
+    path.write_text('name = "l"\n' + body)
+    return load_study(path)
+
+
+def test_a_ladder_expands_into_rungs_of_their_own_subjects(tmp_path):
+    from fairal.config import get_profile
+    from fairal.ladder import knob_value, ladder_settings, ladders
+
+    s = _study(tmp_path, """
+[datasets.strong]
+simulate = { bias = "strong", seed = 0 }
+ladder = "caudate"
+[datasets.caudate]
+simulate = { bias = "strong", seed = 3 }
+target_gaps = [0.1, 0.18]
+calibration = { levels = [0, 8, 16], seeds = 2 }
+""")
+    names = [d.name for d in s.datasets]
+    assert names == ["strong", "caudate-gap0.1", "caudate-gap0.18"]
+    seeds = {d.simulate["seed"] for d in s.datasets}
+    assert len(seeds) == 3  # no rung shares the subjects of another dataset
+    settings = ladder_settings("caudate", ladders(s)["caudate"], get_profile("smoke"))
+    assert settings.levels == (0.0, 4.0, 8.0, 16.0)  # the strong preset's mu joins the calibration's levels
+    assert (settings.seeds, settings.recipe, knob_value(s.datasets[0])) == (2, {"bias": "strong"}, 4.0)
+
+
+def test_ladder_refusals(tmp_path):
+    from fairal.config import get_profile
+    from fairal.ladder import ladder_settings, ladders
+
+    with pytest.raises(FairalError, match="not both"):
+        _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong"}\ntarget_gap = 0.1\ntarget_gaps = [0.2]\n')
+    with pytest.raises(FairalError, match=r"in \(0, 1\)"):
+        _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong"}\ntarget_gap = 1.5\n')
+    with pytest.raises(FairalError, match="belongs to a simulated dataset"):
+        _study(tmp_path, '[datasets.a]\nfolder = "x"\ntarget_gap = 0.1\n')
+    with pytest.raises(FairalError, match="what target_gap sets"):
+        _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong", bias_mean = 3}\ntarget_gap = 0.1\n')
+    s = _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong"}\ntarget_gap = 0.1\n'
+                         '[datasets.b]\nsimulate = {bias = "strong", contrast = 1.2}\nladder = "a"\n')
+    with pytest.raises(FairalError, match="not of ladder a's recipe"):
+        ladder_settings("a", ladders(s)["a"], get_profile("smoke"))
