@@ -656,7 +656,7 @@ def monailabel_app(
     overwrite: Annotated[bool, typer.Option(help="Replace an app folder that fairal wrote.")] = False,
 ) -> None:
     """Write a MONAI Label app whose "Next Sample" is fairal's: start it with `monailabel start_server --app OUT
-    --studies STUDIES` (docs/annotate.md)."""
+    --studies STUDIES --host 127.0.0.1` (docs/annotate.md)."""
     import importlib.util
 
     from fairal.config import parse_overrides
@@ -665,7 +665,9 @@ def monailabel_app(
     overrides = parse_overrides(set_)
     write_app(out, strategy, group_by or [], profile, overrides, seed=seed, spacing=spacing, label_value=label_value,
               model=model, overwrite=overwrite)
-    stdout.print(f"MONAI Label app in {out}: monailabel start_server --app {out} --studies STUDIES")
+    stdout.print(f"MONAI Label app in {out}: monailabel start_server --app {out} --studies STUDIES --host 127.0.0.1")
+    console.print("note: --host 127.0.0.1 serves this machine only; whoever reaches the port can upload: serve a lab "
+                  "behind an authenticating proxy (docs/annotate.md, Running it for a lab)")
     if importlib.util.find_spec("monailabel") is None:
         console.print("note: MONAI Label is not installed here; see docs/annotate.md (make monailabel)")
 

@@ -148,6 +148,14 @@ def read_table(path: Path, dtype) -> pd.DataFrame:
 CASE_ID_RULES = "not empty, no leading '.', no '/', '\\', '..' or control characters, at most 200 bytes"
 
 
+def names_a_file(case: str) -> bool:
+    """Whether ``case`` can name a file of its own inside a folder (:data:`CASE_ID_RULES`): never a path, ``.``,
+    ``..`` or a hidden name."""
+    return bool(isinstance(case, str) and case and not case.startswith(".") and not any(c in case for c in "/\\")
+                and ".." not in case and not any(unicodedata.category(c) == "Cc" for c in case)
+                and len(case.encode()) <= 200)
+
+
 def check_case_ids(ids: pd.Series, path: str | Path) -> None:
     """Refuse repeated case ids, and ids that cannot name a file of their own (:data:`CASE_ID_RULES`), naming
     the file and the row (row 2 is the first after the header)."""
@@ -155,8 +163,7 @@ def check_case_ids(ids: pd.Series, path: str | Path) -> None:
     if dup:
         raise FairalError(f"{path}: case ids must be unique; repeated: {', '.join(dup[:5])}")
     for row, case in enumerate(ids, start=2):
-        if (not case or case.startswith(".") or any(c in case for c in "/\\") or ".." in case
-                or any(unicodedata.category(c) == "Cc" for c in case) or len(case.encode()) > 200):
+        if not names_a_file(case):
             raise FairalError(f"{path}: row {row}: case id {case!r} cannot name a file (case ids: {CASE_ID_RULES})")
 
 

@@ -20,20 +20,33 @@ Groups come from ``groups.csv`` in the studies folder (``case_id`` = the image i
 from each image's info in the datastore (``PUT /datastore/image/info``); an image of unknown group gets the expected
 weight ``sum_g p(g|x) w_g``, as in ``fairal query``.
 
+The datastore is MONAI Label's local one (a folder) with fairal's checks (:class:`FairalDatastore`): image ids follow
+fairal's case-id rule, label tags are ``final`` or ``original``, only ``.nii``/``.nii.gz`` files are stored, every
+file written or removed lies inside the studies folder, and an upload is read as fairal would read it (a finite 3D
+image; a binary label on its image's grid) before it is stored; a refusal is an HTTP 400 with fairal's message and
+leaves no file behind. ``/infer`` segments the datastore's images only. A case of the folder that fairal cannot read
+(a file put there by hand) is left out of the rankings with a warning in the answer.
+
 This module imports MONAI Label: it runs inside the server (install: docs/annotate.md). fairal's own records go to
-``OUT/work/`` (fairal-made folders, replaced at each call); the studies folder is only read, except through MONAI
-Label's own datastore calls.
+``OUT/work/`` (fairal-made folders, replaced at each call; the query folders of the :data:`MAX_QUERY_FOLDERS`
+strategies asked for last); the studies folder is only read, except through the datastore's calls.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import sys
 import threading
 from pathlib import Path
 
 import pandas as pd
+from fastapi import HTTPException
+from monailabel.config import settings
+from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
@@ -43,8 +56,10 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from fairal.acquisition import parse_strategy
 from fairal.config import get_profile
+from fairal.data import CASE_ID_RULES, names_a_file
 from fairal.errors import FairalError
-from fairal.io import within, write_csv
+from fairal.io import is_fairal_folder, within, write_csv
+from fairal.owndata import check_case
 from fairal.query import run_query, train_query_model
 
 logger = logging.getLogger(__name__)
@@ -54,6 +69,14 @@ PAPER_STRATEGIES = ("random", "entropy", "localized-entropy", "weighted-localize
 #: The file of the studies folder that gives the images' groups.
 GROUPS_FILE = "groups.csv"
 FINAL = "final"
+#: The label tags a client may save under: MONAI Label's final labels (the annotators') and original ones (a
+#: model's, saved by ``/infer`` with ``save_label``).
+LABEL_TAGS = (FINAL, "original")
+#: The files the datastore holds and stores.
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+#: The most strategy names the app keeps beyond those it lists, and the most ``work/query-NAME/`` folders: every
+#: name of fairal's grammar is a strategy (``-t0.5``, ``-t0.51``, ...), so a client could otherwise fill the disk.
+MAX_QUERY_FOLDERS = 8
 
 
 class FairalContext:
@@ -80,6 +103,7 @@ class FairalContext:
         self.work = self.app_dir / "work"
         self.model_file = self.app_dir / "model" / "model.pt"
         self.lock = threading.RLock()
+        self._checked: dict[str, tuple[tuple, str]] = {}  # image id: (its files' stamps, the problem or "")
 
     # --- the study as fairal reads it --------------------------------------------------------------------------
 
@@ -102,31 +126,57 @@ class FairalContext:
                 for i in datastore.list_images()}
         return pd.DataFrame.from_dict(rows, orient="index", columns=self.group_by)
 
-    def cases_csv(self, datastore) -> Path:
-        """The datastore as a fairal study (``work/cases.csv``): every image, its saved final label or none, its
-        groups (empty = unknown)."""
+    def usable(self, datastore, image_id: str) -> tuple[str, str] | str:
+        """The image's file and its final label's (or ""), or what is wrong with them: an id that cannot name a
+        file, a file outside the studies folder, a file fairal cannot read (checked once per version of the
+        files)."""
+        if not names_a_file(image_id):
+            return f"image id {image_id!r} cannot name a file (ids: {CASE_ID_RULES})"
+        image = datastore.get_image_uri(image_id)
+        label_id = datastore.get_label_by_image_id(image_id, FINAL)
+        label = datastore.get_label_uri(label_id, FINAL) if label_id else ""
+        if not image or (label_id and not label):
+            return f"image {image_id!r}: its files do not lie inside the studies folder {self.studies}"
+        stamps = (image, label, _stamp(image), _stamp(label))
+        if self._checked.get(image_id, ((), ""))[0] != stamps:
+            try:
+                check_case(image_id, image, label or None, self.label_value)
+                problem = ""
+            except FairalError as err:
+                problem = str(err)
+            self._checked[image_id] = (stamps, problem)
+        return self._checked[image_id][1] or (image, label)
+
+    def cases_csv(self, datastore) -> tuple[Path, list[str]]:
+        """The datastore as a fairal study (``work/cases.csv``): every usable image, its saved final label or
+        none, its groups (empty = unknown); and a warning for each image left out (:meth:`usable`), so that one
+        bad file in the folder does not stop the rankings of everyone."""
         groups = self.groups(datastore)
-        rows = []
+        rows, skipped = [], []
         for image_id in sorted(datastore.list_images()):
-            label_id = datastore.get_label_by_image_id(image_id, FINAL)
-            row = {"case_id": image_id, "image": datastore.get_image_uri(image_id),
-                   "label": datastore.get_label_uri(label_id, FINAL) if label_id else ""}
+            files = self.usable(datastore, image_id)
+            if isinstance(files, str):
+                skipped.append(f"left out: {files}; fix or remove its files in the studies folder")
+                logger.warning("fairal: %s", skipped[-1])
+                continue
+            row = {"case_id": image_id, "image": files[0], "label": files[1]}
             for col in self.group_by:
                 row[col] = groups.at[image_id, col] if groups is not None and image_id in groups.index else ""
             rows.append(row)
         if not rows:
-            raise FairalError(f"{self.studies}: the datastore holds no image")
+            raise FairalError(f"{self.studies}: the datastore holds no usable image"
+                              + (f" ({skipped[0]})" if skipped else ""))
         self.work.mkdir(parents=True, exist_ok=True)
         path = within(self.work, "cases.csv")
         write_csv(path, pd.DataFrame(rows, columns=["case_id", "image", "label", *self.group_by]))
-        return path
+        return path, skipped
 
     # --- fairal's steps -----------------------------------------------------------------------------------------
 
     def train(self, datastore) -> dict:
         """Train the profile's U-Net on the saved labels; it becomes the app's model."""
         with self.lock:
-            csv = self.cases_csv(datastore)
+            csv, skipped = self.cases_csv(datastore)
             self.model_file.parent.mkdir(parents=True, exist_ok=True)
             # MONAI Label may train in a process of its own: each writes its own partial, moved into place whole
             partial = self.model_file.with_name(f".model.pt.partial-{os.getpid()}")
@@ -134,7 +184,7 @@ class FairalContext:
                                      spacing=self.spacing, label_value=self.label_value,
                                      strategy=self.settings.get("strategy", PAPER_STRATEGIES[-1]))
             partial.replace(self.model_file)
-            return info
+            return {**info, "warnings": skipped}
 
     def rank(self, datastore, strategy: str) -> pd.DataFrame:
         """One ``fairal query`` of budget 1 over the datastore with the current model (trained first if there is
@@ -142,11 +192,15 @@ class FairalContext:
         with self.lock:
             if not self.model_file.is_file():
                 self.train(datastore)
-            csv = self.cases_csv(datastore)
-            out = self.work / f"query-{parse_strategy(strategy).name}"
-            return run_query(csv, 1, strategy, out, self.profile, group_by=self.group_by,
-                             model_path=self.model_file, seed=self.seed, spacing=self.spacing, overwrite=True,
-                             montage_cases=1, progress=False, label_value=self.label_value)
+            csv, skipped = self.cases_csv(datastore)
+            out = within(self.work, f"query-{parse_strategy(strategy).name}")
+            table = run_query(csv, 1, strategy, out, self.profile, group_by=self.group_by,
+                              model_path=self.model_file, seed=self.seed, spacing=self.spacing, overwrite=True,
+                              montage_cases=1, progress=False, label_value=self.label_value)
+            prune_query_folders(self.work, MAX_QUERY_FOLDERS)
+            info = table.attrs.setdefault("query", {})
+            info["warnings"] = [*skipped, *info.get("warnings", [])]
+            return table
 
     def predict(self, image: str) -> str:
         """The current model's segmentation of ``image`` on the image's own grid: the path of a NIfTI file."""
@@ -163,6 +217,26 @@ class FairalContext:
             return str(target)
 
 
+def _stamp(path: str) -> tuple | None:
+    """What changes when a file is replaced or rewritten."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def prune_query_folders(work: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` most recently written ``query-NAME`` folders of ``work`` (only fairal's own,
+    marked folders; each is the last query of one strategy name, made again when that name is next asked for).
+    Returns what was removed."""
+    folders = [p for p in work.glob("query-*") if p.is_dir() and not p.is_symlink() and is_fairal_folder(p)]
+    folders.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in folders[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folders[keep:]
+
+
 def _clear(error: MONAILabelError, fn, *args):
     """``fn(*args)``, with fairal's clear messages of bad input (an unreadable image, a missing group column, no
     label to train on) passed on to the client: in a request, an HTTP 400 whose detail is the message (MONAI Label
@@ -170,8 +244,6 @@ def _clear(error: MONAILabelError, fn, *args):
     try:
         return fn(*args)
     except FairalError as err:
-        from fastapi import HTTPException
-
         if error is MONAILabelError.APP_TRAIN_FAILED:
             raise MONAILabelException(error, f"fairal: {err}") from None
         raise HTTPException(status_code=400, detail=f"fairal: {err}") from None
@@ -204,14 +276,18 @@ class FairalStrategy(Strategy):
 
 
 class Strategies(dict):
-    """The app's strategies: the listed ones, and any other name of fairal's grammar, built when first asked for
-    (MONAI Label looks a strategy up with ``get``)."""
+    """The app's strategies: the listed ones, and any other name of fairal's grammar, built when asked for (MONAI
+    Label looks a strategy up with ``get``); of those, the :data:`MAX_QUERY_FOLDERS` asked for last are kept."""
 
     def __init__(self, context: FairalContext, names):
         super().__init__({n: FairalStrategy(context, n) for n in names})
         self.context = context
+        self.extra: list[str] = []  # the names built on demand, least recently asked for first
 
     def get(self, name, default=None):
+        if name in self.extra:
+            self.extra.remove(name)
+            self.extra.append(name)
         if name in self:
             return self[name]
         try:
@@ -219,6 +295,9 @@ class Strategies(dict):
         except FairalError as err:  # answered as a 400 naming the strategy, with "did you mean"
             return _Refused(str(err))
         self[name] = strategy
+        self.extra.append(name)
+        while len(self.extra) > MAX_QUERY_FOLDERS:
+            del self[self.extra.pop(0)]
         return strategy
 
 
@@ -230,8 +309,6 @@ class _Refused(Strategy):
         self.message = message
 
     def __call__(self, request, datastore):
-        from fastapi import HTTPException
-
         raise HTTPException(status_code=400, detail=f"fairal: {self.message}")
 
 
@@ -292,6 +369,109 @@ class FairalInfer(InferTask):
         return path, {"model": str(self.context.model_file)}
 
 
+def _endpoint_uploads() -> list[str]:
+    """The temporary files MONAI Label's endpoint of the current request wrote the uploads to (its locals
+    ``image_file`` and ``label_file``). It removes them only after a successful answer, so a refused request must
+    remove them itself; found on the call stack, so that only files the endpoint made are ever removed, never a
+    path a client names."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("monailabel.endpoints."):
+            return [v for k, v in frame.f_locals.items() if k in ("image_file", "label_file") and isinstance(v, str)]
+        frame = frame.f_back
+    return []
+
+
+@contextlib.contextmanager
+def _refusing():
+    """Inside a request: fairal's refusal becomes an HTTP 400 with its message; on any failure the request's
+    uploads are removed."""
+    try:
+        yield
+    except BaseException as err:
+        for upload in _endpoint_uploads():
+            with contextlib.suppress(OSError):
+                os.remove(upload)
+        if isinstance(err, FairalError):
+            raise HTTPException(status_code=400, detail=f"fairal: {err}") from None
+        raise
+
+
+def _check_upload(case: str, image: str, label: str | None, label_value: float | None, upload: str) -> None:
+    """:func:`fairal.owndata.check_case` of an upload, its messages naming "upload" rather than the temporary file."""
+    try:
+        check_case(case, image, label, label_value)
+    except FairalError as err:
+        raise FairalError(str(err).replace(upload, "upload")) from None
+
+
+class FairalDatastore(LocalDatastore):
+    """MONAI Label's local datastore with fairal's checks on everything a client writes or removes: ids by
+    fairal's case-id rule, tags from :data:`LABEL_TAGS`, NIfTI files only, read as fairal reads them before they
+    are stored, every path inside the studies folder (MONAI Label 0.8.5 checks none of these)."""
+
+    def __init__(self, context: FairalContext, studies: str, **kwargs):
+        self.context = context
+        super().__init__(studies, extensions=[f"*{e}" for e in NIFTI_EXTENSIONS], **kwargs)
+
+    def _inside(self, path: str | Path) -> bool:
+        return Path(path).resolve().is_relative_to(self.context.studies)
+
+    def _target(self, folder: str, image_id: str, filename: str) -> str:
+        """The extension of ``filename`` (a NIfTI one), checked with the id and the file it will be stored as."""
+        if not names_a_file(image_id):
+            raise FairalError(f"image id {image_id!r} cannot name a file (ids: {CASE_ID_RULES})")
+        ext = next((e for e in NIFTI_EXTENSIONS if filename.endswith(e)), None)
+        if ext is None:
+            raise FairalError(f"image {image_id}: only NIfTI files are stored (.nii, .nii.gz); the upload's name "
+                              f"ends in {''.join(Path(filename).suffixes)!r}")
+        if not self._inside(Path(folder) / f"{image_id}{ext}"):
+            raise FairalError(f"image {image_id}: its file would lie outside the studies folder")
+        return ext
+
+    def get_image_uri(self, image_id: str) -> str:
+        uri = super().get_image_uri(image_id)
+        return uri if uri and self._inside(uri) else ""
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        uri = super().get_label_uri(label_id, label_tag)
+        return uri if uri and self._inside(uri) else ""
+
+    def add_image(self, image_id: str, image_filename: str, image_info) -> str:
+        with _refusing():
+            self._target(self._datastore.image_path(), image_id, image_filename)
+            label = self.get_label_uri(image_id, FINAL) if image_id in self._datastore.objects else ""
+            _check_upload(image_id, image_filename, label or None, self.context.label_value, image_filename)
+            return super().add_image(image_id, image_filename, image_info)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info) -> str:
+        with _refusing():
+            if label_tag not in LABEL_TAGS:
+                raise FairalError(f"label tag {label_tag!r} is not one of the app's ({', '.join(LABEL_TAGS)})")
+            self._target(self._datastore.label_path(label_tag), image_id, label_filename)
+            image = self.get_image_uri(image_id)
+            if not image:
+                raise FairalError(f"no image {image_id!r} in the datastore: upload the image first")
+            _check_upload(image_id, image, label_filename, self.context.label_value, label_filename)
+            return super().save_label(image_id, label_filename, label_tag, label_info)
+
+    def remove_image(self, image_id: str) -> None:
+        with _refusing():  # only an image of the datastore, whose files all lie inside the studies folder
+            obj = self._datastore.objects.get(image_id)
+            if obj is None or not self.get_image_uri(image_id):
+                raise FairalError(f"no image {image_id!r} in the studies folder")
+            outside = [t for t in obj.labels if not self.get_label_uri(image_id, t)]
+            if outside:
+                raise FairalError(f"image {image_id!r}: its label {outside[0]!r} lies outside the studies folder")
+            super().remove_image(image_id)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        with _refusing():
+            if not self.get_label_uri(label_id, label_tag):
+                raise FairalError(f"no label of image {label_id!r} with tag {label_tag!r} in the studies folder")
+            super().remove_label(label_id, label_tag)
+
+
 class FairalApp(MONAILabelApp):
     """A MONAI Label app of fairal's strategies (the settings in ``APP/fairal.json``)."""
 
@@ -303,6 +483,34 @@ class FairalApp(MONAILabelApp):
         # MONAI Label scores every image again after each request by default, in another process: with fairal
         # that is a second full ranking per click. Off unless the server is started with --conf auto_scoring true.
         self._auto_update_scoring = str(conf.get("auto_scoring", "false")).lower() in ("1", "true", "yes")
+
+    def init_datastore(self):
+        if str(self.studies).startswith(("http://", "https://")):
+            return super().init_datastore()  # a remote datastore (DICOMweb, XNAT, DSA) keeps its own files
+        return FairalDatastore(self.context, self.studies, auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                               read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+
+    def infer(self, request, datastore=None):
+        """Only an image of the datastore, named by its id: never a path of the server (nor a session's or an
+        uploaded file). The answer is the same whether such a path exists or not."""
+        datastore = datastore if datastore else self.datastore()
+        image = request.get("image")
+        with _refusing():
+            uri = datastore.get_image_uri(image) if isinstance(image, str) and names_a_file(image) else ""
+            if not uri or "session" in request:
+                raise FairalError(f"no image {image!r} in the datastore: /infer segments the datastore's images, "
+                                  "named by id (GET /datastore/?output=all lists them)")
+        return super().infer({**request, "image": uri}, datastore)
+
+    def train(self, request):
+        """MONAI Label's training; in the server (``run_sync=true``), fairal's refusal is an HTTP 400 with its
+        message rather than a bare 500 (in a background task it stays the task's error, in the task's log)."""
+        try:
+            return super().train(request)
+        except MONAILabelException as err:
+            if self._server_mode and str(err.msg).startswith("fairal: "):
+                raise HTTPException(status_code=400, detail=err.msg) from None
+            raise
 
     def init_infers(self):
         return {"fairal": FairalInfer(self.context)}

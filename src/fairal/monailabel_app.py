@@ -14,7 +14,9 @@ from fairal.owndata import check_label_value, check_spacing
 MAIN_PY = '''\
 """A MONAI Label app of fairal (written by `fairal monailabel-app`; settings in fairal.json).
 
-    monailabel start_server --app THIS_FOLDER --studies STUDIES
+    monailabel start_server --app THIS_FOLDER --studies STUDIES --host 127.0.0.1
+
+This folder is code the server runs: keep it writable only by the account that runs the server.
 """
 
 from fairal.monailabel import FairalApp

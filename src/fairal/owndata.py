@@ -147,6 +147,19 @@ def check_headers(cases: pd.DataFrame) -> None:
             _check_pair(case, img, _load(lab_path, case, "label"), img_path, lab_path)
 
 
+def check_case(case: str, image_path: str | Path, label_path: str | Path | None = None,
+               label_value: float | None = None) -> None:
+    """Every check of one case's files that reading the case makes, done now (the voxels too): the image a
+    finite, non-constant 3D NIfTI volume; the label, if any, one on the image's grid (shape and affine) that is
+    binary, or holds finite values with ``label_value``."""
+    img = _load(str(image_path), case, "image")
+    image_data(img, "image", image_path, case)
+    if label_path:
+        lab = _load(str(label_path), case, "label")
+        _check_pair(case, img, lab, str(image_path), str(label_path))
+        label_data(lab, "label", label_path, case, label_value)
+
+
 def check_spacing(spacing: float, what: str = "--spacing") -> float:
     """The common grid's voxel size: a finite number of mm above 0."""
     if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or not (math.isfinite(spacing)
