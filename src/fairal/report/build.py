@@ -519,8 +519,8 @@ def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int, headi
 
 
 def _shares_note(view: pd.DataFrame) -> str:
-    """What the Group 1 share columns the final-budget table has mean (the share of the acquisitions comes with
-    the statistics across seeds: with one seed the table has none)."""
+    """What each Group 1 share column of the final-budget table means, for the columns it has (the share of the
+    acquisitions comes with the statistics across seeds: a one-seed table has none)."""
     notes = {"g1_ratio": "<i>G1 share of labeled set</i>: Group 1's share of the final labeled set (initial set "
                          "included)",
              "g1_acquired_share": "<i>G1 share of acquisitions</i>: of the cases the strategy acquired"}

@@ -145,8 +145,7 @@ def _group_row(fig, axes, state: dict, results: dict, manifest: pd.DataFrame, k:
         im = ax.imshow(freq[g].T, cmap="magma", vmin=0, vmax=1, origin="lower")
         ax.contour(ref_box.T, levels=[0.5], colors="cyan", linestyles="--", linewidths=1)
         fig.colorbar(im, ax=ax, fraction=0.046).ax.tick_params(labelsize=FONT["tick"])
-        ax.set_title(f"Group {g}: label\nfrequency (n = {int((manifest['group'] == g).sum())})",
-                     fontsize=FONT["panel"])
+        ax.set_title(f"Group {g}, n = {int((manifest['group'] == g).sum())}:\nlabel frequency", fontsize=FONT["panel"])
         ax.axis("off")
         col += 1
     for g, r in _comparisons(manifest):
