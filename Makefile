@@ -28,13 +28,25 @@ test: install
 	$(BIN)/pytest -n auto --dist loadfile  # one process per core, a file's tests in one
 
 # fairal inside MONAI Label (docs/annotate.md): the server's runtime set, then MONAI Label itself without its
-# requirements; the installed torch and numpy are held (pip fails rather than replace them).
+# requirements; the installed torch and numpy are held (pip fails rather than replace them). MONAI is pinned to the
+# version MONAI Label is tested with, which replaces the venv's own MONAI (fairal's runs use it too): said before
+# and after, loudly. `make monailabel VENV=.venv-monailabel` keeps the server in a venv of its own.
 MONAILABEL_SPEC ?= monailabel==0.8.5 monai==1.5.2 pydicom-seg==0.4.1
+MONAI_PIN = $(patsubst monai==%,%,$(filter monai==%,$(MONAILABEL_SPEC)))
+MONAI_NOW = $(BIN)/python -c "import importlib.metadata as m; print(m.version('monai'))" 2>/dev/null || echo none
 monailabel: install
+	@($(MONAI_NOW)) > $(VENV)/monai-before.txt; now=$$(cat $(VENV)/monai-before.txt); \
+	if [ -n "$(MONAI_PIN)" ] && [ "$$now" != "$(MONAI_PIN)" ]; then \
+	  echo "*** make monailabel: MONAI $$now in $(VENV) is replaced by MONAI $(MONAI_PIN) (the version MONAI Label"; \
+	  echo "*** is tested with); fairal's own commands in $(VENV) use it too. To keep $(VENV) as it is, give the"; \
+	  echo "*** server a venv of its own: make monailabel VENV=.venv-monailabel (docs/annotate.md)"; fi
 	$(BIN)/pip freeze | grep -i -E "^(torch|numpy)==" > $(VENV)/held.txt
 	$(BIN)/pip install -q -c $(VENV)/held.txt -e ".[test,ray,monailabel]"
 	$(BIN)/pip install -q --no-deps $(MONAILABEL_SPEC)
 	$(BIN)/python -c "import monailabel.main, torch; print('MONAI Label', __import__('monailabel').__version__, 'with torch', torch.__version__)"
+	@before=$$(cat $(VENV)/monai-before.txt); now=$$($(MONAI_NOW)); if [ "$$before" != "$$now" ]; then \
+	  echo "*** MONAI $$before in $(VENV) was replaced by MONAI $$now: fairal's commands in $(VENV) now use MONAI $$now."; \
+	  echo "*** To go back: $(BIN)/pip install monai==$$before (MONAI Label then runs on a MONAI it is not tested with)"; fi
 
 bench: install
 	$(BIN)/python benchmarks/bench_simulate.py

@@ -2,7 +2,11 @@
 
     python scripts/screenshots.py REPORT.html OUT_DIR [--widths 1400,800] [--browser chromium]
 
-writes ``OUT_DIR/STEM-WIDTH.png`` (``STEM``: the page's file name without ``.html``). Chromium is driven over its
+writes ``OUT_DIR/NAME-WIDTH.png``, ``NAME`` the page's path without ``.html`` (relative to the current folder when
+inside it), its folders joined by ``_``: ``fairal-out/report/report.html`` gives
+``fairal-out_report_report-1400.png``, so two ``report.html`` never share a name. Each PNG records the page it shows;
+a file of that name that shows another page, or that this script did not write, is never overwritten (refused
+before the browser starts). Chromium is driven over its
 DevTools protocol on a pipe (``--remote-debugging-pipe``: the standard library only, no driver to download): the
 page is loaded at the width, measured, and captured in strips of at most ``STRIP`` px that Pillow (installed with
 matplotlib) stacks into one image, so a long page is never cut off by the browser's texture size. Any Chromium
@@ -22,6 +26,7 @@ import sys
 from pathlib import Path
 
 STRIP = 4000  # px per capture
+SOURCE = "Source"  # the PNG text key naming the page a screenshot shows
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
@@ -76,9 +81,41 @@ class DevTools:
         self.proc.wait(timeout=30)
 
 
+def shot_name(page: Path, width: int) -> str:
+    """The screenshot's file name: the page's path (relative to the current folder when inside it) without its
+    suffix, folders joined by ``_``, then the width."""
+    path = page.resolve()
+    try:
+        path = path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    parts = [p for p in path.with_suffix("").parts if p != path.anchor]
+    return "_".join(parts) + f"-{width}.png"
+
+
+def refusal(page: Path, targets: list[Path]) -> str | None:
+    """Why the screenshots cannot be written (None if they can): a target that exists and does not record this
+    page as its source (another page's screenshot under a colliding name, or a file not written here)."""
+    from PIL import Image, UnidentifiedImageError
+
+    for target in targets:
+        if not target.exists():
+            continue
+        try:
+            with Image.open(target) as image:
+                source = image.text.get(SOURCE) if hasattr(image, "text") else None
+        except (OSError, UnidentifiedImageError):
+            source = None
+        if source != str(page.resolve()):
+            shows = f"a screenshot of {source}" if source else "a file this script did not write"
+            return f"error: {target} is {shows}; not overwritten (give another OUT_DIR)"
+    return None
+
+
 def screenshot(tools: DevTools, page: Path, width: int, target: Path) -> tuple[int, int]:
-    """``page`` at ``width`` CSS px (device scale 1), the whole page; returns the image's size."""
-    from PIL import Image
+    """``page`` at ``width`` CSS px (device scale 1), the whole page, recording the page as its source; returns the
+    image's size."""
+    from PIL import Image, PngImagePlugin
 
     tools.call("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1, mobile=False)
     tools.call("Page.enable")
@@ -92,7 +129,9 @@ def screenshot(tools: DevTools, page: Path, width: int, target: Path) -> tuple[i
         clip = {"x": 0, "y": top, "width": width, "height": min(STRIP, height - top), "scale": 1}
         data = tools.call("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True)["data"]
         whole.paste(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), (0, top))
-    whole.save(target)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(SOURCE, str(page.resolve()))
+    whole.save(target, pnginfo=info)
     return whole.size
 
 
@@ -103,19 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", default="1400,800", help="comma-separated widths in CSS px (default 1400,800)")
     parser.add_argument("--browser", default=None, help=f"browser binary (default: the first of {', '.join(BROWSERS)})")
     args = parser.parse_args(argv)
+    if not args.page.is_file():
+        print(f"error: {args.page} is not a file", file=sys.stderr)
+        return 2
+    targets = {int(w): args.out / shot_name(args.page, int(w)) for w in args.widths.split(",")}
+    refused = refusal(args.page, list(targets.values()))
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     browser = args.browser or next((b for b in BROWSERS if shutil.which(b)), None)
     if browser is None or not shutil.which(browser):
         print(f"error: no browser found (tried {args.browser or ', '.join(BROWSERS)}); e.g. apt-get install chromium",
               file=sys.stderr)
         return 2
-    if not args.page.is_file():
-        print(f"error: {args.page} is not a file", file=sys.stderr)
-        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     tools = DevTools(browser)
     try:
-        for width in (int(w) for w in args.widths.split(",")):
-            target = args.out / f"{args.page.stem}-{width}.png"
+        for width, target in targets.items():
             size = screenshot(tools, args.page, width, target)
             print(f"{target}: {size[0]} x {size[1]} px")
     finally:

@@ -171,6 +171,30 @@ def test_plan_claims_on_a_constructed_grid(constructed):
     assert "t CI" in claims.loc[("eval", "C1a"), "test"]
 
 
+def test_one_statistic_has_one_interval_in_every_table(constructed):
+    """P1 and C1a are the same statistic (final ESSP, WLE - random, the same pairs): on the test split their
+    two-level bootstrap intervals come from one draw of cases and seeds, so claims.csv and primary.csv print one
+    interval (they were separate Monte Carlo draws: [-0.0020, +0.0034] against [-0.0020, +0.0032])."""
+    *_, tables = constructed
+    claims = tables.claims.set_index(["split", "id"])
+    primary = tables.primary.set_index(["split", "id"])
+    p1, c1a = claims.loc[("test", "P1")], claims.loc[("test", "C1a")]
+    assert (p1["ci_low"], p1["ci_high"]) == (c1a["ci_low"], c1a["ci_high"])
+    assert (primary.loc[("test", "P1"), "two_level_ci_low"], primary.loc[("test", "P1"), "two_level_ci_high"]) == (
+        c1a["ci_low"], c1a["ci_high"])
+    assert p1["ci_low"] < p1["value"] < p1["ci_high"]
+
+
+def test_a_seed_draw_is_made_once_per_split():
+    from fairal.report.plan import Analysis, Measure
+
+    a = Analysis(Measure(runs=pd.DataFrame(), keys=[]), "test", seed=0)
+    first = a.seed_draw(4000, 10)
+    assert a.seed_draw(4000, 10) is first  # the same replicates for every statistic of the split
+    assert first.shape == (4000, 10) and first.min() == 0 and first.max() == 9
+    assert a.seed_draw(10_000, 10).shape == (10_000, 10)  # another replicate count: a draw of its own
+
+
 def test_case_noise_shows_in_the_two_level_interval_and_the_decomposition():
     # No seed effect and no WLE lift: every seed gives the same difference, only the cases vary.
     rounds, cases, round_cases = _records(seeds=10, lift=0.0, seed_noise=0.0, case_sd=0.05)

@@ -101,17 +101,64 @@ def test_report_files_and_html(records):
     md = (out / "final_budget.md").read_text()
     assert md.startswith("| dataset | init | strategy |") and "| strong | balanced | entropy |" in md
     page = html_path.read_text()
-    # the paper's four figures, then Dice per group and Group 1's weight over the rounds: numbered without a gap
-    # (no strategies beyond the paper: no fig5/fig6), each with its files
+    # the paper's four figures, then Dice per group and Group 1's weight over the rounds, each under its file's
+    # number (no strategies beyond the paper: no fig5/fig6, and the page says why), each with its files
     assert page.count("data:image/png;base64,") == 6
     assert re.findall(r"<h3>Figure (\d+): [^<]*<span class='file'>(\w+)\.png", page) == [
         ("1", "fig1_essp"), ("2", "fig2_delta_dice_strong"), ("3", "fig3_group1_ratio"),
-        ("4", "fig4_delta_dice_weak"), ("5", "fig7_dice_per_group"), ("6", "fig8_group_weights")]
+        ("4", "fig4_delta_dice_weak"), ("7", "fig7_dice_per_group"), ("8", "fig8_group_weights")]
+    assert ("Not drawn from these records: 5: no strategy beyond the paper&#x27;s; 6: no strategy beyond the "
+            "paper&#x27;s; 9: no per-case Dice recorded; 10: no models of the runs in the results folder.") in page
     assert "smoke profile: a pipeline check, not evidence" in page  # the fixture's runs say profile smoke
     assert "Not tested: 2 seeds per run" in page  # no verdicts from two seeds
     assert not re.search(r"""(src|href)=["']?(https?:|//|[\w./-]+\.(png|svg|css|js))""", page)  # self-contained
     assert "Table 1" in page and "How to read this" in page
     assert "mean of 2 seeds; bands: 95% t interval of the mean across seeds" in page
+
+
+def test_every_figure_names_its_split_and_the_page_numbers_match_the_files(records):
+    page = build_report(records).read_text()
+    captions = re.findall(r"<h3>(Figure (\d+): [^<]*)<span class='file'>fig(\d+)_(\w+)\.png", page)
+    assert len(captions) == 6
+    for caption, number, file_number, _ in captions:
+        assert number == file_number
+        assert "on the test split" in caption or "on no split" in caption, caption
+    on = {name: caption for caption, _, _, name in captions}
+    assert "on the test split" in on["dice_per_group"]  # Figure 7 names its split
+    assert "on no split" in on["group1_ratio"] and "on no split" in on["group_weights"]  # the labeled set's
+    svg = (build_report(records).parent / "fig7_dice_per_group.svg").read_text()
+    assert "test split" in svg  # and so does its y-axis
+
+
+def test_a_caption_describes_only_the_columns_its_table_has(records):
+    two = build_report(records).read_text()
+    final = two[two.index("<h2>Final budget</h2>"):]
+    final = final[:final.index("</table>")]
+    assert "G1 share of acquisitions</i>: of the cases" in final and "<th>G1 share of acquisitions</th>" in final
+    for run in records.glob("runs/*/*/*/seed-1"):  # one seed: no statistics across seeds, no such column
+        for f in run.iterdir():
+            f.unlink()
+        run.rmdir()
+    one = build_report(records).read_text()
+    final = one[one.index("<h2>Final budget</h2>"):]
+    final = final[:final.index("</table>")]
+    assert "G1 share of acquisitions" not in final
+    assert "<i>G1 share of labeled set</i>: Group 1's share of the final labeled set (initial set included)." in final
+    assert "<th>G1 share of labeled set</th>" in final
+
+
+def test_the_data_preview_takes_the_page_width(records):
+    from fairal.report.build import HEAD
+
+    preview = records / "data" / "strong" / "preview.png"
+    preview.parent.mkdir(parents=True)
+    preview.write_bytes(b"\x89PNG\r\n\x1a\n")  # embedded as it is
+    page = build_report(records).read_text()
+    section = page[page.index("<h2>The synthetic data</h2>"):page.index("<h2>", page.index("<h2>The synthetic"
+                                                                                              " data</h2>") + 4)]
+    assert "<figure><img alt=\"preview of the strong dataset\"" in section
+    assert "wide" not in section and "1050px" not in "".join(HEAD)  # no fixed width: cut on a narrow screen
+    assert "img{max-width:100%;height:auto}" in "".join(HEAD)
 
 
 def test_partial_grid_lists_missing_runs(records):
@@ -142,8 +189,10 @@ def test_strategies_beyond_the_paper_get_their_own_figures(records):
     out = build_report(records).parent
     for name in ("fig5_beyond_essp", "fig6_beyond_delta"):
         assert (out / f"{name}.png").stat().st_size > 10_000
-    numbers = re.findall(r"<h3>Figure (\d+): ", (out / "report.html").read_text())
-    assert numbers == [str(k) for k in range(1, 9)]  # fig1 ... fig8, in order
+    page = (out / "report.html").read_text()
+    numbers = re.findall(r"<h3>Figure (\d+): [^<]*<span class='file'>fig(\d+)_", page)
+    assert numbers == [(str(k), str(k)) for k in range(1, 9)]  # fig1 ... fig8, in order, under their own numbers
+    assert "Not drawn from these records: 9: no per-case Dice recorded; 10: no models" in page
     final = pd.read_csv(out / "final_budget.csv")
     row = final[(final["dataset"] == "strong") & (final["init"] == "balanced") & (final["strategy"] == "weighted-bald")]
     assert row["delta_reduction_vs_entropy"].item() == pytest.approx(1 - 0.04 / 0.2)

@@ -319,7 +319,7 @@ def test_preview_shows_every_group(tiny_config, tmp_path):
     import matplotlib.image as mpimg
     import pandas as pd
 
-    from fairal.simulate.preview import _comparisons, _examples
+    from fairal.simulate.preview import COLUMN_INCHES, DPI, FONT, _comparisons, _examples
 
     cfg = tiny_config(n_subjects=6, test_per_group=1, group=["1:bias=strong", "2", "3:contrast=1.2"], preview=True)
     out = simulate_dataset(cfg, tmp_path / "three", progress=False)
@@ -328,8 +328,11 @@ def test_preview_shows_every_group(tiny_config, tmp_path):
     assert [title.split(",")[0] for _, title in picks] == ["Group 1", "Group 2", "Group 3"]
     assert picks[2][1].endswith("no local bias, contrast 1.2")
     assert _comparisons(manifest) == [(1, 2)]
-    # 3 frequency panels + 1 difference + the volumes: 5 columns of 3 inches at 110 dpi
-    assert mpimg.imread(out / "preview.png").shape[1] == 5 * 3 * 110
+    # 3 frequency panels + 1 difference + the volumes: 5 columns of 2.3 inches at 110 dpi, 1265 px; a report shows it
+    # at its page's width (about 1050 px), where a panel title of 11 points reads 11 * 110 / 72 * 1050 / 1265 px
+    width = mpimg.imread(out / "preview.png").shape[1]
+    assert width == round(5 * COLUMN_INCHES * DPI) == 1265
+    assert FONT["panel"] * DPI / 72 * 1050 / width >= 13  # the text was 7 px at 8 points in 1650 px
     plain = manifest.assign(bias_scale=float("nan"))  # no local bias anywhere: Group 2 against Group 1 alone
     assert _comparisons(plain) == [(2, 1)]
     paper = manifest[manifest["group"] != 3]

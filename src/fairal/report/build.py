@@ -59,21 +59,31 @@ HEADERS = {"dataset": "dataset", "init": "initial set", "strategy": "strategy", 
 BANNER = ("<div class='banner'><b>{profile} profile: a pipeline check, not evidence.</b> Tiny data and short "
           "training; the numbers below show that everything runs, nothing about the strategies. The "
           "<code>standard</code> profile with several seeds (docs/REPRODUCTION.md) is the evidence.</div>")
-#: What every figure shows; the report numbers the figures it has in order (file names keep their numbers).
+#: What every figure shows and what it is measured on (``{test}``: the test split's name on the page). A figure's
+#: number on the page is its file's (``figN_...``): the evaluation split's Figures 1 and 2 (files ``..._eval``)
+#: share their numbers with the test split's.
 CAPTIONS = {
     "fig1_essp_eval": "ESSP per round on the evaluation split (the primary endpoint's curves).",
-    "fig1_essp": "ESSP per round (the paper's Figure 1).",
+    "fig1_essp": "ESSP per round on the {test} (the paper's Figure 1).",
     "fig2_delta_eval": "Δ per round on the evaluation split.",
-    "fig2_delta_dice_strong": "Δ and Dice per round, strong bias (the paper's Figure 2).",
-    "fig3_group1_ratio": "Group 1 share of the labeled set per round (the paper's Figure 3).",
-    "fig4_delta_dice_weak": "Δ and Dice per round, weak bias (the paper's Figure 4).",
-    "fig5_beyond_essp": "ESSP of the strategies beyond the paper (dashed) against entropy and WLE.",
-    "fig6_beyond_delta": "Δ of the strategies beyond the paper (dashed) against entropy and WLE.",
-    "fig7_dice_per_group": "Dice of each group per round.",
-    "fig8_group_weights": "the weight of Group 1 in Eq. 2 per round (two groups: Group 2's is 1 minus it).",
-    "fig9_case_dice": "Dice of every test case by group at the final budget (all seeds and initial sets).",
-    "fig10_examples": "example segmentations of the final models.",
+    "fig2_delta_dice_strong": "Δ and Dice per round on the {test}, strong bias (the paper's Figure 2).",
+    "fig3_group1_ratio": "Group 1 share of the labeled set per round (the paper's Figure 3): counted in the labeled "
+                         "set, on no split.",
+    "fig4_delta_dice_weak": "Δ and Dice per round on the {test}, weak bias (the paper's Figure 4).",
+    "fig5_beyond_essp": "ESSP on the {test} of the strategies beyond the paper (dashed) against entropy and WLE.",
+    "fig6_beyond_delta": "Δ on the {test} of the strategies beyond the paper (dashed) against entropy and WLE.",
+    "fig7_dice_per_group": "Dice of each group per round on the {test}.",
+    "fig8_group_weights": "the weight of Group 1 in Eq. 2 per round (two groups: Group 2's is 1 minus it): from the "
+                          "groups' Dice on the labeled set, on no split.",
+    "fig9_case_dice": "Dice of every case of the {test} by group at the final budget (all seeds and initial sets).",
+    "fig10_examples": "example segmentations of the final models: cases of the {test}.",
 }
+#: Why a figure of :data:`CAPTIONS` can be missing from a page (its number is then skipped).
+ABSENT = {"fig2_delta_dice_strong": "no dataset named strong", "fig3_group1_ratio": "no Group 1 share recorded",
+          "fig4_delta_dice_weak": "no dataset named weak", "fig5_beyond_essp": "no strategy beyond the paper's",
+          "fig6_beyond_delta": "no strategy beyond the paper's", "fig7_dice_per_group": "no Dice per group recorded",
+          "fig8_group_weights": "no group weights recorded", "fig9_case_dice": "no per-case Dice recorded",
+          "fig10_examples": "no models of the runs in the results folder"}
 #: How the intervals of a mean keep to what a measure can take (fairal.metrics.bounds).
 BOUNDED = ("clipped to the measure's range where the t interval passes it: Dice, ESSP, shares and weights in "
            "[0, 1], Δ at least 0")
@@ -279,7 +289,6 @@ HEAD = (
     "padding:3px 7px;text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}"
     "td.text{text-align:left;white-space:normal;min-width:3em}"
     ".scroll{overflow-x:auto;max-width:100%}img{max-width:100%;height:auto}figure{margin:1em 0}"
-    ".wide img{max-width:none;width:1050px}"
     ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5em 1em}"
     ".banner{background:#fde8e8;border-left:6px solid #c0392b;padding:.7em 1em;font-size:1.05em}"
     ".ci{color:#555;font-size:11px;display:block}th{white-space:normal;vertical-align:bottom}.file{font-weight:normal;font-size:.75em;color:#666}"
@@ -338,7 +347,8 @@ def build_report(folder: str | Path, out: str | Path | None = None, results: Res
              *_table1_section(t1, profile, heading="paper's test split" if evaluation else "",
                               inconsistencies=not any("does not add up" in part for part in evaluation)),
              *_final_section(final, stats, n_seeds, heading="paper's test split" if evaluation else ""),
-             *_figures_section(figs, n_seeds), *settings_section(results), "</body></html>"]
+             *_figures_section(figs, n_seeds, "paper's test split" if evaluation else "test split"),
+             *settings_section(results), "</body></html>"]
     target = within(out, "report.html")
     write_text(target, "\n".join(parts))
     return target
@@ -402,9 +412,8 @@ def _previews(results: Results) -> list[str]:
              "dataset. Top row: an axial slice through the left caudate of the template and of example "
              "subjects, each subject's label outlined in yellow and the template's in dashed cyan; bottom row: the "
              "label frequency per group on that slice, their difference, and the caudate volume by group.</p>"]
-    for d, path in results.previews.items():  # wide: scrolls on a narrow screen instead of shrinking
-        parts.append(f"<h3>{html.escape(d)} bias</h3><div class='scroll wide'>"
-                     + _img(path, f"preview of the {d} dataset") + "</div>")
+    for d, path in results.previews.items():  # the page's width, as every figure (its text drawn large for that)
+        parts.append(f"<h3>{html.escape(d)} bias</h3>" + _img(path, f"preview of the {d} dataset"))
     return parts
 
 
@@ -505,27 +514,47 @@ def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int, headi
     return [f"<h2>{html.escape(title)}</h2><p>Files: <code>{stem}.csv</code>, <code>{stem}.md</code>. "
             f"Mean over {n_seeds} seed{_plural(n_seeds)} at the last "
             f"round of finished runs. Bold: the best of a scenario ({html.escape(words)}; values that read the "
-            f"same are bold alike).{band} <i>G1 share of labeled set</i>: Group 1's share of the final labeled set "
-            "(initial set included); <i>G1 share of acquisitions</i>: of the cases the strategy acquired.</p>"
+            f"same are bold alike).{band}{_shares_note(view)}</p>"
             + html_table(view, best=best, within=["dataset", "init"], ci=ci)]
+
+
+def _shares_note(view: pd.DataFrame) -> str:
+    """What each Group 1 share column of the final-budget table means, for the columns it has (the share of the
+    acquisitions comes with the statistics across seeds: a one-seed table has none)."""
+    notes = {"g1_ratio": "<i>G1 share of labeled set</i>: Group 1's share of the final labeled set (initial set "
+                         "included)",
+             "g1_acquired_share": "<i>G1 share of acquisitions</i>: of the cases the strategy acquired"}
+    present = [text for col, text in notes.items() if col in view.columns]
+    return " " + "; ".join(present) + "." if present else ""
+
+
+def figure_number(key: str) -> int:
+    """The number of a figure's file (``fig7_dice_per_group``: 7), which is its number on the page."""
+    return int(key[3:].split("_")[0])
 
 
 def figure_order(figs: dict[str, list[Path]]) -> list[str]:
     """The figures' keys in the order of their file numbers, a number's evaluation-split curves (the primary
-    endpoint) before the test split's; the report numbers them 1, 2, ... in this order, so the numbers run on when a
-    figure is absent (no strategies beyond the paper, no models for examples)."""
-    return sorted(figs, key=lambda k: (int(k[3:].split("_")[0]), not k.endswith("_eval")))  # evaluation first
+    endpoint) before the test split's."""
+    return sorted(figs, key=lambda k: (figure_number(k), not k.endswith("_eval")))  # evaluation first
 
 
-def _figures_section(figs: dict[str, list[Path]], n_seeds: int) -> list[str]:
-    """Every figure, numbered in order, with its caption and its files."""
+def _figures_section(figs: dict[str, list[Path]], n_seeds: int, test: str = "test split") -> list[str]:
+    """Every figure under its file's number, with its caption (naming the split it is measured on, ``test`` for
+    the test split) and its files; the numbers these records cannot draw are said with the reason."""
     if not figs:
         return []
     band = (f"Lines: mean of {n_seeds} seeds; bands: 95% t interval of the mean across seeds, {BOUNDED}."
             if n_seeds > 1 else "One seed per run: no band.")
-    parts = [f"<h2>Figures</h2><p>{band} x axis: labeled images.</p>"]
-    for number, key in enumerate(figure_order(figs), start=1):
-        caption = f"Figure {number}: {CAPTIONS.get(key, key)}"
+    numbers = {figure_number(k) for k in figs}
+    absent = "; ".join(f"{figure_number(k)}: {why}" for k, why in ABSENT.items() if figure_number(k) not in numbers)
+    rule = " A figure's number is its file's (<code>figN_…</code>)" + (
+        "; Figures 1 and 2 on the evaluation split (files <code>…_eval</code>) come before the test split's"
+        if any(k.endswith("_eval") for k in figs) else "") + "." + (
+        f" Not drawn from these records: {html.escape(absent)}." if absent else "")
+    parts = [f"<h2>Figures</h2><p>{band} x axis: labeled images.{rule}</p>"]
+    for key in figure_order(figs):
+        caption = f"Figure {figure_number(key)}: {CAPTIONS.get(key, key).format(test=test)}"
         files = " / ".join(p.name for p in figs[key])
         parts.append(f"<h3>{html.escape(caption)} <span class='file'>{html.escape(files)}</span></h3>"
                      + _img(figs[key][0], caption))

@@ -2,7 +2,8 @@
 
 Colours are the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and every strategy
 also has its own marker and line style, so curves that coincide stay apart. The figure's title is the report's
-(HTML) heading; each panel names its dataset and initial set, each y-axis its metric.
+(HTML) heading; each panel names its dataset and initial set, each y-axis its metric and the split it is measured
+on.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ COLOURS = {"random": "#7F7F7F", "entropy": "#0072B2", "localized-entropy": "#E69
 MARKERS = {"random": "o", "entropy": "s", "localized-entropy": "^", "weighted-localized-entropy": "D",
            "bald": "v", "weighted-bald": "P", "stochastic-weighted-localized-entropy": "X",
            "weighted-localized-entropy-t0.5": "*"}
-METRIC_LABEL = {"essp": "ESSP", "delta": "Δ (sum of group gaps)", "dice_all": "Dice, all test cases",
+METRIC_LABEL = {"essp": "ESSP", "delta": "Δ (sum of group gaps)", "dice_all": "Dice, all cases",
                 "g1_ratio": "Group 1 share of labeled set", "w_g1": "weight of Group 1 (Eq. 2)"}
 SHORT = {"random": "random", "entropy": "entropy", "localized-entropy": "LE", "weighted-localized-entropy": "WLE"}
 FONT = {"panel": 11, "axis": 10, "tick": 9, "legend": 10}
+#: The split a figure's y-axis names; the measures of the labeled set itself name none.
+TEST, LABELED_SET = "test split", ("g1_ratio", "w_g1")
 
 
 def literal(text) -> str:
@@ -111,10 +114,10 @@ def _save(fig, path: Path, handles, labels) -> list[Path]:
 
 
 def _figure(results: Results, panels: list[list[dict]], path: Path, strategies=PAPER_STRATEGIES,
-            measured_on: str = "") -> list[Path]:
+            measured_on: str = TEST) -> list[Path]:
     """A grid of panels, each ``{"dataset", "init", "metric"}``; one line per strategy of ``strategies`` that has
-    runs; every panel titled with its dataset and initial set, every y-axis with its metric (and ``measured_on``,
-    the split, when it is not the test split)."""
+    runs; every panel titled with its dataset and initial set, every y-axis with its metric and the split it is
+    measured on (``measured_on``; none for what the labeled set gives: shares, weights)."""
     n_seeds = int(results.rounds["seed"].nunique())
     n_rows, n_cols = len(panels), len(panels[0])
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.0 * n_cols, 3.0 * n_rows + 0.8), squeeze=False, sharex=True)
@@ -127,7 +130,8 @@ def _figure(results: Results, panels: list[list[dict]], path: Path, strategies=P
                 ax.axhline(0.5, color="k", linewidth=0.6, linestyle=":")
             ax.set_title(literal(f"{p['dataset']} bias, {p['init']} start"), fontsize=FONT["panel"])
             label = METRIC_LABEL.get(p["metric"], p["metric"])
-            ax.set_ylabel(f"{label}, {measured_on}" if measured_on else label, fontsize=FONT["axis"])
+            on_split = measured_on and p["metric"] not in LABELED_SET
+            ax.set_ylabel(f"{label}, {measured_on}" if on_split else label, fontsize=FONT["axis"])
             if i == n_rows - 1:
                 ax.set_xlabel("labeled images", fontsize=FONT["axis"])
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -161,7 +165,7 @@ def _group_dice_figure(results: Results, path: Path, datasets, inits) -> list[Pa
             _panel(ax, tables[g], d, init, n_seeds, PAPER_STRATEGIES)
             ax.set_title(literal(f"{d} bias, {init} start: Group {g}"), fontsize=FONT["panel"])
             if j == 0:
-                ax.set_ylabel(literal(f"Dice of Group {g}"), fontsize=FONT["axis"])
+                ax.set_ylabel(literal(f"Dice of Group {g}, {TEST}"), fontsize=FONT["axis"])
             if i == len(rows) - 1:
                 ax.set_xlabel("labeled images", fontsize=FONT["axis"])
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -199,7 +203,7 @@ def _case_dice_figure(cases: pd.DataFrame, path: Path, datasets) -> list[Path]:
             ax.text(si * (len(groups) + 1) + (len(groups) - 1) / 2, 1.0, SHORT.get(s, s), ha="center", va="bottom",
                     fontsize=FONT["tick"], transform=ax.get_xaxis_transform())
         ax.set_title(literal(f"{d} bias"), fontsize=FONT["panel"], pad=18)
-        ax.set_ylabel("Dice of a test case", fontsize=FONT["axis"])
+        ax.set_ylabel(f"Dice of a case, {TEST}", fontsize=FONT["axis"])
         ax.grid(alpha=0.3, axis="y")
     return _save(fig, path, [], [])
 

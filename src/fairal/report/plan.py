@@ -268,14 +268,22 @@ class Part:
 
 
 class Analysis:
-    """The statistics of one split: observed unit values, and one shared draw of resampled cases (every metric
-    of a replicate uses the same cases, so comparisons stay paired)."""
+    """The statistics of one split: observed unit values, and one shared draw of resampled cases and of resampled
+    seeds (every statistic of a replicate uses the same cases and seeds: comparisons stay paired, and a statistic
+    that two tables print, such as P1 and C1a, has one interval in both)."""
 
     def __init__(self, measure: Measure, split: str, seed: int = 0) -> None:
         self.measure, self.split = measure, split
         self.rng = np.random.default_rng(seed)
         self.counts = measure.draw_counts(N_BOOT, self.rng) if measure.groups else {}
         self._cache: dict[str, np.ndarray] = {}
+        self._seed_draws: dict[tuple[int, int], np.ndarray] = {}
+
+    def seed_draw(self, n_boot: int, n: int) -> np.ndarray:
+        """The units (seeds, by index) each of ``n_boot`` replicates draws from ``n``: drawn once per split."""
+        if (n_boot, n) not in self._seed_draws:
+            self._seed_draws[(n_boot, n)] = self.rng.integers(0, n, size=(n_boot, n))
+        return self._seed_draws[(n_boot, n)]
 
     def observed(self, metric: str) -> np.ndarray:
         return self.measure.runs[metric].to_numpy(float)
@@ -309,7 +317,7 @@ class Analysis:
         if dr is not None:
             um, _ = unit_values(part.pairs, dr)
             part.case_var = float(um.mean(axis=0).var(ddof=1))
-            pick = self.rng.integers(0, um.shape[0], size=(N_BOOT, um.shape[0]))
+            pick = self.seed_draw(N_BOOT, um.shape[0])
             part.two_level = percentile_ci(um[pick, np.arange(N_BOOT)[:, None]].mean(axis=1))
         if two_level_ci and dr is not None:
             e = Estimate(e.mean, *part.two_level, e.n)
@@ -336,7 +344,7 @@ class Analysis:
         seeds, at = np.unique(part.pairs.seed, return_inverse=True)
         dr = self.resampled("delta") if two_level_ci else None
         n_boot = N_BOOT if dr is not None else N_BOOT_REDUCTION
-        pick = self.rng.integers(0, seeds.size, size=(n_boot, seeds.size))
+        pick = self.seed_draw(n_boot, seeds.size)
         w = np.stack([np.bincount(row, minlength=seeds.size) for row in pick])[:, at]  # (n_boot, pairs)
         if dr is not None:
             boot = 1 - (w * dr[part.pairs.ia].T).sum(1) / (w * dr[part.pairs.ib].T).sum(1)

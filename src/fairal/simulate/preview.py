@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,17 @@ import pandas as pd  # noqa: E402
 from fairal.io import within  # noqa: E402
 from fairal.nifti import load_nifti  # noqa: E402
 from fairal.simulate.dataset import ACQUISITION_COLUMNS  # noqa: E402
+
+#: A column's width (inches) and the resolution: a report shows the picture at its page's width (about 1050 px for
+#: five columns), where FONT's points stay legible (13 px and more at the page's full width).
+COLUMN_INCHES, DPI = 2.3, 110
+FONT = {"title": 11, "panel": 11, "axis": 10, "tick": 9, "legend": 9}
+
+
+def _wrapped(text: str, inches: float, points: int) -> str:
+    """``text`` broken into lines that fit ``inches`` at ``points`` (a character about 0.65 em wide)."""
+    width = max(10, int(inches * 72 / (0.65 * points)))
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
 
 
 def _groups(manifest: pd.DataFrame) -> list:
@@ -71,16 +83,16 @@ def write_preview(out: Path, state: dict, subjects, results: dict, manifest: pd.
     n_top = 1 + len(_examples(manifest))
     n_bottom = len(_groups(manifest)) + len(_comparisons(manifest)) + 1
     n_cols = max(n_top, n_bottom, 4)
-    fig, axes = plt.subplots(2, n_cols, figsize=(3.0 * n_cols, 6.4))
+    fig, axes = plt.subplots(2, n_cols, figsize=(COLUMN_INCHES * n_cols, 7.2))
     _subject_row(axes[0], out, state, manifest, k)
     _group_row(fig, axes[1], state, results, manifest, k)
     left = "right" if state["out_affine"][0, 0] < 0 else "left"  # RAS: x falling with i = toward the patient's left
-    fig.suptitle(f"axial slice {k} of the output grid through the structure's centroid (patient's left on the "
-                 f"{left} of each panel); top row: a subject's label outlined in yellow, the template's in dashed "
-                 "cyan", fontsize=9)
+    fig.suptitle(_wrapped(f"axial slice {k} of the output grid through the structure's centroid (patient's left on "
+                          f"the {left} of each panel); top row: a subject's label outlined in yellow, the template's "
+                          "in dashed cyan", COLUMN_INCHES * n_cols, FONT["title"]), fontsize=FONT["title"])
     fig.tight_layout()
     path = within(out, "preview.png")
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
     plt.close(fig)
     return path
 
@@ -101,11 +113,11 @@ def _subject_row(axes, out: Path, state: dict, manifest: pd.DataFrame, k: int) -
                    linewidths=1)
         if lab is not None:
             ax.contour(lab[zoom[0], zoom[1], k].T.astype(float), levels=[0.5], colors="yellow", linewidths=1.2)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(_wrapped(title, COLUMN_INCHES, FONT["panel"]), fontsize=FONT["panel"])
         ax.axis("off")
 
     picks = _examples(manifest)
-    show(axes[0], tpl_img, None, "template\n(cyan: template label)")
+    show(axes[0], tpl_img, None, "template\n(cyan: its label)")
     for ax, (case_id, title) in zip(axes[1:], picks, strict=False):
         img = np.asarray(load_nifti(out / "images" / f"{case_id}.nii.gz", "image", case_id, read=False).dataobj)
         lab = np.asarray(load_nifti(out / "labels" / f"{case_id}.nii.gz", "label", case_id, read=False).dataobj)
@@ -132,15 +144,15 @@ def _group_row(fig, axes, state: dict, results: dict, manifest: pd.DataFrame, k:
         ax = axes[col]
         im = ax.imshow(freq[g].T, cmap="magma", vmin=0, vmax=1, origin="lower")
         ax.contour(ref_box.T, levels=[0.5], colors="cyan", linestyles="--", linewidths=1)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        ax.set_title(f"Group {g}: label frequency\n(n = {int((manifest['group'] == g).sum())})", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046).ax.tick_params(labelsize=FONT["tick"])
+        ax.set_title(f"Group {g}, n = {int((manifest['group'] == g).sum())}:\nlabel frequency", fontsize=FONT["panel"])
         ax.axis("off")
         col += 1
     for g, r in _comparisons(manifest):
         ax = axes[col]
         im = ax.imshow((freq[g] - freq[r]).T, cmap="RdBu_r", vmin=-1, vmax=1, origin="lower")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        ax.set_title(f"frequency, Group {g} - Group {r}", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046).ax.tick_params(labelsize=FONT["tick"])
+        ax.set_title(f"frequency,\nGroup {g} - Group {r}", fontsize=FONT["panel"])
         ax.axis("off")
         col += 1
     ax = axes[col]
@@ -153,9 +165,9 @@ def _group_row(fig, axes, state: dict, results: dict, manifest: pd.DataFrame, k:
         if len(v):
             ax.hist(v, bins=20, alpha=0.6, color=colour, label=f"Group {g}")
     ax.axvline(ref.sum() * state["voxel_volume"], color="k", linestyle="--", linewidth=1, label="template")
-    ax.set_xlabel("structure volume (mm$^3$)", fontsize=8)
-    ax.set_ylabel("subjects", fontsize=8)
-    ax.legend(fontsize=7)
-    ax.tick_params(labelsize=7)
+    ax.set_xlabel("structure volume (mm$^3$)", fontsize=FONT["axis"])
+    ax.set_ylabel("subjects", fontsize=FONT["axis"])
+    ax.legend(fontsize=FONT["legend"])
+    ax.tick_params(labelsize=FONT["tick"])
     for ax in axes[col + 1:]:
         ax.axis("off")
