@@ -202,7 +202,7 @@ margin_mm = 3
     summary = pd.read_csv(out / "report" / "study_summary.csv")
     assert len(summary) == 9 and (summary["n_seeds"] == 2).all()
     html = (out / "report" / "report.html").read_text()
-    assert "2 seed(s): no verdict" in html
+    assert "2 seed(s) give no verdict" in html and "A verdict needs at least 3 seeds (equivalent)" in html
     assert "structures-and-sites" in html and "groups_known = false" in html  # the study file echoed
     assert all((out / "report" / f"study_{d}.png").is_file() for d in ("right", "three", "lab"))
     again = CliRunner().invoke(app, ["study", str(study), str(out), "--jobs", "1", "--quiet"])
@@ -371,8 +371,8 @@ def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
     assert load_script("beyond_tables").main([str(early)]) == 2
     assert "the study's tables are empty" in capsys.readouterr().err
     html = (report / "report.html").read_text()  # 5 seeds, 1 comparison: 2/32 = 0.0625 cannot reach 0.05
-    assert "smallest two-sided p is 0.0625" in html and "No comparison of that family can be confirmed" in html
-    assert "6 seeds can reach a verdict" in html
+    assert "smallest two-sided p is 0.0625" in html and "only equivalence can be found" in html
+    assert "confirmed or refuted at least 6" in html
     plan = {"name": "t", "reference": "wle", "text": "x", "datasets": [{"name": "scanner"}], "inits": ["balanced"],
             "arms": [{"name": "wle"}, {"name": "random"}]}
     for seeds, withheld in ((5, False), (6, True)):  # all 5 planned seeds in; 6 planned, seed 5 missing
@@ -402,7 +402,8 @@ simulate = { bias = "weak" }
 """)
     parsed = load_study(study)
     warning = seeds_warning(parsed, get_profile("smoke"), 5)  # 2 datasets x 3 comparisons: Holm over 6
-    assert "0.0625 (2/2^5), 0.375 after Holm over the 6 comparisons" in warning and "8 seeds can reach" in warning
+    assert "0.0625 (2/2^5), 0.375 after Holm over the 6 comparison(s)" in warning
+    assert "confirmed or refuted at least 8" in warning
     assert seeds_warning(parsed, get_profile("smoke"), 8) == ""
     users = tmp_path / "mine"
     users.mkdir()
@@ -490,7 +491,7 @@ def test_the_reference_and_the_seeds_warning_follow_the_strategies_run(tmp_path)
             '"weighted-localized-entropy"]\n' + sim)
     study = _write(tmp_path / "s.toml", four)
     res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet"])  # 3 comparisons: 3 x 2/64 > 0.05
-    assert "cannot give a verdict" in res.output and "after Holm over the 3 comparisons" in res.output
+    assert "cannot give a verdict" in res.output and "after Holm over the 3 comparison(s)" in res.output
     res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet", "--strategies",
                                    "random,weighted-localized-entropy"])  # 1 comparison: 2/64 < 0.05
     assert res.exit_code == 2 and "cannot give a verdict" not in res.output, res.output

@@ -528,19 +528,23 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
 
 
 def _print_final(results, prof) -> None:
-    """The final budget's measures per dataset, initial set and strategy; at a CPU test profile, a caveat."""
+    """The final budget's measures per dataset, initial set and strategy, each dataset on its primary split (the
+    evaluation split where its runs have one, else the test split: the split of the report's first table), named
+    in the column split; at a CPU test profile, a caveat."""
     import pandas as pd
 
     from fairal.metrics import METRICS
-    from fairal.report.records import final_table
+    from fairal.report.build import PIPELINE_CHECKS
+    from fairal.report.records import primary_final_table
 
-    final = final_table(results)
+    final = primary_final_table(results)
     if final.empty:
         return
-    view = Table(title=f"final budget ({int(final['n_labeled'].max())} labeled), profile {prof.name}")
+    view = Table(title=f"final budget ({int(final['n_labeled'].max())} labeled), profile {prof.name}, on each "
+                       "dataset's primary split")
     measures = ["dice_all", *[m for m in METRICS if m in final.columns]]  # Dice and the metric table
     cut = "delta_reduction_vs_entropy" in final.columns and final["delta_reduction_vs_entropy"].notna().any()
-    for col in ("dataset", "init", "strategy", *measures, "g1_ratio", *(["Δ cut vs entropy"] if cut else [])):
+    for col in ("dataset", "init", "strategy", "split", *measures, "g1_ratio", *(["Δ cut vs entropy"] if cut else [])):
         view.add_column(col, justify="right")
     for _, r in final.iterrows():
         ratio = f"{r['g1_ratio']:.2f}" if "g1_ratio" in r and pd.notna(r["g1_ratio"]) else ""
@@ -548,12 +552,15 @@ def _print_final(results, prof) -> None:
         if cut:  # a reduction: +43% = Δ 43% below entropy's
             value = r["delta_reduction_vs_entropy"]
             extra = [f"{value:+.0%}".replace("-0%", "0%").replace("+0%", "0%") if pd.notna(value) else "n/a"]
-        view.add_row(str(r["dataset"]), str(r["init"]), str(r["strategy"]), *[f"{r[m]:.3f}" for m in measures],
-                     ratio, *extra)
-    Console(width=max(stdout.width, 110), markup=False, highlight=False).print(view)
+        view.add_row(str(r["dataset"]), str(r["init"]), str(r["strategy"]), str(r["split"]),
+                     *[f"{r[m]:.3f}" if pd.notna(r[m]) else "" for m in measures], ratio, *extra)
+    Console(width=max(stdout.width, 120), markup=False, highlight=False).print(view)
+    stdout.print("split: eval = the evaluation split (never in the pool or the test split; the primary endpoint), "
+                 "test = the test split (a dataset without an evaluation split); the report's first table is on "
+                 "the same splits")
     if cut:
         stdout.print("Δ cut vs entropy: 1 - Δ / Δ(entropy) in the same scenario (+43% = Δ 43% below entropy's)")
-    if prof.name in ("smoke", "quick"):
+    if prof.name in PIPELINE_CHECKS:
         stdout.print(f"profile {prof.name}: a pipeline check, not evidence (small data, short training, "
                      f"{results.rounds['seed'].nunique()} seed(s)); the evidence "
                      "is docs/REPRODUCTION.md")

@@ -256,6 +256,73 @@ def check_results_folder(out: str | Path) -> Path:
     return check_own_folder(out, RESULTS, "OUT")
 
 
+def check_before_writing(out: Path, study: Study, profile: Profile, seeds: int, cli: dict) -> None:
+    """What a study finds in ``out``, checked before it writes anything there (a refusal leaves ``out`` as it was,
+    its ``study.json`` too): ``out`` holds no other study (:func:`fairal.study.other_study`), every path of the
+    study's plan, resolved, lies inside ``out`` (no symbolic link planted in it leads a write elsewhere), and every
+    run already there has this study's settings."""
+    _check_same_study(out, study)
+    runs = study_grid(study, profile, seeds, cli)
+    own = [("study.json",), ("report",), *[("data", d.name) for d in study.datasets if d.kind != "folder"],
+           *[("baseline", d.name) for d in study.datasets if study.baselines],
+           *[r.folder(out).relative_to(out).parts for r in runs]]
+    for parts in own:
+        try:
+            within(out, *parts)
+        except FairalError as err:
+            raise FairalError(f"{study.source}: {err} (a symbolic link inside it leads there); remove the link or "
+                              "choose another OUT") from None
+    _check_runs_there(out, study, runs)
+
+
+def _check_same_study(out: Path, study: Study) -> None:
+    """``out`` holds no study (no ``study.json``) or this one (:func:`fairal.study.other_study`)."""
+    from fairal.study import other_study
+
+    path = out / "study.json"
+    if not path.is_file():
+        return
+    try:
+        held = json.loads(path.read_text())["study"]
+        why = other_study(held, study)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise FairalError(f"{study.source}: {path} is unreadable ({type(err).__name__}: {err}), so which study OUT "
+                          "holds is unknown; choose another OUT") from None
+    if why:
+        raise FairalError(f"{study.source}: OUT {out} holds another study, {held.get('name')!r} from "
+                          f"{held.get('source')} ({why}); a results folder holds one study, its name and datasets: "
+                          f"choose a new OUT (--reuse {out} links its finished runs of identical settings)")
+
+
+def _check_runs_there(out: Path, study: Study, runs: list[GridRun]) -> None:
+    """Every run of the plan already in ``out`` has its settings there (as :class:`fairal.loop.ActiveLearningRun`
+    reads a run's state: the same settings, or the same on the same data files under another path)."""
+    from fairal.loop import RunSpec, same_run_elsewhere, same_settings
+
+    manifests: dict = {}
+    for r in runs:
+        folder = r.folder(out)
+        if not (folder / "state.json").is_file():
+            continue
+        data = r.dataset.folder if r.dataset.kind == "folder" else out / "data" / r.dataset.name
+        spec = RunSpec(str(data), r.arm.strategy, r.init, r.seed, r.profile)
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            if same_settings(config.get("settings", {}), spec.settings()):
+                continue
+        except (OSError, ValueError, AttributeError) as err:
+            raise FairalError(f"{study.source}: {folder} holds an unreadable run ({err}); delete it or choose "
+                              "another OUT") from None
+        if (data / "manifest.csv").is_file() and r.dataset.name not in manifests:
+            manifests[r.dataset.name] = read_manifest(data, test_per_group=r.profile.test_per_group)
+        if r.dataset.name in manifests and same_run_elsewhere(folder, config, spec, manifests[r.dataset.name]):
+            continue
+        raise FairalError(f"{study.source}: {folder} holds a run with other settings than this study's dataset "
+                          f"{r.dataset.name}, initial set {r.init}, strategy {r.arm.name}, seed {r.seed} (a setting, "
+                          "the strategy or the data changed); choose a new OUT (--reuse links the runs of identical "
+                          "settings) or delete that run")
+
+
 def run_study(
     study: Study, out: str | Path, profile: Profile, cli: dict | None = None, seeds: int | None = None,
     jobs: int = 0, progress: bool = True, executor: str | Executor = "local", address: str | None = None,
@@ -310,6 +377,7 @@ def run_study(
         executor.check(prof)
     out = check_results_folder(out)
     study = ladder.resolve(out, study, profile, cli, compute=False)  # a calibration made before: the same knob
+    check_before_writing(out, study, profile, seeds, cli)
     _check_datasets_in(out, study, profile, cli)
     with FolderLock(out, f"fairal study {study.name}"):
         make_own_folder(out, RESULTS)
@@ -328,17 +396,18 @@ def run_study(
 
 def _check_datasets_in(out: Path, study: Study, profile: Profile, cli: dict) -> None:
     """Each dataset of the study in ``out/data`` made with these settings (:func:`check_made_dataset`), or, not
-    made yet, a CSV cohort's image and label headers readable: refused before the study writes anything."""
-    from fairal.owndata import check_headers, read_cases
+    made yet, a CSV cohort's files as its dataset will read them (:func:`fairal.study.check_cohort_files`):
+    refused before the study writes anything."""
+    from fairal.study import check_cohort_files
 
     for d in study.datasets:
         if d.target_gap is not None and d.harm is None:
             continue  # its knob comes from the calibration, before its dataset is made
-        if not check_made_dataset(out, d, study.profile_for(profile, d, None, cli)) and d.kind == "csv":
-            try:
-                check_headers(read_cases(d.csv, d.group_by, "group_by"))
-            except FairalError as err:
-                raise FairalError(f"{study.source}, dataset {d.name}: {err}") from None
+        try:
+            if not check_made_dataset(out, d, study.profile_for(profile, d, None, cli)) and d.kind == "csv":
+                check_cohort_files(d)
+        except FairalError as err:
+            raise FairalError(f"{study.source}, dataset {d.name}: {err}") from None
 
 
 def lockstep_groups(runs: list[Task], pack_size: int) -> list[list[Task]]:

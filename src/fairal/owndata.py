@@ -176,10 +176,17 @@ def check_label_value(value: float | None, what: str = "--label-value") -> float
     return value
 
 
-def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_value: float | None = None) -> Grid:
+#: How the messages of :func:`structure_grid` name its settings: ``fairal query``'s options.
+QUERY_KEYS = {"spacing": "--spacing", "margin_mm": None, "label_value": "--label-value"}
+
+
+def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_value: float | None = None,
+                   keys: dict | None = None) -> Grid:
     """The common grid: RAS, ``spacing`` mm, around the union of the labeled structures' world bounding boxes,
-    widened by ``margin_mm`` on every side."""
-    check_spacing(spacing)
+    widened by ``margin_mm`` on every side. ``keys``: how messages name the settings (:data:`QUERY_KEYS`; a
+    study file's keys there)."""
+    keys = keys or QUERY_KEYS
+    check_spacing(spacing, keys["spacing"])
     lo, hi, absent = np.full(3, np.inf), np.full(3, -np.inf), []
     labeled = cases[cases["labeled"]]
     if labeled.empty:
@@ -195,24 +202,28 @@ def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_
                             for b in (idx[:, 1].min(), idx[:, 1].max()) for c in (idx[:, 2].min(), idx[:, 2].max())])
         world = nib.affines.apply_affine(lab.affine, corners)
         lo, hi = np.minimum(lo, world.min(0)), np.maximum(hi, world.max(0))
-    _refuse_absent_value(absent, len(labeled), label_value)
+    _refuse_absent_value(absent, len(labeled), label_value, keys["label_value"])
     if not np.all(np.isfinite(lo)):
         raise FairalError(f"every label map of the {len(labeled)} labeled cases is empty (no voxel is 1): no "
                           "structure to place the analysis grid around")
     lo, hi = lo - margin_mm, hi + margin_mm
     shape = tuple(int(math.ceil((b - a) / spacing)) + 1 for a, b in zip(lo, hi, strict=True))
-    check_voxels(shape, f"the analysis grid at --spacing {spacing:g} mm", "; choose a larger --spacing")
+    at, margin = f"{keys['spacing']} {spacing:g} mm", keys["margin_mm"]
+    at += f" and {margin} {margin_mm:g} mm" if margin else ""
+    check_voxels(shape, f"the analysis grid at {at}", f"; choose a larger {keys['spacing']}"
+                 + (f" or a smaller {margin}" if margin else ""))
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = lo
     return Grid(shape, affine)  # type: ignore[arg-type]
 
 
-def _refuse_absent_value(absent: list[str], n_maps: int, label_value: float | None) -> None:
-    """With ``--label-value``, every labeled case's map must hold the structure: a map without it would be taken
-    for an empty segmentation (a Dice of 1 for an empty prediction) and skew the group weights."""
+def _refuse_absent_value(absent: list[str], n_maps: int, label_value: float | None,
+                         key: str = "--label-value") -> None:
+    """With ``--label-value`` (``key``), every labeled case's map must hold the structure: a map without it would
+    be taken for an empty segmentation (a Dice of 1 for an empty prediction) and skew the group weights."""
     if absent and label_value is not None:
         more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
-        raise FairalError(f"--label-value {label_value:g} is absent from {len(absent)} of {n_maps} label maps: "
+        raise FairalError(f"{key} {label_value:g} is absent from {len(absent)} of {n_maps} label maps: "
                           f"{', '.join(absent[:5])}{more}; check the value, or leave those cases' label empty")
 
 
@@ -239,6 +250,25 @@ def _coverage(img: nib.Nifti1Image, grid: Grid) -> float:
     return float(inside.mean())
 
 
+def _image_on(grid: Grid, img_path: str, case: str) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """A case's image and its voxels, read in full and checked (finite, not blank) and covering ``grid``."""
+    img = _load(img_path, case, "image")
+    data = image_data(img, "image", img_path, case)
+    cover = _coverage(img, grid)
+    if cover < MIN_COVERAGE:
+        raise FairalError(f"case {case}: image {img_path} covers only {cover:.0%} of the analysis region; are "
+                          "all images in one world space (e.g. registered to one template)?")
+    return img, data
+
+
+def check_images(cases: pd.DataFrame, grid: Grid, threads: int = 2) -> None:
+    """Every case's image read and checked as :func:`load_cases` reads it, without resampling or keeping it: a
+    cohort's truncated, NaN or misplaced image refused before anything is written."""
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        list(pool.map(lambda i: _image_on(grid, cases["image_path"].iloc[i], cases["case_id"].iloc[i]),
+                      range(len(cases))))
+
+
 def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2, label_value: float | None = None) -> VolumeSet:
     """Every case resampled onto ``grid``: images normalised as for the simulated data, labels binary (zeros for
     unlabeled cases). ``splits`` holds ``labeled``/``unlabeled``; ``groups`` the group names (``None`` unknown);
@@ -247,12 +277,7 @@ def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2, label_value: f
 
     def one(i: int) -> tuple[torch.Tensor, torch.Tensor, str | None]:
         case, img_path, lab_path = ids[i], cases["image_path"].iloc[i], cases["label_path"].iloc[i]
-        img = _load(img_path, case, "image")
-        data = image_data(img, "image", img_path, case)
-        cover = _coverage(img, grid)
-        if cover < MIN_COVERAGE:
-            raise FairalError(f"case {case}: image {img_path} covers only {cover:.0%} of the analysis region; are "
-                              "all images in one world space (e.g. registered to one template)?")
+        img, data = _image_on(grid, img_path, case)
         target = (grid.shape, grid.affine)
         res = resample_from_to(nib.Nifti1Image(data, img.affine), target, order=1, mode="constant", cval=0.0)
         image = normalise_intensity(np.asarray(res.dataobj, dtype=np.float32))

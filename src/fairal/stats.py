@@ -90,6 +90,11 @@ def smallest_sign_flip_p(n: int) -> float:
     return 2.0 / 2 ** n if n <= EXACT_MAX_N else 1.0 / (MONTE_CARLO_PATTERNS + 1)
 
 
+#: Fewer units (seeds) than this get no verdict at all, not even ``equivalent``: one run is an anecdote, two give no
+#: usable interval (docs/analysis-plan.md; :func:`fairal.study.seed_rule` says it with the Holm floor below).
+MIN_SEEDS_FOR_A_VERDICT = 3
+
+
 def seeds_for_a_verdict(comparisons: int, alpha: float = 0.05) -> int | None:
     """The fewest units (seeds) with which one of ``comparisons`` tests under Holm's correction can reach
     ``p < alpha``: Holm's first step multiplies the smallest p by the family's size. None where no number can

@@ -103,7 +103,7 @@ class Study:
     overrides: dict = field(default_factory=dict)
     baselines: bool = False
     description: str = ""
-    plugins: tuple[str, ...] = ()  # loaded when the file is read (files: absolute paths)
+    plugins: tuple[str, ...] = ()  # loaded when the file is read, last (files: absolute paths)
 
     def profile_for(self, base: Profile, dataset: DatasetSpec, arm: Arm | None, cli: dict) -> Profile:
         """The settings of one dataset's runs of ``arm`` (None: its baselines): the profile, then the study's,
@@ -223,15 +223,15 @@ def _strategy(where: str, name: str) -> None:
 
 
 def _arm(where: str, item) -> Arm:
+    """An arm of the study file; its strategy name is parsed once the file's plugins are loaded
+    (:func:`_load_plugins`), which may register it."""
     if isinstance(item, str):
-        _strategy(where, item)
         return Arm(item, item)
     _typed(where, "each strategy", item, dict, "a strategy name or a table {name, strategy, groups_known, set}")
     _unknown(where, item, ARM_KEYS)
     if "strategy" not in item:
         raise _fail(where, f"the strategy table {item!r} lacks the key 'strategy'")
     strategy = _typed(where, "strategy", item["strategy"], str, "a strategy name")
-    _strategy(where, strategy)
     name = _typed(where, "name", item.get("name", strategy), str, "a name")
     _folder_name(where, "strategy", name)
     overrides = _settings(f"{where}, strategy {name}", item.get("set", {}))
@@ -391,7 +391,7 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
     """A :class:`Study` from a parsed study file (``where`` names it in messages; ``base``: the folder that
     relative file names are read from)."""
     _unknown(where, data, TOP_KEYS)
-    plugins = _plugins(where, data.get("plugins", []), base)
+    plugins = _plugin_specs(where, data.get("plugins", []), base)  # loaded once the rest is checked
     if "datasets" not in data or not isinstance(data["datasets"], dict) or not data["datasets"]:
         raise _fail(where, "the study names no dataset: add a [datasets.NAME] table")
     datasets = expand_ladders(where, tuple(_dataset(where, n, t, base) for n, t in data["datasets"].items()))
@@ -438,11 +438,11 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
         raise _fail(where, f"the reference {reference!r} is not one of the study's strategies "
                     f"({', '.join(a.name for a in arms)})")
     name = _typed(where, "name", data.get("name", Path(where).stem), str, "a name")
-    return Study(name, where, text, datasets, profile=profile, seeds=seeds, arms=arms, inits=inits,
-                 reference=reference, overrides=_settings(where, data.get("set", {})),
-                 baselines=_typed(where, "baselines", data.get("baselines", False), bool, "true or false"),
-                 description=_typed(where, "description", data.get("description", ""), str, "text"),
-                 plugins=plugins)
+    study = Study(name, where, text, datasets, profile=profile, seeds=seeds, arms=arms, inits=inits,
+                  reference=reference, overrides=_settings(where, data.get("set", {})),
+                  baselines=_typed(where, "baselines", data.get("baselines", False), bool, "true or false"),
+                  description=_typed(where, "description", data.get("description", ""), str, "text"))
+    return dataclasses.replace(study, plugins=_load_plugins(where, plugins, arms))  # every other key checked
 
 
 def rung_name(name: str, gap: float) -> str:
@@ -482,19 +482,56 @@ def expand_ladders(where: str, datasets: tuple[DatasetSpec, ...]) -> tuple[Datas
                                                          and m.calibration), {})) if d.ladder else d for d in out)
 
 
-def _plugins(where: str, items, base: Path) -> tuple[str, ...]:
-    """The study's plugins (``.py`` files relative to the study file, or module names), loaded now, so that the
-    strategies and metrics they register are known when the rest of the file is checked."""
-    from fairal.plugins import load_all
-
+def _plugin_specs(where: str, items, base: Path) -> list[str]:
+    """The study's plugins (``.py`` files relative to the study file, or module names), not loaded yet: a plugin
+    is code, run only once the rest of the file is checked (:func:`_load_plugins`)."""
     items = [items] if isinstance(items, str) else items
     if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
         raise _fail(where, f"plugins must be a list of .py files or module names, got {items!r}")
-    specs = [str((base / p).resolve()) if p.endswith(".py") or "/" in p else p for p in items]
+    return [str((base / p).resolve()) if p.endswith(".py") or "/" in p else p for p in items]
+
+
+def _load_plugins(where: str, specs: list[str], arms: tuple[Arm, ...] | None) -> tuple[str, ...]:
+    """Load the study's plugins, the last step of reading the file, then parse the arms' strategy names (a
+    plugin may register them); the plugins' keys."""
+    from fairal.plugins import load_all
+
     try:
-        return tuple(load_all(specs))
+        keys = tuple(load_all(specs))
     except FairalError as err:
         raise _fail(where, str(err)) from None
+    for arm in arms or ():
+        _strategy(where, arm.strategy)
+    return keys
+
+
+def study_identity(record: dict) -> dict:
+    """What makes a results folder one study's: its name and its datasets' definitions (name, kind, simulate
+    options, CSV, folder, groups, grid), from a ``study.json``'s ``study`` or :meth:`Study.as_dict`. Not its seeds,
+    strategies or initial sets (the same study goes on with more or fewer) nor the datasets' settings (each run's
+    records are checked against its own)."""
+    import json
+
+    datasets = {str(d.get("name")): {k: v for k, v in d.items() if k not in ("name", "overrides")}
+                for d in record.get("datasets") or [] if isinstance(d, dict)}
+    return json.loads(json.dumps({"name": record.get("name"), "datasets": datasets}, default=str))
+
+
+def other_study(held: dict, study: Study) -> str:
+    """How the study recorded in a results folder (``held``: its ``study.json``'s ``study``) differs from
+    ``study`` by :func:`study_identity`, in words ("" where it is this study). A key only one of them records (a
+    dataset key added to fairal since) does not count."""
+    theirs, mine = study_identity(held), study_identity(study.as_dict())
+    if theirs["name"] != mine["name"]:
+        return f"its name is {theirs['name']!r}, not {mine['name']!r}"
+    if set(theirs["datasets"]) != set(mine["datasets"]):
+        return f"its datasets are {', '.join(theirs['datasets'])}, not {', '.join(mine['datasets'])}"
+    for name, d in mine["datasets"].items():
+        t = theirs["datasets"][name]
+        diff = [k for k in d if k in t and d[k] != t[k]]
+        if diff:
+            return f"its dataset {name} has {diff[0]} = {t[diff[0]]!r}, not {d[diff[0]]!r}"
+    return ""
 
 
 def load_study(source: str | Path) -> Study:
@@ -616,29 +653,50 @@ def study_seeds(study: Study, profile: Profile, seeds: int | None) -> int:
     return seeds if seeds is not None else study.seeds or profile.seeds
 
 
-def seeds_warning(study: Study, profile: Profile, seeds: int, alpha: float = 0.05) -> str:
-    """Why a study's seeds cannot give a ``confirmed`` or ``refuted`` verdict under docs/analysis-plan.md's rule
-    ("" when they can): the exact sign-flip test's smallest two-sided p with ``seeds`` units, times the size of
-    the report's primary family (Holm: per dataset, the reference against each other arm), is not below
-    ``alpha``; only ``equivalent`` can then be reached."""
-    from fairal.stats import seeds_for_a_verdict, smallest_sign_flip_p
+def primary_family(n_datasets: int, n_arms: int) -> int:
+    """The size of a study report's primary family (Holm: per dataset, the reference against each other arm)."""
+    return max(n_datasets, 1) * max(n_arms - 1, 1)
 
-    k = len(study.datasets) * max(len(study.resolved_arms(profile)) - 1, 1)
-    floor = smallest_sign_flip_p(seeds)
-    if floor * k < alpha:
+
+def seeds_warning(study: Study, profile: Profile, seeds: int, alpha: float = 0.05) -> str:
+    """Why a study's seeds cannot give every verdict under docs/analysis-plan.md's rule ("" when they can), in
+    the words of the study report (:func:`seed_rule`)."""
+    from fairal.stats import smallest_sign_flip_p
+
+    k = primary_family(len(study.datasets), len(study.resolved_arms(profile)))
+    if smallest_sign_flip_p(seeds) * k < alpha:
         return ""
+    return seed_rule(seeds, k, alpha) + " (--seeds, or seeds in the study file)"
+
+
+def seed_rule(seeds: int, comparisons: int, alpha: float = 0.05) -> str:
+    """The one rule of how many seeds a verdict needs, for the start-up warning and the study report alike: what
+    ``seeds`` seeds can give over the ``comparisons`` of the primary family (the exact sign-flip test's smallest
+    two-sided p, times the family's size after Holm), then :func:`seeds_needed`."""
+    from fairal.stats import MIN_SEEDS_FOR_A_VERDICT, seeds_for_a_verdict, smallest_sign_flip_p
+
+    floor = smallest_sign_flip_p(seeds)
     exact = f" (2/2^{seeds})" if floor > 1e-5 else ""
-    return (f"{seeds} seed(s) cannot give a verdict of superiority: the exact sign-flip test's smallest two-sided "
-            f"p is {floor:.3g}{exact}, {min(floor * k, 1.0):.3g} after Holm over the {k} comparisons of "
-            f"the primary family, not below {alpha:g}; the report can then only find arms equivalent. "
-            + seeds_needed(seeds_for_a_verdict(k, alpha)) + " (--seeds, or seeds in the study file)")
+    p = (f"the exact sign-flip test's smallest two-sided p is {floor:.3g}{exact}, {min(floor * comparisons, 1.0):.3g} "
+         f"after Holm over the {comparisons} comparison(s) of the primary family")
+    if seeds < MIN_SEEDS_FOR_A_VERDICT:
+        said = f"{seeds} seed(s) give no verdict, the comparisons are descriptive ({p})."
+    elif floor * comparisons >= alpha:
+        said = (f"{seeds} seed(s) cannot give a verdict of superiority: {p}, not below {alpha:g}; only equivalence "
+                "can be found, whatever the runs show.")
+    else:
+        said = f"With {seeds} seeds {p}, below {alpha:g}: a comparison can be confirmed or refuted."
+    return f"{said} {seeds_needed(seeds_for_a_verdict(comparisons, alpha))}"
 
 
 def seeds_needed(n: int | None) -> str:
-    """What :func:`fairal.stats.seeds_for_a_verdict` found, in words (the warning's and the report's)."""
+    """What :func:`fairal.stats.seeds_for_a_verdict` found (``n``), with the minimum of any verdict, in words."""
+    from fairal.stats import MIN_SEEDS_FOR_A_VERDICT as least
+
     if n is None:
-        return "No number of seeds can: the family is too large for the test (fewer datasets or arms)."
-    return f"{n} seeds can reach a verdict."
+        return (f"A verdict needs at least {least} seeds (equivalent); no number of seeds can confirm or refute a "
+                "comparison of a family this large (fewer datasets or arms).")
+    return f"A verdict needs at least {least} seeds (equivalent), confirmed or refuted at least {max(n, least)}."
 
 
 # --- a lab's labeled cohort as a dataset --------------------------------------------------------------------
@@ -651,6 +709,22 @@ def cohort_settings(spec: DatasetSpec, profile: Profile) -> dict:
     return {"csv": str(spec.csv.resolve()), "csv_sha256": hashlib.sha256(spec.csv.read_bytes()).hexdigest(),
             "group_by": list(spec.group_by), "spacing": spec.spacing, "margin_mm": spec.margin_mm,
             "label_value": spec.label_value, "seed": spec.seed, "test_per_group": profile.test_per_group}
+
+
+#: How the messages about a CSV dataset's grid name its settings: the study file's keys.
+COHORT_KEYS = {"spacing": "spacing", "margin_mm": "margin_mm", "label_value": "label_value"}
+
+
+def check_cohort_files(spec: DatasetSpec) -> None:
+    """A CSV cohort's files as its dataset will read them, before anything is written: every header (a label on
+    its image's grid), the grid around the labeled structures (``spacing``, ``margin_mm``, ``label_value``), and
+    every image read in full (not truncated, finite, not blank) and covering that grid. Its images are read twice,
+    here and when the dataset is made, so that no refusal comes after the study has written."""
+    from fairal.owndata import check_headers, check_images, read_cases, structure_grid
+
+    cases = read_cases(spec.csv, spec.group_by, "group_by")
+    check_headers(cases)
+    check_images(cases, structure_grid(cases, spec.spacing, spec.margin_mm, spec.label_value, COHORT_KEYS))
 
 
 def cohort_splits(cases, spec: DatasetSpec, per_group: int) -> list[str]:
@@ -702,7 +776,7 @@ def ensure_cohort(spec: DatasetSpec, path: Path, profile: Profile) -> Path:
         raise FairalError(f"dataset {spec.name}: {err}") from None
     cases = read_cases(spec.csv, spec.group_by)
     splits = cohort_splits(cases, spec, profile.test_per_group)
-    grid = structure_grid(cases, spec.spacing, spec.margin_mm, spec.label_value)
+    grid = structure_grid(cases, spec.spacing, spec.margin_mm, spec.label_value, COHORT_KEYS)
     vol = load_cases(cases, grid, label_value=spec.label_value)
     pool = [i for i, s in enumerate(splits) if s == "pool"]
     with publish_folder(path, "dataset") as tmp:

@@ -382,10 +382,20 @@ def _evaluation_sections(results: Results, out: Path, profile: dict, n_seeds: in
             *_table1_section(t1, profile, heading=name, stem="table1_baselines_eval")]
 
 
+#: Profiles whose records are a pipeline check, not evidence: every report says so in its banner.
+PIPELINE_CHECKS = ("smoke", "quick")
+
+
+def banner(profile: str) -> list[str]:
+    """The banner of a report on records of a pipeline-check profile (:data:`PIPELINE_CHECKS`), the one rule of the
+    paper's report and a study's; nothing for another profile."""
+    return [BANNER.format(profile=html.escape(profile))] if profile in PIPELINE_CHECKS else []
+
+
 def _overview(folder: Path, results: Results, profile: dict, n_seeds: int) -> list[str]:
     """The banner of a pipeline-check profile, what the folder holds, and which runs are missing or left out."""
     name = str(profile.get("name", "unknown"))
-    parts = [BANNER.format(profile=html.escape(name))] if name in ("smoke", "quick") else []
+    parts = banner(name)
     parts.append(f"<p>Results: <code>{html.escape(str(folder.resolve()))}</code>. {len(results.finished)} finished "
                  f"active-learning run{_plural(len(results.finished))} of {len(results.expected)} "
                  f"expected, {n_seeds} seed{_plural(n_seeds)} per run. Profile "

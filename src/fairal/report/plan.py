@@ -16,6 +16,7 @@ import pandas as pd
 from fairal.report.claims import CLAIM_COLUMNS, ENTROPY, LE, PAPER_REDUCTION, RANDOM, WLE, run_summary
 from fairal.report.records import RUN_KEYS, split_cases
 from fairal.stats import (
+    MIN_SEEDS_FOR_A_VERDICT,
     Estimate,
     conjunction_verdict_v2,
     holm,
@@ -440,8 +441,9 @@ def table1_parts(m: Measure) -> list[Part]:
     return parts
 
 
-#: Fewer seeds than this: no verdict (one run is an anecdote, two give no usable interval).
-MIN_SEEDS_FOR_CLAIMS = 3
+#: Fewer seeds than this: no verdict (one run is an anecdote, two give no usable interval); the one rule of
+#: :mod:`fairal.stats`, which the start-up warning and the study report also say (:func:`fairal.study.seed_rule`).
+MIN_SEEDS_FOR_CLAIMS = MIN_SEEDS_FOR_A_VERDICT
 
 
 def verdict_rows(parts: list[Part], factor: float = 1.0) -> list[dict]:

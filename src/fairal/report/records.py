@@ -373,6 +373,49 @@ def final_table(results: Results) -> pd.DataFrame:
     return table.sort_values(["_d", "_i", "_s"]).drop(columns=["_d", "_i", "_s"]).reset_index(drop=True)
 
 
+def dataset_splits(results: Results) -> dict[str, str]:
+    """Each dataset's primary split, in the report's order: ``eval`` where its runs were measured on an
+    evaluation split (docs/analysis-plan.md's primary endpoint), else ``test`` (a lab's cohort has none)."""
+    r = results.rounds
+    if r.empty:
+        return {}
+    evaluated = r["eval_essp"].notna() if "eval_essp" in r.columns else pd.Series(False, index=r.index)
+    return {d: "eval" if evaluated[r["dataset"] == d].any() else "test"
+            for d in ordered(set(r["dataset"]), DATASET_ORDER)}
+
+
+def of_datasets(results: Results, datasets) -> Results:
+    """``results`` cut to the runs, baselines and cases of ``datasets``."""
+    keep = set(datasets)
+
+    def cut(table: pd.DataFrame | None) -> pd.DataFrame | None:
+        if table is None or table.empty or "dataset" not in table.columns:
+            return table
+        return table[table["dataset"].isin(keep)]
+
+    return replace(results, rounds=cut(results.rounds), baselines=cut(results.baselines), cases=cut(results.cases),
+                   round_cases=cut(results.round_cases), baseline_cases=cut(results.baseline_cases),
+                   finished={k for k in results.finished if k[0] in keep},
+                   expected=[k for k in results.expected if k[0] in keep])
+
+
+def on_split(results: Results, split: str) -> Results:
+    """The records as ``split`` measures them (``eval``: :func:`on_evaluation_split`)."""
+    return (on_evaluation_split(results) or results) if split == "eval" else results
+
+
+def primary_final_table(results: Results) -> pd.DataFrame:
+    """:func:`final_table` with each dataset on its primary split (:func:`dataset_splits`), named in the column
+    ``split`` after ``dataset``: the table the end of ``fairal study`` prints, on the split of the report's first."""
+    tables = []
+    for d, split in dataset_splits(results).items():
+        t = final_table(on_split(of_datasets(results, [d]), split))
+        if not t.empty:
+            t.insert(1, "split", split)
+            tables.append(t)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
 def seed_band(values: np.ndarray, bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float, float]:
     """Mean and 95% Student-t interval of the mean across seeds (:func:`fairal.stats.mean_ci`), clipped to the
     measure's ``bounds``; one seed has no interval (NaN bounds: no band is drawn)."""

@@ -23,24 +23,34 @@ import pandas as pd  # noqa: E402
 
 from fairal.io import within, write_csv, write_text  # noqa: E402
 from fairal.metrics import bounds  # noqa: E402
-from fairal.report.build import HEAD, html_table, settings_section, table1  # noqa: E402
+from fairal.report.build import HEAD, banner, html_table, settings_section, table1  # noqa: E402
 from fairal.report.figures import colours_for, label, literal  # noqa: E402
 from fairal.report.plan import (  # noqa: E402
     AL_ON,
     MARGINS,
-    MIN_SEEDS_FOR_CLAIMS,
     Analysis,
     Part,
     al_measure,
     match,
     verdict_rows,
 )
-from fairal.report.records import Results, curves, finished_rounds, on_evaluation_split, ordered  # noqa: E402
+from fairal.report.records import (  # noqa: E402
+    Results,
+    curves,
+    dataset_splits,
+    finished_rounds,
+    of_datasets,
+    on_evaluation_split,
+    on_split,
+    ordered,
+)
 from fairal.stats import mean_ci  # noqa: E402
+from fairal.study import primary_family  # noqa: E402
 
 MEASURES = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice", "essp_auc": "ESSP AUC"}
-PAIRED_COLUMNS = ["id", "dataset", "init", "family", "statistic", "metric", "value", "ci_low", "ci_high", "p_value",
-                  "p_holm", "margin", "p_tost", "p_tost_holm", "within_margin", "n", "verdict"]
+SPLIT_NAMES = {"eval": "evaluation split", "test": "test split"}
+PAIRED_COLUMNS = ["id", "dataset", "split", "init", "family", "statistic", "metric", "value", "ci_low", "ci_high",
+                  "p_value", "p_holm", "margin", "p_tost", "p_tost_holm", "within_margin", "n", "verdict"]
 
 
 def study_info(folder: Path) -> dict | None:
@@ -54,9 +64,18 @@ def study_info(folder: Path) -> dict | None:
         return None
 
 
-def split_of(results: Results) -> str:
-    r = results.rounds
-    return "eval" if "eval_essp" in r.columns and r["eval_essp"].notna().any() else "test"
+def per_split(results: Results, splits: dict[str, str], table) -> pd.DataFrame:
+    """``table(records, split)`` of each dataset on its own split (``splits``: :func:`dataset_splits`), the split
+    named in the column ``split`` after ``dataset``, the datasets in ``splits``' order."""
+    parts = []
+    for d, split in splits.items():
+        t = table(of_datasets(results, [d]), split)
+        if not t.empty:
+            parts.append(t.assign(split=split))
+    if not parts:
+        return pd.DataFrame()
+    t = pd.concat(parts, ignore_index=True)
+    return t[["dataset", "split", *[c for c in t.columns if c not in ("dataset", "split")]]]
 
 
 def summary_table(results: Results, split: str) -> pd.DataFrame:
@@ -125,67 +144,73 @@ def _statistic(metric: str, a: str, b: str) -> str:
     return f"{MEASURES[metric]}: {a} - {b}"
 
 
-def paired_table(results: Results, reference: str, split: str) -> pd.DataFrame:
-    """``study_paired.csv``: every comparison of :func:`paired_parts` with its verdict."""
+def paired_table(results: Results, reference: str, split: str | dict[str, str]) -> pd.DataFrame:
+    """``study_paired.csv``: every comparison of :func:`paired_parts` with its verdict, each dataset measured on
+    its split (``split``: one for all, or each dataset's, :func:`fairal.report.records.dataset_splits`); Holm's
+    correction within each family over all the datasets."""
     rounds = finished_rounds(results)
     if rounds.empty or reference not in set(rounds["strategy"]):
         return pd.DataFrame(columns=PAIRED_COLUMNS)
-    m = al_measure(rounds, results.cases, results.round_cases, split)
-    others = [s for s in ordered(set(m.runs["strategy"]), []) if s != reference]
-    a = Analysis(m, split, seed=0)
-    parts = [a.run(p, two_level_ci=split == "test") for p in paired_parts(m, reference, others)]
+    splits = split if isinstance(split, dict) else dict.fromkeys(ordered(set(rounds["dataset"]), []), split)
+    parts = []
+    for s in dict.fromkeys(splits.values()):  # one analysis per split, over its datasets
+        sub = of_datasets(results, [d for d, x in splits.items() if x == s])
+        m = al_measure(finished_rounds(sub), sub.cases, sub.round_cases, s)
+        others = [x for x in ordered(set(m.runs["strategy"]), []) if x != reference]
+        a = Analysis(m, s, seed=0)
+        parts += [a.run(p, two_level_ci=s == "test") for p in paired_parts(m, reference, others)]
     rows = verdict_rows(parts)  # grouped by family: matched to their parts by id
     by_id = {p.id: p for p in parts}
     for r in rows:
         p = by_id[r["id"]]
         dataset, scope, _ = p.id.split(":")
-        r.update({"dataset": dataset, "init": "pooled" if p.family != "scenario" else scope, "metric": p.metric})
+        r.update({"dataset": dataset, "split": splits[dataset], "metric": p.metric,
+                  "init": "pooled" if p.family != "scenario" else scope})
     return pd.DataFrame(rows)[PAIRED_COLUMNS] if rows else pd.DataFrame(columns=PAIRED_COLUMNS)
 
 
-def study_figures(results: Results, out: Path, split: str = "test") -> list[Path]:
+def study_figures(results: Results, out: Path, split: str | dict[str, str] = "test") -> list[Path]:
     """One figure per dataset: rows = initial sets, columns = ESSP, Δ, Dice and the labeled set's group shares,
     per round, mean over seeds with the band of :func:`fairal.report.records.curves`; the measures on ``split``
-    (``"eval"``: the evaluation split, as the study's tables; said in the figure's title)."""
-    if split == "eval":
-        results = on_evaluation_split(results) or results
+    (``"eval"``: the evaluation split, as the study's tables; or each dataset's, a dict; said in the title)."""
+    datasets = ordered(set(results.rounds["dataset"]), [])
+    splits = split if isinstance(split, dict) else dict.fromkeys(datasets, split)
+    names = _file_names(datasets)
+    return [_dataset_figure(on_split(of_datasets(results, [d]), splits.get(d, "test")), d, splits.get(d, "test"),
+                            within(out, f"study_{names[d]}.png")) for d in datasets]
+
+
+def _dataset_figure(results: Results, d: str, split: str, path: Path) -> Path:
+    """:func:`study_figures`' figure of the dataset ``d`` (``results``: its records on ``split``) into ``path``."""
     r = results.rounds
-    paths = []
     metrics = [m for m in ("essp", "delta", "dice_all") if m in r.columns]
     share_cols = [c for c in r.columns if c.startswith("n_labeled_g")]
     tables = {m: curves(results, m) for m in metrics}
-    datasets = ordered(set(r["dataset"]), [])
-    names = _file_names(datasets)
-    for d in datasets:
-        inits = ordered(set(r.loc[r["dataset"] == d, "init"]), [])
-        strategies = ordered(set(r.loc[r["dataset"] == d, "strategy"]), [])
-        colours = colours_for(strategies)
-        ncol = len(metrics) + (1 if share_cols else 0)
-        fig, axes = plt.subplots(len(inits), ncol, figsize=(3.6 * ncol, 2.9 * len(inits)), squeeze=False)
-        for row, init in enumerate(inits):
-            for col, metric in enumerate(metrics):
-                ax = axes[row, col]
-                t = tables[metric]
-                for s in strategies:
-                    c = t[(t["dataset"] == d) & (t["init"] == init) & (t["strategy"] == s)].sort_values("n_labeled")
-                    ax.plot(c["n_labeled"], c["mean"], color=colours[s], label=label(s), lw=1.6)
-                    ax.fill_between(c["n_labeled"], c["lo"], c["hi"], color=colours[s], alpha=0.15, lw=0)
-                ax.set_title(literal(f"{d}, {init}: {MEASURES.get(metric, metric).replace('final ', '')}"),
-                             fontsize=10)
-            if share_cols:
-                _share_panel(axes[row, -1], r[(r["dataset"] == d) & (r["init"] == init)], colours, share_cols)
-        for ax in axes[-1]:
-            ax.set_xlabel("labeled images")
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
-        fig.suptitle(literal(f"{d}: measured on the {'evaluation' if split == 'eval' else 'test'} split; mean "
-                             "over seeds, band = 95% CI of the mean"), fontsize=11)
-        fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 1))
-        path = within(out, f"study_{names[d]}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    inits, strategies = ordered(set(r["init"]), []), ordered(set(r["strategy"]), [])
+    colours = colours_for(strategies)
+    ncol = len(metrics) + (1 if share_cols else 0)
+    fig, axes = plt.subplots(len(inits), ncol, figsize=(3.6 * ncol, 2.9 * len(inits)), squeeze=False)
+    for row, init in enumerate(inits):
+        for col, metric in enumerate(metrics):
+            ax = axes[row, col]
+            t = tables[metric]
+            for s in strategies:
+                c = t[(t["init"] == init) & (t["strategy"] == s)].sort_values("n_labeled")
+                ax.plot(c["n_labeled"], c["mean"], color=colours[s], label=label(s), lw=1.6)
+                ax.fill_between(c["n_labeled"], c["lo"], c["hi"], color=colours[s], alpha=0.15, lw=0)
+            ax.set_title(literal(f"{d}, {init}: {MEASURES.get(metric, metric).replace('final ', '')}"), fontsize=10)
+        if share_cols:
+            _share_panel(axes[row, -1], r[r["init"] == init], colours, share_cols)
+    for ax in axes[-1]:
+        ax.set_xlabel("labeled images")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    fig.suptitle(literal(f"{d}: measured on the {SPLIT_NAMES[split]}; mean over seeds, band = 95% CI of the mean"),
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _share_panel(ax, rounds: pd.DataFrame, colours: dict[str, str], share_cols: list[str]) -> None:
@@ -214,18 +239,26 @@ def _file_names(datasets: list[str]) -> dict[str, str]:
     return names
 
 
-def missing_runs(results: Results, info: dict) -> list[tuple[str, str, str, int]]:
-    """The runs of the study's plan (its ``study.json``: datasets x initial sets x strategies x seeds) that have
-    not finished; runs of other strategies that the records hold besides do not count."""
+def planned_runs(info: dict) -> list[tuple[str, str, str, int]]:
+    """The runs of the study's plan (its ``study.json``: datasets x initial sets x strategies x seeds)."""
     study, seeds = info.get("study", {}), info.get("seeds")
     if not seeds:
         return []
-    arms = study.get("arms")
+    return [(d["name"], i, s, n) for d in study.get("datasets", []) for i in study.get("inits", [])
+            for s in planned_arms(info) for n in range(int(seeds))]
+
+
+def planned_arms(info: dict) -> list[str]:
+    """The strategies (arm names) of the study's plan: its arms, else its profile's strategies."""
+    arms = info.get("study", {}).get("arms")
     names = [a["name"] for a in arms] if arms else info.get("profile", {}).get("strategies", [])
-    names = names.split(",") if isinstance(names, str) else list(names)
-    planned = [(d["name"], i, s, n) for d in study.get("datasets", []) for i in study.get("inits", [])
-               for s in names for n in range(int(seeds))]
-    return [k for k in planned if k not in results.finished]
+    return names.split(",") if isinstance(names, str) else list(names)
+
+
+def missing_runs(results: Results, info: dict) -> list[tuple[str, str, str, int]]:
+    """The runs of the study's plan that have not finished; runs of other strategies that the records hold
+    besides do not count."""
+    return [k for k in planned_runs(info) if k not in results.finished]
 
 
 def withheld_note(missing: list, info: dict) -> str:
@@ -239,35 +272,39 @@ def withheld_note(missing: list, info: dict) -> str:
 
 
 def build_study_report(folder: Path, out: Path, results: Results, info: dict) -> Path:
-    """``report.html`` of a study, with ``study_summary.csv``, ``study_paired.csv`` and a figure per dataset.
-    While runs of the study's plan are missing, ``study_paired.csv`` has its columns only and the report says
-    why (:func:`withheld_note`)."""
+    """``report.html`` of a study, with ``study_summary.csv``, ``study_paired.csv`` and a figure per dataset, each
+    dataset measured on its primary split (the evaluation split where it has one, else the test split: a lab's
+    cohort), named in the tables' column ``split``. While runs of the study's plan are missing,
+    ``study_paired.csv`` has its columns only and the report says why (:func:`withheld_note`)."""
     study = info.get("study", {})
     reference = study.get("reference", "weighted-localized-entropy")
-    split = split_of(results)
-    summary = summary_table(results, split) if not results.rounds.empty else pd.DataFrame()
+    found = dataset_splits(results)
+    splits = {d: found[d] for d in ordered(set(found), [d["name"] for d in study.get("datasets", [])])}
+    summary = per_split(results, splits, summary_table)
     withheld = withheld_note(missing_runs(results, info), info)
-    paired = (paired_table(results, reference, split) if not results.rounds.empty and not withheld
+    paired = (paired_table(results, reference, splits) if not results.rounds.empty and not withheld
               else pd.DataFrame(columns=PAIRED_COLUMNS))
     write_csv(within(out, "study_summary.csv"), summary)
     write_csv(within(out, "study_paired.csv"), paired)
-    baselines = baseline_table(results, split)
+    baselines = per_split(results, splits, baseline_table)
     if not baselines.empty:
         write_csv(within(out, "study_baselines.csv"), baselines)
-    figs = study_figures(results, out, split) if not results.rounds.empty else []
-    parts = [*HEAD, f"<h2>Study {html.escape(str(study.get('name', '')))}</h2>",
+    figs = study_figures(results, out, splits) if not results.rounds.empty else []
+    seeds = int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0
+    primary = int((paired["family"] == "pooled").sum()) if not paired.empty else 0
+    parts = [*HEAD, *banner(str(info.get("profile", {}).get("name", ""))),
+             f"<h2>Study {html.escape(str(study.get('name', '')))}</h2>",
              f"<p>{html.escape(str(study.get('description', '')))}</p>",
-             _counts(results, split), "<h2>Each strategy</h2>",
+             _counts(results, info, splits), "<h2>Each strategy</h2>",
              "<p>Mean over seeds and 95% t interval of the mean, clipped to the measure's range (Dice, ESSP and "
-             "shares in [0, 1], Δ &ge; 0); final = at the final budget.</p>",
+             "shares in [0, 1], Δ &ge; 0); final = at the final budget; split: where each dataset is measured.</p>",
              html_table(summary[[c for c in summary.columns if not c.endswith(("_ci_low", "_ci_high"))]],
                         best={"essp": "max", "delta": "min", "dice_all": "max", "essp_auc": "max"},
                         within=["dataset", "init"]),
-             *_baseline_section(baselines, split),
+             *_baseline_section(baselines),
              f"<h2>{html.escape(reference)} against each strategy</h2>",
              f"<p><b>{html.escape(withheld[:1].upper() + withheld[1:])}.</b></p>" if withheld else "",
-             _rule(int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0,
-                   int((paired["family"] == "pooled").sum()) if not paired.empty else 0),
+             _rule(seeds, primary or primary_family(len(study.get("datasets", [])), len(planned_arms(info)))),
              html_table(paired, digits=4)]
     for p in figs:
         parts.append(f"<h3>{html.escape(p.stem)}</h3>" + _figure(p))
@@ -278,45 +315,41 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
     return target
 
 
-def _baseline_section(baselines: pd.DataFrame, split: str) -> list[str]:
+def _baseline_section(baselines: pd.DataFrame) -> list[str]:
     if baselines.empty:
         return []
-    where = "the evaluation split" if split == "eval" else "the test split"
     return ["<h2>Baselines: one model per training cohort</h2>",
-            f"<p>Trained on all of the pool, Group 1 only or Group 2 only, measured on {where}; gap_g1_g2 = Group 1's "
-            "Dice − Group 2's (negative: Group 1 segmented worse). With one training seed a row is one model: an "
-            "anecdote, not an estimate.</p>", html_table(baselines, digits=4)]
+            "<p>Trained on all of the pool, Group 1 only or Group 2 only, measured on the split of the column "
+            "split; gap_g1_g2 = Group 1's Dice − Group 2's (negative: Group 1 segmented worse). With one training "
+            "seed a row is one model: an anecdote, not an estimate.</p>", html_table(baselines, digits=4)]
 
 
-def _counts(results: Results, split: str) -> str:
+def _counts(results: Results, info: dict, splits: dict[str, str]) -> str:
+    """How many runs of the study's own plan have finished, its seeds, and the split each dataset is measured
+    on."""
+    planned = planned_runs(info)
+    done = [k for k in planned if k in results.finished] if planned else list(results.finished)
+    expected = len(planned) if planned else len(results.expected)
+    extra = len(results.finished) - len(done)
     seeds = int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0
-    where = "the evaluation split" if split == "eval" else "the test split"
-    return (f"<p>{len(results.finished)} finished runs of {len(results.expected)} expected, {seeds} seed(s); "
-            f"measured on {where}.</p>")
+    where = "; ".join(f"{html.escape(d)}: the {SPLIT_NAMES[s]}" + (" (it has no evaluation split)" if s == "test"
+                                                                    else "") for d, s in splits.items())
+    return (f"<p>{len(done)} finished runs of {expected} expected (the study's plan), {seeds} seed(s)"
+            + (f"; {extra} finished run(s) beyond the plan are in the records (not counted)" if extra > 0 else "")
+            + (f". Measured per dataset on {where}.</p>" if where else ".</p>"))
 
 
-def _rule(seeds: int, primary: int = 0) -> str:
-    """The rule of the paired table; with ``primary`` comparisons in the primary family, the smallest p the
-    seeds allow and, where it cannot reach 0.05 after Holm, that no superiority verdict is possible."""
-    from fairal.stats import seeds_for_a_verdict, smallest_sign_flip_p
-    from fairal.study import seeds_needed
+def _rule(seeds: int, comparisons: int) -> str:
+    """The rule of the paired table, with what ``seeds`` seeds can give over the ``comparisons`` of the primary
+    family (pooled final ESSP) in the words of the start-up warning (:func:`fairal.study.seed_rule`)."""
+    from fairal.study import seed_rule
 
     margins = ", ".join(f"{k} ±{v:g}" for k, v in MARGINS.items() if k in MEASURES)
-    few = (f"<p><b>{seeds} seed(s): no verdict.</b> A verdict needs at least {MIN_SEEDS_FOR_CLAIMS} seeds (one run "
-           "is an anecdote); the table is descriptive.</p>" if seeds < MIN_SEEDS_FOR_CLAIMS else "")
-    if seeds >= MIN_SEEDS_FOR_CLAIMS and primary:
-        floor = smallest_sign_flip_p(seeds)
-        few += (f"<p>With {seeds} seeds the exact sign-flip test's smallest two-sided p is {floor:.3g}; after Holm "
-                f"over the {primary} comparisons of the primary family (pooled final ESSP) at best "
-                f"{min(floor * primary, 1.0):.3g}.")
-        if floor * primary >= 0.05:
-            few += (f" <b>No comparison of that family can be confirmed or refuted with {seeds} seeds, whatever the "
-                    f"runs show; only equivalence can be found.</b> {seeds_needed(seeds_for_a_verdict(primary))}")
-        few += "</p>"
-    return few + ("<p>The seed is the unit (a pooled comparison: each seed's mean difference over the initial sets); "
-            "confirmed / refuted: the 95% CI on one side of 0 and a Holm-adjusted sign-flip p &lt; 0.05 within "
-            "the family; equivalent: Holm-adjusted TOST p &lt; 0.05 within the margin (" + html.escape(margins)
-            + "); 'within margin': a real difference smaller than the margin (docs/analysis-plan.md).</p>")
+    return (f"<p><b>{html.escape(seed_rule(seeds, comparisons))}</b></p>" if seeds else "") + (
+        "<p>The seed is the unit (a pooled comparison: each seed's mean difference over the initial sets); "
+        "confirmed / refuted: the 95% CI on one side of 0 and a Holm-adjusted sign-flip p &lt; 0.05 within "
+        "the family; equivalent: Holm-adjusted TOST p &lt; 0.05 within the margin (" + html.escape(margins)
+        + "); 'within margin': a real difference smaller than the margin (docs/analysis-plan.md).</p>")
 
 
 def _figure(path: Path) -> str:
