@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 from fairal.io import within, write_csv, write_text  # noqa: E402
 from fairal.metrics import bounds  # noqa: E402
 from fairal.report.build import HEAD, banner, html_table, settings_section, table1  # noqa: E402
+from fairal.report.dose import dose_section  # noqa: E402
 from fairal.report.figures import colours_for, label, literal  # noqa: E402
 from fairal.report.plan import (  # noqa: E402
     AL_ON,
@@ -308,6 +309,8 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
              html_table(paired, digits=4)]
     for p in figs:
         parts.append(f"<h3>{html.escape(p.stem)}</h3>" + _figure(p))
+    dose, dose_figs = dose_section(results, info, splits, out, withheld=bool(withheld) or results.rounds.empty)
+    parts += dose + [f"<h3>{html.escape(p.stem)}</h3>" + _figure(p) for p in dose_figs]
     parts += ["<h2>The study file</h2>", "<pre>" + html.escape(study.get("text") or json.dumps(study, indent=1))
               + "</pre>", *settings_section(results), "</body></html>"]
     target = within(out, "report.html")

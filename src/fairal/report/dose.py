@@ -1,0 +1,234 @@
+"""The dose-response view of a study's ladders (:mod:`fairal.ladder`): per rung, the calibrated gap of a Group
+2-only model and the paired differences between the strategies; a figure with the gap on x and the difference on
+y; and the trend of each difference over the gap, the seed as the unit.
+
+Comparisons, each dataset measured on its primary split (as the study report): the reference against each other
+arm, and each arm against ``random`` where the study has it. Families (Holm within each, separately for the
+superiority and the TOST p-values, docs/analysis-plan-v3.md): ``dose-primary``, the reference − random at every
+rung (the reference against each arm where there is no random); ``dose-secondary``, the other final-ESSP
+comparisons; ``dose-described``, final Δ and Dice (described, never a verdict of the plan). An arm that has not
+run at every rung of a ladder is ``exploratory``: in a family of its own.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fairal.io import within, write_csv  # noqa: E402
+from fairal.report.build import html_table  # noqa: E402
+from fairal.report.figures import colours_for  # noqa: E402
+from fairal.report.plan import AL_ON, MARGINS, Analysis, Part, al_measure, match, verdict_rows  # noqa: E402
+from fairal.report.records import Results, finished_rounds, of_datasets  # noqa: E402
+from fairal.stats import mean_ci, sign_flip_test  # noqa: E402
+
+RANDOM = "random"
+DOSE_COLUMNS = ["ladder", "dataset", "split", "gap", "gap_ci_low", "gap_ci_high", "volume_change_sd", "family",
+                "comparison", "metric", "value", "ci_low", "ci_high", "p_value", "p_holm", "margin", "p_tost",
+                "p_tost_holm", "within_margin", "n", "verdict", "random_penalty", "margin_share_of_penalty"]
+TREND_COLUMNS = ["ladder", "comparison", "metric", "slope_per_0.1_gap", "ci_low", "ci_high", "p_value", "n",
+                 "rungs"]
+#: Measures of the view: final ESSP (the verdicts), final Δ and Dice (described).
+VIEW = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice"}
+
+
+def rungs(info: dict) -> dict[str, list[dict]]:
+    """Each ladder's datasets with their ``harm`` (study.json), by ascending calibrated gap."""
+    out: dict[str, list[dict]] = {}
+    for d in info.get("study", {}).get("datasets", []):
+        harm = d.get("harm") if isinstance(d, dict) else None
+        if isinstance(harm, dict) and harm.get("ladder") and isinstance(harm.get("gap"), int | float):
+            out.setdefault(str(harm["ladder"]), []).append({"dataset": str(d["name"]), **harm})
+    return {k: sorted(v, key=lambda r: r["gap"]) for k, v in out.items()}
+
+
+def comparisons(arms: list[str], reference: str) -> list[tuple[str, str]]:
+    """(a, b) pairs, a − b: the reference against each other arm, then each other arm against random."""
+    pairs = [(reference, a) for a in arms if a != reference]
+    if RANDOM in arms:
+        pairs += [(a, RANDOM) for a in arms if a not in (reference, RANDOM)]
+    return pairs
+
+
+def _family(a: str, b: str, reference: str, arms: list[str], complete: set[str], metric: str) -> str:
+    if metric != "essp":
+        return "dose-described"
+    if not {a, b} <= complete:
+        return "exploratory"
+    primary = (reference, RANDOM) if RANDOM in arms else None
+    return "dose-primary" if primary is None and a == reference or (a, b) == primary else "dose-secondary"
+
+
+def dose_parts(results: Results, info: dict, splits: dict[str, str]) -> tuple[list[Part], dict]:
+    """The parts of every ladder, run (estimate, CI, p-values), and their (ladder, dataset) by part id."""
+    reference = info.get("study", {}).get("reference", "weighted-localized-entropy")
+    runs = finished_rounds(results)
+    parts, where = [], {}
+    for ladder, members in rungs(info).items():
+        names = [m["dataset"] for m in members if m["dataset"] in splits]
+        arms_at = {d: set(runs.loc[runs["dataset"] == d, "strategy"]) for d in names}
+        arms = sorted(set().union(*arms_at.values())) if arms_at else []
+        complete = set.intersection(*arms_at.values()) if arms_at else set()
+        for d in names:
+            sub = of_datasets(results, [d])
+            m = al_measure(finished_rounds(sub), sub.cases, sub.round_cases, splits[d])
+            analysis = Analysis(m, splits[d], seed=0)
+            for a, b in comparisons(arms, reference):
+                for metric in VIEW:
+                    sign = -1.0 if metric == "delta" else 1.0  # a smaller Δ is better
+                    pairs = match(m, {"strategy": a}, {"strategy": b}, AL_ON, sign=sign, where={"dataset": d})
+                    if not len(pairs.ia):
+                        continue
+                    family = _family(a, b, reference, arms, complete, metric)
+                    pid = f"{ladder}:{d}:{a}:{b}:{metric}"
+                    text = f"{VIEW[metric]}: {b} - {a} (positive: {a} fairer)" if metric == "delta" else \
+                        f"{VIEW[metric]}: {a} - {b}"
+                    parts.append(analysis.run(Part(pid, f"{a} vs {b}", text, metric, pairs, family),
+                                              two_level_ci=False))
+                    where[pid] = (ladder, d)
+    return parts, where
+
+
+def dose_table(results: Results, info: dict, splits: dict[str, str]) -> pd.DataFrame:
+    """``dose_response.csv``: per ladder, rung and comparison, the estimate, CI, tests and verdict, the rung's
+    calibrated gap, and random's Δ penalty there (``mean(Dice - ESSP)`` of its final rounds: all a fairness
+    strategy could win over random in ESSP) with the ESSP margin as a share of it."""
+    parts, where = dose_parts(results, info, splits)
+    if not parts:
+        return pd.DataFrame(columns=DOSE_COLUMNS)
+    harm = {(lad, r["dataset"]): r for lad, members in rungs(info).items() for r in members}
+    rows = []
+    for r in verdict_rows(parts):
+        ladder, d = where[r["id"]]
+        _, _, a, b, metric = r["id"].split(":")
+        h = harm[(ladder, d)]
+        penalty = random_penalty(results, d, splits[d])
+        rows.append({**r, "ladder": ladder, "dataset": d, "split": splits[d], "gap": h["gap"],
+                     "gap_ci_low": h.get("gap_ci_low"), "gap_ci_high": h.get("gap_ci_high"),
+                     "volume_change_sd": h.get("volume_change_sd"), "comparison": f"{a} - {b}", "metric": metric,
+                     "random_penalty": penalty,
+                     "margin_share_of_penalty": MARGINS["essp"] / penalty if penalty and penalty > 0 else None})
+    return pd.DataFrame(rows)[DOSE_COLUMNS]
+
+
+def random_penalty(results: Results, dataset: str, split: str) -> float | None:
+    """``mean(dice_all - essp)`` of random's final rounds of ``dataset`` on ``split`` (None without random)."""
+    final = _final(results)
+    prefix = "eval_" if split == "eval" else ""
+    rows = final[(final["dataset"] == dataset) & (final["strategy"] == RANDOM)]
+    if rows.empty:
+        return None
+    return float((rows[f"{prefix}dice_all"] - rows[f"{prefix}essp"]).mean())
+
+
+def _final(results: Results) -> pd.DataFrame:
+    rounds = finished_rounds(results)
+    keys = ["dataset", "init", "strategy", "seed"]
+    return rounds.loc[rounds.groupby(keys)["round"].idxmax()] if not rounds.empty else rounds
+
+
+def trend_table(results: Results, info: dict, splits: dict[str, str]) -> pd.DataFrame:
+    """``dose_trend.csv``: per ladder and comparison of the families (final ESSP), the trend of the difference
+    over the calibrated gap: per seed, the OLS slope of its rung differences (each the mean over the initial sets)
+    on the rungs' gaps; the seeds' slopes as units (mean, 95% t CI, exact sign-flip p), per 0.1 of gap. Only
+    seeds present at every rung count."""
+    reference = info.get("study", {}).get("reference", "weighted-localized-entropy")
+    final = _final(results)
+    rows = []
+    for ladder, members in rungs(info).items():
+        names = [m["dataset"] for m in members if m["dataset"] in splits]
+        if len(names) < 2:
+            continue
+        gaps = {m["dataset"]: m["gap"] for m in members}
+        arms = sorted(set(final.loc[final["dataset"].isin(names), "strategy"]))
+        for a, b in comparisons(arms, reference):
+            diffs = [_seed_differences(final, d, a, b, splits[d]) for d in names]
+            seeds = sorted(set.intersection(*(set(x.index) for x in diffs)))
+            if len(seeds) < 2:
+                continue
+            x = np.array([gaps[d] for d in names])
+            y = np.array([[float(dd[s]) for dd in diffs] for s in seeds])  # seeds x rungs
+            slopes = 0.1 * ((y - y.mean(1, keepdims=True)) @ (x - x.mean())) / ((x - x.mean()) ** 2).sum()
+            est = mean_ci(slopes)
+            rows.append({"ladder": ladder, "comparison": f"{a} - {b}", "metric": "essp",
+                         "slope_per_0.1_gap": est.mean, "ci_low": est.ci_low, "ci_high": est.ci_high,
+                         "p_value": sign_flip_test(slopes), "n": len(seeds), "rungs": len(names)})
+    return pd.DataFrame(rows, columns=TREND_COLUMNS)
+
+
+def _seed_differences(final: pd.DataFrame, dataset: str, a: str, b: str, split: str) -> pd.Series:
+    """Per seed, the mean over the initial sets of the paired final ESSP differences a − b."""
+    col = "eval_essp" if split == "eval" else "essp"
+    sub = final[final["dataset"] == dataset]
+    wide = sub.pivot_table(index=["init", "seed"], columns="strategy", values=col)
+    if a not in wide or b not in wide:
+        return pd.Series(dtype=float)
+    return (wide[a] - wide[b]).dropna().groupby(level="seed").mean()
+
+
+def dose_figure(table: pd.DataFrame, out, ladder: str):
+    """One figure of a ladder: x = the rung's calibrated gap (its CI as a horizontal bar), y = the final-ESSP
+    difference of each comparison against random (or against the reference without random) with its CI; the
+    ESSP margin as a band around 0."""
+    rows = table[(table["ladder"] == ladder) & (table["metric"] == "essp")]
+    against = rows[rows["comparison"].str.endswith(f" - {RANDOM}")]
+    rows = against if not against.empty else rows
+    if rows.empty:
+        return None
+    names = list(dict.fromkeys(c.split(" - ")[0] if not against.empty else c.split(" - ")[1]
+                               for c in rows["comparison"]))
+    colours = colours_for(names)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.axhspan(-MARGINS["essp"], MARGINS["essp"], color="0.9", label=f"±{MARGINS['essp']:g} margin")
+    ax.axhline(0, color="0.5", lw=0.8)
+    for name in names:
+        r = rows[rows["comparison"].str.startswith(f"{name} - ")] if not against.empty else \
+            rows[rows["comparison"].str.endswith(f" - {name}")]
+        r = r.sort_values("gap")
+        ax.errorbar(r["gap"], r["value"], yerr=[r["value"] - r["ci_low"], r["ci_high"] - r["value"]],
+                    xerr=[r["gap"] - r["gap_ci_low"], r["gap_ci_high"] - r["gap"]], marker="o", capsize=3,
+                    color=colours[name], label=r["comparison"].iloc[0])
+    split = ", ".join(sorted(set(rows["split"])))
+    ax.set_xlabel("gap of a Group 2-only model (calibrated: Dice G2 − G1)")
+    ax.set_ylabel(f"final ESSP difference ({split} split)")
+    ax.set_title(f"ladder {ladder}: paired difference against the gap (mean, 95% CI)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = within(out, f"dose_{ladder}.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def dose_section(results: Results, info: dict, splits: dict[str, str], out, withheld: bool) -> tuple[list[str],
+                                                                                                     list]:
+    """The report's dose-response section (HTML parts) and its figures; writes ``dose_response.csv`` and
+    ``dose_trend.csv``. Nothing when the study has no ladder; tables withheld while runs of the plan are
+    missing (their columns only)."""
+    ladders = rungs(info)
+    if not ladders:
+        return [], []
+    table = dose_table(results, info, splits) if not withheld else pd.DataFrame(columns=DOSE_COLUMNS)
+    trend = trend_table(results, info, splits) if not withheld else pd.DataFrame(columns=TREND_COLUMNS)
+    write_csv(within(out, "dose_response.csv"), table)
+    write_csv(within(out, "dose_trend.csv"), trend)
+    calib = pd.DataFrame([{"ladder": lad, **{k: r.get(k) for k in ("dataset", "knob", "value", "target_gap", "gap",
+                                                                   "gap_ci_low", "gap_ci_high", "volume_change_sd",
+                                                                   "volume_change_pct", "g1_min_voxels")}}
+                          for lad, members in ladders.items() for r in members])
+    parts = ["<h2>Dose-response: the strategies against the harm</h2>",
+             "<p>Each rung of a ladder is one dataset of one recipe; its gap is the calibration's (a model trained "
+             "on Group 2 alone: mean Dice of Group 2 − of Group 1 on held-out subjects, 95% CI), with Group 1's "
+             "structure change in Group 2's SDs. Families: dose-primary and dose-secondary (final ESSP, Holm "
+             "within each), dose-described (final Δ and Dice), exploratory (an arm not run at every rung). The "
+             "trend: per seed, the slope of the rung differences over the gap, per 0.1 of gap.</p>",
+             html_table(calib, digits=4)]
+    if not withheld:
+        parts += [html_table(table.drop(columns=["gap_ci_low", "gap_ci_high"]), digits=4),
+                  "<h3>Trend over the gap</h3>", html_table(trend, digits=4)]
+    figs = [p for lad in ladders for p in [dose_figure(table, out, lad)] if p is not None]
+    return parts, figs
