@@ -316,13 +316,24 @@ def run_study(
 
 def _check_datasets_in(out: Path, study: Study, profile: Profile, cli: dict) -> None:
     """Each dataset of the study in ``out/data`` made with these settings (:func:`check_made_dataset`), or, not
-    made yet, a CSV cohort's image and label headers readable: refused before the study writes anything."""
-    from fairal.owndata import check_headers, read_cases
+    made yet, a CSV cohort's image and label headers readable and its labels placing a grid (no group's labels all
+    empty), a simulation's subjects within the free disk and memory (:func:`fairal.limits.check_room`): refused
+    before the study writes anything."""
+    from fairal.limits import check_room
+    from fairal.owndata import check_headers, read_cases, structure_grid
 
     for d in study.datasets:
-        if not check_made_dataset(out, d, study.profile_for(profile, d, None, cli)) and d.kind == "csv":
+        prof = study.profile_for(profile, d, None, cli)
+        if check_made_dataset(out, d, prof):
+            continue
+        if d.kind == "simulate":
+            cfg = simulation_settings(d, prof)
+            check_room(cfg.total_subjects(), cfg.shape, out, f"{study.source}, dataset {d.name}",
+                       prof.downsample if prof.crop_margin is None else None)
+        elif d.kind == "csv":
             try:
-                check_headers(read_cases(d.csv, d.group_by, "group_by"))
+                check_headers(cases := read_cases(d.csv, d.group_by, "group_by"))
+                structure_grid(cases, d.spacing, d.margin_mm, d.label_value)
             except FairalError as err:
                 raise FairalError(f"{study.source}, dataset {d.name}: {err}") from None
 

@@ -5,26 +5,13 @@ binary (a label)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from fairal.errors import FairalError
-
-#: The most voxels of any volume fairal allocates (an image, a label map, an analysis grid): 512^3, 512 MiB as
-#: float32, beyond any brain MRI at 0.5 mm.
-MAX_VOXELS = 512**3
-
-
-def check_voxels(shape, what: str, hint: str = "") -> None:
-    """Refuse, before anything is allocated, a volume of ``shape`` with more than :data:`MAX_VOXELS` voxels."""
-    n = math.prod(int(v) for v in shape)
-    if n > MAX_VOXELS:
-        size = " x ".join(str(int(v)) for v in shape)
-        raise FairalError(f"{what} has {size} = {n:,} voxels, more than fairal's limit of {MAX_VOXELS:,} (512^3)"
-                          f"{hint}")
+from fairal.limits import MAX_VOXELS, check_voxels  # noqa: F401  (re-exported: owndata, tests)
 
 
 def valid_affine(affine: np.ndarray) -> bool:
