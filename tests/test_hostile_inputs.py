@@ -382,6 +382,20 @@ def test_simulate_refuses_a_negative_seed(tmp_path):
 MATH = "$\\nope$"
 
 
+def _run_of_groups(res: Path, g: str, case: str) -> None:
+    """A finished run under ``res`` whose groups are ``g`` and "2", with a case ``case`` of group ``g``."""
+    run = res / "runs" / "strong" / "balanced" / "entropy" / "seed-0"
+    run.mkdir(parents=True)
+    pd.DataFrame({"round": [0, 1], "n_labeled": [10, 14], f"n_labeled_g{g}": [5, 7], "n_labeled_g2": [5, 7],
+                  "dice_all": [0.8, 0.85], f"dice_g{g}": [0.7, 0.8], "dice_g2": [0.9, 0.9], "delta": [0.2, 0.1],
+                  "essp": [0.66, 0.77], f"w_g{g}": [0.5, 0.6], "w_g2": [0.5, 0.4]}).to_csv(run / "rounds.csv",
+                                                                                      index=False)
+    pd.DataFrame({"round": [1, 1], "case_id": [case, "b"], "group": [g, "2"], "split": ["test", "test"],
+                  "dice": [0.8, 0.9]}).to_csv(run / "cases.csv", index=False)
+    (run / "state.json").write_text(json.dumps({"completed_round": 1, "finished": True}))
+    (run / "config.json").write_text(json.dumps({"settings": {"strategy": "entropy", "profile": {"name": "x"}}}))
+
+
 def test_math_like_case_ids_and_groups_are_drawn_as_written(tmp_path):
     from fairal.report.montage import write_montage
 
@@ -389,18 +403,7 @@ def test_math_like_case_ids_and_groups_are_drawn_as_written(tmp_path):
     vol[2:6, 2:6, 2:6] = 1.0
     write_montage(tmp_path / "montage.png", [vol], [vol], [vol > 0], [f"#1 {MATH}\n{MATH}  score 0.5"])
     assert (tmp_path / "montage.png").stat().st_size > 1000
-    # the report: a run whose groups are "$\nope$" and "2"
-    run = tmp_path / "res" / "runs" / "strong" / "balanced" / "entropy" / "seed-0"
-    run.mkdir(parents=True)
-    g = MATH
-    pd.DataFrame({"round": [0, 1], "n_labeled": [10, 14], f"n_labeled_g{g}": [5, 7], "n_labeled_g2": [5, 7],
-                  "dice_all": [0.8, 0.85], f"dice_g{g}": [0.7, 0.8], "dice_g2": [0.9, 0.9], "delta": [0.2, 0.1],
-                  "essp": [0.66, 0.77], f"w_g{g}": [0.5, 0.6], "w_g2": [0.5, 0.4]}).to_csv(run / "rounds.csv",
-                                                                                      index=False)
-    pd.DataFrame({"round": [1, 1], "case_id": [MATH, "b"], "group": [MATH, "2"], "split": ["test", "test"],
-                  "dice": [0.8, 0.9]}).to_csv(run / "cases.csv", index=False)
-    (run / "state.json").write_text(json.dumps({"completed_round": 1, "finished": True}))
-    (run / "config.json").write_text(json.dumps({"settings": {"strategy": "entropy", "profile": {"name": "x"}}}))
+    _run_of_groups(tmp_path / "res", MATH, MATH)  # the report: a run whose groups are "$\nope$" and "2"
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as text, to read it back
         res = runner.invoke(app, ["report", str(tmp_path / "res")])
     assert res.exit_code == 0, res.output
@@ -590,3 +593,174 @@ def test_messages_say_what_the_os_said():
     assert "read-only file system" in os_error_message(OSError(errno.EROFS, "Read-only file system", "/x/y"))
     assert "permission denied" in os_error_message(PermissionError(errno.EACCES, "Permission denied", "/x/y"))
     assert os_error_message(OSError(errno.ENOSPC, "No space", "/x/y")).startswith("/x/y: no space left on the device")
+
+
+# 10. CSV files that are not what they seem ---------------------------------------------------------------------------
+
+
+def _ids(study: Path, ids: dict[int, str]) -> None:
+    _edit_csv(study, lambda t: t.__setitem__("case_id", [ids.get(i, c) for i, c in enumerate(t["case_id"])]))
+
+
+@pytest.mark.parametrize("first, second", [("s0c00", "S0C00"), ("caf\u00e9", "cafe\u0301")])
+def test_case_ids_that_differ_only_in_case_are_refused(tmp_path, first, second):
+    study = make_study(tmp_path / "study", per_site=2, labeled_per_site=1, unknown=1)
+    _ids(study, {0: first, 3: second})
+    with pytest.raises(FairalError, match=f"study.csv: rows 2 and 5: case ids '{first}' and '{second}' differ only "
+                                          "in letter case or Unicode form: they name the same file on a "
+                                          "case-insensitive disk"):
+        read_cases(study, ["site"])
+    before = _hashes(tmp_path)
+    _one_line_error(_query(study, tmp_path / "q"), "rows 2 and 5")
+    assert _hashes(tmp_path) == before and not (tmp_path / "q").exists()
+
+
+def test_one_image_under_two_ids_is_refused(tmp_path):
+    study = make_study(tmp_path / "study", per_site=2, labeled_per_site=1, unknown=1)
+    t = pd.read_csv(study, dtype=str, keep_default_na=False)
+    assert t.loc[0, "label"] and not t.loc[1, "label"]  # a labeled case and an unlabeled one (the pool)
+    _edit_csv(study, lambda t: t.__setitem__("image", t["image"].where(t.index != 1, t.loc[0, "image"])))
+    with pytest.raises(FairalError, match=r"study\.csv: cases a00 and a01 have the same image \(images/a00.nii.gz, "
+                                          r"images/a00.nii.gz\): one scan under two ids"):
+        read_cases(study, ["site"])
+    # under another name: a link to it is the same scan
+    (study.parent / "images" / "again.nii.gz").symlink_to(study.parent / "images" / "a00.nii.gz")
+    _edit_csv(study, lambda t: t.__setitem__("image", t["image"].where(t.index != 1, "images/again.nii.gz")))
+    before = _hashes(tmp_path)
+    _one_line_error(_query(study, tmp_path / "q"), "cases a00 and a01 have the same image", "images/again.nii.gz")
+    assert _hashes(tmp_path) == before and not (tmp_path / "q").exists()
+
+
+def test_a_folder_a_device_or_a_pipe_given_as_the_csv_says_what_it_is(tmp_path):
+    import signal
+
+    pipe = tmp_path / "pipe.csv"
+    os.mkfifo(pipe)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("a CSV that never ends was read"))
+    signal.alarm(20)  # reading /dev/zero or opening a pipe without a writer would never return
+    try:
+        for path, what in ((tmp_path, "is a folder, not a CSV file"), (Path("/dev/zero"), "is a character device"),
+                           (pipe, "is a named pipe")):
+            with pytest.raises(FairalError, match=f"^{path} {what}"):
+                read_cases(path, ["site"])
+            _one_line_error(_query(path, tmp_path / "q"), f"{path} {what}")
+        with pytest.raises(FairalError, match=f"{tmp_path / 'none.csv'}: file not found"):
+            read_cases(tmp_path / "none.csv", ["site"])
+    finally:
+        signal.alarm(0)
+    assert not (tmp_path / "q").exists()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    from fairal.study import load_study
+
+    study = make_study(tmp_path / "study", per_site=2, labeled_per_site=1, unknown=1)
+    plain = read_cases(study, ["site"])
+    study.write_bytes(b"\xef\xbb\xbf" + study.read_bytes())  # as spreadsheet programs save "CSV UTF-8"
+    pd.testing.assert_frame_equal(read_cases(study, ["site"]), plain)
+    toml = '# a study\nprofile = "smoke"\n[datasets.a]\nsimulate = { bias = "weak" }\n'
+    (tmp_path / "plain.toml").write_text(toml)
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + toml.encode())
+    assert load_study(tmp_path / "bom.toml").datasets == load_study(tmp_path / "plain.toml").datasets
+
+
+SCRIPT = "<script>alert(1)</script>"
+
+
+def test_a_group_named_like_markup_is_text_in_every_report_file(tmp_path):
+    _run_of_groups(tmp_path / "res", SCRIPT, "a|b")
+    res = runner.invoke(app, ["report", str(tmp_path / "res")])
+    assert res.exit_code == 0, res.output
+    report = tmp_path / "res" / "report"
+    header = (report / "final_budget.md").read_text().splitlines()[0]
+    assert "dice_g&lt;script&gt;alert(1)&lt;/script&gt;" in header and "<" not in header, header
+    for page in report.glob("*.md"):
+        assert "<script" not in page.read_text(), page
+    assert "<script" not in (report / "report.html").read_text()
+    from fairal.report.build import markdown_table
+
+    table = markdown_table(pd.DataFrame({"case": ["a|b", "x\ny"], "v": [1.0, 2.0]}))
+    assert table.splitlines()[2] == "| a\\|b | 1.000 |" and table.splitlines()[3] == "| x y | 2.000 |"
+
+
+# 11. a group whose labeled cases all have empty label maps ---------------------------------------------------------
+
+
+def _empty_labels(study: Path, cases: list[str]) -> None:
+    """The label maps of ``cases`` replaced by empty maps on the same grid."""
+    for case in cases:
+        path = study.parent / "labels" / f"{case}.nii.gz"
+        img = nib.load(str(path))
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), str(path))
+
+
+def test_a_group_whose_labels_are_all_empty_is_refused_by_query(tmp_path):
+    from fairal.owndata import load_cases, structure_grid
+
+    study = make_study(tmp_path / "study", per_site=3, labeled_per_site=2, unknown=1)
+    cases = read_cases(study, ["site"])
+    grid = structure_grid(cases, 2.0, 6.0)  # the grid a model trained before the labels were lost carries
+    _empty_labels(study, ["b00"])  # one empty map of a group with others: kept (a structure may be absent)
+    assert len(structure_grid(cases, 2.0, 6.0).shape) == 3
+    _empty_labels(study, ["b01"])
+    message = (r"group B: every one of its 2 labeled case\(s\) has an empty label map \(\S+/labels/b00.nii.gz, "
+               r"\S+/labels/b01.nii.gz\): its Dice would be 1 for an empty prediction and 0 for any other")
+    with pytest.raises(FairalError, match=message):
+        structure_grid(cases, 2.0, 6.0)
+    with pytest.raises(FairalError, match=message):  # a query with --model: the model's grid, the same rule
+        load_cases(cases, grid)
+    before = _hashes(tmp_path)
+    _one_line_error(_query(study, tmp_path / "q"), "group B: every one of its 2 labeled case(s) has an empty label")
+    assert _hashes(tmp_path) == before and not (tmp_path / "q").exists()
+    unknown = make_study(tmp_path / "unknown", per_site=3, labeled_per_site=2, unknown=1)
+    _empty_labels(unknown, ["b00", "b01"])
+    _edit_csv(unknown, lambda t: t.__setitem__("site", t["site"].where(~t["case_id"].isin(["b00", "b01"]), "")))
+    structure_grid(read_cases(unknown, ["site"]), 2.0, 6.0)  # cases of unknown group weigh no group
+
+
+def test_group_weights_refuse_a_group_whose_labels_are_all_empty():
+    import fairal
+
+    dice, groups = [1.0, 1.0, 0.8, 0.7], ["F", "F", "M", "M"]
+    with pytest.raises(FairalError, match=r"group F: every one of its 2 labeled case\(s\) has an empty label map "
+                                          r"\(labeled case 0, labeled case 1\)"):
+        fairal.group_weights(dice, groups, ["F", "M"], empty=[True, True, False, False])
+    assert fairal.group_weights(dice, groups, ["F", "M"], empty=[True, False, False, False]) == \
+        fairal.group_weights(dice, groups, ["F", "M"])
+    with pytest.raises(FairalError, match="3 empty-label flags for 4 labeled cases"):
+        fairal.group_weights(dice, groups, ["F", "M"], empty=[True, False, False])
+
+
+def test_a_study_cohort_with_a_group_of_empty_labels_is_refused_before_any_work(tmp_path, tiny_dataset):
+    m = pd.read_csv(tiny_dataset / "manifest.csv")
+    (tmp_path / "empty").mkdir()
+    labels = []
+    for case, group, label in zip(m["case_id"], m["group"], m["label"], strict=True):
+        if group == 2:  # the south's labels all empty
+            img, path = nib.load(str(tiny_dataset / label)), tmp_path / "empty" / f"{case}.nii.gz"
+            nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), str(path))
+            labels.append(str(path))
+        else:
+            labels.append(str(tiny_dataset / label))
+    pd.DataFrame({"case_id": m["case_id"], "image": [str(tiny_dataset / p) for p in m["image"]], "label": labels,
+                  "site": np.where(m["group"] == 1, "north", "south")}).to_csv(tmp_path / "cohort.csv", index=False)
+    (tmp_path / "s.toml").write_text('profile = "smoke"\nseeds = 6\ninits = ["balanced"]\nstrategies = ["random", '
+                                     '"weighted-localized-entropy"]\n[datasets.lab]\ncsv = "cohort.csv"\n'
+                                     'group_by = ["site"]\n[datasets.lab.set]\nfinal_size = 14\n')
+    before = _hashes(tmp_path)
+    res = runner.invoke(app, ["study", str(tmp_path / "s.toml"), str(tmp_path / "out"), "--quiet"])
+    _one_line_error(res, "s.toml, dataset lab: group south: every one of its 12 labeled case(s) has an empty label")
+    assert _hashes(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+# 12. a study file nested beyond reason -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth, needle", [(5000, "its lists or tables nest too deep to read"),
+                                           (100, "nests lists or tables more than 32 deep")])
+def test_a_deeply_nested_study_file_is_one_line(tmp_path, depth, needle):
+    path = tmp_path / "deep.toml"
+    path.write_text('profile = "smoke"\nx = ' + "[" * depth + "]" * depth + '\n[datasets.a]\nsimulate = {}\n')
+    res = runner.invoke(app, ["study", str(path), str(tmp_path / "out")])
+    _one_line_error(res, str(path), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.toml"]

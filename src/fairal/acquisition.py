@@ -436,6 +436,7 @@ def group_weights(
     groups: Sequence[Hashable] | np.ndarray,
     all_groups: Sequence[Hashable],
     temperature: float = 1.0,
+    empty: Sequence[bool] | np.ndarray | None = None,
 ) -> dict:
     """The group weights of Eq. 2 (Section 3.2): ``z_g = (mean DSC_all - mean DSC_g) / std DSC_all``,
     ``w_g = softmax(z / T)_g``.
@@ -447,6 +448,8 @@ def group_weights(
     - ``std = 0`` (all labeled cases segmented equally well, or one labeled case): equal weights.
     - a group of ``all_groups`` with no labeled case: its mean Dice is taken as the worst labeled case's Dice,
       so the group the model has never been trained on is favoured, but no more than the worst observed case.
+    - ``empty`` (optional, per labeled case: its label map is empty): a group whose labeled cases all have an
+      empty label is refused (:func:`refuse_empty_label_groups`), as ``fairal query`` and a study refuse it.
     """
     d = np.asarray(dice, dtype=np.float64)
     g = np.empty(len(groups), dtype=object)
@@ -465,6 +468,11 @@ def group_weights(
         named = ", ".join(map(str, groups_all))
         raise FairalError(f"labeled cases of group(s) {', '.join(stray)} that all_groups ({named}) does not name "
                           "(a typo?)")
+    if empty is not None:
+        flags = np.asarray(empty, dtype=bool)
+        if flags.shape != g.shape:
+            raise FairalError(f"{flags.size} empty-label flags for {g.size} labeled cases")
+        refuse_empty_label_groups(g, flags, [f"labeled case {i}" for i in range(g.size)])
     outside = ~np.isfinite(d) | (d < 0) | (d > 1 + 1e-6)  # (a Dice computed in float32 may end a hair above 1)
     if outside.any():
         raise FairalError(f"group weights need Dice values in [0, 1] (finite), got {d[outside][:3].tolist()}")
@@ -476,6 +484,25 @@ def group_weights(
     e = np.exp(z - z.max())
     w = e / e.sum()
     return {k: float(v) for k, v in zip(groups_all, w, strict=True)}
+
+
+def refuse_empty_label_groups(groups: Sequence[Hashable | None], empty: Sequence[bool], names: Sequence[str]
+                              ) -> None:
+    """Refuse a group whose labeled cases all have an empty label map (``groups``, ``empty`` and ``names``, e.g.
+    the label files: one per labeled case; ``None``: group unknown, not checked). Its Dice would be the empty map's
+    convention, 1 for an empty prediction and 0 for any other, whatever the model does, not how well it segments
+    the group's structure; and that number would set the group's weight in Eq. 2 (and, in a study, its Dice, Δ
+    and ESSP). A mistake far more often than a fact: a label not saved, a map of another structure."""
+    flags = np.asarray(empty, dtype=bool)
+    for group in dict.fromkeys(g for g in groups if g is not None):
+        members = np.array([g == group for g in groups], dtype=bool)
+        if flags[members].all():
+            first = [n for n, m in zip(names, members, strict=True) if m][:3]
+            raise FairalError(f"group {group}: every one of its {int(members.sum())} labeled case(s) has an empty "
+                              f"label map ({', '.join(map(str, first))}{', ...' if members.sum() > 3 else ''}): its "
+                              "Dice would be 1 for an empty prediction and 0 for any other, whatever the model does, "
+                              "and would set the group's weight; check those labels (saved? the right structure or "
+                              "label value?), or leave them empty to make the cases candidates")
 
 
 def expected_weights(proba: np.ndarray, weights: Mapping[Hashable, float], order: Sequence[Hashable]) -> np.ndarray:

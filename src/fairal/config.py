@@ -22,6 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from fairal import limits
 from fairal.acquisition import (  # noqa: F401  (re-exported: the grid's strategy lists)
     ALL_STRATEGIES,
     EXTRA_STRATEGIES,
@@ -30,6 +31,18 @@ from fairal.acquisition import (  # noqa: F401  (re-exported: the grid's strateg
     parse_strategy,
 )
 from fairal.errors import FairalError
+from fairal.limits import check_network, check_voxels, refuse_above
+
+#: The settings with an upper limit (fairal.limits, docs/limits.md): the limit and its name.
+SETTING_LIMITS = {
+    **{k: (limits.MAX_SUBJECTS, "MAX_SUBJECTS") for k in ("n_subjects", "test_per_group", "eval_per_group",
+                                                            "cohort_size", "init_size", "acquire", "final_size")},
+    **{k: (limits.MAX_STEPS, "MAX_STEPS") for k in ("steps", "round_steps", "first_round_steps")},
+    "epochs": (limits.MAX_EPOCHS, "MAX_EPOCHS"), "batch_size": (limits.MAX_BATCH_SIZE, "MAX_BATCH_SIZE"),
+    "seeds": (limits.MAX_SEEDS, "MAX_SEEDS"),
+    "mc_samples": (limits.MAX_SAMPLES, "MAX_SAMPLES"), "stochastic_batches": (limits.MAX_SAMPLES, "MAX_SAMPLES"),
+    "roi_dilation": (limits.MAX_DILATION, "MAX_DILATION"),
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,8 @@ class Profile:
             v = getattr(self, name) if value is None else value
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise FairalError(f"setting {name} must be a whole number >= {low}, got {v!r}")
+            if name in SETTING_LIMITS:
+                refuse_above(f"setting {name}", v, *SETTING_LIMITS[name])
 
         def number(name: str, low: float, high: float = math.inf, open_low: bool = False) -> None:
             v = getattr(self, name)
@@ -109,10 +124,12 @@ class Profile:
             raise FairalError(f"setting sim_shape must be three sizes, got {self.sim_shape!r}")
         for v in self.sim_shape:
             whole("sim_shape", 4, v)
+        check_voxels(self.sim_shape, "setting sim_shape")
         if not self.features:
             raise FairalError("setting features must list at least one channel count")
         for v in self.features:
             whole("features", 1, v)
+        check_network(self.features, "setting features")
         number("lr", 0.0)
         number("temperature", 0.0, open_low=True)
         number("power_temperature", 0.0, open_low=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fairal.errors import FairalError
-from fairal.io import within, write_torch
+from fairal.io import check_input_file, within, write_torch
 from fairal.nifti import image_data, label_data, load_nifti
 from fairal.sampling import test_split
 
@@ -131,10 +131,14 @@ def group_value(value):
 
 def read_table(path: Path, dtype) -> pd.DataFrame:
     """A CSV file of the user's (a manifest, a study) without the missing-value guesses of pandas; refused when
-    unreadable or when two columns share a name (pandas would rename the second and use the first)."""
+    unreadable or when two columns share a name (pandas would rename the second and use the first). A folder or a
+    device given as the file is refused saying so (:func:`fairal.io.check_input_file`); a byte-order mark (spreadsheet
+    programs write one) is not part of the first column's name."""
+    check_input_file(path, "CSV file")
     try:
-        table = pd.read_csv(path, dtype=dtype, keep_default_na=False)
-        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+        table = pd.read_csv(path, dtype=dtype, keep_default_na=False, encoding="utf-8-sig")
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False,
+                             encoding="utf-8-sig").iloc[0].tolist()
     except Exception as err:
         raise FairalError(f"{path} is not a readable CSV file: {err}") from err
     twice = next((c for i, c in enumerate(header) if c in header[:i]), None)
@@ -162,6 +166,14 @@ def check_case_ids(ids: pd.Series, path: str | Path) -> None:
     dup = ids[ids.duplicated()].tolist()
     if dup:
         raise FairalError(f"{path}: case ids must be unique; repeated: {', '.join(dup[:5])}")
+    # Ids that differ only in case or Unicode form name one file on a case-insensitive disk (macOS, Windows).
+    folded = ids.map(lambda case: unicodedata.normalize("NFC", case).casefold())
+    clash = folded.duplicated(keep=False).to_numpy().nonzero()[0]
+    if clash.size:
+        rows = [i for i in clash if folded.iloc[i] == folded.iloc[clash[0]]][:2]
+        raise FairalError(f"{path}: rows {rows[0] + 2} and {rows[1] + 2}: case ids {ids.iloc[rows[0]]!r} and "
+                          f"{ids.iloc[rows[1]]!r} differ only in letter case or Unicode form: they name the same "
+                          "file on a case-insensitive disk (macOS, Windows); rename one")
     for row, case in enumerate(ids, start=2):
         if not names_a_file(case):
             raise FairalError(f"{path}: row {row}: case id {case!r} cannot name a file (case ids: {CASE_ID_RULES})")

@@ -396,17 +396,28 @@ def run_study(
 
 def _check_datasets_in(out: Path, study: Study, profile: Profile, cli: dict) -> None:
     """Each dataset of the study in ``out/data`` made with these settings (:func:`check_made_dataset`), or, not
-    made yet, a CSV cohort's files as its dataset will read them (:func:`fairal.study.check_cohort_files`):
-    refused before the study writes anything."""
+    made yet, a CSV cohort's files as its dataset will read them (:func:`fairal.study.check_cohort_files`: no
+    group's labels all empty among them), a simulation's subjects within the free disk and memory
+    (:func:`fairal.limits.check_room`): refused before the study writes anything."""
+    from fairal.limits import check_room
     from fairal.study import check_cohort_files
 
     for d in study.datasets:
         if d.target_gap is not None and d.harm is None:
             continue  # its knob comes from the calibration, before its dataset is made
+        prof = study.profile_for(profile, d, None, cli)
         try:
-            if not check_made_dataset(out, d, study.profile_for(profile, d, None, cli)) and d.kind == "csv":
+            if check_made_dataset(out, d, prof):
+                continue
+            if d.kind == "simulate":
+                cfg = simulation_settings(d, prof)
+                check_room(cfg.total_subjects(), cfg.shape, out, f"{study.source}, dataset {d.name}",
+                           prof.downsample if prof.crop_margin is None else None)
+            elif d.kind == "csv":
                 check_cohort_files(d)
         except FairalError as err:
+            if str(err).startswith(study.source):
+                raise
             raise FairalError(f"{study.source}, dataset {d.name}: {err}") from None
 
 

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -70,6 +71,25 @@ def clean_stale_partials(folder: str | Path, name: str | None = None) -> list[Pa
                 entry.unlink()
             removed.append(entry)
     return removed
+
+
+def check_input_file(path: str | Path, what: str) -> Path:
+    """A file the user names as input (``what``: "CSV file", ...): refused, saying what it is instead, unless it is a
+    regular file; a folder, a device such as /dev/zero or a named pipe is never opened (it could be read forever)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FairalError(f"{path}: file not found") from None
+    except OSError as err:
+        raise FairalError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if stat.S_ISDIR(mode):
+        raise FairalError(f"{path} is a folder, not a {what}")
+    if not stat.S_ISREG(mode):
+        kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+        raise FairalError(f"{path} is {kind}, not a {what} (a regular file)")
+    return path
 
 
 def within(folder: str | Path, *names: str) -> Path:

@@ -21,6 +21,7 @@ from torch import nn
 
 from fairal.errors import FairalError
 from fairal.io import write_torch
+from fairal.limits import check_network
 
 __all__ = ["UNet3D", "build_unet", "load_unet", "enable_mc_dropout", "flops_per_voxel", "save_checkpoint",
            "load_checkpoint"]
@@ -92,6 +93,7 @@ class UNet3D(nn.Module):
                 raise FairalError(f"{name} must be a positive integer, got {value!r}")
         if any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
             raise FairalError(f"features must be positive integers, got {features!r}")
+        check_network(features)
         if isinstance(norm_groups, bool) or not isinstance(norm_groups, int) or norm_groups < 1:
             raise FairalError(f"norm_groups must be a positive integer, got {norm_groups!r}")
         for ch in features:

@@ -5,37 +5,13 @@ binary (a label)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from fairal.errors import FairalError
-
-#: The most voxels of any volume fairal allocates (an image, a label map, an analysis grid): 512^3, 512 MiB as
-#: float32, beyond any brain MRI at 0.5 mm.
-MAX_VOXELS = 512**3
-
-
-def check_voxels(shape, what: str, hint: str = "") -> None:
-    """Refuse, before anything is allocated, a volume of ``shape`` with more than :data:`MAX_VOXELS` voxels."""
-    n = math.prod(int(v) for v in shape)
-    if n > MAX_VOXELS:
-        size = " x ".join(_count(int(v)) for v in shape)
-        raise FairalError(f"{what} has {size} = {_count(n)} voxels, more than fairal's limit of {MAX_VOXELS:,} "
-                          f"(512^3){hint}")
-
-
-def _count(n: int) -> str:
-    """A count as a message writes it: 1,234,567, or 1.2e+300 beyond a trillion (never hundreds of digits)."""
-    if n < 10**12:
-        return f"{n:,}"
-    e = int(math.log10(n))  # for any int (a float of it would overflow past 1e308); off by one at most
-    e += n >= 10 ** (e + 1)
-    e -= n < 10**e
-    digits = n // 10 ** (e - 2)
-    return f"{digits // 100}.{digits % 100:02d}e+{e}"
+from fairal.limits import MAX_VOXELS, check_voxels  # noqa: F401  (re-exported: owndata, tests)
 
 
 def valid_affine(affine: np.ndarray) -> bool:

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from nibabel.processing import resample_from_to
 
+from fairal.acquisition import refuse_empty_label_groups
 from fairal.data import VolumeSet, check_case_ids, normalise_intensity, read_table
 from fairal.errors import FairalError
 from fairal.nifti import check_voxels, image_data, label_data, load_nifti, valid_affine, volume_3d
@@ -74,8 +75,6 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = (),
     ``labeled``, ``group`` (the group's name, ``None`` if unknown) and ``group_known``. ``group_key``: how the
     messages name the option or key that gave ``group_by``."""
     path = Path(csv_path)
-    if not path.is_file():
-        raise FairalError(f"{path}: file not found")
     t = read_table(path, str)
     missing = [c for c in OWN_COLUMNS if c not in t.columns]
     if missing:
@@ -92,18 +91,7 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = (),
         raise FairalError(f"{path} lists no case")
     t["case_id"] = t["case_id"].str.strip()
     check_case_ids(t["case_id"], path)
-    base = path.resolve().parent
-    for col in ("image", "label"):
-        t[f"{col}_path"] = ["" if not p.strip() else str((base / p.strip()).resolve()) for p in t[col]]
-    for case, img, lab, rel_img, rel_lab in zip(t["case_id"], t["image_path"], t["label_path"], t["image"],
-                                                t["label"], strict=True):
-        if not img:
-            raise FairalError(f"{path}: case {case} has no image")
-        for what, full, rel in (("image", img, rel_img), ("label", lab, rel_lab)):
-            if full and Path(full).is_dir():
-                raise FairalError(f"{path}: case {case}: the {what} {rel} is a folder, not a NIfTI file ({full})")
-            if full and not Path(full).is_file():
-                raise FairalError(f"case {case}: {what} file not found: {rel} (looked for {full})")
+    _case_files(t, path)
     t["labeled"] = t["label_path"] != ""
     if group_by:
         values = t[list(group_by)].apply(lambda col: col.str.strip())
@@ -123,6 +111,31 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = (),
         t["group"] = "all"
         t["group_known"] = True
     return t
+
+
+def _case_files(t: pd.DataFrame, path: Path) -> None:
+    """Each case's image and label as absolute paths (``image_path``, ``label_path``), checked: an image for every
+    case, every file there and a file, and no image under two case ids (one scan could then be in the test split
+    and in the pool)."""
+    base = path.resolve().parent
+    for col in ("image", "label"):
+        t[f"{col}_path"] = ["" if not p.strip() else str((base / p.strip()).resolve()) for p in t[col]]
+    images: dict[tuple[int, int], tuple[str, str]] = {}  # (device, inode) -> the case and the file as written
+    for case, img, lab, rel_img, rel_lab in zip(t["case_id"], t["image_path"], t["label_path"], t["image"],
+                                                t["label"], strict=True):
+        if not img:
+            raise FairalError(f"{path}: case {case} has no image")
+        for what, full, rel in (("image", img, rel_img), ("label", lab, rel_lab)):
+            if full and Path(full).is_dir():
+                raise FairalError(f"{path}: case {case}: the {what} {rel} is a folder, not a NIfTI file ({full})")
+            if full and not Path(full).is_file():
+                raise FairalError(f"case {case}: {what} file not found: {rel} (looked for {full})")
+        info = Path(img).stat()  # the file itself: a second path, a link or a hard link to it is the same scan
+        first = images.setdefault((info.st_dev, info.st_ino), (case, rel_img))
+        if first[0] != case:
+            raise FairalError(f"{path}: cases {first[0]} and {case} have the same image ({first[1]}, {rel_img}): "
+                              "one scan under two ids could be in the test split and in the pool; give each case "
+                              "its own image")
 
 
 def _load(path: str, case: str, what: str) -> nib.Nifti1Image:
@@ -206,6 +219,7 @@ def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_
     if not np.all(np.isfinite(lo)):
         raise FairalError(f"every label map of the {len(labeled)} labeled cases is empty (no voxel is 1): no "
                           "structure to place the analysis grid around")
+    _refuse_empty_groups(labeled, set(absent))
     lo, hi = lo - margin_mm, hi + margin_mm
     shape = tuple(int(math.ceil((b - a) / spacing)) + 1 for a, b in zip(lo, hi, strict=True))
     at, margin = f"{keys['spacing']} {spacing:g} mm", keys["margin_mm"]
@@ -215,6 +229,16 @@ def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = lo
     return Grid(shape, affine)  # type: ignore[arg-type]
+
+
+def _refuse_empty_groups(labeled: pd.DataFrame, empty: set[str]) -> None:
+    """A group whose labeled cases (rows of ``labeled``) all have an empty label map (their label files in
+    ``empty``) is refused: :func:`fairal.acquisition.refuse_empty_label_groups`."""
+    if labeled.empty:  # (a scan segmented alone, as fairal.query.predict_image does)
+        return
+    known = labeled[labeled["group_known"]]
+    refuse_empty_label_groups(known["group"].tolist(), [p in empty for p in known["label_path"]],
+                              known["label_path"].tolist())
 
 
 def _refuse_absent_value(absent: list[str], n_maps: int, label_value: float | None,
@@ -294,6 +318,7 @@ def load_cases(cases: pd.DataFrame, grid: Grid, threads: int = 2, label_value: f
     with ThreadPoolExecutor(max(threads, 1)) as pool:
         loaded = list(pool.map(one, range(len(ids))))
     _refuse_absent_value([p for *_, p in loaded if p], int(cases["labeled"].sum()), label_value)
+    _refuse_empty_groups(cases[cases["labeled"]], {p for *_, p in loaded if p})
     images = torch.stack([a for a, _, _ in loaded])
     labels = torch.stack([b for _, b, _ in loaded])
     labeled = torch.from_numpy(cases["labeled"].to_numpy(bool).copy())

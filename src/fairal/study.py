@@ -38,6 +38,7 @@ import tomllib
 from fairal.acquisition import parse_strategy
 from fairal.config import PROFILES, Profile, setting_name
 from fairal.errors import FairalError
+from fairal.limits import MAX_SEEDS, check_nesting, refuse_above
 
 TOP_KEYS = ("name", "description", "profile", "seeds", "strategies", "inits", "reference", "set", "datasets",
             "baselines", "plugins")
@@ -413,6 +414,8 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
     seeds = data.get("seeds")
     if seeds is not None and (_typed(where, "seeds", seeds, int, "a whole number >= 1") < 1):
         raise _fail(where, f"seeds must be a whole number >= 1, got {seeds}")
+    if seeds is not None:
+        refuse_above(f"{where}: seeds", seeds, MAX_SEEDS, "MAX_SEEDS")
     inits = tuple(_typed(where, "inits", data.get("inits", ["balanced", "g1-heavy", "g2-heavy"]), list,
                          "a list of initial sets"))
     from fairal.loop import heavy_group
@@ -542,11 +545,14 @@ def load_study(source: str | Path) -> Study:
     if not path.is_file():
         raise FairalError(f"{path}: no such study file, and no built-in study of that name (built-in: "
                           f"{', '.join(BUILTIN)})")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # a byte-order mark is not TOML's
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise FairalError(f"{path}: not a valid TOML study file: {err}") from None
+    except RecursionError:  # tomllib parses nested arrays recursively
+        raise FairalError(f"{path}: not a valid study file: its lists or tables nest too deep to read") from None
+    check_nesting(data, str(path))
     return parse_study(data, str(path), path.resolve().parent, text)
 
 
@@ -650,6 +656,8 @@ def study_seeds(study: Study, profile: Profile, seeds: int | None) -> int:
     """The number of seeds: the command line's (``seeds``), else the study file's, else the profile's."""
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise FairalError(f"--seeds must be a whole number >= 1, got {seeds!r}")
+    if seeds is not None:
+        refuse_above("--seeds", seeds, MAX_SEEDS, "MAX_SEEDS")
     return seeds if seeds is not None else study.seeds or profile.seeds
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairal.errors import FairalError
+from fairal.limits import MAX_EPOCHS, MAX_STEPS, refuse_above
 from fairal.metrics import dice_from_proba
 from fairal.model import UNet3D, load_checkpoint, save_checkpoint
 from fairal.sampling import stream_seed
@@ -88,6 +89,9 @@ class TrainConfig:
             raise FairalError(f"steps must be an integer >= 0, got {self.steps!r}")
         if self.epochs is not None and (not is_int(self.epochs) or self.epochs < 0):
             raise FairalError(f"epochs must be None or an integer >= 0, got {self.epochs!r}")
+        refuse_above("steps", self.steps, MAX_STEPS, "MAX_STEPS")
+        if self.epochs is not None:
+            refuse_above("epochs", self.epochs, MAX_EPOCHS, "MAX_EPOCHS")
         if not is_int(self.batch_size) or self.batch_size < 1:
             raise FairalError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if not is_int(self.seed) or self.seed < 0:
@@ -106,7 +110,10 @@ class TrainConfig:
         """The step budget for ``n`` training cases: ``ceil(epochs * n / batch_size)`` or ``steps``."""
         if self.epochs is None:
             return self.steps
-        return math.ceil(self.epochs * n / min(self.batch_size, n))
+        steps = math.ceil(self.epochs * n / min(self.batch_size, n))
+        refuse_above(f"epochs {self.epochs} of {n} cases in batches of {min(self.batch_size, n)}: the steps", steps,
+                     MAX_STEPS, "MAX_STEPS")
+        return steps
 
 
 @dataclass

@@ -184,7 +184,8 @@ PAPER_COLUMNS = [f"{c}_paper" for c in PAPER_TABLE1.columns if c not in ("datase
 
 
 def markdown_table(df: pd.DataFrame, digits: int = 3, formats: dict | None = None) -> str:
-    """A GitHub-flavoured Markdown table (numbers rounded to ``digits``; ``formats``: a column's own formatter)."""
+    """A GitHub-flavoured Markdown table (numbers rounded to ``digits``; ``formats``: a column's own formatter; every
+    header and cell as text: :func:`markdown_text`)."""
     formats = formats or {}
 
     def cell(col, v):
@@ -194,10 +195,17 @@ def markdown_table(df: pd.DataFrame, digits: int = 3, formats: dict | None = Non
             return "" if pd.isna(v) else f"{v:.{digits}f}"
         return str(v)
 
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + " --- |" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row, strict=True)) + " |"
+    lines = ["| " + " | ".join(map(markdown_text, df.columns)) + " |", "|" + " --- |" * len(df.columns)]
+    lines += ["| " + " | ".join(markdown_text(cell(c, v)) for c, v in zip(df.columns, row, strict=True)) + " |"
               for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def markdown_text(value) -> str:
+    """A header or cell of a Markdown table as text: ``<``, ``>`` and ``&`` escaped (a group or strategy named
+    ``<script>`` is shown, never run, where Markdown passes HTML through), ``|`` escaped and line breaks joined
+    (neither can break the table)."""
+    return html.escape(str(value), quote=False).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def table1(results: Results) -> pd.DataFrame:
@@ -311,17 +319,17 @@ REPORT = "report"
 def build_report(folder: str | Path, out: str | Path | None = None, results: Results | None = None) -> Path:
     """Write the report of the results in ``folder`` into ``out`` (default ``folder/report``); returns the
     path of ``report.html``."""
+    from fairal.report.study import build_study_report, study_info
+    from fairal.study import PAPER_SOURCE
+
     folder = Path(folder)
     results = results if results is not None else load_results(folder)
+    info = study_info(folder)  # a tampered study.json is refused before the report's folder is made
     if out is None:  # RESULTS/report: the results' own report folder
         out = check_output_folder(folder / "report", "the report folder")
     else:  # a folder of the user's choosing: new, empty, or a report fairal wrote before
         out = check_own_folder(out, REPORT, "--out")
     make_own_folder(out, REPORT)
-    from fairal.report.study import build_study_report, study_info
-    from fairal.study import PAPER_SOURCE
-
-    info = study_info(folder)
     if info is not None and info.get("study", {}).get("source") != PAPER_SOURCE:  # the paper's: the paper's report
         return build_study_report(folder, out, results, info)
     figs = write_figures(results, out)

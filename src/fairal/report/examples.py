@@ -3,12 +3,12 @@ model of a weighted-localized-entropy run, with the ground truth and the predict
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from fairal.report.records import Results
+from fairal.errors import FairalError
+from fairal.report.records import Results, read_json_record
 
 EXAMPLE_STRATEGY = "weighted-localized-entropy"
 
@@ -18,8 +18,11 @@ def _final_run(folder: Path, dataset: str) -> Path | None:
     runs = sorted(folder.glob(f"runs/{dataset}/*/{EXAMPLE_STRATEGY}/seed-*"),
                   key=lambda p: (p.parts[-3] != "balanced", p.as_posix()))
     for run in runs:
-        state = run / "state.json"
-        if state.is_file() and json.loads(state.read_text()).get("finished") and list(run.glob("checkpoints/*.pt")):
+        try:
+            finished = bool(read_json_record(run / "state.json").get("finished"))
+        except FairalError:  # no state, or an unreadable one: not a finished run
+            continue
+        if finished and list(run.glob("checkpoints/*.pt")):
             return run
     return None
 
@@ -54,14 +57,13 @@ def _final_model(folder: Path, dataset: str) -> tuple | None:
     run or its data or model moved (then there is no example, and the rest of the report stands)."""
     from fairal.config import Profile
     from fairal.data import load_volumes, read_manifest
-    from fairal.errors import FairalError
     from fairal.model import load_unet
 
     run = _final_run(folder, dataset)
     if run is None:
         return None
     try:
-        settings = json.loads((run / "config.json").read_text())["settings"]
+        settings = read_json_record(run / "config.json")["settings"]
         profile = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["profile"].items()})
         data = Path(settings["data_dir"])
         manifest = read_manifest(data, test_per_group=profile.test_per_group)

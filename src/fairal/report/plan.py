@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fairal.errors import FairalError
 from fairal.report.claims import CLAIM_COLUMNS, ENTROPY, LE, PAPER_REDUCTION, RANDOM, WLE, run_summary
 from fairal.report.records import RUN_KEYS, split_cases
 from fairal.stats import (
@@ -57,8 +58,12 @@ class CaseMatrix:
     def from_long(cls, long: pd.DataFrame, keys: list[str]) -> CaseMatrix:
         wide = long.pivot_table(index=keys, columns="case_id", values="dice", aggfunc="first")
         groups = long.drop_duplicates("case_id").set_index("case_id")["group"].reindex(wide.columns).to_numpy()
-        if wide.isna().to_numpy().any():
-            raise ValueError("runs of one dataset were measured on different cases")
+        if wide.isna().to_numpy().any():  # the readers refuse such records first, naming the file
+            row, case = np.argwhere(wide.isna().to_numpy())[0]
+            run = wide.index[row]
+            run = " / ".join(map(str, run)) if isinstance(run, tuple) else str(run)
+            raise FairalError(f"runs of dataset {long['dataset'].iloc[0]} were measured on different cases: {run} "
+                              f"lacks case {wide.columns[case]}")
         return cls(wide.index.to_frame(index=False), wide.to_numpy(float), groups)
 
     def measures(self, counts: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from fairal.config import ALL_STRATEGIES, PAPER_STRATEGIES
 from fairal.errors import FairalError
+from fairal.limits import MAX_RECORD_BYTES, check_nesting, refuse_above
 from fairal.metrics import METRICS, bounds
 
 #: Strategy order: the paper's four as in its figures, then the ones beyond it.
@@ -51,6 +52,31 @@ def ordered(values, preferred) -> list:
     return [v for v in preferred if v in values] + sorted(v for v in values if v not in preferred)
 
 
+def check_record_file(path: Path) -> None:
+    """A record the report reads: a regular file of at most :data:`~fairal.limits.MAX_RECORD_BYTES` (a planted
+    device, pipe or huge file is refused before a byte is read)."""
+    if not path.is_file():
+        raise FairalError(f"{path} is not a regular file")
+    refuse_above(str(path), path.stat().st_size, MAX_RECORD_BYTES, "MAX_RECORD_BYTES", "is", " bytes")
+
+
+def read_json_record(path: Path) -> dict:
+    """A JSON record (``config.json``, ``state.json``, ``study.json``, ``settings.json``): a JSON object within
+    fairal's limits of size and nesting, else a FairalError naming the file."""
+    check_record_file(path)
+    try:
+        value = json.loads(path.read_text())
+    except RecursionError:
+        raise FairalError(f"{path} is not a readable JSON record: it nests lists or objects too deep") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise FairalError(f"{path} is not a readable JSON record: {err}") from None
+    if not isinstance(value, dict):
+        raise FairalError(f"{path} is not a readable JSON record: it holds a JSON {type(value).__name__}, not an "
+                          "object")
+    check_nesting(value, str(path))
+    return value
+
+
 
 
 def load_results(folder: str | Path) -> Results:
@@ -86,11 +112,15 @@ def _run_folders(folder: Path) -> list[tuple[Path, tuple[str, str, str, int]]]:
     """The run folders of a results folder with their keys (dataset, init, strategy, seed); a single run's folder
     (``fairal run --out X``) is its own, keyed by its config.json."""
     if (folder / "state.json").is_file():
+        config = folder / "config.json"
+        if not config.exists():
+            raise FairalError(f"{folder} holds a run without a config.json")
+        s = read_json_record(config).get("settings")
         try:
-            s = json.loads((folder / "config.json").read_text())["settings"]
-            key = (Path(s["data_dir"]).name, s["init"], s["strategy"], int(s["seed"]))
-        except (OSError, ValueError, KeyError) as err:
-            raise FairalError(f"{folder} holds a run without a readable config.json: {err}") from err
+            key = (Path(s["data_dir"]).name, str(s["init"]), str(s["strategy"]), int(s["seed"]))
+        except (TypeError, ValueError, KeyError) as err:
+            raise FairalError(f"{config} does not name the run's dataset, initial set, strategy and seed "
+                              f"(settings.data_dir, init, strategy, seed): {type(err).__name__} {err}") from None
         return [(folder, key)]
     runs = []
     for rounds_csv in sorted(folder.glob("runs/*/*/*/seed-*/rounds.csv")):
@@ -120,30 +150,67 @@ def _read_runs(runs: list[tuple[Path, tuple[str, str, str, int]]]) -> _Runs:
     finished ones; the first run's settings and every run's recorded settings (:func:`tally`); the folders whose
     records cannot be used."""
     frames, case_frames, round_frames, finished, settings, skipped, configs = [], [], [], set(), {}, {}, []
+    read = {}  # run -> (key, rounds, finished, config, (final cases, every round's test cases) or None)
     for run, key in runs:
         try:
             df, done = read_run(run)
+            config = read_json_record(run / "config.json") if (run / "config.json").exists() else None
+            cases = _run_cases(run, key, df["round"].max()) if done and (run / "cases.csv").exists() else None
         except (FairalError, ValueError) as err:
             skipped[str(run)] = str(err)
             continue
+        read[run] = (key, df, done, config, cases)
+    for run, odd in _other_cases({run: (r[0][0], r[4][0]) for run, r in read.items() if r[4] is not None}).items():
+        skipped[str(run)] = _other_cases_note(str(run / "cases.csv"), *odd)
+        del read[run]
+    for key, df, done, config, cases in read.values():
         if df.empty:
             continue
         frames.append(df.assign(**dict(zip(RUN_KEYS, key, strict=True)))[[*RUN_KEYS, *df.columns]])
         if done:
             finished.add(key)
-            if (run / "cases.csv").is_file():
-                last, test = _run_cases(run, key, df["round"].max())
-                case_frames.append(last)
-                round_frames.append(test)
-        config = run / "config.json"
-        if config.is_file():
-            configs.append(json.loads(config.read_text()))
-            settings = settings or configs[-1].get("settings", {})
+            if cases is not None:
+                case_frames.append(cases[0])
+                round_frames.append(cases[1])
+        if config is not None:
+            configs.append(config)
+            settings = settings or _settings_of(config)
     rounds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["dataset", "init", "strategy", "seed", "round", "n_labeled"])
     cases = pd.concat(case_frames, ignore_index=True) if case_frames else None
     return _Runs(rounds, finished, settings, skipped, cases, tally([(recorded(c), 1) for c in configs]),
                  pd.concat(round_frames, ignore_index=True) if round_frames else None)
+
+
+def _settings_of(config: dict) -> dict:
+    """A run's settings as its ``config.json`` records them ({} when they are not a table)."""
+    settings = config.get("settings")
+    if not isinstance(settings, dict):
+        return {}
+    return settings if isinstance(settings.get("profile", {}), dict) else {**settings, "profile": {}}
+
+
+def _other_cases(final: dict) -> dict:
+    """The runs measured on other cases than most runs of their dataset (the metrics compare runs case by case):
+    ``final`` maps a run to its dataset and its final-round cases (``split``, ``case_id``); returns each odd run's
+    dataset, its dataset's number of runs and a case that it holds or lacks (``"holds X (test)"``)."""
+    sets = {run: (dataset, frozenset(zip(c["split"], c["case_id"], strict=True)))
+            for run, (dataset, c) in final.items()}
+    odd = {}
+    for dataset in {d for d, _ in sets.values()}:
+        of_dataset = [cases for d, cases in sets.values() if d == dataset]
+        usual = max(set(of_dataset), key=lambda cases: (of_dataset.count(cases), sorted(cases)))
+        for run, (d, cases) in sets.items():
+            if d == dataset and cases != usual:
+                extra, absent = sorted(cases - usual), sorted(usual - cases)
+                example = f"holds {extra[0][1]} ({extra[0][0]})" if extra else f"lacks {absent[0][1]} ({absent[0][0]})"
+                odd[run] = (dataset, len(of_dataset), example)
+    return odd
+
+
+def _other_cases_note(what: str, dataset: str, runs: int, example: str) -> str:
+    return (f"{what} measures other cases than the other {runs - 1} run(s) of dataset {dataset} (it {example}): "
+            "records of another dataset, or edited")
 
 
 def _as_text(value) -> str:
@@ -155,7 +222,8 @@ def recorded(config: dict) -> dict[str, str]:
     text: each profile setting (``profile.KEY``), the device, bf16 and the library versions and, where written, the
     commit, where it ran, the plugins and registered names it could use (``extensions``) and the analysis plan (its
     path, commit and git blob hash)."""
-    out = {f"profile.{k}": _as_text(v) for k, v in ((config.get("settings") or {}).get("profile") or {}).items()}
+    profile = _settings_of(config).get("profile")
+    out = {f"profile.{k}": _as_text(v) for k, v in (profile if isinstance(profile, dict) else {}).items()}
     if isinstance(config.get("versions"), dict):
         out["versions"] = ", ".join(f"{k} {v}" for k, v in config["versions"].items())
     for key in ("device", "bf16", "commit", "where"):
@@ -192,9 +260,13 @@ def tally(records: list[tuple[dict[str, str], int]]) -> dict[str, dict[str, int]
 def _run_cases(run: Path, key: tuple[str, str, str, int], last_round: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A finished run's ``cases.csv``: the final round on the measured splits (:data:`CASE_KEYS`), and every round's
     test cases (``RUN_KEYS, round, case_id, group, dice``)."""
-    c = pd.read_csv(run / "cases.csv", dtype=TEXT_COLUMNS)
+    c = _read_table(run / "cases.csv", ["round", "case_id", "group", "split", "dice"], TEXT_COLUMNS)
+    if c[["case_id", "split"]].isna().any().any():
+        raise FairalError(f"{run / 'cases.csv'} has rows without a case id or a split")
     last = c[(c["round"] == last_round) & c["split"].isin(MEASURED_SPLITS)]
     test = c[c["split"] == "test"]
+    if test.groupby("round")["case_id"].agg(frozenset).nunique() > 1:
+        raise FairalError(f"{run / 'cases.csv'}: its rounds were measured on different test cases (edited?)")
     keys = dict(zip(RUN_KEYS, key, strict=True))
     return last.assign(**keys)[CASE_KEYS], test.assign(**keys)[[*RUN_KEYS, "round", "case_id", "group", "dice"]]
 
@@ -204,12 +276,14 @@ def _read_baselines(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     per-case Dice (seed 0)."""
     base_frames = []
     for table in sorted(folder.glob("baseline/*/baseline_table.csv")):
+        check_record_file(table)
         df = pd.read_csv(table)
         df.insert(0, "dataset", table.parent.name)
         base_frames.append(df)
     baselines = pd.concat(base_frames, ignore_index=True) if base_frames else pd.DataFrame()
     base_cases = []
     for table in sorted(folder.glob("baseline/*/baseline_cases.csv")):
+        check_record_file(table)
         bc = pd.read_csv(table, dtype=TEXT_COLUMNS)
         base_cases.append(bc.assign(dataset=table.parent.name, seed=0))
     return baselines, pd.concat(base_cases, ignore_index=True) if base_cases else None
@@ -266,6 +340,7 @@ def read_run(run: Path) -> tuple[pd.DataFrame, bool]:
     mid-line is refused, never half-read), numeric finite values, and exactly the rounds the state says are
     complete. Returns the table and whether the run is finished."""
     path = run / "rounds.csv"
+    check_record_file(path)
     text = path.read_text()
     if not text.strip():
         raise FairalError(f"{path} is empty")
@@ -276,7 +351,10 @@ def read_run(run: Path) -> tuple[pd.DataFrame, bool]:
     if not np.isfinite(values.to_numpy(dtype=float)).all():
         raise FairalError(f"{path} holds values that are not finite numbers")
     state_file = run / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    state = read_json_record(state_file) if state_file.exists() else {}
+    if "completed_round" in state and (isinstance(state["completed_round"], bool)
+                                       or not isinstance(state["completed_round"], int)):
+        raise FairalError(f"{state_file}: completed_round must be a whole number, got {state['completed_round']!r}")
     if "completed_round" in state and list(df["round"]) != list(range(int(state["completed_round"]) + 1)):
         raise FairalError(f"{path} holds rounds {list(df['round'])[:5]}... but {state_file} says rounds 0 to "
                           f"{state['completed_round']} are complete")
@@ -284,6 +362,7 @@ def read_run(run: Path) -> tuple[pd.DataFrame, bool]:
 
 
 def _read_table(path: Path, needs: list[str], dtype=None) -> pd.DataFrame:
+    check_record_file(path)
     try:
         table = pd.read_csv(path, dtype=dtype)
     except Exception as err:
@@ -307,19 +386,34 @@ def load_tidy(folder: str | Path) -> Results:
     case_file = next((folder / n for n in ("cases.csv.gz", "cases.csv") if (folder / n).is_file()), None)
     cases = (_read_table(case_file, [*RUN_KEYS, "case_id", "group", "dice"], TEXT_COLUMNS)
              if case_file is not None else None)
+    if cases is not None:
+        _refuse_other_cases(case_file, cases)
     settings, about = {}, {}
-    if (folder / "settings.json").is_file():
-        info = json.loads((folder / "settings.json").read_text())
-        settings = info.get("run_settings") or {}
-        settings = {**settings, "profile": {**settings.get("profile", {}), "name": info.get("profile", "unknown")},
+    if (folder / "settings.json").exists():
+        info = read_json_record(folder / "settings.json")
+        settings = _settings_of({"settings": info.get("run_settings")})
+        profile = settings.get("profile") if isinstance(settings.get("profile"), dict) else {}
+        settings = {**settings, "profile": {**profile, "name": info.get("profile", "unknown")},
                     "device": info.get("device"), "commit": info.get("commit"),
                     "analysis_plan": info.get("analysis_plan"), "planned_seeds": info.get("planned_seeds")}
         about = tally([(recorded({**info, "settings": settings}), len(keys))])  # one file for every run
-    round_cases = (pd.read_csv(folder / "test_cases.csv.gz", dtype=TEXT_COLUMNS)
-                   if (folder / "test_cases.csv.gz").is_file() else None)
-    base_cases = (pd.read_csv(folder / "baseline_cases.csv", dtype=TEXT_COLUMNS)
-                  if (folder / "baseline_cases.csv").is_file() else None)
+    round_cases = (_read_table(folder / "test_cases.csv.gz", [*RUN_KEYS, "round", "case_id", "group", "dice"],
+                               TEXT_COLUMNS) if (folder / "test_cases.csv.gz").exists() else None)
+    base_cases = (_read_table(folder / "baseline_cases.csv", ["case_id", "group", "dice"], TEXT_COLUMNS)
+                  if (folder / "baseline_cases.csv").exists() else None)
     return Results(rounds, baselines, set(keys), keys, settings, {}, {}, cases, about, round_cases, base_cases)
+
+
+def _refuse_other_cases(file: Path, cases: pd.DataFrame) -> None:
+    """Tidy per-case records whose runs of one dataset were measured on different cases are refused, naming the
+    file and the first such run."""
+    final = cases if "round" not in cases.columns else cases[
+        cases["round"] == cases.groupby(RUN_KEYS)["round"].transform("max")]
+    final = final if "split" in final.columns else final.assign(split="test")
+    odd = _other_cases({key: (key[0], c) for key, c in final.groupby(RUN_KEYS, sort=False)})
+    if odd:
+        key, (dataset, runs, example) = next(iter(odd.items()))
+        raise FairalError(_other_cases_note(f"{file}: run {'/'.join(map(str, key))}", dataset, runs, example))
 
 
 def area_under_curve(n_labeled: np.ndarray, values: np.ndarray) -> float:

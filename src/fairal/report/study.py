@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +22,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fairal.errors import FairalError  # noqa: E402
 from fairal.io import within, write_csv, write_text  # noqa: E402
+from fairal.limits import MAX_RUNS, MAX_SEEDS, refuse_above  # noqa: E402
 from fairal.metrics import bounds  # noqa: E402
 from fairal.report.build import HEAD, banner, html_table, settings_section, table1  # noqa: E402
 from fairal.report.dose import dose_section  # noqa: E402
@@ -44,6 +47,7 @@ from fairal.report.records import (  # noqa: E402
     on_evaluation_split,
     on_split,
     ordered,
+    read_json_record,
 )
 from fairal.stats import mean_ci  # noqa: E402
 from fairal.study import primary_family  # noqa: E402
@@ -55,14 +59,26 @@ PAIRED_COLUMNS = ["id", "dataset", "split", "init", "family", "statistic", "metr
 
 
 def study_info(folder: Path) -> dict | None:
-    """``study.json`` of a study's results folder (None for another folder)."""
+    """``study.json`` of a study's results folder (None for another folder), read within fairal's limits: a JSON
+    object whose plan (:func:`missing_runs`) is not larger than :data:`~fairal.limits.MAX_RUNS` runs of at most
+    :data:`~fairal.limits.MAX_SEEDS` seeds, else a FairalError naming the file."""
     path = Path(folder) / "study.json"
-    if not path.is_file():
+    if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    info = read_json_record(path)
+    study, seeds, profile = info.get("study", {}), info.get("seeds"), info.get("profile", {})
+    for key, value in (("study", study), ("profile", profile)):
+        if not isinstance(value, dict):
+            raise FairalError(f"{path}: '{key}' must be a JSON object, got {type(value).__name__}")
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
+        raise FairalError(f"{path}: 'seeds' must be a whole number >= 1, got {seeds!r}")
+    refuse_above(f"{path}: seeds", seeds or 0, MAX_SEEDS, "MAX_SEEDS")
+    sizes = [study.get("datasets") or [], study.get("inits") or [], study.get("arms") or profile.get("strategies")
+             or []]
+    if not all(isinstance(v, list | str) for v in sizes):
+        raise FairalError(f"{path}: the study's datasets, inits and strategies must be lists")
+    refuse_above(f"{path}: the study's plan (runs)", math.prod(map(len, sizes)) * (seeds or 0), MAX_RUNS, "MAX_RUNS")
+    return info
 
 
 def per_split(results: Results, splits: dict[str, str], table) -> pd.DataFrame:

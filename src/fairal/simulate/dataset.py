@@ -17,6 +17,7 @@ import pandas as pd
 from fairal import sampling, versions
 from fairal.errors import FairalError, SettingError
 from fairal.io import check_output_folder, is_fairal_folder, publish_folder, within
+from fairal.limits import check_room
 from fairal.simulate.acquisition import WHITE_MATTER_METHOD, acquire, white_matter_intensity
 from fairal.simulate.deformation import DeformationModel, default_global_model, default_local_model
 from fairal.simulate.groups import Group
@@ -275,6 +276,7 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
         raise FairalError(f"{out} already exists; choose another folder or pass --overwrite")
     if out.exists() and not is_fairal_folder(out) and not (out / "dataset.json").is_file():
         raise FairalError(f"{out} is not a fairal dataset: --overwrite only replaces folders fairal made")
+    check_room(cfg.total_subjects(), cfg.shape, out.parent, "the dataset")
     state = prepare(cfg)
     subjects = draw_subjects(cfg, state["global_model"].n_components)
     with publish_folder(out, "dataset") as tmp:

@@ -3,6 +3,7 @@ command line (``fairal simulate``) and settings files (:func:`fairal.simulate.da
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fairal.errors import SettingError
+from fairal.limits import MAX_SUBJECTS, MAX_VOXELS
 from fairal.simulate.deformation import DEFAULT_GLOBAL_RMS_MM, DEFAULT_LOCAL_SD_MM
 from fairal.simulate.groups import (
     Group,
@@ -103,6 +105,7 @@ class SimulationConfig:
             whole(name, getattr(self, name), low)
         if whole("n_subjects", self.n_subjects, 0) < 2:
             raise SettingError("n_subjects", f"must be at least 2 (one per group), got {self.n_subjects}")
+        self._validate_size()
         if self.global_sampling not in GLOBAL_SAMPLING:
             raise SettingError("global_sampling",
                                f"must be one of {', '.join(GLOBAL_SAMPLING)}, got {self.global_sampling!r}")
@@ -116,6 +119,21 @@ class SimulationConfig:
         if not isinstance(self.preview, bool):
             raise SettingError("preview", f"must be true or false, got {self.preview!r}")
         self._validate_scenario()
+
+    def _validate_size(self) -> None:
+        """The grid and the subjects within fairal's limits (docs/limits.md), before the groups are resolved."""
+        size = " x ".join(map(str, self.shape))
+        if math.prod(self.shape) > MAX_VOXELS:
+            raise SettingError("shape", f"{size} has {math.prod(self.shape):,} voxels, more than fairal's limit of "
+                               f"{MAX_VOXELS:,} (512^3, MAX_VOXELS, docs/limits.md)")
+        for name in ("n_subjects", "test_per_group", "eval_per_group"):
+            if getattr(self, name) > MAX_SUBJECTS:
+                raise SettingError(name, f"asks for {getattr(self, name):,}, more than fairal's limit of "
+                                   f"{MAX_SUBJECTS:,} subjects (MAX_SUBJECTS, docs/limits.md)")
+
+    def total_subjects(self) -> int:
+        """Every subject the dataset holds: ``n_subjects`` and the evaluation split of each group."""
+        return self.n_subjects + self.eval_per_group * len(self.resolved_groups())
 
     def _validate_scenario(self) -> None:
         """The scenarios' settings: the structure, the acquisition levels and the groups."""
@@ -139,6 +157,9 @@ class SimulationConfig:
                 raise SettingError((given or ["bias"])[0], "sets Group 1 of the default groups; with --group give "
                                    "it in each group's spec")
             check_names(self.group)
+        if self.total_subjects() > MAX_SUBJECTS:
+            raise SettingError("eval_per_group", f"makes {self.total_subjects():,} subjects with n_subjects, more than "
+                               f"fairal's limit of {MAX_SUBJECTS:,} (MAX_SUBJECTS, docs/limits.md)")
         counts = self.group_counts()
         if min(counts) < 1:
             groups = self.resolved_groups()
