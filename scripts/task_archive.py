@@ -2,8 +2,9 @@
 session restarts on a new machine with an empty disk, so what finished is archived in the repository and put back
 before the job starts again.
 
-An archive is a tar.gz of the records of finished run folders (``runs/DATASET/INIT/STRATEGY/seed-N``) and baseline
-folders (``baseline/DATASET[/seed-N]``), without checkpoints, locks or partial files, and, for a study's results
+An archive is a tar.gz of the records of finished run folders (``runs/DATASET/INIT/STRATEGY/seed-N``), baseline
+folders (``baseline/DATASET[/seed-N]``) and a ladder's harm calibrations (``calibration/LADDER``, without the
+datasets it makes again from its settings), without checkpoints, locks or partial files, and, for a study's results
 folder, its ``study.json`` and marker (so that ``fairal study`` takes the folder as its own). It is byte-identical
 for the same records. Restored, a finished run is found finished and not run again (a finished run's state is not
 compared with the data's file times; a run that had not finished is never archived)::
@@ -45,7 +46,8 @@ def finished_tasks(out: Path) -> list[Path]:
             if json.loads(s.read_text()).get("finished")]
     bases = [t.parent for pattern in ("baseline/*/baseline_table.csv", "baseline/*/seed-*/baseline_table.csv")
              for t in sorted(out.glob(pattern))]
-    return runs + bases
+    calibrations = [c.parent for c in sorted(out.glob("calibration/*/calibration.json"))]
+    return runs + bases + calibrations
 
 
 def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -81,9 +83,11 @@ def save_tasks(out: Path, path: Path, folders: list[Path]) -> None:
                 tar.add(out / name, arcname=name, recursive=False, filter=_plain)
         for name in names:
             folder = out / name
+            # a calibration's datasets are made again from its settings; its records and models are kept
+            skipped = {"checkpoints", *(("data",) if name.startswith("calibration/") else ())}
             for f in sorted(folder.rglob("*")):
                 inner = f.relative_to(folder).parts
-                if f.is_file() and "checkpoints" not in inner and f.name not in SKIPPED and \
+                if f.is_file() and not skipped & set(inner) and f.name not in SKIPPED and \
                         not f.name.endswith(".part"):
                     tar.add(f, arcname=f.relative_to(out).as_posix(), recursive=False, filter=_plain)
     part.replace(path)
@@ -94,7 +98,8 @@ def _task_folder(name: str) -> bool:
     if ".." in parts or Path(name).is_absolute():
         return False
     return (len(parts) == 5 and parts[0] == "runs" and parts[4].startswith("seed-")) or \
-        (parts[:1] == ("baseline",) and (len(parts) == 2 or (len(parts) == 3 and parts[2].startswith("seed-"))))
+        (parts[:1] == ("baseline",) and (len(parts) == 2 or (len(parts) == 3 and parts[2].startswith("seed-")))) or \
+        (len(parts) == 2 and parts[0] == "calibration")
 
 
 def restore_tasks(path: Path, out: Path) -> tuple[list[str], list[str]]:

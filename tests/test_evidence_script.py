@@ -166,6 +166,27 @@ def test_a_study_folder_travels_with_its_study_json(archive, tmp_path):
     assert not (new / ".fairal.lock").exists()
 
 
+def test_a_ladder_s_calibration_travels_without_its_datasets(archive, tmp_path):
+    """The knob of a target gap is fixed by the calibration's records: they travel (calibration.json, levels,
+    settings, models, marker); its datasets, made again from its settings, do not."""
+    out = tmp_path / "study"
+    cal = out / "calibration" / "caudate"
+    for name in ("calibration.json", "levels.csv", "settings.json", ".fairal", "models/seed-0.pt",
+                 "data/level-4/manifest.csv", "data/level-4/images/eval-0001.nii.gz"):
+        (cal / name).parent.mkdir(parents=True, exist_ok=True)
+        (cal / name).write_text(name)
+    (out / "study.json").write_text("{}\n")
+    folders = archive.finished_tasks(out)
+    assert [f.relative_to(out).as_posix() for f in folders] == ["calibration/caudate"]
+    path = tmp_path / "study.tar.gz"
+    archive.save_tasks(out, path, folders)
+    new = tmp_path / "again"
+    assert archive.restore_tasks(path, new) == (["calibration/caudate"], [])
+    kept = sorted(p.relative_to(new / "calibration" / "caudate").as_posix()
+                  for p in (new / "calibration" / "caudate").rglob("*") if p.is_file())
+    assert kept == [".fairal", "calibration.json", "levels.csv", "models/seed-0.pt", "settings.json"]
+
+
 def test_restore_refuses_a_member_outside_a_task_folder(archive, tmp_path):
     import io
     import tarfile

@@ -331,6 +331,64 @@ def calibrate(
         write_json(within(out.parent, out.name), cal.as_dict())
 
 
+@app.command("calibrate-harm")
+@_clear_errors
+def calibrate_harm(
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder of the calibration (made and continued by "
+                                        "fairal): its datasets, models, levels.csv, dice.csv, calibration.json.")],
+    sim: Annotated[list[str] | None, typer.Option("--sim", metavar="KEY=VALUE", help="A fairal simulate option of "
+                                                  "the recipe (repeatable), e.g. bias=strong, bias_std=2.")] = None,
+    knob: Annotated[str, typer.Option(help="The setting turned: bias_mean, contrast, inu or noise (Group 1's).")]
+    = "bias_mean",
+    levels: Annotated[str | None, typer.Option(help="Comma-separated knob values (default: the knob's ladder).")]
+    = None,
+    target_gap: Annotated[list[float] | None, typer.Option("--target-gap", help="A gap to find the knob for "
+                                                           "(repeatable).")] = None,
+    seeds: Annotated[int, typer.Option(help="Training seeds of the Group 2-only model.")] = 3,
+    eval_per_group: Annotated[int, typer.Option(help="Evaluation subjects per group.")] = 150,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration's own subjects (stream harm-subjects).")] = 0,
+    profile: Annotated[str, typer.Option("--profile", "-p", metavar="NAME", help="Settings profile (its grid and "
+                                         "training).")] = "standard",
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override one profile "
+                                                   "setting (repeatable).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """Harm as a setting: the gap of a model trained on Group 2 alone (mean Dice of Group 2 - of Group 1 on
+    held-out subjects) over a ladder of one knob of a simulation recipe, with CIs and each level's anatomy, and the
+    knob for each --target-gap (interpolated, then measured again). A study asks for it with target_gap."""
+    import json
+
+    from fairal.config import get_profile, parse_overrides
+    from fairal.harm import HarmSettings, measure
+    from fairal.sampling import stream_seed
+
+    recipe = {}
+    for key, value in parse_overrides(sim).items():
+        try:
+            recipe[key] = json.loads(value)
+        except ValueError:
+            recipe[key] = value
+    values = tuple(float(v) for v in levels.split(",")) if levels else ()
+    settings = HarmSettings(recipe, knob, values, seeds=seeds, eval_per_group=eval_per_group,
+                            subject_seed=stream_seed(seed, "harm-subjects", "calibrate-harm"))
+    curve = measure(settings, get_profile(profile, parse_overrides(set_)), out, target_gap or (),
+                    progress=not quiet)
+    view = Table(title=f"gap of a Group 2-only model against {knob} ({len(curve.levels)} levels, {seeds} seeds)")
+    for col in (knob, "gap", "95% CI", "Dice G1", "Dice G2", "G1 volume (SDs)", "G1 volume", "smallest G1 label"):
+        view.add_column(col, justify="right")
+    for _, r in curve.levels.iterrows():
+        view.add_row(f"{r['level']:g}", f"{r['gap']:.4f}", f"[{r['gap_ci_low']:.4f}, {r['gap_ci_high']:.4f}]",
+                     f"{r['dice_g1']:.3f}", f"{r['dice_g2']:.3f}", f"{r['volume_change_sd']:+.2f}",
+                     f"{r['volume_change_pct']:+.0f}%", f"{int(r['g1_min_voxels'])} vx" + ("" if r["usable"]
+                                                                                          else " (vanished)"))
+    Console(width=max(stdout.width, 120), markup=False, highlight=False).print(view)
+    for t in curve.targets.values():
+        c = t["checked"]
+        stdout.print(f"target gap {t['target_gap']:g}: {knob} = {t['value']:g}, measured there {c['gap']:.4f} "
+                     f"[{c['gap_ci_low']:.4f}, {c['gap_ci_high']:.4f}]")
+    stdout.print(f"calibration: {out / 'calibration.json'}")
+
+
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", metavar="NAME",
                                          help="Settings profile: smoke, quick, standard, paper.")]
 SetOpt = Annotated[
@@ -713,7 +771,7 @@ def strategies() -> None:
     strategies), where each comes from, and how strategy names are made of them."""
     from fairal import acquisition, metrics, plugins
 
-    view = Table(title="base scores: a strategy is [stochastic-][weighted-]BASE[-tT]")
+    view = Table(title="base scores: a strategy is [SELECTION-][STEERING-]BASE[-tT]")
     for col in ("base", "ranks by", "MC dropout", "from"):
         view.add_column(col)
     for name, base in acquisition.BASES.items():
@@ -721,9 +779,11 @@ def strategies() -> None:
         view.add_row(name, stat.label if stat else "a seeded uniform draw", "yes" if base.needs_dropout else "",
                      plugins.source(stat.compute if stat else None, name in acquisition.BUILT_IN_BASES))
     stdout.print(view)
-    stdout.print("weighted-: times the group weight of Eq. 2; -tT: the weights' softmax temperature T; stochastic-: "
-                 "the best of random candidate batches. The paper's four: " +
-                 ", ".join(acquisition.PAPER_STRATEGIES))
+    stdout.print("STEERING: weighted- (times the group weight of Eq. 2), worst-group- (the group of the largest weight "
+                 "first), balanced- (groups interleaved, the largest weight first), group-drawn- (each slot's group "
+                 "drawn with probability w_g); -tT: the weights' softmax temperature T; SELECTION: stochastic- (the "
+                 "best of random candidate batches), power- (drawn with probability ∝ score^(1/T), T the setting "
+                 "power_temperature). The paper's four: " + ", ".join(acquisition.PAPER_STRATEGIES))
     view = Table(title="metrics: columns of rounds.csv and the baselines' table (eval_ on the evaluation split)")
     for col in ("metric", "label", "better", "from"):
         view.add_column(col)

@@ -38,7 +38,7 @@ MIN_LABELED_PER_GROUP = 3
 #: The profile settings a query uses: it trains once (or not at all) and ranks; it has no active-learning schedule
 #: and simulates nothing, so the other settings would do nothing and are refused (:func:`query_profile`).
 QUERY_SETTINGS = ("steps", "epochs", "lr", "batch_size", "device", "bf16", "features", "crop_margin", "roi_dilation",
-                  "temperature", "mc_dropout", "mc_samples", "stochastic_batches")
+                  "temperature", "mc_dropout", "mc_samples", "stochastic_batches", "power_temperature")
 
 
 def query_profile(name: str, overrides: dict[str, str] | None = None) -> Profile:
