@@ -6,20 +6,24 @@
 DEST gets ``rounds.csv`` (every round of the finished runs), ``cases.csv.gz`` (the final round's per-case Dice on the
 test and the evaluation split), ``test_cases.csv.gz`` (every round's per-case test Dice), ``baselines.csv`` and
 ``baseline_cases.csv`` (where the study has baselines), ``datasets.csv`` (each dataset's cases: group, split, label
-volume), ``study.json`` (OUT's) and ``settings.json`` (the profile, device and versions the runs recorded, and
+volume), ``study.json`` (OUT's, with the study file's arms), ``calibration/LADDER/`` (a ladder's harm calibration:
+``calibration.json``, ``levels.csv``, ``dice.csv``, ``settings.json``) and ``settings.json`` (the profile, device and
+versions the runs recorded, and
 ``sources``: which records came from where, at which commit).
 
 ``--reuse-records TIDY``: arms of the study that another experiment's tidy records already hold (a pre-registered
 study may compare against earlier records instead of running them again): the rows of TIDY's runs of the study's
-seeds, for each arm of the study that OUT did not run, are added. They are taken only where they are the study's
-runs: the arm has no settings of its own and TIDY's recorded profile is the one the study gives that arm (a setting
-added since counts as equal at its default, as when a run resumes), and each dataset's cases in TIDY's
-``datasets.csv`` (group, split, label volume, Dice to the template) are OUT's, exactly. Otherwise nothing is written.
+seeds, for each dataset and arm of the study that OUT has no run of, are added. They are taken only where they are
+the study's runs: the arm has no settings of its own and TIDY's recorded profile is the one the study gives that
+arm (a setting added since counts as equal at its default, as when a run resumes), and each dataset's cases in
+TIDY's ``datasets.csv`` (group, split, label volume, Dice to the template) are OUT's, exactly. Otherwise nothing is
+written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -91,8 +95,10 @@ def reused(study, info: dict, base, out_rounds: pd.DataFrame, tidy: Path, cases_
     profiles = settings.get("arm_profiles") or {}
     if "sources" in settings and not profiles:
         raise SystemExit(f"{tidy} holds a study's records without their arms' profiles: they cannot be checked")
-    ran = set(out_rounds["strategy"]) if len(out_rounds) else set()
-    arms = [a for a in study.resolved_arms(base) if a.name not in ran]
+    ran = set(zip(out_rounds["dataset"], out_rounds["strategy"], strict=True)) if len(out_rounds) else set()
+    # per dataset, the arms OUT has no run of (a study may run an arm on some datasets and take it on others)
+    wanted = {d.name: [a for a in study.resolved_arms(base) if (d.name, a.name) not in ran] for d in study.datasets}
+    arms = list({a.name: a for d in study.datasets for a in wanted[d.name]}.values())
     if not arms:
         raise SystemExit(f"every arm of the study has runs in its results folder; nothing to take from {tidy}")
     rounds = pd.read_csv(tidy / "rounds.csv", dtype={"group": str})
@@ -106,14 +112,14 @@ def reused(study, info: dict, base, out_rounds: pd.DataFrame, tidy: Path, cases_
         if (tidy / "datasets.csv").is_file() else None
     seeds = range(int(info["seeds"]))
     keep = []
-    for d in study.datasets:
+    for d in (d for d in study.datasets if wanted[d.name]):
         if theirs_data is None:
             raise SystemExit(f"{tidy} has no datasets.csv: its data cannot be checked against dataset {d.name}")
         if not same_cases(cases_in_out[cases_in_out["dataset"] == d.name],
                           theirs_data[theirs_data["dataset"] == d.name]):
             raise SystemExit(f"dataset {d.name}: its cases in {tidy}/datasets.csv are not the study's (group, split, "
                              "label volume or Dice to the template differ)")
-        for arm in arms:
+        for arm in wanted[d.name]:
             if arm.overrides:
                 raise SystemExit(f"arm {arm.name} has settings of its own ({arm.overrides}); records made "
                                  f"without them cannot stand for it")
@@ -145,6 +151,7 @@ def reused(study, info: dict, base, out_rounds: pd.DataFrame, tidy: Path, cases_
     taken = {"records": str(tidy), "commit": settings.get("commit"), "versions": settings.get("versions"),
              "device": settings.get("device"), "analysis_plan": settings.get("analysis_plan"),
              "arms": sorted({a.name for a in arms}), "seeds": list(seeds),
+             "runs": {d: sorted(a.name for a in w) for d, w in wanted.items() if w},
              "profiles": {a.name: profiles.get(a.strategy) if profiles else
                           (settings.get("run_settings") or {}).get("profile") for a in arms}}
     return pick(rounds), pick(cases), pick(tests), taken
@@ -210,7 +217,16 @@ def export(study_file: Path, out: Path, dest: Path, commit: str, reuse: Path | N
         if base_cases is not None:
             base_cases.to_csv(part / "baseline_cases.csv", index=False)
     data.to_csv(part / "datasets.csv", index=False)
-    shutil.copyfile(out / "study.json", part / "study.json")
+    recorded_study = json.loads((out / "study.json").read_text())
+    if study.arms is not None:  # the study file's arms, whichever of them the last command ran (--strategies)
+        recorded_study["study"]["arms"] = [dataclasses.asdict(a) for a in study.arms]
+    (part / "study.json").write_text(json.dumps(recorded_study, indent=2, default=str) + "\n")
+    for cal in sorted(out.glob("calibration/*/calibration.json")):  # a ladder's harm calibration: its records
+        target = part / "calibration" / cal.parent.name
+        target.mkdir(parents=True)
+        for name in ("calibration.json", "levels.csv", "dice.csv", "settings.json"):
+            if (cal.parent / name).is_file():
+                shutil.copyfile(cal.parent / name, target / name)
     (part / "settings.json").write_text(json.dumps({
         "profile": info["profile"]["name"], "commit": commit, "versions": recorded.get("versions"),
         "device": recorded.get("device"), "run_settings": recorded.get("settings"), "seeds": list(range(info["seeds"])),

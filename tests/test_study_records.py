@@ -114,3 +114,27 @@ def test_a_study_takes_its_other_arm_from_earlier_records_only_where_they_are_it
     assert json.loads((dest / "settings.json").read_text())["commit"] == "c" * 40
     config = json.loads(next((tmp_path / "b" / "runs").glob("*/*/wle-hidden/seed-0/config.json")).read_text())
     assert config["settings"]["profile"]["groups_known"] is False  # the arm's own settings, by its name
+
+
+def test_an_arm_run_on_some_datasets_is_taken_from_earlier_records_on_the_others(tiny_dataset, tmp_path, records):
+    """As the v3 ladder: random ran before on dataset tiny (the earlier records) and runs now on dataset copy only
+    (--datasets); the export takes tiny's random from the earlier records and keeps copy's own, and its study.json
+    lists the study file's arms, whichever the last command ran."""
+    two = f'[datasets.copy]\nfolder = "{tiny_dataset}"\n'
+    earlier = _study(tmp_path / "a.toml", tiny_dataset, '"random"', "random")
+    earlier.write_text(earlier.read_text() + two)
+    _run(earlier, tmp_path / "a", "--datasets", "tiny")
+    records.export(earlier, tmp_path / "a", tmp_path / "tidy", commit="a" * 40)
+    study = _study(tmp_path / "b.toml", tiny_dataset, '"entropy", "random"', "entropy")
+    study.write_text(study.read_text() + two)
+    _run(study, tmp_path / "b", "--strategies", "random", "--datasets", "copy")
+    _run(study, tmp_path / "b", "--strategies", "entropy")
+    dest = tmp_path / "records"
+    records.export(study, tmp_path / "b", dest, commit="b" * 40, reuse=tmp_path / "tidy")
+    rounds = pd.read_csv(dest / "rounds.csv")
+    runs = rounds.groupby(["dataset", "strategy"])["seed"].nunique().to_dict()
+    assert runs == {("copy", "entropy"): 2, ("copy", "random"): 2, ("tiny", "entropy"): 2, ("tiny", "random"): 2}
+    sources = json.loads((dest / "settings.json").read_text())["sources"]
+    assert sources[1]["runs"] == {"tiny": ["random"]}
+    arms = [a["name"] for a in json.loads((dest / "study.json").read_text())["study"]["arms"]]
+    assert arms == ["entropy", "random"]
