@@ -27,6 +27,15 @@ def test_worst_group_takes_the_largest_weight_then_fills_from_the_next():
         ["a", "f", "b", "d"]
 
 
+def test_a_tie_of_group_weights_is_broken_by_the_seeded_stream():
+    # equal weights: default_rng(3).permutation(2) = [1, 0] puts group 2 first, default_rng(0)'s [0, 1] group 1
+    tie = {1: 0.5, 2: 0.5}
+    assert select("worst-group-entropy", IDS, SCORES, 2, 1, np.random.default_rng(3), groups=GROUPS,
+                  weights=tie) == ["d", "c"]
+    assert select("worst-group-entropy", IDS, SCORES, 2, 1, np.random.default_rng(0), groups=GROUPS,
+                  weights=tie) == ["a", "f"]
+
+
 def test_balanced_interleaves_the_groups_worst_first():
     rng = np.random.default_rng(0)
     assert select("balanced-entropy", IDS, SCORES, 4, 1, rng, groups=GROUPS, weights=WEIGHTS) == \

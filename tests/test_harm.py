@@ -170,3 +170,37 @@ calibration = { levels = [0, 4, 12], seeds = 1, eval_per_group = 4 }
     resolved = {d["name"]: d for d in json.loads((out / "study.json").read_text())["study"]["datasets"]}
     assert resolved["caudate-gap0.05"]["simulate"]["bias_mean"] == resolved["caudate-gap0.05"]["harm"]["value"]
     assert resolved["strong"]["harm"]["value"] == 4.0
+
+
+def test_the_bootstrap_resamples_the_seeds_too():
+    """Two seeds whose gaps are 0.2 and 0.0 with identical subjects within a seed: resampling the subjects alone
+    gives no spread; resampling the seeds gives 0.2, 0.1 or 0.0 (prob 1/4, 1/2, 1/4): the interval [0.0, 0.2]."""
+    d1 = np.array([[0.7, 0.7], [0.9, 0.9]])
+    d2 = np.array([[0.9, 0.9], [0.9, 0.9]])
+    gap, low, high = gap_with_ci(d1, d2, np.random.default_rng(0))
+    assert gap == pytest.approx(0.1) and low == pytest.approx(0.0) and high == pytest.approx(0.2)
+
+
+def test_a_kept_subject_is_the_one_the_whole_dataset_holds(tiny_config, tmp_path):
+    """simulate_dataset(keep=...) draws every subject and makes only the kept ones: their images, labels and
+    splits are the whole dataset's, byte for byte."""
+    import json
+
+    import nibabel as nib
+
+    from fairal.simulate.dataset import simulate_dataset
+
+    cfg = tiny_config(n_subjects=8, test_per_group=1, eval_per_group=2)
+    whole = simulate_dataset(cfg, tmp_path / "whole", progress=False)
+    part = simulate_dataset(cfg, tmp_path / "part", progress=False, keep=lambda s, split: s.group == 1
+                            and split != "pool")
+    a, b = pd.read_csv(whole / "manifest.csv"), pd.read_csv(part / "manifest.csv")
+    expected = a[(a["group"] == 1) & (a["split"] != "pool")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(b, expected)
+    assert set(b["split"]) == {"test", "eval"}
+    for case in b["case_id"]:
+        for kind in ("images", "labels"):
+            x = np.asarray(nib.load(whole / kind / f"{case}.nii.gz").dataobj)
+            y = np.asarray(nib.load(part / kind / f"{case}.nii.gz").dataobj)
+            np.testing.assert_array_equal(x, y)
+    assert json.loads((part / "dataset.json").read_text())["subset"] == {"kept": len(b), "drawn": 8 + 4}

@@ -169,3 +169,26 @@ def test_a_run_with_three_groups_and_new_strategies(tiny_dataset, tmp_path):
             assert (sel["score"] - sel["weight"] * sel["bald"]).abs().max() < 1e-12
         else:
             assert sel["bald"].isna().all()
+
+
+@pytest.mark.parametrize("strategy", ["worst-group-random", "group-drawn-localized-entropy",
+                                      "power-weighted-localized-entropy", "fair-influence"])
+def test_the_new_parts_of_the_grammar_run_a_whole_run(tiny_dataset, tmp_path, strategy):
+    """Each steering, selection and base of the grammar through the round engine: a run's records, the steered
+    choice drawn from the group the weights name, the fair-influence statistic recorded where it ranks."""
+    run = ActiveLearningRun(_spec(tiny_dataset, strategy, init="balanced"), tmp_path / "run")
+    rounds = run.run()
+    assert rounds["n_labeled"].tolist() == [4, 6, 8]
+    sel = pd.read_csv(tmp_path / "run" / "selections.csv")
+    picked = sel[sel["selected"]]
+    assert picked.groupby("round").size().tolist() == [2, 2] and picked["case_id"].is_unique
+    assert sel["fair_influence"].notna().all() == (strategy == "fair-influence")
+    if strategy == "worst-group-random":  # min-max: the selected cases are of the group with the larger weight
+        for rnd, r in rounds.iterrows():
+            if rnd < len(rounds) - 1 and r["w_g1"] != r["w_g2"]:
+                worst = 1 if r["w_g1"] > r["w_g2"] else 2
+                pool = sel[(sel["round"] == rnd) & (sel["group"] == worst)]
+                chosen = picked[picked["round"] == rnd]
+                assert (chosen["group"] == worst).all() or len(pool) < 2
+    again = ActiveLearningRun(_spec(tiny_dataset, strategy, init="balanced"), tmp_path / "again").run()
+    pd.testing.assert_frame_equal(rounds, again)  # the same seed, the same run

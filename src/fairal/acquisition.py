@@ -57,7 +57,6 @@ __all__ = ["PAPER_STRATEGIES", "ALL_STRATEGIES", "BASES", "STATISTICS", "Base", 
            "STEERINGS", "SELECTIONS", "worst_group_order", "balanced_order", "group_drawn_order", "steering_groups"]
 
 _EPS = 1e-7
-_NAME = re.compile(r"^(?P<stochastic>stochastic-)?(?P<weighted>weighted-)?(?P<base>[a-z0-9-]+?)(?:-t(?P<t>[0-9.]+))?$")
 
 
 @dataclass(frozen=True)
@@ -369,7 +368,7 @@ _BASE_NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
 def register(base: Base, statistic: Statistic | None = None) -> Base:
     """Add a base score (and the statistic it ranks by) to the tables: it is then a strategy name of the grammar
-    (``[stochastic-][weighted-]NAME[-tT]``), computed every round for every candidate, written to the records as a
+    (``[SELECTION-][STEERING-]NAME[-tT]``), computed every round for every candidate, written to the records as a
     column of its own and named in reasons and figures. Returns the base."""
     prefixes = tuple(p.prefix for p in (*STEERINGS.values(), *SELECTIONS.values()) if p.name)
     if not _BASE_NAME.match(base.name) or base.name.startswith(prefixes) or re.search(r"-t[0-9.]+$", base.name):
@@ -634,25 +633,31 @@ def stochastic_batch(
 # --- steering by group: each group's cases in the selection's order, slots filled by the group weights ---------
 
 
-def groups_by_weight(weights: Mapping[Hashable, float], present: Iterable[Hashable]) -> list:
-    """The groups that have candidates, by descending weight (ties: the order of ``weights``)."""
+def groups_by_weight(weights: Mapping[Hashable, float], present: Iterable[Hashable],
+                     rng: np.random.Generator | None = None) -> list:
+    """The groups that have candidates, by descending weight; groups of equal weight in a random order drawn from
+    ``rng`` (one permutation, drawn only when two weights tie), else in the order of ``weights``."""
     here = set(present)
     keys = [g for g in weights if g in here]
-    return sorted(keys, key=lambda g: (-float(weights[g]), keys.index(g)))
+    values = [float(weights[g]) for g in keys]
+    tie = rng.permutation(len(keys)).tolist() if rng is not None and len(set(values)) < len(values) else \
+        list(range(len(keys)))
+    return sorted(keys, key=lambda g: (-float(weights[g]), tie[keys.index(g)]))
 
 
 def worst_group_order(orders: Mapping[Hashable, list[str]], weights: Mapping[Hashable, float], k: int,
                       rng: np.random.Generator) -> list[str]:
     """Min-max (Abernethy et al. 2022): the group of the largest weight g* = argmax_g w_g, its cases in order;
-    when g* has fewer than ``k``, the next group by weight fills the rest."""
-    return [c for g in groups_by_weight(weights, orders) for c in orders[g]][:k]
+    when g* has fewer than ``k``, the next group by weight fills the rest (``orders``: each group's cases in the
+    selection's order, the groups in descending weight, as :func:`select` gives them)."""
+    return [c for g in orders for c in orders[g]][:k]
 
 
 def balanced_order(orders: Mapping[Hashable, list[str]], weights: Mapping[Hashable, float], k: int,
                    rng: np.random.Generator) -> list[str]:
     """Group-balanced interleaving (Branchaud-Charron et al. 2021): slots taken round-robin over the groups in
     descending weight, each group's next case in its order; an exhausted group is skipped."""
-    queues = [list(orders[g]) for g in groups_by_weight(weights, orders)]
+    queues = [list(orders[g]) for g in orders]
     out: list[str] = []
     while len(out) < k and any(queues):
         for q in queues:
@@ -664,16 +669,17 @@ def balanced_order(orders: Mapping[Hashable, list[str]], weights: Mapping[Hashab
 def group_drawn_order(orders: Mapping[Hashable, list[str]], weights: Mapping[Hashable, float], k: int,
                       rng: np.random.Generator) -> list[str]:
     """Each slot: a group drawn with probability proportional to its weight among the groups with cases left
-    (``u = rng.random()``, the first group whose cumulative share exceeds ``u``, groups in descending weight;
-    equal shares when all their weights are 0), then that group's next case in its order."""
-    queues = {g: list(orders[g]) for g in groups_by_weight(weights, orders)}
+    (``u = rng.random()``, the first group whose cumulative share exceeds ``u``, the groups in the order of
+    ``orders``: descending weight; equal shares when all their weights are 0), then that group's next case."""
+    queues = {g: list(orders[g]) for g in orders}
     out: list[str] = []
     while len(out) < k and any(queues.values()):
         left = [g for g, q in queues.items() if q]
         w = np.array([max(float(weights[g]), 0.0) for g in left])
         p = w / w.sum() if w.sum() > 0 else np.full(len(left), 1.0 / len(left))
-        u = rng.random()
-        g = left[min(int(np.searchsorted(np.cumsum(p), u, side="right")), len(left) - 1)]
+        cum = np.cumsum(p)
+        cum[-1] = 1.0  # (a sum that rounds below 1 never falls past the last group)
+        g = left[int(np.searchsorted(cum, rng.random(), side="right"))]
         out.append(queues[g].pop(0))
     return out
 
@@ -722,7 +728,8 @@ def select(
     """The cases to annotate, best first: the top ``k`` scores, the best random candidate batch (``stochastic-``)
     or a power draw (``power-``); a steering by group (``worst-group-``, ``balanced-``, ``group-drawn-``) orders
     each group's cases (``groups``: each case's group) by the selection and fills the slots by the group
-    ``weights``. ``rng`` draws the power noise (one value per case, group by group) before the groups."""
+    ``weights`` (the groups in descending weight, a tie in a random order). ``rng`` draws, in this order, the tie's
+    permutation (only on a tie), the power noise (one value per case, group by group), the groups' draws."""
     s = parse_strategy(strategy)
     k = _check_k(k)
     by_group = STEERINGS[s.steering].by_group
@@ -740,5 +747,5 @@ def select(
         raise FairalError(f"strategy {s.name}: no group weight for group(s) {', '.join(stray)}")
     order = SELECTIONS[s.selection].order
     orders = {g: order([case_ids[i] for i in members[g]], [scores[i] for i in members[g]], rng, power_temperature)
-              for g in groups_by_weight(weights, members)}
+              for g in groups_by_weight(weights, members, rng)}
     return by_group(orders, weights, k, rng)

@@ -238,7 +238,8 @@ def measure(settings: HarmSettings, profile: Profile, out: str | Path, targets: 
     out = check_own_folder(out, KIND)
     _same_calibration(out, settings, profile)
     make_own_folder(out, KIND)
-    write_json(within(out, "settings.json"), {"settings": settings.as_dict(), "profile": _profile(profile)})
+    write_json(within(out, "settings.json"), {"settings": settings.as_dict(),
+                                              "profile": calibration_profile(profile)})
     ref_path, ref = _dataset(out, "reference", _config(settings, profile, settings.levels[0]),
                              lambda s, split: s.group == GROUP_REFERENCE and split != "test", progress)
     models = _models(out, settings, profile, ref_path, ref)
@@ -259,8 +260,8 @@ def measure(settings: HarmSettings, profile: Profile, out: str | Path, targets: 
         checked = level_row(value, d1, d2, anatomy(g1, g2, voxels), _rng(settings, f"check-{value:g}"))
         curve.targets[f"{float(target):g}"] = {"target_gap": float(target), "knob": settings.knob, "value": value,
                                                "checked": checked}
-        dice_rows += _dice_rows(f"{value:g}", ids1, d1, GROUP_HARMED)
-    _write(out, curve, profile, dice_rows)
+        dice_rows += _dice_rows(f"check-{value:g}", ids1, d1, GROUP_HARMED)
+        _write(out, curve, profile, dice_rows)  # each target kept as it is found
     return curve
 
 
@@ -280,7 +281,7 @@ def _dice_rows(level: str, ids: list, dice: np.ndarray, group) -> list[dict]:
             for s, row in enumerate(dice) for c, d in zip(ids, row, strict=True)]
 
 
-def _profile(profile: Profile) -> dict:
+def calibration_profile(profile: Profile) -> dict:
     """The settings a calibration depends on: the data's grid and the training (not the AL schedule)."""
     keys = ("sim_shape", "crop_margin", "downsample", "features", "lr", "steps", "epochs", "batch_size",
             "cohort_size", "device", "bf16")
@@ -296,7 +297,8 @@ def _same_calibration(out: Path, settings: HarmSettings, profile: Profile) -> No
         info = json.loads(held.read_text())
     except (OSError, ValueError) as err:
         raise FairalError(f"{held} is unreadable ({err}); use another folder") from None
-    mine = json.loads(json.dumps({"settings": settings.as_dict(), "profile": _profile(profile)}, default=str))
+    mine = json.loads(json.dumps({"settings": settings.as_dict(), "profile": calibration_profile(profile)},
+                                 default=str))
     if info != mine:
         raise FairalError(f"{out} holds a harm calibration of other settings (recipe, knob, levels, seeds or "
                           "profile); use another folder")
@@ -307,11 +309,13 @@ def _write(out: Path, curve: HarmCurve, profile: Profile, dice_rows: list[dict])
     write_csv(within(out, "levels.csv"), curve.levels)
     write_csv(within(out, "dice.csv"), pd.DataFrame(dice_rows))
     write_json(within(out, "calibration.json"), {
-        "format": "fairal-harm-calibration/1", "settings": curve.settings.as_dict(), "profile": _profile(profile),
+        "format": "fairal-harm-calibration/1", "settings": curve.settings.as_dict(),
+        "profile": calibration_profile(profile),
         "what": f"gap = mean Dice of Group {GROUP_REFERENCE} - of Group {GROUP_HARMED}, evaluation subjects, a "
                 f"model trained on {profile.cohort_size} Group {GROUP_REFERENCE} subjects; knob: "
                 f"{KNOBS[curve.settings.knob][0]}",
-        "levels": curve.levels.to_dict(orient="records"), "reachable": list(curve.reachable()),
+        "levels": curve.levels.to_dict(orient="records"),
+        "reachable": list(curve.reachable()) if curve.levels["usable"].any() else None,
         "targets": curve.targets, "device": describe_device(profile.device),
         "versions": versions()})
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fairal.config import Profile
 from fairal.errors import FairalError
-from fairal.harm import KNOBS, SET_BY_CALIBRATION, HarmSettings, load_curve, measure
+from fairal.harm import KNOBS, SET_BY_CALIBRATION, HarmSettings, calibration_profile, load_curve, measure
 from fairal.sampling import stream_seed
 from fairal.simulate.dataset import simulation_config
 from fairal.study import DatasetSpec, Study
@@ -85,13 +85,16 @@ def calibration_folder(out: Path, name: str) -> Path:
     return Path(out) / "calibration" / name
 
 
-def _held(folder: Path, settings: HarmSettings, targets: list[float]) -> dict | None:
-    """The calibration in ``folder`` if it is this one and has every target, else None."""
+def _held(folder: Path, settings: HarmSettings, profile: Profile, targets: list[float]) -> dict | None:
+    """The calibration in ``folder`` if it is this one (its settings and the profile's grid and training) and has
+    every target, else None (then :func:`fairal.harm.measure` continues it, or refuses one of other settings)."""
     if not (folder / "calibration.json").is_file():
         return None
     info = load_curve(folder)
-    mine = json.loads(json.dumps(settings.as_dict(), default=str))
-    if info.get("settings") != mine or any(f"{t:g}" not in info.get("targets", {}) for t in targets):
+    mine = json.loads(json.dumps({"settings": settings.as_dict(), "profile": calibration_profile(profile)},
+                                 default=str))
+    if {"settings": info.get("settings"), "profile": info.get("profile")} != mine or \
+            any(f"{t:g}" not in info.get("targets", {}) for t in targets):
         return None
     return info
 
@@ -108,7 +111,7 @@ def resolve(out: str | Path, study: Study, profile: Profile, cli: dict, compute:
         settings = ladder_settings(name, members, prof)
         targets = sorted(d.target_gap for d in members if d.target_gap is not None)
         folder = calibration_folder(Path(out), name)
-        info = _held(folder, settings, targets)
+        info = _held(folder, settings, prof, targets)
         if info is None and compute:
             measure(settings, prof, folder, targets, progress=progress)
             info = load_curve(folder)

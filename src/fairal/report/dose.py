@@ -27,10 +27,12 @@ from fairal.report.records import Results, finished_rounds, of_datasets  # noqa:
 from fairal.stats import mean_ci, sign_flip_test  # noqa: E402
 
 RANDOM = "random"
+#: Families whose rows are described, not judged.
+UNJUDGED = ("dose-described", "exploratory")
 DOSE_COLUMNS = ["ladder", "dataset", "split", "gap", "gap_ci_low", "gap_ci_high", "volume_change_sd", "family",
                 "comparison", "metric", "value", "ci_low", "ci_high", "p_value", "p_holm", "margin", "p_tost",
                 "p_tost_holm", "within_margin", "n", "verdict", "random_penalty", "margin_share_of_penalty"]
-TREND_COLUMNS = ["ladder", "comparison", "metric", "slope_per_0.1_gap", "ci_low", "ci_high", "p_value", "n",
+TREND_COLUMNS = ["ladder", "comparison", "role", "metric", "slope_per_0.1_gap", "ci_low", "ci_high", "p_value", "n",
                  "rungs"]
 #: Measures of the view: final ESSP (the verdicts), final Δ and Dice (described).
 VIEW = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice"}
@@ -55,10 +57,10 @@ def comparisons(arms: list[str], reference: str) -> list[tuple[str, str]]:
 
 
 def _family(a: str, b: str, reference: str, arms: list[str], complete: set[str], metric: str) -> str:
-    if metric != "essp":
-        return "dose-described"
     if not {a, b} <= complete:
         return "exploratory"
+    if metric != "essp":
+        return "dose-described"
     primary = (reference, RANDOM) if RANDOM in arms else None
     return "dose-primary" if primary is None and a == reference or (a, b) == primary else "dose-secondary"
 
@@ -103,6 +105,8 @@ def dose_table(results: Results, info: dict, splits: dict[str, str]) -> pd.DataF
     harm = {(lad, r["dataset"]): r for lad, members in rungs(info).items() for r in members}
     rows = []
     for r in verdict_rows(parts):
+        if r["family"] in UNJUDGED:  # described: an estimate and its CI, never a verdict of the plan
+            r.update(verdict="", within_margin=None, p_holm=float("nan"), p_tost_holm=float("nan"))
         ladder, d = where[r["id"]]
         _, _, a, b, metric = r["id"].split(":")
         h = harm[(ladder, d)]
@@ -135,8 +139,10 @@ def trend_table(results: Results, info: dict, splits: dict[str, str]) -> pd.Data
     """``dose_trend.csv``: per ladder and comparison of the families (final ESSP), the trend of the difference
     over the calibrated gap: per seed, the OLS slope of its rung differences (each the mean over the initial sets)
     on the rungs' gaps; the seeds' slopes as units (mean, 95% t CI, exact sign-flip p), per 0.1 of gap. Only
-    seeds present at every rung count."""
+    seeds with a pair of every initial set at every rung count. ``role``: ``test`` for the plan's one trend test
+    (the reference − random), ``described`` for the others."""
     reference = info.get("study", {}).get("reference", "weighted-localized-entropy")
+    inits = info.get("study", {}).get("inits")
     final = _final(results)
     rows = []
     for ladder, members in rungs(info).items():
@@ -146,7 +152,7 @@ def trend_table(results: Results, info: dict, splits: dict[str, str]) -> pd.Data
         gaps = {m["dataset"]: m["gap"] for m in members}
         arms = sorted(set(final.loc[final["dataset"].isin(names), "strategy"]))
         for a, b in comparisons(arms, reference):
-            diffs = [_seed_differences(final, d, a, b, splits[d]) for d in names]
+            diffs = [_seed_differences(final, d, a, b, splits[d], inits) for d in names]
             seeds = sorted(set.intersection(*(set(x.index) for x in diffs)))
             if len(seeds) < 2:
                 continue
@@ -154,20 +160,27 @@ def trend_table(results: Results, info: dict, splits: dict[str, str]) -> pd.Data
             y = np.array([[float(dd[s]) for dd in diffs] for s in seeds])  # seeds x rungs
             slopes = 0.1 * ((y - y.mean(1, keepdims=True)) @ (x - x.mean())) / ((x - x.mean()) ** 2).sum()
             est = mean_ci(slopes)
+            primary = (a, b) == ((reference, RANDOM) if RANDOM in arms else (reference, b))
             rows.append({"ladder": ladder, "comparison": f"{a} - {b}", "metric": "essp",
+                         "role": "test" if primary else "described",
                          "slope_per_0.1_gap": est.mean, "ci_low": est.ci_low, "ci_high": est.ci_high,
                          "p_value": sign_flip_test(slopes), "n": len(seeds), "rungs": len(names)})
     return pd.DataFrame(rows, columns=TREND_COLUMNS)
 
 
-def _seed_differences(final: pd.DataFrame, dataset: str, a: str, b: str, split: str) -> pd.Series:
-    """Per seed, the mean over the initial sets of the paired final ESSP differences a − b."""
+def _seed_differences(final: pd.DataFrame, dataset: str, a: str, b: str, split: str,
+                      inits: list | None = None) -> pd.Series:
+    """Per seed, the mean over the initial sets of the paired final ESSP differences a − b; a seed that lacks a pair
+    of one of ``inits`` (the study's) is left out."""
     col = "eval_essp" if split == "eval" else "essp"
     sub = final[final["dataset"] == dataset]
     wide = sub.pivot_table(index=["init", "seed"], columns="strategy", values=col)
     if a not in wide or b not in wide:
         return pd.Series(dtype=float)
-    return (wide[a] - wide[b]).dropna().groupby(level="seed").mean()
+    d = (wide[a] - wide[b]).dropna()
+    counts = d.groupby(level="seed").size()
+    whole = counts[counts >= len(inits)].index if inits else counts.index
+    return d.groupby(level="seed").mean().loc[list(whole)]
 
 
 def dose_figure(table: pd.DataFrame, out, ladder: str):
