@@ -35,6 +35,17 @@ from fairal.errors import FairalError
 from fairal.sampling import stream
 
 
+def _from_maps(strategy: str):
+    """The strategy, if probability maps are all it needs (not MC-dropout samples, not the network)."""
+    s = parse_strategy(strategy)
+    if s.needs_dropout:
+        raise FairalError(f"strategy {s.name} needs MC-dropout samples of the model: use fairal query, or score "
+                          "your own samples with fairal.acquisition.mutual_information")
+    if s.spec.statistic and STATISTICS[s.spec.statistic].needs_model:
+        raise FairalError(f"strategy {s.name} needs the network itself ({STATISTICS[s.spec.statistic].needs})")
+    return s
+
+
 def rank_for_annotation(
     probas: Mapping[str, np.ndarray],
     groups: Mapping[str, Hashable | None],
@@ -59,12 +70,7 @@ def rank_for_annotation(
     column per statistic of the strategy table that needs no MC dropout (``entropy``: mean entropy,
     ``localized_entropy``), ``selected``.
     """
-    s = parse_strategy(strategy)
-    if s.needs_dropout:
-        raise FairalError(f"strategy {s.name} needs MC-dropout samples of the model: use fairal query, or score "
-                          "your own samples with fairal.acquisition.mutual_information")
-    if s.spec.statistic and STATISTICS[s.spec.statistic].needs_model:
-        raise FairalError(f"strategy {s.name} needs the network itself ({STATISTICS[s.spec.statistic].needs})")
+    s = _from_maps(strategy)
     ids = list(probas)
     if not ids:
         raise FairalError("no probability map to rank")

@@ -348,26 +348,15 @@ def run_study(
     slower than a process per core. ``reuse``: another results folder; its finished runs of identical settings on
     the same data files are linked into ``out`` instead of run again (:func:`reuse_run`).
     """
+    from fairal.plugins import for_workers
     from fairal.study import check_data, check_settings, study_seeds
 
     cli = cli or {}
     seeds = study_seeds(study, profile, seeds)
-    if pack not in ("auto", "on", "off"):
-        raise FairalError(f"--pack must be auto, on or off, got {pack!r}")
-    if isinstance(pack_size, bool) or not isinstance(pack_size, int) or pack_size < 0:
-        raise FairalError(f"--pack-size must be a whole number >= 0 (0: no limit), got {pack_size!r}")
-    from fairal.plugins import for_workers
-    from fairal.plugins import record as extensions
-
+    _check_grid_options(study, pack, pack_size, reuse, only)
     check_settings(study, profile, cli)
     check_data(study, profile, cli)  # what the datasets must hold for these runs, before any is made
-    names = [d.name for d in study.datasets]
-    missing = [n for n in only or () if n not in names]
-    if missing:
-        raise FairalError(f"{study.source}: no dataset {missing[0]!r} (datasets: {', '.join(names)})")
     work = for_workers(grid_task)  # the plugins and run-time registrations, checked before any work
-    if reuse is not None and not (Path(reuse) / "runs").is_dir():
-        raise FairalError(f"--reuse {reuse}: no results folder (no runs/ in it)")
     if isinstance(executor, str):
         executor = make_executor(executor, jobs=jobs, address=address, cpus_per_task=cpus_per_task,
                                  gpus_per_task=gpus_per_task, max_retries=max_retries)
@@ -385,13 +374,35 @@ def run_study(
         packed = pack == "on" or (pack == "auto" and any(executor.trains_on_gpu(p) for p in profiles))
         if packed and isinstance(executor, LocalExecutor) and not executor.jobs:
             executor = LocalExecutor(jobs=1)  # one process drives the GPU; --jobs N runs N lockstep groups
-        info = {"study": study.as_dict(), "profile": profile.as_dict(), "seeds": seeds, "cli_overrides": cli}
-        if (extended := extensions()) is not None:
-            info["extensions"] = extended
-        write_json(within(out, "study.json"), info)
+        _write_study(out, study, profile, seeds, cli)
         if only:
             study = dataclasses.replace(study, datasets=tuple(d for d in study.datasets if d.name in only))
         _run_grid(out, study, profile, cli, seeds, executor, progress, pack_size if packed else 1, reuse, work)
+
+
+def _check_grid_options(study: Study, pack: str, pack_size: int, reuse, only: list[str] | None) -> None:
+    """The grid's own options: packing, the folder to reuse runs from, the datasets to run now."""
+    if pack not in ("auto", "on", "off"):
+        raise FairalError(f"--pack must be auto, on or off, got {pack!r}")
+    if isinstance(pack_size, bool) or not isinstance(pack_size, int) or pack_size < 0:
+        raise FairalError(f"--pack-size must be a whole number >= 0 (0: no limit), got {pack_size!r}")
+    names = [d.name for d in study.datasets]
+    missing = [n for n in only or () if n not in names]
+    if missing:
+        raise FairalError(f"{study.source}: no dataset {missing[0]!r} (datasets: {', '.join(names)})")
+    if reuse is not None and not (Path(reuse) / "runs").is_dir():
+        raise FairalError(f"--reuse {reuse}: no results folder (no runs/ in it)")
+
+
+def _write_study(out: Path, study: Study, profile: Profile, seeds: int, cli: dict) -> None:
+    """``OUT/study.json``: the study (its ladders resolved), the profile, the seeds, the command line's settings and
+    the extensions loaded."""
+    from fairal.plugins import record as extensions
+
+    info = {"study": study.as_dict(), "profile": profile.as_dict(), "seeds": seeds, "cli_overrides": cli}
+    if (extended := extensions()) is not None:
+        info["extensions"] = extended
+    write_json(within(out, "study.json"), info)
 
 
 def _check_datasets_in(out: Path, study: Study, profile: Profile, cli: dict) -> None:

@@ -68,7 +68,7 @@ def check_voxels(shape, what: str, hint: str = "") -> None:
     """Refuse, before anything is allocated, a volume of ``shape`` with more than :data:`MAX_VOXELS` voxels."""
     n = math.prod(int(v) for v in shape)
     if n > MAX_VOXELS:
-        size = " x ".join(_count(int(v)) for v in shape)
+        size = " x ".join(str(int(v)) if int(v) < 10**12 else _count(int(v)) for v in shape)
         raise FairalError(f"{what} has {size} = {_count(n)} voxels, more than fairal's limit of {MAX_VOXELS:,} "
                           f"(512^3){hint}")
 

@@ -388,6 +388,31 @@ def check_cohort(spec: DatasetSpec) -> None:
                               f"{int(sizes.min())} case; each group needs at least two (a test and a pool case)")
 
 
+def _inits(where: str, data: dict) -> tuple[str, ...]:
+    """The study's initial sets, each a name of :func:`fairal.loop.heavy_group` that can name a folder, once."""
+    inits = tuple(_typed(where, "inits", data.get("inits", ["balanced", "g1-heavy", "g2-heavy"]), list,
+                         "a list of initial sets"))
+    from fairal.loop import heavy_group
+
+    if not inits:
+        raise _fail(where, "inits is empty: name at least one initial set (e.g. \"balanced\")")
+    for init in inits:
+        _typed(where, "each initial set", init, str, "a name")
+    dup = sorted({i for i in inits if inits.count(i) > 1})
+    if dup:
+        raise _fail(where, f"the initial set {dup[0]!r} is named twice in inits")
+    for init in inits:
+        try:
+            heavy_group(init)
+        except FairalError as err:
+            raise _fail(where, f"inits: {err}") from None
+        if "/" in init:
+            raise _fail(where, f"inits: {init!r} cannot name a folder of the records: an intersectional group "
+                        "(its columns joined by '/') cannot be an initial set's heavy group")
+        _folder_name(where, "initial set", init)
+    return inits
+
+
 def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
     """A :class:`Study` from a parsed study file (``where`` names it in messages; ``base``: the folder that
     relative file names are read from)."""
@@ -416,27 +441,11 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
         raise _fail(where, f"seeds must be a whole number >= 1, got {seeds}")
     if seeds is not None:
         refuse_above(f"{where}: seeds", seeds, MAX_SEEDS, "MAX_SEEDS")
-    inits = tuple(_typed(where, "inits", data.get("inits", ["balanced", "g1-heavy", "g2-heavy"]), list,
-                         "a list of initial sets"))
-    from fairal.loop import heavy_group
-
-    if not inits:
-        raise _fail(where, "inits is empty: name at least one initial set (e.g. \"balanced\")")
-    for init in inits:
-        _typed(where, "each initial set", init, str, "a name")
-    dup = sorted({i for i in inits if inits.count(i) > 1})
-    if dup:
-        raise _fail(where, f"the initial set {dup[0]!r} is named twice in inits")
-    for init in inits:
-        try:
-            heavy_group(init)
-        except FairalError as err:
-            raise _fail(where, f"inits: {err}") from None
-        if "/" in init:
-            raise _fail(where, f"inits: {init!r} cannot name a folder of the records: an intersectional group "
-                        "(its columns joined by '/') cannot be an initial set's heavy group")
-        _folder_name(where, "initial set", init)
+    inits = _inits(where, data)
     reference = _typed(where, "reference", data.get("reference", WLE), str, "a strategy name")
+    if not plugins:  # no plugin can register a name: a mistyped strategy is said before the reference
+        for arm in arms or ():
+            _strategy(where, arm.strategy)
     if arms is not None and reference not in [a.name for a in arms]:
         raise _fail(where, f"the reference {reference!r} is not one of the study's strategies "
                     f"({', '.join(a.name for a in arms)})")
