@@ -205,7 +205,7 @@ def dose_figure(table: pd.DataFrame, out, ladder: str):
         ax.errorbar(r["gap"], r["value"], yerr=[r["value"] - r["ci_low"], r["ci_high"] - r["value"]],
                     xerr=[r["gap"] - r["gap_ci_low"], r["gap_ci_high"] - r["gap"]], marker="o", capsize=3,
                     color=colours[name], label=r["comparison"].iloc[0])
-    split = ", ".join(sorted(set(rows["split"])))
+    split = ", ".join({"eval": "evaluation", "test": "test"}.get(x, x) for x in sorted(set(rows["split"])))
     ax.set_xlabel("gap of a Group 2-only model (calibrated: Dice G2 − G1)")
     ax.set_ylabel(f"final ESSP difference ({split} split)")
     ax.set_title(f"ladder {ladder}: paired difference against the gap (mean, 95% CI)")
