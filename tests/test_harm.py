@@ -136,7 +136,11 @@ def test_a_smoke_ladder_study_runs_to_its_dose_response_view(tmp_path):
 
     from fairal.cli import app
 
-    (tmp_path / "s.toml").write_text("""
+    from .conftest import LABEL_VALUE, OUT_SHAPE, make_template
+
+    tpl, lab = make_template(tmp_path)
+    recipe = f'bias = "strong", template = "{tpl}", label = "{lab}", label_value = {LABEL_VALUE}'
+    (tmp_path / "s.toml").write_text(f"""
 name = "ladder-smoke"
 profile = "smoke"
 seeds = 1
@@ -144,13 +148,16 @@ inits = ["balanced"]
 strategies = ["random", "weighted-localized-entropy"]
 [set]
 steps = 40
+sim_shape = "{','.join(map(str, OUT_SHAPE))}"
+crop_margin = 4
+downsample = 1
 [datasets.strong]
-simulate = { bias = "strong", seed = 0 }
+simulate = {{ {recipe}, seed = 0 }}
 ladder = "caudate"
 [datasets.caudate]
-simulate = { bias = "strong", seed = 5 }
+simulate = {{ {recipe}, seed = 5 }}
 target_gaps = [0.05]
-calibration = { levels = [0, 4, 12], seeds = 1, eval_per_group = 4 }
+calibration = {{ levels = [0, 12], seeds = 1, eval_per_group = 4 }}
 """)
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["study", str(tmp_path / "s.toml"), str(out), "--quiet"])

@@ -190,5 +190,6 @@ def test_the_new_parts_of_the_grammar_run_a_whole_run(tiny_dataset, tmp_path, st
                 pool = sel[(sel["round"] == rnd) & (sel["group"] == worst)]
                 chosen = picked[picked["round"] == rnd]
                 assert (chosen["group"] == worst).all() or len(pool) < 2
-    again = ActiveLearningRun(_spec(tiny_dataset, strategy, init="balanced"), tmp_path / "again").run()
-    pd.testing.assert_frame_equal(rounds, again)  # the same seed, the same run
+    if strategy == "group-drawn-localized-entropy":  # its draws: the same seed, the same run
+        again = ActiveLearningRun(_spec(tiny_dataset, strategy, init="balanced"), tmp_path / "again").run()
+        pd.testing.assert_frame_equal(rounds, again)
