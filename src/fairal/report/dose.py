@@ -20,7 +20,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fairal.io import within, write_csv  # noqa: E402
-from fairal.report.build import html_table  # noqa: E402
 from fairal.report.figures import colours_for  # noqa: E402
 from fairal.report.plan import AL_ON, MARGINS, Analysis, Part, al_measure, match, verdict_rows  # noqa: E402
 from fairal.report.records import Results, finished_rounds, of_datasets  # noqa: E402
@@ -217,14 +216,13 @@ def dose_figure(table: pd.DataFrame, out, ladder: str):
     return path
 
 
-def dose_section(results: Results, info: dict, splits: dict[str, str], out, withheld: bool) -> tuple[list[str],
-                                                                                                     list]:
-    """The report's dose-response section (HTML parts) and its figures; writes ``dose_response.csv`` and
-    ``dose_trend.csv``. Nothing when the study has no ladder; tables withheld while runs of the plan are
-    missing (their columns only)."""
+def dose_tables(results: Results, info: dict, splits: dict[str, str], out, withheld: bool):
+    """What the report shows of the study's ladders: the rungs' calibration (a table), ``dose_response.csv`` and
+    ``dose_trend.csv`` (written; their columns only while runs of the plan are missing) and the figures; None when
+    the study has no ladder."""
     ladders = rungs(info)
     if not ladders:
-        return [], []
+        return None
     table = dose_table(results, info, splits) if not withheld else pd.DataFrame(columns=DOSE_COLUMNS)
     trend = trend_table(results, info, splits) if not withheld else pd.DataFrame(columns=TREND_COLUMNS)
     write_csv(within(out, "dose_response.csv"), table)
@@ -233,15 +231,5 @@ def dose_section(results: Results, info: dict, splits: dict[str, str], out, with
                                                                    "gap_ci_low", "gap_ci_high", "volume_change_sd",
                                                                    "volume_change_pct", "g1_min_voxels")}}
                           for lad, members in ladders.items() for r in members])
-    parts = ["<h2>Dose-response: the strategies against the harm</h2>",
-             "<p>Each rung of a ladder is one dataset of one recipe; its gap is the calibration's (a model trained "
-             "on Group 2 alone: mean Dice of Group 2 − of Group 1 on held-out subjects, 95% CI), with Group 1's "
-             "structure change in Group 2's SDs. Families: dose-primary and dose-secondary (final ESSP, Holm "
-             "within each), dose-described (final Δ and Dice), exploratory (an arm not run at every rung). The "
-             "trend: per seed, the slope of the rung differences over the gap, per 0.1 of gap.</p>",
-             html_table(calib, digits=4)]
-    if not withheld:
-        parts += [html_table(table.drop(columns=["gap_ci_low", "gap_ci_high"]), digits=4),
-                  "<h3>Trend over the gap</h3>", html_table(trend, digits=4)]
     figs = [p for lad in ladders for p in [dose_figure(table, out, lad)] if p is not None]
-    return parts, figs
+    return calib, table, trend, figs
