@@ -102,6 +102,7 @@ def dose_table(results: Results, info: dict, splits: dict[str, str]) -> pd.DataF
     if not parts:
         return pd.DataFrame(columns=DOSE_COLUMNS)
     harm = {(lad, r["dataset"]): r for lad, members in rungs(info).items() for r in members}
+    final = _final(results)  # once, not per row
     rows = []
     for r in verdict_rows(parts):
         if r["family"] in UNJUDGED:  # described: an estimate and its CI, never a verdict of the plan
@@ -109,7 +110,7 @@ def dose_table(results: Results, info: dict, splits: dict[str, str]) -> pd.DataF
         ladder, d = where[r["id"]]
         _, _, a, b, metric = r["id"].split(":")
         h = harm[(ladder, d)]
-        penalty = random_penalty(results, d, splits[d])
+        penalty = random_penalty(final, d, splits[d])
         rows.append({**r, "ladder": ladder, "dataset": d, "split": splits[d], "gap": h["gap"],
                      "gap_ci_low": h.get("gap_ci_low"), "gap_ci_high": h.get("gap_ci_high"),
                      "volume_change_sd": h.get("volume_change_sd"), "comparison": f"{a} - {b}", "metric": metric,
@@ -118,9 +119,9 @@ def dose_table(results: Results, info: dict, splits: dict[str, str]) -> pd.DataF
     return pd.DataFrame(rows)[DOSE_COLUMNS]
 
 
-def random_penalty(results: Results, dataset: str, split: str) -> float | None:
-    """``mean(dice_all - essp)`` of random's final rounds of ``dataset`` on ``split`` (None without random)."""
-    final = _final(results)
+def random_penalty(final: pd.DataFrame, dataset: str, split: str) -> float | None:
+    """``mean(dice_all - essp)`` of random's final rounds (``final``: the last round of each finished run) of
+    ``dataset`` on ``split`` (None without random)."""
     prefix = "eval_" if split == "eval" else ""
     rows = final[(final["dataset"] == dataset) & (final["strategy"] == RANDOM)]
     if rows.empty:
