@@ -22,8 +22,8 @@ from bench_train import _median_seconds  # the benchmarks' shared timer (this sc
 
 from fairal.acquisition import select
 from fairal.config import get_profile
-from fairal.engine import uncertainty_stats
-from fairal.model import UNet3D
+from fairal.run.model import UNet3D
+from fairal.run.rounds import uncertainty_stats
 
 
 def main() -> None:

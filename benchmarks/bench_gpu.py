@@ -1,4 +1,4 @@
-"""Training throughput of single runs against a packed group (``fairal.packed``), fp32 against bf16, the time of a
+"""Training throughput of single runs against a packed group (``fairal.run.packed``), fp32 against bf16, the time of a
 ``paper``-profile round, and what it means for the 120-run protocol.
 
     python benchmarks/bench_gpu.py                               # GPU: throughput at the paper's 170x170x76 volumes
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from fairal.config import get_profile
-from fairal.engine import uncertainty_stats
 from fairal.metrics import dice_from_proba
-from fairal.model import UNet3D
-from fairal.packed import Member, train_packed
-from fairal.train import TrainConfig, predict_proba, train_model
+from fairal.run.model import UNet3D
+from fairal.run.packed import Member, train_packed
+from fairal.run.rounds import uncertainty_stats
+from fairal.run.train import TrainConfig, predict_proba, train_model
 
 PAPER_SHAPE = (170, 170, 76)
 PAPER_SIZES = list(range(10, 87, 4))  # labeled-set sizes of the paper's 20 rounds
@@ -142,7 +142,7 @@ def rounds(args, device: torch.device, shape, sizes: list[int], group: int, step
     for n in sizes:
         measured[n] = _round_at(n, args, device, shape, paper, group, steps, bf16, fallback)
         a1, t1, ag, tg, infer, per_eval, per_score = measured[n]
-        round_steps = paper.train_config(0, 0).total_steps(n)
+        round_steps = TrainConfig.of(paper, 0, 0).total_steps(n)
         single_round = a1 + round_steps * t1 + infer
         group_round = ag + round_steps * tg + group * infer
         print(f"{n:3d} {round_steps:6d} | {a1 + round_steps * t1:12.1f}s {infer:6.1f}s {single_round:6.1f}s | "
@@ -160,8 +160,8 @@ def rounds(args, device: torch.device, shape, sizes: list[int], group: int, step
     def at(k: int, n: int) -> float:
         return float(np.interp(n, ns, cols[:, k]))  # within the measured sizes; held constant outside them
 
-    run_single = sum(at(0, n) + paper.train_config(0, 0).total_steps(n) * at(1, n) + at(4, n) for n in PAPER_SIZES)
-    run_group = sum(at(2, n) + paper.train_config(0, 0).total_steps(n) * at(3, n) + group * at(4, n)
+    run_single = sum(at(0, n) + TrainConfig.of(paper, 0, 0).total_steps(n) * at(1, n) + at(4, n) for n in PAPER_SIZES)
+    run_group = sum(at(2, n) + TrainConfig.of(paper, 0, 0).total_steps(n) * at(3, n) + group * at(4, n)
                     for n in PAPER_SIZES)
     groups = math.ceil(PAPER_RUNS / group)
     print(f"\nprojected (20 rounds 10..86, {PAPER_RUNS} runs): single runs one after another "
@@ -198,7 +198,7 @@ def _round_at(n: int, args, device: torch.device, shape, paper, group: int, step
     labels = np.zeros((args.infer_cases, *shape), np.uint8)
     labels[:, fallback] = 1
 
-    def evaluate() -> None:  # as fairal.engine.evaluate: probabilities to the host, Dice there
+    def evaluate() -> None:  # as fairal.run.rounds.evaluate: probabilities to the host, Dice there
         for p, lab in zip(predict_proba(model, images, batch_size=8, bf16=bf16), labels, strict=True):
             dice_from_proba(p, lab)
 

@@ -18,14 +18,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from fairal.config import get_profile
-from fairal.data import load_volumes, read_manifest
-from fairal.experiments import ensure_dataset
+from fairal.data.volumes import load_volumes, read_manifest
+from fairal.grid.datasets import ensure_dataset
 
 
 def _one(args) -> float:
     import torch
 
-    from fairal.loop import ActiveLearningRun, RunSpec
+    from fairal.run.loop import ActiveLearningRun, RunSpec
 
     data, out, strategy, init, seed, profile, threads = args
     torch.set_num_threads(threads)

@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from fairal.config import get_profile, parse_overrides
-from fairal.experiments import ensure_dataset, reproduce
+from fairal.grid.datasets import ensure_dataset
+from fairal.grid.driver import reproduce
 from fairal.report.records import compare_runs
 
 

@@ -4,7 +4,7 @@
     python benchmarks/bench_precision.py /tmp/precision --seeds 5 --set device=cuda
 
 Simulates the profile's strong-bias dataset into ``OUT/data`` (once), trains the three baseline cohorts (balanced,
-Group 1 only, Group 2 only) per seed with ``bf16=off`` and ``bf16=on`` (``fairal.experiments.run_baseline``: the
+Group 1 only, Group 2 only) per seed with ``bf16=off`` and ``bf16=on`` (``fairal.grid.baselines.run_baseline``: the
 same cohorts, initial weights and batches; only the precision differs) and prints, per metric, the mean paired
 difference bf16 - fp32 with its 95% t interval over the cohort x seed pairs, the largest difference, and the
 spread between seeds of the fp32 results for scale. bf16 keeps the results when the interval holds 0 and the
@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from fairal.config import get_profile, parse_overrides
-from fairal.experiments import ensure_dataset, run_baseline
+from fairal.grid.baselines import run_baseline
+from fairal.grid.datasets import ensure_dataset
+from fairal.run.train import describe_device
 from fairal.stats import paired
-from fairal.train import describe_device
 
 METRICS = ("dice_all", "dice_g1", "dice_g2", "essp", "delta")
 

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from fairal.config import get_profile
-from fairal.experiments import DATASETS, ensure_dataset, grid, reproduce
+from fairal.grid.datasets import DATASETS, ensure_dataset
+from fairal.grid.driver import grid, reproduce
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 
 Compares, in the same run and on the same network and data:
 
-* ours: ``fairal.train.train_step`` as ``train_model`` runs it (``torch.channels_last_3d``, bfloat16 autocast
+* ours: ``fairal.run.train.train_step`` as ``train_model`` runs it (``torch.channels_last_3d``, bfloat16 autocast
   where ``--bf16`` resolves to on), forward + backward + Adam step;
 * reference: a plain fp32 loop in the default memory format.
 
@@ -24,8 +24,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from fairal.model import UNet3D, flops_per_voxel
-from fairal.train import predict_proba, resolve_bf16, train_step
+from fairal.run.model import UNet3D, flops_per_voxel
+from fairal.run.train import predict_proba, resolve_bf16, train_step
 
 
 def _median_seconds(fn: Callable[[], object], steps: int, warmup: int) -> float:

@@ -12,7 +12,7 @@ Parts (run in this order of priority, each task resumable, on a process pool):
 
 Tasks run seed by seed (a seed's baselines, then its runs), so that whole seeds finish first.
 
-The datasets are the grid's (:data:`fairal.experiments.DATASETS`: independent subject seeds) with the profile's
+The datasets are the grid's (:data:`fairal.grid.datasets.DATASETS`: independent subject seeds) with the profile's
 evaluation split. The job refuses to start while ``docs/analysis-plan.md`` has uncommitted changes (the plan is
 fixed before the records it judges exist); the plan's commit and git blob hash are recorded in
 ``OUT/analysis_plan.json`` and in the exported ``settings.json`` (``analysis_plan``).
@@ -73,7 +73,7 @@ def ensure_dataset(out: Path, name: str, scale: float, jobs: int, profile: str) 
     """The anchored dataset ``name`` (the grid's bias and subject seed) with the local PC1 scaled by ``scale``, of
     the profile's size and evaluation split; simulated once."""
     from fairal.config import get_profile
-    from fairal.experiments import DATASETS as GRID_DATASETS
+    from fairal.grid.datasets import DATASETS as GRID_DATASETS
     from fairal.simulate.dataset import SimulationConfig, simulate_dataset
     from fairal.simulate.deformation import DEFAULT_LOCAL_SD_MM
 
@@ -153,7 +153,7 @@ def tasks(out: Path, parts: list[str], seeds: int, baseline_seeds: int, ablation
 def _init_worker(threads: int, parent: int) -> None:
     import torch
 
-    from fairal.executors import die_with_parent
+    from fairal.grid.executors import die_with_parent
 
     torch.set_num_threads(threads)
     die_with_parent(parent)
@@ -166,8 +166,8 @@ def run_task(task: dict) -> dict:
     import warnings
 
     from fairal.config import get_profile
-    from fairal.experiments import run_baseline
-    from fairal.loop import ActiveLearningRun, RunSpec
+    from fairal.grid.baselines import run_baseline
+    from fairal.run.loop import ActiveLearningRun, RunSpec
 
     warnings.simplefilter("ignore", RuntimeWarning)
     start = time.perf_counter()

@@ -68,7 +68,7 @@ def same_cases(mine: pd.DataFrame, theirs: pd.DataFrame) -> bool:
 
 def _study(study_file: Path, out: Path):
     from fairal.config import get_profile
-    from fairal.study import load_study
+    from fairal.grid.spec import load_study
 
     try:
         info = json.loads((out / "study.json").read_text())
@@ -86,7 +86,7 @@ def reused(study, info: dict, base, out_rounds: pd.DataFrame, tidy: Path, cases_
            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """The rows of ``tidy`` for the arms OUT did not run (see the module's text): rounds, final cases, every
     round's test cases, and what was taken (for ``settings.json``)."""
-    from fairal.loop import same_settings
+    from fairal.run.loop import same_settings
 
     if not (tidy / "settings.json").is_file() or not (tidy / "rounds.csv").is_file():
         raise SystemExit(f"{tidy}: no tidy records (rounds.csv and settings.json)")

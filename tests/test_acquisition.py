@@ -235,9 +235,9 @@ def test_round_statistics_against_a_numpy_reference(prior, source):
     import torch
 
     from fairal.config import get_profile
-    from fairal.engine import uncertainty_stats
-    from fairal.model import UNet3D
-    from fairal.train import predict_mc_dropout, predict_proba
+    from fairal.run.model import UNet3D
+    from fairal.run.rounds import uncertainty_stats
+    from fairal.run.train import predict_mc_dropout, predict_proba
 
     torch.manual_seed(0)
     model = UNet3D(features=(4, 8), foreground_prior=prior, dropout=0.2).eval()

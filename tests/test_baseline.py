@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from fairal.cli import app
 from fairal.config import get_profile, parse_overrides
-from fairal.data import load_volumes, read_manifest
+from fairal.data.volumes import load_volumes, read_manifest
 from fairal.errors import FairalError
-from fairal.experiments import BASELINE_TABLE_COLUMNS, baseline_cohorts
+from fairal.grid.baselines import BASELINE_TABLE_COLUMNS, baseline_cohorts
 from fairal.metrics import fairness_summary
 
 runner = CliRunner()

@@ -17,7 +17,7 @@ from fairal.acquisition import did_you_mean, parse_strategy
 from fairal.cli import app, value_name
 from fairal.config import get_profile
 from fairal.errors import FairalError
-from fairal.query import QUERY_SETTINGS, query_profile
+from fairal.owndata.query import QUERY_SETTINGS, query_profile
 
 runner = CliRunner()
 

@@ -107,7 +107,7 @@ def test_datasets_load_in_monai_and_export_to_nnunet(tiny_dataset, tmp_path):
 
     from monai.data import load_decathlon_datalist
 
-    from fairal.export import export_nnunet
+    from fairal.data.export import export_nnunet
 
     info = json.loads((tiny_dataset / "dataset.json").read_text())
     assert "/" not in "".join(info["template"]["sources"].values())  # no absolute paths baked in

@@ -16,7 +16,7 @@ import fairal
 from fairal.cli import app
 from fairal.config import get_profile
 from fairal.errors import FairalError, plain_warnings
-from fairal.executors import make_executor
+from fairal.grid.executors import make_executor
 from fairal.io import MARKER, check_output_file, check_output_folder
 
 from .test_hostile_inputs import SMOKE, _hashes, _one_line_error, _sets
@@ -140,7 +140,7 @@ def test_a_study_files_own_errors_name_the_file(tmp_path, text, needle):
 
 
 def test_bad_strategy_and_initial_set_names_name_the_file(tmp_path):
-    from fairal.study import load_study
+    from fairal.grid.spec import load_study
 
     for text, needle in (('strategies = ["randm"]\n', "unknown strategy 'randm'"),
                          ('inits = ["balancd"]\n', "balancd")):
@@ -167,7 +167,7 @@ def _cohort(tmp_path, tiny_dataset, split: str | None = None) -> None:
     ("", "pool", ["column 'split' gives group", "no test case"]),
 ])
 def test_a_csv_dataset_is_checked_when_the_file_is_read(tmp_path, tiny_dataset, keys, split, needles):
-    from fairal.study import load_study
+    from fairal.grid.spec import load_study
 
     _cohort(tmp_path, tiny_dataset, split)
     path = tmp_path / "s.toml"
@@ -179,7 +179,7 @@ def test_a_csv_dataset_is_checked_when_the_file_is_read(tmp_path, tiny_dataset, 
 
 
 def test_a_missing_group_column_names_the_study_key(tmp_path, tiny_dataset):
-    from fairal.study import load_study
+    from fairal.grid.spec import load_study
 
     _cohort(tmp_path, tiny_dataset)
     path = tmp_path / "s.toml"
@@ -199,7 +199,7 @@ def test_a_list_setting_with_a_missing_part_is_refused(value):
 
 
 def test_a_query_names_its_own_settings_for_an_unknown_one(tmp_path):
-    from fairal.query import query_profile
+    from fairal.owndata.query import query_profile
 
     with pytest.raises(FairalError, match=r"--set stepz: unknown setting \(did you mean 'steps'\?\); a query's"):
         query_profile("smoke", {"stepz": "3"})
@@ -222,7 +222,7 @@ def test_a_text_file_is_not_a_model_and_not_a_pickle(tmp_path):
     with pytest.raises(FairalError, match="is not an .npz archive") as err:
         DeformationModel.load(tmp_path / "m.npz")
     assert "allow_pickle" not in str(err.value)
-    from fairal.model import UNet3D, load_checkpoint
+    from fairal.run.model import UNet3D, load_checkpoint
 
     with pytest.raises(FairalError, match=r"not a torch checkpoint \(the file is neither a zip archive nor a "
                                           r"pickle\)"):

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairal.data import read_manifest
+from fairal.data.volumes import read_manifest
 from fairal.errors import FairalError
-from fairal.experiments import DATASETS, baseline_cohorts, run_baseline
-from fairal.loop import ActiveLearningRun, RunSpec, eval_rounds, initial_set
+from fairal.grid.baselines import baseline_cohorts, run_baseline
+from fairal.grid.datasets import DATASETS
+from fairal.run.loop import ActiveLearningRun, RunSpec, eval_rounds, initial_set
 from fairal.sampling import STREAMS, entropy, stream, stream_seed
 from fairal.simulate.dataset import SimulationConfig, draw_subjects, simulate_dataset
 

@@ -9,7 +9,7 @@ import pytest
 
 from fairal.config import get_profile
 from fairal.errors import FairalError
-from fairal.experiments import reproduce
+from fairal.grid.driver import reproduce
 from fairal.io import MARKER
 
 from .records import same_records
@@ -69,7 +69,7 @@ FAULT = """
 import os
 marker = os.environ.get("FAIRAL_TEST_FAULT_DIR")
 if marker:
-    import fairal.loop as loop
+    import fairal.run.loop as loop
     real = loop.ActiveLearningRun._round
 
     def _round(self, rnd, *args, **kwargs):
@@ -120,8 +120,8 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_lockstep_groups_are_one_dataset_and_seed():
-    from fairal.executors import Task
-    from fairal.experiments import lockstep_groups
+    from fairal.grid.driver import lockstep_groups
+    from fairal.grid.executors import Task
 
     runs = [Task("run", d, f"{d}/{s}/{st}", None, "balanced", st, s) for d in ("strong", "weak") for s in (0, 1)
             for st in "xyz"]
@@ -133,7 +133,7 @@ def test_lockstep_groups_are_one_dataset_and_seed():
 
 
 def test_packing_is_for_gpus_and_its_settings_are_checked(tmp_path):
-    from fairal.executors import EXECUTORS, LocalExecutor, RayExecutor, make_executor
+    from fairal.grid.executors import EXECUTORS, LocalExecutor, RayExecutor, make_executor
 
     smoke = get_profile("smoke")
     cuda = __import__("torch").cuda.is_available()
@@ -152,7 +152,7 @@ def test_packing_is_for_gpus_and_its_settings_are_checked(tmp_path):
 
 
 def test_a_local_ray_that_does_not_start_is_retried_then_refused():
-    from fairal.executors import start_ray
+    from fairal.grid.executors import start_ray
 
     class SlowRay:  # Ray's node registers in time only at the second attempt, or never
         def __init__(self, fails):

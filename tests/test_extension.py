@@ -8,8 +8,8 @@ import pytest
 
 from fairal.acquisition import BASES, STATISTICS, Base, Statistic, parse_strategy, register, unregister
 from fairal.errors import FairalError
-from fairal.loop import ActiveLearningRun, RunSpec
 from fairal.metrics import METRICS, Metric, register_metric, unregister_metric
+from fairal.run.loop import ActiveLearningRun, RunSpec
 
 from .test_loop import _spec
 

@@ -158,7 +158,7 @@ def test_fair_influence_by_hand():
 
 
 def test_fair_influence_needs_the_network_not_saved_probabilities():
-    from fairal.api import rank_for_annotation
+    from fairal.owndata.api import rank_for_annotation
 
     maps = {"x": np.full((2, 2, 2), 0.6), "y": np.full((2, 2, 2), 0.4)}
     with pytest.raises(FairalError, match="needs the network"):

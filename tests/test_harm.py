@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from fairal.errors import FairalError
-from fairal.harm import LEVEL_COLUMNS, HarmSettings, anatomy, gap_with_ci, knob_for, monotone_fit
+from fairal.grid.harm import LEVEL_COLUMNS, HarmSettings, anatomy, gap_with_ci, knob_for, monotone_fit
 
 
 def _levels(gaps: dict, vanished=()) -> pd.DataFrame:
@@ -66,7 +66,7 @@ def test_calibration_settings_are_checked():
 
 
 def _study(tmp_path, body: str):
-    from fairal.study import load_study
+    from fairal.grid.spec import load_study
 
     path = tmp_path / "s.toml"
     path.write_text('name = "l"\n' + body)
@@ -75,7 +75,7 @@ def _study(tmp_path, body: str):
 
 def test_a_ladder_expands_into_rungs_of_their_own_subjects(tmp_path):
     from fairal.config import get_profile
-    from fairal.ladder import knob_value, ladder_settings, ladders
+    from fairal.grid.ladder import knob_value, ladder_settings, ladders
 
     s = _study(tmp_path, """
 [datasets.strong]
@@ -97,7 +97,7 @@ calibration = { levels = [0, 8, 16], seeds = 2 }
 
 def test_ladder_refusals(tmp_path):
     from fairal.config import get_profile
-    from fairal.ladder import ladder_settings, ladders
+    from fairal.grid.ladder import ladder_settings, ladders
 
     with pytest.raises(FairalError, match="not both"):
         _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong"}\ntarget_gap = 0.1\ntarget_gaps = [0.2]\n')

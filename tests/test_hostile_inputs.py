@@ -28,13 +28,13 @@ from typer.testing import CliRunner
 import fairal.io
 from fairal.cli import app
 from fairal.config import get_profile
-from fairal.data import read_manifest
+from fairal.data.cohort import Grid, read_cases, to_case_grid
+from fairal.data.volumes import read_manifest
 from fairal.errors import FairalError
 from fairal.io import MARKER, check_output_folder, within
-from fairal.model import UNet3D
 from fairal.nifti import MAX_VOXELS, read_image
-from fairal.owndata import Grid, read_cases, to_case_grid
-from fairal.train import load_checkpoint, save_checkpoint
+from fairal.run.model import UNet3D
+from fairal.run.train import load_checkpoint, save_checkpoint
 
 from .own_data import make_study
 
@@ -239,7 +239,7 @@ def test_export_links_only_nifti_images(data, tmp_path):
 
 @pytest.mark.parametrize("link_fails", [False, True])
 def test_export_never_follows_an_existing_destination(data, tmp_path, monkeypatch, link_fails):
-    from fairal.export import _link_or_copy
+    from fairal.data.export import _link_or_copy
 
     victim = tmp_path / "victim.nii.gz"
     victim.write_text("precious")
@@ -397,7 +397,7 @@ def _run_of_groups(res: Path, g: str, case: str) -> None:
 
 
 def test_math_like_case_ids_and_groups_are_drawn_as_written(tmp_path):
-    from fairal.report.montage import write_montage
+    from fairal.owndata.montage import write_montage
 
     vol = np.zeros((8, 8, 8), np.float32)
     vol[2:6, 2:6, 2:6] = 1.0
@@ -488,7 +488,7 @@ def test_a_read_only_folder_is_not_called_permission_denied(tmp_path, monkeypatc
 
 
 def test_a_dataset_deleted_while_a_run_starts(data, tmp_path, monkeypatch):
-    from fairal.loop import ActiveLearningRun
+    from fairal.run.loop import ActiveLearningRun
 
     start = ActiveLearningRun.start
 
@@ -573,13 +573,13 @@ def test_a_prediction_keeps_the_scans_header_codes(tmp_path):
 
 
 def test_a_grid_without_entropy_prints_no_nan(tmp_path, monkeypatch):
-    import fairal.experiments
+    import fairal.grid.driver
 
     run = tmp_path / "runs" / "strong" / "balanced" / "random" / "seed-0"
     run.mkdir(parents=True)
     (run / "rounds.csv").write_text("round,n_labeled,dice_all,delta,essp\n0,10,0.9,0.02,0.882\n")
     (run / "state.json").write_text(json.dumps({"completed_round": 0, "finished": True}))
-    monkeypatch.setattr(fairal.experiments, "run_study", lambda *a, **k: None)  # the grid is already there
+    monkeypatch.setattr(fairal.grid.driver, "run_study", lambda *a, **k: None)  # the grid is already there
     res = runner.invoke(app, ["reproduce", str(tmp_path), "--profile", "smoke", "--strategies", "random"],
                         terminal_width=200)
     assert res.exit_code == 0, res.output
@@ -652,7 +652,7 @@ def test_a_folder_a_device_or_a_pipe_given_as_the_csv_says_what_it_is(tmp_path):
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
-    from fairal.study import load_study
+    from fairal.grid.spec import load_study
 
     study = make_study(tmp_path / "study", per_site=2, labeled_per_site=1, unknown=1)
     plain = read_cases(study, ["site"])
@@ -695,7 +695,7 @@ def _empty_labels(study: Path, cases: list[str]) -> None:
 
 
 def test_a_group_whose_labels_are_all_empty_is_refused_by_query(tmp_path):
-    from fairal.owndata import load_cases, structure_grid
+    from fairal.data.cohort import load_cases, structure_grid
 
     study = make_study(tmp_path / "study", per_site=3, labeled_per_site=2, unknown=1)
     cases = read_cases(study, ["site"])

@@ -17,8 +17,8 @@ import fairal.limits
 from fairal import limits
 from fairal.cli import app
 from fairal.errors import FairalError
-from fairal.model import UNet3D
-from fairal.train import TrainConfig
+from fairal.run.model import UNet3D
+from fairal.run.train import TrainConfig
 
 from .own_data import make_study
 from .test_hostile_inputs import _hashes, _one_line_error

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from fairal.config import get_profile
-from fairal.data import read_manifest
+from fairal.data.volumes import read_manifest
 from fairal.errors import FairalError
-from fairal.loop import ActiveLearningRun, RunSpec, initial_set, schedule
+from fairal.run.loop import ActiveLearningRun, RunSpec, initial_set, schedule
 
 TINY = {"init_size": "4", "acquire": "2", "final_size": "8", "steps": "3", "round_steps": "2", "crop_margin": "4",
         "downsample": "1", "test_per_group": "6"}
@@ -85,7 +85,7 @@ def test_kill_and_resume_gives_identical_records(tiny_dataset, tmp_path, monkeyp
         ActiveLearningRun(spec, tmp_path / "resumed").run(on_round=kill_after_round_1)
     assert pd.read_csv(tmp_path / "resumed" / "rounds.csv")["round"].tolist() == [0, 1]
     # a kill in the middle of round 2's training
-    import fairal.loop as loop_mod  # the run trains its rounds (train_model) itself
+    import fairal.run.loop as loop_mod  # the run trains its rounds (train_model) itself
 
     real = loop_mod.train_model
 
@@ -138,7 +138,7 @@ def test_run_command(tiny_dataset, tmp_path):
 
 
 def test_initial_sets_of_three_groups():
-    from fairal.loop import initial_counts
+    from fairal.run.loop import initial_counts
 
     assert initial_counts([1, 2, 3], "balanced", 10) == {1: 4, 2: 3, 3: 3}
     assert initial_counts([1, 2, 3], "g2-heavy", 10) == {1: 1, 2: 8, 3: 1}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairal.errors import FairalError
-from fairal.model import UNet3D, build_unet, flops_per_voxel, load_unet, save_checkpoint
+from fairal.run.model import UNet3D, build_unet, flops_per_voxel, load_unet, save_checkpoint
 
 
 def test_paper_network_parameter_count() -> None:
@@ -153,8 +153,8 @@ def test_flops_per_voxel_rejects_other_modules() -> None:
 def test_mc_dropout_samples_only_the_dropout_layers():
     from torch import nn
 
-    from fairal.model import enable_mc_dropout
-    from fairal.train import predict_mc_dropout, predict_proba
+    from fairal.run.model import enable_mc_dropout
+    from fairal.run.train import predict_mc_dropout, predict_proba
 
     torch.manual_seed(0)
     plain, dropped = UNet3D(), UNet3D(dropout=0.3)

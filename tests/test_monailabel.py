@@ -41,7 +41,7 @@ def test_the_app_folder_is_written_whole_and_checked(tmp_path):
     assert "--host 127.0.0.1" in res.output and "Running it for a lab" in res.output  # localhost unless told
     settings = json.loads((tmp_path / "app" / "fairal.json").read_text())
     assert settings["strategy"] == STRATEGY and settings["group_by"] == ["sex"] and settings["set"]["steps"] == "30"
-    assert "from fairal.monailabel import FairalApp" in (tmp_path / "app" / "main.py").read_text()
+    assert "from fairal.owndata.monailabel import FairalApp" in (tmp_path / "app" / "main.py").read_text()
     for bad, message in ((["--strategy", "weighted-localised-entropy"], "did you mean"),
                          (["--set", "final_size=5"], "does not use the setting final_size"),
                          (["--model", str(tmp_path / "none.pt")], "checkpoint file not found")):
@@ -300,7 +300,7 @@ def test_hostile_requests_get_400_and_write_nothing(served):
 def test_strategy_names_and_their_query_folders_are_bounded(tmp_path):
     pytest.importorskip("monailabel")
     from fairal.io import mark
-    from fairal.monailabel import MAX_QUERY_FOLDERS, Strategies, prune_query_folders
+    from fairal.owndata.monailabel import MAX_QUERY_FOLDERS, Strategies, prune_query_folders
 
     strategies = Strategies(SimpleNamespace(), ["random"])
     names = [f"stochastic-weighted-localized-entropy-t0.{i + 1}" for i in range(MAX_QUERY_FOLDERS + 3)]

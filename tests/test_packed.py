@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fairal.errors import FairalError
-from fairal.model import UNet3D
-from fairal.packed import Member, train_packed
-from fairal.train import TrainConfig, predict_proba, train_model
+from fairal.run.model import UNet3D
+from fairal.run.packed import Member, train_packed
+from fairal.run.train import TrainConfig, predict_proba, train_model
 
 from .records import same_records
 
@@ -97,15 +97,15 @@ RUNS = (("balanced", "random"), ("balanced", "weighted-localized-entropy"), ("g1
 
 def _runs(data, root, **over):
     from fairal.config import get_profile
-    from fairal.loop import ActiveLearningRun, RunSpec
+    from fairal.run.loop import ActiveLearningRun, RunSpec
 
     profile = get_profile("smoke", {**LOCKSTEP, **over})
     return [ActiveLearningRun(RunSpec(str(data), s, i, 0, profile), root / f"{i}-{s}") for i, s in RUNS]
 
 
 def test_lockstep_runs_give_the_records_of_single_runs(tiny_dataset, tmp_path, monkeypatch):
-    import fairal.loop as loop
-    from fairal.loop import run_lockstep
+    import fairal.run.loop as loop
+    from fairal.run.loop import run_lockstep
 
     alone = _runs(tiny_dataset, tmp_path / "alone")
     for run in alone:
@@ -155,7 +155,7 @@ def test_lockstep_runs_give_the_records_of_single_runs(tiny_dataset, tmp_path, m
 
 
 def test_a_failing_run_does_not_stop_its_lockstep_group(tiny_dataset, tmp_path):
-    from fairal.loop import run_lockstep
+    from fairal.run.loop import run_lockstep
 
     runs = _runs(tiny_dataset, tmp_path)
     (runs[0].out).mkdir(parents=True)
@@ -167,8 +167,8 @@ def test_a_failing_run_does_not_stop_its_lockstep_group(tiny_dataset, tmp_path):
 
 
 def test_a_group_that_cannot_train_together_trains_one_by_one(tiny_dataset, tmp_path, monkeypatch):
-    import fairal.loop as loop
-    from fairal.loop import run_lockstep
+    import fairal.run.loop as loop
+    from fairal.run.loop import run_lockstep
 
     def out_of_memory(members):
         raise RuntimeError("CUDA out of memory")

@@ -184,8 +184,8 @@ def test_study_plugins_and_run_time_registrations_reach_the_grid_workers(plugin_
     """A study file's plugin and a metric registered here (a lambda) are known in the grid's worker processes
     (spawned: they import fairal afresh), so their columns are in the records the workers write."""
     from fairal.config import get_profile
-    from fairal.experiments import run_study
-    from fairal.study import load_study
+    from fairal.grid.driver import run_study
+    from fairal.grid.spec import load_study
 
     study_file = tmp_path / "plugin.toml"
     study_file.write_text(textwrap.dedent(f'''

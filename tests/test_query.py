@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from fairal.cli import app
 from fairal.config import get_profile
+from fairal.data.cohort import load_cases, read_cases, structure_grid
 from fairal.errors import FairalError
-from fairal.owndata import load_cases, read_cases, structure_grid
-from fairal.query import MIN_PER_GROUP, group_probabilities, run_query, weight_notes
+from fairal.owndata.query import MIN_PER_GROUP, group_probabilities, run_query, weight_notes
 
 from .own_data import make_study
 from .test_hostile_inputs import SLICER_STUB

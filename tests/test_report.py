@@ -148,7 +148,7 @@ def test_a_caption_describes_only_the_columns_its_table_has(records):
 
 
 def test_the_data_preview_takes_the_page_width(records):
-    from fairal.report.build import HEAD
+    from fairal.report.html import HEAD
 
     preview = records / "data" / "strong" / "preview.png"
     preview.parent.mkdir(parents=True)
@@ -231,7 +231,7 @@ def test_three_groups_in_the_final_table(tmp_path):
 
 def test_a_single_run_folder_has_a_report(tiny_dataset, tmp_path):
     from fairal.config import get_profile
-    from fairal.loop import ActiveLearningRun, RunSpec
+    from fairal.run.loop import ActiveLearningRun, RunSpec
 
     tiny = {"init_size": "4", "acquire": "2", "final_size": "8", "steps": "3", "round_steps": "2",
             "crop_margin": "4", "downsample": "1", "test_per_group": "6"}
@@ -315,7 +315,8 @@ def test_run_folders_with_differing_settings_show_each_value(records):
 
 
 def test_tables_bold_ties_alike_put_intervals_beside_values_and_print_the_paper_as_printed():
-    from fairal.report.build import as_printed, html_table
+    from fairal.report.build import as_printed
+    from fairal.report.html import html_table
 
     df = pd.DataFrame({"dataset": ["weak", "weak", "weak", "strong"], "essp": [0.9181, 0.9179, 0.5, 0.7],
                        "essp_ci_low": [0.9, 0.91, 0.4, 0.6], "essp_ci_high": [0.93, 0.92, 0.6, 0.8]})

@@ -294,7 +294,7 @@ def test_neutral_scenario_settings_write_the_default_files(tiny_config, tmp_path
 def test_a_dataset_of_before_the_scenarios_is_reused(tmp_path):
     """ensure_dataset reads a dataset.json without the new keys as the default scenario."""
     from fairal.config import get_profile
-    from fairal.experiments import ensure_dataset
+    from fairal.grid.datasets import ensure_dataset
 
     profile = get_profile("smoke")
     old = {"bias": "strong", "n_subjects": profile.n_subjects, "shape": list(profile.sim_shape), "seed": 0,

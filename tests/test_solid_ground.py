@@ -18,13 +18,13 @@ from typer.testing import CliRunner
 
 from fairal.cli import app
 from fairal.config import get_profile
-from fairal.data import load_volumes, read_manifest
+from fairal.data.cohort import read_cases
+from fairal.data.volumes import load_volumes, read_manifest
 from fairal.errors import FairalError
 from fairal.io import FolderLock, clean_stale_partials, mark
-from fairal.loop import ActiveLearningRun, RunSpec
-from fairal.owndata import read_cases
-from fairal.query import run_query
+from fairal.owndata.query import run_query
 from fairal.report.records import load_results
+from fairal.run.loop import ActiveLearningRun, RunSpec
 
 from .own_data import make_study
 
@@ -154,7 +154,7 @@ def test_grid_workers_die_with_the_driver(tmp_path):
     code = """
 import multiprocessing, os, time
 from concurrent.futures import ProcessPoolExecutor
-from fairal.executors import init_worker as _init_worker
+from fairal.grid.executors import init_worker as _init_worker
 
 def pid():
     return os.getpid()

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from fairal.cli import app
 from fairal.config import get_profile
 from fairal.errors import FairalError
-from fairal.experiments import grid, run_dir, study_grid
-from fairal.loop import ActiveLearningRun, RunSpec
-from fairal.study import load_study, paper_study
+from fairal.grid.driver import grid, run_dir, study_grid
+from fairal.grid.spec import load_study, paper_study
+from fairal.run.loop import ActiveLearningRun, RunSpec
 
 from .conftest import LABEL_VALUE, OUT_SHAPE, load_script, make_template
 
@@ -238,7 +238,7 @@ def test_a_dataset_folder_and_runs_reused_from_another_study(tiny_dataset, tmp_p
 def test_a_run_linked_with_its_data_under_another_path_is_the_same_run(tiny_dataset, tmp_path):
     """A simulated dataset reused from another results folder is linked into OUT/data (another path, the same
     files): the runs linked with it are finished runs there, not runs "with other settings"; other files are."""
-    from fairal.experiments import link_tree
+    from fairal.grid.datasets import link_tree
 
     prof = get_profile("smoke", TINY)
     ActiveLearningRun(RunSpec(str(tiny_dataset), "random", "balanced", 0, prof), tmp_path / "a" / "run").run()
@@ -260,7 +260,7 @@ def test_a_run_linked_with_its_data_under_another_path_is_the_same_run(tiny_data
 def test_the_studies_of_docs_beyond_parse(name):
     from pathlib import Path
 
-    from fairal.study import check_settings, seeds_warning
+    from fairal.grid.spec import check_settings, seeds_warning
 
     study = load_study(Path(__file__).parents[1] / "studies" / f"{name}.toml")
     check_settings(study, get_profile(study.profile), {})
@@ -388,7 +388,7 @@ def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
 
 
 def test_a_study_whose_seeds_cannot_reach_a_verdict_is_warned_before_any_work(tmp_path):
-    from fairal.study import seeds_warning
+    from fairal.grid.spec import seeds_warning
 
     study = _write(tmp_path / "s.toml", """
 name = "too-few"
@@ -531,7 +531,7 @@ def test_grid_settings_data_settings_and_folder_names_are_refused_where_they_can
 
 
 def test_a_heavy_initial_set_names_its_group_as_the_manifest_reads_it():
-    from fairal.loop import heavy_group, initial_counts
+    from fairal.run.loop import heavy_group, initial_counts
 
     assert heavy_group("g2-heavy") == 2 and heavy_group("g007-heavy") == "007" and heavy_group("balanced") is None
     assert initial_counts(["007", "008"], "g007-heavy", 10) == {"007": 8, "008": 2}  # round(0.8 x 10) = 8
@@ -546,7 +546,7 @@ def test_a_device_the_machine_lacks_is_refused_for_any_arm_before_any_work(tmp_p
 
 
 def test_a_dataset_of_other_settings_in_out_is_refused_before_the_study_writes(tmp_path):
-    from fairal.experiments import RESULTS
+    from fairal.grid.driver import RESULTS
     from fairal.io import make_own_folder
 
     out = tmp_path / "out"
@@ -588,7 +588,7 @@ def test_files_that_are_no_nifti_are_refused_before_any_dataset_is_made(tmp_path
 
 
 def test_a_simulated_datasets_outline_is_the_manifest_it_will_have(tmp_path, tiny_dataset):
-    from fairal.study import dataset_outline
+    from fairal.grid.datasets import dataset_outline
 
     tpl, lab = tiny_dataset.parent / "template.nii.gz", tiny_dataset.parent / "labels.nii.gz"
     made = pd.read_csv(tiny_dataset / "manifest.csv")
@@ -622,7 +622,7 @@ def test_beyond_tables_write_within_margin_only_on_a_verdict_of_a_difference():
 def test_a_dataset_made_with_relative_template_paths_is_found_again(tmp_path, tiny_dataset):
     """An older dataset.json records the template and label as they were given (relative to where fairal ran):
     the same files where names and recorded checksums agree, a refusal where the file changed."""
-    from fairal.experiments import _same_simulation
+    from fairal.grid.datasets import _same_simulation
     from fairal.simulate.dataset import SimulationConfig
 
     info = json.loads((tiny_dataset / "dataset.json").read_text())

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fairal.cli import app
-from fairal.study import seed_rule
+from fairal.stats import seed_rule
 
 from .conftest import LABEL_VALUE, OUT_SHAPE
 from .test_plugins import clean_tables  # noqa: F401  (a fixture: what a plugin registers is gone afterwards)
@@ -227,7 +227,7 @@ register(Base("trusted", None, "trusted", "a seeded draw under another name"))
 @pytest.mark.usefixtures("clean_tables")
 def test_a_study_files_plugins_load_after_the_rest_of_it_is_checked(tmp_path):
     from fairal.errors import FairalError
-    from fairal.study import load_study
+    from fairal.grid.spec import load_study
 
     (tmp_path / "p.py").write_text(PLUGIN)
     arms = 'strategies = ["trusted", "random"]\n'

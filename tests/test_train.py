@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import fairal.train as train_mod
+import fairal.run.train as train_mod
 from fairal.errors import FairalError
-from fairal.model import UNet3D
-from fairal.train import (
+from fairal.run.model import UNet3D
+from fairal.run.train import (
     TrainConfig,
     _batch_indices,
     collapse_check,
@@ -250,7 +250,7 @@ def test_resolve_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_bf16("auto", torch.device("cuda", 0)) is True
     from fairal.config import get_profile
 
-    assert get_profile("smoke", {"bf16": "off"}).train_config(0).bf16 == "off"
+    assert TrainConfig.of(get_profile("smoke", {"bf16": "off"}), 0).bf16 == "off"
     with pytest.raises(FairalError, match="setting bf16 must be auto, on or off"):
         get_profile("smoke", {"bf16": "maybe"})
 
@@ -344,7 +344,7 @@ def test_restart_seeds_come_from_their_own_stream() -> None:
 def test_the_records_name_the_processor_and_its_kernels(monkeypatch):
     """A CPU run's device names the processor and torch's kernel instruction set (the same seed reproduces its
     records on one kind of CPU; another kind may round the training differently)."""
-    from fairal import train as train_mod
+    from fairal.run import train as train_mod
 
     monkeypatch.setattr(train_mod, "cpu_model", lambda: "Some CPU 9000")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
@@ -353,7 +353,7 @@ def test_the_records_name_the_processor_and_its_kernels(monkeypatch):
 
 
 def test_device_setting_is_validated():
-    from fairal.train import resolve_device
+    from fairal.run.train import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

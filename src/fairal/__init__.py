@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 #: name -> module of the public API (imported on first use, so that ``import fairal`` stays light).
 _API = {
-    "rank_for_annotation": "fairal.api",
+    "rank_for_annotation": "fairal.owndata.api",
     "group_weights": "fairal.acquisition",
     "case_weights": "fairal.acquisition",
     "expected_weights": "fairal.acquisition",
@@ -32,7 +32,7 @@ _API = {
     "fairness_summary": "fairal.metrics",
     "mean_ci": "fairal.stats",
     "paired": "fairal.stats",
-    "UNet3D": "fairal.model",
+    "UNet3D": "fairal.run.model",
     "FairalError": "fairal.errors",
 }
 __all__ = ["__version__", "versions", *_API]

@@ -359,7 +359,7 @@ def calibrate_harm(
     import json
 
     from fairal.config import get_profile, parse_overrides
-    from fairal.harm import HarmSettings, measure
+    from fairal.grid.harm import HarmSettings, measure
     from fairal.sampling import stream_seed
 
     recipe = {}
@@ -408,7 +408,7 @@ def baseline(
 ) -> None:
     """Table 1: train on the balanced, Group 1-only and Group 2-only cohorts; evaluate on the fixed test set."""
     from fairal.config import get_profile, parse_overrides
-    from fairal.experiments import run_baseline
+    from fairal.grid.baselines import run_baseline
 
     prof = get_profile(profile, parse_overrides(set_))
     table = run_baseline(data_dir, out, prof, seed=seed, progress=not quiet)
@@ -438,11 +438,12 @@ def run(
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """One active-learning run: train, evaluate, score the pool, acquire, until the final budget."""
+    from fairal import plugins
     from fairal.config import get_profile, parse_overrides
-    from fairal.loop import ActiveLearningRun, RunSpec
+    from fairal.run.loop import ActiveLearningRun, RunSpec
 
     prof = get_profile(profile, parse_overrides(set_))
-    al = ActiveLearningRun(RunSpec(str(data_dir), strategy, init, seed, prof), out)
+    al = ActiveLearningRun(RunSpec(str(data_dir), strategy, init, seed, prof), out, extensions=plugins.record())
     if al.is_finished():
         stdout.print(f"{out} holds this run, finished: nothing to do")
         return
@@ -502,7 +503,7 @@ def study(
 ) -> None:
     """Run a study: its datasets (simulated, or a lab's labeled cohort), initial sets, strategies and seeds, with
     the statistics and report; resumable. The command line overrides the file."""
-    from fairal.study import load_study
+    from fairal.grid.spec import load_study
 
     only = [v.strip() for v in datasets.split(",") if v.strip()] if datasets is not None else None
     if only is not None and not only:
@@ -522,7 +523,7 @@ def reproduce(
 ) -> None:
     """The paper's whole experiment (the built-in study paper): both datasets, baselines, and the grid of AL
     runs, resumable."""
-    from fairal.study import paper_study
+    from fairal.grid.spec import paper_study
 
     _run_study(paper_study(), out, profile, seeds, jobs, executor, address, cpus_per_task, gpus_per_task,
                strategies, pack, pack_size, set_, quiet)
@@ -535,8 +536,9 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
 
     from fairal.acquisition import parse_strategy
     from fairal.config import get_profile, parse_overrides
-    from fairal.experiments import run_study
-    from fairal.study import PAPER_SOURCE, Arm, check_settings, grid_key_refused, seeds_warning, study_seeds
+    from fairal.grid.driver import run_study
+    from fairal.grid.spec import Arm, check_settings, grid_key_refused, seeds_warning, study_seeds
+    from fairal.records import PAPER_SOURCE
 
     cli = parse_overrides(set_)
     grid_key_refused(cli, "--set ")
@@ -592,7 +594,7 @@ def _print_final(results, prof) -> None:
     import pandas as pd
 
     from fairal.metrics import METRICS
-    from fairal.report.build import PIPELINE_CHECKS
+    from fairal.report.html import PIPELINE_CHECKS
     from fairal.report.records import primary_final_table
 
     final = primary_final_table(results)
@@ -686,7 +688,7 @@ def query(
     """Rank the unlabeled cases of your own data for annotation, fairness-aware: the top --budget cases first."""
     from fairal.acquisition import parse_strategy
     from fairal.config import parse_overrides
-    from fairal.query import query_profile, run_query
+    from fairal.owndata.query import query_profile, run_query
 
     prof = query_profile(profile, parse_overrides(set_))
     strat = parse_strategy(strategy)
@@ -725,7 +727,7 @@ def monailabel_app(
     import importlib.util
 
     from fairal.config import parse_overrides
-    from fairal.monailabel_app import write_app
+    from fairal.owndata.app import write_app
 
     overrides = parse_overrides(set_)
     write_app(out, strategy, group_by or [], profile, overrides, seed=seed, spacing=spacing, label_value=label_value,
@@ -754,8 +756,8 @@ def report(
     for run, why in loaded.skipped.items():
         _warn(f"left out {run}: {why}")
     path = build_report(results, out, loaded)
+    from fairal.records import PAPER_SOURCE
     from fairal.report.study import missing_runs, study_info, withheld_note
-    from fairal.study import PAPER_SOURCE
 
     info = study_info(results)  # a study's report withholds its comparisons (the paper's has its own plan)
     if info is not None and info.get("study", {}).get("source") != PAPER_SOURCE \
@@ -809,7 +811,7 @@ def export_nnunet_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export.")] = False,
 ) -> None:
     """Export a dataset to nnU-Net v2's raw format (imagesTr, labelsTr, imagesTs, dataset.json, groups.csv)."""
-    from fairal.export import export_nnunet
+    from fairal.data.export import export_nnunet
 
     target = export_nnunet(data_dir, out, dataset_id, name=name, overwrite=overwrite)
     stdout.print(f"nnU-Net dataset in {target}; then: nnUNetv2_plan_and_preprocess -d {dataset_id} "

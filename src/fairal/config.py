@@ -149,19 +149,6 @@ class Profile:
         for name in self.strategies:
             parse_strategy(name)
 
-    def train_config(self, seed: int, rnd: int | None = None, num_threads: int | None = None):
-        """The training settings of a baseline (``rnd`` None) or of active-learning round ``rnd``: the first round
-        trains ``first_round_steps`` (if set), a warm-started round ``round_steps``, any other ``steps``/``epochs``."""
-        from fairal.train import TrainConfig
-
-        steps, epochs = self.steps, self.epochs
-        if rnd is not None and rnd == 0 and self.first_round_steps is not None:
-            steps, epochs = self.first_round_steps, None
-        elif rnd is not None and rnd > 0 and self.warm_start:
-            steps, epochs = self.round_steps, None
-        return TrainConfig(lr=self.lr, steps=steps, epochs=epochs, batch_size=self.batch_size, seed=seed,
-                           num_threads=num_threads, device=self.device, bf16=self.bf16)
-
     def with_overrides(self, overrides: dict[str, str]) -> Profile:
         """A copy with settings replaced from ``key=value`` strings, each converted to the field's type."""
         fields = {f.name: f for f in dataclasses.fields(self)}

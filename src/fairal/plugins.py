@@ -1,7 +1,7 @@
 """Plugins: modules that extend fairal (a strategy, a metric, a network), loaded in every process that runs its work.
 
 A plugin is a Python module that registers what it adds when it is imported (``fairal.acquisition.register``,
-``fairal.metrics.register_metric``, a replacement of ``fairal.engine.model_factory``). It is loaded by
+``fairal.metrics.register_metric``, a replacement of ``fairal.run.rounds.model_factory``). It is loaded by
 
 - ``fairal --plugin FILE_OR_MODULE COMMAND ...`` (repeatable) or the environment variable ``FAIRAL_PLUGINS``
   (names separated by the path separator, ``:`` on Linux);
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from fairal import acquisition, metrics
 from fairal.errors import FairalError
 
 ENTRY_POINT_GROUP = "fairal.plugins"
@@ -181,7 +182,6 @@ class Extensions:
         digest = hashlib.sha1(self.registrations).hexdigest()
         if _RESTORED == digest:
             return
-        from fairal import acquisition, metrics
 
         statistics, bases, metric_entries = [], [], []
         if self.registrations:
@@ -205,8 +205,6 @@ _PROCESS = uuid.uuid4().hex
 
 def _registered() -> tuple[list, list, list]:
     """The entries of the tables beyond fairal's own: (statistics, base scores, metrics), in table order."""
-    from fairal import acquisition, metrics
-
     return ([st for n, st in acquisition.STATISTICS.items() if n not in acquisition.BUILT_IN_STATISTICS],
             [b for n, b in acquisition.BASES.items() if n not in acquisition.BUILT_IN_BASES],
             [m for n, m in metrics.METRICS.items() if n not in metrics.BUILT_IN_METRICS])

@@ -91,7 +91,7 @@ def smallest_sign_flip_p(n: int) -> float:
 
 
 #: Fewer units (seeds) than this get no verdict at all, not even ``equivalent``: one run is an anecdote, two give no
-#: usable interval (docs/analysis-plan.md; :func:`fairal.study.seed_rule` says it with the Holm floor below).
+#: usable interval (docs/analysis-plan.md; :func:`fairal.stats.seed_rule` says it with the Holm floor below).
 MIN_SEEDS_FOR_A_VERDICT = 3
 
 
@@ -279,3 +279,35 @@ def stratified_counts(groups: Sequence, n_boot: int, rng: np.random.Generator) -
         for col in range(idx.size):  # a column of counts per case of the group
             counts[:, idx[col]] = (draws == col).sum(axis=1)
     return counts
+
+
+def primary_family(n_datasets: int, n_arms: int) -> int:
+    """The size of a study report's primary family (Holm: per dataset, the reference against each other arm)."""
+    return max(n_datasets, 1) * max(n_arms - 1, 1)
+
+
+def seed_rule(seeds: int, comparisons: int, alpha: float = 0.05) -> str:
+    """The one rule of how many seeds a verdict needs, for the start-up warning and the study report alike: what
+    ``seeds`` seeds can give over the ``comparisons`` of the primary family (the exact sign-flip test's smallest
+    two-sided p, times the family's size after Holm), then :func:`seeds_needed`."""
+    floor = smallest_sign_flip_p(seeds)
+    exact = f" (2/2^{seeds})" if floor > 1e-5 else ""
+    p = (f"the exact sign-flip test's smallest two-sided p is {floor:.3g}{exact}, {min(floor * comparisons, 1.0):.3g} "
+         f"after Holm over the {comparisons} comparison(s) of the primary family")
+    if seeds < MIN_SEEDS_FOR_A_VERDICT:
+        said = f"{seeds} seed(s) give no verdict, the comparisons are descriptive ({p})."
+    elif floor * comparisons >= alpha:
+        said = (f"{seeds} seed(s) cannot give a verdict of superiority: {p}, not below {alpha:g}; only equivalence "
+                "can be found, whatever the runs show.")
+    else:
+        said = f"With {seeds} seeds {p}, below {alpha:g}: a comparison can be confirmed or refuted."
+    return f"{said} {seeds_needed(seeds_for_a_verdict(comparisons, alpha))}"
+
+
+def seeds_needed(n: int | None) -> str:
+    """What :func:`fairal.stats.seeds_for_a_verdict` found (``n``), with the minimum of any verdict, in words."""
+    least = MIN_SEEDS_FOR_A_VERDICT
+    if n is None:
+        return (f"A verdict needs at least {least} seeds (equivalent); no number of seeds can confirm or refute a "
+                "comparison of a family this large (fewer datasets or arms).")
+    return f"A verdict needs at least {least} seeds (equivalent), confirmed or refuted at least {max(n, least)}."

@@ -6,23 +6,28 @@ import base64
 import html
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from fairal.io import check_output_folder, check_own_folder, make_own_folder, within, write_csv, write_text
-from fairal.metrics import METRICS, bounds
-from fairal.report.claims import RULE_2
+from fairal.metrics import METRICS
+from fairal.records import PAPER_SOURCE
+from fairal.report.claims import (
+    PAPER_TABLE1,
+    RULE_2,
+    claims_markdown,
+    claims_table,
+    paired_table,
+    run_summary,
+    summary_table,
+    table1,
+)
 from fairal.report.examples import write_examples
 from fairal.report.figures import write_eval_figures, write_figures
-from fairal.report.plan import MIN_SEEDS_FOR_CLAIMS
+from fairal.report.html import HEAD, banner, html_table, plural, settings_section
+from fairal.report.plan import MIN_SEEDS_FOR_CLAIMS, plan_markdown, plan_tables
 from fairal.report.records import Results, final_table, finished_rounds, load_results, on_evaluation_split
+from fairal.report.study import build_study_report, study_info
 
-PAPER_TABLE1 = pd.DataFrame(
-    [("strong", "all", 0.88, 0.93, 0.91, 0.91, 0.04), ("strong", "g1", 0.89, 0.88, 0.89, 0.89, 0.01),
-     ("strong", "g2", 0.75, 0.93, 0.84, 0.71, 0.18), ("weak", "all", 0.90, 0.91, 0.90, 0.89, 0.01),
-     ("weak", "g1", 0.90, 0.90, 0.90, 0.90, 0.002), ("weak", "g2", 0.86, 0.91, 0.88, 0.84, 0.04)],
-    columns=["dataset", "cohort", "dice_g1", "dice_g2", "dice_all", "essp", "delta"],
-)
 
 def how_to_read(profile: dict, evaluated: bool = False) -> str:
     """The reading guide, with the numbers of the runs' own profile (not the paper's); ``evaluated``: the runs
@@ -47,18 +52,6 @@ def how_to_read(profile: dict, evaluated: bool = False) -> str:
                if evaluated else "") + "</p>")
 
 
-#: Readable column headers of the report's tables.
-HEADERS = {"dataset": "dataset", "init": "initial set", "strategy": "strategy", "cohort": "training cohort",
-           "n_seeds": "seeds", "n_labeled": "labeled", "dice_all": "Dice", "dice_g1": "Dice G1", "dice_g2": "Dice G2",
-           "delta": "Δ", "essp": "ESSP", "essp_auc": "ESSP AUC", "g1_ratio": "G1 share of labeled set",
-           "g1_acquired_share": "G1 share of acquisitions",
-           "delta_reduction_vs_entropy": "Δ vs entropy", "dice_g1_paper": "paper Dice G1",
-           "dice_g2_paper": "paper Dice G2", "dice_all_paper": "paper Dice", "essp_paper": "paper ESSP",
-           "delta_paper": "paper Δ", "essp_paper_by_eq4": "paper ESSP by Eq. 4", "p_value": "p", "ci_low": "CI low",
-           "ci_high": "CI high"}
-BANNER = ("<div class='banner'><b>{profile} profile: a pipeline check, not evidence.</b> Tiny data and short "
-          "training; the numbers below show that everything runs, nothing about the strategies. The "
-          "<code>standard</code> profile with several seeds (docs/REPRODUCTION.md) is the evidence.</div>")
 #: What every figure shows and what it is measured on (``{test}``: the test split's name on the page). A figure's
 #: number on the page is its file's (``figN_...``): the evaluation split's Figures 1 and 2 (files ``..._eval``)
 #: share their numbers with the test split's.
@@ -87,69 +80,6 @@ ABSENT = {"fig2_delta_dice_strong": "no dataset named strong", "fig3_group1_rati
 #: How the intervals of a mean keep to what a measure can take (fairal.metrics.bounds).
 BOUNDED = ("clipped to the measure's range where the t interval passes it: Dice, ESSP, shares and weights in "
            "[0, 1], Δ at least 0")
-
-
-def _printed(v: float, digits: int) -> float:
-    """``v`` as the table prints it (so that values that read the same compare equal)."""
-    return float(f"{v:.{digits}f}")
-
-
-def _bold(df: pd.DataFrame, best: dict[str, str], within: list[str] | None, digits: int) -> pd.DataFrame:
-    """Where the best value of each column of ``best`` is, per group of rows ``within``: every value that reads the
-    same as the best at the printed digits (ties are bold alike)."""
-    bold = pd.DataFrame(False, index=df.index, columns=df.columns)
-    for col, how in best.items():
-        if col not in df.columns:
-            continue
-        shown = df[col].map(lambda v: _printed(v, digits) if pd.notna(v) else np.nan)
-        groups = shown.groupby([df[c] for c in within], sort=False) if within else [(None, shown)]
-        for _, g in groups:
-            if g.notna().any():
-                bold.loc[g.index[g == (g.max() if how == "max" else g.min())], col] = True
-    return bold
-
-
-def _cell_text(v, col: str, digits: int, formats: dict) -> str:
-    if col in formats:
-        return formats[col](v)
-    if isinstance(v, float):
-        if pd.isna(v):
-            return ""
-        if col == "delta_reduction_vs_entropy":
-            return f"{v:+.0%}"
-        if col == "p_value":
-            return "<0.001" if v < 0.001 else f"{v:.3f}"
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def html_table(df: pd.DataFrame, best: dict[str, str] | None = None, within: list[str] | None = None,
-               digits: int = 3, ci: dict[str, tuple[str, str]] | None = None, formats: dict | None = None) -> str:
-    """A table with readable headers, constant seed and size columns dropped, and the best value of each column in
-    ``best`` (``"max"``/``"min"``) set in bold per group of rows ``within`` (e.g. per scenario; ties alike). A
-    column of ``ci`` (``{column: (low column, high column)}``) shows its interval in the value's cell; ``formats``
-    gives a column its own formatter (e.g. the paper's values as printed)."""
-    if df.empty:
-        return ""
-    ci, formats = ci or {}, formats or {}
-    bounds_cols = [c for pair in ci.values() for c in pair]
-    df = df.drop(columns=[c for c in df.columns if c in ("n_seeds", "n_labeled") and len(df) > 1
-                          and df[c].nunique(dropna=False) <= 1])
-    bold = _bold(df, best or {}, within, digits)
-    shown = [c for c in df.columns if c not in bounds_cols]
-    head = "".join(f"<th>{html.escape(HEADERS.get(c, c.replace('_', ' ')))}</th>" for c in shown)
-    rows = []
-    for i, r in df.iterrows():
-        cells = []
-        for c in shown:
-            text = html.escape(_cell_text(r[c], c, digits, formats))
-            text = f"<b>{text}</b>" if bold.loc[i, c] else text
-            if c in ci and pd.notna(r[ci[c][0]]):
-                text += f" <span class='ci'>[{r[ci[c][0]]:.{digits}f}, {r[ci[c][1]]:.{digits}f}]</span>"
-            numeric = isinstance(r[c], int | float | np.integer | np.floating)
-            cells.append(f"<td{'' if numeric else ' class=text'}>{text}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
 #: Where the paper's own numbers or text do not add up (docs/REPRODUCTION.md lists them with the numbers).
@@ -208,29 +138,6 @@ def markdown_text(value) -> str:
     return html.escape(str(value), quote=False).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def table1(results: Results) -> pd.DataFrame:
-    """Our baselines next to the paper's Table 1; with several training seeds, their mean, the 95% t interval of
-    the ESSP and Δ, and the number of seeds."""
-    if results.baselines.empty:
-        return pd.DataFrame()
-    from fairal.stats import mean_ci
-
-    b = results.baselines
-    groups = [c for c in b.columns if c.startswith("dice_g")]
-    cols = [*groups, "dice_all", "essp", "delta"]
-    rows = []
-    for (dataset, cohort), g in b.groupby(["dataset", "cohort"], sort=False):
-        row = {"dataset": dataset, "cohort": cohort, **g[cols].mean().to_dict()}
-        if "seed" in b.columns and len(g) > 1:
-            for m in ("essp", "delta"):
-                e = mean_ci(g[m].to_numpy(), bounds=bounds(m))
-                row.update({f"{m}_ci_low": e.ci_low, f"{m}_ci_high": e.ci_high})
-        row["n_seeds"] = len(g)
-        rows.append(row)
-    ours = pd.DataFrame(rows)
-    return ours.merge(PAPER_TABLE1, on=["dataset", "cohort"], how="left", suffixes=("", "_paper"))
-
-
 def uses_plan(results: Results) -> bool:
     """Records judged under docs/analysis-plan.md: those with an evaluation split or a recorded analysis plan.
     Records made before the evaluation split (docs/results/standard) keep the rule they were judged by
@@ -252,8 +159,6 @@ def statistics(results: Results, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     """``claims.csv``/``claims.md``, ``final_stats.csv`` and ``paired.csv`` from the finished runs (and the
     baselines' training seeds); under the analysis plan also ``claims_sensitivity.csv``, ``primary.csv`` and
     ``variance_decomposition.csv``. Returns the claims and the per-scenario statistics."""
-    from fairal.report.claims import claims_markdown, claims_table, paired_table, run_summary, summary_table
-
     if results.rounds.empty:
         return pd.DataFrame(), pd.DataFrame()
     done = finished_rounds(results)
@@ -266,8 +171,6 @@ def statistics(results: Results, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]
         return pd.DataFrame(), stats
     write_csv(within(out, "paired.csv"), paired_table(runs))
     if uses_plan(results):
-        from fairal.report.plan import plan_markdown, plan_tables
-
         tables = plan_tables(done, results.cases, results.round_cases, results.baselines, results.baseline_cases)
         claims = tables.claims
         write_csv(within(out, "claims_sensitivity.csv"), tables.sensitivity)
@@ -288,30 +191,6 @@ def _img(path: Path, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/></figure>'
 
 
-#: The page's head: its title and style sheet.
-HEAD = (
-    "<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
-    "<title>fairal report</title>",
-    "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
-    "line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;"
-    "padding:3px 7px;text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}"
-    "td.text{text-align:left;white-space:normal;min-width:3em}"
-    ".scroll{overflow-x:auto;max-width:100%}img{max-width:100%;height:auto}figure{margin:1em 0}"
-    ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5em 1em}"
-    ".banner{background:#fde8e8;border-left:6px solid #c0392b;padding:.7em 1em;font-size:1.05em}"
-    ".ci{color:#555;font-size:11px;display:block}th{white-space:normal;vertical-align:bottom}.file{font-weight:normal;font-size:.75em;color:#666}"
-    ".mixed{background:#fff4e0}.small{font-size:.85em;color:#555}"
-    "table.settings th{text-align:left;vertical-align:top;position:static}"
-    "table.settings td.text{white-space:normal}</style>"
-    "</head><body>",
-    "<h1>fairal: fairness-aware active learning, results</h1>",
-)
-
-
-def _plural(n: int) -> str:
-    return "s" if n != 1 else ""
-
-
 #: The marker's kind of a report folder.
 REPORT = "report"
 
@@ -319,9 +198,6 @@ REPORT = "report"
 def build_report(folder: str | Path, out: str | Path | None = None, results: Results | None = None) -> Path:
     """Write the report of the results in ``folder`` into ``out`` (default ``folder/report``); returns the
     path of ``report.html``."""
-    from fairal.report.study import build_study_report, study_info
-    from fairal.study import PAPER_SOURCE
-
     folder = Path(folder)
     results = results if results is not None else load_results(folder)
     info = study_info(folder)  # a tampered study.json is refused before the report's folder is made
@@ -374,8 +250,6 @@ def _evaluation_sections(results: Results, out: Path, profile: dict, n_seeds: in
     final, t1 = final_table(ev), paper_essp_check(table1(ev))
     stats = pd.DataFrame()
     if not final.empty:
-        from fairal.report.claims import run_summary, summary_table
-
         write_csv(within(out, "final_budget_eval.csv"), final)
         write_text(within(out, "final_budget_eval.md"), markdown_table(final))
         stats = summary_table(run_summary(finished_rounds(ev)))
@@ -390,23 +264,13 @@ def _evaluation_sections(results: Results, out: Path, profile: dict, n_seeds: in
             *_table1_section(t1, profile, heading=name, stem="table1_baselines_eval")]
 
 
-#: Profiles whose records are a pipeline check, not evidence: every report says so in its banner.
-PIPELINE_CHECKS = ("smoke", "quick")
-
-
-def banner(profile: str) -> list[str]:
-    """The banner of a report on records of a pipeline-check profile (:data:`PIPELINE_CHECKS`), the one rule of the
-    paper's report and a study's; nothing for another profile."""
-    return [BANNER.format(profile=html.escape(profile))] if profile in PIPELINE_CHECKS else []
-
-
 def _overview(folder: Path, results: Results, profile: dict, n_seeds: int) -> list[str]:
     """The banner of a pipeline-check profile, what the folder holds, and which runs are missing or left out."""
     name = str(profile.get("name", "unknown"))
     parts = banner(name)
     parts.append(f"<p>Results: <code>{html.escape(str(folder.resolve()))}</code>. {len(results.finished)} finished "
-                 f"active-learning run{_plural(len(results.finished))} of {len(results.expected)} "
-                 f"expected, {n_seeds} seed{_plural(n_seeds)} per run. Profile "
+                 f"active-learning run{plural(len(results.finished))} of {len(results.expected)} "
+                 f"expected, {n_seeds} seed{plural(n_seeds)} per run. Profile "
                  f"<b>{html.escape(name)}</b> (settings at the end of this page).</p>")
     missing = results.missing
     if missing:
@@ -444,7 +308,7 @@ def _claims_section(results: Results, claims: pd.DataFrame, n_seeds: int) -> lis
     if n_seeds and withheld(results, n_seeds):
         return [f"<h2>The paper's claims</h2><p>Not computed: {html.escape(withheld(results, n_seeds))}.</p>"]
     if n_seeds and not results.rounds.empty:
-        return [f"<h2>The paper's claims</h2><p>Not tested: {n_seeds} seed{_plural(n_seeds)} per "
+        return [f"<h2>The paper's claims</h2><p>Not tested: {n_seeds} seed{plural(n_seeds)} per "
                 f"run; the claims need at least {MIN_SEEDS_FOR_CLAIMS} (one run is an anecdote). "
                 "<code>fairal reproduce OUT --seeds 5</code>.</p>"]
     return []
@@ -530,7 +394,7 @@ def _final_section(final: pd.DataFrame, stats: pd.DataFrame, n_seeds: int, headi
     band = f" Beside a value: the 95% t interval of the mean across seeds ({BOUNDED})." if ci else ""
     title = f"Final budget ({heading})" if heading else "Final budget"
     return [f"<h2>{html.escape(title)}</h2><p>Files: <code>{stem}.csv</code>, <code>{stem}.md</code>. "
-            f"Mean over {n_seeds} seed{_plural(n_seeds)} at the last "
+            f"Mean over {n_seeds} seed{plural(n_seeds)} at the last "
             f"round of finished runs. Bold: the best of a scenario ({html.escape(words)}; values that read the "
             f"same are bold alike).{band}{_shares_note(view)}</p>"
             + html_table(view, best=best, within=["dataset", "init"], ci=ci)]
@@ -579,63 +443,3 @@ def _figures_section(figs: dict[str, list[Path]], n_seeds: int, test: str = "tes
     return parts
 
 
-def _several(values: dict[str, int]) -> str:
-    """One recorded value as it is; several each with their number of runs (never one picked)."""
-    if len(values) == 1:
-        return html.escape(next(iter(values)))
-    return "<span class='mixed'>" + "; ".join(f"{html.escape(v)} ({n} run{_plural(n)})" for v, n in
-                                               values.items()) + "</span>"
-
-
-def _seeds_row(results: Results) -> str:
-    """The seeds the records hold (beside the profile's default, when that differs)."""
-    seeds = sorted(int(x) for x in set(results.rounds["seed"])) if not results.rounds.empty else []
-    planned = (results.settings or {}).get("planned_seeds")
-    text = f"{len(seeds)} per run ({', '.join(map(str, seeds))})" if seeds else "none"
-    text += f" of the {int(planned)} planned" if planned else ""
-    default = results.recorded.get("profile.seeds", {})
-    if default and set(default) != {str(len(seeds))}:
-        text += f"; the profile's default (its <code>seeds</code> setting) is {_several(default)}"
-    return text
-
-
-def _profile_items(results: Results) -> str:
-    """The profile's settings as ``key = value``; the requested device said to be the request."""
-    items = []
-    for key, values in results.recorded.items():
-        name = key[len("profile."):]
-        if not key.startswith("profile.") or name in ("name", "description"):
-            continue
-        item = f"<code>{html.escape(name)}</code>&nbsp;=&nbsp;{_several(values)}"
-        if name == "seeds":
-            item += " (default; the seeds of these records: above)"
-        elif name == "device" and "device" in results.recorded:
-            item += " (asked for; where the runs ran: above)"
-        items.append(item)
-    return " &middot; ".join(items)
-
-
-def settings_section(results: Results) -> list[str]:
-    """What the records say about how they were made: their seeds, device, library versions, commit, where they
-    ran and the analysis plan, then the profile and its settings (a value that differs across the runs shows each
-    value with its number of runs); the software that drew this page apart, at the end."""
-    from fairal import versions
-
-    about = results.recorded
-    rows = [("seeds", _seeds_row(results))] + [(k, _several(v)) for k, v in about.items() if "." not in k]
-    if "profile.name" in about:
-        described = about.get("profile.description")
-        rows.append(("profile", f"<b>{_several(about['profile.name'])}</b>" + (
-            f"; the profile's description of its defaults: &ldquo;{_several(described)}&rdquo;" if described else "")))
-    mixed = [k[len("profile."):] for k, v in about.items() if k.startswith("profile.") and len(v) > 1]
-    lines = ["<h2>Settings</h2><p>As the records hold them (not the software that drew this page: last line).</p>",
-             "<table class='settings'>" + "".join(f"<tr><th>{html.escape(k)}</th><td class=text>{v}</td></tr>"
-                                                  for k, v in rows) + "</table>"]
-    if mixed:
-        lines.append(f"<div class='warn'>Runs of different settings are mixed here: {html.escape(', '.join(mixed))}"
-                     ".</div>")
-    if _profile_items(results):
-        lines.append(f"<p class='items'>Profile settings: {_profile_items(results)}.</p>")
-    drawn = ", ".join(f"{k} {v}" for k, v in versions().items())
-    lines.append(f"<p class='small'>This page was drawn by {html.escape(drawn)}.</p>")
-    return lines

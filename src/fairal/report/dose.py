@@ -1,4 +1,4 @@
-"""The dose-response view of a study's ladders (:mod:`fairal.ladder`): per rung, the calibrated gap of a Group
+"""The dose-response view of a study's ladders (:mod:`fairal.grid.ladder`): per rung, the calibrated gap of a Group
 2-only model and the paired differences between the strategies; a figure with the gap on x and the difference on
 y; and the trend of each difference over the gap, the seed as the unit.
 

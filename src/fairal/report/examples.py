@@ -7,8 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fairal.config import Profile
+from fairal.data.volumes import load_volumes, read_manifest
 from fairal.errors import FairalError
+from fairal.io import within
+from fairal.report.figures import literal
 from fairal.report.records import Results, read_json_record
+from fairal.run.model import load_unet
+from fairal.run.rounds import evaluate
+from fairal.run.train import predict_proba
 
 EXAMPLE_STRATEGY = "weighted-localized-entropy"
 
@@ -30,9 +37,6 @@ def _final_run(folder: Path, dataset: str) -> Path | None:
 def _panels(folder: Path, results: Results) -> list[tuple]:
     """Per dataset with a finished run of the example strategy, the median test case of each group: (dataset, group,
     case, Dice, image, truth, probability map, run folder)."""
-    from fairal.engine import evaluate
-    from fairal.train import predict_proba
-
     panels = []
     for dataset in sorted(set(results.rounds["dataset"])):
         final = _final_model(folder, dataset)
@@ -55,10 +59,6 @@ def _panels(folder: Path, results: Results) -> list[tuple]:
 def _final_model(folder: Path, dataset: str) -> tuple | None:
     """The example run of ``dataset``, its manifest, its volumes and its final model; None when there is no such
     run or its data or model moved (then there is no example, and the rest of the report stands)."""
-    from fairal.config import Profile
-    from fairal.data import load_volumes, read_manifest
-    from fairal.model import load_unet
-
     run = _final_run(folder, dataset)
     if run is None:
         return None
@@ -98,8 +98,6 @@ def write_examples(folder: Path, results: Results, out: Path) -> list[Path] | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fairal.io import within
-    from fairal.report.figures import literal
 
     panels = _panels(folder, results)
     if not panels:

@@ -447,7 +447,7 @@ def table1_parts(m: Measure) -> list[Part]:
 
 
 #: Fewer seeds than this: no verdict (one run is an anecdote, two give no usable interval); the one rule of
-#: :mod:`fairal.stats`, which the start-up warning and the study report also say (:func:`fairal.study.seed_rule`).
+#: :mod:`fairal.stats`, which the start-up warning and the study report also say (:func:`fairal.stats.seed_rule`).
 MIN_SEEDS_FOR_CLAIMS = MIN_SEEDS_FOR_A_VERDICT
 
 

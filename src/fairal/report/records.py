@@ -14,6 +14,7 @@ from fairal.config import ALL_STRATEGIES, PAPER_STRATEGIES
 from fairal.errors import FairalError
 from fairal.limits import MAX_RECORD_BYTES, check_nesting, refuse_above
 from fairal.metrics import METRICS, bounds
+from fairal.stats import mean_ci
 
 #: Strategy order: the paper's four as in its figures, then the ones beyond it.
 STRATEGY_ORDER = list(ALL_STRATEGIES)
@@ -513,8 +514,6 @@ def primary_final_table(results: Results) -> pd.DataFrame:
 def seed_band(values: np.ndarray, bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float, float]:
     """Mean and 95% Student-t interval of the mean across seeds (:func:`fairal.stats.mean_ci`), clipped to the
     measure's ``bounds``; one seed has no interval (NaN bounds: no band is drawn)."""
-    from fairal.stats import mean_ci
-
     v = np.asarray(values, dtype=float)
     if v.size == 0:
         return float("nan"), float("nan"), float("nan")

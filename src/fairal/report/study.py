@@ -26,9 +26,10 @@ from fairal.errors import FairalError  # noqa: E402
 from fairal.io import within, write_csv, write_text  # noqa: E402
 from fairal.limits import MAX_RUNS, MAX_SEEDS, refuse_above  # noqa: E402
 from fairal.metrics import bounds  # noqa: E402
-from fairal.report.build import HEAD, banner, html_table, settings_section, table1  # noqa: E402
+from fairal.report.claims import table1  # noqa: E402
 from fairal.report.dose import dose_tables  # noqa: E402
 from fairal.report.figures import colours_for, label, literal  # noqa: E402
+from fairal.report.html import HEAD, banner, html_table, settings_section  # noqa: E402
 from fairal.report.plan import (  # noqa: E402
     AL_ON,
     MARGINS,
@@ -49,8 +50,11 @@ from fairal.report.records import (  # noqa: E402
     ordered,
     read_json_record,
 )
-from fairal.stats import mean_ci  # noqa: E402
-from fairal.study import primary_family  # noqa: E402
+from fairal.stats import (
+    mean_ci,  # noqa: E402
+    primary_family,  # noqa: E402
+    seed_rule,
+)
 
 MEASURES = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice", "essp_auc": "ESSP AUC"}
 SPLIT_NAMES = {"eval": "evaluation split", "test": "test split"}
@@ -378,9 +382,7 @@ def _counts(results: Results, info: dict, splits: dict[str, str]) -> str:
 
 def _rule(seeds: int, comparisons: int) -> str:
     """The rule of the paired table, with what ``seeds`` seeds can give over the ``comparisons`` of the primary
-    family (pooled final ESSP) in the words of the start-up warning (:func:`fairal.study.seed_rule`)."""
-    from fairal.study import seed_rule
-
+    family (pooled final ESSP) in the words of the start-up warning (:func:`fairal.stats.seed_rule`)."""
     margins = ", ".join(f"{k} ±{v:g}" for k, v in MARGINS.items() if k in MEASURES)
     return (f"<p><b>{html.escape(seed_rule(seeds, comparisons))}</b></p>" if seeds else "") + (
         "<p>The seed is the unit (a pooled comparison: each seed's mean difference over the initial sets); "

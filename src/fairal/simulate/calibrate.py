@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from fairal.errors import FairalError
+from fairal.simulate.dataset import SimulationConfig, Subject, draw_subjects, prepare, simulate_subject
 
 #: Between-subject coefficient of variation of healthy adult caudate volume (Raz et al. 2003: 9.42 ± 1.14 cm³).
 CAUDATE_VOLUME_CV = 0.12
@@ -82,8 +83,6 @@ def _structure_state(state: dict, margin_vox: int = 12) -> dict:
 def structure_volume(state: dict, global_z: np.ndarray | None, bias_scale: float | None) -> float:
     """Volume (mm³) of the structure of one simulated subject: the template warped by the global model at
     coefficients ``global_z`` (None: no global deformation) and the local PC1 at ``bias_scale`` (None: none)."""
-    from fairal.simulate.dataset import Subject, simulate_subject
-
     gm = state["global_model"]
     z = np.zeros(gm.n_components) if global_z is None else np.asarray(global_z, dtype=np.float64)
     _, label = simulate_subject(state, Subject(0, "calibration", 1, bias_scale, z))
@@ -152,8 +151,6 @@ def calibrate(cv: float = CAUDATE_VOLUME_CV, n_subjects: int = 100, seed: int = 
     The global scale is found on ``n_subjects`` draws of the simulator's own per-subject streams (``seed``), so
     it is the scale at which a dataset of that seed's Group 2 varies like the anchor.
     """
-    from fairal.simulate.dataset import SimulationConfig, draw_subjects, prepare
-
     if not 0 < cv < 1:
         raise FairalError(f"the coefficient of variation must lie in (0, 1), got {cv}")
     base = SimulationConfig(bias="none", n_subjects=max(2 * n_subjects, 2), seed=seed, template=template,

@@ -15,14 +15,18 @@ import numpy as np
 import pandas as pd
 
 from fairal import sampling, versions
+from fairal.data.export import decathlon_json
 from fairal.errors import FairalError, SettingError
 from fairal.io import check_output_folder, is_fairal_folder, publish_folder, within
 from fairal.limits import check_room
+from fairal.records import ACQUISITION_COLUMNS
 from fairal.simulate.acquisition import WHITE_MATTER_METHOD, acquire, white_matter_intensity
 from fairal.simulate.deformation import DeformationModel, default_global_model, default_local_model
 from fairal.simulate.groups import Group
+from fairal.simulate.preview import write_preview
 from fairal.simulate.settings import SimulationConfig, build_config
 from fairal.simulate.template import Template, crop_box, harvard_oxford_index, load_template, sha256
+from fairal.simulate.warp import deformed_points, field_on_grid, integrate, output_points, warp_template
 
 
 def simulation_config(options: Mapping, where: str) -> SimulationConfig:
@@ -109,7 +113,6 @@ def subject_map(state: dict, subject: Subject):
     template's space (global field, then the local bias for Group 1)."""
     import torch
 
-    from fairal.simulate.warp import deformed_points, field_on_grid, integrate, output_points
 
     gm: DeformationModel = state["global_model"]
     lm: DeformationModel | None = state["local_model"]
@@ -128,7 +131,6 @@ def simulate_subject(state: dict, subject: Subject) -> tuple[np.ndarray, np.ndar
     """Warp the template for one subject, once, at :func:`subject_map`. Returns (image, label)."""
     import torch
 
-    from fairal.simulate.warp import warp_template
 
     tpl: Template = state["template"]
     if state.get("image_t") is None:
@@ -303,8 +305,6 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
         _write_dataset_json(cfg, state, manifest, tmp, None if keep is None else {"kept": len(subjects),
                                                                                    "drawn": drawn})
         if cfg.preview:
-            from fairal.simulate.preview import write_preview
-
             write_preview(tmp, state, subjects, results, manifest)
     return out
 
@@ -350,8 +350,6 @@ def test_split(subjects: list[Subject], seed: int, per_group: int) -> set[str]:
     return sampling.test_split(ids, per_group, seed)
 
 
-#: The acquisition settings with a manifest column per subject when a group sets them, and their neutral values.
-ACQUISITION_COLUMNS = {"contrast": 1.0, "inu": 0.0, "noise": 0.0}
 
 
 def _manifest(subjects: list[Subject], results: dict[str, dict], test: set[str], evaluation: set[str],
@@ -433,7 +431,6 @@ def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFra
                         subset: dict | None = None) -> None:
     tpl: Template = state["template"]
     settings = recorded_settings(cfg)
-    from fairal.export import decathlon_json
 
     groups: dict[int, Group] = state["groups"]
     title = f"fairal groups {', '.join(map(str, groups))}" if cfg.group else f"fairal {cfg.bias} bias"

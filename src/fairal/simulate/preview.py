@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 
 from fairal.io import within  # noqa: E402
 from fairal.nifti import load_nifti  # noqa: E402
-from fairal.simulate.dataset import ACQUISITION_COLUMNS  # noqa: E402
+from fairal.records import ACQUISITION_COLUMNS  # noqa: E402
 
 #: A column's width (inches) and the resolution: a report shows the picture at its page's width (about 1050 px for
 #: five columns), where FONT's points stay legible (13 px and more at the page's full width).

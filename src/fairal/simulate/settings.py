@@ -27,6 +27,7 @@ from fairal.simulate.groups import (
     resolve,
     split_by_shares,
 )
+from fairal.simulate.template import harvard_oxford_index
 
 GLOBAL_SAMPLING = ("per-component", "one-scalar")
 DEFAULT_SHAPE = (170, 170, 76)
@@ -138,8 +139,6 @@ class SimulationConfig:
     def _validate_scenario(self) -> None:
         """The scenarios' settings: the structure, the acquisition levels and the groups."""
         if self.structure is not None:
-            from fairal.simulate.template import harvard_oxford_index
-
             if self.label_value is not None:
                 raise SettingError("structure", "sets the label value: give --structure or --label-value, not both")
             if self.template is not None or self.label is not None:

@@ -22,10 +22,16 @@ import torch
 from fairal import versions
 from fairal.acquisition import STATISTICS, Strategy, parse_strategy
 from fairal.config import Profile
-from fairal.data import VolumeSet, case_records, data_files, describe_changes, group_value, load_volumes, read_manifest
-from fairal.engine import acquisition_round, evaluate, training_member
+from fairal.data.volumes import (
+    VolumeSet,
+    case_records,
+    data_files,
+    describe_changes,
+    group_value,
+    load_volumes,
+    read_manifest,
+)
 from fairal.errors import FairalError
-from fairal.groups import hidden_group_model
 from fairal.io import (
     FolderLock,
     check_output_folder,
@@ -37,9 +43,11 @@ from fairal.io import (
     write_json,
 )
 from fairal.metrics import EVAL_PREFIX, fairness_columns, fairness_summary, prefixed_summary
-from fairal.packed import Member, lockstep_key, train_packed
-from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
-from fairal.train import (
+from fairal.run.group_model import hidden_group_model
+from fairal.run.packed import Member, lockstep_key, train_packed
+from fairal.run.rounds import acquisition_round, evaluate, training_member
+from fairal.run.train import (
+    TrainConfig,
     TrainResult,
     check_device,
     describe_device,
@@ -48,6 +56,7 @@ from fairal.train import (
     save_checkpoint,
     train_model,
 )
+from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
 
 #: Initial labeled sets: ``balanced`` splits evenly over the groups (the paper: 5 + 5); ``gX-heavy`` gives group X
 #: 80% and splits the rest evenly over the others (the paper: 8 + 2 and 2 + 8).
@@ -178,8 +187,9 @@ class ActiveLearningRun:
     ``checkpoints/``."""
 
     def __init__(self, spec: RunSpec, out: str | Path, volumes: VolumeSet | None = None,
-                 manifest: pd.DataFrame | None = None) -> None:
+                 manifest: pd.DataFrame | None = None, extensions: dict | None = None) -> None:
         self.spec = spec
+        self.extensions = extensions  # what extends fairal where the run runs (fairal.plugins.record), recorded
         # fairal's run folder, or one with a run's state from before folders were marked (resumed only when its
         # settings are this run's)
         self.out = check_output_folder(out) if (Path(out) / "state.json").is_file() else check_own_folder(out, "run")
@@ -279,13 +289,12 @@ class ActiveLearningRun:
         clean_stale_partials(self.out / "checkpoints")
         if state is None:
             write_json(within(self.out, "data.json"), data_files(self.manifest))
-            from fairal.plugins import record as extensions
 
             config = {"settings": self.spec.settings(), "groups_known": self.profile.groups_known,
                       "versions": versions(), "schedule": self.sizes, "device": describe_device(self.profile.device),
                       "bf16": resolve_bf16(self.profile.bf16, resolve_device(self.profile.device))}
-            if (extended := extensions()) is not None:
-                config["extensions"] = extended  # the plugins and registered names the run could use
+            if self.extensions is not None:
+                config["extensions"] = self.extensions  # the plugins and registered names the run could use
             write_json(within(self.out, "config.json"), config)
             self._records = {"rounds": [], "cases": [], "selections": []}
             self._labeled = initial_set(self.manifest, self.spec.init, self.profile.init_size, self.spec.seed)
@@ -312,7 +321,7 @@ class ActiveLearningRun:
         previous = self.out / "checkpoints" / f"round-{rnd - 1:02d}.pt"
         warm = previous if p.warm_start and rnd > 0 else None
         return training_member(p, self.volumes, self.volumes.rows(self._labeled),
-                               p.train_config(stream_seed(self.spec.seed, "training", rnd), rnd), self.strategy,
+                               TrainConfig.of(p, stream_seed(self.spec.seed, "training", rnd), rnd), self.strategy,
                                warm_from=warm)
 
     def finish_round(self, result: TrainResult) -> None:
@@ -411,7 +420,7 @@ class ActiveLearningRun:
 
 def run_lockstep(runs: list[ActiveLearningRun], progress: bool = False, on_round=None) -> list[tuple]:
     """Run (or continue) several runs of one dataset, training each round of theirs together
-    (:func:`fairal.packed.train_packed`) where they are in lockstep: the runs at the earliest unfinished round
+    (:func:`fairal.run.packed.train_packed`) where they are in lockstep: the runs at the earliest unfinished round
     whose trainings agree in steps, learning rate, batch size, device and precision train as one group; a run whose
     strategy samples MC dropout trains alone (its dropout draws are its own), and so does a group of one. Each run
     evaluates, acquires and writes its records itself, so the records are the single runs' (within float

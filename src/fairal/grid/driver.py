@@ -1,5 +1,5 @@
-"""Experiments: the baseline cohorts of the paper's Table 1 and the grid of the paper's experiment (its tasks, run
-on an executor of :mod:`fairal.executors`)."""
+"""The grid of a study: its runs, the checks of its results folder, its tasks (baselines, AL runs alone or in lockstep)
+on an executor of :mod:`fairal.grid.executors`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from fairal import ladder
+from fairal.acquisition import parse_strategy
 from fairal.config import Profile
-from fairal.data import load_volumes, read_manifest, read_volume_cache, volume_cache
-from fairal.engine import evaluate, model_factory
+from fairal.data.volumes import load_volumes, read_manifest, read_volume_cache, volume_cache
 from fairal.errors import FairalError
-from fairal.executors import Executor, LocalExecutor, Task, describe, make_executor
+from fairal.grid import ladder
+from fairal.grid.baselines import run_baseline
+from fairal.grid.datasets import (
+    DATASETS,
+    check_cohort_files,
+    check_data,
+    check_made_dataset,
+    ensure_dataset,
+    link_tree,
+    reuse_datasets,
+    simulation_settings,
+)
+from fairal.grid.executors import Executor, LocalExecutor, Task, describe, make_executor
+from fairal.grid.spec import Arm, DatasetSpec, Study, check_settings, other_study, paper_study, study_seeds
 from fairal.io import (
     FolderLock,
     check_output_folder,
@@ -23,178 +35,17 @@ from fairal.io import (
     is_fairal_folder,
     make_own_folder,
     within,
-    write_csv,
     write_json,
 )
-from fairal.metrics import EVAL_PREFIX, METRICS, fairness_columns, fairness_summary, prefixed_summary
-from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
-from fairal.study import Arm, DatasetSpec, Study, ensure_cohort, paper_study
-from fairal.train import check_device, save_checkpoint, train_model
-
-
-def baseline_columns(groups: list) -> list[str]:
-    """``baseline_table.csv``'s columns; for the paper's groups: cohort, dice_g1, dice_g2, dice_all, essp, delta
-    (on the test split), then eval_dice_all, eval_dice_g1, eval_dice_g2, eval_delta, eval_essp (on the evaluation
-    split; empty without one)."""
-    extra = [m for m in METRICS if m not in ("essp", "delta")]  # metrics added to the table
-    return ["cohort", *[f"dice_g{g}" for g in groups], "dice_all", "essp", "delta", *extra,
-            *fairness_columns(groups, EVAL_PREFIX)]
-
-
-BASELINE_TABLE_COLUMNS = baseline_columns([1, 2])
-
-
-def baseline_cohorts(manifest: pd.DataFrame, size: int, seed: int = 0) -> dict[str, list[str]]:
-    """The training cohorts drawn (seeded) from the pool, never from the test split.
-
-    ``all`` = ``size`` split evenly over the groups (the paper: 63 + 63; the first groups get a remainder),
-    ``g<g>`` = ``size`` cases of group g alone (126), for every group of the dataset.
-    """
-    groups = sorted(set(manifest["group"]), key=str)
-    pool = manifest[manifest["split"] == "pool"]
-    ids = {g: pool.loc[pool["group"] == g, "case_id"].tolist() for g in groups}
-    need = {"all": split_evenly(size, groups)}
-    need.update({f"g{g}": {h: size if h == g else 0 for h in groups} for g in groups})
-    rng = stream(seed, "cohort")
-    return {name: draw_per_group(ids, counts, rng, what=f"cohort {name}", short=" for training but the pool has",
-                                 hint=" (test cases excluded): lower the cohort size (--set cohort_size=N)")
-            for name, counts in need.items()}
-
-
-def run_baseline(
-    data_dir: str | Path, out: str | Path, profile: Profile, seed: int = 0, progress: bool = True
-) -> pd.DataFrame:
-    """Train the U-Net on each cohort and evaluate it on the fixed test split; write the records to ``out``.
-
-    Writes ``baseline_cases.csv`` (cohort, case_id, group, dice, split: ``test``, and ``eval`` for the evaluation
-    split), ``baseline_table.csv`` (cohort, dice_g1,
-    dice_g2, dice_all, essp, delta; one dice_g<g> per group), ``baseline.json`` (settings, versions, training
-    diagnostics) and one model per cohort under ``checkpoints/``. Everything is validated before any file is
-    written, and each file is moved into place whole.
-    """
-    data_dir, out = Path(data_dir), check_own_folder(out, "baseline")
-    check_device(profile.device)
-    manifest = read_manifest(data_dir, test_per_group=profile.test_per_group, seed=0)
-    cohorts = baseline_cohorts(manifest, profile.cohort_size, seed)
-    checkpoints = {name: within(out, "checkpoints", f"baseline-{name}.pt") for name in cohorts}  # group names
-    test_ids = manifest.loc[manifest["split"] == "test", "case_id"].tolist()
-    if not test_ids:
-        raise FairalError(f"{data_dir}: the test split is empty")
-    volumes = load_volumes(data_dir, manifest, crop_margin=profile.crop_margin, downsample=profile.downsample)
-    test_rows = volumes.rows(test_ids)
-    test_groups = volumes.groups[test_rows]
-    eval_ids = manifest.loc[manifest["split"] == "eval", "case_id"].tolist()
-    eval_rows = volumes.rows(eval_ids)
-    eval_groups = volumes.groups[eval_rows]
-    case_rows, table_rows, diagnostics = [], [], {}
-    groups = sorted(set(manifest["group"]), key=str)
-    columns = baseline_columns(groups)
-    for name in cohorts:
-        rows = volumes.rows(cohorts[name])
-        result = train_model(volumes.images[rows], volumes.labels[rows],
-                             profile.train_config(stream_seed(seed, "baseline-training")),
-                             model_factory(profile, volumes, rows), progress=progress)
-        dices = evaluate(result.model, volumes, test_rows, profile.batch_size)
-        summary = fairness_summary(dices, test_groups)
-        eval_dice = evaluate(result.model, volumes, eval_rows, profile.batch_size) if eval_rows else []
-        summary.update(prefixed_summary(eval_dice, eval_groups, groups, EVAL_PREFIX))
-        table_rows.append({"cohort": name, **{k: summary.get(k) for k in columns[1:]}})
-        case_rows += [{"cohort": name, "case_id": c, "group": g, "dice": d, "split": split}
-                      for ids, grp, dcs, split in ((test_ids, test_groups, dices, "test"),
-                                                   (eval_ids, eval_groups, eval_dice, "eval"))
-                      for c, g, d in zip(ids, grp, dcs, strict=True)]
-        diagnostics[name] = {"n_train": len(rows), "train_dice": result.train_dice, "restarts": result.restarts,
-                             "collapsed": result.collapsed, "seconds": round(result.seconds, 2),
-                             "final_loss": result.losses[-1] if result.losses else None}
-        make_own_folder(out, "baseline")
-        save_checkpoint(result.model, checkpoints[name], {"cohort": name, "profile": profile.name, "seed": seed})
-    table = pd.DataFrame(table_rows, columns=columns)
-    write_csv(within(out, "baseline_cases.csv"), pd.DataFrame(case_rows))
-    write_csv(within(out, "baseline_table.csv"), table)
-    info = {"data_dir": str(data_dir.resolve()), "profile": profile.as_dict(), "seed": seed,
-            "cohorts": {k: len(v) for k, v in cohorts.items()}, "n_test": len(test_ids), "n_eval": len(eval_ids),
-            "grid": list(volumes.spatial_shape), "crop_box": volumes.box, "training": diagnostics}
-    write_json(within(out, "baseline.json"), info)
-    return table
-
-
-# --- the grid of a study (the paper's: the built-in study ``paper``) -----------------------------------------
-
-#: The paper's datasets: name -> (bias preset, subject seed). Different seeds: the two share no subject draw, so
-#: a claim pooled over them counts independent data (the deformation models, the population, are shared).
-DATASETS = {"strong": ("strong", 0), "weak": ("weak", 1)}
+from fairal.limits import check_room
+from fairal.plugins import for_workers
+from fairal.plugins import record as extensions
+from fairal.progress import GridProgress
+from fairal.run.loop import INITS, ActiveLearningRun, RunSpec, run_lockstep, same_run_elsewhere, same_settings, schedule
 
 
 def run_dir(out: Path, dataset: str, init: str, strategy: str, seed: int) -> Path:
     return Path(out) / "runs" / dataset / init / strategy / f"seed-{seed}"
-
-
-def simulation_settings(spec: DatasetSpec, profile: Profile):
-    """The simulation of a study's dataset: its ``simulate`` options over the profile's subject count, grid
-    size, test and evaluation cases per group."""
-    from fairal.simulate.dataset import simulation_config
-
-    sizes = {"n_subjects": profile.n_subjects, "shape": list(profile.sim_shape),
-             "test_per_group": profile.test_per_group, "eval_per_group": profile.eval_per_group}
-    return simulation_config({**sizes, **spec.simulate}, f"dataset {spec.name}")
-
-
-def _same_simulation(info: dict, cfg) -> bool:
-    """Whether a ``dataset.json`` (``info``) holds ``cfg``'s simulation. Its template and label paths are recorded
-    as they were given (relative to where fairal ran then, or to the study file): the same files where their
-    names and the recorded checksums agree."""
-    from fairal.simulate.dataset import same_settings
-    from fairal.simulate.template import sha256
-
-    recorded = dict(info.get("settings") or {})
-    sums = (info.get("template") or {}).get("sha256") or {}
-    for key in ("template", "label"):
-        mine, theirs = getattr(cfg, key), recorded.get(key)
-        if mine and isinstance(theirs, str) and theirs != str(mine) and Path(theirs).name == Path(mine).name \
-                and Path(mine).is_file() and sums.get(Path(mine).name) == sha256(mine):
-            recorded[key] = str(mine)
-    return same_settings(recorded, cfg)
-
-
-def ensure_dataset(out: Path, spec: str | DatasetSpec, profile: Profile, progress: bool) -> Path:
-    """The study's dataset in ``out/data/NAME``: simulated (or a CSV cohort resampled) with these settings, or
-    reused if one with the same settings is there. ``spec``: a :class:`fairal.study.DatasetSpec` or the name of
-    one of the paper's datasets."""
-    from fairal.simulate.dataset import simulate_dataset
-
-    if isinstance(spec, str):
-        spec = next(d for d in paper_study().datasets if d.name == spec)
-    if spec.kind == "folder":
-        return spec.folder
-    path = Path(out) / "data" / spec.name
-    if check_made_dataset(out, spec, profile):
-        return path
-    if spec.kind == "csv":
-        return ensure_cohort(spec, path, profile)
-    return simulate_dataset(simulation_settings(spec, profile), path, progress=progress)
-
-
-def check_made_dataset(out: Path, spec: DatasetSpec, profile: Profile) -> bool:
-    """Whether ``out/data/NAME`` holds this dataset already (made with these settings); a dataset of other
-    settings there is refused, so that a study is refused before any work rather than after its first datasets."""
-    from fairal.study import cohort_settings
-
-    info = Path(out) / "data" / spec.name / "dataset.json"
-    if spec.kind == "folder" or not info.is_file():
-        return False
-    try:
-        held = json.loads(info.read_text())
-    except (OSError, ValueError) as err:
-        raise FairalError(f"{info} is unreadable ({err}); use another output folder or delete it") from None
-    if not isinstance(held, dict):
-        raise FairalError(f"{info} is not a dataset's description; use another output folder or delete it")
-    if spec.kind == "csv" and held.get("settings") == cohort_settings(spec, profile):
-        return True
-    if spec.kind == "simulate" and _same_simulation(held, simulation_settings(spec, profile)):
-        return True
-    raise FairalError(f"{info.parent} holds a dataset of other settings than dataset {spec.name} of this study at "
-                      f"profile {profile.name} (its CSV, its simulation or a setting that makes it changed); use "
-                      "another output folder or delete it")
 
 
 @dataclass(frozen=True)
@@ -220,9 +71,6 @@ def study_grid(study: Study, base: Profile, seeds: int, cli: dict | None = None)
 
 def grid(seeds: int, strategies: tuple[str, ...] | list[str]) -> list[tuple[str, str, str, int]]:
     """Every (dataset, initial set, strategy, seed) of the paper's experiment; strategy names are checked first."""
-    from fairal.acquisition import parse_strategy
-    from fairal.loop import INITS
-
     if not strategies:
         raise FairalError("the grid needs at least one strategy (--strategies)")
     for s in strategies:
@@ -258,7 +106,7 @@ def check_results_folder(out: str | Path) -> Path:
 
 def check_before_writing(out: Path, study: Study, profile: Profile, seeds: int, cli: dict) -> None:
     """What a study finds in ``out``, checked before it writes anything there (a refusal leaves ``out`` as it was,
-    its ``study.json`` too): ``out`` holds no other study (:func:`fairal.study.other_study`), every path of the
+    its ``study.json`` too): ``out`` holds no other study (:func:`fairal.grid.spec.other_study`), every path of the
     study's plan, resolved, lies inside ``out`` (no symbolic link planted in it leads a write elsewhere), and every
     run already there has this study's settings."""
     _check_same_study(out, study)
@@ -276,9 +124,7 @@ def check_before_writing(out: Path, study: Study, profile: Profile, seeds: int, 
 
 
 def _check_same_study(out: Path, study: Study) -> None:
-    """``out`` holds no study (no ``study.json``) or this one (:func:`fairal.study.other_study`)."""
-    from fairal.study import other_study
-
+    """``out`` holds no study (no ``study.json``) or this one (:func:`fairal.grid.spec.other_study`)."""
     path = out / "study.json"
     if not path.is_file():
         return
@@ -295,10 +141,8 @@ def _check_same_study(out: Path, study: Study) -> None:
 
 
 def _check_runs_there(out: Path, study: Study, runs: list[GridRun]) -> None:
-    """Every run of the plan already in ``out`` has its settings there (as :class:`fairal.loop.ActiveLearningRun`
+    """Every run of the plan already in ``out`` has its settings there (as :class:`fairal.run.loop.ActiveLearningRun`
     reads a run's state: the same settings, or the same on the same data files under another path)."""
-    from fairal.loop import RunSpec, same_run_elsewhere, same_settings
-
     manifests: dict = {}
     for r in runs:
         folder = r.folder(out)
@@ -329,13 +173,13 @@ def run_study(
     cpus_per_task: int = 1, gpus_per_task: float = 0.0, max_retries: int = 3, pack: str = "auto",
     pack_size: int = 0, reuse: str | Path | None = None, only: list[str] | None = None,
 ) -> None:
-    """A study (:mod:`fairal.study`): its datasets, their baselines if it has them, and its grid of AL runs (its
+    """A study (:mod:`fairal.grid.spec`): its datasets, their baselines if it has them, and its grid of AL runs (its
     datasets x initial sets x strategies x seeds), skipping finished work. A ladder's calibration
-    (:mod:`fairal.ladder`) comes first: the knob of each target gap is fixed before any dataset is made.
+    (:mod:`fairal.grid.ladder`) comes first: the knob of each target gap is fixed before any dataset is made.
     ``only``: run the grid of these datasets alone (the study's records and calibrations stay the whole study's).
     ``profile``: the base settings (the study's, dataset's and arm's overrides apply on top, then ``cli``'s).
 
-    ``executor``: an :class:`fairal.executors.Executor` or its name, ``"local"`` (a process pool on this machine,
+    ``executor``: an :class:`fairal.grid.executors.Executor` or its name, ``"local"`` (a process pool on this machine,
     ``jobs`` workers) or ``"ray"`` (one Ray task per AL run and per dataset's baselines, on a local Ray or the
     cluster at ``address``, ``cpus_per_task`` / ``gpus_per_task`` each, retried ``max_retries`` times). Either
     way every task writes its records into ``out`` itself, so ``out`` must be on a filesystem that the workers
@@ -343,14 +187,11 @@ def run_study(
     locked while the grid runs: a second study or ``reproduce`` into it is refused.
 
     ``pack``: the unfinished runs of one dataset and seed (the same schedule: the same number of steps at every
-    round) become one task that trains them in lockstep on one device (:func:`fairal.loop.run_lockstep`), at most
+    round) become one task that trains them in lockstep on one device (:func:`fairal.run.loop.run_lockstep`), at most
     ``pack_size`` runs a task (0: all of them). ``"auto"`` packs when the runs train on a GPU; on a CPU packing is
     slower than a process per core. ``reuse``: another results folder; its finished runs of identical settings on
     the same data files are linked into ``out`` instead of run again (:func:`reuse_run`).
     """
-    from fairal.plugins import for_workers
-    from fairal.study import check_data, check_settings, study_seeds
-
     cli = cli or {}
     seeds = study_seeds(study, profile, seeds)
     _check_grid_options(study, pack, pack_size, reuse, only)
@@ -397,8 +238,6 @@ def _check_grid_options(study: Study, pack: str, pack_size: int, reuse, only: li
 def _write_study(out: Path, study: Study, profile: Profile, seeds: int, cli: dict) -> None:
     """``OUT/study.json``: the study (its ladders resolved), the profile, the seeds, the command line's settings and
     the extensions loaded."""
-    from fairal.plugins import record as extensions
-
     info = {"study": study.as_dict(), "profile": profile.as_dict(), "seeds": seeds, "cli_overrides": cli}
     if (extended := extensions()) is not None:
         info["extensions"] = extended
@@ -407,12 +246,9 @@ def _write_study(out: Path, study: Study, profile: Profile, seeds: int, cli: dic
 
 def _check_datasets_in(out: Path, study: Study, profile: Profile, cli: dict) -> None:
     """Each dataset of the study in ``out/data`` made with these settings (:func:`check_made_dataset`), or, not
-    made yet, a CSV cohort's files as its dataset will read them (:func:`fairal.study.check_cohort_files`: no
+    made yet, a CSV cohort's files as its dataset will read them (:func:`fairal.grid.datasets.check_cohort_files`: no
     group's labels all empty among them), a simulation's subjects within the free disk and memory
     (:func:`fairal.limits.check_room`): refused before the study writes anything."""
-    from fairal.limits import check_room
-    from fairal.study import check_cohort_files
-
     for d in study.datasets:
         if d.target_gap is not None and d.harm is None:
             continue  # its knob comes from the calibration, before its dataset is made
@@ -463,11 +299,9 @@ def _cache(data_dir: str, manifest: pd.DataFrame, profile: Profile, caches: dict
 
 def reuse_run(spec, manifest: pd.DataFrame, source: Path, target: Path) -> bool:
     """Link a finished run of another results folder into ``target`` when it is this run: the same settings
-    (:func:`fairal.loop.same_settings`: strategy, initial set, seed, profile) on the same data files (its
+    (:func:`fairal.run.loop.same_settings`: strategy, initial set, seed, profile) on the same data files (its
     ``data.json``: every case's group, split, file sizes and modification times, as linked datasets keep them).
     Its files are hard links (:func:`link_tree`); returns whether it was."""
-    from fairal.loop import same_run_elsewhere
-
     try:
         state = json.loads((source / "state.json").read_text())
         config = json.loads((source / "config.json").read_text())
@@ -479,42 +313,12 @@ def reuse_run(spec, manifest: pd.DataFrame, source: Path, target: Path) -> bool:
     return True
 
 
-def link_tree(source: Path, target: Path) -> None:
-    """A copy of the folder ``source`` as ``target`` whose files are hard links (copies where the file system has
-    none): the same bytes, sizes and modification times."""
-    import os
-    import shutil
-
-    def link(src, dst):
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, target, copy_function=link)
-
-
-def reuse_datasets(out: Path, study: Study, profile: Profile, cli: dict, reuse: Path) -> None:
-    """Link the simulated datasets of ``reuse`` that this study would simulate with the same settings into
-    ``out/data`` (then runs on them can be reused: :func:`reuse_run`)."""
-    for d in study.datasets:
-        source, target = Path(reuse) / "data" / d.name, Path(out) / "data" / d.name
-        if d.kind != "simulate" or target.exists() or not (source / "dataset.json").is_file():
-            continue
-        cfg = simulation_settings(d, study.profile_for(profile, d, None, cli))
-        if _same_simulation(json.loads((source / "dataset.json").read_text()), cfg):
-            link_tree(source, target)
-
-
 def grid_tasks(out: Path, study: Study, profile: Profile, seeds: int, pack_size: int, cli: dict | None = None,
                reuse: str | Path | None = None) -> list[Task]:
     """The unfinished work of the study as tasks: each dataset's baselines (if the study has them), then its runs
     (alone, or in lockstep groups). The datasets are made and their volume caches built here, once, so that
     workers only read them. ``reuse``: a results folder whose finished runs of identical settings and data are
     linked instead of run again (:func:`reuse_run`)."""
-    from fairal.loop import ActiveLearningRun, RunSpec
-
     cli = cli or {}
     tasks, unfinished, caches = [], [], {}
     data = _dataset_data(out, study, profile, cli)
@@ -544,9 +348,6 @@ def grid_tasks(out: Path, study: Study, profile: Profile, seeds: int, pack_size:
 
 def _run_grid(out: Path, study: Study, profile: Profile, cli: dict, seeds: int, executor: Executor,
               progress: bool, pack_size: int, reuse: str | Path | None = None, work=None) -> None:
-    from fairal.loop import schedule
-    from fairal.progress import GridProgress
-
     if reuse is not None:
         reuse_datasets(out, study, profile, cli, Path(reuse))
     for d in study.datasets:  # made with a progress bar of its own, before the grid's
@@ -587,7 +388,6 @@ def grid_task(task: Task) -> Task:
     dataset and seed in lockstep; the volumes come from the cache the driver built."""
     import warnings
 
-    from fairal.loop import ActiveLearningRun, RunSpec, run_lockstep
 
     warnings.simplefilter("ignore", RuntimeWarning)  # collapse warnings are recorded in state.json
     profile: Profile = task.profile
@@ -596,7 +396,8 @@ def grid_task(task: Task) -> Task:
         return task
     volumes = read_volume_cache(task.volumes, task.manifest, profile.downsample) if task.volumes else None
     runs = [ActiveLearningRun(RunSpec(r.data_dir, r.strategy, r.init, r.seed, profile), r.out, volumes=volumes,
-                              manifest=task.manifest) for r in (task.runs if task.kind == "lockstep" else [task])]
+                              manifest=task.manifest, extensions=extensions())
+            for r in (task.runs if task.kind == "lockstep" else [task])]
     if task.kind == "lockstep":
         failures = run_lockstep(runs)
         if failures:

@@ -1,7 +1,7 @@
 """A study's ladders: datasets of one recipe at several levels of harm, resolved before any active-learning run.
 
 A ladder's datasets share a recipe (their ``fairal simulate`` options but the knob and the subjects' seed) and one
-harm calibration (:mod:`fairal.harm`), kept in ``OUT/calibration/LADDER``: a dataset with a ``target_gap`` gets the
+harm calibration (:mod:`fairal.grid.harm`), kept in ``OUT/calibration/LADDER``: a dataset with a ``target_gap`` gets the
 knob value the calibration finds for it, a dataset that sets the knob itself (e.g. the paper's ``strong`` preset,
 bias mean 4) gets the gap measured at its value (its value is one of the calibration's levels). The knob is fixed
 once, in the calibration's records, and read from them afterwards: a resumed study never moves it.
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from fairal.config import Profile
 from fairal.errors import FairalError
-from fairal.harm import KNOBS, SET_BY_CALIBRATION, HarmSettings, calibration_profile, load_curve, measure
+from fairal.grid.harm import KNOBS, SET_BY_CALIBRATION, HarmSettings, calibration_profile, load_curve, measure
+from fairal.grid.spec import DatasetSpec, Study
 from fairal.sampling import stream_seed
 from fairal.simulate.dataset import simulation_config
-from fairal.study import DatasetSpec, Study
 
 #: Evaluation subjects per group of a ladder's calibration when its profile has none.
 DEFAULT_EVAL = 150
@@ -87,7 +87,7 @@ def calibration_folder(out: Path, name: str) -> Path:
 
 def _held(folder: Path, settings: HarmSettings, profile: Profile, targets: list[float]) -> dict | None:
     """The calibration in ``folder`` if it is this one (its settings and the profile's grid and training) and has
-    every target, else None (then :func:`fairal.harm.measure` continues it, or refuses one of other settings)."""
+    every target, else None (then :func:`fairal.grid.harm.measure` continues it, or refuses one of other settings)."""
     if not (folder / "calibration.json").is_file():
         return None
     info = load_curve(folder)

@@ -14,7 +14,8 @@ from typing import Protocol
 
 import torch
 
-from fairal.errors import FairalError
+from fairal.errors import FairalError, plain_warnings
+from fairal.run.train import check_device, resolve_device
 
 
 @dataclass
@@ -52,8 +53,6 @@ class Executor(Protocol):
 
 
 def _cuda_here(profile) -> bool:
-    from fairal.train import resolve_device
-
     return profile.device != "cpu" and resolve_device(profile.device).type == "cuda"
 
 
@@ -66,8 +65,6 @@ class LocalExecutor:
     name: str = "local"
 
     def check(self, profile) -> None:
-        from fairal.train import check_device
-
         check_device(profile.device)
 
     def trains_on_gpu(self, profile) -> bool:
@@ -190,8 +187,6 @@ def _ray_task(task: Task, work, threads: int):
 def init_worker(threads: int, parent: int) -> None:
     """A grid worker: its torch threads, and it dies with the driver (a driver killed with kill -9 must not
     leave workers writing runs that a rerun would write too)."""
-    from fairal.errors import plain_warnings
-
     torch.set_num_threads(threads)
     plain_warnings()
     die_with_parent(parent)

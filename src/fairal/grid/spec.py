@@ -25,7 +25,6 @@ groups_known = false }``. Settings apply in this order: the profile, the study's
 (``groups_known``, ``set``), the arm's, and last the command line's ``--set``.
 """
 
-from __future__ import annotations
 
 import dataclasses
 import difflib
@@ -37,17 +36,38 @@ import tomllib
 
 from fairal.acquisition import parse_strategy
 from fairal.config import PROFILES, Profile, setting_name
+from fairal.data.cohort import check_label_value, check_spacing, read_cases
+from fairal.data.volumes import SPLITS
 from fairal.errors import FairalError
+from fairal.grid.harm import KNOBS
 from fairal.limits import MAX_SEEDS, check_nesting, refuse_above
+from fairal.nifti import load_nifti
+from fairal.plugins import load_all
+from fairal.records import PAPER_SOURCE
+from fairal.run.loop import heavy_group
+from fairal.sampling import stream_seed, test_split
+from fairal.simulate.dataset import simulation_config
+from fairal.simulate.settings import PATHS
+from fairal.stats import primary_family, seed_rule, smallest_sign_flip_p
 
 TOP_KEYS = ("name", "description", "profile", "seeds", "strategies", "inits", "reference", "set", "datasets",
             "baselines", "plugins")
+
+
 DATASET_KEYS = ("simulate", "csv", "folder", "group_by", "groups_known", "set", "spacing", "margin_mm",
                 "label_value", "seed", "target_gap", "target_gaps", "knob", "ladder", "calibration")
-#: A simulated dataset's keys of harm as a setting (:mod:`fairal.harm`).
+
+
+#: A simulated dataset's keys of harm as a setting (:mod:`fairal.grid.harm`).
 HARM_KEYS = ("target_gap", "target_gaps", "knob", "ladder", "calibration")
+
+
 CALIBRATION_KEYS = ("levels", "seeds", "eval_per_group")
+
+
 ARM_KEYS = ("name", "strategy", "groups_known", "set")
+
+
 WLE = "weighted-localized-entropy"
 
 
@@ -75,7 +95,7 @@ class DatasetSpec:
     margin_mm: float = 12.0  # around the labeled structures' union
     label_value: float | None = None
     seed: int = 0  # the CSV cohort's test split
-    # harm as a setting: the gap a Group 2-only model shows (fairal.harm), resolved before any run into the
+    # harm as a setting: the gap a Group 2-only model shows (fairal.grid.harm), resolved before any run into the
     # simulation's knob; a ladder's datasets share one calibration and the study report's dose-response view
     target_gap: float | None = None
     knob: str = "bias_mean"
@@ -134,7 +154,8 @@ def paper_study() -> Study:
                  description="the paper's experiment: strong and weak caudate bias, three initial sets, Table 1")
 
 
-PAPER_SOURCE = "built-in study 'paper'"
+
+
 PAPER_TEXT = """# the built-in study 'paper': the paper's experiment
 name = "paper"
 strategies = "the profile's"   # e.g. standard: the paper's four and three more
@@ -146,6 +167,7 @@ simulate = { bias = "strong", seed = 0 }
 [datasets.weak]
 simulate = { bias = "weak", seed = 1 }
 """
+
 
 BUILTIN = {"paper": paper_study}
 
@@ -171,6 +193,8 @@ def _typed(where: str, key: str, value, kind, what: str):
 #: Settings of the grid itself, not of its runs: a study file's key and an option each, never a ``set`` entry.
 GRID_KEYS = {"strategies": "the study file's key 'strategies' (or --strategies)",
              "seeds": "the study file's key 'seeds' (or --seeds)"}
+
+
 #: Settings that make a dataset (its subjects, grid and splits) or the baselines' cohorts: one value for all of a
 #: dataset's runs, so the study's or the dataset's ``set``, never an arm's.
 DATA_KEYS = ("n_subjects", "sim_shape", "test_per_group", "eval_per_group", "cohort_size")
@@ -266,7 +290,6 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
     group_by = [group_by] if isinstance(group_by, str) else group_by
     if not isinstance(group_by, list) or not all(isinstance(c, str) for c in group_by):
         raise _fail(where, f"group_by must be a column name or a list of them, got {group_by!r}")
-    from fairal.owndata import check_label_value, check_spacing
 
     spacing = check_spacing(_typed(where, "spacing", table.get("spacing", 1.0), int | float, "a number of mm"),
                             f"{where}: spacing")
@@ -299,10 +322,8 @@ def _dataset(where: str, name: str, table, base: Path) -> DatasetSpec:
 
 def _harm(where: str, table: dict) -> dict:
     """A simulated dataset's harm keys, checked: ``target_gap`` (a number) or ``target_gaps`` (a list: a ladder,
-    expanded by :func:`expand_ladders`), the ``knob`` (:data:`fairal.harm.KNOBS`), the ``ladder`` it joins and the
+    expanded by :func:`expand_ladders`), the ``knob`` (:data:`fairal.grid.harm.KNOBS`), the ``ladder`` it joins and the
     ``calibration`` settings."""
-    from fairal.harm import KNOBS
-
     out: dict = {}
     if "target_gap" in table and "target_gaps" in table:
         raise _fail(where, "give target_gap (one dataset) or target_gaps (a ladder of datasets), not both")
@@ -340,10 +361,6 @@ def _harm(where: str, table: dict) -> dict:
 def _simulation(where: str, table, base: Path) -> dict:
     """A simulated dataset's ``fairal simulate`` options, checked now (built with the profile's sizes later); its
     files relative to the study file, as csv and folder are, and its template and label headers read."""
-    from fairal.nifti import load_nifti
-    from fairal.simulate.dataset import simulation_config
-    from fairal.simulate.settings import PATHS
-
     sim = dict(_typed(where, "simulate", table, dict, "a table of fairal simulate options"))
     for key in PATHS:
         if isinstance(sim.get(key), str):
@@ -362,8 +379,6 @@ def _simulation(where: str, table, base: Path) -> dict:
 
 def check_cohort(spec: DatasetSpec) -> None:
     """A CSV cohort is a benchmark: every case labeled and of known group (the metrics need both)."""
-    from fairal.owndata import read_cases
-
     cases = read_cases(spec.csv, spec.group_by, "group_by")
     unlabeled = cases.loc[~cases["labeled"], "case_id"].tolist()
     if unlabeled:
@@ -389,10 +404,9 @@ def check_cohort(spec: DatasetSpec) -> None:
 
 
 def _inits(where: str, data: dict) -> tuple[str, ...]:
-    """The study's initial sets, each a name of :func:`fairal.loop.heavy_group` that can name a folder, once."""
+    """The study's initial sets, each a name of :func:`fairal.run.loop.heavy_group` that can name a folder, once."""
     inits = tuple(_typed(where, "inits", data.get("inits", ["balanced", "g1-heavy", "g2-heavy"]), list,
                          "a list of initial sets"))
-    from fairal.loop import heavy_group
 
     if not inits:
         raise _fail(where, "inits is empty: name at least one initial set (e.g. \"balanced\")")
@@ -466,8 +480,6 @@ def expand_ladders(where: str, datasets: tuple[DatasetSpec, ...]) -> tuple[Datas
     """A dataset with ``target_gaps`` becomes one dataset per gap (:func:`rung_name`), each with subjects of its
     own (seed: stream ``ladder-rung`` of the dataset's seed and the gap); a dataset with a ``target_gap`` is the
     one rung of its ladder. Each rung's ladder is the dataset's name unless it names one."""
-    from fairal.sampling import stream_seed
-
     out = []
     for d in datasets:
         if isinstance(d.target_gap, tuple):
@@ -506,8 +518,6 @@ def _plugin_specs(where: str, items, base: Path) -> list[str]:
 def _load_plugins(where: str, specs: list[str], arms: tuple[Arm, ...] | None) -> tuple[str, ...]:
     """Load the study's plugins, the last step of reading the file, then parse the arms' strategy names (a
     plugin may register them); the plugins' keys."""
-    from fairal.plugins import load_all
-
     try:
         keys = tuple(load_all(specs))
     except FairalError as err:
@@ -588,79 +598,6 @@ def check_settings(study: Study, base: Profile, cli: dict) -> None:
                     raise FairalError(f"{study.source} ({where}): {err}") from None
 
 
-def dataset_outline(spec: DatasetSpec, profile: Profile):
-    """The cases the dataset will have per group (rows) and split (columns test, pool, eval), without making it:
-    from a folder's manifest, a CSV cohort's cases and split, or a simulation's group sizes (its test split takes
-    ``test_per_group`` of a group, at most half: :func:`fairal.sampling.test_split`)."""
-    import pandas as pd
-
-    from fairal.data import SPLITS, group_value, read_manifest
-
-    if spec.kind == "simulate":
-        from fairal.experiments import simulation_settings
-
-        cfg = simulation_settings(spec, profile)
-        names = [g.name for g in cfg.resolved_groups()]
-        rows = [(min(cfg.test_per_group, n // 2), n - min(cfg.test_per_group, n // 2), cfg.eval_per_group)
-                for n in cfg.group_counts()]
-        counts = pd.DataFrame(rows, index=pd.Index(names, name="group"), columns=list(SPLITS))
-    else:
-        if spec.kind == "folder":
-            cases = read_manifest(spec.folder, test_per_group=profile.test_per_group)
-        else:
-            from fairal.owndata import read_cases
-
-            cases = read_cases(spec.csv, spec.group_by)
-            cases = pd.DataFrame({"group": cases["group"].map(group_value),
-                                  "split": cohort_splits(cases, spec, profile.test_per_group)})
-        counts = pd.crosstab(cases["group"], cases["split"]).reindex(columns=list(SPLITS), fill_value=0)
-    return counts.loc[sorted(counts.index, key=str)]  # the groups in the order the initial sets take them
-
-
-def check_data(study: Study, base: Profile, cli: dict) -> None:
-    """What each dataset must hold for the study's runs, checked before any dataset is made or run: every group
-    a test case, a pool of the final budget, each initial set's cases per group, and the baselines' training
-    cohorts (``cohort_size`` cases of each group) where the study has them."""
-    from fairal.loop import initial_counts
-
-    given = {setting_name(k) for k in cli}
-
-    def setting(key: str) -> str:  # a setting's name in a message, and whether the command line gave it
-        return f"{key}, from --set" if key in given else key
-
-    for d in study.datasets:
-        data_profile = study.profile_for(base, d, None, cli)
-        outline = dataset_outline(d, data_profile)
-        where = f"{study.source}, dataset {d.name}"
-        groups = list(outline.index)
-        pool, test = outline["pool"].to_dict(), outline["test"].to_dict()
-        for g in groups:
-            if not test.get(g):
-                raise FairalError(f"{where}: group {g} has no test case (the metrics measure every group on the "
-                                  "test split); add cases of the group")
-        if study.baselines:
-            size = data_profile.cohort_size
-            short = [g for g in groups if pool.get(g, 0) < size]
-            if short:
-                raise FairalError(f"{where}: the baselines train on {size} cases of each group alone "
-                                  f"({setting('cohort_size')}), group {short[0]}'s pool has "
-                                  f"{pool.get(short[0], 0)}: lower cohort_size ([set] or --set) or add subjects")
-        for arm in study.resolved_arms(base):
-            prof = study.profile_for(base, d, arm, cli)
-            if sum(pool.values()) < prof.final_size:
-                raise FairalError(f"{where}, strategy {arm.name}: impossible budget, {prof.final_size} labeled "
-                                  f"cases asked for ({setting('final_size')}) and the pool has {sum(pool.values())}")
-            for init in study.inits:
-                try:
-                    need = initial_counts(groups, init, prof.init_size)
-                except FairalError as err:
-                    raise FairalError(f"{where}: {err}") from None
-                short = [g for g in groups if need[g] > pool.get(g, 0)]
-                if short:
-                    raise FairalError(f"{where}, strategy {arm.name}: initial set {init} takes {need[short[0]]} "
-                                      f"cases of group {short[0]}, its pool has {pool.get(short[0], 0)}")
-
-
 def study_seeds(study: Study, profile: Profile, seeds: int | None) -> int:
     """The number of seeds: the command line's (``seeds``), else the study file's, else the profile's."""
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
@@ -670,86 +607,18 @@ def study_seeds(study: Study, profile: Profile, seeds: int | None) -> int:
     return seeds if seeds is not None else study.seeds or profile.seeds
 
 
-def primary_family(n_datasets: int, n_arms: int) -> int:
-    """The size of a study report's primary family (Holm: per dataset, the reference against each other arm)."""
-    return max(n_datasets, 1) * max(n_arms - 1, 1)
-
-
 def seeds_warning(study: Study, profile: Profile, seeds: int, alpha: float = 0.05) -> str:
     """Why a study's seeds cannot give every verdict under docs/analysis-plan.md's rule ("" when they can), in
     the words of the study report (:func:`seed_rule`)."""
-    from fairal.stats import smallest_sign_flip_p
-
     k = primary_family(len(study.datasets), len(study.resolved_arms(profile)))
     if smallest_sign_flip_p(seeds) * k < alpha:
         return ""
     return seed_rule(seeds, k, alpha) + " (--seeds, or seeds in the study file)"
 
 
-def seed_rule(seeds: int, comparisons: int, alpha: float = 0.05) -> str:
-    """The one rule of how many seeds a verdict needs, for the start-up warning and the study report alike: what
-    ``seeds`` seeds can give over the ``comparisons`` of the primary family (the exact sign-flip test's smallest
-    two-sided p, times the family's size after Holm), then :func:`seeds_needed`."""
-    from fairal.stats import MIN_SEEDS_FOR_A_VERDICT, seeds_for_a_verdict, smallest_sign_flip_p
-
-    floor = smallest_sign_flip_p(seeds)
-    exact = f" (2/2^{seeds})" if floor > 1e-5 else ""
-    p = (f"the exact sign-flip test's smallest two-sided p is {floor:.3g}{exact}, {min(floor * comparisons, 1.0):.3g} "
-         f"after Holm over the {comparisons} comparison(s) of the primary family")
-    if seeds < MIN_SEEDS_FOR_A_VERDICT:
-        said = f"{seeds} seed(s) give no verdict, the comparisons are descriptive ({p})."
-    elif floor * comparisons >= alpha:
-        said = (f"{seeds} seed(s) cannot give a verdict of superiority: {p}, not below {alpha:g}; only equivalence "
-                "can be found, whatever the runs show.")
-    else:
-        said = f"With {seeds} seeds {p}, below {alpha:g}: a comparison can be confirmed or refuted."
-    return f"{said} {seeds_needed(seeds_for_a_verdict(comparisons, alpha))}"
-
-
-def seeds_needed(n: int | None) -> str:
-    """What :func:`fairal.stats.seeds_for_a_verdict` found (``n``), with the minimum of any verdict, in words."""
-    from fairal.stats import MIN_SEEDS_FOR_A_VERDICT as least
-
-    if n is None:
-        return (f"A verdict needs at least {least} seeds (equivalent); no number of seeds can confirm or refute a "
-                "comparison of a family this large (fewer datasets or arms).")
-    return f"A verdict needs at least {least} seeds (equivalent), confirmed or refuted at least {max(n, least)}."
-
-
-# --- a lab's labeled cohort as a dataset --------------------------------------------------------------------
-
-
-def cohort_settings(spec: DatasetSpec, profile: Profile) -> dict:
-    """What makes a CSV cohort's dataset: its file (path and content), group columns, grid, seed and test split."""
-    import hashlib
-
-    return {"csv": str(spec.csv.resolve()), "csv_sha256": hashlib.sha256(spec.csv.read_bytes()).hexdigest(),
-            "group_by": list(spec.group_by), "spacing": spec.spacing, "margin_mm": spec.margin_mm,
-            "label_value": spec.label_value, "seed": spec.seed, "test_per_group": profile.test_per_group}
-
-
-#: How the messages about a CSV dataset's grid name its settings: the study file's keys.
-COHORT_KEYS = {"spacing": "spacing", "margin_mm": "margin_mm", "label_value": "label_value"}
-
-
-def check_cohort_files(spec: DatasetSpec) -> None:
-    """A CSV cohort's files as its dataset will read them, before anything is written: every header (a label on
-    its image's grid), the grid around the labeled structures (``spacing``, ``margin_mm``, ``label_value``), and
-    every image read in full (not truncated, finite, not blank) and covering that grid. Its images are read twice,
-    here and when the dataset is made, so that no refusal comes after the study has written."""
-    from fairal.owndata import check_headers, check_images, read_cases, structure_grid
-
-    cases = read_cases(spec.csv, spec.group_by, "group_by")
-    check_headers(cases)
-    check_images(cases, structure_grid(cases, spec.spacing, spec.margin_mm, spec.label_value, COHORT_KEYS))
-
-
 def cohort_splits(cases, spec: DatasetSpec, per_group: int) -> list[str]:
     """Each case's split: the CSV's ``split`` column (pool, test or eval) if it has one, else a seeded test split
     of ``per_group`` cases per group (at most half of a group; :func:`fairal.sampling.test_split`)."""
-    from fairal.data import SPLITS
-    from fairal.sampling import test_split
-
     if "split" in cases.columns:
         values = cases["split"].str.strip()
         bad = sorted(set(values) - set(SPLITS))
@@ -761,58 +630,3 @@ def cohort_splits(cases, spec: DatasetSpec, per_group: int) -> list[str]:
         ids.setdefault(group, []).append(case)
     test = test_split(ids, per_group, spec.seed)
     return ["test" if c in test else "pool" for c in cases["case_id"]]
-
-
-def _save(array, affine, path: Path) -> None:
-    import nibabel as nib
-    import numpy as np
-
-    img = nib.Nifti1Image(np.asarray(array), affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
-
-
-def ensure_cohort(spec: DatasetSpec, path: Path, profile: Profile) -> Path:
-    """A CSV cohort as a fairal dataset in ``path``: every case resampled onto one grid around the labeled
-    structures (``spacing`` mm, as ``fairal query`` does; intensities normalised), a manifest with the groups and
-    the splits, the pool's union of labels as the template structure (the crop and the fallback region); the
-    user's files are only read. A ``path`` made before is the caller's to check
-    (:func:`fairal.experiments.check_made_dataset`)."""
-    import pandas as pd
-
-    from fairal import versions
-    from fairal.io import publish_folder, within, write_json
-    from fairal.owndata import load_cases, read_cases, structure_grid
-
-    settings = cohort_settings(spec, profile)
-    try:
-        check_cohort(spec)
-    except FairalError as err:
-        raise FairalError(f"dataset {spec.name}: {err}") from None
-    cases = read_cases(spec.csv, spec.group_by)
-    splits = cohort_splits(cases, spec, profile.test_per_group)
-    grid = structure_grid(cases, spec.spacing, spec.margin_mm, spec.label_value, COHORT_KEYS)
-    vol = load_cases(cases, grid, label_value=spec.label_value)
-    pool = [i for i, s in enumerate(splits) if s == "pool"]
-    with publish_folder(path, "dataset") as tmp:
-        for sub in ("images", "labels", "template"):
-            within(tmp, sub).mkdir()
-        rows = []
-        for i, (case, group) in enumerate(zip(cases["case_id"], cases["group"], strict=True)):
-            _save(vol.images[i, 0].numpy(), grid.affine, within(tmp, "images", f"{case}.nii.gz"))
-            _save(vol.labels[i, 0].numpy().astype("uint8"), grid.affine, within(tmp, "labels", f"{case}.nii.gz"))
-            rows.append({"case_id": case, "group": group, "image": f"images/{case}.nii.gz",
-                         "label": f"labels/{case}.nii.gz", "split": splits[i],
-                         "source_image": cases["image_path"].iloc[i], "source_label": cases["label_path"].iloc[i]})
-        union = vol.labels[pool, 0].amax(dim=0).numpy().astype("uint8")
-        _save(union, grid.affine, within(tmp, "template", "label.nii.gz"))
-        manifest = pd.DataFrame(rows)
-        manifest.to_csv(within(tmp, "manifest.csv"), index=False)
-        write_json(within(tmp, "dataset.json"), {
-            "format": "fairal-dataset/1", "kind": "csv cohort", "settings": settings,
-            "n_per_group": {str(g): int(n) for g, n in manifest["group"].value_counts().sort_index().items()},
-            "output_grid": {"shape": list(grid.shape), "affine": grid.affine.round(6).tolist()},
-            "versions": versions()})
-    return path

@@ -29,14 +29,14 @@ from scipy.optimize import isotonic_regression
 
 from fairal import versions
 from fairal.config import Profile
-from fairal.data import load_volumes, read_manifest
-from fairal.engine import evaluate, model_factory
+from fairal.data.volumes import load_volumes, read_manifest
 from fairal.errors import FairalError
 from fairal.io import check_own_folder, make_own_folder, within, write_csv, write_json
-from fairal.model import load_checkpoint, save_checkpoint
+from fairal.run.model import load_checkpoint, save_checkpoint
+from fairal.run.rounds import evaluate, model_factory
+from fairal.run.train import TrainConfig, describe_device, train_model
 from fairal.sampling import stream, stream_seed
 from fairal.simulate.dataset import simulate_dataset, simulation_config
-from fairal.train import describe_device, train_model
 
 #: The knobs a calibration can turn: Group 1's option of ``fairal simulate`` and what it is, with a default ladder.
 KNOBS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -210,7 +210,7 @@ def _models(out: Path, settings: HarmSettings, profile: Profile, path: Path, man
             load_checkpoint(ckpt, model)
         else:
             seed = stream_seed(settings.subject_seed, "harm-training", s)
-            model = train_model(vol.images[rows], vol.labels[rows], profile.train_config(seed), factory).model
+            model = train_model(vol.images[rows], vol.labels[rows], TrainConfig.of(profile, seed), factory).model
             ckpt.parent.mkdir(exist_ok=True)
             save_checkpoint(model, ckpt, {"harm_calibration": settings.as_dict(), "seed": s})
         models.append(model.eval())

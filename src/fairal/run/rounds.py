@@ -30,11 +30,11 @@ from fairal.acquisition import (
     strategy_scores,
 )
 from fairal.config import Profile
-from fairal.data import Case, VolumeSet
+from fairal.data.volumes import Case, VolumeSet
 from fairal.metrics import dice_from_proba
-from fairal.model import UNet3D, build_unet
-from fairal.packed import Member
-from fairal.train import TrainConfig, TrainResult, load_checkpoint, predict_mc_dropout, predict_proba, train_model
+from fairal.run.model import UNet3D, build_unet
+from fairal.run.packed import Member
+from fairal.run.train import TrainConfig, TrainResult, load_checkpoint, predict_mc_dropout, predict_proba, train_model
 
 
 def model_factory(profile: Profile, volumes: VolumeSet, train_rows: list[int], dropout: float = 0.0,
@@ -56,8 +56,8 @@ def model_factory(profile: Profile, volumes: VolumeSet, train_rows: list[int], d
 def training_member(profile: Profile, volumes: VolumeSet, rows: list[int], config: TrainConfig, strategy: Strategy,
                     warm_from: str | Path | None = None) -> Member:
     """What training the profile's U-Net on the cases at ``rows`` needs (with dropout when the strategy samples
-    it): the cases, the settings and the model factory, for :func:`fairal.train.train_model` or, with other runs
-    in lockstep, :func:`fairal.packed.train_packed`."""
+    it): the cases, the settings and the model factory, for :func:`fairal.run.train.train_model` or, with other runs
+    in lockstep, :func:`fairal.run.packed.train_packed`."""
     dropout = profile.mc_dropout if strategy.needs_dropout else 0.0
     factory = model_factory(profile, volumes, rows, dropout=dropout, warm_from=warm_from)
     return Member(volumes.images[rows], volumes.labels[rows], config, factory)
@@ -139,7 +139,7 @@ def acquisition_round(
     """The round after training: the Dice of ``model`` on the ``labeled`` cases, the group weights of Eq. 2 over
     ``groups`` (``weigh``: else 1 for every group), each candidate's weight (its group's, or the expected weight
     from its row of ``p_group`` when its group is unknown), statistics, score, and the ``k`` cases to annotate.
-    ``cases`` gives every case's record (:class:`fairal.data.Case`) by id.
+    ``cases`` gives every case's record (:class:`fairal.data.volumes.Case`) by id.
 
     ``rng`` draws the random scores and stochastic batches (in that order); ``mc_seed`` seeds MC dropout.
     ``weight_dice`` may replace the labeled Dice behind the weights (e.g. cross-validated Dice). ``hide_groups``:

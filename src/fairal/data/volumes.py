@@ -87,7 +87,7 @@ class Case:
 
 def case_records(table: pd.DataFrame) -> dict[str, Case]:
     """The :class:`Case` of every row of a manifest (:func:`read_manifest`) or an own-data table
-    (:func:`fairal.owndata.read_cases`), by case id, in the table's order."""
+    (:func:`fairal.data.cohort.read_cases`), by case id, in the table's order."""
     known = table["group_known"] if "group_known" in table.columns else [True] * len(table)
     split = (table["split"] if "split" in table.columns
              else np.where(table["labeled"], "labeled", "unlabeled"))

@@ -1,5 +1,5 @@
 """``fairal monailabel-app``: write a MONAI Label app folder whose strategies, scoring, training and inference are
-fairal's (the server side is :mod:`fairal.monailabel`, which imports MONAI Label; this module does not, so the
+fairal's (the server side is :mod:`fairal.owndata.monailabel`, which imports MONAI Label; this module does not, so the
 folder can be written where MONAI Label is not installed)."""
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ import shutil
 from pathlib import Path
 
 from fairal.acquisition import parse_strategy
-from fairal.io import within
-from fairal.owndata import check_label_value, check_spacing
+from fairal.data.cohort import check_label_value, check_spacing
+from fairal.io import check_replaceable, publish_folder, within, write_json
+from fairal.owndata.query import load_query_model, query_profile
+from fairal.plugins import loaded
 
 MAIN_PY = '''\
 """A MONAI Label app of fairal (written by `fairal monailabel-app`; settings in fairal.json).
@@ -19,7 +21,7 @@ MAIN_PY = '''\
 This folder is code the server runs: keep it writable only by the account that runs the server.
 """
 
-from fairal.monailabel import FairalApp
+from fairal.owndata.monailabel import FairalApp
 
 
 class App(FairalApp):
@@ -34,9 +36,6 @@ def write_app(out: str | Path, strategy: str, group_by: list[str], profile: str,
     model of an earlier ``fairal query`` as the app's first model."""
     from importlib.metadata import version
 
-    from fairal.io import check_replaceable, publish_folder, write_json
-    from fairal.plugins import loaded
-    from fairal.query import load_query_model, query_profile
 
     strat = parse_strategy(strategy)  # every setting is refused before anything is written
     prof = query_profile(profile, overrides)

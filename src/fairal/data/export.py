@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fairal.data import read_manifest
+from fairal.data.volumes import read_manifest
 from fairal.errors import FairalError
 from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
 from fairal.nifti import read_image, read_label

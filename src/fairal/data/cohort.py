@@ -27,7 +27,7 @@ import torch
 from nibabel.processing import resample_from_to
 
 from fairal.acquisition import refuse_empty_label_groups
-from fairal.data import VolumeSet, check_case_ids, normalise_intensity, read_table
+from fairal.data.volumes import VolumeSet, check_case_ids, normalise_intensity, read_table
 from fairal.errors import FairalError
 from fairal.nifti import check_voxels, image_data, label_data, load_nifti, valid_affine, volume_3d
 
@@ -234,7 +234,7 @@ def structure_grid(cases: pd.DataFrame, spacing: float, margin_mm: float, label_
 def _refuse_empty_groups(labeled: pd.DataFrame, empty: set[str]) -> None:
     """A group whose labeled cases (rows of ``labeled``) all have an empty label map (their label files in
     ``empty``) is refused: :func:`fairal.acquisition.refuse_empty_label_groups`."""
-    if labeled.empty:  # (a scan segmented alone, as fairal.query.predict_image does)
+    if labeled.empty:  # (a scan segmented alone, as fairal.owndata.query.predict_image does)
         return
     known = labeled[labeled["group_known"]]
     refuse_empty_label_groups(known["group"].tolist(), [p in empty for p in known["label_path"]],

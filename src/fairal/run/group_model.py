@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fairal.model import UNet3D
+from fairal.run.model import UNet3D
+from fairal.run.train import predict_proba
 from fairal.sampling import stream_seed
-from fairal.train import predict_proba
 
 #: Fewest cases of known group per group for the group classifier; below it, group frequencies are used.
 MIN_PER_GROUP = 5

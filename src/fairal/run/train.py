@@ -1,4 +1,4 @@
-"""Training and prediction for the U-Net (its checkpoints are :mod:`fairal.model`'s, named here too).
+"""Training and prediction for the U-Net (its checkpoints are :mod:`fairal.run.model`'s, named here too).
 
 Training minimises the binary cross-entropy of ``sigmoid(logits)`` against the labels, computed by
 ``BCEWithLogitsLoss`` (the same value as the paper's sigmoid + BCE, without its overflow for large logits),
@@ -25,7 +25,7 @@ from torch import nn
 from fairal.errors import FairalError
 from fairal.limits import MAX_EPOCHS, MAX_STEPS, refuse_above
 from fairal.metrics import dice_from_proba
-from fairal.model import UNet3D, load_checkpoint, save_checkpoint
+from fairal.run.model import UNet3D, enable_mc_dropout, load_checkpoint, save_checkpoint
 from fairal.sampling import stream_seed
 
 __all__ = [
@@ -114,6 +114,20 @@ class TrainConfig:
         refuse_above(f"epochs {self.epochs} of {n} cases in batches of {min(self.batch_size, n)}: the steps", steps,
                      MAX_STEPS, "MAX_STEPS")
         return steps
+
+
+    @classmethod
+    def of(cls, profile, seed: int, rnd: int | None = None, num_threads: int | None = None) -> TrainConfig:
+        """The training settings of a profile (:class:`fairal.config.Profile`) for a baseline (``rnd`` None) or
+        for active-learning round ``rnd``: the first round trains ``first_round_steps`` (if set), a warm-started
+        round ``round_steps``, any other ``steps``/``epochs``."""
+        steps, epochs = profile.steps, profile.epochs
+        if rnd is not None and rnd == 0 and profile.first_round_steps is not None:
+            steps, epochs = profile.first_round_steps, None
+        elif rnd is not None and rnd > 0 and profile.warm_start:
+            steps, epochs = profile.round_steps, None
+        return cls(lr=profile.lr, steps=steps, epochs=epochs, batch_size=profile.batch_size, seed=seed,
+                   num_threads=num_threads, device=profile.device, bf16=profile.bf16)
 
 
 @dataclass
@@ -561,13 +575,11 @@ def predict_mc_dropout(
     """Yield ``samples`` Monte-Carlo dropout predictions per case, a float32 array (samples, X, Y, Z) of the
     foreground probability, for MC-dropout BALD (Gal et al. 2017).
 
-    Only the model's dropout layers sample (:func:`fairal.model.enable_mc_dropout`); everything else, GroupNorm
+    Only the model's dropout layers sample (:func:`fairal.run.model.enable_mc_dropout`); everything else, GroupNorm
     included, runs as in evaluation. The draws come from ``seed`` (and the batch's position), so the same seed,
     inputs and batch size give the same samples. A model without dropout layers is refused: its samples would all
     be equal and BALD zero. ``as_tensor``: yield tensors on the model's device instead.
     """
-    from fairal.model import enable_mc_dropout
-
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise FairalError(f"MC dropout needs at least 2 samples, got {samples!r}")
     device = _model_device(model)

@@ -1,6 +1,6 @@
 """fairal inside MONAI Label: an app whose active-learning strategies, scoring, training and inference are fairal's.
 
-``fairal monailabel-app OUT`` writes an app folder (:func:`fairal.monailabel_app.write_app`): ``main.py``, which
+``fairal monailabel-app OUT`` writes an app folder (:func:`fairal.owndata.app.write_app`): ``main.py``, which
 MONAI Label's ``monailabel start_server --app OUT --studies STUDIES`` loads, and ``fairal.json``, the app's
 settings (strategy, group columns, profile, seed, grid spacing). The server then offers:
 
@@ -56,11 +56,12 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from fairal.acquisition import parse_strategy
 from fairal.config import get_profile
-from fairal.data import CASE_ID_RULES, names_a_file
+from fairal.data.cohort import check_case
+from fairal.data.volumes import CASE_ID_RULES, names_a_file
 from fairal.errors import FairalError
 from fairal.io import is_fairal_folder, within, write_csv
-from fairal.owndata import check_case
-from fairal.query import run_query, train_query_model
+from fairal.owndata.query import predict_image, run_query, train_query_model
+from fairal.plugins import load_all, load_entry_points
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,6 @@ class FairalContext:
             self.settings = json.loads(settings_file.read_text())
         except (OSError, ValueError) as err:
             raise FairalError(f"{settings_file}: not a fairal app's settings ({err})") from err
-        from fairal.plugins import load_all, load_entry_points
 
         load_entry_points()
         load_all(self.settings.get("plugins") or [])  # those of `fairal --plugin ... monailabel-app`
@@ -204,8 +204,6 @@ class FairalContext:
 
     def predict(self, image: str) -> str:
         """The current model's segmentation of ``image`` on the image's own grid: the path of a NIfTI file."""
-        from fairal.query import predict_image
-
         with self.lock:
             if not self.model_file.is_file():
                 raise FairalError("no model yet: train one first (POST /train/fairal), or ask for a next sample, "
@@ -398,7 +396,8 @@ def _refusing():
 
 
 def _check_upload(case: str, image: str, label: str | None, label_value: float | None, upload: str) -> None:
-    """:func:`fairal.owndata.check_case` of an upload, its messages naming "upload" rather than the temporary file."""
+    """:func:`fairal.data.cohort.check_case` of an upload, its messages naming "upload" rather than the temporary
+    file."""
     try:
         check_case(case, image, label, label_value)
     except FairalError as err:

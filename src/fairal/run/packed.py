@@ -5,9 +5,9 @@ of steps on labeled sets of the same size. :func:`train_packed` trains such a gr
 stacked and the network is vectorised over them (``torch.func.vmap``: on a GPU one launch of batched convolutions
 serves every member), each member with its own data, batches, seed and Adam state. Adam is element-wise, so one
 Adam over the stacked weights is N independent Adams; the loss is the sum of the members' own mean losses, so each
-member's gradient is its own. A member that collapses is retrained alone by :func:`fairal.train.train_model` (with
+member's gradient is its own. A member that collapses is retrained alone by :func:`fairal.run.train.train_model` (with
 its restarts). The data and the batch schedule stay on the device and no step waits for the host (losses are read
-once at the end). :func:`fairal.loop.run_lockstep` drives the rounds of such a group of runs.
+once at the end). :func:`fairal.run.loop.run_lockstep` drives the rounds of such a group of runs.
 
 On a CPU packing is slower than training the members one after another (0.5-0.96x,
 ``benchmarks/bench_gpu.py --device cpu``): the grid packs only runs that train on a GPU (``--pack auto``).
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairal.errors import FairalError
-from fairal.train import (
+from fairal.run.train import (
     TrainConfig,
     TrainResult,
     batch_schedule,
@@ -74,7 +74,7 @@ def _check_group(members: list[Member]) -> None:
 
 
 def train_packed(members: list[Member], compile: bool = False) -> list[TrainResult]:
-    """Train every member as :func:`fairal.train.train_model` would (same initial weights from its seed, same
+    """Train every member as :func:`fairal.run.train.train_model` would (same initial weights from its seed, same
     batches, Adam, BCE with logits, bf16 autocast as its ``config.bf16`` resolves on the device, collapse guard),
     all at once. ``compile``: fuse the vectorised network with ``torch.compile`` (measured by
     ``benchmarks/bench_gpu.py --compile``; compiling takes tens of seconds, so it pays only for long trainings)."""

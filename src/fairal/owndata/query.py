@@ -1,6 +1,6 @@
 """``fairal query``: which unlabeled cases of a lab's own data to annotate next, and why.
 
-Reads the CSV (:mod:`fairal.owndata`), trains the U-Net on the labeled cases (or loads ``--model``), computes the
+Reads the CSV (:mod:`fairal.data.cohort`), trains the U-Net on the labeled cases (or loads ``--model``), computes the
 group weights from its Dice on the labeled cases (Sec. 3.2, any number of groups), scores every unlabeled case with
 the strategy and ranks them. An unlabeled case whose group is unknown gets the expected weight
 ``sum_g p(g|x) w_g``: ``p(g|x)`` from a logistic-regression classifier on the U-Net's features when every group has
@@ -23,15 +23,16 @@ import pandas as pd
 from fairal import versions
 from fairal.acquisition import STATISTICS, Strategy, parse_strategy, roi_mask
 from fairal.config import Profile, get_profile, setting_name
-from fairal.data import case_records
-from fairal.engine import acquisition_round, evaluate, fit, model_factory
+from fairal.data.cohort import Grid, check_label_value, load_cases, read_cases, structure_grid, to_case_grid
+from fairal.data.volumes import case_records
 from fairal.errors import FairalError
-from fairal.groups import MIN_PER_GROUP, GroupModel, case_features, group_probabilities  # noqa: F401
 from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
-from fairal.model import UNet3D, load_unet
-from fairal.owndata import Grid, check_label_value, load_cases, read_cases, structure_grid, to_case_grid
+from fairal.owndata.montage import write_montage
+from fairal.run.group_model import MIN_PER_GROUP, GroupModel, case_features, group_probabilities  # noqa: F401
+from fairal.run.model import UNet3D, load_unet
+from fairal.run.rounds import acquisition_round, evaluate, fit, model_factory
+from fairal.run.train import TrainConfig, check_device, predict_proba, save_checkpoint, train_model
 from fairal.sampling import stream, stream_seed
-from fairal.train import check_device, predict_proba, save_checkpoint, train_model
 
 #: Fewest labeled cases per group for a group Dice worth weighing by: fewer, and a warning says so.
 MIN_LABELED_PER_GROUP = 3
@@ -81,7 +82,7 @@ def out_of_fold_dice(vol, rows: list[int], groups: list, profile: Profile, seed:
     for f in range(k):
         held = np.flatnonzero(fold_of == f)
         train = [rows[i] for i in np.flatnonzero(fold_of != f)]
-        config = profile.train_config(stream_seed(seed, "query-fold-training", f))
+        config = TrainConfig.of(profile, stream_seed(seed, "query-fold-training", f))
         result = train_model(vol.images[train], vol.labels[train], config,
                              model_factory(profile, vol, train, dropout=dropout), progress=progress)
         dice[held] = evaluate(result.model, vol, [rows[i] for i in held], batch_size=8)
@@ -207,7 +208,7 @@ def _query_model(q: _Query, spacing: float) -> None:
     q.training = {"trained": q.model is None}
     if q.model is None:
         rows = q.vol.rows(q.labeled_ids)
-        result = fit(q.profile, q.vol, rows, q.profile.train_config(stream_seed(q.seed, "query-training")), q.strat,
+        result = fit(q.profile, q.vol, rows, TrainConfig.of(q.profile, stream_seed(q.seed, "query-training")), q.strat,
                      progress=q.progress)
         q.model = result.model
         q.training.update({"n_train": len(rows), "train_dice": result.train_dice, "restarts": result.restarts,
@@ -272,8 +273,6 @@ def _write_query(q: _Query, rnd, table: pd.DataFrame, montage_cases: int) -> Non
     """Everything, into a hidden folder beside OUT moved into place at the end: query.csv, the montage of the first
     cases, the model, the annotators' files and query.json (also in ``table.attrs["query"]``). The batch's maps
     are predicted again for these few cases rather than kept for the whole pool."""
-    from fairal.report.montage import write_montage
-
     records_of, pos = q.records, {c: i for i, c in enumerate(q.unlabeled_ids)}
     batch = rnd.ranking()[:q.budget]
     probas = list(predict_proba(q.model, q.vol.images[q.vol.rows(batch)], batch_size=8))

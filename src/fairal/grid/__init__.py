@@ -1,0 +1,1 @@
+"""The grid: study files, datasets, baselines, the grid driver, executors, packing."""

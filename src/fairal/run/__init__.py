@@ -1,0 +1,1 @@
+"""The run: the round engine, the run loop, training, the model and its one network seam."""
