@@ -6,10 +6,10 @@ where it defers a dependency (:data:`DEFERRED`): a new one fails here, naming it
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+from .conftest import load_script
 
-SRC = Path(__file__).parents[1] / "src" / "fairal"
+layout = load_script("layout")  # the measures: scripts/layout.py
+imports, cycle = layout.imports, layout.cycle
 
 #: module (or package) -> its stage; the longest match wins.
 STAGES = {
@@ -41,15 +41,6 @@ MAY_IMPORT = {
 DEFERRED = {"fairal.cli": "each command loads its own stage"}
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(SRC.rglob("*.py"))}
-
-
 def stage(module: str) -> str:
     parts = module.split(".")
     for n in range(len(parts), 0, -1):
@@ -58,50 +49,9 @@ def stage(module: str) -> str:
     raise AssertionError(f"{module} belongs to no stage: add it to STAGES")
 
 
-def _resolve(name: str, known: dict) -> str:
-    """The module an imported name is: ``fairal.run`` + ``loop`` is the module ``fairal.run.loop``."""
-    return name if name in known else name.rsplit(".", 1)[0]
-
-
-def imports() -> list[tuple[str, str, int, bool]]:
-    """Every import of fairal: (importing module, imported module, line, inside a function)."""
-    known = modules()
-    found = []
-    for name, path in known.items():
-        tree = ast.parse(path.read_text())
-        inside = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
-                  for n in ast.walk(f)}
-        for node in ast.walk(tree):
-            targets = []
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("fairal"):
-                targets = [_resolve(f"{node.module}.{a.name}", known) for a in node.names]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names if a.name.startswith("fairal")]
-            found += [(name, t, node.lineno, id(node) in inside) for t in dict.fromkeys(targets) if t != name]
-    return found
-
-
-def cycle(edges: dict[str, set]) -> list[str]:
-    """One circle of the graph ``edges`` ([] when it has none)."""
-    state: dict = {}
-
-    def visit(node, path):
-        state[node] = 1
-        for nxt in sorted(edges.get(node, ())):
-            if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
-            if nxt not in state and (found := visit(nxt, [*path, nxt])):
-                return found
-        state[node] = 2
-        return []
-
-    for node in sorted(edges):
-        if node not in state and (found := visit(node, [node])):
-            return found
-    return []
-
-
 def test_every_module_belongs_to_a_stage_and_imports_only_the_stages_below():
+    for module in layout.modules():
+        stage(module)
     wrong = [f"{a}:{line} ({stage(a)}) imports {b} ({stage(b)})" for a, b, line, _ in imports()
              if stage(a) != stage(b) and stage(b) not in MAY_IMPORT[stage(a)]]
     assert not wrong, "\n".join(wrong)
@@ -129,6 +79,9 @@ def test_the_checks_find_what_they_look_for():
     """The checks see a circle, an upward import and an import inside a function where there is one."""
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": {"c"}}) == []
+    assert layout.circles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    assert layout.floors({"a": {"b"}, "b": {"c"}}) == 3  # a -> b -> c
+    assert layout.floors({"a": {"b"}, "b": {"a", "c"}}) == 2  # the circle a <-> b is one floor above c
     assert "report" not in MAY_IMPORT["run"] and "run" not in MAY_IMPORT["report"]
     found = {(a, b, deferred) for a, b, _, deferred in imports()}
     assert ("fairal.cli", "fairal.grid.driver", True) in found  # cli defers its commands' stages

@@ -55,7 +55,7 @@ def test_no_module_imports_a_private_name_of_another():
 def test_the_checks_see_what_they_should():
     """The two checks find a long function and a private import in a made-up module."""
     body = "\n".join(f"    x = {i}" for i in range(MAX_LINES))
-    tree = ast.parse(f"from fairal.run.train import _step\nfrom ..train import _other\ndef f():\n{body}\n")
+    tree = ast.parse(f"from fairal.run.train import _step\nfrom ..run.train import _other\ndef f():\n{body}\n")
     (func,) = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
     assert func.end_lineno - func.lineno + 1 == MAX_LINES + 1
     assert _private_imports(tree, "fairal.report") == ["fairal.run.train._step", "fairal.run.train._other"]
