@@ -17,9 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fairal.acquisition import PAPER_STRATEGIES, parse_strategy  # noqa: E402
+from fairal.acquisition import parse_strategy  # noqa: E402
 from fairal.errors import FairalError  # noqa: E402
 from fairal.io import within  # noqa: E402
+from fairal.records import PAPER_STRATEGIES  # noqa: E402
 from fairal.report.records import (  # noqa: E402
     DATASET_ORDER,
     INIT_ORDER,
