@@ -37,13 +37,12 @@ import tomllib
 from fairal.acquisition import parse_strategy
 from fairal.config import PROFILES, Profile, setting_name
 from fairal.data.cohort import check_label_value, check_spacing, read_cases
-from fairal.data.volumes import SPLITS
 from fairal.errors import FairalError
 from fairal.grid.harm import KNOBS
 from fairal.limits import MAX_SEEDS, check_nesting, refuse_above
 from fairal.nifti import load_nifti
 from fairal.plugins import load_all
-from fairal.records import PAPER_SOURCE, POOL, TEST
+from fairal.records import PAPER_SOURCE, POOL, SPLITS, TEST, WLE
 from fairal.run.loop import heavy_group
 from fairal.sampling import stream_seed, test_split
 from fairal.simulate.dataset import simulation_config
@@ -67,8 +66,6 @@ CALIBRATION_KEYS = ("levels", "seeds", "eval_per_group")
 
 ARM_KEYS = ("name", "strategy", "groups_known", "set")
 
-
-WLE = "weighted-localized-entropy"
 
 
 @dataclass(frozen=True)
