@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fairal.records import G1_ACQUIRED_SHARE, study_measures
+
 FAMILIES = {"pooled": "Primary: final ESSP on the evaluation split, pooled over the initial sets",
             "secondary": "Secondary: final Δ, Dice and ESSP AUC, pooled over the initial sets",
             "scenario": "Per initial set: final ESSP"}
@@ -71,13 +73,12 @@ def summary(report: Path) -> str:
         if m not in r or pd.isna(r[m]):
             return "—"
         ci = r.get(f"{m}_ci")
-        return f"{num(r[m], 3 if m == 'g1_acquired_share' else 4)} {ci if isinstance(ci, str) else ''}".strip()
+        return f"{num(r[m], 3 if m == G1_ACQUIRED_SHARE else 4)} {ci if isinstance(ci, str) else ''}".strip()
 
-    measures = [m for m in ("essp", "delta", "dice_all", "essp_auc", "g1_acquired_share") if m in s.columns]
+    names = {**study_measures(), G1_ACQUIRED_SHARE: "Group 1 share of acquired"}
+    measures = [m for m in names if m in s.columns]
     rows = [[r["dataset"], r["init"], r["strategy"], *[cell(r, m) for m in measures], str(int(r["n_seeds"]))]
             for _, r in s.iterrows()]
-    names = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice", "essp_auc": "ESSP AUC",
-             "g1_acquired_share": "Group 1 share of acquired"}
     return ("Each arm: mean over seeds [95% t CI], evaluation split\n\n"
             + table(["dataset", "initial set", "arm", *[names[m] for m in measures], "seeds"], rows))
 

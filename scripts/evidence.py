@@ -52,8 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_records import dataset_cases  # noqa: E402
 from task_archive import archived_tasks, finished_tasks, restore_tasks, save_tasks, seed_of  # noqa: E402
 
+from fairal.records import INITS, ROUND_CASE_KEYS, RUN_KEYS, TEST  # noqa: E402
+
 DATASETS = ("strong", "weak")
-INITS = ("balanced", "g1-heavy", "g2-heavy")
 #: Single changes of the standard profile, for entropy and localized entropy on the strong dataset. The ROI
 #: dilation only changes localized entropy (entropy does not use the ROI).
 ABLATIONS = {
@@ -231,17 +232,14 @@ def _run_commit(out: Path) -> str:
 
 def _round_cases(out: Path, rounds: pd.DataFrame) -> pd.DataFrame:
     """The per-case test Dice of every round of the runs in ``rounds`` (read from their run folders)."""
-    from fairal.report.records import RUN_KEYS
 
     frames = []
     for key in rounds[RUN_KEYS].drop_duplicates().itertuples(index=False, name=None):
         dataset, init, strategy, seed = key
         c = pd.read_csv(out / "runs" / dataset / init / strategy / f"seed-{seed}" / "cases.csv")
-        c = c[c["split"] == "test"]
-        frames.append(c.assign(**dict(zip(RUN_KEYS, key, strict=True)))[[*RUN_KEYS, "round", "case_id", "group",
-                                                                          "dice"]])
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=[*RUN_KEYS, "round", "case_id", "group", "dice"])
+        c = c[c["split"] == TEST]
+        frames.append(c.assign(**dict(zip(RUN_KEYS, key, strict=True)))[ROUND_CASE_KEYS])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROUND_CASE_KEYS)
 
 
 def _cases_file(folder: Path) -> Path:
@@ -400,7 +398,7 @@ def export(out: Path, dest: Path, scales: list[float], profile: str = "standard"
     seeds: every run and baseline of the seed finished, merged with the seeds exported before; the finished tasks
     of the others go to ``DEST/NAME-pending.tar.gz``). Everything is checked before anything is written."""
     from fairal import versions
-    from fairal.report.records import RUN_KEYS, tidy_records
+    from fairal.report.records import tidy_records
 
     std = dest / name
     rounds, cases = tidy_records(out)

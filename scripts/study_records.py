@@ -31,10 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from fairal.records import RUN_KEYS
+
 #: The columns of ``datasets.csv``: what identifies a dataset's cases (the label volume and the Dice to the
 #: template are computed from every subject's deformed label, to the last digit written).
 DATASET_COLUMNS = ["dataset", "case_id", "group", "split", "label_volume_mm3", "dice_to_template"]
-RUN_KEYS = ["dataset", "init", "strategy", "seed"]
 
 
 def dataset_cases(folders: dict[str, Path]) -> pd.DataFrame:

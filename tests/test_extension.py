@@ -25,7 +25,7 @@ def extended():
     base = register(Base("margin", "margin", "margin", "margin uncertainty"),
                     Statistic("margin", _margin, "margin uncertainty"))
     worst = register_metric(Metric("worst_dice", "worst-group Dice", True,
-                                   lambda overall, per_group: min(per_group.values())))
+                                   lambda overall, means: means.min(axis=-1)))
     yield base, worst
     unregister("margin")
     unregister_metric("worst_dice")
@@ -62,7 +62,7 @@ def test_registration_is_checked(extended):
     with pytest.raises(FairalError, match="unknown statistic"):
         register(Base("other", "nothing-of-that-name", "x", "x"))
     with pytest.raises(FairalError, match="exists already"):
-        register_metric(Metric("essp", "ESSP", True, lambda o, p: o))
+        register_metric(Metric("essp", "ESSP", True, lambda overall, means: overall))
 
 
 def test_unregistered_after_the_fixture():

@@ -163,7 +163,8 @@ def test_delta_matches_fairlearn_metric_frame() -> None:
 def test_every_measure_knows_its_range() -> None:
     import math
 
-    from fairal.metrics import Metric, bounds, register_metric, unregister_metric
+    from fairal.metrics import Metric, register_metric, unregister_metric
+    from fairal.records import bounds
 
     assert bounds("dice_all") == bounds("dice_g2") == bounds("eval_dice_g1") == (0.0, 1.0)
     assert bounds("essp") == bounds("eval_essp") == bounds("essp_auc") == bounds("dice_auc") == (0.0, 1.0)
@@ -172,7 +173,7 @@ def test_every_measure_knows_its_range() -> None:
     assert bounds("dice_gap") == (-1.0, 1.0)  # Dice G2 - Dice G1, not a group's Dice
     assert bounds("delta_reduction_vs_entropy") == (-math.inf, 1.0)
     assert bounds("n_labeled") == (-math.inf, math.inf)
-    register_metric(Metric("worst", "worst-group Dice", True, lambda o, p: min(p.values()), (0.0, 1.0)))
+    register_metric(Metric("worst", "worst-group Dice", True, lambda overall, means: means.min(axis=-1), (0.0, 1.0)))
     try:
         assert bounds("worst") == bounds("eval_worst") == (0.0, 1.0)
     finally:

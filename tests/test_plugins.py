@@ -163,17 +163,17 @@ def test_an_entry_point_naming_an_attribute_is_loaded_as_its_module(tmp_path, mo
 def test_a_worker_takes_the_drivers_current_registrations(clean_tables):
     """A worker that served an earlier grid (Ray keeps its workers) gets the new version of a registration and
     loses one the driver dropped."""
-    metrics.register_metric(metrics.Metric("worst", "worst", True, lambda overall, per_group: 1.0))
+    metrics.register_metric(metrics.Metric("worst", "worst", True, lambda overall, means: 1.0))
     first = plugins.snapshot()
     metrics.unregister_metric("worst")
-    metrics.register_metric(metrics.Metric("worst", "worst", True, lambda overall, per_group: 2.0))
+    metrics.register_metric(metrics.Metric("worst", "worst", True, lambda overall, means: 2.0))
     second = plugins.snapshot()
     metrics.unregister_metric("worst")
     as_worker = {"origin": "another process"}
     plugins.Extensions(first.plugins, first.registrations, **as_worker).restore()
-    assert metrics.METRICS["worst"].compute(0.0, {}) == 1.0
+    assert metrics.METRICS["worst"].compute(0.0, None) == 1.0
     plugins.Extensions(second.plugins, second.registrations, **as_worker).restore()
-    assert metrics.METRICS["worst"].compute(0.0, {}) == 2.0
+    assert metrics.METRICS["worst"].compute(0.0, None) == 2.0
     plugins.Extensions((), b"", **as_worker).restore()
     assert "worst" not in metrics.METRICS
     second.restore()  # in the driver itself: nothing changes
@@ -203,7 +203,7 @@ def test_study_plugins_and_run_time_registrations_reach_the_grid_workers(plugin_
         load_study(without)  # the strategy is the plugin's
     study = load_study(study_file)
     metrics.register_metric(metrics.Metric("worst_dice", "worst-group Dice", True,
-                                           lambda overall, per_group: min(per_group.values())))
+                                           lambda overall, means: means.min(axis=-1)))
     out = tmp_path / "out"
     run_study(study, out, get_profile("smoke", TINY), jobs=1, progress=False)
     run = out / "runs" / "tiny" / "balanced" / "weighted-plugin-margin" / "seed-0"

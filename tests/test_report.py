@@ -66,7 +66,7 @@ def test_seed_band():
 
 
 def test_bands_stay_inside_what_a_measure_can_take():
-    from fairal.metrics import bounds
+    from fairal.records import bounds
 
     # shares 0.9 and 1.0: mean 0.95, SD 0.0707107, half width 12.706205 * 0.0707107 / sqrt(2) = 0.635310:
     # [0.314690, 1.585310] -> the upper end clipped to 1

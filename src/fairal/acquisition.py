@@ -43,9 +43,9 @@ import torch
 
 from fairal.errors import FairalError
 from fairal.influence import fair_influence
+from fairal.records import PAPER_STRATEGIES
 
-#: The paper's four strategies, and the ones beyond it that the grids run by default.
-PAPER_STRATEGIES = ("random", "entropy", "localized-entropy", "weighted-localized-entropy")
+#: The ones beyond the paper's four (:data:`fairal.records.PAPER_STRATEGIES`) that the grids run by default.
 EXTRA_STRATEGIES = ("bald", "weighted-bald", "stochastic-weighted-localized-entropy", "weighted-localized-entropy-t0.5")
 ALL_STRATEGIES = PAPER_STRATEGIES + EXTRA_STRATEGIES
 #: The extras of the ``standard`` grid: plain ``bald`` is left out there (MC dropout makes a round ~4x longer on a CPU).

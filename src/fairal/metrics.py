@@ -7,6 +7,10 @@
 
 ``DSC_overall`` is the mean Dice over ALL cases, not the mean of the group means; the two differ when the
 groups have different sizes, and the paper uses the former.
+
+Each measure is one entry of the metric table (:data:`METRICS`: its words, direction, range, equivalence margin and
+one implementation that works on a batch of group means); the records' columns made of them are named in
+:mod:`fairal.records`.
 """
 
 from __future__ import annotations
@@ -19,11 +23,9 @@ import numpy as np
 
 from fairal.errors import FairalError
 
-__all__ = ["dice", "dice_from_proba", "group_means", "delta", "essp", "fairness_summary", "fairness_columns",
-           "EVAL_PREFIX", "METRICS", "Metric", "register_metric", "metric", "bounds", "BOUNDED_RECORDS"]
-
-#: The prefix of the measures on a dataset's evaluation split (``eval_dice_all``, ``eval_essp``, ...).
-EVAL_PREFIX = "eval_"
+__all__ = ["dice", "dice_from_proba", "group_means", "delta", "essp", "group_delta", "equity_scaled",
+           "fairness_summary", "table_measures", "METRICS", "DICE", "PRIMARY", "Metric", "register_metric",
+           "unregister_metric", "group_dice", "group_metric", "DELTA", "ESSP"]
 
 
 def _as_mask(x: np.ndarray, name: str) -> np.ndarray:
@@ -121,7 +123,8 @@ def group_means(values: Sequence[float] | np.ndarray, groups: Sequence[Hashable]
 
 
 def delta(overall: float, per_group: Mapping[Hashable, float]) -> float:
-    """Eq. 3: ``Delta = sum_g |DSC_overall - DSC_g|``, summed over every group ``g`` in ``per_group``."""
+    """Eq. 3: ``Delta = sum_g |DSC_overall - DSC_g|``, summed over every group ``g`` in ``per_group``
+    (:func:`group_delta` of one set of cases, its inputs checked)."""
     if not isinstance(per_group, Mapping) or len(per_group) == 0:
         raise FairalError(f"delta needs a mapping of at least one group mean, got {per_group!r}")
     values = [_number(overall, "overall"), *(_number(v, f"the mean of group {g}") for g, v in per_group.items())]
@@ -129,7 +132,7 @@ def delta(overall: float, per_group: Mapping[Hashable, float]) -> float:
         raise FairalError(
             f"delta needs finite Dice values, got overall={overall!r}, per_group={dict(per_group)!r}"
         )
-    return float(sum(abs(float(overall) - float(v)) for v in per_group.values()))
+    return float(group_delta(np.float64(values[0]), np.array(values[1:])))
 
 
 def _number(value, name: str) -> float:
@@ -140,13 +143,31 @@ def _number(value, name: str) -> float:
 
 
 def essp(overall: float, delta: float) -> float:
-    """Eq. 4: equity-scaled segmentation performance ``ESSP = DSC_overall / (1 + Delta)``."""
+    """Eq. 4: equity-scaled segmentation performance ``ESSP = DSC_overall / (1 + Delta)`` (:func:`equity_scaled`,
+    its inputs checked)."""
     overall, delta = _number(overall, "overall"), _number(delta, "delta")
     if not (math.isfinite(overall) and math.isfinite(delta)):
         raise FairalError(f"essp needs finite numbers, got overall={overall!r}, delta={delta!r}")
     if delta < 0:
         raise FairalError(f"delta is a sum of absolute differences and cannot be negative, got {delta!r}")
-    return float(overall) / (1.0 + float(delta))
+    return float(equity_scaled(overall, delta))
+
+
+# --- the formulas, on a batch: ``overall`` of shape (...,), ``means`` (the group means) of shape (..., groups) ------
+
+
+def group_delta(overall: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Eq. 3 on a batch: ``sum_g |overall - means[..., g]|``, the groups added one after the other in the order of
+    the last axis (the order of the scalar sum: the same floats for one set of cases)."""
+    total = np.zeros(np.shape(overall))
+    for g in range(np.shape(means)[-1]):
+        total = total + np.abs(overall - means[..., g])
+    return total
+
+
+def equity_scaled(overall, delta):
+    """Eq. 4's ``overall / (1 + delta)``, of numbers or arrays."""
+    return overall / (1.0 + delta)
 
 
 #: No bound on either side.
@@ -157,38 +178,69 @@ UNIT = (0.0, 1.0)
 
 @dataclass(frozen=True)
 class Metric:
-    """A fairness measure of a set of cases from their Dice: its name (its column in ``rounds.csv``, the baselines'
-    table and the report), its words, whether higher is better, how it is computed from the overall Dice and
-    the per-group mean Dice, and the range its values can take (intervals of a mean are kept inside it)."""
+    """A measure of a set of cases from their Dice: its name (its column in ``rounds.csv``, the baselines' table
+    and the report), its words, whether higher is better, how it is computed, the range its values can take
+    (intervals of a mean are kept inside it) and the equivalence margin of docs/analysis-plan.md (None: no
+    equivalence test).
+
+    ``compute(overall, means)`` works on a batch: ``overall`` (the mean Dice of all cases) of shape ``(...,)`` and
+    ``means`` (each group's mean Dice, groups on the last axis) of shape ``(..., groups)``, and returns an array of
+    shape ``(...,)``: one set of cases (a round's test cases), or many at once (the plan's bootstrap resamples)."""
 
     name: str
     label: str
     higher_is_better: bool
-    compute: Callable[[float, Mapping[Hashable, float]], float]
+    compute: Callable[[np.ndarray, np.ndarray], np.ndarray]
     bounds: tuple[float, float] = UNBOUNDED
+    margin: float | None = None
+
+    @property
+    def direction(self) -> str:
+        """``higher`` or ``lower`` (is better)."""
+        return "higher" if self.higher_is_better else "lower"
+
+    @property
+    def sign(self) -> float:
+        """The factor that makes a difference of this measure positive where the first is better."""
+        return 1.0 if self.higher_is_better else -1.0
 
 
 #: The metric table, in record order after ``dice_all`` and the ``dice_g<g>``: adding a metric is one entry (or
-#: :func:`register_metric`); the round and baseline columns, the report's tables and the CLI read it.
+#: :func:`register_metric`); the round and baseline columns, the report's tables, the plan's statistics and the
+#: CLI read it.
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("delta", "Δ", False, lambda overall, per_group: delta(overall, per_group), (0.0, math.inf)),
-    Metric("essp", "ESSP", True, lambda overall, per_group: essp(overall, delta(overall, per_group)), UNIT),
+    Metric("delta", "Δ", False, group_delta, (0.0, math.inf), 0.005),
+    Metric("essp", "ESSP", True, lambda overall, means: equity_scaled(overall, group_delta(overall, means)), UNIT,
+           0.005),
 )}
+#: The paper's measures (Eq. 3 and 4), for the code that names them (its claims, Table 1).
+DELTA, ESSP = METRICS["delta"], METRICS["essp"]
 #: The metrics built into fairal (the rest were registered: :mod:`fairal.plugins` sends those to a grid's workers).
 BUILT_IN_METRICS = frozenset(METRICS)
-#: The measures every summary has before the metric table's: the overall Dice (and one Dice per group).
-DICE = Metric("dice_all", "Dice", True, lambda overall, per_group: overall, UNIT)
-#: The ranges of the records' columns that are not measures of the table: the Group 1 share of the labeled set
-#: (``g1_ratio``) and of a run's acquisitions, a group's weight in Eq. 2 (``w_g<g>``: a softmax), Table 1's Dice
-#: gap and the Δ reduction against entropy (``1 - Δ / Δ_entropy``, Δ >= 0).
-BOUNDED_RECORDS = {"g1_ratio": UNIT, "g1_acquired_share": UNIT, "w_g": UNIT, "dice_gap": (-1.0, 1.0),
-                   "delta_reduction_vs_entropy": (-math.inf, 1.0)}
+#: The measure every summary has before the metric table's: the overall Dice (and one Dice per group,
+#: :func:`group_dice`).
+DICE = Metric("dice_all", "Dice", True, lambda overall, means: overall, UNIT, 0.01)
+#: The primary endpoint of docs/analysis-plan.md: the study report pairs strategies on it per scenario.
+PRIMARY = ESSP.name
+
+
+def group_dice(group: Hashable) -> str:
+    """The name of a group's mean Dice: ``dice_g<group>`` (``dice_g1``)."""
+    return f"dice_g{group}"
+
+
+def group_metric(name: str) -> Metric | None:
+    """The entry of a group's Dice (``dice_g<g>``), None for another name."""
+    prefix = group_dice("")
+    if not name.startswith(prefix):
+        return None
+    return Metric(name, f"Dice G{name[len(prefix):]}", True, DICE.compute, UNIT)
 
 
 def register_metric(metric: Metric) -> Metric:
     """Add a metric to the table: every round and baseline then records it (on the test split and, prefixed
-    ``eval_``, on the evaluation split) and the report's tables show it."""
-    if metric.name in METRICS or metric.name == DICE.name or metric.name.startswith("dice_g") or \
+    ``eval_``, on the evaluation split), the report's tables show it and the plan's statistics resample it."""
+    if metric.name in METRICS or metric.name == DICE.name or group_metric(metric.name) or \
             not metric.name.isidentifier():
         raise FairalError(f"metric {metric.name!r} exists already or is not a column name")
     METRICS[metric.name] = metric
@@ -199,32 +251,9 @@ def unregister_metric(name: str) -> None:
     METRICS.pop(name)
 
 
-def metric(name: str) -> Metric:
-    """The entry of a column name: ``dice_all``, ``dice_g<g>`` (a group's Dice) or a metric of the table (with or
-    without the ``eval_`` prefix)."""
-    name = name[len(EVAL_PREFIX):] if name.startswith(EVAL_PREFIX) else name
-    if name == DICE.name or name.startswith("dice_g"):
-        return DICE if name == DICE.name else Metric(name, f"Dice G{name[len('dice_g'):]}", True, DICE.compute,
-                                                     UNIT)
-    if name not in METRICS:
-        raise FairalError(f"unknown metric {name!r}; metrics: dice_all, dice_g<g>, {', '.join(METRICS)}")
-    return METRICS[name]
-
-
-def bounds(column: str) -> tuple[float, float]:
-    """The range of a record column's values: a metric's (with or without the ``eval_`` prefix; an ``_auc``, the
-    curve's mean level, has its metric's), a Dice's [0, 1], a share's or weight's of :data:`BOUNDED_RECORDS`;
-    unbounded for any other column."""
-    name = column[len(EVAL_PREFIX):] if column.startswith(EVAL_PREFIX) else column
-    name = {"dice_auc": "dice_all"}.get(name, name[:-len("_auc")] if name.endswith("_auc") else name)
-    if name in BOUNDED_RECORDS:
-        return BOUNDED_RECORDS[name]
-    if name.startswith("w_g"):
-        return BOUNDED_RECORDS["w_g"]
-    try:
-        return metric(name).bounds
-    except FairalError:
-        return UNBOUNDED
+def table_measures(overall: np.ndarray, means: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of the table on a batch (:class:`Metric`'s ``compute``), in table order."""
+    return {name: m.compute(overall, means) for name, m in METRICS.items()}
 
 
 def fairness_summary(
@@ -239,29 +268,14 @@ def fairness_summary(
     """
     per_group = group_means(dice_values, groups)
     overall = float(np.mean(np.asarray(dice_values, dtype=float)))
-    summary: dict[str, float] = {"dice_all": overall}
+    summary: dict[str, float] = {DICE.name: overall}
     for g, value in per_group.items():
-        key = f"dice_g{g}"
+        key = group_dice(g)
         if key in summary:
             raise FairalError(
                 f"group labels collide once written as text: two groups both give the key {key!r}"
             )
         summary[key] = value
-    for name, m in METRICS.items():
-        summary[name] = float(m.compute(overall, per_group))
+    measured = table_measures(np.float64(overall), np.array(list(per_group.values()), dtype=float))
+    summary.update({name: float(value) for name, value in measured.items()})
     return summary
-
-
-def fairness_columns(groups: Sequence[Hashable], prefix: str = "") -> list[str]:
-    """The keys of :func:`fairness_summary` for ``groups``, in record order, with ``prefix``: for groups 1 and 2
-    ``dice_all, dice_g1, dice_g2, delta, essp`` (and any metric added to the table); with ``EVAL_PREFIX``
-    ``eval_dice_all, ..., eval_essp``."""
-    return [f"{prefix}dice_all", *[f"{prefix}dice_g{g}" for g in groups], *[prefix + m for m in METRICS]]
-
-
-def prefixed_summary(dice_values, groups, all_groups: Sequence[Hashable], prefix: str) -> dict[str, float]:
-    """:func:`fairness_summary` with ``prefix`` on every key, and an empty value (NaN) for every key of
-    ``all_groups`` when there is no case (a dataset without that split)."""
-    if len(dice_values) == 0:
-        return dict.fromkeys(fairness_columns(all_groups, prefix), float("nan"))
-    return {prefix + k: v for k, v in fairness_summary(dice_values, groups).items()}

@@ -49,7 +49,7 @@ def _values(values: Sequence[float]) -> np.ndarray:
 def mean_ci(values: Sequence[float], level: float = 0.95,
             bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
     """Mean and Student-t confidence interval ``mean ± t(1 - (1 - level) / 2, n - 1) · s / √n`` (``s``: sample SD),
-    clipped to ``bounds``, the range the measure can take (:func:`fairal.metrics.bounds`: a share's mean is never
+    clipped to ``bounds``, the range the measure can take (:func:`fairal.records.bounds`: a share's mean is never
     above 1, a Δ's never below 0). One value has no interval: its bounds are NaN."""
     v = _values(values)
     m = float(v.mean())

@@ -22,6 +22,7 @@ from fairal.data.volumes import read_manifest
 from fairal.errors import FairalError
 from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
 from fairal.nifti import read_image, read_label
+from fairal.records import POOL, TEST
 
 STRUCTURE = "left caudate"
 
@@ -34,7 +35,7 @@ def decathlon_json(manifest: pd.DataFrame, name: str, structure: str = STRUCTURE
         return [{"image": img, "label": lab, "group": str(g), "case_id": c}
                 for c, img, lab, g in zip(rows["case_id"], rows["image"], rows["label"], rows["group"], strict=True)]
 
-    training, test = entries("pool"), entries("test")
+    training, test = entries(POOL), entries(TEST)
     return {"name": name, "description": "fairal dataset: T1 images, a binary structure label, a group per case",
             "tensorImageSize": "3D", "modality": {"0": "T1"}, "labels": {"0": "background", "1": structure},
             "numTraining": len(training), "numTest": len(test), "training": training, "test": test}
@@ -78,10 +79,10 @@ def export_nnunet(data_dir: str | Path, out: str | Path, dataset_id: int, name: 
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             within(tmp, sub).mkdir()
         for case, split, img, lab in cases:
-            images, labels = ("imagesTr", "labelsTr") if split == "pool" else ("imagesTs", "labelsTs")
+            images, labels = ("imagesTr", "labelsTr") if split == POOL else ("imagesTs", "labelsTs")
             _link_or_copy(Path(img), within(tmp, images, f"{case}_0000.nii.gz"))
             _link_or_copy(Path(lab), within(tmp, labels, f"{case}.nii.gz"))
-        n_train = int((manifest["split"] == "pool").sum())
+        n_train = int((manifest["split"] == POOL).sum())
         write_json(within(tmp, "dataset.json"), {
             "channel_names": {"0": "T1"}, "labels": {"background": 0, STRUCTURE.replace(" ", "_"): 1},
             "numTraining": n_train, "file_ending": ".nii.gz", "name": name,

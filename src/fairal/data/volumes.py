@@ -24,12 +24,10 @@ import torch.nn.functional as F
 from fairal.errors import FairalError
 from fairal.io import check_input_file, within, write_torch
 from fairal.nifti import image_data, label_data, load_nifti
+from fairal.records import POOL, SPLITS, TEST
 from fairal.sampling import test_split
 
 REQUIRED_COLUMNS = ("case_id", "group", "image", "label")
-#: A dataset's splits: the fixed test set, the pool (labeled sets and cohorts come from it) and the evaluation set
-#: (never trained on, never acquired: measured only).
-SPLITS = ("test", "pool", "eval")
 
 
 def read_manifest(data_dir: str | Path, test_per_group: int = 15, seed: int = 0) -> pd.DataFrame:
@@ -64,7 +62,7 @@ def read_manifest(data_dir: str | Path, test_per_group: int = 15, seed: int = 0)
             raise FairalError(f"{path}: column 'split' must hold {', '.join(SPLITS)}, found {bad}")
     else:
         ids = {g: ids.tolist() for g, ids in m.groupby("group")["case_id"]}
-        m["split"] = np.where(m["case_id"].isin(test_split(ids, test_per_group, seed)), "test", "pool")
+        m["split"] = np.where(m["case_id"].isin(test_split(ids, test_per_group, seed)), TEST, POOL)
     return m
 
 
@@ -220,7 +218,7 @@ def crop_box(
         ref = np.asarray(load_nifti(tpl, "template label", read=False).dataobj) > 0
     else:
         ref = np.zeros(shape, bool)
-        pool = manifest[manifest["split"] == "pool"]
+        pool = manifest[manifest["split"] == POOL]
         for case, p in zip(pool["case_id"], pool["label_path"], strict=True):
             ref |= label_data(load_nifti(p, "label", case, read=False), "label", p, case) > 0
     if ref.shape != tuple(shape) or not ref.any():

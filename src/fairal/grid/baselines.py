@@ -17,21 +17,13 @@ from fairal.io import (
     write_csv,
     write_json,
 )
-from fairal.metrics import EVAL_PREFIX, METRICS, fairness_columns, fairness_summary, prefixed_summary
+from fairal.metrics import fairness_summary
+from fairal.records import BASELINE_CASE_COLUMNS, EVAL, EVAL_PREFIX, POOL, TEST, baseline_columns, prefixed_summary
 from fairal.run.rounds import evaluate, model_factory
 from fairal.run.train import TrainConfig, check_device, save_checkpoint, train_model
 from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
 
-
-def baseline_columns(groups: list) -> list[str]:
-    """``baseline_table.csv``'s columns; for the paper's groups: cohort, dice_g1, dice_g2, dice_all, essp, delta
-    (on the test split), then eval_dice_all, eval_dice_g1, eval_dice_g2, eval_delta, eval_essp (on the evaluation
-    split; empty without one)."""
-    extra = [m for m in METRICS if m not in ("essp", "delta")]  # metrics added to the table
-    return ["cohort", *[f"dice_g{g}" for g in groups], "dice_all", "essp", "delta", *extra,
-            *fairness_columns(groups, EVAL_PREFIX)]
-
-
+#: The columns of the paper's groups 1 and 2 (:func:`fairal.records.baseline_columns`).
 BASELINE_TABLE_COLUMNS = baseline_columns([1, 2])
 
 
@@ -42,7 +34,7 @@ def baseline_cohorts(manifest: pd.DataFrame, size: int, seed: int = 0) -> dict[s
     ``g<g>`` = ``size`` cases of group g alone (126), for every group of the dataset.
     """
     groups = sorted(set(manifest["group"]), key=str)
-    pool = manifest[manifest["split"] == "pool"]
+    pool = manifest[manifest["split"] == POOL]
     ids = {g: pool.loc[pool["group"] == g, "case_id"].tolist() for g in groups}
     need = {"all": split_evenly(size, groups)}
     need.update({f"g{g}": {h: size if h == g else 0 for h in groups} for g in groups})
@@ -68,13 +60,13 @@ def run_baseline(
     manifest = read_manifest(data_dir, test_per_group=profile.test_per_group, seed=0)
     cohorts = baseline_cohorts(manifest, profile.cohort_size, seed)
     checkpoints = {name: within(out, "checkpoints", f"baseline-{name}.pt") for name in cohorts}  # group names
-    test_ids = manifest.loc[manifest["split"] == "test", "case_id"].tolist()
+    test_ids = manifest.loc[manifest["split"] == TEST, "case_id"].tolist()
     if not test_ids:
         raise FairalError(f"{data_dir}: the test split is empty")
     volumes = load_volumes(data_dir, manifest, crop_margin=profile.crop_margin, downsample=profile.downsample)
     test_rows = volumes.rows(test_ids)
     test_groups = volumes.groups[test_rows]
-    eval_ids = manifest.loc[manifest["split"] == "eval", "case_id"].tolist()
+    eval_ids = manifest.loc[manifest["split"] == EVAL, "case_id"].tolist()
     eval_rows = volumes.rows(eval_ids)
     eval_groups = volumes.groups[eval_rows]
     case_rows, table_rows, diagnostics = [], [], {}
@@ -89,10 +81,10 @@ def run_baseline(
         summary = fairness_summary(dices, test_groups)
         eval_dice = evaluate(result.model, volumes, eval_rows, profile.batch_size) if eval_rows else []
         summary.update(prefixed_summary(eval_dice, eval_groups, groups, EVAL_PREFIX))
-        table_rows.append({"cohort": name, **{k: summary.get(k) for k in columns[1:]}})
-        case_rows += [{"cohort": name, "case_id": c, "group": g, "dice": d, "split": split}
-                      for ids, grp, dcs, split in ((test_ids, test_groups, dices, "test"),
-                                                   (eval_ids, eval_groups, eval_dice, "eval"))
+        table_rows.append({columns[0]: name, **{k: summary.get(k) for k in columns[1:]}})
+        case_rows += [dict(zip(BASELINE_CASE_COLUMNS, (name, c, g, d, split), strict=True))
+                      for ids, grp, dcs, split in ((test_ids, test_groups, dices, TEST),
+                                                   (eval_ids, eval_groups, eval_dice, EVAL))
                       for c, g, d in zip(ids, grp, dcs, strict=True)]
         diagnostics[name] = {"n_train": len(rows), "train_dice": result.train_dice, "restarts": result.restarts,
                              "collapsed": result.collapsed, "seconds": round(result.seconds, 2),
@@ -100,7 +92,7 @@ def run_baseline(
         make_own_folder(out, "baseline")
         save_checkpoint(result.model, checkpoints[name], {"cohort": name, "profile": profile.name, "seed": seed})
     table = pd.DataFrame(table_rows, columns=columns)
-    write_csv(within(out, "baseline_cases.csv"), pd.DataFrame(case_rows))
+    write_csv(within(out, "baseline_cases.csv"), pd.DataFrame(case_rows, columns=BASELINE_CASE_COLUMNS))
     write_csv(within(out, "baseline_table.csv"), table)
     info = {"data_dir": str(data_dir.resolve()), "profile": profile.as_dict(), "seed": seed,
             "cohorts": {k: len(v) for k, v in cohorts.items()}, "n_test": len(test_ids), "n_eval": len(eval_ids),

@@ -11,7 +11,7 @@ import pandas as pd
 from fairal import versions
 from fairal.config import Profile, setting_name
 from fairal.data.cohort import check_headers, check_images, load_cases, read_cases, structure_grid
-from fairal.data.volumes import SPLITS, group_value, read_manifest
+from fairal.data.volumes import group_value, read_manifest
 from fairal.errors import FairalError
 from fairal.grid.spec import DatasetSpec, Study, check_cohort, cohort_splits, paper_study
 from fairal.io import (
@@ -19,6 +19,7 @@ from fairal.io import (
     within,
     write_json,
 )
+from fairal.records import POOL, SPLITS, TEST
 from fairal.run.loop import initial_counts
 from fairal.simulate.dataset import same_settings, simulate_dataset, simulation_config
 from fairal.simulate.template import sha256
@@ -152,7 +153,7 @@ def check_data(study: Study, base: Profile, cli: dict) -> None:
         outline = dataset_outline(d, data_profile)
         where = f"{study.source}, dataset {d.name}"
         groups = list(outline.index)
-        pool, test = outline["pool"].to_dict(), outline["test"].to_dict()
+        pool, test = outline[POOL].to_dict(), outline[TEST].to_dict()
         for g in groups:
             if not test.get(g):
                 raise FairalError(f"{where}: group {g} has no test case (the metrics measure every group on the "
@@ -231,7 +232,7 @@ def ensure_cohort(spec: DatasetSpec, path: Path, profile: Profile) -> Path:
     splits = cohort_splits(cases, spec, profile.test_per_group)
     grid = structure_grid(cases, spec.spacing, spec.margin_mm, spec.label_value, COHORT_KEYS)
     vol = load_cases(cases, grid, label_value=spec.label_value)
-    pool = [i for i, s in enumerate(splits) if s == "pool"]
+    pool = [i for i, s in enumerate(splits) if s == POOL]
     with publish_folder(path, "dataset") as tmp:
         for sub in ("images", "labels", "template"):
             within(tmp, sub).mkdir()

@@ -41,7 +41,8 @@ from fairal.limits import check_room
 from fairal.plugins import for_workers
 from fairal.plugins import record as extensions
 from fairal.progress import GridProgress
-from fairal.run.loop import INITS, ActiveLearningRun, RunSpec, run_lockstep, same_run_elsewhere, same_settings, schedule
+from fairal.records import INITS
+from fairal.run.loop import ActiveLearningRun, RunSpec, run_lockstep, same_run_elsewhere, same_settings, schedule
 
 
 def run_dir(out: Path, dataset: str, init: str, strategy: str, seed: int) -> Path:

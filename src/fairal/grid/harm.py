@@ -32,6 +32,7 @@ from fairal.config import Profile
 from fairal.data.volumes import load_volumes, read_manifest
 from fairal.errors import FairalError
 from fairal.io import check_own_folder, make_own_folder, within, write_csv, write_json
+from fairal.records import EVAL, POOL, TEST
 from fairal.run.model import load_checkpoint, save_checkpoint
 from fairal.run.rounds import evaluate, model_factory
 from fairal.run.train import TrainConfig, describe_device, train_model
@@ -199,7 +200,7 @@ def _volumes(path: Path, manifest: pd.DataFrame, profile: Profile):
 def _models(out: Path, settings: HarmSettings, profile: Profile, path: Path, manifest: pd.DataFrame) -> list:
     """The Group 2-only models, one per training seed (stream ``harm-training``), trained once and kept."""
     vol = _volumes(path, manifest, profile)
-    pool = manifest.loc[(manifest["split"] == "pool") & (manifest["group"] == GROUP_REFERENCE), "case_id"].tolist()
+    pool = manifest.loc[(manifest["split"] == POOL) & (manifest["group"] == GROUP_REFERENCE), "case_id"].tolist()
     rows = vol.rows(pool[:profile.cohort_size])
     models = []
     for s in range(settings.seeds):
@@ -222,7 +223,7 @@ def _dice(models: list, path: Path, manifest: pd.DataFrame, profile: Profile, gr
     """Every model's Dice on the evaluation subjects of ``group`` (seeds x subjects), their ids, their labels'
     voxels on the profile's grid and their manifest rows."""
     vol = _volumes(path, manifest, profile)
-    cases = manifest[(manifest["split"] == "eval") & (manifest["group"] == group)]
+    cases = manifest[(manifest["split"] == EVAL) & (manifest["group"] == group)]
     rows = vol.rows(cases["case_id"].tolist())
     dice = np.array([evaluate(m, vol, rows, profile.batch_size) for m in models])
     voxels = [int(vol.labels[r].sum()) for r in rows]
@@ -241,7 +242,7 @@ def measure(settings: HarmSettings, profile: Profile, out: str | Path, targets: 
     write_json(within(out, "settings.json"), {"settings": settings.as_dict(),
                                               "profile": calibration_profile(profile)})
     ref_path, ref = _dataset(out, "reference", _config(settings, profile, settings.levels[0]),
-                             lambda s, split: s.group == GROUP_REFERENCE and split != "test", progress)
+                             lambda s, split: s.group == GROUP_REFERENCE and split != TEST, progress)
     models = _models(out, settings, profile, ref_path, ref)
     d2, ids2, _, g2 = _dice(models, ref_path, ref, profile, GROUP_REFERENCE)
     rows, dice_rows = [], _dice_rows("reference", ids2, d2, GROUP_REFERENCE)
@@ -267,7 +268,7 @@ def measure(settings: HarmSettings, profile: Profile, out: str | Path, targets: 
 
 def _level(out: Path, settings: HarmSettings, profile: Profile, value: float, models: list, progress: bool):
     path, manifest = _dataset(out, f"level-{value:g}", _config(settings, profile, value),
-                              lambda s, split: s.group == GROUP_HARMED and split == "eval", progress)
+                              lambda s, split: s.group == GROUP_HARMED and split == EVAL, progress)
     return _dice(models, path, manifest, profile, GROUP_HARMED)
 
 

@@ -37,13 +37,12 @@ import tomllib
 from fairal.acquisition import parse_strategy
 from fairal.config import PROFILES, Profile, setting_name
 from fairal.data.cohort import check_label_value, check_spacing, read_cases
-from fairal.data.volumes import SPLITS
 from fairal.errors import FairalError
 from fairal.grid.harm import KNOBS
 from fairal.limits import MAX_SEEDS, check_nesting, refuse_above
 from fairal.nifti import load_nifti
 from fairal.plugins import load_all
-from fairal.records import PAPER_SOURCE
+from fairal.records import PAPER_SOURCE, POOL, SPLITS, TEST, WLE
 from fairal.run.loop import heavy_group
 from fairal.sampling import stream_seed, test_split
 from fairal.simulate.dataset import simulation_config
@@ -67,8 +66,6 @@ CALIBRATION_KEYS = ("levels", "seeds", "eval_per_group")
 
 ARM_KEYS = ("name", "strategy", "groups_known", "set")
 
-
-WLE = "weighted-localized-entropy"
 
 
 @dataclass(frozen=True)
@@ -391,7 +388,7 @@ def check_cohort(spec: DatasetSpec) -> None:
                           "(hide the pool's groups from the strategies with groups_known = false)")
     if "split" in cases.columns:  # the CSV's own split: every group measured on test cases, and acquirable
         splits = cases.assign(split=cohort_splits(cases, spec, 0))
-        for split in ("test", "pool"):
+        for split in (TEST, POOL):
             short = sorted(set(cases["group"]) - set(splits.loc[splits["split"] == split, "group"]))
             if short:
                 raise FairalError(f"{spec.csv}: column 'split' gives group {short[0]} no "
@@ -629,4 +626,4 @@ def cohort_splits(cases, spec: DatasetSpec, per_group: int) -> list[str]:
     for case, group in zip(cases["case_id"], cases["group"], strict=True):
         ids.setdefault(group, []).append(case)
     test = test_split(ids, per_group, spec.seed)
-    return ["test" if c in test else "pool" for c in cases["case_id"]]
+    return [TEST if c in test else POOL for c in cases["case_id"]]

@@ -62,11 +62,10 @@ from fairal.errors import FairalError
 from fairal.io import is_fairal_folder, within, write_csv
 from fairal.owndata.query import predict_image, run_query, train_query_model
 from fairal.plugins import load_all, load_entry_points
+from fairal.records import PAPER_STRATEGIES  # the strategies every app lists (any other name is accepted too)
 
 logger = logging.getLogger(__name__)
 
-#: The strategies every app lists (any other name of fairal's grammar is accepted too).
-PAPER_STRATEGIES = ("random", "entropy", "localized-entropy", "weighted-localized-entropy")
 #: The file of the studies folder that gives the images' groups.
 GROUPS_FILE = "groups.csv"
 FINAL = "final"

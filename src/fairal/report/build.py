@@ -10,7 +10,7 @@ import pandas as pd
 
 from fairal.io import check_output_folder, check_own_folder, make_own_folder, within, write_csv, write_text
 from fairal.metrics import METRICS
-from fairal.records import PAPER_SOURCE
+from fairal.records import PAPER_SOURCE, has_evaluation
 from fairal.report.claims import (
     PAPER_TABLE1,
     RULE_2,
@@ -77,7 +77,7 @@ ABSENT = {"fig2_delta_dice_strong": "no dataset named strong", "fig3_group1_rati
           "fig6_beyond_delta": "no strategy beyond the paper's", "fig7_dice_per_group": "no Dice per group recorded",
           "fig8_group_weights": "no group weights recorded", "fig9_case_dice": "no per-case Dice recorded",
           "fig10_examples": "no models of the runs in the results folder"}
-#: How the intervals of a mean keep to what a measure can take (fairal.metrics.bounds).
+#: How the intervals of a mean keep to what a measure can take (fairal.records.bounds).
 BOUNDED = ("clipped to the measure's range where the t interval passes it: Dice, ESSP, shares and weights in "
            "[0, 1], Δ at least 0")
 
@@ -142,7 +142,7 @@ def uses_plan(results: Results) -> bool:
     """Records judged under docs/analysis-plan.md: those with an evaluation split or a recorded analysis plan.
     Records made before the evaluation split (docs/results/standard) keep the rule they were judged by
     (docs/statistics.md), so their numbers recompute."""
-    has_eval = "eval_essp" in results.rounds.columns and results.rounds["eval_essp"].notna().any()
+    has_eval = has_evaluation(results.rounds)
     return bool(has_eval or (results.settings or {}).get("analysis_plan"))
 
 

@@ -5,7 +5,21 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fairal.metrics import METRICS, bounds
+from fairal.metrics import DELTA, DICE, ESSP, METRICS, PRIMARY
+from fairal.records import (
+    ENTROPY,
+    G1_ACQUIRED_SHARE,
+    LE,
+    RANDOM,
+    RUN_KEYS,
+    SCENARIO,
+    TABLE1_METRICS,
+    WLE,
+    auc_column,
+    bounds,
+    is_measure,
+    labeled_count,
+)
 from fairal.report.records import Results, area_under_curve
 from fairal.stats import (
     Estimate,
@@ -19,9 +33,6 @@ from fairal.stats import (
     reduction,
 )
 
-WLE, LE, RANDOM, ENTROPY = "weighted-localized-entropy", "localized-entropy", "random", "entropy"
-SCENARIO = ["dataset", "init"]
-RUN = ["dataset", "init", "strategy", "seed"]
 CLAIM_COLUMNS = ["id", "claim", "statistic", "value", "ci_low", "ci_high", "test", "p_value", "n", "verdict"]
 SIGN_FLIP = "paired sign-flip permutation (two-sided); t CI"
 #: What rule 2 of docs/statistics.md tests of a claim "in all scenarios": the pooled pairs, and no scenario against
@@ -39,16 +50,16 @@ def run_summary(rounds: pd.DataFrame) -> pd.DataFrame:
     """One row per run: the final round's Dice, Delta, ESSP (and per-group Dice), the ESSP and Dice AUC over the
     budget, and the Group 1 share of the acquired cases."""
     rows = []
-    for key, g in rounds.groupby(RUN, sort=True):
+    for key, g in rounds.groupby(RUN_KEYS, sort=True):
         g = g.sort_values("n_labeled")
         first, last = g.iloc[0], g.iloc[-1]
-        row = dict(zip(RUN, key, strict=True))
-        row.update({c: last[c] for c in g.columns if c.startswith("dice_") or c in (*METRICS, "n_labeled")})
-        row["essp_auc"] = area_under_curve(g["n_labeled"].to_numpy(), g["essp"].to_numpy())
-        row["dice_auc"] = area_under_curve(g["n_labeled"].to_numpy(), g["dice_all"].to_numpy())
-        acquired = last["n_labeled"] - first["n_labeled"]
-        if "n_labeled_g1" in g.columns and acquired > 0:
-            row["g1_acquired_share"] = (last["n_labeled_g1"] - first["n_labeled_g1"]) / acquired
+        row = dict(zip(RUN_KEYS, key, strict=True))
+        row.update({c: last[c] for c in g.columns if is_measure(c) or c == "n_labeled"})
+        for m in (ESSP.name, DICE.name):
+            row[auc_column(m)] = area_under_curve(g["n_labeled"].to_numpy(), g[m].to_numpy())
+        acquired, g1 = last["n_labeled"] - first["n_labeled"], labeled_count(1)
+        if g1 in g.columns and acquired > 0:
+            row[G1_ACQUIRED_SHARE] = (last[g1] - first[g1]) / acquired
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -59,9 +70,9 @@ def _est_row(e: Estimate) -> dict:
 
 def summary_table(runs: pd.DataFrame, metrics=None) -> pd.DataFrame:
     """Mean and 95% t interval across seeds per scenario and strategy, kept inside each measure's range
-    (:func:`fairal.metrics.bounds`; default measures: Dice, every metric of the table, the ESSP AUC and the Group 1
+    (:func:`fairal.records.bounds`; default measures: Dice, every metric of the table, the ESSP AUC and the Group 1
     share of the acquisitions)."""
-    metrics = metrics or ("dice_all", *METRICS, "essp_auc", "g1_acquired_share")
+    metrics = metrics or (DICE.name, *METRICS, auc_column(PRIMARY), G1_ACQUIRED_SHARE)
     rows = []
     for key, g in runs.groupby(["dataset", "init", "strategy"], sort=False):
         row = {"dataset": key[0], "init": key[1], "strategy": key[2], "n_seeds": len(g)}
@@ -83,7 +94,8 @@ def _pairs(runs: pd.DataFrame, a: str, b: str, metric: str) -> pd.DataFrame:
 def paired_table(runs: pd.DataFrame, reference: str = WLE, metrics=None) -> pd.DataFrame:
     """``reference`` minus every other strategy, per scenario and pooled over all scenarios: mean paired difference,
     t interval, sign-flip p-value, n (default metrics: ESSP, ESSP AUC, Δ, Dice, then the table's others)."""
-    metrics = metrics or ("essp", "essp_auc", "delta", "dice_all", *[m for m in METRICS if m not in ("essp", "delta")])
+    metrics = metrics or (ESSP.name, auc_column(ESSP.name), DELTA.name, DICE.name,
+                          *[m for m in METRICS if m not in (ESSP.name, DELTA.name)])
     rows = []
     others = [s for s in runs["strategy"].unique() if s != reference]
     for metric in metrics:
@@ -219,7 +231,7 @@ def baseline_claims(baselines: pd.DataFrame) -> list[dict]:
 
 def claims_table(rounds: pd.DataFrame, baselines: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every claim of docs/statistics.md that the records can decide."""
-    runs = run_summary(rounds) if not rounds.empty else pd.DataFrame(columns=RUN)
+    runs = run_summary(rounds) if not rounds.empty else pd.DataFrame(columns=RUN_KEYS)
     rows = (al_claims(runs) if not runs.empty else []) + baseline_claims(
         baselines if baselines is not None else pd.DataFrame())
     table = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
@@ -244,7 +256,7 @@ PAPER_TABLE1 = pd.DataFrame(
     [("strong", "all", 0.88, 0.93, 0.91, 0.91, 0.04), ("strong", "g1", 0.89, 0.88, 0.89, 0.89, 0.01),
      ("strong", "g2", 0.75, 0.93, 0.84, 0.71, 0.18), ("weak", "all", 0.90, 0.91, 0.90, 0.89, 0.01),
      ("weak", "g1", 0.90, 0.90, 0.90, 0.90, 0.002), ("weak", "g2", 0.86, 0.91, 0.88, 0.84, 0.04)],
-    columns=["dataset", "cohort", "dice_g1", "dice_g2", "dice_all", "essp", "delta"],
+    columns=["dataset", "cohort", "dice_g1", "dice_g2", DICE.name, *TABLE1_METRICS],
 )
 
 
@@ -255,13 +267,14 @@ def table1(results: Results) -> pd.DataFrame:
         return pd.DataFrame()
 
     b = results.baselines
-    groups = [c for c in b.columns if c.startswith("dice_g")]
-    cols = [*groups, "dice_all", "essp", "delta"]
+    groups = [c for c in b.columns if is_measure(c) and c != DICE.name and c not in METRICS]
+    measures = [*TABLE1_METRICS, *[m for m in METRICS if m not in TABLE1_METRICS and m in b.columns]]
+    cols = [*groups, DICE.name, *measures]
     rows = []
     for (dataset, cohort), g in b.groupby(["dataset", "cohort"], sort=False):
         row = {"dataset": dataset, "cohort": cohort, **g[cols].mean().to_dict()}
         if "seed" in b.columns and len(g) > 1:
-            for m in ("essp", "delta"):
+            for m in measures:
                 e = mean_ci(g[m].to_numpy(), bounds=bounds(m))
                 row.update({f"{m}_ci_low": e.ci_low, f"{m}_ci_high": e.ci_high})
         row["n_seeds"] = len(g)

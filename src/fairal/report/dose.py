@@ -20,12 +20,30 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fairal.io import within, write_csv  # noqa: E402
+from fairal.metrics import DICE, PRIMARY  # noqa: E402
+from fairal.records import (  # noqa: E402
+    RANDOM,
+    RUN_KEYS,
+    WLE,
+    auc_column,
+    equivalence_margin,
+    measure,
+    split_column,
+    study_measures,  # noqa: E402
+)
 from fairal.report.figures import colours_for  # noqa: E402
-from fairal.report.plan import AL_ON, MARGINS, Analysis, Part, al_measure, match, verdict_rows  # noqa: E402
+from fairal.report.plan import (  # noqa: E402
+    AL_ON,
+    Analysis,
+    Part,
+    al_measure,
+    match,
+    paired_statistic,
+    verdict_rows,
+)
 from fairal.report.records import Results, finished_rounds, of_datasets  # noqa: E402
 from fairal.stats import mean_ci, sign_flip_test  # noqa: E402
 
-RANDOM = "random"
 #: Families whose rows are described, not judged.
 UNJUDGED = ("dose-described", "exploratory")
 DOSE_COLUMNS = ["ladder", "dataset", "split", "gap", "gap_ci_low", "gap_ci_high", "volume_change_sd", "family",
@@ -33,8 +51,11 @@ DOSE_COLUMNS = ["ladder", "dataset", "split", "gap", "gap_ci_low", "gap_ci_high"
                 "p_tost_holm", "within_margin", "n", "verdict", "random_penalty", "margin_share_of_penalty"]
 TREND_COLUMNS = ["ladder", "comparison", "role", "metric", "slope_per_0.1_gap", "ci_low", "ci_high", "p_value", "n",
                  "rungs"]
-#: Measures of the view: final ESSP (the verdicts), final Δ and Dice (described).
-VIEW = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice"}
+
+
+def view() -> list[str]:
+    """Measures of the view: the study's final measures, final ESSP (the verdicts), final Δ and Dice (described)."""
+    return [m for m in study_measures() if m != auc_column(PRIMARY)]
 
 
 def rungs(info: dict) -> dict[str, list[dict]]:
@@ -58,7 +79,7 @@ def comparisons(arms: list[str], reference: str) -> list[tuple[str, str]]:
 def _family(a: str, b: str, reference: str, arms: list[str], complete: set[str], metric: str) -> str:
     if not {a, b} <= complete:
         return "exploratory"
-    if metric != "essp":
+    if metric != PRIMARY:
         return "dose-described"
     primary = (reference, RANDOM) if RANDOM in arms else None
     return "dose-primary" if primary is None and a == reference or (a, b) == primary else "dose-secondary"
@@ -66,7 +87,7 @@ def _family(a: str, b: str, reference: str, arms: list[str], complete: set[str],
 
 def dose_parts(results: Results, info: dict, splits: dict[str, str]) -> tuple[list[Part], dict]:
     """The parts of every ladder, run (estimate, CI, p-values), and their (ladder, dataset) by part id."""
-    reference = info.get("study", {}).get("reference", "weighted-localized-entropy")
+    reference = info.get("study", {}).get("reference", WLE)
     runs = finished_rounds(results)
     parts, where = [], {}
     for ladder, members in rungs(info).items():
@@ -79,16 +100,15 @@ def dose_parts(results: Results, info: dict, splits: dict[str, str]) -> tuple[li
             m = al_measure(finished_rounds(sub), sub.cases, sub.round_cases, splits[d])
             analysis = Analysis(m, splits[d], seed=0)
             for a, b in comparisons(arms, reference):
-                for metric in VIEW:
-                    sign = -1.0 if metric == "delta" else 1.0  # a smaller Δ is better
-                    pairs = match(m, {"strategy": a}, {"strategy": b}, AL_ON, sign=sign, where={"dataset": d})
+                for metric in view():
+                    pairs = match(m, {"strategy": a}, {"strategy": b}, AL_ON, sign=measure(metric).sign,
+                                  where={"dataset": d})
                     if not len(pairs.ia):
                         continue
                     family = _family(a, b, reference, arms, complete, metric)
                     pid = f"{ladder}:{d}:{a}:{b}:{metric}"
-                    text = f"{VIEW[metric]}: {b} - {a} (positive: {a} fairer)" if metric == "delta" else \
-                        f"{VIEW[metric]}: {a} - {b}"
-                    parts.append(analysis.run(Part(pid, f"{a} vs {b}", text, metric, pairs, family),
+                    parts.append(analysis.run(Part(pid, f"{a} vs {b}", paired_statistic(metric, a, b), metric,
+                                                   pairs, family),
                                               two_level_ci=False))
                     where[pid] = (ladder, d)
     return parts, where
@@ -115,24 +135,23 @@ def dose_table(results: Results, info: dict, splits: dict[str, str]) -> pd.DataF
                      "gap_ci_low": h.get("gap_ci_low"), "gap_ci_high": h.get("gap_ci_high"),
                      "volume_change_sd": h.get("volume_change_sd"), "comparison": f"{a} - {b}", "metric": metric,
                      "random_penalty": penalty,
-                     "margin_share_of_penalty": MARGINS["essp"] / penalty if penalty and penalty > 0 else None})
+                     "margin_share_of_penalty": equivalence_margin(PRIMARY) / penalty if penalty and penalty > 0
+                     else None})
     return pd.DataFrame(rows)[DOSE_COLUMNS]
 
 
 def random_penalty(final: pd.DataFrame, dataset: str, split: str) -> float | None:
     """``mean(dice_all - essp)`` of random's final rounds (``final``: the last round of each finished run) of
     ``dataset`` on ``split`` (None without random)."""
-    prefix = "eval_" if split == "eval" else ""
     rows = final[(final["dataset"] == dataset) & (final["strategy"] == RANDOM)]
     if rows.empty:
         return None
-    return float((rows[f"{prefix}dice_all"] - rows[f"{prefix}essp"]).mean())
+    return float((rows[split_column(DICE.name, split)] - rows[split_column(PRIMARY, split)]).mean())
 
 
 def _final(results: Results) -> pd.DataFrame:
     rounds = finished_rounds(results)
-    keys = ["dataset", "init", "strategy", "seed"]
-    return rounds.loc[rounds.groupby(keys)["round"].idxmax()] if not rounds.empty else rounds
+    return rounds.loc[rounds.groupby(RUN_KEYS)["round"].idxmax()] if not rounds.empty else rounds
 
 
 def trend_table(results: Results, info: dict, splits: dict[str, str]) -> pd.DataFrame:
@@ -141,7 +160,7 @@ def trend_table(results: Results, info: dict, splits: dict[str, str]) -> pd.Data
     on the rungs' gaps; the seeds' slopes as units (mean, 95% t CI, exact sign-flip p), per 0.1 of gap. Only
     seeds with a pair of every initial set at every rung count. ``role``: ``test`` for the plan's one trend test
     (the reference − random), ``described`` for the others."""
-    reference = info.get("study", {}).get("reference", "weighted-localized-entropy")
+    reference = info.get("study", {}).get("reference", WLE)
     inits = info.get("study", {}).get("inits")
     final = _final(results)
     rows = []
@@ -161,7 +180,7 @@ def trend_table(results: Results, info: dict, splits: dict[str, str]) -> pd.Data
             slopes = 0.1 * ((y - y.mean(1, keepdims=True)) @ (x - x.mean())) / ((x - x.mean()) ** 2).sum()
             est = mean_ci(slopes)
             primary = (a, b) == ((reference, RANDOM) if RANDOM in arms else (reference, b))
-            rows.append({"ladder": ladder, "comparison": f"{a} - {b}", "metric": "essp",
+            rows.append({"ladder": ladder, "comparison": f"{a} - {b}", "metric": PRIMARY,
                          "role": "test" if primary else "described",
                          "slope_per_0.1_gap": est.mean, "ci_low": est.ci_low, "ci_high": est.ci_high,
                          "p_value": sign_flip_test(slopes), "n": len(seeds), "rungs": len(names)})
@@ -172,7 +191,7 @@ def _seed_differences(final: pd.DataFrame, dataset: str, a: str, b: str, split: 
                       inits: list | None = None) -> pd.Series:
     """Per seed, the mean over the initial sets of the paired final ESSP differences a − b; a seed that lacks a pair
     of one of ``inits`` (the study's) is left out."""
-    col = "eval_essp" if split == "eval" else "essp"
+    col = split_column(PRIMARY, split)
     sub = final[final["dataset"] == dataset]
     wide = sub.pivot_table(index=["init", "seed"], columns="strategy", values=col)
     if a not in wide or b not in wide:
@@ -187,7 +206,7 @@ def dose_figure(table: pd.DataFrame, out, ladder: str):
     """One figure of a ladder: x = the rung's calibrated gap (its CI as a horizontal bar), y = the final-ESSP
     difference of each comparison against random (or against the reference without random) with its CI; the
     ESSP margin as a band around 0."""
-    rows = table[(table["ladder"] == ladder) & (table["metric"] == "essp")]
+    rows = table[(table["ladder"] == ladder) & (table["metric"] == PRIMARY)]
     against = rows[rows["comparison"].str.endswith(f" - {RANDOM}")]
     rows = against if not against.empty else rows
     if rows.empty:
@@ -196,7 +215,8 @@ def dose_figure(table: pd.DataFrame, out, ladder: str):
                                for c in rows["comparison"]))
     colours = colours_for(names)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.axhspan(-MARGINS["essp"], MARGINS["essp"], color="0.9", label=f"±{MARGINS['essp']:g} margin")
+    margin = equivalence_margin(PRIMARY)
+    ax.axhspan(-margin, margin, color="0.9", label=f"±{margin:g} margin")
     ax.axhline(0, color="0.5", lw=0.8)
     for name in names:
         r = rows[rows["comparison"].str.startswith(f"{name} - ")] if not against.empty else \

@@ -17,9 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fairal.acquisition import PAPER_STRATEGIES, parse_strategy  # noqa: E402
+from fairal.acquisition import parse_strategy  # noqa: E402
 from fairal.errors import FairalError  # noqa: E402
 from fairal.io import within  # noqa: E402
+from fairal.records import ENTROPY, PAPER_STRATEGIES, WLE  # noqa: E402
 from fairal.report.records import (  # noqa: E402
     DATASET_ORDER,
     INIT_ORDER,
@@ -231,7 +232,7 @@ def write_figures(results: Results, out: Path) -> dict[str, list[Path]]:
         figs["fig3_group1_ratio"] = _figure(results, grid_of("g1_ratio"), out / "fig3_group1_ratio")
     extra = set(results.rounds["strategy"]) - set(PAPER_STRATEGIES)
     if extra:
-        shown = ["entropy", "weighted-localized-entropy", *ordered(extra, STRATEGY_ORDER)]
+        shown = [ENTROPY, WLE, *ordered(extra, STRATEGY_ORDER)]
         figs["fig5_beyond_essp"] = _figure(results, grid_of("essp"), out / "fig5_beyond_essp", strategies=shown)
         figs["fig6_beyond_delta"] = _figure(results, grid_of("delta"), out / "fig6_beyond_delta", strategies=shown)
     if any(c.startswith("dice_g") for c in results.rounds.columns):

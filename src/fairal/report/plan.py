@@ -14,8 +14,30 @@ import numpy as np
 import pandas as pd
 
 from fairal.errors import FairalError
-from fairal.report.claims import CLAIM_COLUMNS, ENTROPY, LE, PAPER_REDUCTION, RANDOM, WLE, run_summary
-from fairal.report.records import RUN_KEYS, split_cases
+from fairal.metrics import DELTA, DICE, ESSP, METRICS, PRIMARY, table_measures
+from fairal.records import (
+    ANALYSED_SPLITS,
+    DICE_GAP,
+    ENTROPY,
+    EVAL,
+    EVAL_PREFIX,
+    G1_ACQUIRED_SHARE,
+    LE,
+    RANDOM,
+    RUN_KEYS,
+    TEST,
+    WLE,
+    auc_column,
+    equivalence_margin,
+    group_dice,
+    has_evaluation,
+    is_measure,
+    measure,
+    measure_name,
+    study_measures,
+)
+from fairal.report.claims import CLAIM_COLUMNS, PAPER_REDUCTION, run_summary
+from fairal.report.records import split_cases
 from fairal.stats import (
     MIN_SEEDS_FOR_A_VERDICT,
     Estimate,
@@ -30,17 +52,17 @@ from fairal.stats import (
     verdict,
 )
 
-#: Equivalence margins of docs/analysis-plan.md, by metric.
-MARGINS = {"essp": 0.005, "essp_auc": 0.005, "dice_all": 0.01, "dice_auc": 0.01, "delta": 0.005,
-           "g1_acquired_share": 0.05, "dice_gap": 0.01}
-SPLITS = ("eval", "test")
 N_BOOT = 4000
 N_BOOT_REDUCTION = 10_000
 PLAN_COLUMNS = [*CLAIM_COLUMNS, "split", "family", "p_holm", "margin", "p_tost", "p_tost_holm", "within_margin",
                 "re_value", "re_ci_low", "re_ci_high", "re_p_value"]
-SCENARIO = ["dataset", "init"]
-#: Per-case Dice metrics that a case resample changes; the Group 1 share does not depend on the cases.
-CASE_METRICS = ("essp", "delta", "dice_all", "essp_auc", "dice_auc", "dice_gap")
+
+
+def case_metric(column: str) -> bool:
+    """Whether a run measure changes when the cases are resampled: the Dice, a metric of the table, the area under
+    either's curve and Table 1's gap (the Group 1 share does not depend on the cases)."""
+    base = measure_name(column)
+    return column == DICE_GAP or base == DICE.name or base in METRICS
 
 
 # --- per-case Dice -> run measures, for the observed cases and for resampled ones -----------------------------
@@ -67,21 +89,21 @@ class CaseMatrix:
         return cls(wide.index.to_frame(index=False), wide.to_numpy(float), groups)
 
     def measures(self, counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Dice of all cases, Δ and ESSP per row, for the observed cases (``counts`` None: shape (rows,)) or for
+        """Dice of all cases and every metric of the table (:func:`fairal.metrics.table_measures`, on the batch of
+        all rows and replicates at once) per row, for the observed cases (``counts`` None: shape (rows,)) or for
         each replicate's case counts ``(n_boot, n_cases)`` (shape (rows, n_boot))."""
         c = np.ones((1, self.dice.shape[1])) if counts is None else counts
         total = self.dice @ c.T / c.sum(axis=1)
-        dev = np.zeros_like(total)
-        for g in dict.fromkeys(self.groups.tolist()):
-            idx = self.groups == g
-            dev += np.abs(total - self.dice[:, idx] @ c[:, idx].T / c[:, idx].sum(axis=1))
-        out = {"dice_all": total, "delta": dev, "essp": total / (1 + dev)}
+        means = np.stack([self._mean(self.groups == g, c) for g in dict.fromkeys(self.groups.tolist())], axis=-1)
+        out = {DICE.name: total, **table_measures(total, means)}
         text = np.array([str(g) for g in self.groups])
         if {"1", "2"} <= set(text.tolist()):  # Table 1's gap: Dice of Group 2 - Dice of Group 1
-            g1, g2 = text == "1", text == "2"
-            out["dice_gap"] = (self.dice[:, g2] @ c[:, g2].T / c[:, g2].sum(axis=1)
-                               - self.dice[:, g1] @ c[:, g1].T / c[:, g1].sum(axis=1))
+            out[DICE_GAP] = self._mean(text == "2", c) - self._mean(text == "1", c)
         return {k: v[:, 0] for k, v in out.items()} if counts is None else out
+
+    def _mean(self, cases: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The mean Dice of the ``cases`` (a mask) of each row under each replicate's counts: (rows, n_boot)."""
+        return self.dice[:, cases] @ counts[:, cases].T / counts[:, cases].sum(axis=1)
 
 
 def _auc_weights(n_labeled: np.ndarray) -> np.ndarray:
@@ -107,7 +129,7 @@ class Measure:
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # dataset -> the groups of its cases
 
     def resamplable(self, metric: str) -> bool:
-        if metric not in CASE_METRICS:
+        if not case_metric(metric):
             return False
         source = self.rounds if metric.endswith("_auc") else self.final
         return bool(source) and set(source) >= set(self.runs["dataset"])
@@ -121,7 +143,7 @@ class Measure:
             keyed = [tuple(k) for k in self.runs.loc[rows, self.keys].itertuples(index=False, name=None)]
             source = self.rounds if metric.endswith("_auc") else self.final
             m = source[dataset]
-            base = "essp" if metric == "essp_auc" else "dice_all" if metric == "dice_auc" else metric
+            base = metric if metric == DICE_GAP else measure_name(metric)
             values = m.measures(counts[dataset])[base]  # (rows of m, n_boot)
             if metric.endswith("_auc"):
                 out[pos] = self._auc_matrix(m, keyed) @ values
@@ -154,21 +176,21 @@ def al_measure(rounds: pd.DataFrame, cases: pd.DataFrame | None, round_cases: pd
                split: str) -> Measure:
     """The AL runs' measures on ``split``: the final round's and the AUCs from ``rounds`` (the ``eval_`` columns
     for the evaluation split), with the per-case Dice for resampling."""
-    if split == "eval":
-        cols = {c: c[len("eval_"):] for c in rounds.columns if c.startswith("eval_")}
-        test_cols = [c for c in rounds.columns if c.startswith("dice_") or c in ("delta", "essp")]
-        r = rounds.drop(columns=test_cols).rename(columns=cols).dropna(subset=["essp"])
+    if split == EVAL:
+        cols = {c: c[len(EVAL_PREFIX):] for c in rounds.columns if c.startswith(EVAL_PREFIX)}
+        test_cols = [c for c in rounds.columns if is_measure(c)]
+        r = rounds.drop(columns=test_cols).rename(columns=cols).dropna(subset=[PRIMARY])
     else:
         r = rounds
     runs = run_summary(r)
     # The Group 1 share is a property of the acquisitions, the same on both splits: from all rounds.
-    share = run_summary(rounds).set_index(RUN_KEYS).get("g1_acquired_share")
+    share = run_summary(rounds).set_index(RUN_KEYS).get(G1_ACQUIRED_SHARE)
     if share is not None:
-        runs = runs.drop(columns="g1_acquired_share", errors="ignore").join(share, on=RUN_KEYS)
+        runs = runs.drop(columns=G1_ACQUIRED_SHARE, errors="ignore").join(share, on=RUN_KEYS)
     final = split_cases(cases, split)
     final = final[final["round"] == final.groupby(RUN_KEYS)["round"].transform("max")] if final is not None else None
     m = Measure(runs.reset_index(drop=True), RUN_KEYS, _case_table(final, RUN_KEYS))
-    if split == "test" and round_cases is not None and not round_cases.empty:
+    if split == TEST and round_cases is not None and not round_cases.empty:
         sizes = rounds[[*RUN_KEYS, "round", "n_labeled"]]
         m.rounds = _case_table(round_cases.merge(sizes, on=[*RUN_KEYS, "round"]), RUN_KEYS, ["n_labeled"])
     if final is not None and not final.empty:
@@ -180,16 +202,26 @@ def baseline_measure(baselines: pd.DataFrame, baseline_cases: pd.DataFrame | Non
     """Table 1's cohorts (one row per dataset, seed and cohort) on ``split``, with the per-case Dice."""
     keys = ["dataset", "seed", "cohort"]
     b = baselines.copy()
-    if split == "eval":
-        b = b[[*keys, *[c for c in b.columns if c.startswith("eval_")]]].rename(
-            columns=lambda c: c[len("eval_"):] if c.startswith("eval_") else c).dropna(subset=["essp"])
-    if {"dice_g1", "dice_g2"} <= set(b.columns):
-        b["dice_gap"] = b["dice_g2"] - b["dice_g1"]
+    if split == EVAL:
+        b = b[[*keys, *[c for c in b.columns if c.startswith(EVAL_PREFIX)]]].rename(
+            columns=lambda c: c[len(EVAL_PREFIX):] if c.startswith(EVAL_PREFIX) else c).dropna(subset=[PRIMARY])
+    if {group_dice(1), group_dice(2)} <= set(b.columns):
+        b[DICE_GAP] = b[group_dice(2)] - b[group_dice(1)]
     cases = split_cases(baseline_cases, split)
     m = Measure(b.reset_index(drop=True), keys, _case_table(cases, keys))
     m.groups = {d: mat.groups for d, mat in m.final.items()}
     return m
 
+
+
+def paired_statistic(metric: str, a: str, b: str) -> str:
+    """The words of a paired difference of one of :func:`fairal.records.study_measures` between strategies ``a``
+    and ``b``: ``a - b``, flipped where lower is better (the metric table's are fairness measures: lower is
+    fairer)."""
+    words = study_measures()[metric]
+    if not measure(metric).higher_is_better:
+        return f"{words}: {b} - {a} (positive: {a} fairer)"
+    return f"{words}: {a} - {b}"
 
 
 # --- comparisons with the seed as the unit -------------------------------------------------------------------
@@ -330,7 +362,7 @@ class Analysis:
             part.test = part.test.replace("95% t CI", f"two-level bootstrap CI (seeds, then cases within group; "
                                           f"{N_BOOT:,} replicates)")
         part.estimate = Estimate(e.mean, e.ci_low, e.ci_high, e.n, sign_flip_test(units))
-        margin = MARGINS.get(part.metric)
+        margin = equivalence_margin(part.metric)
         part.p_tost = {f: tost(units, margin * f) for f in (0.5, 1.0, 2.0)} if margin else {}
         per = scenario_values(part.pairs, d)
         if len(per) > 1:
@@ -343,12 +375,12 @@ class Analysis:
     def _reduction(self, part: Part, two_level_ci: bool) -> Part:
         """Rule 7's statistic ``1 - mean Δ(a) / mean Δ(b)`` over the pairs (``pairs.sign`` = -1: the direction is
         ``Δ(b) - Δ(a)``); CI resampling seeds (each with its pairs), and cases too on the test split."""
-        delta = self.observed("delta")
+        delta = self.observed(DELTA.name)
         a, b = delta[part.pairs.ia], delta[part.pairs.ib]
         units, _ = unit_values(part.pairs, b - a)
         part.units = units
         seeds, at = np.unique(part.pairs.seed, return_inverse=True)
-        dr = self.resampled("delta") if two_level_ci else None
+        dr = self.resampled(DELTA.name) if two_level_ci else None
         n_boot = N_BOOT if dr is not None else N_BOOT_REDUCTION
         pick = self.seed_draw(n_boot, seeds.size)
         w = np.stack([np.bincount(row, minlength=seeds.size) for row in pick])[:, at]  # (n_boot, pairs)
@@ -371,12 +403,12 @@ T1_ON = ["dataset", "seed"]
 OTHERS = (RANDOM, LE, ENTROPY)
 
 
-def primary_parts(m: Measure, metric: str = "essp") -> list[Part]:
+def primary_parts(m: Measure, metric: str = PRIMARY) -> list[Part]:
     """Family P: final ESSP, WLE - each other strategy, pooled; and its per-scenario rows (family P-scenario).
     With another ``metric`` (Δ, Dice): the same comparisons for the variance decomposition only (family D)."""
     parts = []
-    label = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice"}[metric]
-    prefix, fam, sign = ("P", "P", 1.0) if metric == "essp" else (f"D-{metric}-", "D", 1.0)
+    label = f"final {measure(metric).label}"
+    prefix, fam, sign = ("P", "P", 1.0) if metric == PRIMARY else (f"D-{metric}-", "D", 1.0)
     for k, other in enumerate(OTHERS, start=1):
         pairs = match(m, {"strategy": WLE}, {"strategy": other}, AL_ON, sign=sign)
         parts.append(Part(f"{prefix}{k}", f"WLE has a better {label} than {other} (pooled over the six scenarios)",
@@ -393,33 +425,33 @@ def primary_parts(m: Measure, metric: str = "essp") -> list[Part]:
 def al_parts(m: Measure) -> list[Part]:
     """Family AL: the parts of C1-C10."""
     parts: list[Part] = []
-    for cid, metric, label in (("C1", "essp", "final ESSP"), ("C2", "essp_auc", "ESSP AUC")):
+    for cid, metric, label in (("C1", ESSP.name, "final ESSP"), ("C2", auc_column(ESSP.name), "ESSP AUC")):
         for k, other in zip("abc", OTHERS, strict=True):
             parts.append(Part(f"{cid}{k}", f"WLE has a better {label} than {other} in all scenarios (pooled over "
                               "the six; no scenario significantly against)", f"{label}: WLE - {other}", metric,
                               match(m, {"strategy": WLE}, {"strategy": other}, AL_ON), "AL", scenario_check=True))
     for k, (a, b) in zip("abc", ((WLE, LE), (LE, RANDOM), (RANDOM, ENTROPY)), strict=True):
-        parts.append(Part(f"C3{k}", f"final ESSP: {a} > {b}", f"final ESSP: {a} - {b}", "essp",
+        parts.append(Part(f"C3{k}", f"final ESSP: {a} > {b}", f"final ESSP: {a} - {b}", ESSP.name,
                           match(m, {"strategy": a}, {"strategy": b}, AL_ON), "AL"))
     for cid, dataset in (("C4", "strong"), ("C5", "weak")):
         x = PAPER_REDUCTION[dataset]
         parts.append(Part(cid, f"WLE reduces Δ by {x:.0%} against entropy ({dataset} bias, final budget)",
-                          f"1 - mean Δ(WLE) / mean Δ(entropy), {dataset}", "delta",
+                          f"1 - mean Δ(WLE) / mean Δ(entropy), {dataset}", DELTA.name,
                           match(m, {"strategy": WLE}, {"strategy": ENTROPY}, AL_ON, where={"dataset": dataset}),
                           "AL", kind="magnitude", claimed=x))
-    if "g1_acquired_share" in m.runs.columns:
+    if G1_ACQUIRED_SHARE in m.runs.columns:
         for cid, strategy, text, sign in (("C6", WLE, "WLE favours Group 1 (acquired cases)", 1.0),
                                           ("C7", ENTROPY, "entropy adds more Group 2 than Group 1", -1.0),
                                           ("C8", LE, "localized entropy also tends to select Group 1", 1.0)):
             stat = "Group 1 share of acquisitions - 0.5" if sign > 0 else "0.5 - Group 1 share of acquisitions"
             pairs = match(m, {"strategy": strategy}, 0.5, AL_ON, sign=sign)
-            parts.append(Part(cid, text, f"{stat} ({strategy})", "g1_acquired_share", pairs, "AL"))
+            parts.append(Part(cid, text, f"{stat} ({strategy})", G1_ACQUIRED_SHARE, pairs, "AL"))
     parts.append(Part("C9", "localized entropy also reduces Δ against entropy (final budget)",
-                      "final Δ: entropy - localized entropy", "delta",
+                      "final Δ: entropy - localized entropy", DELTA.name,
                       match(m, {"strategy": ENTROPY}, {"strategy": LE}, AL_ON), "AL"))
     for k, other in zip("abc", (WLE, LE, ENTROPY), strict=True):
         parts.append(Part(f"C10{k}", f"random has a better Dice (AUC) than {other}", f"Dice AUC: random - {other}",
-                          "dice_auc", match(m, {"strategy": RANDOM}, {"strategy": other}, AL_ON), "AL"))
+                          auc_column(DICE.name), match(m, {"strategy": RANDOM}, {"strategy": other}, AL_ON), "AL"))
     return parts
 
 
@@ -431,16 +463,16 @@ def table1_parts(m: Measure) -> list[Part]:
     for cid, other, text in (("C11", "all", "the Group 1-only cohort has a better ESSP than the balanced one"),
                              ("C12", "g2", "the Group 1-only cohort has a better ESSP than the Group 2-only one")):
         parts.append(Part(cid, f"Table 1: {text} (per seed the mean over the datasets; no dataset significantly "
-                          "against)", f"ESSP: g1 - {other} cohort", "essp",
+                          "against)", f"ESSP: g1 - {other} cohort", ESSP.name,
                           match(m, {"cohort": "g1"}, {"cohort": other}, T1_ON), "T1", scenario_check=True))
-    if "dice_gap" in m.runs.columns:
+    if DICE_GAP in m.runs.columns:
         parts.append(Part("C13", "Table 1: trained on Group 2 only, Group 1 is segmented worse than Group 2 (no "
                           "dataset significantly against)", "Dice G2 - Dice G1 of the Group 2-only cohort",
-                          "dice_gap", match(m, {"cohort": "g2"}, 0.0, T1_ON), "T1",
+                          DICE_GAP, match(m, {"cohort": "g2"}, 0.0, T1_ON), "T1",
                           scenario_check=True))
         if {"strong", "weak"} <= set(m.runs["dataset"]):
             parts.append(Part("C14", "Table 1: that gap is larger with the strong bias than with the weak one",
-                              "gap(strong) - gap(weak), paired by seed index", "dice_gap",
+                              "gap(strong) - gap(weak), paired by seed index", DICE_GAP,
                               match(m, {"dataset": "strong", "cohort": "g2"}, {"dataset": "weak", "cohort": "g2"},
                                     ["seed"]), "T1"))
     return parts
@@ -462,7 +494,7 @@ def verdict_rows(parts: list[Part], factor: float = 1.0) -> list[dict]:
         p_holm = holm([p.estimate.p_value for p in members])
         p_tost_holm = holm([p.p_tost.get(factor, np.nan) for p in members])
         for p, ph, pt in zip(members, p_holm, p_tost_holm, strict=True):
-            margin = MARGINS.get(p.metric) if p.kind == "direction" else None
+            margin = equivalence_margin(p.metric) if p.kind == "direction" else None
             margin = margin * factor if margin else None
             e = p.estimate
             if p.kind == "magnitude":
@@ -523,7 +555,7 @@ class PlanTables:
 def _decomposition(parts: list[Part], split: str) -> list[dict]:
     rows = []
     for p in parts:
-        if p.metric not in ("essp", "delta", "dice_all") or p.kind != "direction" or p.units is None:
+        if p.metric not in (DICE.name, *METRICS) or p.kind != "direction" or p.units is None:
             continue
         seed_var = float(p.units.var(ddof=1) / p.units.size) if p.units.size > 1 else np.nan
         total = p.case_var + seed_var
@@ -540,20 +572,21 @@ def plan_tables(rounds: pd.DataFrame, cases: pd.DataFrame | None, round_cases: p
     """Every table of docs/analysis-plan.md §6 from tidy records (the paper's four strategies)."""
     rows, sens, primary, decomp = [], [], [], []
     rounds = rounds[rounds["strategy"].isin([WLE, *OTHERS])]
-    for split in SPLITS:
-        if split == "eval" and ("eval_essp" not in rounds.columns or rounds["eval_essp"].isna().all()):
+    for split in ANALYSED_SPLITS:
+        if split == EVAL and not has_evaluation(rounds):
             continue
         m = al_measure(rounds, cases, round_cases, split)
         a = Analysis(m, split, seed=0)
-        parts = [a.run(p, two_level_ci=split == "test") for p in primary_parts(m) + al_parts(m)]
+        parts = [a.run(p, two_level_ci=split == TEST) for p in primary_parts(m) + al_parts(m)]
         if (baselines is not None and not baselines.empty and "seed" in baselines.columns
-                and (split == "test" or "eval_essp" in baselines.columns)):
+                and (split == TEST or has_evaluation(baselines))):
             bm = baseline_measure(baselines, baseline_cases, split)
             if not bm.runs.empty:
                 ba = Analysis(bm, split, seed=1)
-                parts += [ba.run(p, two_level_ci=split == "test") for p in table1_parts(bm)]
-        decomp += _decomposition(parts + [a.run(p, two_level_ci=False) for p in
-                                           primary_parts(m, "delta") + primary_parts(m, "dice_all")], split)
+                parts += [ba.run(p, two_level_ci=split == TEST) for p in table1_parts(bm)]
+        described = [x for x in (*METRICS, DICE.name) if x != PRIMARY]  # family D: each other measure
+        decomp += _decomposition(parts + [a.run(p, two_level_ci=False) for x in described
+                                          for p in primary_parts(m, x)], split)
         for factor in (0.5, 1.0, 2.0):
             got = _with_conjunctions(verdict_rows(parts, factor))
             for r in got:
@@ -580,7 +613,7 @@ def plan_markdown(table: pd.DataFrame) -> str:
              "Holm-adjusted sign-flip p < 0.05; equivalent: Holm-adjusted TOST p < 0.05 within the margin; "
              "'within margin': a real difference smaller than the margin. Split `eval`: the evaluation split "
              "(primary); `test`: the paper's 15 + 15 test cases, CIs from the two-level bootstrap.", ""]
-    for split in SPLITS:
+    for split in ANALYSED_SPLITS:
         sub = table[table["split"] == split]
         if sub.empty:
             continue

@@ -10,18 +10,37 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fairal.config import ALL_STRATEGIES, PAPER_STRATEGIES
+from fairal.config import ALL_STRATEGIES
 from fairal.errors import FairalError
 from fairal.limits import MAX_RECORD_BYTES, check_nesting, refuse_above
-from fairal.metrics import METRICS, bounds
+from fairal.metrics import DELTA, DICE, METRICS, PRIMARY
+from fairal.records import (
+    CASE_COLUMNS,
+    CASE_KEYS,
+    ENTROPY,
+    EVAL,
+    EVAL_PREFIX,
+    G1_RATIO,
+    INITS,
+    MEASURED_SPLITS,
+    PAPER_STRATEGIES,
+    ROUND_CASE_KEYS,
+    ROUND_NEEDS,
+    RUN_KEYS,
+    SCENARIO,
+    TEST,
+    auc_column,
+    bounds,
+    evaluated,
+    has_evaluation,
+    is_measure,
+)
 from fairal.stats import mean_ci
 
 #: Strategy order: the paper's four as in its figures, then the ones beyond it.
 STRATEGY_ORDER = list(ALL_STRATEGIES)
-INIT_ORDER = ["balanced", "g1-heavy", "g2-heavy"]
+INIT_ORDER = list(INITS)
 DATASET_ORDER = ["strong", "weak"]
-#: The keys that name a run in the tidy tables.
-RUN_KEYS = ["dataset", "init", "strategy", "seed"]
 #: Columns of the records read as the text written: groups "007" and "7" stay two.
 TEXT_COLUMNS = {"case_id": str, "group": str}
 
@@ -176,8 +195,7 @@ def _read_runs(runs: list[tuple[Path, tuple[str, str, str, int]]]) -> _Runs:
         if config is not None:
             configs.append(config)
             settings = settings or _settings_of(config)
-    rounds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["dataset", "init", "strategy", "seed", "round", "n_labeled"])
+    rounds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*RUN_KEYS, *ROUND_NEEDS[:2]])
     cases = pd.concat(case_frames, ignore_index=True) if case_frames else None
     return _Runs(rounds, finished, settings, skipped, cases, tally([(recorded(c), 1) for c in configs]),
                  pd.concat(round_frames, ignore_index=True) if round_frames else None)
@@ -261,15 +279,15 @@ def tally(records: list[tuple[dict[str, str], int]]) -> dict[str, dict[str, int]
 def _run_cases(run: Path, key: tuple[str, str, str, int], last_round: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A finished run's ``cases.csv``: the final round on the measured splits (:data:`CASE_KEYS`), and every round's
     test cases (``RUN_KEYS, round, case_id, group, dice``)."""
-    c = _read_table(run / "cases.csv", ["round", "case_id", "group", "split", "dice"], TEXT_COLUMNS)
+    c = _read_table(run / "cases.csv", CASE_COLUMNS, TEXT_COLUMNS)
     if c[["case_id", "split"]].isna().any().any():
         raise FairalError(f"{run / 'cases.csv'} has rows without a case id or a split")
     last = c[(c["round"] == last_round) & c["split"].isin(MEASURED_SPLITS)]
-    test = c[c["split"] == "test"]
+    test = c[c["split"] == TEST]
     if test.groupby("round")["case_id"].agg(frozenset).nunique() > 1:
         raise FairalError(f"{run / 'cases.csv'}: its rounds were measured on different test cases (edited?)")
     keys = dict(zip(RUN_KEYS, key, strict=True))
-    return last.assign(**keys)[CASE_KEYS], test.assign(**keys)[[*RUN_KEYS, "round", "case_id", "group", "dice"]]
+    return last.assign(**keys)[CASE_KEYS], test.assign(**keys)[ROUND_CASE_KEYS]
 
 
 def _read_baselines(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -290,23 +308,14 @@ def _read_baselines(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     return baselines, pd.concat(base_cases, ignore_index=True) if base_cases else None
 
 
-#: The splits a run is measured on, and the columns of the tidy per-case table.
-MEASURED_SPLITS = ("test", "eval")
-CASE_KEYS = [*RUN_KEYS, "round", "case_id", "group", "split", "dice"]
-
-
-def split_cases(cases: pd.DataFrame | None, split: str = "test") -> pd.DataFrame | None:
+def split_cases(cases: pd.DataFrame | None, split: str = TEST) -> pd.DataFrame | None:
     """The rows of one split of a per-case table (tidy tables written before the evaluation split have no
     ``split`` column: all their rows are test cases)."""
     if cases is None:
         return None
     if "split" not in cases.columns:
-        return cases if split == "test" else cases.iloc[0:0]
+        return cases if split == TEST else cases.iloc[0:0]
     return cases[cases["split"] == split]
-
-
-#: The prefix of a measure on the evaluation split in rounds.csv and the baselines' table (``eval_essp``).
-EVAL_PREFIX = "eval_"
 
 
 def _measured_on_eval(table: pd.DataFrame | None) -> pd.DataFrame:
@@ -314,10 +323,10 @@ def _measured_on_eval(table: pd.DataFrame | None) -> pd.DataFrame:
     measures without an evaluation counterpart dropped (never mixed in); empty without evaluation numbers."""
     if table is None or table.empty:
         return pd.DataFrame()
-    evals = [c for c in table.columns if c.startswith(EVAL_PREFIX)]
-    if not evals or table[evals].isna().all().all():
+    if not has_evaluation(table):
         return pd.DataFrame()
-    measures = [c for c in table.columns if c.startswith("dice_") or c in METRICS]
+    evals = [c for c in table.columns if c.startswith(EVAL_PREFIX)]
+    measures = [c for c in table.columns if is_measure(c)]
     return table.drop(columns=measures).rename(columns={c: c[len(EVAL_PREFIX):] for c in evals})
 
 
@@ -330,10 +339,6 @@ def on_evaluation_split(results: Results) -> Results | None:
         return None
     return replace(results, rounds=rounds, baselines=_measured_on_eval(results.baselines), cases=None,
                    round_cases=None, baseline_cases=None)
-
-
-#: What a run's rounds.csv must hold to be used.
-ROUND_NEEDS = ("round", "n_labeled", "dice_all", "delta", "essp")
 
 
 def read_run(run: Path) -> tuple[pd.DataFrame, bool]:
@@ -379,13 +384,13 @@ def load_tidy(folder: str | Path) -> Results:
     of finished runs only, optionally ``baselines.csv`` (``dataset, seed, cohort, ...``), ``cases.csv`` (or
     ``cases.csv.gz``) and ``settings.json``."""
     folder = Path(folder)
-    rounds = _read_table(folder / "rounds.csv", [*RUN_KEYS, "round", "n_labeled", "dice_all", "delta", "essp"])
+    rounds = _read_table(folder / "rounds.csv", [*RUN_KEYS, *ROUND_NEEDS])
     rounds["seed"] = rounds["seed"].astype(int)
-    baselines = (_read_table(folder / "baselines.csv", ["dataset", "cohort", "dice_all", "essp", "delta"])
+    baselines = (_read_table(folder / "baselines.csv", ["dataset", "cohort", *ROUND_NEEDS[2:]])
                  if (folder / "baselines.csv").is_file() else pd.DataFrame())
     keys = sorted(set(rounds[RUN_KEYS].itertuples(index=False, name=None)))
     case_file = next((folder / n for n in ("cases.csv.gz", "cases.csv") if (folder / n).is_file()), None)
-    cases = (_read_table(case_file, [*RUN_KEYS, "case_id", "group", "dice"], TEXT_COLUMNS)
+    cases = (_read_table(case_file, [c for c in CASE_KEYS if c not in ("round", "split")], TEXT_COLUMNS)
              if case_file is not None else None)
     if cases is not None:
         _refuse_other_cases(case_file, cases)
@@ -398,8 +403,8 @@ def load_tidy(folder: str | Path) -> Results:
                     "device": info.get("device"), "commit": info.get("commit"),
                     "analysis_plan": info.get("analysis_plan"), "planned_seeds": info.get("planned_seeds")}
         about = tally([(recorded({**info, "settings": settings}), len(keys))])  # one file for every run
-    round_cases = (_read_table(folder / "test_cases.csv.gz", [*RUN_KEYS, "round", "case_id", "group", "dice"],
-                               TEXT_COLUMNS) if (folder / "test_cases.csv.gz").exists() else None)
+    round_cases = (_read_table(folder / "test_cases.csv.gz", ROUND_CASE_KEYS, TEXT_COLUMNS)
+                   if (folder / "test_cases.csv.gz").exists() else None)
     base_cases = (_read_table(folder / "baseline_cases.csv", ["case_id", "group", "dice"], TEXT_COLUMNS)
                   if (folder / "baseline_cases.csv").exists() else None)
     return Results(rounds, baselines, set(keys), keys, settings, {}, {}, cases, about, round_cases, base_cases)
@@ -410,7 +415,7 @@ def _refuse_other_cases(file: Path, cases: pd.DataFrame) -> None:
     file and the first such run."""
     final = cases if "round" not in cases.columns else cases[
         cases["round"] == cases.groupby(RUN_KEYS)["round"].transform("max")]
-    final = final if "split" in final.columns else final.assign(split="test")
+    final = final if "split" in final.columns else final.assign(split=TEST)
     odd = _other_cases({key: (key[0], c) for key, c in final.groupby(RUN_KEYS, sort=False)})
     if odd:
         key, (dataset, runs, example) = next(iter(odd.items()))
@@ -432,8 +437,7 @@ def area_under_curve(n_labeled: np.ndarray, values: np.ndarray) -> float:
 def finished_rounds(results: Results) -> pd.DataFrame:
     """The rounds of the finished runs."""
     r = results.rounds
-    keys = ["dataset", "init", "strategy", "seed"]
-    return r[[tuple(k) in results.finished for k in r[keys].itertuples(index=False, name=None)]]
+    return r[[tuple(k) in results.finished for k in r[RUN_KEYS].itertuples(index=False, name=None)]]
 
 
 def final_table(results: Results) -> pd.DataFrame:
@@ -443,24 +447,23 @@ def final_table(results: Results) -> pd.DataFrame:
     r = results.rounds
     if r.empty:
         return pd.DataFrame()
-    keys = ["dataset", "init", "strategy", "seed"]
+    keys, auc = RUN_KEYS, auc_column(PRIMARY)
     done = finished_rounds(results)
     if done.empty:
         return pd.DataFrame()
     last = done.sort_values("round").groupby(keys).tail(1)
-    auc = done.groupby(keys).apply(lambda g: area_under_curve(g["n_labeled"], g["essp"]), include_groups=False)
-    last = last.set_index(keys).assign(essp_auc=auc).reset_index()
-    groups = [c for c in r.columns if c.startswith("dice_g")]
-    ratio = ["g1_ratio"] if "g1_ratio" in r.columns else []
-    extra = [m for m in METRICS if m not in ("delta", "essp") and m in r.columns]  # metrics added to the table
-    cols = ["n_labeled", "dice_all", *groups, "delta", "essp", *extra, "essp_auc", *ratio]
+    area = done.groupby(keys).apply(lambda g: area_under_curve(g["n_labeled"], g[PRIMARY]), include_groups=False)
+    last = last.set_index(keys).assign(**{auc: area}).reset_index()
+    groups = [c for c in r.columns if is_measure(c) and c != DICE.name and c not in METRICS]
+    ratio = [G1_RATIO] if G1_RATIO in r.columns else []
+    cols = ["n_labeled", DICE.name, *groups, *[m for m in METRICS if m in r.columns], auc, *ratio]
     table = last.groupby(keys[:3])[cols].mean().reset_index()
     table["n_labeled"] = table["n_labeled"].round().astype(int)
     table.insert(3, "n_seeds", last.groupby(keys[:3]).size().to_numpy())
-    ent = table[table["strategy"] == "entropy"].set_index(["dataset", "init"])["delta"]
+    ent = table[table["strategy"] == ENTROPY].set_index(SCENARIO)[DELTA.name]
     ref = np.array([ent.get((d, i), np.nan) for d, i in zip(table["dataset"], table["init"], strict=True)])
     with np.errstate(divide="ignore", invalid="ignore"):
-        table["delta_reduction_vs_entropy"] = 1 - table["delta"].to_numpy() / ref
+        table["delta_reduction_vs_entropy"] = 1 - table[DELTA.name].to_numpy() / ref
     rank = {s: i for i, s in enumerate(ordered(set(table["strategy"]), STRATEGY_ORDER))}
     table["_d"] = table["dataset"].map({d: i for i, d in enumerate(ordered(set(table["dataset"]), DATASET_ORDER))})
     table["_i"] = table["init"].map({d: i for i, d in enumerate(ordered(set(table["init"]), INIT_ORDER))})
@@ -474,8 +477,8 @@ def dataset_splits(results: Results) -> dict[str, str]:
     r = results.rounds
     if r.empty:
         return {}
-    evaluated = r["eval_essp"].notna() if "eval_essp" in r.columns else pd.Series(False, index=r.index)
-    return {d: "eval" if evaluated[r["dataset"] == d].any() else "test"
+    measured = evaluated(r)
+    return {d: EVAL if measured[r["dataset"] == d].any() else TEST
             for d in ordered(set(r["dataset"]), DATASET_ORDER)}
 
 
@@ -496,7 +499,7 @@ def of_datasets(results: Results, datasets) -> Results:
 
 def on_split(results: Results, split: str) -> Results:
     """The records as ``split`` measures them (``eval``: :func:`on_evaluation_split`)."""
-    return (on_evaluation_split(results) or results) if split == "eval" else results
+    return (on_evaluation_split(results) or results) if split == EVAL else results
 
 
 def primary_final_table(results: Results) -> pd.DataFrame:
@@ -523,7 +526,7 @@ def seed_band(values: np.ndarray, bounds: tuple[float, float] = (-np.inf, np.inf
 
 def curves(results: Results, metric: str) -> pd.DataFrame:
     """Mean and 95% band across seeds of ``metric`` per dataset, init, strategy and labeled-set size, kept inside
-    the measure's range (:func:`fairal.metrics.bounds`)."""
+    the measure's range (:func:`fairal.records.bounds`)."""
     rows = []
     for key, g in results.rounds.groupby(["dataset", "init", "strategy", "n_labeled"]):
         mean, lo, hi = seed_band(g[metric].to_numpy(), bounds(metric))

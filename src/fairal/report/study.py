@@ -25,18 +25,29 @@ import pandas as pd  # noqa: E402
 from fairal.errors import FairalError  # noqa: E402
 from fairal.io import within, write_csv, write_text  # noqa: E402
 from fairal.limits import MAX_RUNS, MAX_SEEDS, refuse_above  # noqa: E402
-from fairal.metrics import bounds  # noqa: E402
+from fairal.metrics import PRIMARY  # noqa: E402
+from fairal.records import (  # noqa: E402
+    EVAL,
+    G1_ACQUIRED_SHARE,
+    PAIRED_COLUMNS,
+    TEST,
+    WLE,
+    bounds,
+    equivalence_margin,
+    measure,
+    study_measures,
+)
 from fairal.report.claims import table1  # noqa: E402
 from fairal.report.dose import dose_tables  # noqa: E402
 from fairal.report.figures import colours_for, label, literal  # noqa: E402
 from fairal.report.html import HEAD, banner, html_table, settings_section  # noqa: E402
 from fairal.report.plan import (  # noqa: E402
     AL_ON,
-    MARGINS,
     Analysis,
     Part,
     al_measure,
     match,
+    paired_statistic,
     verdict_rows,
 )
 from fairal.report.records import (  # noqa: E402
@@ -56,10 +67,7 @@ from fairal.stats import (
     seed_rule,
 )
 
-MEASURES = {"essp": "final ESSP", "delta": "final Δ", "dice_all": "final Dice", "essp_auc": "ESSP AUC"}
-SPLIT_NAMES = {"eval": "evaluation split", "test": "test split"}
-PAIRED_COLUMNS = ["id", "dataset", "split", "init", "family", "statistic", "metric", "value", "ci_low", "ci_high",
-                  "p_value", "p_holm", "margin", "p_tost", "p_tost_holm", "within_margin", "n", "verdict"]
+SPLIT_NAMES = {EVAL: "evaluation split", TEST: "test split"}
 
 
 def study_info(folder: Path) -> dict | None:
@@ -107,7 +115,7 @@ def summary_table(results: Results, split: str) -> pd.DataFrame:
     rows = []
     for (d, i, s), g in m.groupby(["dataset", "init", "strategy"], sort=False):
         row = {"dataset": d, "init": i, "strategy": s, "n_seeds": len(g)}
-        for metric in (*MEASURES, "g1_acquired_share"):  # and Group 1's share of the acquired cases
+        for metric in (*study_measures(), G1_ACQUIRED_SHARE):  # and Group 1's share of the acquired cases
             values = g[metric].dropna().to_numpy(float) if metric in g.columns else []
             if len(values):  # (a dataset without a group 1 has no Group 1 share)
                 e = mean_ci(values, bounds=bounds(metric))
@@ -125,7 +133,7 @@ def baseline_table(results: Results, split: str) -> pd.DataFrame:
     training seeds, with the interval of ESSP and Δ from several), and ``gap_g1_g2`` = Group 1's Dice − Group 2's
     (negative: Group 1 segmented worse; the Group 2-only model's gap is a bias's manipulation check). The paper's
     own Table 1 is not beside it: a study's datasets are not the paper's."""
-    source = on_evaluation_split(results) if split == "eval" else results
+    source = on_evaluation_split(results) if split == EVAL else results
     if source is None or source.baselines is None or source.baselines.empty:
         return pd.DataFrame()
     t = table1(source)
@@ -136,33 +144,27 @@ def baseline_table(results: Results, split: str) -> pd.DataFrame:
 
 
 def paired_parts(m, reference: str, others: list[str]) -> list[Part]:
-    """The reference against each other strategy: final ESSP pooled per dataset and per scenario, and the
-    secondary measures pooled per dataset."""
+    """The reference against each other strategy: the primary endpoint (final ESSP) pooled per dataset and per
+    scenario, and the secondary measures (the other measures of :func:`fairal.records.study_measures`) pooled per
+    dataset; a measure where lower is better (Δ) has its difference flipped."""
     parts = []
     for d in ordered(set(m.runs["dataset"]), []):
         inits = ordered(set(m.runs.loc[m.runs["dataset"] == d, "init"]), [])
         for other in others:
-            for metric, family in (("essp", "pooled"), ("delta", "secondary"), ("dice_all", "secondary"),
-                                   ("essp_auc", "secondary")):
-                sign = -1.0 if metric == "delta" else 1.0  # a smaller Δ is better: the difference is flipped
-                pairs = match(m, {"strategy": reference}, {"strategy": other}, AL_ON, sign=sign,
+            for metric in study_measures():
+                family = "pooled" if metric == PRIMARY else "secondary"
+                pairs = match(m, {"strategy": reference}, {"strategy": other}, AL_ON, sign=measure(metric).sign,
                               where={"dataset": d})
                 if len(pairs.ia):
-                    parts.append(Part(f"{d}:{metric}:{other}", f"{reference} vs {other}", _statistic(
+                    parts.append(Part(f"{d}:{metric}:{other}", f"{reference} vs {other}", paired_statistic(
                         metric, reference, other), metric, pairs, family))
             for init in inits:
                 pairs = match(m, {"strategy": reference}, {"strategy": other}, AL_ON,
                               where={"dataset": d, "init": init})
                 if len(pairs.ia):
                     parts.append(Part(f"{d}:{init}:{other}", f"{reference} vs {other}",
-                                      _statistic("essp", reference, other), "essp", pairs, "scenario"))
+                                      paired_statistic(PRIMARY, reference, other), PRIMARY, pairs, "scenario"))
     return parts
-
-
-def _statistic(metric: str, a: str, b: str) -> str:
-    if metric == "delta":
-        return f"{MEASURES[metric]}: {b} - {a} (positive: {a} fairer)"
-    return f"{MEASURES[metric]}: {a} - {b}"
 
 
 def paired_table(results: Results, reference: str, split: str | dict[str, str]) -> pd.DataFrame:
@@ -179,7 +181,7 @@ def paired_table(results: Results, reference: str, split: str | dict[str, str]) 
         m = al_measure(finished_rounds(sub), sub.cases, sub.round_cases, s)
         others = [x for x in ordered(set(m.runs["strategy"]), []) if x != reference]
         a = Analysis(m, s, seed=0)
-        parts += [a.run(p, two_level_ci=s == "test") for p in paired_parts(m, reference, others)]
+        parts += [a.run(p, two_level_ci=s == TEST) for p in paired_parts(m, reference, others)]
     rows = verdict_rows(parts)  # grouped by family: matched to their parts by id
     by_id = {p.id: p for p in parts}
     for r in rows:
@@ -190,21 +192,22 @@ def paired_table(results: Results, reference: str, split: str | dict[str, str]) 
     return pd.DataFrame(rows)[PAIRED_COLUMNS] if rows else pd.DataFrame(columns=PAIRED_COLUMNS)
 
 
-def study_figures(results: Results, out: Path, split: str | dict[str, str] = "test") -> list[Path]:
+def study_figures(results: Results, out: Path, split: str | dict[str, str] = TEST) -> list[Path]:
     """One figure per dataset: rows = initial sets, columns = ESSP, Δ, Dice and the labeled set's group shares,
     per round, mean over seeds with the band of :func:`fairal.report.records.curves`; the measures on ``split``
     (``"eval"``: the evaluation split, as the study's tables; or each dataset's, a dict; said in the title)."""
     datasets = ordered(set(results.rounds["dataset"]), [])
     splits = split if isinstance(split, dict) else dict.fromkeys(datasets, split)
     names = _file_names(datasets)
-    return [_dataset_figure(on_split(of_datasets(results, [d]), splits.get(d, "test")), d, splits.get(d, "test"),
+    return [_dataset_figure(on_split(of_datasets(results, [d]), splits.get(d, TEST)), d, splits.get(d, TEST),
                             within(out, f"study_{names[d]}.png")) for d in datasets]
 
 
 def _dataset_figure(results: Results, d: str, split: str, path: Path) -> Path:
     """:func:`study_figures`' figure of the dataset ``d`` (``results``: its records on ``split``) into ``path``."""
     r = results.rounds
-    metrics = [m for m in ("essp", "delta", "dice_all") if m in r.columns]
+    words = study_measures()
+    metrics = [m for m in words if m in r.columns]  # the final measures (an AUC is no column of the rounds)
     share_cols = [c for c in r.columns if c.startswith("n_labeled_g")]
     tables = {m: curves(results, m) for m in metrics}
     inits, strategies = ordered(set(r["init"]), []), ordered(set(r["strategy"]), [])
@@ -219,7 +222,7 @@ def _dataset_figure(results: Results, d: str, split: str, path: Path) -> Path:
                 c = t[(t["init"] == init) & (t["strategy"] == s)].sort_values("n_labeled")
                 ax.plot(c["n_labeled"], c["mean"], color=colours[s], label=label(s), lw=1.6)
                 ax.fill_between(c["n_labeled"], c["lo"], c["hi"], color=colours[s], alpha=0.15, lw=0)
-            ax.set_title(literal(f"{d}, {init}: {MEASURES.get(metric, metric).replace('final ', '')}"), fontsize=10)
+            ax.set_title(literal(f"{d}, {init}: {words[metric].replace('final ', '')}"), fontsize=10)
         if share_cols:
             _share_panel(axes[row, -1], r[r["init"] == init], colours, share_cols)
     for ax in axes[-1]:
@@ -298,7 +301,7 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
     cohort), named in the tables' column ``split``. While runs of the study's plan are missing,
     ``study_paired.csv`` has its columns only and the report says why (:func:`withheld_note`)."""
     study = info.get("study", {})
-    reference = study.get("reference", "weighted-localized-entropy")
+    reference = study.get("reference", WLE)
     found = dataset_splits(results)
     splits = {d: found[d] for d in ordered(set(found), [d["name"] for d in study.get("datasets", [])])}
     summary = per_split(results, splits, summary_table)
@@ -320,7 +323,7 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
              "<p>Mean over seeds and 95% t interval of the mean, clipped to the measure's range (Dice, ESSP and "
              "shares in [0, 1], Δ &ge; 0); final = at the final budget; split: where each dataset is measured.</p>",
              html_table(summary[[c for c in summary.columns if not c.endswith(("_ci_low", "_ci_high"))]],
-                        best={"essp": "max", "delta": "min", "dice_all": "max", "essp_auc": "max"},
+                        best={m: "max" if measure(m).higher_is_better else "min" for m in study_measures()},
                         within=["dataset", "init"]),
              *_baseline_section(baselines),
              f"<h2>{html.escape(reference)} against each strategy</h2>",
@@ -373,7 +376,7 @@ def _counts(results: Results, info: dict, splits: dict[str, str]) -> str:
     expected = len(planned) if planned else len(results.expected)
     extra = len(results.finished) - len(done)
     seeds = int(results.rounds["seed"].nunique()) if not results.rounds.empty else 0
-    where = "; ".join(f"{html.escape(d)}: the {SPLIT_NAMES[s]}" + (" (it has no evaluation split)" if s == "test"
+    where = "; ".join(f"{html.escape(d)}: the {SPLIT_NAMES[s]}" + (" (it has no evaluation split)" if s == TEST
                                                                     else "") for d, s in splits.items())
     return (f"<p>{len(done)} finished runs of {expected} expected (the study's plan), {seeds} seed(s)"
             + (f"; {extra} finished run(s) beyond the plan are in the records (not counted)" if extra > 0 else "")
@@ -383,7 +386,7 @@ def _counts(results: Results, info: dict, splits: dict[str, str]) -> str:
 def _rule(seeds: int, comparisons: int) -> str:
     """The rule of the paired table, with what ``seeds`` seeds can give over the ``comparisons`` of the primary
     family (pooled final ESSP) in the words of the start-up warning (:func:`fairal.stats.seed_rule`)."""
-    margins = ", ".join(f"{k} ±{v:g}" for k, v in MARGINS.items() if k in MEASURES)
+    margins = ", ".join(f"{k} ±{equivalence_margin(k):g}" for k in study_measures() if equivalence_margin(k))
     return (f"<p><b>{html.escape(seed_rule(seeds, comparisons))}</b></p>" if seeds else "") + (
         "<p>The seed is the unit (a pooled comparison: each seed's mean difference over the initial sets); "
         "confirmed / refuted: the 95% CI on one side of 0 and a Holm-adjusted sign-flip p &lt; 0.05 within "

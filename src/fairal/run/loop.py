@@ -42,7 +42,25 @@ from fairal.io import (
     write_csv,
     write_json,
 )
-from fairal.metrics import EVAL_PREFIX, fairness_columns, fairness_summary, prefixed_summary
+from fairal.metrics import fairness_summary
+from fairal.records import (
+    BALANCED,
+    CASE_COLUMNS,
+    EVAL,
+    EVAL_PREFIX,
+    G1_RATIO,
+    HIDDEN_GROUP_COLUMNS,
+    INITS,
+    LABELED,
+    POOL,
+    TEST,
+    fairness_columns,
+    labeled_count,
+    prefixed_summary,
+    round_columns,
+    selection_columns,
+    weight_column,
+)
 from fairal.run.group_model import hidden_group_model
 from fairal.run.packed import Member, lockstep_key, train_packed
 from fairal.run.rounds import acquisition_round, evaluate, training_member
@@ -58,32 +76,7 @@ from fairal.run.train import (
 )
 from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
 
-#: Initial labeled sets: ``balanced`` splits evenly over the groups (the paper: 5 + 5); ``gX-heavy`` gives group X
-#: 80% and splits the rest evenly over the others (the paper: 8 + 2 and 2 + 8).
-INITS = ("balanced", "g1-heavy", "g2-heavy")
 HEAVY_SHARE = 0.8
-CASE_COLUMNS = ["round", "case_id", "group", "split", "dice"]
-#: ``rounds.csv``'s columns of a run whose strategies see no pool group (``groups_known`` false, a weighted
-#: strategy): how p(g|x) was obtained (classifier or frequencies), the classifier's cross-validated accuracy on the
-#: labeled cases, and the accuracy of its most probable group on the candidates (against their true groups).
-HIDDEN_GROUP_COLUMNS = ["group_model", "group_cv_accuracy", "pool_group_accuracy"]
-
-
-def selection_columns() -> list[str]:
-    """Columns of ``selections.csv``: round, case_id, group, one per statistic of the strategy table
-    (:data:`fairal.acquisition.STATISTICS`: entropy, localized_entropy, bald), weight, score, selected."""
-    return ["round", "case_id", "group", *STATISTICS, "weight", "score", "selected"]
-
-
-def round_columns(groups: list) -> list[str]:
-    """Columns of ``rounds.csv`` for a dataset's groups; for the paper's groups 1 and 2: round, n_labeled,
-    n_labeled_g1, n_labeled_g2, g1_ratio, dice_all, dice_g1, dice_g2, delta, essp, w_g1, w_g2 (on the test split),
-    then the same measures on the evaluation split: eval_dice_all, eval_dice_g1, eval_dice_g2, eval_delta,
-    eval_essp (empty when the dataset has no evaluation split, or the round was not evaluated on it)."""
-    per = [f"n_labeled_g{g}" for g in groups]
-    ratio = ["g1_ratio"] if 1 in groups else []
-    return (["round", "n_labeled", *per, *ratio, *fairness_columns(groups), *[f"w_g{g}" for g in groups],
-             *fairness_columns(groups, EVAL_PREFIX)])
 
 
 def eval_rounds(n_rounds: int, every: int) -> set[int]:
@@ -144,7 +137,7 @@ def same_run_elsewhere(folder: Path, config: dict, spec: RunSpec, manifest: pd.D
 def heavy_group(init: str):
     """``balanced`` -> None; ``g<X>-heavy`` -> X, read as a group of the manifest is (:func:`group_value`: "2" is
     the int 2, "007" stays text)."""
-    if init == "balanced":
+    if init == BALANCED:
         return None
     if init.startswith("g") and init.endswith("-heavy") and len(init) > len("g-heavy"):
         return group_value(init[1:-len("-heavy")])
@@ -175,7 +168,7 @@ def initial_counts(groups: list, init: str, size: int) -> dict:
 def initial_set(manifest: pd.DataFrame, init: str, size: int, seed: int) -> list[str]:
     """The initial labeled set (:func:`initial_counts` per group), drawn from the pool with ``seed`` alone, so
     that every strategy of one seed starts from the same set."""
-    pool = manifest[manifest["split"] == "pool"]
+    pool = manifest[manifest["split"] == POOL]
     groups = sorted(set(manifest["group"]), key=str)
     need = initial_counts(groups, init, size)
     ids = {g: pool.loc[pool["group"] == g, "case_id"].tolist() for g in groups}
@@ -197,13 +190,13 @@ class ActiveLearningRun:
         self.sizes = schedule(self.profile)
         self.manifest = manifest if manifest is not None else read_manifest(
             spec.data_dir, test_per_group=self.profile.test_per_group)
-        pool = self.manifest[self.manifest["split"] == "pool"]
+        pool = self.manifest[self.manifest["split"] == POOL]
         if len(pool) < self.profile.final_size:
             raise FairalError(f"impossible budget: {self.profile.final_size} labeled cases asked for, the pool of "
                               f"{spec.data_dir} has {len(pool)}")
         self.groups = sorted(set(self.manifest["group"]), key=str)
-        self.test_ids = self.manifest.loc[self.manifest["split"] == "test", "case_id"].tolist()
-        self.eval_ids = self.manifest.loc[self.manifest["split"] == "eval", "case_id"].tolist()
+        self.test_ids = self.manifest.loc[self.manifest["split"] == TEST, "case_id"].tolist()
+        self.eval_ids = self.manifest.loc[self.manifest["split"] == EVAL, "case_id"].tolist()
         self.eval_at = eval_rounds(len(self.sizes), self.profile.eval_every)
         self.pool_ids = pool["case_id"].tolist()
         self.cases = case_records(self.manifest)
@@ -376,17 +369,17 @@ class ActiveLearningRun:
                **{c: summary.get(c) for c in (*fairness_columns(self.groups),
                                                *fairness_columns(self.groups, EVAL_PREFIX))}}
         for g in self.groups:
-            row[f"n_labeled_g{g}"] = sum(x == g for x in labeled_groups)
-            row[f"w_g{g}"] = done.weights[g]
+            row[labeled_count(g)] = sum(x == g for x in labeled_groups)
+            row[weight_column(g)] = done.weights[g]
         if 1 in self.groups:
-            row["g1_ratio"] = row["n_labeled_g1"] / len(labeled)
+            row[G1_RATIO] = row[labeled_count(1)] / len(labeled)
         records["rounds"].append(row)
-        records["cases"] += [{"round": rnd, "case_id": c, "group": cases[c].group, "split": "labeled", "dice": d}
+        records["cases"] += [{"round": rnd, "case_id": c, "group": cases[c].group, "split": LABELED, "dice": d}
                              for c, d in zip(labeled, done.labeled_dice, strict=True)]
-        records["cases"] += [{"round": rnd, "case_id": c, "group": cases[c].group, "split": "test", "dice": d}
+        records["cases"] += [{"round": rnd, "case_id": c, "group": cases[c].group, "split": TEST, "dice": d}
                              for c, d in zip(test_ids, test_dice, strict=True)]
         if finished:  # the final model's Dice on every evaluation case
-            records["cases"] += [{"round": rnd, "case_id": c, "group": cases[c].group, "split": "eval", "dice": d}
+            records["cases"] += [{"round": rnd, "case_id": c, "group": cases[c].group, "split": EVAL, "dice": d}
                                  for c, d in zip(eval_ids, eval_dice, strict=True)]
         next_labeled = labeled
         if not finished:
@@ -406,7 +399,8 @@ class ActiveLearningRun:
         records = self._records
         write_csv(within(self.out, "rounds.csv"), pd.DataFrame(records["rounds"], columns=self.columns))
         write_csv(within(self.out, "cases.csv"), pd.DataFrame(records["cases"], columns=CASE_COLUMNS))
-        write_csv(within(self.out, "selections.csv"), pd.DataFrame(records["selections"], columns=selection_columns()))
+        write_csv(within(self.out, "selections.csv"),
+                  pd.DataFrame(records["selections"], columns=selection_columns(STATISTICS)))
         save_checkpoint(result.model, within(self.out, "checkpoints", f"round-{rnd:02d}.pt"),
                         {"round": rnd, "n_labeled": n_labeled})
         write_json(within(self.out, "state.json"),

@@ -19,7 +19,7 @@ from fairal.data.export import decathlon_json
 from fairal.errors import FairalError, SettingError
 from fairal.io import check_output_folder, is_fairal_folder, publish_folder, within
 from fairal.limits import check_room
-from fairal.records import ACQUISITION_COLUMNS
+from fairal.records import ACQUISITION_COLUMNS, EVAL, POOL, TEST
 from fairal.simulate.acquisition import WHITE_MATTER_METHOD, acquire, white_matter_intensity
 from fairal.simulate.deformation import DeformationModel, default_global_model, default_local_model
 from fairal.simulate.groups import Group
@@ -295,8 +295,8 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
         evaluation = {s.case_id for s in subjects[cfg.n_subjects:]}
         drawn = len(subjects)
         if keep is not None:
-            subjects = [s for s in subjects if keep(s, "test" if s.case_id in test else "eval"
-                                                    if s.case_id in evaluation else "pool")]
+            subjects = [s for s in subjects if keep(s, TEST if s.case_id in test else EVAL
+                                                    if s.case_id in evaluation else POOL)]
         results = _run_subjects(state, subjects, cfg.jobs, progress)
         state["global_model"].save(within(tmp, "models", "global.npz"))
         state["local_model"].save(within(tmp, "models", "local.npz"))
@@ -365,7 +365,7 @@ def _manifest(subjects: list[Subject], results: dict[str, dict], test: set[str],
                 "bias_scale": s.bias_scale,
                 "image": f"images/{s.case_id}.nii.gz",
                 "label": f"labels/{s.case_id}.nii.gz",
-                "split": "test" if s.case_id in test else "eval" if s.case_id in evaluation else "pool",
+                "split": TEST if s.case_id in test else EVAL if s.case_id in evaluation else POOL,
                 "label_volume_mm3": round(r["label_volume_mm3"], 3),
                 "dice_to_template": round(r["dice_to_template"], 6),
                 **{k: getattr(groups[s.group], k) for k in extra},
@@ -440,8 +440,8 @@ def _write_dataset_json(cfg: SimulationConfig, state: dict, manifest: pd.DataFra
         "settings": settings,
         "n_subjects": int(len(manifest)),
         "n_per_group": _counts(manifest["group"]),
-        "n_test_per_group": _counts(manifest.loc[manifest["split"] == "test", "group"]),
-        "n_eval_per_group": _counts(manifest.loc[manifest["split"] == "eval", "group"]),
+        "n_test_per_group": _counts(manifest.loc[manifest["split"] == TEST, "group"]),
+        "n_eval_per_group": _counts(manifest.loc[manifest["split"] == EVAL, "group"]),
         "groups": {str(name): g.describe() for name, g in groups.items()},
         "group_settings": {str(name): {k: v for k, v in asdict(g).items() if k != "name"}
                            for name, g in groups.items()},
