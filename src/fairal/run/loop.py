@@ -43,6 +43,7 @@ from fairal.io import (
     write_json,
 )
 from fairal.metrics import EVAL_PREFIX, fairness_columns, fairness_summary, prefixed_summary
+from fairal.run.examples import write_examples
 from fairal.run.group_model import hidden_group_model
 from fairal.run.packed import Member, lockstep_key, train_packed
 from fairal.run.rounds import acquisition_round, evaluate, training_member
@@ -184,7 +185,7 @@ def initial_set(manifest: pd.DataFrame, init: str, size: int, seed: int) -> list
 
 class ActiveLearningRun:
     """A run folder: ``config.json``, ``rounds.csv``, ``cases.csv``, ``selections.csv``, ``state.json``,
-    ``checkpoints/``."""
+    ``checkpoints/`` and, once finished, ``examples.npz`` (:mod:`fairal.run.examples`)."""
 
     def __init__(self, spec: RunSpec, out: str | Path, volumes: VolumeSet | None = None,
                  manifest: pd.DataFrame | None = None, extensions: dict | None = None) -> None:
@@ -397,6 +398,8 @@ class ActiveLearningRun:
                  "weight": done.case_weights[i], "score": done.scores[i], "selected": c in chosen}
                 for i, c in enumerate(candidates)]
             next_labeled = sorted(labeled + done.selected)
+        else:  # what the report's example figure draws: the report never predicts
+            write_examples(self.out, model, vol, test_ids, test_dice)
         self._write_round(rnd, result, len(labeled), next_labeled, finished)
         return next_labeled, finished
 
