@@ -14,7 +14,7 @@ from fairal.report import build_report
 from fairal.report.build import ABSENT
 from fairal.report.examples import EXAMPLE_STRATEGY
 from fairal.run.loop import ActiveLearningRun, RunSpec
-from fairal.run.model import load_unet
+from fairal.run.network import load_network
 from fairal.run.train import predict_proba
 
 from .test_loop import TINY
@@ -40,7 +40,7 @@ def test_a_finished_run_writes_the_example_slices_and_the_report_draws_them(tiny
     # the slice with the most structure of the case's label, and the final model's segmentation of it
     vol = load_volumes(tiny_dataset, read_manifest(tiny_dataset, test_per_group=profile.test_per_group),
                        crop_margin=profile.crop_margin, downsample=profile.downsample)
-    model, _ = load_unet(run / "checkpoints" / "round-02.pt", profile.features)
+    model, _ = load_network(run / "checkpoints" / "round-02.pt", profile)
     for i, case in enumerate(ex["case_id"]):
         label = vol.labels[vol.index[case], 0].numpy()
         z = int(ex["slice"][i])

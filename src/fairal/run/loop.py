@@ -45,6 +45,7 @@ from fairal.io import (
 from fairal.metrics import EVAL_PREFIX, fairness_columns, fairness_summary, prefixed_summary
 from fairal.run.examples import write_examples
 from fairal.run.group_model import hidden_group_model
+from fairal.run.network import network_meta, network_of
 from fairal.run.packed import Member, lockstep_key, train_packed
 from fairal.run.rounds import acquisition_round, evaluate, training_member
 from fairal.run.train import (
@@ -264,6 +265,7 @@ class ActiveLearningRun:
         """Run (or continue) to the final budget. Returns ``rounds.csv`` as a table. The run folder is locked
         while the run writes it: a second process on the same folder is refused."""
         check_device(self.profile.device)  # a GPU that is not there fails before anything is written
+        network_of(self.profile)  # so does a network that no plugin loaded here registered
         if not self.is_finished():
             _ = self.volumes  # every image and label read first: a corrupt one is refused before the folder is made
         with FolderLock(self.out, f"fairal run {self.spec.strategy.name}"):
@@ -411,7 +413,7 @@ class ActiveLearningRun:
         write_csv(within(self.out, "cases.csv"), pd.DataFrame(records["cases"], columns=CASE_COLUMNS))
         write_csv(within(self.out, "selections.csv"), pd.DataFrame(records["selections"], columns=selection_columns()))
         save_checkpoint(result.model, within(self.out, "checkpoints", f"round-{rnd:02d}.pt"),
-                        {"round": rnd, "n_labeled": n_labeled})
+                        {"round": rnd, "n_labeled": n_labeled, **network_meta(self.profile)})
         write_json(within(self.out, "state.json"),
                    {"completed_round": rnd, "next_labeled": next_labeled, "finished": finished,
                     "train": {"seed": result.seed, "restarts": result.restarts, "collapsed": result.collapsed,
@@ -436,6 +438,7 @@ def run_lockstep(runs: list[ActiveLearningRun], progress: bool = False, on_round
     failures: list[tuple] = []
     for r in runs:
         check_device(r.profile.device)
+        network_of(r.profile)
     with contextlib.ExitStack() as locks:
         for r in runs:
             locks.enter_context(FolderLock(r.out, f"fairal lockstep {r.spec.strategy.name}"))
