@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fairal.config import get_profile
 from fairal.errors import FairalError
-from fairal.run.model import UNet3D, build_unet, flops_per_voxel, load_unet, save_checkpoint
+from fairal.run.model import UNet3D, build_unet, flops_per_voxel, save_checkpoint
+from fairal.run.network import load_network
 
 
 def test_paper_network_parameter_count() -> None:
@@ -180,17 +182,17 @@ def test_mc_dropout_samples_only_the_dropout_layers():
         UNet3D(dropout=1.0)
 
 
-def test_build_unet_is_the_paper_network_and_load_unet_reads_its_checkpoint(tmp_path) -> None:
+def test_build_unet_is_the_paper_network_and_load_network_reads_its_checkpoint(tmp_path) -> None:
     model = build_unet((8, 16), foreground_prior=0.2)
     assert isinstance(model, UNet3D) and model.features == (8, 16) and model.dropout == 0.0
     assert sum(p.numel() for p in model.parameters()) == 18665  # the hand count above
     assert model.head.bias.item() == pytest.approx(-1.3862944, abs=1e-6)  # log(0.2 / 0.8)
     path = tmp_path / "model.pt"
     save_checkpoint(model, path, {"round": 2})
-    loaded, meta = load_unet(path, (8, 16), dropout=0.2)
+    loaded, meta = load_network(path, get_profile("smoke", {"features": "8,16"}), dropout=0.2)
     assert meta == {"round": 2} and loaded.dropout == 0.2
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     with pytest.raises(FairalError, match="model.pt does not match the model's architecture"):
-        load_unet(path, (4, 8))
+        load_network(path, get_profile("smoke", {"features": "4,8"}))
 

@@ -108,7 +108,8 @@ def test_report_files_and_html(records):
         ("1", "fig1_essp"), ("2", "fig2_delta_dice_strong"), ("3", "fig3_group1_ratio"),
         ("4", "fig4_delta_dice_weak"), ("7", "fig7_dice_per_group"), ("8", "fig8_group_weights")]
     assert ("Not drawn from these records: 5: no strategy beyond the paper&#x27;s; 6: no strategy beyond the "
-            "paper&#x27;s; 9: no per-case Dice recorded; 10: no models of the runs in the results folder.") in page
+            "paper&#x27;s; 9: no per-case Dice recorded; 10: no finished weighted-localized-entropy run with its "
+            "example slices (examples.npz; runs finished before fairal wrote that file have none).") in page
     assert "smoke profile: a pipeline check, not evidence" in page  # the fixture's runs say profile smoke
     assert "Not tested: 2 seeds per run" in page  # no verdicts from two seeds
     assert not re.search(r"""(src|href)=["']?(https?:|//|[\w./-]+\.(png|svg|css|js))""", page)  # self-contained
@@ -192,7 +193,7 @@ def test_strategies_beyond_the_paper_get_their_own_figures(records):
     page = (out / "report.html").read_text()
     numbers = re.findall(r"<h3>Figure (\d+): [^<]*<span class='file'>fig(\d+)_", page)
     assert numbers == [(str(k), str(k)) for k in range(1, 9)]  # fig1 ... fig8, in order, under their own numbers
-    assert "Not drawn from these records: 9: no per-case Dice recorded; 10: no models" in page
+    assert "Not drawn from these records: 9: no per-case Dice recorded; 10: no finished weighted-" in page
     final = pd.read_csv(out / "final_budget.csv")
     row = final[(final["dataset"] == "strong") & (final["init"] == "balanced") & (final["strategy"] == "weighted-bald")]
     assert row["delta_reduction_vs_entropy"].item() == pytest.approx(1 - 0.04 / 0.2)

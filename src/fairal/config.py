@@ -33,6 +33,10 @@ from fairal.acquisition import (  # noqa: F401  (re-exported: the grid's strateg
 from fairal.errors import FairalError
 from fairal.limits import check_network, check_voxels, refuse_above
 
+#: The network of the profiles (:mod:`fairal.run.network`: the paper's U-Net).
+DEFAULT_NETWORK = "unet"
+#: A network's name: lower-case letters, digits, '-' and '_', starting with a letter.
+NETWORK_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 #: The settings with an upper limit (fairal.limits, docs/limits.md): the limit and its name.
 SETTING_LIMITS = {
     **{k: (limits.MAX_SUBJECTS, "MAX_SUBJECTS") for k in ("n_subjects", "test_per_group", "eval_per_group",
@@ -60,6 +64,9 @@ class Profile:
     downsample: int = 2  # 1 = the data's 1 mm grid
     # model
     features: tuple[int, ...] = (8, 16)
+    # the network trained (fairal.run.network's table: a plugin may add one); the records name it only when it is
+    # not the built-in U-Net (see as_dict)
+    network: str = DEFAULT_NETWORK
     # training
     lr: float = 1e-4
     device: str = "auto"  # auto: a GPU if this process has one, else the CPU
@@ -130,6 +137,9 @@ class Profile:
         for v in self.features:
             whole("features", 1, v)
         check_network(self.features, "setting features")
+        if not isinstance(self.network, str) or not NETWORK_NAME.fullmatch(self.network):
+            raise FairalError(f"setting network must be a network's name (lower-case letters, digits, '-', '_'), got "
+                              f"{self.network!r}")
         number("lr", 0.0)
         number("temperature", 0.0, open_low=True)
         number("power_temperature", 0.0, open_low=True)
@@ -162,7 +172,13 @@ class Profile:
         return dataclasses.replace(self, **values)
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting, but ``network`` at its default: the records of the built-in network keep the form they had
+        before the setting was added (and :func:`fairal.run.loop.same_settings` reads a missing setting as its
+        default)."""
+        out = dataclasses.asdict(self)
+        if out["network"] == DEFAULT_NETWORK:
+            del out["network"]
+        return out
 
 
 def _convert(name: str, raw: str, current):

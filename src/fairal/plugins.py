@@ -1,7 +1,7 @@
 """Plugins: modules that extend fairal (a strategy, a metric, a network), loaded in every process that runs its work.
 
 A plugin is a Python module that registers what it adds when it is imported (``fairal.acquisition.register``,
-``fairal.metrics.register_metric``, a replacement of ``fairal.run.rounds.model_factory``). It is loaded by
+``fairal.metrics.register_metric``, ``fairal.run.network.register_network``). It is loaded by
 
 - ``fairal --plugin FILE_OR_MODULE COMMAND ...`` (repeatable) or the environment variable ``FAIRAL_PLUGINS``
   (names separated by the path separator, ``:`` on Linux);
@@ -10,8 +10,9 @@ A plugin is a Python module that registers what it adds when it is imported (``f
 
 A grid's worker processes start afresh (spawn, or a Ray worker on another machine): :func:`for_workers` wraps the
 function that does one task so that each worker first loads the driver's plugins and then adds what the driver
-registered at run time (in a script or a notebook), sent with cloudpickle, which also carries lambdas and
-functions defined in ``__main__``. So whatever the driver can run, its workers can.
+registered at run time (in a script or a notebook: statistics, base scores, metrics, networks), sent with
+cloudpickle, which also carries lambdas and functions defined in ``__main__``. So whatever the driver can run, its
+workers can.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from types import ModuleType
 
 from fairal import acquisition, metrics
 from fairal.errors import FairalError
+from fairal.run import network
 
 ENTRY_POINT_GROUP = "fairal.plugins"
 ENV_VAR = "FAIRAL_PLUGINS"
@@ -165,7 +167,8 @@ def loaded() -> list[str]:
 @dataclass(frozen=True)
 class Extensions:
     """What a worker must load before its task: the driver's plugins, and its run-time registrations (cloudpickle
-    of the base scores, statistics and metrics that are not built in), from the driver process ``origin``."""
+    of the base scores, statistics, metrics and networks that are not built in), from the driver process
+    ``origin``."""
 
     plugins: tuple[str, ...] = ()
     registrations: bytes = b""
@@ -183,14 +186,12 @@ class Extensions:
         if _RESTORED == digest:
             return
 
-        statistics, bases, metric_entries = [], [], []
+        entries_of = ([],) * len(_TABLES)
         if self.registrations:
             import cloudpickle
 
-            statistics, bases, metric_entries = cloudpickle.loads(self.registrations)
-        for table, built_in, entries in ((acquisition.STATISTICS, acquisition.BUILT_IN_STATISTICS, statistics),
-                                         (acquisition.BASES, acquisition.BUILT_IN_BASES, bases),
-                                         (metrics.METRICS, metrics.BUILT_IN_METRICS, metric_entries)):
+            entries_of = cloudpickle.loads(self.registrations)
+        for (_kind, table, built_in), entries in zip(_TABLES, entries_of, strict=True):
             for name in [n for n in table if n not in built_in]:
                 del table[name]
             table.update({entry.name: entry for entry in entries})
@@ -203,11 +204,17 @@ _RESTORED: str | None = None
 _PROCESS = uuid.uuid4().hex
 
 
-def _registered() -> tuple[list, list, list]:
-    """The entries of the tables beyond fairal's own: (statistics, base scores, metrics), in table order."""
-    return ([st for n, st in acquisition.STATISTICS.items() if n not in acquisition.BUILT_IN_STATISTICS],
-            [b for n, b in acquisition.BASES.items() if n not in acquisition.BUILT_IN_BASES],
-            [m for n, m in metrics.METRICS.items() if n not in metrics.BUILT_IN_METRICS])
+#: The tables a plugin adds to: (what an entry is, the table, its built-in names), in the order they are sent.
+_TABLES = (("statistic", acquisition.STATISTICS, acquisition.BUILT_IN_STATISTICS),
+           ("base score", acquisition.BASES, acquisition.BUILT_IN_BASES),
+           ("metric", metrics.METRICS, metrics.BUILT_IN_METRICS),
+           ("network", network.NETWORKS, network.BUILT_IN_NETWORKS))
+
+
+def _registered() -> tuple[list, ...]:
+    """The entries of the tables beyond fairal's own: (statistics, base scores, metrics, networks), in table
+    order."""
+    return tuple([e for n, e in table.items() if n not in built_in] for _kind, table, built_in in _TABLES)
 
 
 def snapshot() -> Extensions:
@@ -221,7 +228,7 @@ def snapshot() -> Extensions:
         try:
             payload = cloudpickle.dumps(entries)
         except Exception:  # find the entry to name
-            for kind, table in zip(("statistic", "base score", "metric"), entries, strict=True):
+            for (kind, _table, _built_in), table in zip(_TABLES, entries, strict=True):
                 for entry in table:
                     try:
                         cloudpickle.dumps(entry)
@@ -262,6 +269,7 @@ def record() -> dict | None:
     """What extends fairal in this process, for a run's records: the plugins loaded and the names registered
     beyond the built-in ones (``None`` when nothing does, so that the records of a plain run keep their form)."""
     added = {kind: sorted(e.name for e in entries)
-             for kind, entries in zip(("statistics", "bases", "metrics"), _registered(), strict=True) if entries}
-    out = {"plugins": loaded(), **{k: added[k] for k in ("bases", "statistics", "metrics") if k in added}}
+             for kind, entries in zip(("statistics", "bases", "metrics", "networks"), _registered(), strict=True)
+             if entries}
+    out = {"plugins": loaded(), **{k: added[k] for k in ("bases", "statistics", "metrics", "networks") if k in added}}
     return out if out["plugins"] or added else None

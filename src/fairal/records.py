@@ -256,3 +256,10 @@ def interval_columns(measure_name: str) -> list[str]:
 #: ``study_paired.csv``'s columns.
 PAIRED_COLUMNS = ["id", "dataset", "split", "init", "family", "statistic", "metric", "value", "ci_low", "ci_high",
                   "p_value", "p_holm", "margin", "p_tost", "p_tost_holm", "within_margin", "n", "verdict"]
+
+#: A finished AL run's example segmentations, for the report's figure of them (the report never predicts): written
+#: by :func:`fairal.run.examples.write_examples` at the final round. A compressed NumPy archive with one entry per
+#: group (the group's median test case by Dice): ``case_id``, ``group`` (text), ``dice``, ``slice`` (the axial slice
+#: with the most structure), and that slice's ``image`` (float16), ``truth`` and ``prediction`` (uint8, the final
+#: model's probability > 0.5).
+EXAMPLES_FILE = "examples.npz"

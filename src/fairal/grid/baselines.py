@@ -1,5 +1,5 @@
-"""The baselines of the paper's Table 1: a U-Net trained on each cohort (all, each group alone), measured on the
-test and evaluation splits."""
+"""The baselines of the paper's Table 1: the profile's network (the paper's U-Net) trained on each cohort (all, each
+group alone), measured on the test and evaluation splits."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from fairal.io import (
 )
 from fairal.metrics import fairness_summary
 from fairal.records import BASELINE_CASE_COLUMNS, EVAL, EVAL_PREFIX, POOL, TEST, baseline_columns, prefixed_summary
+from fairal.run.network import network_meta, network_of
 from fairal.run.rounds import evaluate, model_factory
 from fairal.run.train import TrainConfig, check_device, save_checkpoint, train_model
 from fairal.sampling import draw_per_group, split_evenly, stream, stream_seed
@@ -47,7 +48,7 @@ def baseline_cohorts(manifest: pd.DataFrame, size: int, seed: int = 0) -> dict[s
 def run_baseline(
     data_dir: str | Path, out: str | Path, profile: Profile, seed: int = 0, progress: bool = True
 ) -> pd.DataFrame:
-    """Train the U-Net on each cohort and evaluate it on the fixed test split; write the records to ``out``.
+    """Train the profile's network on each cohort and evaluate it on the fixed test split; write the records to ``out``.
 
     Writes ``baseline_cases.csv`` (cohort, case_id, group, dice, split: ``test``, and ``eval`` for the evaluation
     split), ``baseline_table.csv`` (cohort, dice_g1,
@@ -57,6 +58,7 @@ def run_baseline(
     """
     data_dir, out = Path(data_dir), check_own_folder(out, "baseline")
     check_device(profile.device)
+    network_of(profile)  # a network unknown here is refused before any file is written
     manifest = read_manifest(data_dir, test_per_group=profile.test_per_group, seed=0)
     cohorts = baseline_cohorts(manifest, profile.cohort_size, seed)
     checkpoints = {name: within(out, "checkpoints", f"baseline-{name}.pt") for name in cohorts}  # group names
@@ -90,7 +92,8 @@ def run_baseline(
                              "collapsed": result.collapsed, "seconds": round(result.seconds, 2),
                              "final_loss": result.losses[-1] if result.losses else None}
         make_own_folder(out, "baseline")
-        save_checkpoint(result.model, checkpoints[name], {"cohort": name, "profile": profile.name, "seed": seed})
+        save_checkpoint(result.model, checkpoints[name], {"cohort": name, "profile": profile.name, "seed": seed,
+                                                                **network_meta(profile)})
     table = pd.DataFrame(table_rows, columns=columns)
     write_csv(within(out, "baseline_cases.csv"), pd.DataFrame(case_rows, columns=BASELINE_CASE_COLUMNS))
     write_csv(within(out, "baseline_table.csv"), table)

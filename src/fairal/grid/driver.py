@@ -43,6 +43,7 @@ from fairal.plugins import record as extensions
 from fairal.progress import GridProgress
 from fairal.records import INITS
 from fairal.run.loop import ActiveLearningRun, RunSpec, run_lockstep, same_run_elsewhere, same_settings, schedule
+from fairal.run.network import network_of
 
 
 def run_dir(out: Path, dataset: str, init: str, strategy: str, seed: int) -> Path:
@@ -204,8 +205,9 @@ def run_study(
                                  gpus_per_task=gpus_per_task, max_retries=max_retries)
     profiles = [study.profile_for(profile, d, a, cli) for d in study.datasets
                 for a in (None, *study.resolved_arms(profile))]
-    for prof in profiles:  # each device a run is set to (the study's, a dataset's or an arm's)
+    for prof in profiles:  # each device and network a run is set to (the study's, a dataset's or an arm's)
         executor.check(prof)
+        network_of(prof)
     out = check_results_folder(out)
     study = ladder.resolve(out, study, profile, cli, compute=False)  # a calibration made before: the same knob
     check_before_writing(out, study, profile, seeds, cli)

@@ -33,7 +33,8 @@ from fairal.data.volumes import load_volumes, read_manifest
 from fairal.errors import FairalError
 from fairal.io import check_own_folder, make_own_folder, within, write_csv, write_json
 from fairal.records import EVAL, POOL, TEST
-from fairal.run.model import load_checkpoint, save_checkpoint
+from fairal.run.model import save_checkpoint
+from fairal.run.network import load_network, network_meta
 from fairal.run.rounds import evaluate, model_factory
 from fairal.run.train import TrainConfig, describe_device, train_model
 from fairal.sampling import stream, stream_seed
@@ -205,15 +206,14 @@ def _models(out: Path, settings: HarmSettings, profile: Profile, path: Path, man
     models = []
     for s in range(settings.seeds):
         ckpt = within(out, "models", f"seed-{s}.pt")
-        factory = model_factory(profile, vol, rows)
         if ckpt.is_file():
-            model = factory()
-            load_checkpoint(ckpt, model)
+            model, _ = load_network(ckpt, profile)
         else:
             seed = stream_seed(settings.subject_seed, "harm-training", s)
-            model = train_model(vol.images[rows], vol.labels[rows], TrainConfig.of(profile, seed), factory).model
+            model = train_model(vol.images[rows], vol.labels[rows], TrainConfig.of(profile, seed),
+                                model_factory(profile, vol, rows)).model
             ckpt.parent.mkdir(exist_ok=True)
-            save_checkpoint(model, ckpt, {"harm_calibration": settings.as_dict(), "seed": s})
+            save_checkpoint(model, ckpt, {"harm_calibration": settings.as_dict(), "seed": s, **network_meta(profile)})
         models.append(model.eval())
     return models
 
@@ -284,7 +284,7 @@ def _dice_rows(level: str, ids: list, dice: np.ndarray, group) -> list[dict]:
 
 def calibration_profile(profile: Profile) -> dict:
     """The settings a calibration depends on: the data's grid and the training (not the AL schedule)."""
-    keys = ("sim_shape", "crop_margin", "downsample", "features", "lr", "steps", "epochs", "batch_size",
+    keys = ("sim_shape", "crop_margin", "downsample", "features", "network", "lr", "steps", "epochs", "batch_size",
             "cohort_size", "device", "bf16")
     return {k: v for k, v in profile.as_dict().items() if k in keys}
 

@@ -173,7 +173,7 @@ class FairalContext:
     # --- fairal's steps -----------------------------------------------------------------------------------------
 
     def train(self, datastore) -> dict:
-        """Train the profile's U-Net on the saved labels; it becomes the app's model."""
+        """Train the profile's network on the saved labels; it becomes the app's model."""
         with self.lock:
             csv, skipped = self.cases_csv(datastore)
             self.model_file.parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +335,7 @@ class FairalTrain(TrainTask):
     """fairal's training on the saved labels; the model replaces the app's."""
 
     def __init__(self, context: FairalContext):
-        super().__init__("fairal: train the U-Net of the app's profile on the saved final labels")
+        super().__init__("fairal: train the network of the app's profile on the saved final labels")
         self.context = context
         self._last: dict = {}
 

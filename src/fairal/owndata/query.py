@@ -1,10 +1,11 @@
 """``fairal query``: which unlabeled cases of a lab's own data to annotate next, and why.
 
-Reads the CSV (:mod:`fairal.data.cohort`), trains the U-Net on the labeled cases (or loads ``--model``), computes the
-group weights from its Dice on the labeled cases (Sec. 3.2, any number of groups), scores every unlabeled case with
-the strategy and ranks them. An unlabeled case whose group is unknown gets the expected weight
-``sum_g p(g|x) w_g``: ``p(g|x)`` from a logistic-regression classifier on the U-Net's features when every group has
-at least ``MIN_PER_GROUP`` cases of known group, else the groups' frequencies among the cases of known group.
+Reads the CSV (:mod:`fairal.data.cohort`), trains the profile's network (:mod:`fairal.run.network`, the paper's U-Net)
+on the labeled cases (or loads ``--model``), computes the group weights from its Dice on the labeled cases (Sec. 3.2,
+any number of groups), scores every unlabeled case with the strategy and ranks them. An unlabeled case whose group is
+unknown gets the expected weight ``sum_g p(g|x) w_g``: ``p(g|x)`` from a logistic-regression classifier on the
+network's features when every group has at least ``MIN_PER_GROUP`` cases of known group, else the groups'
+frequencies among the cases of known group.
 
 Writes, into a folder that appears whole or not at all: ``query.csv`` (every unlabeled case, ranked), ``montage.png``
 (the top cases with their predicted structure and ROI), ``model.pt`` (the model and its grid, for ``--model``
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from fairal import versions
 from fairal.acquisition import STATISTICS, Strategy, parse_strategy, roi_mask
@@ -29,7 +31,7 @@ from fairal.errors import FairalError
 from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
 from fairal.owndata.montage import write_montage
 from fairal.run.group_model import MIN_PER_GROUP, GroupModel, case_features, group_probabilities  # noqa: F401
-from fairal.run.model import UNet3D, load_unet
+from fairal.run.network import load_network, network_meta, network_of
 from fairal.run.rounds import acquisition_round, evaluate, fit, model_factory
 from fairal.run.train import TrainConfig, check_device, predict_proba, save_checkpoint, train_model
 from fairal.sampling import stream, stream_seed
@@ -39,7 +41,7 @@ MIN_LABELED_PER_GROUP = 3
 #: The profile settings a query uses: it trains once (or not at all) and ranks; it has no active-learning schedule
 #: and simulates nothing, so the other settings would do nothing and are refused (:func:`query_profile`).
 QUERY_SETTINGS = ("steps", "epochs", "lr", "batch_size", "device", "bf16", "features", "crop_margin", "roi_dilation",
-                  "temperature", "mc_dropout", "mc_samples", "stochastic_batches", "power_temperature")
+                  "temperature", "mc_dropout", "mc_samples", "stochastic_batches", "power_temperature", "network")
 
 
 def query_profile(name: str, overrides: dict[str, str] | None = None) -> Profile:
@@ -89,10 +91,11 @@ def out_of_fold_dice(vol, rows: list[int], groups: list, profile: Profile, seed:
     return dice.tolist()
 
 
-def load_query_model(path: Path, profile: Profile, dropout: float) -> tuple[UNet3D, dict]:
-    """The U-Net of the profile's architecture with the weights of a model saved by ``fairal query`` (a clear
-    error for another architecture, or a checkpoint without the grid it was trained on, e.g. a run's)."""
-    model, meta = load_unet(path, profile.features, dropout=dropout)
+def load_query_model(path: Path, profile: Profile, dropout: float) -> tuple[torch.nn.Module, dict]:
+    """The profile's network (:func:`fairal.run.network.load_network`) with the weights of a model saved by
+    ``fairal query`` (a clear error for another network or architecture, or a checkpoint without the grid it was
+    trained on, e.g. a run's)."""
+    model, meta = load_network(path, profile, dropout=dropout)
     if not isinstance(meta, dict) or "grid" not in meta:
         raise FairalError(f"{path} is not a model saved by fairal query (it carries no analysis grid); use the "
                           "model.pt of an earlier query's output folder")
@@ -116,7 +119,7 @@ class _Query:
     progress: bool
     cases: pd.DataFrame = None
     records: dict = field(default_factory=dict)  # case id -> its record (id, group or None, split, files)
-    model: UNet3D = None
+    model: torch.nn.Module = None
     grid: Grid = None
     vol: object = None
     training: dict = field(default_factory=dict)
@@ -175,6 +178,7 @@ def _check_query(q: _Query, overwrite: bool) -> None:
     if isinstance(q.budget, bool) or not isinstance(q.budget, int) or q.budget < 1:
         raise FairalError(f"--budget must be a whole number >= 1, got {q.budget!r}")
     check_device(q.profile.device)
+    network_of(q.profile)
     check_label_value(q.label_value)
     cases = q.cases = read_cases(q.csv_path, q.group_by)
     q.records = case_records(cases)
@@ -295,8 +299,9 @@ def _write_query(q: _Query, rnd, table: pd.DataFrame, montage_cases: int) -> Non
 def _model_meta(q: _Query, n_labeled: int) -> dict:
     """What a query's ``model.pt`` carries beside the weights: its grid (``--model`` ranks on it), its architecture
     and how it was trained."""
-    return {"grid": q.grid.as_meta(), "features": list(q.model.features), "dropout": float(q.model.dropout),
-            "profile": q.profile.name, "group_by": q.group_by, "n_labeled": n_labeled, "seed": q.seed}
+    return {"grid": q.grid.as_meta(), "features": list(q.profile.features), "dropout": float(q.dropout),
+            "profile": q.profile.name, "group_by": q.group_by, "n_labeled": n_labeled, "seed": q.seed,
+            **network_meta(q.profile)}
 
 
 def train_query_model(csv_path: str | Path, model_file: str | Path, profile: Profile,
@@ -309,6 +314,7 @@ def train_query_model(csv_path: str | Path, model_file: str | Path, profile: Pro
     q = _Query(Path(csv_path), 0, parse_strategy(strategy), Path(model_file).parent, profile, list(group_by), None,
                seed, "labeled", label_value, progress)
     check_device(profile.device)
+    network_of(profile)
     q.cases = read_cases(q.csv_path, q.group_by)
     q.records = case_records(q.cases)
     if not q.cases["labeled"].any():

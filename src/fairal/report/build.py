@@ -76,7 +76,8 @@ ABSENT = {"fig2_delta_dice_strong": "no dataset named strong", "fig3_group1_rati
           "fig4_delta_dice_weak": "no dataset named weak", "fig5_beyond_essp": "no strategy beyond the paper's",
           "fig6_beyond_delta": "no strategy beyond the paper's", "fig7_dice_per_group": "no Dice per group recorded",
           "fig8_group_weights": "no group weights recorded", "fig9_case_dice": "no per-case Dice recorded",
-          "fig10_examples": "no models of the runs in the results folder"}
+          "fig10_examples": "no finished weighted-localized-entropy run with its example slices (examples.npz; "
+                            "runs finished before fairal wrote that file have none)"}
 #: How the intervals of a mean keep to what a measure can take (fairal.records.bounds).
 BOUNDED = ("clipped to the measure's range where the t interval passes it: Dice, ESSP, shares and weights in "
            "[0, 1], Δ at least 0")

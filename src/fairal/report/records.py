@@ -251,7 +251,7 @@ def recorded(config: dict) -> dict[str, str]:
     extended = config.get("extensions")
     if isinstance(extended, dict):  # the plugins and registered names of a run that used them
         parts = [f"plugins {', '.join(extended['plugins'])}"] if extended.get("plugins") else []
-        parts += [f"{kind} {', '.join(extended[kind])}" for kind in ("bases", "statistics", "metrics")
+        parts += [f"{kind} {', '.join(extended[kind])}" for kind in ("bases", "statistics", "metrics", "networks")
                   if extended.get(kind)]
         out["extensions"] = "; ".join(parts)
     plan = config.get("analysis_plan")

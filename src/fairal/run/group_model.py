@@ -1,5 +1,5 @@
 """The group classifier behind expected weights: ``p(g|x)`` of cases whose group the strategies do not see, from
-the cases of known group, on the U-Net's features. Used by ``fairal query`` (cases of unknown group in a lab's CSV)
+the cases of known group, on the network's features. Used by ``fairal query`` (cases of unknown group in a lab's CSV)
 and by an AL run with ``groups_known`` false (no pool case's group is seen)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fairal.run.model import UNet3D
+from fairal.errors import FairalError
 from fairal.run.train import predict_proba
 from fairal.sampling import stream_seed
 
@@ -62,15 +62,20 @@ def group_probabilities(features: np.ndarray, groups: np.ndarray, known: np.ndar
 
 
 
-def case_features(model: UNet3D, images: torch.Tensor, batch_size: int = 8) -> np.ndarray:
-    """One feature vector per case: the channel means of the deepest encoder block and of the last decoder block
-    (what the network sees at its coarsest and finest level), for the group classifier."""
+def case_features(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 8) -> np.ndarray:
+    """One feature vector per case: the channel means of the network's ``feature_layers()`` (the U-Net's: its deepest
+    encoder block and its last decoder block, what it sees at its coarsest and finest level), for the group
+    classifier. A network without that method is refused naming it."""
     captured: list[torch.Tensor] = []
 
     def keep(_module, _inputs, output):
         captured.append(output.detach().float().mean(dim=(2, 3, 4)).cpu())
 
-    layers = [model.encoders[-1]] + ([model.decoders[0]] if len(model.decoders) else [])
+    if not callable(getattr(model, "feature_layers", None)):
+        raise FairalError(f"the network {type(model).__name__} has no feature_layers() method: the group classifier "
+                          "of cases of unknown group needs the layers whose channel means describe a case "
+                          "(docs/api.md, a new network)")
+    layers = list(model.feature_layers())
     hooks = [layer.register_forward_hook(keep) for layer in layers]
     rows = []
     try:
@@ -85,7 +90,7 @@ def case_features(model: UNet3D, images: torch.Tensor, batch_size: int = 8) -> n
     return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, 0))
 
 
-def hidden_group_model(model: UNet3D, labeled: torch.Tensor, labeled_groups: list, candidates: torch.Tensor,
+def hidden_group_model(model: torch.nn.Module, labeled: torch.Tensor, labeled_groups: list, candidates: torch.Tensor,
                        order: list, seed: int, keys: tuple = ()) -> GroupModel:
     """``p(g|x)`` of the ``candidates`` (images of cases whose group the strategy must not see) from a classifier
     on ``model``'s features of the ``labeled`` images, whose groups are known (:func:`group_probabilities`, stream

@@ -61,7 +61,9 @@ from fairal.records import (
     selection_columns,
     weight_column,
 )
+from fairal.run.examples import write_examples
 from fairal.run.group_model import hidden_group_model
+from fairal.run.network import network_meta, network_of
 from fairal.run.packed import Member, lockstep_key, train_packed
 from fairal.run.rounds import acquisition_round, evaluate, training_member
 from fairal.run.train import (
@@ -177,7 +179,7 @@ def initial_set(manifest: pd.DataFrame, init: str, size: int, seed: int) -> list
 
 class ActiveLearningRun:
     """A run folder: ``config.json``, ``rounds.csv``, ``cases.csv``, ``selections.csv``, ``state.json``,
-    ``checkpoints/``."""
+    ``checkpoints/`` and, once finished, ``examples.npz`` (:mod:`fairal.run.examples`)."""
 
     def __init__(self, spec: RunSpec, out: str | Path, volumes: VolumeSet | None = None,
                  manifest: pd.DataFrame | None = None, extensions: dict | None = None) -> None:
@@ -256,6 +258,7 @@ class ActiveLearningRun:
         """Run (or continue) to the final budget. Returns ``rounds.csv`` as a table. The run folder is locked
         while the run writes it: a second process on the same folder is refused."""
         check_device(self.profile.device)  # a GPU that is not there fails before anything is written
+        network_of(self.profile)  # so does a network that no plugin loaded here registered
         if not self.is_finished():
             _ = self.volumes  # every image and label read first: a corrupt one is refused before the folder is made
         with FolderLock(self.out, f"fairal run {self.spec.strategy.name}"):
@@ -390,6 +393,8 @@ class ActiveLearningRun:
                  "weight": done.case_weights[i], "score": done.scores[i], "selected": c in chosen}
                 for i, c in enumerate(candidates)]
             next_labeled = sorted(labeled + done.selected)
+        else:  # what the report's example figure draws: the report never predicts
+            write_examples(self.out, model, vol, test_ids, test_dice)
         self._write_round(rnd, result, len(labeled), next_labeled, finished)
         return next_labeled, finished
 
@@ -402,7 +407,7 @@ class ActiveLearningRun:
         write_csv(within(self.out, "selections.csv"),
                   pd.DataFrame(records["selections"], columns=selection_columns(STATISTICS)))
         save_checkpoint(result.model, within(self.out, "checkpoints", f"round-{rnd:02d}.pt"),
-                        {"round": rnd, "n_labeled": n_labeled})
+                        {"round": rnd, "n_labeled": n_labeled, **network_meta(self.profile)})
         write_json(within(self.out, "state.json"),
                    {"completed_round": rnd, "next_labeled": next_labeled, "finished": finished,
                     "train": {"seed": result.seed, "restarts": result.restarts, "collapsed": result.collapsed,
@@ -427,6 +432,7 @@ def run_lockstep(runs: list[ActiveLearningRun], progress: bool = False, on_round
     failures: list[tuple] = []
     for r in runs:
         check_device(r.profile.device)
+        network_of(r.profile)
     with contextlib.ExitStack() as locks:
         for r in runs:
             locks.enter_context(FolderLock(r.out, f"fairal lockstep {r.spec.strategy.name}"))

@@ -1,5 +1,5 @@
-"""The paper's 3D U-Net: GroupNorm, 3x3x3 convolutions and ReLU, two levels with 8 and 16 feature maps; the one
-factory that builds it (:func:`build_unet`, :func:`load_unet`) and its checkpoints.
+"""The paper's 3D U-Net: GroupNorm, 3x3x3 convolutions and ReLU, two levels with 8 and 16 feature maps, its builder
+(:func:`build_unet`, the built-in entry of :mod:`fairal.run.network`'s table) and the checkpoints of any network.
 
 The network returns LOGITS. The paper's output layer is a sigmoid; here the sigmoid is left to the caller
 (``torch.sigmoid(logits)`` is the paper's foreground probability) so that training can use the numerically
@@ -23,8 +23,8 @@ from fairal.errors import FairalError
 from fairal.io import write_torch
 from fairal.limits import check_network
 
-__all__ = ["UNet3D", "build_unet", "load_unet", "enable_mc_dropout", "flops_per_voxel", "save_checkpoint",
-           "load_checkpoint"]
+__all__ = ["UNet3D", "build_unet", "enable_mc_dropout", "flops_per_voxel", "save_checkpoint", "read_checkpoint",
+           "load_checkpoint", "load_weights"]
 
 
 def _conv_block(in_ch: int, out_ch: int, norm_groups: int, dropout: float = 0.0) -> nn.Sequential:
@@ -141,6 +141,11 @@ class UNet3D(nn.Module):
         """Every spatial size is padded to a multiple of this inside ``forward``: ``2**(depth-1)``."""
         return 2 ** (self.depth - 1)
 
+    def feature_layers(self) -> list[nn.Module]:
+        """The layers whose channel means describe a case for the group classifier
+        (:func:`fairal.run.group_model.case_features`): the deepest encoder block and the last decoder block."""
+        return [self.encoders[-1]] + ([self.decoders[0]] if len(self.decoders) else [])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(N, in_channels, X, Y, Z)`` to logits ``(N, out_channels, X, Y, Z)``."""
         if x.dim() != 5 or x.shape[1] != self.in_channels:
@@ -173,18 +178,10 @@ class UNet3D(nn.Module):
 
 def build_unet(features: Sequence[int] = (8, 16), *, foreground_prior: float | None = None,
                dropout: float = 0.0) -> UNet3D:
-    """The U-Net that fairal trains, evaluates and loads: one input channel (the T1 image), one output channel (the
-    structure's logits), ``features`` channels per level. Every part of fairal builds its network here, so another
-    network is one change. Arguments as :class:`UNet3D`'s; its weights come from the torch generator's state."""
+    """The paper's U-Net: one input channel (the T1 image), one output channel (the structure's logits), ``features``
+    channels per level; fairal's network ``unet`` (every part of fairal builds its network through
+    :mod:`fairal.run.network`). Arguments as :class:`UNet3D`'s; its weights come from the torch generator's state."""
     return UNet3D(features=features, foreground_prior=foreground_prior, dropout=dropout)
-
-
-def load_unet(path: str | os.PathLike, features: Sequence[int] = (8, 16), *, dropout: float = 0.0,
-              foreground_prior: float | None = None) -> tuple[UNet3D, dict]:
-    """:func:`build_unet` with the weights of the checkpoint ``path`` (:func:`load_checkpoint`); returns the model
-    and the checkpoint's ``meta``. A checkpoint of another architecture is refused naming the file."""
-    model = build_unet(features, foreground_prior=foreground_prior, dropout=dropout)
-    return model, load_checkpoint(path, model)
 
 
 def enable_mc_dropout(model: nn.Module) -> int:
@@ -271,14 +268,12 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict) -> No
     write_torch(target, {"state_dict": state, "meta": meta})
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict:
-    """Load the weights saved by :func:`save_checkpoint` into ``model`` and return the saved ``meta``.
-
-    Uses ``torch.load(weights_only=True)``, which never runs code from the file.
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The ``{"state_dict", "meta"}`` that :func:`save_checkpoint` wrote to ``path``, read with
+    ``torch.load(weights_only=True)``, which never runs code from the file.
 
     Raises:
-        FairalError: naming the file if it is missing, unreadable, not a fairal checkpoint, or holds weights
-            for a different architecture.
+        FairalError: naming the file if it is missing, unreadable or not a fairal checkpoint.
     """
     source = Path(path)
     if not source.is_file():
@@ -303,8 +298,20 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict:
             f"checkpoint file {source} is not a fairal checkpoint: "
             "expected a dict with 'state_dict' and 'meta'"
         )
+    return payload
+
+
+def load_weights(payload: dict, model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load the weights of a checkpoint read by :func:`read_checkpoint` from ``path`` into ``model``; its ``meta``.
+    A model of another architecture is refused naming the file."""
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise FairalError(f"checkpoint file {source} does not match the model's architecture: {exc}") from exc
+        raise FairalError(f"checkpoint file {Path(path)} does not match the model's architecture: {exc}") from exc
     return payload["meta"]
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict:
+    """Load the weights saved by :func:`save_checkpoint` into ``model`` and return the saved ``meta``
+    (:func:`read_checkpoint`, :func:`load_weights`)."""
+    return load_weights(read_checkpoint(path), model, path)

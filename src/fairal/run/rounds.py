@@ -1,6 +1,6 @@
-"""The active-learning round, one engine for ``fairal run``, the grid and ``fairal query``: fit the U-Net on the
-labeled cases, measure its Dice on them, weigh the groups (Eq. 2), compute each candidate's statistics, score the
-candidates under a strategy, select the next batch.
+"""The active-learning round, one engine for ``fairal run``, the grid and ``fairal query``: fit the profile's
+network (:mod:`fairal.run.network`) on the labeled cases, measure its Dice on them, weigh the groups (Eq. 2), compute
+each candidate's statistics, score the candidates under a strategy, select the next batch.
 
 A lab's own data is the same round with cases of unknown group (an expected weight, from group probabilities) and
 no test set; what differs between the callers (warm starts and records for a run; resampling, a group classifier
@@ -32,20 +32,21 @@ from fairal.acquisition import (
 from fairal.config import Profile
 from fairal.data.volumes import Case, VolumeSet
 from fairal.metrics import dice_from_proba
-from fairal.run.model import UNet3D, build_unet
+from fairal.run.network import build_network
 from fairal.run.packed import Member
 from fairal.run.train import TrainConfig, TrainResult, load_checkpoint, predict_mc_dropout, predict_proba, train_model
 
 
 def model_factory(profile: Profile, volumes: VolumeSet, train_rows: list[int], dropout: float = 0.0,
-                  warm_from: str | Path | None = None) -> Callable[[], UNet3D]:
-    """A U-Net whose output bias starts at the training labels' foreground fraction (guards against collapse);
-    ``dropout`` > 0 for the MC-dropout strategies; ``warm_from``: start from a checkpoint's weights."""
+                  warm_from: str | Path | None = None) -> Callable[[], torch.nn.Module]:
+    """The profile's network (:func:`fairal.run.network.build_network`, looked up when built) whose output bias
+    starts at the training labels' foreground fraction (guards against collapse); ``dropout`` > 0 for the MC-dropout
+    strategies; ``warm_from``: start from a checkpoint's weights."""
     prior = float(volumes.labels[train_rows].float().mean()) if train_rows else None
     prior = min(max(prior, 1e-4), 0.5) if prior is not None else None
 
-    def build() -> UNet3D:
-        model = build_unet(profile.features, foreground_prior=prior, dropout=dropout)
+    def build() -> torch.nn.Module:
+        model = build_network(profile, foreground_prior=prior, dropout=dropout)
         if warm_from is not None:
             load_checkpoint(warm_from, model)
         return model
@@ -55,7 +56,7 @@ def model_factory(profile: Profile, volumes: VolumeSet, train_rows: list[int], d
 
 def training_member(profile: Profile, volumes: VolumeSet, rows: list[int], config: TrainConfig, strategy: Strategy,
                     warm_from: str | Path | None = None) -> Member:
-    """What training the profile's U-Net on the cases at ``rows`` needs (with dropout when the strategy samples
+    """What training the profile's network on the cases at ``rows`` needs (with dropout when the strategy samples
     it): the cases, the settings and the model factory, for :func:`fairal.run.train.train_model` or, with other runs
     in lockstep, :func:`fairal.run.packed.train_packed`."""
     dropout = profile.mc_dropout if strategy.needs_dropout else 0.0
@@ -65,7 +66,7 @@ def training_member(profile: Profile, volumes: VolumeSet, rows: list[int], confi
 
 def fit(profile: Profile, volumes: VolumeSet, rows: list[int], config: TrainConfig, strategy: Strategy,
         warm_from: str | Path | None = None, progress: bool = False) -> TrainResult:
-    """Train the profile's U-Net on the cases at ``rows`` (with dropout when the strategy samples it)."""
+    """Train the profile's network on the cases at ``rows`` (with dropout when the strategy samples it)."""
     m = training_member(profile, volumes, rows, config, strategy, warm_from)
     return train_model(m.images, m.labels, m.config, m.factory, progress=progress)
 
