@@ -1,7 +1,7 @@
 """Whether a change of fairal's code leaves its records as they were: make the records of a smoke reproduction and of
 a smoke study with a simulated and a CSV dataset, then compare two such folders.
 
-    python scripts/same_records.py make OUT      # OUT/reproduce (fairal reproduce --profile smoke) and OUT/study
+    python scripts/same_records.py make OUT [JOBS]  # OUT/reproduce (fairal reproduce --profile smoke), OUT/study
     python scripts/same_records.py compare A B   # every CSV and JSON of A against B's; exit 1 on a difference
 
 Run ``make`` once with the code before the change (e.g. ``PYTHONPATH=/path/to/old/checkout/src``) and once after;
@@ -34,7 +34,7 @@ def fairal(*args: str) -> None:
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def make(out: Path) -> None:
+def make(out: Path, jobs: str = "1") -> None:
     """The records of ``fairal reproduce --profile smoke`` (one job) and of docs/studies.md's study (a simulated
     and a CSV dataset, one with the pool's groups hidden) on the tests' tiny template at the smoke profile."""
     sys.path.insert(0, str(ROOT / "tests"))
@@ -43,7 +43,7 @@ def make(out: Path) -> None:
     from fairal.simulate.dataset import SimulationConfig, simulate_dataset
 
     out.mkdir(parents=True, exist_ok=True)  # a reproduction there is resumed: its finished runs are kept
-    fairal("reproduce", str(out / "reproduce"), "--profile", "smoke", "--jobs", "1", "--quiet")
+    fairal("reproduce", str(out / "reproduce"), "--profile", "smoke", "--jobs", jobs, "--quiet")
     folder = out / "study"
     folder.mkdir()  # a new one: the study's records are made here
     tpl, lab = make_template(folder)
@@ -62,7 +62,7 @@ def make(out: Path) -> None:
     (folder / "study.toml").write_text(study.replace("groups_known = false ", "margin_mm = 3\ngroups_known = false "))
     sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
     fairal("study", str(folder / "study.toml"), str(folder / "out"), "--profile", "smoke", "--seeds", "1", "--jobs",
-           "1", "--quiet", *sets)
+           jobs, "--quiet", *sets)
 
 
 def _clean(value, roots: list[str]):
@@ -114,8 +114,8 @@ def _first(x: list, y: list) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "make":
-        make(Path(argv[1]))
+    if len(argv) in (2, 3) and argv[0] == "make":
+        make(Path(argv[1]), *argv[2:])
         return 0
     if len(argv) == 3 and argv[0] == "compare":
         a, b = Path(argv[1]), Path(argv[2])
