@@ -643,8 +643,9 @@ def _print_query(table, strat, budget: int, group_dice: str) -> None:
         stdout.print(f"{unknown['n_unlabeled_unknown']} unlabeled cases of unknown group: p(group) from the "
                      f"group {unknown['method']}{acc}")
     view = Table(title=f"annotate next ({strat.name}, {budget} of {len(table)} unlabeled cases)")
-    statistic = strat.spec.statistic  # the column the strategy ranks by (none: random)
-    for col in ("rank", "case_id", "group", "score", statistic or "draw", "weight", "reason"):
+    statistic = strat.spec.statistic  # the column the strategy ranks by (none: random, or a pool-wide score)
+    for col in ("rank", "case_id", "group", "score", statistic or ("pool" if strat.spec.pool else "draw"), "weight",
+                "reason"):
         view.add_column(col, justify="left" if col in ("case_id", "group", "reason") else "right")
     for _, r in table.head(budget).iterrows():
         value = f"{r[statistic]:.4g}" if statistic else ""
@@ -776,7 +777,7 @@ def strategies() -> None:
     for col in ("base", "ranks by", "MC dropout", "from"):
         view.add_column(col)
     for name, base in acquisition.BASES.items():
-        stat = acquisition.STATISTICS.get(base.statistic) if base.statistic else None
+        stat = acquisition.STATISTICS.get(base.statistic) if base.statistic else base.pool  # a pool-wide score
         view.add_row(name, stat.label if stat else "a seeded uniform draw", "yes" if base.needs_dropout else "",
                      plugins.source(stat.compute if stat else None, name in acquisition.BUILT_IN_BASES))
     stdout.print(view)
