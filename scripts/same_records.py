@@ -7,8 +7,9 @@ a smoke study with a simulated and a CSV dataset, then compare two such folders.
 Run ``make`` once with the code before the change (e.g. ``PYTHONPATH=/path/to/old/checkout/src``) and once after;
 the fairal that runs is the one Python imports. ``compare`` reads every CSV and JSON file of both folders (the
 report's too) and sets aside only what differs from one run to the next by nature: durations and timestamps (a
-column or key named like ``seconds``, ``time``, ``elapsed``, ``date``), the library versions, the machine's
-description and the folders' own paths."""
+column or key named like ``seconds``, ``time``, ``elapsed``, ``date``), the files' modification times in
+``data.json``, the library versions, the machine's description and the folders' own paths. Torch's reductions depend
+on the number of threads: compare folders made with the same JOBS on the same machine."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def make(out: Path, jobs: str = "1") -> None:
     with (folder / "cohort.csv").open("w", newline="") as f:
         rows = csv.writer(f)
         rows.writerow(["case_id", "image", "label", "site"])
-        rows.writerows([m["case_id"], str(data / m["image"]), str(data / m["label"]), m["group"]] for m in manifest)
+        rows.writerows([m["case_id"], f"data/{m['image']}", f"data/{m['label']}", m["group"]] for m in manifest)
     example = re.search(r"```toml\n(.*?)```", (ROOT / "docs" / "studies.md").read_text(), re.S).group(1)
     tiny = (f'n_subjects = 24, template = "{tpl}", label = "{lab}", label_value = {LABEL_VALUE}, '
             f"shape = {list(OUT_SHAPE)}")
@@ -65,7 +66,13 @@ def make(out: Path, jobs: str = "1") -> None:
            jobs, "--quiet", *sets)
 
 
+#: A file's modification time in nanoseconds (data.json's fingerprint of each case's files): a time, not a result.
+MTIME_NS = 10**17
+
+
 def _clean(value, roots: list[str]):
+    if isinstance(value, int) and not isinstance(value, bool) and value > MTIME_NS:
+        return "<mtime>"
     if isinstance(value, dict):
         return {k: _clean(v, roots) for k, v in value.items() if not VOLATILE.search(str(k)) and k != "device"}
     if isinstance(value, list):

@@ -77,7 +77,8 @@ def test_a_mistyped_strategy_gets_a_suggestion():
     assert did_you_mean("entopy") == " (did you mean 'entropy'?)"
     assert did_you_mean("weigthed-bald-t0.5") == " (did you mean 'weighted-bald-t0.5'?)"  # the temperature kept
     assert did_you_mean("Localized_Entropy") == " (did you mean 'localized-entropy'?)"
-    assert did_you_mean("coreset") == ""
+    assert did_you_mean("coreset") == " (did you mean 'core-set'?)"
+    assert did_you_mean("badge") == ""
     res = runner.invoke(app, ["run", "data", "--strategy", "entopy", "--init", "balanced", "--out", "x"])
     assert res.exit_code == 2 and "(did you mean 'entropy'?)" in res.output, res.output
 

@@ -122,12 +122,14 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
 def test_lockstep_groups_are_one_dataset_and_seed():
     from fairal.grid.driver import lockstep_groups
     from fairal.grid.executors import Task
+    from fairal.run.loop import RunSpec
 
-    runs = [Task("run", d, f"{d}/{s}/{st}", None, "balanced", st, s) for d in ("strong", "weak") for s in (0, 1)
-            for st in "xyz"]
+    smoke = get_profile("smoke")
+    runs = [Task.for_run(RunSpec(d, st, "balanced", s, smoke), f"{d}/{s}/{st}") for d in ("strong", "weak")
+            for s in (0, 1) for st in ("random", "entropy", "bald")]
     groups = lockstep_groups(runs, 0)
     assert [len(g) for g in groups] == [3] * 4
-    assert all(len({(r.data_dir, r.seed) for r in g}) == 1 for g in groups)
+    assert all(len({(r.data_dir, r.spec.seed) for r in g}) == 1 for g in groups)
     assert [len(g) for g in lockstep_groups(runs, 2)] == [2, 1] * 4
     assert [len(g) for g in lockstep_groups(runs, 1)] == [1] * 12
 

@@ -163,3 +163,97 @@ def test_fair_influence_needs_the_network_not_saved_probabilities():
     maps = {"x": np.full((2, 2, 2), 0.6), "y": np.full((2, 2, 2), 0.4)}
     with pytest.raises(FairalError, match="needs the network"):
         rank_for_annotation(maps, {"x": 1, "y": 2}, {1: 0.5, 2: 0.5}, strategy="fair-influence", budget=1)
+
+
+# --- pool-wide base scores: a score that sees the whole pool at once --------------------------------------------
+
+
+@pytest.fixture
+def far_scorer():
+    """A pool-wide scorer registered for a test: each candidate's distance to the nearest labeled case."""
+    from fairal.acquisition import Base, PoolScore, register, unregister
+
+    def far(view):
+        return np.abs(view.features[:, None, 0] - view.labeled_features[None, :, 0]).min(axis=1)
+
+    register(Base("far", None, "far", "far from the labeled cases", pool=PoolScore("far_score", far, "distance")))
+    yield
+    unregister("far")
+
+
+def _view(k=3):
+    from fairal.acquisition import PoolView
+
+    # candidates at 1, 5, 9, 10 and 2 on a line, the labeled cases at 0 and 4: distances 1, 1, 5, 6, 2
+    return PoolView(IDS[:5], np.array([[1.0], [5.0], [9.0], [10.0], [2.0]]), np.array([[0.0], [4.0]]), {}, k,
+                    np.random.default_rng(0))
+
+
+def test_core_set_chooses_by_greedy_k_center_and_takes_no_steering_or_selection():
+    from fairal.acquisition import BASES, k_center_greedy, pool_values
+
+    # farthest from {0, 4}: 10 (d); then from {0, 4, 10}: 2 (e, at 2); then 1, 5 and 9 are all at 1: the first (a)
+    assert k_center_greedy(_view().features, _view().labeled_features, 3) == [3, 4, 0]
+    values = pool_values(BASES["core-set"].pool, _view())
+    assert values.tolist() == [1 / 3, 0.0, 0.0, 1.0, 2 / 3]  # the batch as scores: its top k, in its order
+    scores, used = strategy_scores("core-set", {"core_set": values}, np.ones(5), np.random.default_rng(0))
+    assert select("core-set", IDS[:5], scores, 3, 1, np.random.default_rng(0)) == ["d", "e", "a"]
+    assert used.tolist() == [1.0] * 5 and "core-set" in strategy_names()
+    for name, part in (("stochastic-core-set", "stochastic-"), ("weighted-core-set", "weighted-"),
+                       ("power-worst-group-core-set", "power- and worst-group-")):
+        with pytest.raises(FairalError, match=f"chooses the whole batch itself .* takes no {part}"):
+            parse_strategy(name)
+        assert name not in strategy_names()
+    with pytest.raises(FairalError, match="needs the pool-wide score 'core_set'"):
+        strategy_scores("core-set", {"entropy": [0.1] * 5}, np.ones(5), np.random.default_rng(0))
+
+
+def test_a_pool_wide_scorer_composes_with_every_steering_and_selection(far_scorer):
+    """Its values are one score per case: every part of the grammar takes them as it takes a statistic's."""
+    from fairal.acquisition import BASES, pool_values
+
+    d = pool_values(BASES["far"].pool, _view())
+    assert d.tolist() == [1.0, 1.0, 5.0, 6.0, 2.0]
+    w = np.array([WEIGHTS[g] for g in GROUPS[:5]])
+    for prefix in ("", "weighted-", "worst-group-", "balanced-", "group-drawn-", "power-", "stochastic-weighted-",
+                   "power-worst-group-"):
+        got, used = strategy_scores(f"{prefix}far", {"far_score": d}, w, np.random.default_rng(0))
+        ref, ref_used = strategy_scores(f"{prefix}entropy", {"entropy": d}, w, np.random.default_rng(0))
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(used, ref_used)
+        kw = {"groups": GROUPS[:5], "weights": WEIGHTS}
+        assert select(f"{prefix}far", IDS[:5], got, 2, 4, np.random.default_rng(1), **kw) == \
+            select(f"{prefix}entropy", IDS[:5], ref, 2, 4, np.random.default_rng(1), **kw)
+    assert select("far", IDS[:5], d, 2, 1, np.random.default_rng(0)) == ["d", "c"]
+
+
+def test_a_pool_wide_score_is_checked_where_registered_and_where_it_answers(far_scorer):
+    from fairal.acquisition import Base, PoolScore, Statistic, pool_values, register
+
+    with pytest.raises(FairalError, match="a pool-wide score ranks by itself"):
+        register(Base("both", "entropy", "both", "both", pool=PoolScore("both_score", lambda v: [], "both")))
+    with pytest.raises(FairalError, match="a pool-wide score ranks by itself"):
+        register(Base("again", None, "again", "again", pool=PoolScore("far_score", lambda v: [], "again")))
+    with pytest.raises(FairalError, match="exists already"):
+        register(Base("margin2", "far_score", "m", "m"), Statistic("far_score", lambda m: 0.0, "m"))
+    with pytest.raises(FairalError, match="gave 2 values for 5 candidates"):
+        pool_values(PoolScore("short", lambda v: [1.0, 2.0], "short"), _view())
+    with pytest.raises(FairalError, match="must pick 3 distinct candidates"):
+        pool_values(PoolScore("twice", lambda v: [0, 0, 1], "twice", chooses=True), _view())
+
+
+def test_the_documented_pool_wide_score_registers_and_composes():
+    """docs/api.md's pool-wide score, as written."""
+    import re
+    from pathlib import Path
+
+    from fairal.acquisition import BASES, pool_values, unregister
+
+    text = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "PoolScore(" in b)
+    exec(compile(block, "docs/api.md", "exec"), {})  # noqa: S102 - the documentation's own example
+    try:
+        assert parse_strategy("power-worst-group-farthest").base == "farthest"
+        assert pool_values(BASES["farthest"].pool, _view()).tolist() == [1.0, 1.0, 5.0, 6.0, 2.0]
+    finally:
+        unregister("farthest")

@@ -193,3 +193,58 @@ def test_the_new_parts_of_the_grammar_run_a_whole_run(tiny_dataset, tmp_path, st
     if strategy == "group-drawn-localized-entropy":  # its draws: the same seed, the same run
         again = ActiveLearningRun(_spec(tiny_dataset, strategy, init="balanced"), tmp_path / "again").run()
         pd.testing.assert_frame_equal(rounds, again)
+
+
+@pytest.fixture
+def pool_entries():
+    """Two pool-wide base scores registered for a test, each keeping what it saw: a scorer (each candidate's distance
+    to the nearest labeled case) and a chooser (the built-in core-set's greedy k-center, its batch kept)."""
+    import numpy as np
+
+    from fairal.acquisition import Base, PoolScore, k_center_greedy, register, unregister
+
+    seen: dict = {"far": [], "chooser": []}
+
+    def far(view):
+        d = np.linalg.norm(view.features[:, None] - view.labeled_features[None], axis=2).min(axis=1)
+        seen["far"].append((view, d))
+        return d
+
+    def chooser(view):
+        chosen = k_center_greedy(view.features, view.labeled_features, view.k)
+        seen["chooser"].append((view, chosen))
+        return chosen
+
+    register(Base("far-from-labeled", None, "far from labeled", "far from the labeled cases",
+                  pool=PoolScore("far_from_labeled", far, "distance to the nearest labeled case")))
+    register(Base("spy-set", None, "spy set", "core-set, kept", pool=PoolScore("spy_set", chooser, "k-center",
+                                                                              chooses=True)))
+    yield seen
+    unregister("far-from-labeled")
+    unregister("spy-set")
+
+
+def test_a_pool_wide_score_sees_the_whole_pool_in_a_run(tiny_dataset, tmp_path, pool_entries):
+    """A pool-wide scorer, weighted (Eq. 2), and a pool-wide chooser (core-set) through the round engine: each sees
+    every candidate and labeled case at once and the round's budget; the scorer's values times the weights are
+    the records' scores; the chooser's batch is what the round selects, as the built-in core-set does."""
+    import numpy as np
+
+    rounds = ActiveLearningRun(_spec(tiny_dataset, "weighted-far-from-labeled", "balanced"), tmp_path / "far").run()
+    sel = pd.read_csv(tmp_path / "far" / "selections.csv")
+    assert len(pool_entries["far"]) == 2  # rounds 0 and 1 acquire; the last does not
+    for rnd, (view, d) in enumerate(pool_entries["far"]):
+        here = sel[sel["round"] == rnd]
+        labeled = rounds["n_labeled"].iloc[rnd]
+        assert view.candidates == here["case_id"].tolist() and view.k == 2
+        assert view.features.shape == (len(here), 64) and view.labeled_features.shape == (labeled, 64)
+        np.testing.assert_array_equal(here["score"].to_numpy(), here["weight"].to_numpy() * d)
+        assert set(here.loc[here["selected"], "case_id"]) == set(here.sort_values("score")["case_id"].iloc[-2:])
+    ActiveLearningRun(_spec(tiny_dataset, "spy-set", "balanced"), tmp_path / "spy").run()
+    ActiveLearningRun(_spec(tiny_dataset, "core-set", "balanced"), tmp_path / "core").run()
+    spy, core = (pd.read_csv(tmp_path / name / "selections.csv") for name in ("spy", "core"))
+    for rnd, (view, chosen) in enumerate(pool_entries["chooser"]):
+        here = spy[spy["round"] == rnd]
+        assert set(here.loc[here["selected"], "case_id"]) == {view.candidates[i] for i in chosen}
+    assert spy["selected"].equals(core["selected"]) and spy["case_id"].equals(core["case_id"])
+    assert core[["entropy", "localized_entropy"]].notna().all().all()  # the statistics still recorded

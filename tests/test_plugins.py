@@ -180,6 +180,30 @@ def test_a_worker_takes_the_drivers_current_registrations(clean_tables):
     assert "worst" not in metrics.METRICS
 
 
+def test_a_grid_task_carries_its_runs_parsed_strategy_of_a_registered_base(clean_tables, tiny_dataset):
+    """The grid sends each run typed (its strategy parsed once, in the driver): a task whose strategy's base was
+    registered at run time pickles, unpickles in a worker that does not know the base yet (a Strategy holds its
+    parts' names, looked up in the tables when used), and is the driver's strategy once the driver's registrations
+    are restored there."""
+    import pickle
+
+    from fairal.config import get_profile
+    from fairal.grid.executors import Task
+    from fairal.run.loop import RunSpec
+
+    acquisition.register(acquisition.Base("run-time-margin", "run_time_margin", "margin", "margin"),
+                         acquisition.Statistic("run_time_margin", lambda m: float(m.proba.mean()), "margin"))
+    spec = RunSpec(str(tiny_dataset), "power-weighted-run-time-margin-t0.5", "balanced", 0, get_profile("smoke"))
+    sent = pickle.dumps((plugins.snapshot(), Task.for_lockstep([Task.for_run(spec, "out/a")], "out")))
+    acquisition.unregister("run-time-margin")  # as in a fresh worker
+    extensions, task = pickle.loads(sent)
+    got = task.runs[0].spec
+    assert got == spec and got.strategy.weighted and got.strategy.temperature == 0.5
+    assert "run-time-margin" not in acquisition.BASES
+    plugins.Extensions(extensions.plugins, extensions.registrations, origin="another process").restore()
+    assert got.strategy.spec.statistic == "run_time_margin" and not got.strategy.needs_dropout
+
+
 def test_study_plugins_and_run_time_registrations_reach_the_grid_workers(plugin_file, tiny_dataset, tmp_path):
     """A study file's plugin and a metric registered here (a lambda) are known in the grid's worker processes
     (spawned: they import fairal afresh), so their columns are in the records the workers write."""

@@ -4,6 +4,7 @@ dataset of another structure and a lab's CSV cohort end to end."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -87,8 +88,8 @@ def test_a_bad_setting_is_refused_before_any_work(tmp_path):
 def test_the_paper_study_is_reproduces_grid():
     """`fairal reproduce` is the built-in study: the same runs, folders and settings."""
     prof = get_profile("smoke")
-    runs = study_grid(paper_study(), prof, 2)
-    keys = [(r.dataset.name, r.init, r.arm.name, r.seed) for r in runs]
+    runs = study_grid(Path("o"), paper_study(), prof, 2)
+    keys = [(r.dataset, r.init, r.arm.name, r.seed) for r in runs]
     assert keys == grid(2, prof.strategies)
     assert all(r.profile == prof for r in runs)
     assert runs[0].folder("o") == run_dir("o", *keys[0])
@@ -233,6 +234,23 @@ def test_a_dataset_folder_and_runs_reused_from_another_study(tiny_dataset, tmp_p
     assert c.stat().st_ino != a.stat().st_ino  # other settings: run anew
     bad = CliRunner().invoke(app, ["study", str(first), str(tmp_path / "d"), "--reuse", str(tmp_path / "none")])
     assert bad.exit_code == 2 and "no results folder" in bad.output
+
+
+def test_runs_trained_in_lockstep_keep_their_own_settings(tiny_dataset, tmp_path):
+    """A lockstep task carries each run's spec as the grid made it: the study's [set] and an arm's own settings
+    reach the worker (not the command's base profile), in the records and in the training."""
+    from fairal.grid.driver import run_study
+
+    settings = "\n".join(f"{k} = {v}" for k, v in TINY.items())
+    text = (f'seeds = 1\ninits = ["balanced"]\nreference = "random"\nstrategies = ["random", {{ name = "short", '
+            f'strategy = "entropy", set = {{ round_steps = 1 }} }}]\n[set]\n{settings}\n[datasets.tiny]\n'
+            f'folder = "{tiny_dataset}"\n')
+    study = load_study(_write(tmp_path / "s.toml", text))
+    run_study(study, tmp_path / "out", get_profile("smoke"), jobs=1, progress=False, pack="on")
+    for arm, steps in (("random", 2), ("short", 1)):
+        config = json.loads((run_dir(tmp_path / "out", "tiny", "balanced", arm, 0) / "config.json").read_text())
+        profile = config["settings"]["profile"]
+        assert (profile["round_steps"], profile["steps"], profile["final_size"]) == (steps, 3, 8), arm
 
 
 def test_a_run_linked_with_its_data_under_another_path_is_the_same_run(tiny_dataset, tmp_path):

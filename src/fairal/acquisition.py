@@ -2,7 +2,9 @@
 
 Scoring is kept apart from selection: each strategy turns per-case statistics into one score per pool case,
 and :func:`select` picks the cases to annotate (the top k, or the best of random candidate batches), so any
-score composes with either selection rule.
+score composes with either selection rule. A base score may also see the whole pool at once (:class:`PoolScore`:
+every candidate's and labeled case's features, the budget, the round's random stream): it gives one score per
+case, which composes as a statistic does, or, a chooser, the batch itself.
 
 A strategy name composes three parts, ``[SELECTION-][STEERING-]BASE[-tT]``, one table entry each (baal's
 composition: steering and selection apart from the base score):
@@ -14,6 +16,8 @@ composition: steering and selection apart from the base score):
 | ``localized-entropy`` | Eq. 1: mean voxel entropy over R, the predicted mask dilated by r voxels |
 | ``bald`` | MC-dropout BALD: mean voxel mutual information ``H[E p] - E H[p]`` over R (dropout samples) |
 | ``fair-influence`` | first-order influence on the group gap of the labeled set (Pang et al. 2024) |
+| ``core-set`` | Sener & Savarese 2018: greedy k-center on the network's predicted maps, a batch chosen from the whole \
+pool at once (a pool-wide chooser: no steering or selection) |
 | ``weighted-`` | Eq. 2: the score times the group weight ``w_g(x)`` (expected weight if the group is unknown) |
 | ``worst-group-`` | min-max (Abernethy et al. 2022): the group of the largest ``w_g`` first, ranked by the score; \
 fill from the next group by weight |
@@ -98,19 +102,59 @@ class Statistic:
 
 
 @dataclass(frozen=True)
+class PoolView:
+    """What a pool-wide score (:class:`PoolScore`) sees of one round, all at once: the candidates (ids, in the
+    round's order), each candidate's and each labeled case's embedding (rows of ``features`` and
+    ``labeled_features``: :attr:`PoolScore.embed`), the per-case statistics of the round (:data:`STATISTICS`, one
+    value per candidate; NaN for those not computed), the number of cases the round acquires, and the round's
+    random stream (draws from it are the strategy's own)."""
+
+    candidates: list[str]
+    features: np.ndarray
+    labeled_features: np.ndarray
+    stats: Mapping[str, Sequence[float]]
+    k: int
+    rng: np.random.Generator
+
+
+@dataclass(frozen=True)
+class PoolScore:
+    """A base score that sees the whole pool at once (batch-aware: core-set, BADGE, ...): ``compute`` takes the
+    round's :class:`PoolView` and returns one score per candidate (it then composes with every steering and
+    selection, as a statistic does) or, with ``chooses``, the batch itself: the positions of ``min(k, n)``
+    candidates, best first (a chooser takes no steering or selection: they need one score per case). ``embed``:
+    ``(model, images) -> (cases, d)`` features (None: the round's default, each case's predicted foreground
+    probability averaged over a 4 x 4 x 4 grid of blocks). Its name keys its values in the round's statistics; it is
+    not a column of the records."""
+
+    name: str
+    compute: Callable[[PoolView], Sequence[float]]
+    label: str
+    chooses: bool = False
+    embed: Callable | None = None
+
+
+@dataclass(frozen=True)
 class Base:
     """A base score: its name in strategy names, the statistic it ranks by (a name of :data:`STATISTICS`;
-    ``None`` for a seeded uniform draw), its words in figures and reasons."""
+    ``None`` for a seeded uniform draw or a pool-wide score), its words in figures and reasons, and, for a score
+    that sees the whole pool at once, its :class:`PoolScore`."""
 
     name: str
     statistic: str | None
     label: str
     reason: str
+    pool: PoolScore | None = None
 
     @property
     def needs_dropout(self) -> bool:
         """A U-Net with dropout for MC-dropout samples."""
         return self.statistic is not None and STATISTICS[self.statistic].needs_dropout
+
+    @property
+    def chooses(self) -> bool:
+        """It picks the whole batch itself (a pool-wide chooser), not one score per case."""
+        return self.pool is not None and self.pool.chooses
 
 
 @dataclass(frozen=True)
@@ -191,7 +235,8 @@ def strategy_names() -> list[str]:
     (random candidate batches of random scores excepted)."""
     return [f"{sel.prefix}{steer.prefix}{base}" for sel in SELECTIONS.values() for steer in STEERINGS.values()
             for base in BASES if not (sel.name and base == "random" and not steer.name)
-            and not (sel.order is None and steer.by_group is not None)]
+            and not (sel.order is None and steer.by_group is not None)
+            and not (BASES[base].chooses and (sel.name or steer.name))]
 
 
 def did_you_mean(name: str) -> str:
@@ -245,6 +290,10 @@ def parse_strategy(name: str | Strategy) -> Strategy:
     if selection == "stochastic" and STEERINGS[steering].by_group is not None:
         raise FairalError(f"strategy {name!r}: stochastic batches pick a whole batch, not an order of cases, so "
                           f"they cannot fill slots group by group ({steering}-); use power- or the top k")
+    if BASES[base].chooses and (selection or steering):
+        parts = " and ".join(p for p in (SELECTIONS[selection].prefix, STEERINGS[steering].prefix) if p)
+        raise FairalError(f"strategy {name!r}: {base} chooses the whole batch itself from the pool (a pool-wide "
+                          f"chooser), so it takes no {parts} (they need one score per case); use {base!r} alone")
     return Strategy(text, base, steering, temperature, selection)
 
 
@@ -341,6 +390,29 @@ def localized_bald(mi, roi) -> float:
     return _roi_mean(mi, roi)
 
 
+def k_center_greedy(features, labeled_features, k: int) -> list[int]:
+    """Core-set (Sener & Savarese 2018), greedy k-center: ``k`` times the candidate farthest (Euclidean) from the
+    labeled cases and the ones chosen so far (the first on a tie); their positions, in the order chosen."""
+    x = np.asarray(features, dtype=np.float64)
+    n = len(x)
+    x = x.reshape(n, -1)
+    lab = np.asarray(labeled_features, dtype=np.float64).reshape(-1, x.shape[1])
+    dist = np.full(n, np.inf)
+    for row in lab:  # one labeled case at a time: no (candidates x labeled x d) array
+        dist = np.minimum(dist, np.linalg.norm(x - row, axis=1))
+    chosen: list[int] = []
+    for _ in range(min(k, n)):
+        i = int(np.argmax(dist))
+        chosen.append(i)
+        dist = np.minimum(dist, np.linalg.norm(x - x[i], axis=1))
+        dist[chosen] = -np.inf
+    return chosen
+
+
+def _core_set(view: PoolView) -> list[int]:
+    return k_center_greedy(view.features, view.labeled_features, view.k)
+
+
 #: The statistics behind the base scores, in record order: adding one is one entry (or :func:`register`).
 STATISTICS: dict[str, Statistic] = {st.name: st for st in (
     Statistic("entropy", lambda m: mean_entropy(m.proba), "mean entropy"),
@@ -358,6 +430,8 @@ BASES: dict[str, Base] = {b.name: b for b in (
     Base("bald", "bald", "BALD", "BALD (mutual information in the ROI)"),
     Base("fair-influence", "fair_influence", "fairness influence",
          "expected reduction of the labeled set's group gap (first-order influence)"),
+    Base("core-set", None, "core-set", "far from the labeled cases and the batch (greedy k-center)",
+         pool=PoolScore("core_set", _core_set, "greedy k-center on the network's predicted maps", chooses=True)),
 )}
 #: The names built into fairal (the rest were registered: :mod:`fairal.plugins` sends those to a grid's workers).
 BUILT_IN_STATISTICS = frozenset(STATISTICS)
@@ -376,8 +450,14 @@ def register(base: Base, statistic: Statistic | None = None) -> Base:
                           f"({', '.join(prefixes)}) or a -tT suffix; got {base.name!r}")
     if base.name in BASES:
         raise FairalError(f"the base score {base.name!r} exists already")
+    pools = {b.pool.name for b in BASES.values() if b.pool is not None}
+    if base.pool is not None and (base.statistic is not None or statistic is not None or not
+                                  base.pool.name.isidentifier() or base.pool.name in {*STATISTICS, *pools}):
+        raise FairalError(f"base score {base.name!r}: a pool-wide score ranks by itself (no statistic), under a name "
+                          f"of its own (an identifier no statistic or other pool-wide score has); got "
+                          f"{base.pool.name!r}")
     if statistic is not None:
-        if statistic.name in STATISTICS or not statistic.name.isidentifier():
+        if statistic.name in {*STATISTICS, *pools} or not statistic.name.isidentifier():
             raise FairalError(f"statistic {statistic.name!r} exists already or is not a column name")
         STATISTICS[statistic.name] = statistic
     if base.statistic is not None and base.statistic not in STATISTICS:
@@ -555,20 +635,48 @@ def strategy_scores(
     s = parse_strategy(strategy)
     w = np.asarray(weights, dtype=np.float64)
     n = w.size
-    if s.spec.statistic is None:
+    key = s.spec.pool.name if s.spec.pool is not None else s.spec.statistic
+    if key is None:
         base = rng.random(n)
     else:
-        values = stats.get(s.spec.statistic)
+        values = stats.get(key)
         if values is None or np.isnan(np.asarray(values, dtype=np.float64)).any():
-            raise FairalError(f"strategy {s.name} needs the statistic {s.spec.statistic!r} of every pool case"
-                              + (f" ({STATISTICS[s.spec.statistic].needs})" if s.spec.statistic in STATISTICS
-                                 and STATISTICS[s.spec.statistic].needs else ""))
+            raise FairalError(f"strategy {s.name} needs the {_needs(s.spec)}")
         base = np.asarray(values, dtype=np.float64)
         if base.shape != (n,):
-            raise FairalError(f"{base.size} values of {s.spec.statistic} for {n} cases")
+            raise FairalError(f"{base.size} values of {key} for {n} cases")
     if not s.steered:
         return base, np.ones(n)
     return (w * base if s.weighted else base), w  # Eq. 2 for weighted-
+
+
+def _needs(base: Base) -> str:
+    """What a base score needs of every pool case, in words."""
+    if base.pool is not None:
+        return (f"pool-wide score {base.pool.name!r} of the whole pool (computed from the network in fairal run, "
+                "study or query, not from saved probabilities)")
+    stat = STATISTICS.get(base.statistic)
+    return f"statistic {base.statistic!r} of every pool case" + (f" ({stat.needs})" if stat and stat.needs else "")
+
+
+def pool_values(pool: PoolScore, view: PoolView) -> np.ndarray:
+    """``pool``'s value for each candidate of ``view``: its scores, or a chooser's batch as scores (the i-th of its
+    k chosen cases (k - i) / k, the others 0), so that the top k are its batch in its order."""
+    n = len(view.candidates)
+    out = pool.compute(view)
+    if not pool.chooses:
+        values = np.asarray(out, dtype=np.float64)
+        if values.shape != (n,) or not np.isfinite(values).all():
+            raise FairalError(f"the pool-wide score {pool.name} gave {values.size} values for {n} candidates (one "
+                              "finite number each)")
+        return values
+    chosen, k = [int(i) for i in out], min(view.k, n)
+    if len(chosen) != k or len(set(chosen)) != k or any(not 0 <= i < n for i in chosen):
+        raise FairalError(f"the pool-wide chooser {pool.name} must pick {k} distinct candidates (positions 0 to "
+                          f"{n - 1}), got {chosen[:6]}")
+    values = np.zeros(n)
+    values[chosen] = (k - np.arange(k)) / k
+    return values
 
 
 def select_top_k(case_ids: Sequence[str], scores: Sequence[float], k: int) -> list[str]:

@@ -534,7 +534,6 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
     """The grid of a study, then its report and its final table on the console."""
     import dataclasses
 
-    from fairal.acquisition import parse_strategy
     from fairal.config import get_profile, parse_overrides
     from fairal.grid.driver import run_study
     from fairal.grid.spec import Arm, check_settings, grid_key_refused, seeds_warning, study_seeds
@@ -550,17 +549,17 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
         if twice := [n for n in dict.fromkeys(names) if names.count(n) > 1]:
             raise FairalError(f"--strategies names {twice[0]!r} twice")
         arms = {a.name: a for a in the_study.arms or ()}  # a study's arm by its name, with its own settings
-        for name in names:  # refused before any work
+        chosen = tuple(arms.get(n, Arm(n, n)) for n in names)
+        for arm in chosen:  # refused before any work (a study's arm was parsed with its file)
             try:
-                if name not in arms:
-                    parse_strategy(name)
+                _ = arm.parsed
             except FairalError as err:
                 raise FairalError(f"--strategies: {err}"
                                   + (f" (the study's arms: {', '.join(arms)})" if arms else "")) from None
         if the_study.arms is None:
             base = base.with_overrides({"strategies": ",".join(names)})
         else:
-            the_study = dataclasses.replace(the_study, arms=tuple(arms.get(n, Arm(n, n)) for n in names))
+            the_study = dataclasses.replace(the_study, arms=chosen)
     check_settings(the_study, base, cli)  # a bad --set before any warning about the runs it would change
     if the_study.source != PAPER_SOURCE:  # the paper's study has its own plan (docs/analysis-plan.md)
         names = [a.name for a in the_study.resolved_arms(base)]
@@ -644,8 +643,9 @@ def _print_query(table, strat, budget: int, group_dice: str) -> None:
         stdout.print(f"{unknown['n_unlabeled_unknown']} unlabeled cases of unknown group: p(group) from the "
                      f"group {unknown['method']}{acc}")
     view = Table(title=f"annotate next ({strat.name}, {budget} of {len(table)} unlabeled cases)")
-    statistic = strat.spec.statistic  # the column the strategy ranks by (none: random)
-    for col in ("rank", "case_id", "group", "score", statistic or "draw", "weight", "reason"):
+    statistic = strat.spec.statistic  # the column the strategy ranks by (none: random, or a pool-wide score)
+    for col in ("rank", "case_id", "group", "score", statistic or ("pool" if strat.spec.pool else "draw"), "weight",
+                "reason"):
         view.add_column(col, justify="left" if col in ("case_id", "group", "reason") else "right")
     for _, r in table.head(budget).iterrows():
         value = f"{r[statistic]:.4g}" if statistic else ""
@@ -777,7 +777,7 @@ def strategies() -> None:
     for col in ("base", "ranks by", "MC dropout", "from"):
         view.add_column(col)
     for name, base in acquisition.BASES.items():
-        stat = acquisition.STATISTICS.get(base.statistic) if base.statistic else None
+        stat = acquisition.STATISTICS.get(base.statistic) if base.statistic else base.pool  # a pool-wide score
         view.add_row(name, stat.label if stat else "a seeded uniform draw", "yes" if base.needs_dropout else "",
                      plugins.source(stat.compute if stat else None, name in acquisition.BUILT_IN_BASES))
     stdout.print(view)

@@ -98,8 +98,11 @@ class Profile:
     power_temperature: float = 1.0  # T of the power- strategies: cases drawn with probability ∝ score^(1/T)
     # the grid of ``fairal reproduce``: strategies run per dataset, initial set and seed
     strategies: tuple[str, ...] = PAPER_STRATEGIES
+    # not a setting: True when ``strategies`` are those of a Profile checked before (:meth:`with_overrides` of other
+    # settings), so that a study's many profiles do not parse the same names again
+    strategies_checked: dataclasses.InitVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, strategies_checked: bool = False) -> None:
         """Every setting checked once, here, with a message naming it: the rest of fairal trusts a Profile."""
         def whole(name: str, low: int, value=None) -> None:
             v = getattr(self, name) if value is None else value
@@ -156,7 +159,7 @@ class Profile:
             raise FairalError(f"setting bf16 must be auto, on or off, got {self.bf16!r}")
         if not self.strategies:
             raise FairalError("setting strategies must name at least one strategy")
-        for name in self.strategies:
+        for name in () if strategies_checked else self.strategies:
             parse_strategy(name)
 
     def with_overrides(self, overrides: dict[str, str]) -> Profile:
@@ -169,7 +172,7 @@ class Profile:
                 known = ", ".join(sorted(n for n in fields if n not in ("name", "description")))
                 raise FairalError(f"unknown setting {key!r}; settings: {known}")
             values[name] = _convert(name, raw, getattr(self, name))
-        return dataclasses.replace(self, **values)
+        return dataclasses.replace(self, **values, strategies_checked="strategies" not in values)
 
     def as_dict(self) -> dict:
         """Every setting, but ``network`` at its default: the records of the built-in network keep the form they had

@@ -57,14 +57,19 @@ def ensure_dataset(out: Path, spec: str | DatasetSpec, profile: Profile, progres
     one of the paper's datasets."""
     if isinstance(spec, str):
         spec = next(d for d in paper_study().datasets if d.name == spec)
+    path = dataset_folder(out, spec)
     if spec.kind == "folder":
-        return spec.folder
-    path = Path(out) / "data" / spec.name
+        return path
     if check_made_dataset(out, spec, profile):
         return path
     if spec.kind == "csv":
         return ensure_cohort(spec, path, profile)
     return simulate_dataset(simulation_settings(spec, profile), path, progress=progress)
+
+
+def dataset_folder(out: Path, spec: DatasetSpec) -> Path:
+    """Where a study's dataset is (or will be made): a dataset folder made before, as given, else ``out/data/NAME``."""
+    return spec.folder if spec.kind == "folder" else Path(out) / "data" / spec.name
 
 
 def check_made_dataset(out: Path, spec: DatasetSpec, profile: Profile) -> bool:
@@ -132,7 +137,7 @@ def dataset_outline(spec: DatasetSpec, profile: Profile):
         if spec.kind == "folder":
             cases = read_manifest(spec.folder, test_per_group=profile.test_per_group)
         else:
-            cases = read_cases(spec.csv, spec.group_by)
+            cases = spec.cohort()
             cases = pd.DataFrame({"group": cases["group"].map(group_value),
                                   "split": cohort_splits(cases, spec, profile.test_per_group)})
         counts = pd.crosstab(cases["group"], cases["split"]).reindex(columns=list(SPLITS), fill_value=0)
@@ -199,7 +204,7 @@ def check_cohort_files(spec: DatasetSpec) -> None:
     its image's grid), the grid around the labeled structures (``spacing``, ``margin_mm``, ``label_value``), and
     every image read in full (not truncated, finite, not blank) and covering that grid. Its images are read twice,
     here and when the dataset is made, so that no refusal comes after the study has written."""
-    cases = read_cases(spec.csv, spec.group_by, "group_by")
+    cases = spec.cohort()
     check_headers(cases)
     check_images(cases, structure_grid(cases, spec.spacing, spec.margin_mm, spec.label_value, COHORT_KEYS))
 
@@ -224,11 +229,11 @@ def ensure_cohort(spec: DatasetSpec, path: Path, profile: Profile) -> Path:
 
 
     settings = cohort_settings(spec, profile)
+    cases = read_cases(spec.csv, spec.group_by, "group_by")  # once more: the dataset is made of the file as it is
     try:
-        check_cohort(spec)
+        check_cohort(spec, cases)
     except FairalError as err:
         raise FairalError(f"dataset {spec.name}: {err}") from None
-    cases = read_cases(spec.csv, spec.group_by)
     splits = cohort_splits(cases, spec, profile.test_per_group)
     grid = structure_grid(cases, spec.spacing, spec.margin_mm, spec.label_value, COHORT_KEYS)
     vol = load_cases(cases, grid, label_value=spec.label_value)

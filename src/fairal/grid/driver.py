@@ -21,13 +21,14 @@ from fairal.grid.datasets import (
     check_cohort_files,
     check_data,
     check_made_dataset,
+    dataset_folder,
     ensure_dataset,
     link_tree,
     reuse_datasets,
     simulation_settings,
 )
 from fairal.grid.executors import Executor, LocalExecutor, Task, describe, make_executor
-from fairal.grid.spec import Arm, DatasetSpec, Study, check_settings, other_study, paper_study, study_seeds
+from fairal.grid.spec import Arm, Study, check_settings, other_study, paper_study, study_seeds
 from fairal.io import (
     FolderLock,
     check_output_folder,
@@ -52,23 +53,42 @@ def run_dir(out: Path, dataset: str, init: str, strategy: str, seed: int) -> Pat
 
 @dataclass(frozen=True)
 class GridRun:
-    """One AL run of a study: dataset, initial set, arm (strategy under its name), seed, and its settings."""
+    """One AL run of a study: its dataset's name, its arm (a strategy under its name) and the run itself, typed
+    (:class:`fairal.run.loop.RunSpec`: data folder, parsed strategy, initial set, seed, settings), which the grid's
+    task carries to the worker unchanged."""
 
-    dataset: DatasetSpec
-    init: str
+    dataset: str
     arm: Arm
-    seed: int
-    profile: Profile
+    spec: RunSpec
+
+    @property
+    def init(self) -> str:
+        return self.spec.init
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def profile(self) -> Profile:
+        return self.spec.profile
 
     def folder(self, out: Path) -> Path:
-        return run_dir(out, self.dataset.name, self.init, self.arm.name, self.seed)
+        return run_dir(out, self.dataset, self.spec.init, self.arm.name, self.spec.seed)
 
 
-def study_grid(study: Study, base: Profile, seeds: int, cli: dict | None = None) -> list[GridRun]:
-    """Every run of the study, datasets x initial sets x arms x seeds in that order."""
+def study_grid(out: Path, study: Study, base: Profile, seeds: int, cli: dict | None = None) -> list[GridRun]:
+    """Every run of the study, datasets x initial sets x arms x seeds in that order, each made once: its data
+    folder in ``out`` (:func:`fairal.grid.datasets.dataset_folder`), its arm's strategy parsed once
+    (:attr:`fairal.grid.spec.Arm.parsed`), its settings once per dataset and arm."""
     arms = study.resolved_arms(base)
-    return [GridRun(d, i, a, seed, study.profile_for(base, d, a, cli or {}))
-            for d in study.datasets for i in study.inits for a in arms for seed in range(seeds)]
+    runs = []
+    for d in study.datasets:
+        data = str(dataset_folder(out, d))
+        profiles = {a.name: study.profile_for(base, d, a, cli or {}) for a in arms}
+        runs += [GridRun(d.name, a, RunSpec(data, a.parsed, i, seed, profiles[a.name]))
+                 for i in study.inits for a in arms for seed in range(seeds)]
+    return runs
 
 
 def grid(seeds: int, strategies: tuple[str, ...] | list[str]) -> list[tuple[str, str, str, int]]:
@@ -106,13 +126,12 @@ def check_results_folder(out: str | Path) -> Path:
     return check_own_folder(out, RESULTS, "OUT")
 
 
-def check_before_writing(out: Path, study: Study, profile: Profile, seeds: int, cli: dict) -> None:
+def check_before_writing(out: Path, study: Study, runs: list[GridRun]) -> None:
     """What a study finds in ``out``, checked before it writes anything there (a refusal leaves ``out`` as it was,
     its ``study.json`` too): ``out`` holds no other study (:func:`fairal.grid.spec.other_study`), every path of the
-    study's plan, resolved, lies inside ``out`` (no symbolic link planted in it leads a write elsewhere), and every
-    run already there has this study's settings."""
+    study's plan (its ``runs``: :func:`study_grid`), resolved, lies inside ``out`` (no symbolic link planted in it
+    leads a write elsewhere), and every run already there has this study's settings."""
     _check_same_study(out, study)
-    runs = study_grid(study, profile, seeds, cli)
     own = [("study.json",), ("report",), *[("data", d.name) for d in study.datasets if d.kind != "folder"],
            *[("baseline", d.name) for d in study.datasets if study.baselines],
            *[r.folder(out).relative_to(out).parts for r in runs]]
@@ -147,11 +166,9 @@ def _check_runs_there(out: Path, study: Study, runs: list[GridRun]) -> None:
     reads a run's state: the same settings, or the same on the same data files under another path)."""
     manifests: dict = {}
     for r in runs:
-        folder = r.folder(out)
+        folder, spec, data = r.folder(out), r.spec, Path(r.spec.data_dir)
         if not (folder / "state.json").is_file():
             continue
-        data = r.dataset.folder if r.dataset.kind == "folder" else out / "data" / r.dataset.name
-        spec = RunSpec(str(data), r.arm.strategy, r.init, r.seed, r.profile)
         try:
             config = json.loads((folder / "config.json").read_text())
             if same_settings(config.get("settings", {}), spec.settings()):
@@ -159,12 +176,12 @@ def _check_runs_there(out: Path, study: Study, runs: list[GridRun]) -> None:
         except (OSError, ValueError, AttributeError) as err:
             raise FairalError(f"{study.source}: {folder} holds an unreadable run ({err}); delete it or choose "
                               "another OUT") from None
-        if (data / "manifest.csv").is_file() and r.dataset.name not in manifests:
-            manifests[r.dataset.name] = read_manifest(data, test_per_group=r.profile.test_per_group)
-        if r.dataset.name in manifests and same_run_elsewhere(folder, config, spec, manifests[r.dataset.name]):
+        if (data / "manifest.csv").is_file() and r.dataset not in manifests:
+            manifests[r.dataset] = read_manifest(data, test_per_group=r.profile.test_per_group)
+        if r.dataset in manifests and same_run_elsewhere(folder, config, spec, manifests[r.dataset]):
             continue
         raise FairalError(f"{study.source}: {folder} holds a run with other settings than this study's dataset "
-                          f"{r.dataset.name}, initial set {r.init}, strategy {r.arm.name}, seed {r.seed} (a setting, "
+                          f"{r.dataset}, initial set {r.init}, strategy {r.arm.name}, seed {r.seed} (a setting, "
                           "the strategy or the data changed); choose a new OUT (--reuse links the runs of identical "
                           "settings) or delete that run")
 
@@ -210,7 +227,8 @@ def run_study(
         network_of(prof)
     out = check_results_folder(out)
     study = ladder.resolve(out, study, profile, cli, compute=False)  # a calibration made before: the same knob
-    check_before_writing(out, study, profile, seeds, cli)
+    runs = study_grid(out, study, profile, seeds, cli)  # every run typed once; a calibration moves no run
+    check_before_writing(out, study, runs)
     _check_datasets_in(out, study, profile, cli)
     with FolderLock(out, f"fairal study {study.name}"):
         make_own_folder(out, RESULTS)
@@ -221,7 +239,8 @@ def run_study(
         _write_study(out, study, profile, seeds, cli)
         if only:
             study = dataclasses.replace(study, datasets=tuple(d for d in study.datasets if d.name in only))
-        _run_grid(out, study, profile, cli, seeds, executor, progress, pack_size if packed else 1, reuse, work)
+            runs = [r for r in runs if r.dataset in only]
+        _run_grid(out, study, profile, cli, runs, executor, progress, pack_size if packed else 1, reuse, work)
 
 
 def _check_grid_options(study: Study, pack: str, pack_size: int, reuse, only: list[str] | None) -> None:
@@ -276,18 +295,18 @@ def lockstep_groups(runs: list[Task], pack_size: int) -> list[list[Task]]:
     alone), in the order given."""
     groups: dict = {}
     for r in runs:
-        groups.setdefault((r.data_dir, r.seed), []).append(r)
+        groups.setdefault((r.data_dir, r.spec.seed), []).append(r)
     size = pack_size or max((len(g) for g in groups.values()), default=1)
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
 def _dataset_data(out: Path, study: Study, profile: Profile, cli: dict) -> dict:
-    """Each dataset made (or reused) and its manifest: name -> (path, manifest)."""
+    """Each dataset made (or reused) and its manifest: name -> (path, manifest, its settings)."""
     data = {}
     for d in study.datasets:
         prof = study.profile_for(profile, d, None, cli)
         path = ensure_dataset(out, d, prof, progress=False)
-        data[d.name] = (str(path), read_manifest(path, test_per_group=prof.test_per_group))
+        data[d.name] = (str(path), read_manifest(path, test_per_group=prof.test_per_group), prof)
     return data
 
 
@@ -300,7 +319,7 @@ def _cache(data_dir: str, manifest: pd.DataFrame, profile: Profile, caches: dict
     return caches[key]
 
 
-def reuse_run(spec, manifest: pd.DataFrame, source: Path, target: Path) -> bool:
+def reuse_run(spec: RunSpec, manifest: pd.DataFrame, source: Path, target: Path) -> bool:
     """Link a finished run of another results folder into ``target`` when it is this run: the same settings
     (:func:`fairal.run.loop.same_settings`: strategy, initial set, seed, profile) on the same data files (its
     ``data.json``: every case's group, split, file sizes and modification times, as linked datasets keep them).
@@ -316,47 +335,42 @@ def reuse_run(spec, manifest: pd.DataFrame, source: Path, target: Path) -> bool:
     return True
 
 
-def grid_tasks(out: Path, study: Study, profile: Profile, seeds: int, pack_size: int, cli: dict | None = None,
-               reuse: str | Path | None = None) -> list[Task]:
-    """The unfinished work of the study as tasks: each dataset's baselines (if the study has them), then its runs
-    (alone, or in lockstep groups). The datasets are made and their volume caches built here, once, so that
-    workers only read them. ``reuse``: a results folder whose finished runs of identical settings and data are
-    linked instead of run again (:func:`reuse_run`)."""
+def grid_tasks(out: Path, study: Study, profile: Profile, runs: list[GridRun], pack_size: int,
+               cli: dict | None = None, reuse: str | Path | None = None) -> list[Task]:
+    """The unfinished work of the study as tasks: each dataset's baselines (if the study has them), then its
+    ``runs`` (:func:`study_grid`; alone, or in lockstep groups), each task holding its run's spec as the grid made
+    it. The datasets are made and their volume caches built here, once, so that workers only read them.
+    ``reuse``: a results folder whose finished runs of identical settings and data are linked instead of run again
+    (:func:`reuse_run`)."""
     cli = cli or {}
     tasks, unfinished, caches = [], [], {}
     data = _dataset_data(out, study, profile, cli)
     for d in study.datasets if study.baselines else ():
-        path, manifest = data[d.name]
-        prof = study.profile_for(profile, d, None, cli)
+        path, manifest, prof = data[d.name]
         if not (out / "baseline" / d.name / "baseline_table.csv").is_file():
             tasks.append(Task("baseline", path, str(out / "baseline" / d.name), prof, manifest=manifest,
                               volumes=_cache(path, manifest, prof, caches)))
-    for r in study_grid(study, profile, seeds, cli):
-        path, manifest = data[r.dataset.name]
+    for r in runs:
+        _, manifest, _ = data[r.dataset]
         target = r.folder(out)
-        spec = RunSpec(path, r.arm.strategy, r.init, r.seed, r.profile)
         if reuse is not None and not target.exists():
-            reuse_run(spec, manifest, r.folder(Path(reuse)), target)
-        if not ActiveLearningRun(spec, target, manifest=manifest).is_finished():
-            unfinished.append(Task("run", path, str(target), r.profile, r.init, r.arm.strategy, r.seed,
-                                   manifest=manifest, volumes=_cache(path, manifest, r.profile, caches)))
+            reuse_run(r.spec, manifest, r.folder(Path(reuse)), target)
+        if not ActiveLearningRun(r.spec, target, manifest=manifest).is_finished():
+            unfinished.append(Task.for_run(r.spec, str(target), manifest,
+                                           _cache(r.spec.data_dir, manifest, r.profile, caches)))
     for group in lockstep_groups(unfinished, pack_size):
-        if len(group) == 1:
-            tasks += group
-        else:
-            tasks.append(Task("lockstep", group[0].data_dir, str(Path(group[0].out).parents[2]), profile,
-                              seed=group[0].seed, runs=group, manifest=group[0].manifest, volumes=group[0].volumes))
+        tasks += group if len(group) == 1 else [Task.for_lockstep(group, str(Path(group[0].out).parents[2]))]
     return tasks
 
 
-def _run_grid(out: Path, study: Study, profile: Profile, cli: dict, seeds: int, executor: Executor,
+def _run_grid(out: Path, study: Study, profile: Profile, cli: dict, grid_runs: list[GridRun], executor: Executor,
               progress: bool, pack_size: int, reuse: str | Path | None = None, work=None) -> None:
     if reuse is not None:
         reuse_datasets(out, study, profile, cli, Path(reuse))
     for d in study.datasets:  # made with a progress bar of its own, before the grid's
         ensure_dataset(out, d, study.profile_for(profile, d, None, cli), progress)
-    tasks = grid_tasks(out, study, profile, seeds, pack_size, cli, reuse)
-    runs = {r.folder(out): len(schedule(r.profile)) for r in study_grid(study, profile, seeds, cli)}
+    tasks = grid_tasks(out, study, profile, grid_runs, pack_size, cli, reuse)
+    runs = {r.folder(out): len(schedule(r.profile)) for r in grid_runs}
     n_baselines = len(study.datasets) if study.baselines else 0
     with GridProgress(n_baselines + sum(runs.values()), len(runs) + n_baselines, enabled=progress) as bar:
         def refresh() -> None:
@@ -388,19 +402,19 @@ def _units_done(out: Path, runs: dict[Path, int], study: Study) -> tuple[int, in
 
 def grid_task(task: Task) -> Task:
     """One unit of the grid in a worker process: a dataset's baselines, one AL run, or a group of AL runs of one
-    dataset and seed in lockstep; the volumes come from the cache the driver built."""
+    dataset and seed in lockstep, each run as its task's spec says; the volumes come from the cache the driver
+    built."""
     import warnings
 
 
     warnings.simplefilter("ignore", RuntimeWarning)  # collapse warnings are recorded in state.json
-    profile: Profile = task.profile
     if task.kind == "baseline":
-        run_baseline(task.data_dir, task.out, profile, seed=0, progress=False)
+        run_baseline(task.data_dir, task.out, task.profile, seed=0, progress=False)
         return task
-    volumes = read_volume_cache(task.volumes, task.manifest, profile.downsample) if task.volumes else None
-    runs = [ActiveLearningRun(RunSpec(r.data_dir, r.strategy, r.init, r.seed, profile), r.out, volumes=volumes,
-                              manifest=task.manifest, extensions=extensions())
-            for r in (task.runs if task.kind == "lockstep" else [task])]
+    caches: dict = {}
+    runs = [ActiveLearningRun(t.spec, t.out, volumes=_read_cache(t, caches), manifest=t.manifest,
+                              extensions=extensions())
+            for t in (task.runs if task.kind == "lockstep" else [task])]
     if task.kind == "lockstep":
         failures = run_lockstep(runs)
         if failures:
@@ -408,3 +422,13 @@ def grid_task(task: Task) -> Task:
     else:
         runs[0].run()
     return task
+
+
+def _read_cache(task: Task, caches: dict):
+    """A run task's volumes from the cache the driver built (each cache read once per worker task); None without
+    one."""
+    if not task.volumes:
+        return None
+    if task.volumes not in caches:
+        caches[task.volumes] = read_volume_cache(task.volumes, task.manifest, task.spec.profile.downsample)
+    return caches[task.volumes]

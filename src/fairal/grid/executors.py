@@ -14,26 +14,40 @@ from typing import Protocol
 
 import torch
 
+from fairal.config import Profile
 from fairal.errors import FairalError, plain_warnings
+from fairal.run.loop import RunSpec
 from fairal.run.train import check_device, resolve_device
 
 
 @dataclass
 class Task:
-    """One unit of a grid: a dataset's baselines (``kind="baseline"``), one AL run (``"run"``) or a group of runs
-    of one dataset and seed in lockstep (``"lockstep"``, their tasks in ``runs``). The dataset's manifest and the
-    path of its volume cache travel with it, so that a worker reads neither the manifest nor a NIfTI file again."""
+    """One unit of a grid: a dataset's baselines (``kind="baseline"``: its data folder and settings), one AL run
+    (``"run"``: its :class:`fairal.run.loop.RunSpec`, typed, as the grid made it) or a group of runs of one dataset
+    and seed in lockstep (``"lockstep"``, their run tasks in ``runs``). The dataset's manifest and the path of its
+    volume cache travel with it, so that a worker reads neither the manifest nor a NIfTI file again. Tasks are
+    pickled to the workers (a process pool, Ray), their specs with them."""
 
     kind: str
     data_dir: str
     out: str
-    profile: object
-    init: str | None = None
-    strategy: str | None = None
-    seed: int | None = None
+    profile: Profile
+    spec: RunSpec | None = None
     runs: list[Task] = field(default_factory=list)
     manifest: object = None
     volumes: str | None = None  # the volume cache's file
+
+    @classmethod
+    def for_run(cls, spec: RunSpec, out: str, manifest=None, volumes: str | None = None) -> Task:
+        """One AL run into the folder ``out``."""
+        return cls("run", spec.data_dir, out, spec.profile, spec, manifest=manifest, volumes=volumes)
+
+    @classmethod
+    def for_lockstep(cls, runs: list[Task], out: str) -> Task:
+        """Run tasks of one dataset and seed, trained in lockstep (``out``: the folder named in messages)."""
+        first = runs[0]
+        return cls("lockstep", first.data_dir, out, first.profile, runs=list(runs), manifest=first.manifest,
+                   volumes=first.volumes)
 
 
 Failures = list[tuple[Task, Exception]]

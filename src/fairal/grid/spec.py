@@ -28,13 +28,15 @@ groups_known = false }``. Settings apply in this order: the profile, the study's
 
 import dataclasses
 import difflib
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import tomllib
 
-from fairal.acquisition import parse_strategy
+from fairal.acquisition import Strategy, parse_strategy
 from fairal.config import PROFILES, Profile, setting_name
 from fairal.data.cohort import check_label_value, check_spacing, read_cases
 from fairal.errors import FairalError
@@ -70,11 +72,17 @@ ARM_KEYS = ("name", "strategy", "groups_known", "set")
 
 @dataclass(frozen=True)
 class Arm:
-    """One strategy of a study, under its own name (the records' folder), with its own settings."""
+    """One strategy of a study, under its own name (the records' folder), with its own settings. ``strategy`` is the
+    name as the study gives it (and records it); :attr:`parsed` is that name parsed, once."""
 
     name: str
     strategy: str
     overrides: dict = field(default_factory=dict)
+
+    @functools.cached_property
+    def parsed(self) -> Strategy:
+        """The strategy, parsed on first use and kept (a study's checks and its grid share it)."""
+        return parse_strategy(self.strategy)
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,15 @@ class DatasetSpec:
     @property
     def kind(self) -> str:
         return "simulate" if self.simulate is not None else "folder" if self.folder is not None else "csv"
+
+    @functools.cached_property
+    def _cases(self) -> pd.DataFrame:  # kept beside the fields, not one of them (nor in the records)
+        return read_cases(self.csv, self.group_by, "group_by")
+
+    def cohort(self) -> pd.DataFrame:
+        """A CSV dataset's cases (:func:`fairal.data.cohort.read_cases`), read once for all the checks of a study
+        (the file, its splits, its outline, its images' headers): a copy each call."""
+        return self._cases.copy()
 
 
 @dataclass(frozen=True)
@@ -237,9 +254,10 @@ def _groups_known(where: str, table: dict, overrides: dict) -> None:
         overrides["groups_known"] = "true" if table["groups_known"] else "false"
 
 
-def _strategy(where: str, name: str) -> None:
+def _strategy(where: str, arm: Arm) -> None:
+    """The arm's strategy parsed (:attr:`Arm.parsed`), or the study file's message."""
     try:
-        parse_strategy(name)
+        _ = arm.parsed
     except FairalError as err:
         raise _fail(where, f"strategies: {err}") from None
 
@@ -374,9 +392,10 @@ def _simulation(where: str, table, base: Path) -> dict:
     return sim
 
 
-def check_cohort(spec: DatasetSpec) -> None:
-    """A CSV cohort is a benchmark: every case labeled and of known group (the metrics need both)."""
-    cases = read_cases(spec.csv, spec.group_by, "group_by")
+def check_cohort(spec: DatasetSpec, cases=None) -> None:
+    """A CSV cohort is a benchmark: every case labeled and of known group (the metrics need both). ``cases``: its
+    cases as read (:func:`fairal.data.cohort.read_cases`), else the spec's (:meth:`DatasetSpec.cohort`)."""
+    cases = spec.cohort() if cases is None else cases
     unlabeled = cases.loc[~cases["labeled"], "case_id"].tolist()
     if unlabeled:
         raise FairalError(f"{spec.csv}: a CSV dataset is a benchmark, every case needs a label; "
@@ -456,7 +475,7 @@ def parse_study(data: dict, where: str, base: Path, text: str = "") -> Study:
     reference = _typed(where, "reference", data.get("reference", WLE), str, "a strategy name")
     if not plugins:  # no plugin can register a name: a mistyped strategy is said before the reference
         for arm in arms or ():
-            _strategy(where, arm.strategy)
+            _strategy(where, arm)
     if arms is not None and reference not in [a.name for a in arms]:
         raise _fail(where, f"the reference {reference!r} is not one of the study's strategies "
                     f"({', '.join(a.name for a in arms)})")
@@ -520,7 +539,7 @@ def _load_plugins(where: str, specs: list[str], arms: tuple[Arm, ...] | None) ->
     except FairalError as err:
         raise _fail(where, str(err)) from None
     for arm in arms or ():
-        _strategy(where, arm.strategy)
+        _strategy(where, arm)
     return keys
 
 
@@ -578,7 +597,7 @@ def check_settings(study: Study, base: Profile, cli: dict) -> None:
     if not arms:
         raise FairalError(f"{study.source}: no strategy to run (the list of strategies is empty)")
     for arm in arms:
-        parse_strategy(arm.strategy)
+        _ = arm.parsed
     try:  # the study's [set] on its own first, so that its error is not put down to a dataset
         base.with_overrides(study.overrides)
     except FairalError as err:

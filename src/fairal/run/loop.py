@@ -89,8 +89,11 @@ def eval_rounds(n_rounds: int, every: int) -> set[int]:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What identifies a run; with the profile, every setting it depends on. Checked when made: the strategy is
-    parsed (a name is accepted and parsed), the initial set and the seed are valid."""
+    """What identifies a run (its data folder, parsed strategy, initial set, seed and profile: every setting it
+    depends on), typed: made once where a run is asked for (``fairal run``, a study's grid) and passed down as it is,
+    to a grid's worker too (it pickles). Checked when made: a strategy name is parsed (a parsed
+    :class:`fairal.acquisition.Strategy` is taken as it is), the initial set and the seed are valid. Where its
+    records go is not part of it: the same run may be found in another folder (:func:`same_run_elsewhere`)."""
 
     data_dir: str
     strategy: Strategy
@@ -99,7 +102,8 @@ class RunSpec:
     profile: Profile
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "strategy", parse_strategy(self.strategy))
+        if not isinstance(self.strategy, Strategy):
+            object.__setattr__(self, "strategy", parse_strategy(self.strategy))
         heavy_group(self.init)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise FairalError(f"--seed must be a whole number >= 0, got {self.seed!r}")

@@ -19,11 +19,14 @@ import torch
 from fairal.acquisition import (
     STATISTICS,
     CaseMaps,
+    PoolScore,
+    PoolView,
     Strategy,
     case_statistics,
     case_weights,
     group_weights,
     plain_stats,
+    pool_values,
     ranking,
     select,
     steering_groups,
@@ -101,6 +104,25 @@ def uncertainty_stats(model, images, fallback, profile: Profile, dropout: bool, 
     return stats
 
 
+def prediction_features(model, images, blocks: int = 4, batch_size: int = 8) -> np.ndarray:
+    """Each case's predicted foreground probability averaged over a ``blocks``^3 grid of blocks, one row per case:
+    what the network sees in a case, small, for any network that predicts a foreground map (the default embedding
+    of a pool-wide score, :class:`fairal.acquisition.PoolScore`)."""
+    rows = [torch.nn.functional.adaptive_avg_pool3d(p.reshape(-1, *p.shape[-3:]).float(), blocks).flatten().cpu()
+            for p in predict_proba(model, images, batch_size=batch_size, as_tensor=True)]
+    return torch.stack(rows).double().numpy() if rows else np.zeros((0, blocks ** 3))
+
+
+def pool_score(model, volumes: VolumeSet, candidates: Sequence[str], labeled: Sequence[str], pool: PoolScore,
+               stats: Mapping[str, Sequence[float]], k: int, rng: np.random.Generator) -> np.ndarray:
+    """A pool-wide base score of the round: every candidate and labeled case embedded (the score's ``embed``, else
+    :func:`prediction_features`), then its value for each candidate (:func:`fairal.acquisition.pool_values`)."""
+    embed = pool.embed or prediction_features
+    view = PoolView(list(candidates), embed(model, volumes.images[volumes.rows(list(candidates))]),
+                    embed(model, volumes.images[volumes.rows(list(labeled))]), stats, k, rng)
+    return pool_values(pool, view)
+
+
 @dataclass
 class Round:
     """What one round decided: the labeled cases' Dice, the group weights, and for each candidate (in the order
@@ -142,7 +164,8 @@ def acquisition_round(
     from its row of ``p_group`` when its group is unknown), statistics, score, and the ``k`` cases to annotate.
     ``cases`` gives every case's record (:class:`fairal.data.volumes.Case`) by id.
 
-    ``rng`` draws the random scores and stochastic batches (in that order); ``mc_seed`` seeds MC dropout.
+    ``rng`` draws a pool-wide score's draws, the random scores and stochastic batches (in that order); ``mc_seed``
+    seeds MC dropout.
     ``weight_dice`` may replace the labeled Dice behind the weights (e.g. cross-validated Dice). ``hide_groups``:
     no candidate's group is used, every one gets the expected weight from ``p_group`` (an AL run with
     ``groups_known`` false)."""
@@ -164,6 +187,9 @@ def acquisition_round(
     if stat is not None and stat.needs_model:
         result.stats[stat.name] = stat.from_model(model, volumes.images[cand_rows], volumes.images[rows],
                                                   volumes.labels[rows], [cases[c].group for c in labeled])
+    if strategy.spec.pool is not None:  # it sees the whole pool at once (its values: not a column of the records)
+        result.stats[strategy.spec.pool.name] = pool_score(model, volumes, candidates, labeled, strategy.spec.pool,
+                                                           result.stats, k, rng)
     seen = [None if hide_groups else cases[c].group for c in candidates]
     result.case_weights = (case_weights(seen, weights, p_group, list(groups))
                            if groups else np.ones(len(candidates)))
