@@ -6,7 +6,7 @@ their records are.
 
 Simulates the profile's datasets once (``OUT/per-run/data``, copied to ``OUT/lockstep``; a new OUT each time),
 runs the grid per run (``--jobs`` processes) and in lockstep (one task per dataset and seed, ``--lockstep-jobs``
-processes), then compares every run's records with :func:`fairal.report.records.compare_runs`: how many runs
+processes), then compares every run's records with :func:`fairal.report.tidy.compare_runs`: how many runs
 selected the same cases in the same rounds, and the largest difference of any number per record file.
 ``bf16=off`` unless ``--set bf16=...``: bf16 would make both sides differ by bf16 rounding, not summation order.
 """
@@ -23,7 +23,7 @@ import pandas as pd
 from fairal.config import get_profile, parse_overrides
 from fairal.grid.datasets import ensure_dataset
 from fairal.grid.driver import reproduce
-from fairal.report.records import compare_runs
+from fairal.report.tidy import compare_runs
 
 
 def main() -> None:

@@ -398,7 +398,7 @@ def export(out: Path, dest: Path, scales: list[float], profile: str = "standard"
     seeds: every run and baseline of the seed finished, merged with the seeds exported before; the finished tasks
     of the others go to ``DEST/NAME-pending.tar.gz``). Everything is checked before anything is written."""
     from fairal import versions
-    from fairal.report.records import tidy_records
+    from fairal.report.tidy import tidy_records
 
     std = dest / name
     rounds, cases = tidy_records(out)

@@ -162,7 +162,7 @@ def export(study_file: Path, out: Path, dest: Path, commit: str, reuse: Path | N
     """The tidy records of ``out`` (and of ``reuse`` where it holds the study's other arms) into ``dest``: a new
     folder, or one this script wrote before (replaced whole); everything is checked before anything is written."""
     from fairal.errors import FairalError
-    from fairal.report.records import load_results
+    from fairal.report.tidy import load_results
 
     if not (out / "study.json").is_file():
         raise SystemExit(f"{out}: not a study's results folder (no study.json)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fairal.report.records import compare_runs
+from fairal.report.tidy import compare_runs
 
 
 def same_records(a: Path, b: Path, tolerance: float = 1e-2) -> None:

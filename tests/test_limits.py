@@ -256,7 +256,7 @@ def test_a_run_measured_on_other_cases_is_left_out_naming_its_cases_csv(tmp_path
 
 
 def test_tidy_records_measured_on_other_cases_are_refused_naming_the_file(tmp_path):
-    from fairal.report.records import load_results
+    from fairal.report.tidy import load_results
 
     rows = []
     for seed in range(2):

@@ -120,8 +120,8 @@ def test_a_registered_metric_reaches_the_run_and_the_baselines(worst_dice, tiny_
 
 def test_a_registered_metric_reaches_the_study_report_and_the_plan(worst_dice, tmp_path):
     from fairal.report.plan import plan_tables
-    from fairal.report.records import Results
     from fairal.report.study import build_study_report
+    from fairal.report.tidy import Results
 
     rounds, cases, round_cases = _records(seeds=3)  # fairness_summary: the registered metric is a column
     assert {"worst_dice", "eval_worst_dice"} <= set(rounds.columns)

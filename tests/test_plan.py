@@ -268,7 +268,7 @@ def test_report_withholds_claims_until_the_planned_seeds_are_in(tmp_path, constr
                                                                        np.repeat([1, 2], 4)).items()}}
             for d in ("strong", "weak") for s in range(10) for c in ("all", "g1", "g2")]
     pd.DataFrame(base).to_csv(folder / "baselines.csv", index=False)
-    from fairal.report.records import load_tidy
+    from fairal.report.tidy import load_tidy
     assert len(load_tidy(folder).cases) == len(cases)
     res = CliRunner().invoke(app, ["report", str(folder), "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
@@ -297,7 +297,7 @@ def test_report_withholds_claims_until_the_planned_seeds_are_in(tmp_path, constr
 
 
 def test_evaluation_split_view_swaps_the_measures_and_mixes_none():
-    from fairal.report.records import Results, on_evaluation_split
+    from fairal.report.tidy import Results, on_evaluation_split
 
     rounds = pd.DataFrame({"dataset": ["d"], "init": ["i"], "strategy": ["s"], "seed": [0], "round": [0],
                            "n_labeled": [10], "dice_all": [0.9], "dice_g1": [0.8], "dice_g2": [0.95],

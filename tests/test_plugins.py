@@ -248,7 +248,7 @@ def test_study_plugins_and_run_time_registrations_reach_the_grid_workers(plugin_
 
 
 def test_the_report_shows_a_runs_extensions():
-    from fairal.report.records import recorded
+    from fairal.report.tidy import recorded
 
     about = recorded({"extensions": {"plugins": ["/lab/margin.py"], "bases": ["margin"], "metrics": ["worst_dice"]}})
     assert about["extensions"] == "plugins /lab/margin.py; bases margin; metrics worst_dice"

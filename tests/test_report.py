@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fairal.cli import app
 from fairal.report import build_report
-from fairal.report.records import area_under_curve, final_table, load_results, seed_band
+from fairal.report.tidy import area_under_curve, final_table, load_results, seed_band
 
 ROUND_COLS = ["round", "n_labeled", "n_labeled_g1", "n_labeled_g2", "g1_ratio", "dice_all", "dice_g1", "dice_g2",
               "delta", "essp", "w_g1", "w_g2"]
@@ -245,7 +245,7 @@ def test_a_single_run_folder_has_a_report(tiny_dataset, tmp_path):
 
 
 def test_compare_runs_by_hand(tmp_path):
-    from fairal.report.records import compare_runs
+    from fairal.report.tidy import compare_runs
 
     for name, dice, picked in (("a", 0.50, "True"), ("b", 0.53, "True"), ("c", 0.50, "False")):
         d = tmp_path / name

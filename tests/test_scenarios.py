@@ -18,15 +18,15 @@ from typer.testing import CliRunner
 from fairal.cli import app
 from fairal.errors import FairalError, SettingError
 from fairal.sampling import stream
-from fairal.simulate.acquisition import (
+from fairal.simulate.dataset import SimulationConfig, draw_subjects, same_settings, simulate_dataset, simulation_config
+from fairal.simulate.groups import Group, group_spec, split_by_shares
+from fairal.simulate.scanner import (
     acquire,
     change_contrast,
     inu_field,
     rician_noise,
     white_matter_intensity,
 )
-from fairal.simulate.dataset import SimulationConfig, draw_subjects, same_settings, simulate_dataset, simulation_config
-from fairal.simulate.groups import Group, group_spec, split_by_shares
 from fairal.simulate.settings import parse_shape
 from fairal.simulate.template import harvard_oxford_index
 

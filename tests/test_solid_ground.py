@@ -23,7 +23,7 @@ from fairal.data.volumes import load_volumes, read_manifest
 from fairal.errors import FairalError
 from fairal.io import FolderLock, clean_stale_partials, mark
 from fairal.owndata.query import run_query
-from fairal.report.records import load_results
+from fairal.report.tidy import load_results
 from fairal.run.loop import ActiveLearningRun, RunSpec
 
 from .own_data import make_study

@@ -287,8 +287,8 @@ def test_the_studies_of_docs_beyond_parse(name):
 
 
 def test_the_study_report_has_the_baselines_with_group_1s_gap_on_its_split():
-    from fairal.report.records import Results
     from fairal.report.study import baseline_table
+    from fairal.report.tidy import Results
 
     rows = [  # one training seed; the evaluation split's numbers differ from the test split's
         {"dataset": "scanner", "seed": 0, "cohort": "g2", "dice_g1": 0.90, "dice_g2": 0.95, "dice_all": 0.925,
@@ -313,7 +313,7 @@ def test_the_study_report_has_the_baselines_with_group_1s_gap_on_its_split():
 
 def test_the_study_figures_draw_the_split_the_study_measures_on(tmp_path, monkeypatch):
     import fairal.report.study as study_report
-    from fairal.report.records import Results
+    from fairal.report.tidy import Results
 
     rounds = pd.DataFrame([{"dataset": "scanner", "init": "balanced", "strategy": "random", "seed": seed,
                             "round": k, "n_labeled": 10 + 4 * k, "n_labeled_g1": 5 + 2 * k, "n_labeled_g2": 5 + 2 * k,
@@ -338,8 +338,8 @@ def test_the_study_figures_draw_the_split_the_study_measures_on(tmp_path, monkey
 
 
 def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
-    from fairal.report.records import Results
     from fairal.report.study import build_study_report
+    from fairal.report.tidy import Results
 
     lift = [0.010, 0.012, 0.008, 0.011, 0.009]  # the reference's final evaluation ESSP over random's, per seed
     rows = []

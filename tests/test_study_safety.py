@@ -252,7 +252,7 @@ def _records(seeds: int = 3):
     """Two datasets' runs (reference wle against random, one initial set): sim measured on an evaluation split
     as well (its numbers there differ from the test split's), lab on the test split alone (its eval_ columns
     empty, as a CSV cohort's)."""
-    from fairal.report.records import Results
+    from fairal.report.tidy import Results
 
     rows = []
     for dataset in ("sim", "lab"):
@@ -273,8 +273,8 @@ def _records(seeds: int = 3):
 
 
 def test_each_dataset_is_measured_on_its_own_split_and_the_plan_counts_the_runs(tmp_path):
-    from fairal.report.records import dataset_splits, primary_final_table
     from fairal.report.study import build_study_report
+    from fairal.report.tidy import dataset_splits, primary_final_table
 
     results = _records()
     assert dataset_splits(results) == {"lab": "test", "sim": "eval"}

@@ -577,7 +577,7 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
               address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack,
               pack_size=pack_size, reuse=reuse, only=only)
     from fairal.report import build_report
-    from fairal.report.records import load_results
+    from fairal.report.tidy import load_results
 
     results = load_results(out)
     path = build_report(out, results=results)
@@ -594,7 +594,7 @@ def _print_final(results, prof) -> None:
 
     from fairal.metrics import METRICS
     from fairal.report.html import PIPELINE_CHECKS
-    from fairal.report.records import primary_final_table
+    from fairal.report.tidy import primary_final_table
 
     final = primary_final_table(results)
     if final.empty:
@@ -750,7 +750,7 @@ def report(
     tables, PNG/SVG figures and
     one self-contained report.html."""
     from fairal.report import build_report
-    from fairal.report.records import load_results
+    from fairal.report.tidy import load_results
 
     loaded = load_results(results)
     for run, why in loaded.skipped.items():

@@ -25,8 +25,8 @@ from fairal.report.examples import write_examples
 from fairal.report.figures import write_eval_figures, write_figures
 from fairal.report.html import HEAD, banner, html_table, plural, settings_section
 from fairal.report.plan import MIN_SEEDS_FOR_CLAIMS, plan_markdown, plan_tables
-from fairal.report.records import Results, final_table, finished_rounds, load_results, on_evaluation_split
 from fairal.report.study import build_study_report, study_info
+from fairal.report.tidy import Results, final_table, finished_rounds, load_results, on_evaluation_split
 
 
 def how_to_read(profile: dict, evaluated: bool = False) -> str:

@@ -20,7 +20,7 @@ from fairal.records import (
     is_measure,
     labeled_count,
 )
-from fairal.report.records import Results, area_under_curve
+from fairal.report.tidy import Results, area_under_curve
 from fairal.stats import (
     Estimate,
     all_scenarios_verdict,

@@ -41,7 +41,7 @@ from fairal.report.plan import (  # noqa: E402
     paired_statistic,
     verdict_rows,
 )
-from fairal.report.records import Results, finished_rounds, of_datasets  # noqa: E402
+from fairal.report.tidy import Results, finished_rounds, of_datasets  # noqa: E402
 from fairal.stats import mean_ci, sign_flip_test  # noqa: E402
 
 #: Families whose rows are described, not judged.

@@ -13,7 +13,7 @@ from fairal.errors import FairalError
 from fairal.io import within
 from fairal.records import EXAMPLES_FILE
 from fairal.report.figures import literal
-from fairal.report.records import Results, read_json_record
+from fairal.report.tidy import Results, read_json_record
 
 EXAMPLE_STRATEGY = "weighted-localized-entropy"
 

@@ -21,7 +21,7 @@ from fairal.acquisition import parse_strategy  # noqa: E402
 from fairal.errors import FairalError  # noqa: E402
 from fairal.io import within  # noqa: E402
 from fairal.records import ENTROPY, PAPER_STRATEGIES, WLE  # noqa: E402
-from fairal.report.records import (  # noqa: E402
+from fairal.report.tidy import (  # noqa: E402
     DATASET_ORDER,
     INIT_ORDER,
     STRATEGY_ORDER,
@@ -141,7 +141,7 @@ def _figure(results: Results, panels: list[list[dict]], path: Path, strategies=P
 
 def write_eval_figures(results: Results, out: Path) -> dict[str, list[Path]]:
     """The primary endpoint's curves: ESSP and Δ per round on the evaluation split (``results`` as
-    :func:`fairal.report.records.on_evaluation_split` gives them), datasets as columns, initial sets as rows."""
+    :func:`fairal.report.tidy.on_evaluation_split` gives them), datasets as columns, initial sets as rows."""
     out.mkdir(parents=True, exist_ok=True)
     datasets = ordered(set(results.rounds["dataset"]), DATASET_ORDER)
     inits = ordered(set(results.rounds["init"]), INIT_ORDER)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fairal import versions
-from fairal.report.records import Results
+from fairal.report.tidy import Results
 
 #: Readable column headers of the report's tables.
 HEADERS = {"dataset": "dataset", "init": "initial set", "strategy": "strategy", "cohort": "training cohort",

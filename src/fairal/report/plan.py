@@ -37,7 +37,7 @@ from fairal.records import (
     study_measures,
 )
 from fairal.report.claims import CLAIM_COLUMNS, PAPER_REDUCTION, run_summary
-from fairal.report.records import split_cases
+from fairal.report.tidy import split_cases
 from fairal.stats import (
     MIN_SEEDS_FOR_A_VERDICT,
     Estimate,
@@ -107,7 +107,7 @@ class CaseMatrix:
 
 
 def _auc_weights(n_labeled: np.ndarray) -> np.ndarray:
-    """Trapezoid weights of :func:`fairal.report.records.area_under_curve` for sorted labeled-set sizes."""
+    """Trapezoid weights of :func:`fairal.report.tidy.area_under_curve` for sorted labeled-set sizes."""
     x = np.asarray(n_labeled, dtype=float)
     if x.size < 2:
         return np.ones(x.size)

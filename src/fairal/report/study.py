@@ -50,7 +50,7 @@ from fairal.report.plan import (  # noqa: E402
     paired_statistic,
     verdict_rows,
 )
-from fairal.report.records import (  # noqa: E402
+from fairal.report.tidy import (  # noqa: E402
     Results,
     curves,
     dataset_splits,
@@ -169,7 +169,7 @@ def paired_parts(m, reference: str, others: list[str]) -> list[Part]:
 
 def paired_table(results: Results, reference: str, split: str | dict[str, str]) -> pd.DataFrame:
     """``study_paired.csv``: every comparison of :func:`paired_parts` with its verdict, each dataset measured on
-    its split (``split``: one for all, or each dataset's, :func:`fairal.report.records.dataset_splits`); Holm's
+    its split (``split``: one for all, or each dataset's, :func:`fairal.report.tidy.dataset_splits`); Holm's
     correction within each family over all the datasets."""
     rounds = finished_rounds(results)
     if rounds.empty or reference not in set(rounds["strategy"]):
@@ -194,7 +194,7 @@ def paired_table(results: Results, reference: str, split: str | dict[str, str]) 
 
 def study_figures(results: Results, out: Path, split: str | dict[str, str] = TEST) -> list[Path]:
     """One figure per dataset: rows = initial sets, columns = ESSP, Δ, Dice and the labeled set's group shares,
-    per round, mean over seeds with the band of :func:`fairal.report.records.curves`; the measures on ``split``
+    per round, mean over seeds with the band of :func:`fairal.report.tidy.curves`; the measures on ``split``
     (``"eval"``: the evaluation split, as the study's tables; or each dataset's, a dict; said in the title)."""
     datasets = ordered(set(results.rounds["dataset"]), [])
     splits = split if isinstance(split, dict) else dict.fromkeys(datasets, split)

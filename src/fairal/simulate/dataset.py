@@ -20,10 +20,10 @@ from fairal.errors import FairalError, SettingError
 from fairal.io import check_output_folder, is_fairal_folder, publish_folder, within
 from fairal.limits import check_room
 from fairal.records import ACQUISITION_COLUMNS, EVAL, POOL, TEST
-from fairal.simulate.acquisition import WHITE_MATTER_METHOD, acquire, white_matter_intensity
 from fairal.simulate.deformation import DeformationModel, default_global_model, default_local_model
 from fairal.simulate.groups import Group
 from fairal.simulate.preview import write_preview
+from fairal.simulate.scanner import WHITE_MATTER_METHOD, acquire, white_matter_intensity
 from fairal.simulate.settings import SimulationConfig, build_config
 from fairal.simulate.template import Template, crop_box, harvard_oxford_index, load_template, sha256
 from fairal.simulate.warp import deformed_points, field_on_grid, integrate, output_points, warp_template
@@ -151,7 +151,7 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def acquired_image(state: dict, subject: Subject, image: np.ndarray) -> np.ndarray:
-    """The warped image as the subject's group acquires it (:func:`fairal.simulate.acquisition.acquire`); the
+    """The warped image as the subject's group acquires it (:func:`fairal.simulate.scanner.acquire`); the
     image itself for a group without contrast, INU or noise."""
     group: Group = state["groups"][subject.group]
     if not group.acquisition_changed:
@@ -224,7 +224,7 @@ def prepare(cfg: SimulationConfig) -> dict:
         # The default global field is smooth on a 10 mm scale: sampling it every 2nd voxel and upsampling is
         # within 0.05 mm of exact and saves a fifth of a subject's time. A user's model may be rougher: exact.
         "global_stride": 1 if cfg.global_model else 2,
-        # the acquisition (fairal.simulate.acquisition): each group's settings, the noise reference
+        # the acquisition (fairal.simulate.scanner): each group's settings, the noise reference
         "groups": {g.name: g for g in cfg.resolved_groups()},
         "seed": cfg.seed,
         "white_matter": white_matter_intensity(tpl.image),
