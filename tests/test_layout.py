@@ -1,4 +1,4 @@
-"""The layout: a folder per stage, imports flowing one way (docs/api.md, "The code").
+"""The layout: a folder per stage, imports flowing one way (the README's code map).
 
 Each module of ``src/fairal`` belongs to one stage; a stage may import only the stages below it
 (:data:`MAY_IMPORT`), no module imports itself round a circle, and an import of fairal inside a function is only
