@@ -36,17 +36,22 @@ def fairal(*args: str) -> None:
 
 
 def make(out: Path, jobs: str = "1") -> None:
-    """The records of ``fairal reproduce --profile smoke`` (one job) and of docs/studies.md's study (a simulated
-    and a CSV dataset, one with the pool's groups hidden) on the tests' tiny template at the smoke profile."""
+    """The records of ``fairal reproduce --profile smoke`` and of :func:`make_study`'s study."""
+    out.mkdir(parents=True, exist_ok=True)  # a reproduction there is resumed: its finished runs are kept
+    fairal("reproduce", str(out / "reproduce"), "--profile", "smoke", "--jobs", jobs, "--quiet")
+    make_study(out, jobs)
+
+
+def make_study(out: Path, jobs: str = "1") -> None:
+    """The records of docs/studies.md's study (a simulated and a CSV dataset, one with the pool's groups hidden) on
+    the tests' tiny template at the smoke profile, in ``out/study``."""
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import LABEL_VALUE, OUT_SHAPE, make_template  # the tests' tiny template
 
     from fairal.simulate.dataset import SimulationConfig, simulate_dataset
 
-    out.mkdir(parents=True, exist_ok=True)  # a reproduction there is resumed: its finished runs are kept
-    fairal("reproduce", str(out / "reproduce"), "--profile", "smoke", "--jobs", jobs, "--quiet")
     folder = out / "study"
-    folder.mkdir()  # a new one: the study's records are made here
+    folder.mkdir(parents=True)  # a new one: the study's records are made here
     tpl, lab = make_template(folder)
     data = simulate_dataset(SimulationConfig(n_subjects=24, shape=OUT_SHAPE, template=str(tpl), label=str(lab),
                                              label_value=LABEL_VALUE, jobs=1, preview=False), folder / "data",
