@@ -29,7 +29,7 @@ from fairal.records import (  # noqa: E402
     equivalence_margin,
     measure,
     split_column,
-    study_measures,  # noqa: E402
+    study_measures,
 )
 from fairal.report.figures import colours_for  # noqa: E402
 from fairal.report.plan import (  # noqa: E402
