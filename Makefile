@@ -48,7 +48,19 @@ monailabel: install
 	  echo "*** MONAI $$before in $(VENV) was replaced by MONAI $$now: fairal's commands in $(VENV) now use MONAI $$now."; \
 	  echo "*** To go back: $(BIN)/pip install monai==$$before (MONAI Label then runs on a MONAI it is not tested with)"; fi
 
+# nnU-Net for tests/test_saved_outputs.py (its own exporter writes the probabilities fairal query reads): its
+# readers and exporter with what they import, torch and numpy held; nnU-Net itself without its requirements, whose
+# timm/torchvision would replace nothing fairal needs but do not import beside a CPU build of torch. A lab's own
+# nnU-Net lives in its own environment: fairal reads the files it writes (docs/nnunet.md).
+NNUNET_SPEC ?= nnunetv2==2.8.1 dynamic-network-architectures==0.4.4 batchgeneratorsv2==0.3.6
+NNUNET_DEPS ?= acvl-utils==0.2.6 batchgenerators==0.25.5 blosc2 SimpleITK scikit-image
+nnunet: install
+	$(BIN)/pip freeze | grep -i -E "^(torch|numpy)==" > $(VENV)/held.txt
+	$(BIN)/pip install -q -c $(VENV)/held.txt $(NNUNET_DEPS)
+	$(BIN)/pip install -q --no-deps $(NNUNET_SPEC)
+	$(BIN)/python -c "from nnunetv2.inference.export_prediction import export_prediction_from_logits; import importlib.metadata as m; print('nnU-Net', m.version('nnunetv2'))"
+
 bench: install
 	$(BIN)/python benchmarks/bench_simulate.py
 
-.PHONY: install demo smoke test monailabel bench
+.PHONY: install demo smoke test monailabel nnunet bench

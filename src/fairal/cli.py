@@ -680,6 +680,19 @@ def query(
     label_value: Annotated[float | None, typer.Option(help="The structure's value in multi-label maps (e.g. 11 "
                                                       "for FreeSurfer's left caudate); default: binary labels.")]
     = None,
+    probabilities: Annotated[Path | None, typer.Option(metavar="DIR", help="Rank from your own model's saved "
+                                                       "outputs, no training: the unlabeled cases' CASE.npz "
+                                                       "(nnUNetv2_predict --save_probabilities) or CASE.nii.gz "
+                                                       "probability maps (docs/nnunet.md).")] = None,
+    segmentations: Annotated[list[Path] | None, typer.Option(metavar="DIR", help="With --probabilities: your "
+                                                             "model's segmentations of the labeled cases (e.g. "
+                                                             "nnU-Net's fold_K/validation/, out of fold; repeat), "
+                                                             "for its Dice per group.")] = None,
+    class_: Annotated[int | None, typer.Option("--class", metavar="N", help="With --probabilities: the structure's "
+                                               "class in your model's outputs (class axis index, label value); "
+                                               "default 1.")] = None,
+    nnunet_plans: Annotated[Path | None, typer.Option(metavar="FILE", help="With --probabilities: the nnU-Net model's "
+                                                      "plans.json (its image reader: the .npz axis order).")] = None,
     profile: ProfileOpt = "standard",
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that fairal made.")] = False,
@@ -692,13 +705,47 @@ def query(
 
     prof = query_profile(profile, parse_overrides(set_))
     strat = parse_strategy(strategy)
-    table = run_query(data, budget, strat, out, prof, group_by=group_by or [], model_path=model, seed=seed,
-                      spacing=spacing, overwrite=overwrite, progress=not quiet, group_dice=group_dice,
-                      label_value=label_value)
+    if probabilities is not None:
+        table = _saved_query(data, budget, strat, out, prof, probabilities, segmentations or [], class_, nnunet_plans,
+                             model, group_dice, group_by or [], seed, overwrite, quiet, label_value)
+    else:
+        _refuse_saved_options(segmentations, class_, nnunet_plans)
+        table = run_query(data, budget, strat, out, prof, group_by=group_by or [], model_path=model, seed=seed,
+                          spacing=spacing, overwrite=overwrite, progress=not quiet, group_dice=group_dice,
+                          label_value=label_value)
     if not quiet:
-        _print_query(table, strat, budget, group_dice)
+        _print_query(table, strat, budget, table.attrs["query"]["group_dice"])
+    _query_done(out)
+
+
+def _query_done(out: Path) -> None:
     stdout.print(f"ranked list in {out}/query.csv, pictures in {out}/montage.png; for the annotators: "
                  f"{out}/predictions/ (each scan's prediction on its own grid), open_in_slicer.py, open_in_itksnap.sh")
+
+
+def _refuse_saved_options(segmentations, class_, nnunet_plans) -> None:
+    """The options of a ranking from saved outputs, given without --probabilities: refused, not ignored."""
+    given = [name for name, value in (("--segmentations", segmentations), ("--class", class_),
+                                      ("--nnunet-plans", nnunet_plans)) if value]
+    if given or class_ == 0:
+        raise FairalError(f"{', '.join(given or ['--class'])}: only with --probabilities (a ranking from your model's "
+                          "saved outputs)")
+
+
+def _saved_query(data, budget, strat, out, prof, probabilities, segmentations, class_, nnunet_plans, model,
+                 group_dice, group_by, seed, overwrite, quiet, label_value):
+    """``fairal query --probabilities``: the options of a trained network refused, then the ranking."""
+    from fairal.owndata.saved import run_saved_query
+
+    if model is not None:
+        raise FairalError("--model and --probabilities: rank either with a fairal model or from your own model's "
+                          "saved outputs, not both")
+    if group_dice != "labeled":
+        raise FairalError("--group-dice with --probabilities: the group Dice comes from the segmentations you give "
+                          "(--segmentations; nnU-Net's fold_K/validation/ are out of fold already)")
+    return run_saved_query(data, budget, strat, out, prof, probabilities, segmentations,
+                           1 if class_ is None else class_, nnunet_plans, group_by=group_by, seed=seed,
+                           overwrite=overwrite, progress=not quiet, label_value=label_value)
 
 
 @app.command("monailabel-app")

@@ -258,7 +258,12 @@ def to_case_grid(proba: np.ndarray, grid: Grid, image_path: str, case: str) -> n
     img = _load(image_path, case, "image")
     res = resample_from_to(nib.Nifti1Image(np.asarray(proba, dtype=np.float32), grid.affine), (img.shape, img.affine),
                            order=1, mode="constant", cval=0.0)
-    mask = nib.Nifti1Image((np.asarray(res.dataobj) >= 0.5).astype(np.uint8), img.affine)
+    return scan_mask(np.asarray(res.dataobj) >= 0.5, img)
+
+
+def scan_mask(mask: np.ndarray, img: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A mask of the scan ``img``'s voxels as a uint8 NIfTI image with the scan's affine and header codes."""
+    mask = nib.Nifti1Image(np.asarray(mask).astype(np.uint8), img.affine)
     mask.set_qform(*img.get_qform(coded=True))
     mask.set_sform(*img.get_sform(coded=True))
     mask.header.set_xyzt_units(*img.header.get_xyzt_units())

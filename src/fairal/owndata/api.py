@@ -16,34 +16,57 @@ the group weights from your model's Dice on the labeled scans.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from fairal.acquisition import (
     STATISTICS,
+    Strategy,
     case_weights,
     parse_strategy,
     proba_stats,
-    ranking,
     select,
     steering_groups,
     strategy_scores,
 )
 from fairal.errors import FairalError
+from fairal.run.rounds import Round
 from fairal.sampling import stream
 
 
-def _from_maps(strategy: str):
-    """The strategy, if probability maps are all it needs (not MC-dropout samples, not the network)."""
+def from_maps(strategy: str | Strategy, where: str = "use fairal query") -> Strategy:
+    """The strategy, if probability maps are all it needs: not MC-dropout samples, not the network, not the
+    network's features of the whole pool (refused with the reason; ``where``: what to do instead)."""
     s = parse_strategy(strategy)
     if s.needs_dropout:
-        raise FairalError(f"strategy {s.name} needs MC-dropout samples of the model: use fairal query, or score "
-                          "your own samples with fairal.acquisition.mutual_information")
+        raise FairalError(f"strategy {s.name} needs MC-dropout samples of the model, which probability maps do not "
+                          f"hold: {where}, or score your own samples with fairal.acquisition.mutual_information")
     if s.spec.statistic and STATISTICS[s.spec.statistic].needs_model:
         raise FairalError(f"strategy {s.name} needs the network itself ({STATISTICS[s.spec.statistic].needs})")
+    if s.spec.pool is not None:
+        raise FairalError(f"strategy {s.name} scores the whole pool from the network's features ({s.spec.pool.label}),"
+                          f" which probability maps do not hold: {where}")
     return s
+
+
+def rank_maps(strategy: Strategy, ids: list[str], maps: Iterable, seen: list, weights: Mapping[Hashable, float],
+              p_group: np.ndarray | None, budget: int, roi_dilation: int, seed: int, stochastic_batches: int,
+              power_temperature: float) -> Round:
+    """The round of a strategy that needs only probability maps (one per case of ``ids``, in that order; any
+    iterable, read once): statistics, each case's weight (its group's from ``seen``, else the expected weight from
+    its row of ``p_group``), score, and the ``budget`` cases to annotate, drawn from the seeded stream
+    ``query-selection`` as :func:`fairal.owndata.query.run_query` draws them."""
+    order = list(weights)
+    stats = proba_stats(maps, roi_dilation)
+    w = case_weights(seen, weights, p_group, order) if order else np.ones(len(ids))
+    rng = stream(seed, "query-selection")
+    scores, used = strategy_scores(strategy, stats, w, rng)
+    chosen = select(strategy, ids, scores, budget, stochastic_batches, rng,
+                    groups=steering_groups(seen, p_group, order), weights=weights,
+                    power_temperature=power_temperature)
+    return Round([], [], dict(weights), list(ids), stats, used, scores, chosen)
 
 
 def rank_for_annotation(
@@ -70,7 +93,7 @@ def rank_for_annotation(
     column per statistic of the strategy table that needs no MC dropout (``entropy``: mean entropy,
     ``localized_entropy``), ``selected``.
     """
-    s = _from_maps(strategy)
+    s = from_maps(strategy)
     ids = list(probas)
     if not ids:
         raise FairalError("no probability map to rank")
@@ -83,20 +106,16 @@ def rank_for_annotation(
     for c, m in zip(ids, maps, strict=True):
         if m.ndim != 3 or not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
             raise FairalError(f"{c}: a probability map must be a 3D array of values in [0, 1]")
-    stats = proba_stats(maps, roi_dilation)
     order = list(weights)
     rows = None
     if any(groups[c] is None for c in ids):
         if p_group is None:
             raise FairalError("scans of unknown group need p_group (their group probabilities)")
         rows = np.array([[float((p_group.get(c) or {}).get(g, 0.0)) for g in order] for c in ids])
-    w = case_weights([groups[c] for c in ids], weights, rows, order)
-    rng = stream(seed, "query-selection")
-    scores, used = strategy_scores(s, stats, w, rng)
-    chosen = select(s, ids, scores, budget, stochastic_batches, rng,
-                    groups=steering_groups([groups[c] for c in ids], rows, order), weights=weights,
-                    power_temperature=power_temperature)
-    order = ranking(ids, scores, chosen)
+    rnd = rank_maps(s, ids, maps, [groups[c] for c in ids], weights, rows, budget, roi_dilation, seed,
+                    stochastic_batches, power_temperature)
+    stats, scores, used = rnd.stats, rnd.scores, rnd.case_weights
+    order = rnd.ranking()
     at = {c: i for i, c in enumerate(ids)}
     plain = [name for name, st in STATISTICS.items() if not st.needs_dropout and not st.needs_model]
     return pd.DataFrame([{"rank": r, "case_id": c, "group": groups[c], "score": float(scores[at[c]]),

@@ -15,9 +15,11 @@ next time) and ``query.json`` (settings, group weights, the classifier's cross-v
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -103,7 +105,7 @@ def load_query_model(path: Path, profile: Profile, dropout: float) -> tuple[torc
 
 
 @dataclass
-class _Query:
+class Query:
     """What a query works on, step by step: the settings, the cases, the model and its grid, the groups."""
 
     csv_path: Path
@@ -126,6 +128,8 @@ class _Query:
     order: list = field(default_factory=list)
     p_group: np.ndarray = None
     gm: GroupModel = None
+    voxel_ml: dict = field(default_factory=dict)  # case id -> its voxel's volume (a ranking on each scan's own grid)
+    dice_ids: list | None = None  # the labeled cases behind the group Dice (default: every labeled case)
 
     @property
     def labeled_ids(self) -> list[str]:
@@ -157,33 +161,44 @@ def run_query(
     was trained on (the paper), or ``cross-validated``, each labeled case's Dice from a model trained without it
     (5 folds; five more trainings), which keeps the weights informative when the model fits its training cases
     perfectly."""
-    q = _Query(Path(csv_path), budget, parse_strategy(strategy), Path(out), profile, list(group_by), model_path,
+    q = Query(Path(csv_path), budget, parse_strategy(strategy), Path(out), profile, list(group_by), model_path,
                seed, group_dice, label_value, progress)
     _check_query(q, overwrite)
     _query_model(q, spacing)
-    _unlabeled_groups(q)
+    unlabeled_groups(q, lambda: case_features(q.model, q.vol.images), q.vol.index.__getitem__)
     rnd = acquisition_round(q.model, q.vol, q.labeled_ids, q.unlabeled_ids, q.records, q.order, q.strat,
                             profile, budget, rng=stream(seed, "query-selection"),
                             mc_seed=stream_seed(seed, "mc-dropout", 0), weigh=q.strat.steered,
                             weight_dice=lambda dice: _weight_dice(q, dice), p_group=q.p_group)
-    table = _query_table(q, rnd)
+    table = query_table(q, rnd)
     _write_query(q, rnd, table, montage_cases)
     return table
 
 
-def _check_query(q: _Query, overwrite: bool) -> None:
+def _check_query(q: Query, overwrite: bool) -> None:
     """The settings and the study, checked before any work: the cases, the budget, the output folder."""
     if q.group_dice not in GROUP_DICE:
         raise FairalError(f"--group-dice must be one of {', '.join(GROUP_DICE)}, got {q.group_dice!r}")
-    if isinstance(q.budget, bool) or not isinstance(q.budget, int) or q.budget < 1:
-        raise FairalError(f"--budget must be a whole number >= 1, got {q.budget!r}")
     check_device(q.profile.device)
     network_of(q.profile)
+    check_cases(q, overwrite)
+    cases = q.cases
+    if q.model_path is None and not cases["labeled"].any():
+        raise FairalError(f"{q.csv_path}: no labeled case in any group: label some cases (the 'label' column) to "
+                          "train on, or give a trained model (--model)")
+    check_steered(q)
+
+
+def check_cases(q: Query, overwrite: bool, inputs: list = ()) -> None:
+    """The budget, the cases of the CSV (read into ``q``), the output folder (never one that holds the user's data
+    or ``inputs``, replaced only if fairal made it) and something to rank."""
+    if isinstance(q.budget, bool) or not isinstance(q.budget, int) or q.budget < 1:
+        raise FairalError(f"--budget must be a whole number >= 1, got {q.budget!r}")
     check_label_value(q.label_value)
     cases = q.cases = read_cases(q.csv_path, q.group_by)
     q.records = case_records(cases)
-    # The output folder: never one that holds the user's data, replaced only if fairal made it.
-    check_replaceable(q.out, overwrite, [q.csv_path, *cases["image_path"], *[p for p in cases["label_path"] if p]])
+    check_replaceable(q.out, overwrite, [q.csv_path, *cases["image_path"], *[p for p in cases["label_path"] if p],
+                                         *inputs])
     n_unlabeled = int((~cases["labeled"]).sum())
     if n_unlabeled == 0:
         raise FairalError(f"{q.csv_path}: every case is labeled; nothing to rank (leave 'label' empty for the "
@@ -191,15 +206,17 @@ def _check_query(q: _Query, overwrite: bool) -> None:
     if q.budget > n_unlabeled:
         raise FairalError(f"impossible budget: {q.budget} cases asked for, {q.csv_path} has {n_unlabeled} "
                           "unlabeled")
-    if q.model_path is None and not cases["labeled"].any():
-        raise FairalError(f"{q.csv_path}: no labeled case in any group: label some cases (the 'label' column) to "
-                          "train on, or give a trained model (--model)")
+
+
+def check_steered(q: Query) -> None:
+    """A strategy steered by group needs a labeled case of known group (its group weights come from them)."""
+    cases = q.cases
     if q.strat.steered and not (cases["labeled"] & cases["group_known"]).any():
         raise FairalError(f"{q.csv_path}: strategy {q.strat.name} weighs groups by the model's Dice on the labeled "
                           f"cases, but no labeled case has a known group (columns {', '.join(q.group_by) or '-'})")
 
 
-def _query_model(q: _Query, spacing: float) -> None:
+def _query_model(q: Query, spacing: float) -> None:
     """The grid (the one the model was trained on, else around the labeled structures), the volumes on it, and the
     model: the one given, else trained on the labeled cases."""
     meta: dict = {}
@@ -219,9 +236,11 @@ def _query_model(q: _Query, spacing: float) -> None:
                            "collapsed": result.collapsed, "seconds": round(result.seconds, 2)})
 
 
-def _unlabeled_groups(q: _Query) -> None:
+def unlabeled_groups(q: Query, features: Callable[[], np.ndarray] | None = None,
+                     row_of: Callable[[str], int] | None = None) -> None:
     """The groups (every group of a case of known group) and ``p(g|x)`` of the unlabeled cases: one-hot where the
-    group is known, else from the group classifier on the model's features."""
+    group is known, else from the group classifier on ``features()`` (every case's, rows by ``row_of``: default,
+    the CSV's order) or, without features, the groups' frequencies."""
     cases = q.cases
     q.order = sorted({g for g in cases.loc[cases["group_known"], "group"]}, key=str)
     records_of = q.records
@@ -235,14 +254,15 @@ def _unlabeled_groups(q: _Query) -> None:
         all_known = cases["group_known"].to_numpy(bool)
         all_groups = np.empty(len(cases), dtype=object)
         all_groups[:] = cases["group"].tolist()
-        q.gm = group_probabilities(case_features(q.model, q.vol.images), all_groups, all_known, q.order, q.seed)
+        q.gm = group_probabilities(features() if features else None, all_groups, all_known, q.order, q.seed)
+        row_of = row_of or {c: i for i, c in enumerate(cases["case_id"])}.__getitem__
         at = {int(r): k for k, r in enumerate(np.flatnonzero(~all_known))}
         for i, cid in enumerate(unlabeled_ids):
             if not known_u[i]:
-                q.p_group[i] = q.gm.proba[at[q.vol.index[cid]]]
+                q.p_group[i] = q.gm.proba[at[row_of(cid)]]
 
 
-def _weight_dice(q: _Query, labeled_dice: list[float]) -> list[float]:
+def _weight_dice(q: Query, labeled_dice: list[float]) -> list[float]:
     """The Dice behind the group weights: the labeled cases' own, or out of fold (``--group-dice``)."""
     if q.group_dice != "cross-validated" or not q.strat.steered:
         return labeled_dice
@@ -252,12 +272,12 @@ def _weight_dice(q: _Query, labeled_dice: list[float]) -> list[float]:
                             progress=q.progress)
 
 
-def _query_table(q: _Query, rnd) -> pd.DataFrame:
+def query_table(q: Query, rnd) -> pd.DataFrame:
     """``query.csv``: every unlabeled case, best first, with its score, weight, statistics (one column each, from
     the strategy table), group probabilities and the reason for its rank."""
     stats, records_of, known_u = rnd.stats, q.records, q.known_u
     pos = {c: i for i, c in enumerate(q.unlabeled_ids)}
-    voxel_ml = float(np.prod(q.grid.spacing)) / 1000.0
+    voxel_ml = float(np.prod(q.grid.spacing)) / 1000.0 if q.grid is not None else None
     records = []
     for rank, cid in enumerate(rnd.ranking(), start=1):
         i = pos[cid]
@@ -266,14 +286,15 @@ def _query_table(q: _Query, rnd) -> pd.DataFrame:
                "weight": float(rnd.case_weights[i]), "selected": rank <= q.budget, "image": records_of[cid].image,
                "label": "", "prediction": f"predictions/{cid}.nii.gz" if rank <= q.budget else "",
                "group_known": bool(known_u[i]), **{n: float(stats[n][i]) for n in STATISTICS if n != "entropy"},
-               "predicted_ml": stats["predicted_voxels"][i] * voxel_ml, "roi_source": stats["roi_source"][i]}
+               "predicted_ml": stats["predicted_voxels"][i] * (voxel_ml or q.voxel_ml[cid]),
+               "roi_source": stats["roi_source"][i]}
         rec.update({f"p_group_{g}": float(q.p_group[i, k]) for k, g in enumerate(q.order)})
         rec["reason"] = _reason(q.strat, rec, q.order, q.p_group[i], q.profile)
         records.append(rec)
     return pd.DataFrame(records)
 
 
-def _write_query(q: _Query, rnd, table: pd.DataFrame, montage_cases: int) -> None:
+def _write_query(q: Query, rnd, table: pd.DataFrame, montage_cases: int) -> None:
     """Everything, into a hidden folder beside OUT moved into place at the end: query.csv, the montage of the first
     cases, the model, the annotators' files and query.json (also in ``table.attrs["query"]``). The batch's maps
     are predicted again for these few cases rather than kept for the whole pool."""
@@ -290,13 +311,13 @@ def _write_query(q: _Query, rnd, table: pd.DataFrame, montage_cases: int) -> Non
         write_montage(within(tmp, "montage.png"), [q.vol.images[q.vol.index[c], 0].numpy() for c in top],
                       probas[:len(top)], rois[:len(top)], titles)
         save_checkpoint(q.model, within(tmp, "model.pt"), _model_meta(q, n_labeled))
-        write_handoff(tmp, [(c, records_of[c].image, p) for c, p in zip(batch, probas, strict=True)], q.grid,
-                      q.label_value, final=q.out)
-        table.attrs["query"] = info = _query_info(q, rnd, n_labeled)
+        write_handoff(tmp, [(c, records_of[c].image, to_case_grid(p, q.grid, records_of[c].image, c))
+                            for c, p in zip(batch, probas, strict=True)], q.label_value, final=q.out)
+        table.attrs["query"] = info = query_info(q, rnd, n_labeled)
         write_json(within(tmp, "query.json"), info)
 
 
-def _model_meta(q: _Query, n_labeled: int) -> dict:
+def _model_meta(q: Query, n_labeled: int) -> dict:
     """What a query's ``model.pt`` carries beside the weights: its grid (``--model`` ranks on it), its architecture
     and how it was trained."""
     return {"grid": q.grid.as_meta(), "features": list(q.profile.features), "dropout": float(q.dropout),
@@ -311,7 +332,7 @@ def train_query_model(csv_path: str | Path, model_file: str | Path, profile: Pro
     """Train the model a query of ``csv_path`` would train (same grid, seed stream and settings) and save it as
     ``model_file``, without ranking: a later ``run_query(..., model_path=model_file)`` ranks with it, as ``fairal
     query --model`` does. Every case may be labeled. Returns how the training went."""
-    q = _Query(Path(csv_path), 0, parse_strategy(strategy), Path(model_file).parent, profile, list(group_by), None,
+    q = Query(Path(csv_path), 0, parse_strategy(strategy), Path(model_file).parent, profile, list(group_by), None,
                seed, "labeled", label_value, progress)
     check_device(profile.device)
     network_of(profile)
@@ -329,8 +350,6 @@ def predict_image(model_file: str | Path, image: str | Path, target: str | Path,
                   label_value: float | None = None) -> Path:
     """The segmentation of ``image`` by a query's model, on the image's own grid (as the hand-off's predictions),
     saved as ``target``."""
-    import nibabel as nib
-
     model, meta = load_query_model(Path(model_file), profile, 0.0)
     grid = Grid.from_meta(meta["grid"], model_file)
     case = Path(image).name.split(".")[0]
@@ -367,12 +386,14 @@ def weight_notes(group_by: list, order: list, labeled_groups: list, weights: dic
     return notes, warnings
 
 
-def _query_info(q: _Query, rnd, n_labeled: int) -> dict:
+def query_info(q: Query, rnd, n_labeled: int) -> dict:
     """``query.json``: the settings, the group weights and the Dice behind them, the unknown groups' method, the
     model, the grid, the counts, the profile and the versions."""
-    lab_table = q.cases.loc[q.cases["labeled"], ["case_id", "group"]].assign(dice=rnd.weight_dice)
+    dice_ids = q.labeled_ids if q.dice_ids is None else q.dice_ids
+    behind = q.cases["labeled"] & q.cases["case_id"].isin(dice_ids)  # dice_ids: in the CSV's order
+    lab_table = q.cases.loc[behind, ["case_id", "group"]].assign(dice=rnd.weight_dice)
     gm = q.gm
-    notes, warnings = weight_notes(q.group_by, q.order, [q.records[c].group for c in q.labeled_ids], rnd.weights,
+    notes, warnings = weight_notes(q.group_by, q.order, [q.records[c].group for c in dice_ids], rnd.weights,
                                    q.group_dice) if q.strat.steered else ([], [])
     return {
         "csv": str(q.csv_path.resolve()), "strategy": q.strat.name, "budget": q.budget, "seed": q.seed,
@@ -381,12 +402,13 @@ def _query_info(q: _Query, rnd, n_labeled: int) -> dict:
         "notes": notes, "warnings": warnings,
         "temperature": q.strat.temperature or q.profile.temperature, "group_dice": q.group_dice,
         "labeled_dice": {str(g): float(d.mean()) for g, d in lab_table.groupby("group")["dice"]},
-        "labeled_case_dice": {c: float(d) for c, d in zip(q.labeled_ids, rnd.weight_dice, strict=True)},
+        "labeled_case_dice": {c: float(d) for c, d in zip(dice_ids, rnd.weight_dice, strict=True)},
         "unknown_groups": {"n_unlabeled_unknown": int((~q.known_u).sum()), "method": gm.method,
                            "classifier_cv_accuracy": gm.cv_accuracy, "majority_rate": gm.chance_accuracy,
                            "n_known": gm.n_train},
         "model": str(Path(q.model_path).resolve()) if q.model_path else "trained here", "training": q.training,
-        "grid": {"shape": list(q.grid.shape), "spacing_mm": list(q.grid.spacing)},
+        "grid": {"shape": list(q.grid.shape), "spacing_mm": list(q.grid.spacing)} if q.grid is not None
+        else "each scan's own",
         "n_cases": len(q.cases), "n_labeled": n_labeled, "n_unlabeled": len(q.cases) - n_labeled,
         "profile": q.profile.as_dict(), "versions": versions()}
 
@@ -419,22 +441,21 @@ for case, image, prediction in cases:
 """
 
 
-def write_handoff(folder: Path, batch: list[tuple[str, str, np.ndarray]], grid: Grid,
-                  label_value: float | None, final: str | Path | None = None) -> None:
-    """The annotators' files: each selected scan's prediction on the scan's own grid
-    (``predictions/CASE.nii.gz``, to correct rather than draw from nothing), ``annotate.csv`` (case, image,
+def write_handoff(folder: Path, batch: list[tuple[str, str, nib.Nifti1Image]], label_value: float | None,
+                  final: str | Path | None = None) -> None:
+    """The annotators' files: each selected scan's prediction (a mask on the scan's own grid, e.g.
+    :func:`fairal.data.cohort.to_case_grid`) as ``predictions/CASE.nii.gz``, to correct rather than draw from
+    nothing; ``annotate.csv`` (case, image,
     prediction), a 3D Slicer script that opens them all (``open_in_slicer.py``) and ITK-SNAP command lines
     (``open_in_itksnap.sh``). Every string the scripts embed is quoted as data: ``repr`` in Python, ``shlex.quote``
     in the shell (a case id or a folder named ``O'Brien; $(rm -rf ~)`` stays a name). ``final``: where ``folder``
     will be once published (default: ``folder`` itself), the folder the Slicer script opens the predictions from."""
     import shlex
 
-    import nibabel as nib
-
     within(folder, "predictions").mkdir()
     rows = []
-    for case, image, proba in batch:
-        nib.save(to_case_grid(proba, grid, image, case), str(within(folder, "predictions", f"{case}.nii.gz")))
+    for case, image, mask in batch:
+        nib.save(mask, str(within(folder, "predictions", f"{case}.nii.gz")))
         rows.append({"case_id": case, "image": image, "prediction": f"predictions/{case}.nii.gz"})
     write_csv(within(folder, "annotate.csv"), pd.DataFrame(rows, columns=["case_id", "image", "prediction"]))
     value = "" if label_value is None else f" (saved with value 1; your map uses {label_value:g})"

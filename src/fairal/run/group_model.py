@@ -29,13 +29,14 @@ class GroupModel:
     n_train: int = 0
 
 
-def group_probabilities(features: np.ndarray, groups: np.ndarray, known: np.ndarray, order: list,
+def group_probabilities(features: np.ndarray | None, groups: np.ndarray, known: np.ndarray, order: list,
                         seed: int = 0, stream_name: str = "query-classifier", keys: tuple = ()) -> GroupModel:
     """``p(g|x)`` of the cases with ``known == False``, learnt from the cases of known group.
 
     With at least :data:`MIN_PER_GROUP` known cases in every group: a standardised multinomial logistic regression
     on ``features`` (its stratified cross-validated accuracy is reported against the majority-class rate); else the
-    groups' frequencies among the known cases, the same for every unknown case."""
+    groups' frequencies among the known cases, the same for every unknown case (also with no ``features``: a
+    ranking from saved probability maps has no network to take them from)."""
     unknown = ~known
     n_unknown = int(unknown.sum())
     if n_unknown == 0:
@@ -43,7 +44,7 @@ def group_probabilities(features: np.ndarray, groups: np.ndarray, known: np.ndar
     y = np.array([order.index(g) for g in groups[known]])
     counts = np.bincount(y, minlength=len(order))
     chance = float(counts.max() / counts.sum())
-    if len(order) > 1 and counts.min() >= MIN_PER_GROUP:
+    if features is not None and len(order) > 1 and counts.min() >= MIN_PER_GROUP:
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_score
         from sklearn.pipeline import make_pipeline
