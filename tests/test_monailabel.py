@@ -1,9 +1,12 @@
 """fairal inside MONAI Label: a real `monailabel start_server` with the app `fairal monailabel-app` writes (one server
 for the module), asked over HTTP for the next sample; its answer is the image `fairal query` ranks first with the
-same model, bad files placed in the studies folder by hand are left out with a warning, and a label saved through
-the server changes the next answer's weights. Hostile requests (ids and tags that are paths, uploads that are not
-3D NIfTI volumes on their image's grid, /infer on a server path) are refused with HTTP 400 and write nothing.
-Needs MONAI Label (`make monailabel`); skipped without it."""
+same model and cross-validated group Dice (the harder group weighs more), a second click gets the next image (the
+first is held for its client) from the stored scores, bad files placed in the studies folder by hand are left out
+with a warning, and a label saved through the server ends its image's lease and makes the next answer score again,
+with new weights. Hostile requests (ids and tags that are paths, uploads that are not 3D NIfTI volumes on their
+image's grid, /infer on a server path) are refused with HTTP 400 and write nothing. The server tests need MONAI Label
+(`make monailabel`) and are skipped without it; the leases, the stored scores' key and the group Dice setting are
+tested without a server."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,11 +30,24 @@ import pytest
 from typer.testing import CliRunner
 
 from fairal.cli import app
+from fairal.data.cohort import read_cases
+from fairal.errors import FairalError
+from fairal.owndata.serving import (
+    AUTO_CROSS_VALIDATED_MIN,
+    Leases,
+    StoredScores,
+    file_version,
+    ranking_key,
+    resolve_group_dice,
+)
 
 from .own_data import make_study
 
 SETS = ["--set", "steps=30", "--set", "batch_size=4"]
 STRATEGY = "weighted-localized-entropy"
+#: The harder group of the served study: its images carry this much more noise, so the model segments it worse on
+#: images it has not trained on (a gap the out-of-fold Dice sees and the labeled images' own Dice barely does).
+HARD_GROUP, HARD_NOISE = "F", 300.0
 
 
 def test_the_app_folder_is_written_whole_and_checked(tmp_path):
@@ -41,10 +58,14 @@ def test_the_app_folder_is_written_whole_and_checked(tmp_path):
     assert "--host 127.0.0.1" in res.output and "Running it for a lab" in res.output  # localhost unless told
     settings = json.loads((tmp_path / "app" / "fairal.json").read_text())
     assert settings["strategy"] == STRATEGY and settings["group_by"] == ["sex"] and settings["set"]["steps"] == "30"
+    assert settings["group_dice"] == "auto" and settings["lease_minutes"] == 30.0
     assert "from fairal.owndata.monailabel import FairalApp" in (tmp_path / "app" / "main.py").read_text()
     for bad, message in ((["--strategy", "weighted-localised-entropy"], "did you mean"),
                          (["--set", "final_size=5"], "does not use the setting final_size"),
-                         (["--model", str(tmp_path / "none.pt")], "checkpoint file not found")):
+                         (["--model", str(tmp_path / "none.pt")], "checkpoint file not found"),
+                         (["--group-dice", "leave-one-out"], "--group-dice must be one of labeled, cross-validated"),
+                         (["--lease-minutes", "0"], "--lease-minutes must be a number of minutes > 0"),
+                         (["--lease-minutes", "nan"], "--lease-minutes must be a number of minutes > 0")):
         res = runner.invoke(app, ["monailabel-app", str(tmp_path / "bad"), *bad])
         assert res.exit_code == 2 and message in res.output, res.output
         assert not (tmp_path / "bad").exists()
@@ -53,16 +74,20 @@ def test_the_app_folder_is_written_whole_and_checked(tmp_path):
 
 
 def _studies(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
-    """A MONAI Label studies folder (images, labels/final/ of the labeled ones, groups.csv with two groups and two
-    images of unknown group) and the same study as a fairal CSV of the same files."""
+    """A MONAI Label studies folder (images, labels/final/ of the labeled ones, groups.csv with two groups, three
+    labeled images each, and two images of unknown group; the images of :data:`HARD_GROUP` noisier) and the same
+    study as a fairal CSV of the same files."""
     src = tmp_path / "src"
     study = pd.read_csv(make_study(src, per_site=4, labeled_per_site=2, unknown=1), dtype=str, keep_default_na=False)
     studies = tmp_path / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
-    rows = []
+    rows, rng = [], np.random.default_rng(1)
     for r in study.itertuples():
         image = studies / f"{r.case_id}.nii.gz"
-        shutil.copyfile(src / r.image, image)
+        img = nib.load(str(src / r.image))
+        data = np.asarray(img.dataobj, np.float32)
+        noise = rng.normal(0.0, HARD_NOISE, data.shape) if r.sex == HARD_GROUP else 0.0
+        nib.save(nib.Nifti1Image((data + noise).astype(np.float32), img.affine), str(image))
         label = ""
         if r.label:
             label = studies / "labels" / "final" / f"{r.case_id}.nii.gz"
@@ -157,55 +182,105 @@ def served(tmp_path_factory):
     assert server.poll() is not None
 
 
+def _save_label(served, image_id: str) -> None:
+    """An annotator saves a label for ``image_id`` through the server (its structure: the bright ellipsoid of the
+    image before the noise of :data:`HARD_GROUP`)."""
+    img = nib.load(str(served.root / "src" / "images" / f"{image_id}.nii.gz"))
+    drawn = served.root / f"{image_id}-label.nii.gz"
+    nib.save(nib.Nifti1Image((np.asarray(img.dataobj) > 900).astype(np.uint8), img.affine), str(drawn))
+    with drawn.open("rb") as f:
+        put = served.client.put("/datastore/label", params={"image": image_id},
+                                files={"label": (f"{image_id}.nii.gz", f, "application/gzip")})
+    assert put.status_code == 200, put.text
+    assert (served.studies / "labels" / "final" / f"{image_id}.nii.gz").is_file()
+
+
+def _next(served, client_id: str) -> dict:
+    res = served.client.post(f"/activelearning/{STRATEGY}", json={"client_id": client_id})
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
+def _leases(served) -> dict:
+    return json.loads((served.app / "work" / "leases.json").read_text())
+
+
 def test_next_sample_over_http_is_fairal_query_s_first(served):
-    runner, client, studies, cases, root = CliRunner(), served.client, served.studies, served.cases, served.root
-    # what fairal query ranks first with the app's first model, on the good cases
+    runner, client, root = CliRunner(), served.client, served.root
+    # what fairal query ranks first with the app's first model, its group Dice out of fold (6 labeled, 3 a group)
     res = runner.invoke(app, ["query", str(served.csv), "--budget", "1", "--group-by", "sex", "--model",
-                              str(served.model), "--out", str(root / "q1"), "--profile", "smoke", *SETS, "--quiet"])
+                              str(served.model), "--out", str(root / "q1"), "--profile", "smoke", *SETS, "--quiet",
+                              "--group-dice", "cross-validated"])
     assert res.exit_code == 0, res.output
-    expected = pd.read_csv(root / "q1" / "query.csv")
-    weights = json.loads((root / "q1" / "query.json").read_text())["weights"]
+    expected = pd.read_csv(root / "q1" / "query.csv", dtype={"case_id": str})
+    cv = json.loads((root / "q1" / "query.json").read_text())
 
     info = client.get("/info/").json()
     assert STRATEGY in info["strategies"] and "fairal" in info["trainers"]
-    first = client.post(f"/activelearning/{STRATEGY}", json={})
-    assert first.status_code == 200, first.text
-    first = first.json()
-    assert first["id"] == expected.loc[0, "case_id"]
+    first = _next(served, "ann-1")
+    assert first["id"] == expected.loc[0, "case_id"] and first["fairal_rank"] == 1
     assert first["fairal_score"] == pytest.approx(expected.loc[0, "score"], rel=1e-6)
-    assert first["fairal_weights"] == pytest.approx(weights)
     assert first["fairal_reason"] == expected.loc[0, "reason"]
+    # the group Dice is out of fold (auto, 3 labeled images a group): the noisier group is served worse, weighs more
+    assert first["fairal_group_dice_method"] == "cross-validated"
+    assert first["fairal_group_dice"] == pytest.approx(cv["labeled_dice"])
+    assert first["fairal_weights"] == pytest.approx(cv["weights"])
+    other = "M" if HARD_GROUP == "F" else "F"
+    assert first["fairal_group_dice"][HARD_GROUP] < first["fairal_group_dice"][other]
+    assert first["fairal_weights"][HARD_GROUP] > first["fairal_weights"][other]
+    assert any("cross-validated (group_dice auto" in n for n in first["fairal_notes"]), first["fairal_notes"]
+    version = file_version(served.app / "model" / "model.pt")
+    assert first["fairal_scores"] == "computed" and first["fairal_model_version"] == version
+    assert first["fairal_lease"]["client"] == "ann-1" and first["fairal_held"] == 1
     # the bad cases placed by hand are left out, each with a warning naming it and its fault
     left_out = [w for w in first["fairal_warnings"] if w.startswith("left out")]
     assert len(left_out) == 2, first["fairal_warnings"]
     assert "zz-corrupt" in left_out[0] and "not a readable NIfTI image" in left_out[0]
     assert "zz-grid" in left_out[1] and "label shape (5, 5, 5) differs" in left_out[1]
-    # an annotator saves a label (here the image's true one): the labeled set and its Dice change
-    saved = cases.loc[cases["label"] == "", "case_id"].iloc[-1]
-    img = nib.load(str(studies / f"{saved}.nii.gz"))
-    drawn = root / f"{saved}-label.nii.gz"  # its structure: the bright ellipsoid of the image
-    nib.save(nib.Nifti1Image((np.asarray(img.dataobj) > 900).astype(np.uint8), img.affine), str(drawn))
-    with drawn.open("rb") as f:
-        put = client.put("/datastore/label", params={"image": saved},
-                         files={"label": (f"{saved}.nii.gz", f, "application/gzip")})
-    assert put.status_code == 200, put.text
-    assert (studies / "labels" / "final" / f"{saved}.nii.gz").is_file()
-    second = client.post(f"/activelearning/{STRATEGY}", json={}).json()
-    assert second["fairal_n_labeled"] == first["fairal_n_labeled"] + 1
+    _a_second_click_and_a_saved_label(served, first, expected, version)
+
+
+def _a_second_click_and_a_saved_label(served, first: dict, expected: pd.DataFrame, version: str) -> None:
+    """A second click, with no label saved: the next image of the same stored ranking (the first is held); the
+    scoring reuses it too. Then a label saved for the first image ends its lease and the next click scores again."""
+    client = served.client
+    again = _next(served, "ann-2")
+    assert again["id"] == expected.loc[1, "case_id"] != first["id"] and again["fairal_rank"] == 2
+    assert again["fairal_scores"] == "reused" and again["fairal_model_version"] == version
+    assert again["fairal_weights"] == first["fairal_weights"] and again["fairal_held"] == 2
+    assert set(_leases(served)) == {first["id"], again["id"]}
+    assert "reused the stored scores" in (served.root / "server.log").read_text()
+    scoring = client.post("/scoring/fairal", params={"run_sync": True}, json={})
+    assert scoring.status_code == 200 and scoring.json()["scores"] == "reused", scoring.text
+    stored = client.get("/datastore/image/info", params={"image": again["id"]}).json()["fairal"]
+    assert (stored["model_version"], stored["n_labeled"], stored["rank"]) == (version, 6, 2), stored
+    # the annotator of the first image saves its label: its lease ends, and the next click scores again
+    _save_label(served, first["id"])
+    assert set(_leases(served)) == {again["id"]}
+    second = _next(served, "ann-1")
+    assert second["fairal_scores"] == "computed" and second["fairal_n_labeled"] == first["fairal_n_labeled"] + 1
     assert second["fairal_weights"] != pytest.approx(first["fairal_weights"])
-    assert second["id"] != saved
-    # the app's training on the saved labels (7 now) replaces its model
+    assert second["id"] not in (first["id"], again["id"]) and second["fairal_held"] == 2
+    _training_and_other_strategies(served, second)
+
+
+def _training_and_other_strategies(served, second: dict) -> None:
+    """Any strategy of fairal's grammar is built when asked for; the app's training on the saved labels (7 now)
+    replaces its model, and the next click scores again with it; /infer segments an image."""
+    client = served.client
+    # a strategy of fairal's grammar that the app does not list is built when asked for (unweighted: labeled Dice)
+    bald = client.post("/activelearning/bald", json={})
+    assert bald.status_code == 200 and bald.json()["fairal_strategy"] == "bald", bald.text
+    assert bald.json()["fairal_scores"] == "computed" and bald.json()["fairal_held"] == 3
+    bad = client.post("/activelearning/weighted-localised-entropy", json={})
+    assert bad.status_code == 400 and "did you mean 'weighted-localized-entropy'" in bad.text, bad.text
     before = (served.app / "model" / "model.pt").read_bytes()
     train = client.post("/train/fairal", params={"run_sync": True}, json={})
     assert train.status_code == 200, train.text
     assert (served.app / "model" / "model.pt").read_bytes() != before
-    third = client.post(f"/activelearning/{STRATEGY}", json={}).json()
-    assert third["fairal_n_labeled"] == second["fairal_n_labeled"] and third["id"] != saved
-    # a strategy of fairal's grammar that the app does not list is built when asked for
-    other = client.post("/activelearning/weighted-bald", json={})
-    assert other.status_code == 200 and other.json()["fairal_strategy"] == "weighted-bald", other.text
-    bad = client.post("/activelearning/weighted-localised-entropy", json={})
-    assert bad.status_code == 400 and "did you mean 'weighted-localized-entropy'" in bad.text, bad.text
+    again = client.post("/activelearning/bald", json={}).json()  # no new label, but a new model: scored again
+    assert again["fairal_scores"] == "computed" and again["fairal_model_version"] != second["fairal_model_version"]
+    assert again["fairal_n_labeled"] == second["fairal_n_labeled"] and again["id"] != bald.json()["id"]
     # the app's inference: a label to correct, on the image's own grid
     infer = client.post("/infer/fairal", params={"image": second["id"]}, json={})
     assert infer.status_code == 200, infer.text
@@ -319,3 +394,118 @@ def test_strategy_names_and_their_query_folders_are_bounded(tmp_path):
     removed = prune_query_folders(tmp_path, 2)
     assert sorted(p.name for p in removed) == ["query-s0", "query-s1", "query-s2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["query-mine", "query-s3", "query-s4"]
+
+
+class _Clock:
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_lease_holds_an_image_until_its_time_is_up_or_it_is_released(tmp_path):
+    clock, path = _Clock(), tmp_path / "work" / "leases.json"
+    leases = Leases(path, 30, threading.RLock(), clock=clock)
+    assert leases.held() == {} and not path.exists()
+    a = leases.take("a00", "ann-1", STRATEGY)
+    assert a["until"] - a["since"] == 30 * 60 and a["until_text"]
+    clock.now += 10 * 60
+    leases.take("b00", "ann-2", STRATEGY)
+    assert set(leases.held()) == {"a00", "b00"} and json.loads(path.read_text())["a00"]["client"] == "ann-1"
+    # a second Leases on the same file (another thread's view) sees them: they live in the file
+    assert set(Leases(path, 30, threading.RLock(), clock=clock).held()) == {"a00", "b00"}
+    clock.now += 20 * 60 + 1  # a00's 30 minutes are up, b00's are not
+    assert set(leases.held()) == {"b00"} and set(json.loads(path.read_text())) == {"b00"}
+    assert leases.release("b00") and not leases.release("b00") and leases.held() == {}
+    # only the images of the ranking stay held: one labeled or removed since (not among them) is let go
+    leases.take("c00", "ann-1", STRATEGY)
+    leases.take("c01", "ann-1", STRATEGY)
+    assert set(leases.held(among={"c01", "c02"})) == {"c01"} and set(json.loads(path.read_text())) == {"c01"}
+    path.write_text("{not json")  # edited by hand: started afresh rather than stopping every click
+    assert leases.held() == {}
+
+
+def _case_table(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    csv = make_study(tmp_path / "study", per_site=2, labeled_per_site=1, unknown=1)
+    return csv, read_cases(csv, ["site"])
+
+
+def test_stored_scores_are_keyed_by_model_labels_images_and_groups(tmp_path):
+    csv, cases = _case_table(tmp_path)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights 1")
+    version = file_version(model)
+    assert version.startswith("sha256:") and file_version(model) == version
+
+    def key(table=cases, model_version=version, settings=None):
+        return ranking_key(STRATEGY, "labeled", model_version, table, settings or {"seed": 0})
+
+    first = key()
+    assert key() == first
+    model.write_bytes(b"weights 2")  # a training replaced the model
+    assert file_version(model) != version and key(model_version=file_version(model)) != first
+    assert key(settings={"seed": 1}) != first
+    label = Path(cases.loc[cases["labeled"], "label_path"].iloc[0])
+    os.utime(label, ns=(label.stat().st_mtime_ns + 10**9,) * 2)  # a final label saved again
+    assert key() != first
+    os.utime(label, ns=(label.stat().st_mtime_ns - 10**9,) * 2)
+    assert key() == first
+    relabeled = read_cases(csv, ["site"])
+    unlabeled = relabeled.index[~relabeled["labeled"]][0]
+    relabeled.loc[unlabeled, ["label_path", "labeled"]] = [str(label), True]  # one more labeled image
+    assert key(relabeled) != first
+    regrouped = cases.copy()
+    regrouped.loc[0, "group"] = "Z"
+    assert key(regrouped) != first
+    # stored under a key, found under that key only, and only while its query folder is there
+    stored = StoredScores(tmp_path / "work" / "scores.json", threading.RLock())
+    stored.put(STRATEGY, first, model_version=version, n_labeled=3, folder="query-x")
+    assert stored.get(STRATEGY, first) is None  # no folder yet
+    (tmp_path / "work" / "query-x").mkdir()
+    for name in ("query.csv", "query.json"):
+        (tmp_path / "work" / "query-x" / name).write_text("")
+    assert stored.get(STRATEGY, first)["n_labeled"] == 3 and stored.get(STRATEGY, key(regrouped)) is None
+    assert stored.get("entropy", first) is None
+
+
+def test_auto_group_dice_is_out_of_fold_from_enough_labeled_images_per_group():
+    def cases(counts: dict[str, int], unlabeled: int = 2) -> pd.DataFrame:
+        groups = [g for g, n in counts.items() for _ in range(n)]
+        return pd.DataFrame({"labeled": [True] * len(groups) + [False] * unlabeled,
+                             "group": groups + ["F"] * unlabeled, "group_known": [True] * (len(groups) + unlabeled)})
+
+    enough = {"F": AUTO_CROSS_VALIDATED_MIN, "M": AUTO_CROSS_VALIDATED_MIN + 2}
+    method, notes = resolve_group_dice("auto", cases(enough), steered=True)
+    assert method == "cross-validated" and "every group has at least" in notes[0]
+    method, notes = resolve_group_dice("auto", cases({**enough, "M": AUTO_CROSS_VALIDATED_MIN - 1}), steered=True)
+    assert method == "labeled" and f"M {AUTO_CROSS_VALIDATED_MIN - 1} labeled so far" in notes[0]
+    assert resolve_group_dice("auto", cases(enough), steered=False) == ("labeled", [])  # no weights to measure
+    assert resolve_group_dice("auto", cases({"F": 9}), steered=True) == ("labeled", [])  # one group: likewise
+    assert resolve_group_dice("cross-validated", cases({"F": 1, "M": 1}), steered=True) == ("cross-validated", [])
+    assert resolve_group_dice("labeled", cases(enough), steered=True) == ("labeled", [])
+
+
+def test_a_saved_final_label_ends_its_lease_and_a_fully_held_ranking_is_refused(tmp_path):
+    pytest.importorskip("monailabel")
+    from fairal.owndata.app import write_app
+    from fairal.owndata.monailabel import FairalContext, FairalDatastore
+
+    studies, cases = _studies(tmp_path)
+    app_dir = write_app(tmp_path / "app", STRATEGY, ["sex"], "smoke", {}, lease_minutes=5)
+    context = FairalContext(app_dir, studies)
+    datastore = FairalDatastore(context, str(studies), auto_reload=False, read_only=False)
+    free = cases.loc[cases["label"] == "", "case_id"].tolist()
+    table = pd.DataFrame({"case_id": free[:2], "rank": [1, 2]})
+    top, lease, held = context.serve(table, STRATEGY, "ann-1")
+    assert top["case_id"] == free[0] and held == 1 and lease["until"] - lease["since"] == 5 * 60
+    top, _, held = context.serve(table, STRATEGY, "ann-1")  # the same client clicks again: the next image
+    assert top["case_id"] == free[1] and held == 2
+    with pytest.raises(FairalError, match=r"every unlabeled image \(2\) is held .*\(leases last 5 min"):
+        context.serve(table, STRATEGY, "ann-2")
+    img = nib.load(str(studies / f"{free[0]}.nii.gz"))
+    label = _nifti(tmp_path / "drawn.nii.gz", (np.asarray(img.dataobj) > 900).astype(np.uint8), img.affine)
+    datastore.save_label(free[0], str(label), "original", {})  # a model's label: still held
+    assert set(context.leases.held()) == set(free[:2])
+    datastore.save_label(free[0], str(label), "final", {})
+    assert set(context.leases.held()) == {free[1]}

@@ -765,6 +765,11 @@ def monailabel_app(
     seed: Annotated[int, typer.Option(help="Seed of training and of every random draw.")] = 0,
     label_value: Annotated[float | None, typer.Option(help="The structure's value in multi-label maps; default: "
                                                       "binary labels.")] = None,
+    group_dice: Annotated[str, typer.Option(metavar="labeled|cross-validated|auto", help="Dice of the group "
+                                            "weights, as in fairal query; auto: cross-validated once every group has "
+                                            "3 labeled images, else labeled.")] = "auto",
+    lease_minutes: Annotated[float, typer.Option(help="How long an image served by Next Sample is held for its "
+                                                 "client (the next click gets the next image).")] = 30.0,
     profile: ProfileOpt = "standard",
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an app folder that fairal wrote.")] = False,
@@ -778,7 +783,7 @@ def monailabel_app(
 
     overrides = parse_overrides(set_)
     write_app(out, strategy, group_by or [], profile, overrides, seed=seed, spacing=spacing, label_value=label_value,
-              model=model, overwrite=overwrite)
+              model=model, overwrite=overwrite, group_dice=group_dice, lease_minutes=lease_minutes)
     stdout.print(f"MONAI Label app in {out}: monailabel start_server --app {out} --studies STUDIES --host 127.0.0.1")
     console.print("note: --host 127.0.0.1 serves this machine only; whoever reaches the port can upload: serve a lab "
                   "behind an authenticating proxy (docs/annotate.md, Running it for a lab)")

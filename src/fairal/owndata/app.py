@@ -11,6 +11,7 @@ from fairal.acquisition import parse_strategy
 from fairal.data.cohort import check_label_value, check_spacing
 from fairal.io import check_replaceable, publish_folder, within, write_json
 from fairal.owndata.query import load_query_model, query_profile
+from fairal.owndata.serving import DEFAULT_LEASE_MINUTES, check_app_settings
 from fairal.plugins import loaded
 
 MAIN_PY = '''\
@@ -31,9 +32,13 @@ class App(FairalApp):
 
 def write_app(out: str | Path, strategy: str, group_by: list[str], profile: str, overrides: dict[str, str],
               seed: int = 0, spacing: float = 2.0, label_value: float | None = None, model: str | Path | None = None,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, group_dice: str = "auto", lease_minutes: float = DEFAULT_LEASE_MINUTES
+              ) -> Path:
     """Write the app folder ``out`` (whole or not at all): ``main.py``, ``fairal.json`` and, with ``model``, the
-    model of an earlier ``fairal query`` as the app's first model."""
+    model of an earlier ``fairal query`` as the app's first model. ``group_dice``: where the Dice of the group
+    weights comes from (``labeled``, ``cross-validated``, or ``auto``: cross-validated once every group has enough
+    labeled images, :data:`fairal.owndata.serving.AUTO_CROSS_VALIDATED_MIN`); ``lease_minutes``: how long an image
+    served by Next Sample is held for its client (:class:`fairal.owndata.serving.Leases`)."""
     from importlib.metadata import version
 
 
@@ -41,6 +46,7 @@ def write_app(out: str | Path, strategy: str, group_by: list[str], profile: str,
     prof = query_profile(profile, overrides)
     check_spacing(spacing)
     check_label_value(label_value)
+    check_app_settings(group_dice, lease_minutes)
     out = Path(out)
     check_replaceable(out, overwrite, [model] if model else [], what="OUT")
     if model is not None:
@@ -48,7 +54,8 @@ def write_app(out: str | Path, strategy: str, group_by: list[str], profile: str,
     with publish_folder(out, "monailabel-app") as tmp:
         within(tmp, "main.py").write_text(MAIN_PY)  # no path or name of the user's in the code
         settings = {"strategy": strat.name, "group_by": list(group_by), "profile": profile, "set": dict(overrides),
-                    "seed": seed, "spacing": spacing, "label_value": label_value, "fairal_version": version("fairal")}
+                    "seed": seed, "spacing": spacing, "label_value": label_value, "group_dice": group_dice,
+                    "lease_minutes": lease_minutes, "fairal_version": version("fairal")}
         if loaded():
             settings["plugins"] = loaded()  # the server loads them too: a plugin's strategy is the app's as well
         write_json(within(tmp, "fairal.json"), settings)

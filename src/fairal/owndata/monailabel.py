@@ -2,15 +2,21 @@
 
 ``fairal monailabel-app OUT`` writes an app folder (:func:`fairal.owndata.app.write_app`): ``main.py``, which
 MONAI Label's ``monailabel start_server --app OUT --studies STUDIES`` loads, and ``fairal.json``, the app's
-settings (strategy, group columns, profile, seed, grid spacing). The server then offers:
+settings (strategy, group columns, profile, seed, grid spacing, group Dice, lease minutes). The server then offers:
 
 - **strategies** (``POST /activelearning/NAME``): the paper's four and any name of fairal's grammar
-  (``weighted-bald``, ``stochastic-weighted-localized-entropy-t0.5``, ...). Each call is one ``fairal query`` with
-  budget 1 over the datastore (images, the labels saved under ``labels/final/``, the groups) with the app's current
-  model; the answer is the image ranked first, with fairal's score, weight, group, reason and the Dice behind the
-  weights beside MONAI Label's fields. Without a model yet, the first call trains one on the saved labels.
-- **scoring** (``POST /scoring/fairal``): the same ranking, stored per image in the datastore's image info
-  (``fairal``: rank, score, weight, statistics; for a labeled image its Dice under the current model).
+  (``weighted-bald``, ``stochastic-weighted-localized-entropy-t0.5``, ...). Each call ranks the datastore (images,
+  the labels saved under ``labels/final/``, the groups) with the app's current model: one ``fairal query`` of budget
+  1, or the ranking stored by an earlier call while its model, labels, images and groups stand
+  (:mod:`fairal.owndata.serving`). The answer is the first image of the ranking that no lease holds, held now for
+  the client (``client_id``) that asked, with fairal's score, weight, group, reason, the Dice behind the weights and
+  where they came from (the group Dice setting, reused or computed scores, the model version), the lease and how
+  many images are held, beside MONAI Label's fields. Without a model yet, the first call trains one on the saved
+  labels. Each step (training, cross-validation folds, scoring, reuse, the image served) is logged.
+- **scoring** (``POST /scoring/fairal``): the same ranking (stored or computed), stored per image in the datastore's
+  image info (``fairal``: rank, score, weight, statistics; for a labeled image its Dice under the current model;
+  each with the model version, labeled count and key of the scores; an image whose info came from the same scores
+  is not written again).
 - **training** (``POST /train/fairal``): fairal's training of the profile on the saved labels; the new model becomes
   the app's (``model/model.pt``), so the weights follow the annotators' work.
 - **inference** (``POST /infer/fairal``): the model's segmentation of an image on that image's own grid, a label to
@@ -28,8 +34,9 @@ leaves no file behind. ``/infer`` segments the datastore's images only. A case o
 (a file put there by hand) is left out of the rankings with a warning in the answer.
 
 This module imports MONAI Label: it runs inside the server (install: docs/annotate.md). fairal's own records go to
-``OUT/work/`` (fairal-made folders, replaced at each call; the query folders of the :data:`MAX_QUERY_FOLDERS`
-strategies asked for last); the studies folder is only read, except through the datastore's calls.
+``OUT/work/`` (fairal-made folders, replaced when a ranking is computed; the query folders of the
+:data:`MAX_QUERY_FOLDERS` strategies asked for last; ``leases.json`` and ``scores.json``); the studies folder is only
+read, except through the datastore's calls. A final label saved through the datastore ends its image's lease.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -56,11 +64,24 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from fairal.acquisition import parse_strategy
 from fairal.config import get_profile
-from fairal.data.cohort import check_case
+from fairal.data.cohort import check_case, read_cases
 from fairal.data.volumes import CASE_ID_RULES, names_a_file
 from fairal.errors import FairalError
 from fairal.io import is_fairal_folder, within, write_csv
 from fairal.owndata.query import predict_image, run_query, train_query_model
+from fairal.owndata.serving import (
+    DEFAULT_LEASE_MINUTES,
+    LEASES_FILE,
+    SCORES_FILE,
+    Leases,
+    StoredScores,
+    check_app_settings,
+    file_stamp,
+    file_version,
+    load_ranking,
+    ranking_key,
+    resolve_group_dice,
+)
 from fairal.plugins import load_all, load_entry_points
 from fairal.records import PAPER_STRATEGIES  # the strategies every app lists (any other name is accepted too)
 
@@ -99,9 +120,17 @@ class FairalContext:
         self.seed = int(self.settings.get("seed", 0))
         self.spacing = float(self.settings.get("spacing", 2.0))
         self.label_value = self.settings.get("label_value")
+        self.group_dice = self.settings.get("group_dice", "auto")
+        self.lease_minutes = self.settings.get("lease_minutes", DEFAULT_LEASE_MINUTES)
+        try:
+            check_app_settings(self.group_dice, self.lease_minutes)
+        except FairalError as err:
+            raise FairalError(f"{settings_file}: {err}") from None
         self.work = self.app_dir / "work"
         self.model_file = self.app_dir / "model" / "model.pt"
         self.lock = threading.RLock()
+        self.leases = Leases(self.work / LEASES_FILE, self.lease_minutes, self.lock)
+        self.scores = StoredScores(self.work / SCORES_FILE, self.lock)
         self._checked: dict[str, tuple[tuple, str]] = {}  # image id: (its files' stamps, the problem or "")
 
     # --- the study as fairal reads it --------------------------------------------------------------------------
@@ -136,7 +165,7 @@ class FairalContext:
         label = datastore.get_label_uri(label_id, FINAL) if label_id else ""
         if not image or (label_id and not label):
             return f"image {image_id!r}: its files do not lie inside the studies folder {self.studies}"
-        stamps = (image, label, _stamp(image), _stamp(label))
+        stamps = (image, label, file_stamp(image), file_stamp(label))
         if self._checked.get(image_id, ((), ""))[0] != stamps:
             try:
                 check_case(image_id, image, label or None, self.label_value)
@@ -186,20 +215,79 @@ class FairalContext:
             return {**info, "warnings": skipped}
 
     def rank(self, datastore, strategy: str) -> pd.DataFrame:
-        """One ``fairal query`` of budget 1 over the datastore with the current model (trained first if there is
-        none): the ranked table, with ``attrs["query"]`` (the weights, the labeled cases' Dice)."""
+        """The ranking of ``strategy`` over the datastore with the current model (trained first if there is none):
+        the stored one while its key stands (:func:`fairal.owndata.serving.ranking_key`: the same model, labels,
+        images and groups), else one ``fairal query`` of budget 1, stored. The ranked table, with
+        ``attrs["query"]`` (the weights, the Dice behind them, and ``scores``: reused or computed, the model
+        version and the labeled count they came from)."""
+        strat = parse_strategy(strategy)
         with self.lock:
             if not self.model_file.is_file():
+                logger.info("fairal: no model yet: training one on the saved labels first")
                 self.train(datastore)
             csv, skipped = self.cases_csv(datastore)
-            out = within(self.work, f"query-{parse_strategy(strategy).name}")
-            table = run_query(csv, 1, strategy, out, self.profile, group_by=self.group_by,
-                              model_path=self.model_file, seed=self.seed, spacing=self.spacing, overwrite=True,
-                              montage_cases=1, progress=False, label_value=self.label_value)
-            prune_query_folders(self.work, MAX_QUERY_FOLDERS)
+            cases = read_cases(csv, self.group_by)
+            group_dice, notes = resolve_group_dice(self.group_dice, cases, strat.steered)
+            version = file_version(self.model_file)
+            key = ranking_key(strat.name, group_dice, version, cases, self.settings)
+            out = within(self.work, f"query-{strat.name}")
+            entry = self.scores.get(strat.name, key)
+            table = self._stored(out) if entry is not None else None
+            if table is not None:
+                how = "reused"
+                logger.info("fairal: %s: reused the stored scores (model %s, %d labeled images: no label saved and "
+                            "no new model since %s)", strat.name, version, entry["n_labeled"], entry["scored_at"])
+            else:
+                table, how = self._score(csv, strat.name, out, group_dice, cases), "computed"
+                entry = self.scores.put(strat.name, key, model_version=version, n_labeled=int(cases["labeled"].sum()),
+                                        group_dice=group_dice, folder=out.name)
             info = table.attrs.setdefault("query", {})
             info["warnings"] = [*skipped, *info.get("warnings", [])]
+            info["notes"] = [*notes, *info.get("notes", [])]
+            info["scores"] = {"scores": how, **entry}
             return table
+
+    @staticmethod
+    def _stored(out: Path) -> pd.DataFrame | None:
+        """The stored ranking of the query folder ``out``, or None (a file of it edited or damaged by hand: the
+        ranking is computed again)."""
+        try:
+            table = load_ranking(out)
+        except (OSError, ValueError, KeyError) as err:
+            logger.warning("fairal: %s: the stored ranking is unreadable, scoring again: %s", out, err)
+            return None
+        os.utime(out)  # the folder asked for last: pruned last
+        return table
+
+    def _score(self, csv: Path, strategy: str, out: Path, group_dice: str, cases: pd.DataFrame) -> pd.DataFrame:
+        """One ``fairal query`` of budget 1 with the app's model, its records in ``out``."""
+        logger.info("fairal: %s: scoring %d unlabeled images (%d labeled; group Dice %s)", strategy,
+                    int((~cases["labeled"]).sum()), int(cases["labeled"].sum()), group_dice)
+        start = time.monotonic()
+        table = run_query(csv, 1, strategy, out, self.profile, group_by=self.group_by, model_path=self.model_file,
+                          seed=self.seed, spacing=self.spacing, overwrite=True, montage_cases=1, progress=False,
+                          group_dice=group_dice, label_value=self.label_value)
+        prune_query_folders(self.work, MAX_QUERY_FOLDERS)
+        logger.info("fairal: %s: scored %d unlabeled images in %.1f s", strategy, len(table), time.monotonic() - start)
+        return table
+
+    def serve(self, table: pd.DataFrame, strategy: str, client: str) -> tuple[pd.Series, dict, int]:
+        """The first image of the ranking that no lease holds, held for ``client`` from now: its row, its lease
+        and how many images are held (this one included)."""
+        with self.lock:
+            held = self.leases.held(among=set(table["case_id"]))
+            free = table.loc[~table["case_id"].isin(list(held))]
+            if free.empty:
+                first = min(held, key=lambda i: held[i]["until"])
+                raise FairalError(f"every unlabeled image ({len(table)}) is held for an annotator who got it from Next "
+                                  f"Sample; the first lease ({first}) ends in "
+                                  f"{max(0.0, held[first]['until'] - self.leases.clock()) / 60:.0f} min (leases last "
+                                  f"{self.lease_minutes:g} min; a saved final label ends one)")
+            top = free.iloc[0]
+            lease = self.leases.take(str(top["case_id"]), client, strategy)
+            logger.info("fairal: %s: served %s (rank %d) to %s, held until %s; images held: %d", strategy,
+                        top["case_id"], int(top["rank"]), client, lease["until_text"], len(held) + 1)
+            return top, lease, len(held) + 1
 
     def predict(self, image: str) -> str:
         """The current model's segmentation of ``image`` on the image's own grid: the path of a NIfTI file."""
@@ -212,15 +300,6 @@ class FairalContext:
             target = within(out, Path(image).name.split(".")[0] + ".nii.gz")
             predict_image(self.model_file, image, target, self.profile, label_value=self.label_value)
             return str(target)
-
-
-def _stamp(path: str) -> tuple | None:
-    """What changes when a file is replaced or rewritten."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def prune_query_folders(work: Path, keep: int) -> list[Path]:
@@ -246,17 +325,21 @@ def _clear(error: MONAILabelError, fn, *args):
         raise HTTPException(status_code=400, detail=f"fairal: {err}") from None
 
 
-def answer(table: pd.DataFrame, strategy: str) -> dict:
-    """The answer of ``/activelearning/STRATEGY``: MONAI Label's ``id`` and fairal's fields of the first image."""
-    top = table.iloc[0]
+def answer(table: pd.DataFrame, strategy: str, top: pd.Series, lease: dict, held: int) -> dict:
+    """The answer of ``/activelearning/STRATEGY``: MONAI Label's ``id`` and fairal's fields of the image served
+    (``top``, the first of the ranking that no lease held), its lease and where the scores came from."""
     info = table.attrs.get("query", {})
-    weights = info.get("weights")
-    return {"id": str(top["case_id"]), "fairal_strategy": strategy, "fairal_rank": 1,
+    scores = info.get("scores", {})
+    return {"id": str(top["case_id"]), "fairal_strategy": strategy, "fairal_rank": int(top["rank"]),
             "fairal_score": float(top["score"]), "fairal_weight": float(top["weight"]),
             "fairal_group": str(top["group"]) if str(top["group"]) else None, "fairal_reason": str(top["reason"]),
-            "fairal_weights": weights, "fairal_group_dice": info.get("labeled_dice"),
-            "fairal_n_labeled": info.get("n_labeled"), "fairal_notes": info.get("notes", []),
-            "fairal_warnings": info.get("warnings", [])}
+            "fairal_weights": info.get("weights"), "fairal_group_dice": info.get("labeled_dice"),
+            "fairal_group_dice_method": scores.get("group_dice"), "fairal_n_labeled": info.get("n_labeled"),
+            "fairal_scores": scores.get("scores"), "fairal_model_version": scores.get("model_version"),
+            "fairal_scored_at": scores.get("scored_at"),
+            "fairal_lease": {"client": lease["client"], "until": lease["until_text"],
+                             "minutes": (lease["until"] - lease["since"]) / 60.0},
+            "fairal_held": held, "fairal_notes": info.get("notes", []), "fairal_warnings": info.get("warnings", [])}
 
 
 class FairalStrategy(Strategy):
@@ -269,7 +352,11 @@ class FairalStrategy(Strategy):
     def __call__(self, request, datastore):
         if not datastore.get_unlabeled_images():
             return None
-        return answer(_clear(MONAILabelError.APP_ERROR, self.context.rank, datastore, self.name), self.name)
+        client = str(request.get("client_id") or "anonymous")  # MONAI Label's clients send their client_id
+        with self.context.lock:  # the ranking and the lease at once: two clicks never get the same image
+            table = _clear(MONAILabelError.APP_ERROR, self.context.rank, datastore, self.name)
+            top, lease, held = _clear(MONAILabelError.APP_ERROR, self.context.serve, table, self.name, client)
+        return answer(table, self.name, top, lease, held)
 
 
 class Strategies(dict):
@@ -321,14 +408,21 @@ class FairalScoring(ScoringMethod):
         strategy = request.get("strategy") or self.context.settings.get("strategy", PAPER_STRATEGIES[-1])
         table = _clear(MONAILabelError.APP_ERROR, self.context.rank, datastore, strategy)
         info = table.attrs.get("query", {})
-        for rec in table.to_dict("records"):
-            datastore.update_image_info(str(rec["case_id"]), {"fairal": {
-                "strategy": strategy, "rank": int(rec["rank"]), "score": float(rec["score"]),
-                "weight": float(rec["weight"]), "localized_entropy": float(rec["localized_entropy"]),
-                "entropy": float(rec["entropy"]), "reason": str(rec["reason"])}})
+        scores = info.get("scores", {})
+        source = {k: scores.get(k) for k in ("model_version", "n_labeled", "group_dice", "scored_at", "key")}
+        records = {str(rec["case_id"]): {
+            "strategy": strategy, "rank": int(rec["rank"]), "score": float(rec["score"]),
+            "weight": float(rec["weight"]), "localized_entropy": float(rec["localized_entropy"]),
+            "entropy": float(rec["entropy"]), "reason": str(rec["reason"])} for rec in table.to_dict("records")}
         for case, dice in (info.get("labeled_case_dice") or {}).items():
-            datastore.update_image_info(case, {"fairal": {"dice": float(dice), "weights": info.get("weights")}})
-        return {"strategy": strategy, "n_unlabeled": len(table), "weights": info.get("weights")}
+            records[case] = {"dice": float(dice), "weights": info.get("weights")}
+        updated = 0
+        for case, fields in records.items():  # an image whose info came from the same scores is left as it is
+            if (datastore.get_image_info(case).get("fairal") or {}).get("key") != source["key"]:
+                datastore.update_image_info(case, {"fairal": {**fields, **source}})
+                updated += 1
+        return {"strategy": strategy, "n_unlabeled": len(table), "weights": info.get("weights"),
+                "scores": scores.get("scores"), "updated": updated, **source}
 
 
 class FairalTrain(TrainTask):
@@ -451,7 +545,10 @@ class FairalDatastore(LocalDatastore):
             if not image:
                 raise FairalError(f"no image {image_id!r} in the datastore: upload the image first")
             _check_upload(image_id, image, label_filename, self.context.label_value, label_filename)
-            return super().save_label(image_id, label_filename, label_tag, label_info)
+            saved = super().save_label(image_id, label_filename, label_tag, label_info)
+            if label_tag == FINAL:  # labeled: no longer held for whoever got it from Next Sample
+                self.context.leases.release(image_id)
+            return saved
 
     def remove_image(self, image_id: str) -> None:
         with _refusing():  # only an image of the datastore, whose files all lie inside the studies folder
@@ -462,6 +559,7 @@ class FairalDatastore(LocalDatastore):
             if outside:
                 raise FairalError(f"image {image_id!r}: its label {outside[0]!r} lies outside the studies folder")
             super().remove_image(image_id)
+            self.context.leases.release(image_id)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         with _refusing():

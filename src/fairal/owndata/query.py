@@ -15,6 +15,8 @@ next time) and ``query.json`` (settings, group weights, the classifier's cross-v
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,8 @@ from fairal.run.network import load_network, network_meta, network_of
 from fairal.run.rounds import acquisition_round, evaluate, fit, model_factory
 from fairal.run.train import TrainConfig, check_device, predict_proba, save_checkpoint, train_model
 from fairal.sampling import stream, stream_seed
+
+logger = logging.getLogger(__name__)  # progress, for a server's log (fairal query's console shows its own bars)
 
 #: Fewest labeled cases per group for a group Dice worth weighing by: fewer, and a warning says so.
 MIN_LABELED_PER_GROUP = 3
@@ -83,13 +87,17 @@ def out_of_fold_dice(vol, rows: list[int], groups: list, profile: Profile, seed:
     fold_of = np.empty(len(rows), int)
     fold_of[order] = np.arange(len(rows)) % k
     dice = np.zeros(len(rows))
+    start = time.monotonic()
     for f in range(k):
         held = np.flatnonzero(fold_of == f)
         train = [rows[i] for i in np.flatnonzero(fold_of != f)]
+        logger.info("cross-validated group Dice: fold %d/%d, training on %d cases, %d held out", f + 1, k,
+                    len(train), len(held))
         config = TrainConfig.of(profile, stream_seed(seed, "query-fold-training", f))
         result = train_model(vol.images[train], vol.labels[train], config,
                              model_factory(profile, vol, train, dropout=dropout), progress=progress)
         dice[held] = evaluate(result.model, vol, [rows[i] for i in held], batch_size=8)
+    logger.info("cross-validated group Dice: %d folds in %.1f s", k, time.monotonic() - start)
     return dice.tolist()
 
 
@@ -229,9 +237,11 @@ def _query_model(q: Query, spacing: float) -> None:
     q.training = {"trained": q.model is None}
     if q.model is None:
         rows = q.vol.rows(q.labeled_ids)
+        logger.info("training started: %d labeled cases on a %s grid", len(rows), "x".join(map(str, q.grid.shape)))
         result = fit(q.profile, q.vol, rows, TrainConfig.of(q.profile, stream_seed(q.seed, "query-training")), q.strat,
                      progress=q.progress)
         q.model = result.model
+        logger.info("training finished in %.1f s (training Dice %.3f)", result.seconds, result.train_dice)
         q.training.update({"n_train": len(rows), "train_dice": result.train_dice, "restarts": result.restarts,
                            "collapsed": result.collapsed, "seconds": round(result.seconds, 2)})
 

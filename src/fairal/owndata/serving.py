@@ -1,0 +1,217 @@
+"""What the MONAI Label app (:mod:`fairal.owndata.monailabel`) keeps between two clicks of *Next Sample*: the leases
+of the images it served, the rankings it stored and the key they are stored under, and where the Dice of the group
+weights comes from. Apart from MONAI Label (this module does not import it), so it is tested without a server.
+
+- **Leases** (``APP/work/leases.json``): an image served by *Next Sample* is held for the client that got it for
+  ``lease_minutes``; the next click, from any client, gets the next image of the ranking that is neither labeled nor
+  held. A lease ends when its time is up or a final label is saved for its image.
+- **Stored rankings** (``APP/work/scores.json``): each strategy's last ranking, under the key of what it came from
+  (the model file's version, every image's and final label's file stamps, the groups, the app's settings). A click
+  whose key is the stored one reuses the ranking (``APP/work/query-NAME/``) instead of predicting every image again.
+- **Group Dice** ``auto``: out of fold (``fairal query --group-dice cross-validated``) once every group of a labeled
+  image has :data:`AUTO_CROSS_VALIDATED_MIN` labeled images, else the labeled images' own Dice, with a note saying
+  why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from fairal.errors import FairalError
+from fairal.io import write_json
+from fairal.owndata.query import GROUP_DICE, MIN_LABELED_PER_GROUP
+
+logger = logging.getLogger(__name__)
+
+#: The app's settings of the group Dice: those of ``fairal query --group-dice``, and ``auto``.
+GROUP_DICE_SETTINGS = (*GROUP_DICE, "auto")
+#: ``auto`` takes the out-of-fold Dice once every group of a labeled image has this many labeled images: each of the
+#: five folds then trains on at least two images of the held-out image's group, and a group's mean Dice rests on at
+#: least this many images (fewer, and ``fairal query`` warns that the weight rests on those few).
+AUTO_CROSS_VALIDATED_MIN = MIN_LABELED_PER_GROUP
+#: How long an image served by Next Sample is held for its client, unless the app says otherwise.
+DEFAULT_LEASE_MINUTES = 30.0
+LEASES_FILE = "leases.json"
+SCORES_FILE = "scores.json"
+
+
+def check_app_settings(group_dice: str, lease_minutes: float) -> None:
+    """The app's own settings (``--group-dice``, ``--lease-minutes``), refused with a one-line message."""
+    if group_dice not in GROUP_DICE_SETTINGS:
+        raise FairalError(f"--group-dice must be one of {', '.join(GROUP_DICE_SETTINGS)}, got {group_dice!r}")
+    if isinstance(lease_minutes, bool) or not isinstance(lease_minutes, int | float) \
+            or not math.isfinite(lease_minutes) or lease_minutes <= 0:
+        raise FairalError(f"--lease-minutes must be a number of minutes > 0, got {lease_minutes!r}")
+
+
+def resolve_group_dice(setting: str, cases: pd.DataFrame, steered: bool) -> tuple[str, list[str]]:
+    """The group Dice a ranking uses (``labeled`` or ``cross-validated``) and, for ``auto``, a note saying why.
+    ``cases``: the study as :func:`fairal.data.cohort.read_cases` reads it (``labeled``, ``group``,
+    ``group_known``). An unweighted strategy, or one group, has no weights to measure: ``labeled``, no note."""
+    if setting != "auto":
+        return setting, []
+    counts = cases.loc[cases["labeled"] & cases["group_known"], "group"].value_counts()
+    if not steered or len(counts) < 2:
+        return "labeled", []
+    few = {str(g): int(n) for g, n in counts.items() if n < AUTO_CROSS_VALIDATED_MIN}
+    if few:
+        listed = ", ".join(f"{g} {n}" for g, n in sorted(few.items()))
+        return "labeled", [f"group Dice: the labeled images' own (group_dice auto): cross-validated from "
+                           f"{AUTO_CROSS_VALIDATED_MIN} labeled images in every group, and {listed} labeled so far; "
+                           "a model that fits its own labels gives equal weights"]
+    return "cross-validated", [f"group Dice: cross-validated (group_dice auto: every group has at least "
+                               f"{AUTO_CROSS_VALIDATED_MIN} labeled images), each labeled image's Dice from a model "
+                               "trained without it (5 folds, five more trainings when the labels or the model change)"]
+
+
+def file_stamp(path: str | Path) -> tuple | None:
+    """What changes when a file is replaced or rewritten (None: no such file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+_VERSIONS: dict[str, tuple[tuple | None, str]] = {}  # path: (its stamp, its version), hashed once per stamp
+_VERSIONS_LOCK = threading.Lock()
+
+
+def file_version(path: str | Path) -> str:
+    """``sha256:`` and the first 12 hex digits of the file's SHA-256 (read again only when the file's stamp
+    changes): the model version the app's rankings are stored under and its answers name."""
+    path = str(path)
+    stamp = file_stamp(path)
+    with _VERSIONS_LOCK:
+        known = _VERSIONS.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    version = f"sha256:{digest.hexdigest()[:12]}"
+    with _VERSIONS_LOCK:
+        _VERSIONS[path] = (stamp, version)
+    return version
+
+
+def ranking_key(strategy: str, group_dice: str, model_version: str, cases: pd.DataFrame, settings: dict) -> str:
+    """The key a ranking is stored under: the strategy, the group Dice, the model's version, the app's settings, and
+    every image with its file's stamp, its final label's (the labeled set) and its group (``cases`` as
+    :func:`fairal.data.cohort.read_cases` reads them). A saved label, a new model, a replaced image or a changed
+    group changes it."""
+    rows = [[c, img, file_stamp(img), lab, file_stamp(lab) if lab else None, g]
+            for c, img, lab, g in zip(cases["case_id"], cases["image_path"], cases["label_path"], cases["group"],
+                                      strict=True)]
+    text = json.dumps([strategy, group_dice, model_version, settings, rows], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _now_text(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON object of the app's work folder; an absent or unreadable one (edited by hand) is empty, with a
+    warning in the log."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        logger.warning("fairal: %s (%s) is unreadable, started afresh: %s", path, what, err)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class Leases:
+    """The images served and held (``leases.json``: image id -> client, strategy, since and until, in seconds
+    since the epoch), written whole (a temporary file moved into place) under ``lock``, the app's lock: MONAI Label
+    may answer requests in threads."""
+
+    def __init__(self, path: str | Path, minutes: float, lock, clock=time.time):
+        self.path, self.minutes, self.lock, self.clock = Path(path), float(minutes), lock, clock
+
+    def held(self, among: set[str] | None = None) -> dict[str, dict]:
+        """The leases in force; with ``among``, only those of these images (the others, e.g. of an image labeled
+        since by hand or removed, end here)."""
+        with self.lock:
+            leases = _read_json(self.path, "leases")
+            now = self.clock()
+            kept = {i: lease for i, lease in leases.items() if isinstance(lease, dict)
+                    and float(lease.get("until", 0)) > now and (among is None or i in among)}
+            if kept != leases:
+                self._write(kept)
+            return kept
+
+    def take(self, image_id: str, client: str, strategy: str) -> dict:
+        """Hold ``image_id`` for ``client``: the lease, with ``until`` also as a local time (``until_text``)."""
+        with self.lock:
+            leases = self.held()
+            now = self.clock()
+            lease = {"client": client, "strategy": strategy, "since": now, "until": now + 60.0 * self.minutes}
+            leases[image_id] = lease
+            self._write(leases)
+            return {**lease, "until_text": _now_text(lease["until"])}
+
+    def release(self, image_id: str) -> bool:
+        """End the lease of ``image_id`` (its final label is saved); whether there was one."""
+        with self.lock:
+            leases = self.held()
+            if image_id not in leases:
+                return False
+            del leases[image_id]
+            self._write(leases)
+            return True
+
+    def _write(self, leases: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, leases)
+
+
+class StoredScores:
+    """Each strategy's last ranking (``scores.json``: strategy -> its key, model version, labeled count, group Dice,
+    query folder and when it was scored), written whole under ``lock``."""
+
+    def __init__(self, path: str | Path, lock, clock=time.time):
+        self.path, self.lock, self.clock = Path(path), lock, clock
+
+    def get(self, strategy: str, key: str) -> dict | None:
+        """The stored entry of ``strategy`` if it was stored under ``key`` and its query folder is still there."""
+        with self.lock:
+            entry = _read_json(self.path, "stored rankings").get(strategy)
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            return None
+        folder = self.path.parent / str(entry.get("folder", ""))
+        if not (folder / "query.csv").is_file() or not (folder / "query.json").is_file():
+            return None
+        return entry
+
+    def put(self, strategy: str, key: str, **fields) -> dict:
+        with self.lock:
+            stored = _read_json(self.path, "stored rankings")
+            stored[strategy] = entry = {"key": key, **fields, "scored_at": _now_text(self.clock())}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, stored)
+            return entry
+
+
+def load_ranking(folder: str | Path) -> pd.DataFrame:
+    """The ranked table of a query folder (``query.csv``, with ``query.json`` as ``attrs["query"]``), as
+    :func:`fairal.owndata.query.run_query` returned it."""
+    folder = Path(folder)
+    table = pd.read_csv(folder / "query.csv", dtype={"case_id": str, "group": str})
+    table["group"] = table["group"].fillna("")
+    table.attrs["query"] = json.loads((folder / "query.json").read_text())
+    return table
