@@ -287,6 +287,18 @@ def test_weight_notes_say_when_there_is_nothing_to_weigh_or_too_little():
         "each group, or group more coarsely"]
 
 
+
+def test_weight_notes_warn_when_the_model_segments_next_to_nothing_in_every_group():
+    # an nnU-Net trained for 10 iterations: out-of-fold Dice 0.0001 and 0.0, yet Eq. 2's weights were 0.40/0.60
+    six = ["A"] * 3 + ["B"] * 3
+    _, warnings = weight_notes(["site"], ["A", "B"], six, {"A": 0.397, "B": 0.603}, "labeled",
+                               {"A": 0.0001, "B": 0.0})
+    assert warnings == ["the model's mean Dice on the labeled cases is below 0.1 in every group (best 0.000): the "
+                        "group weights come from noise, not from a gap; check that the model is trained and that "
+                        "--class (or --label-value) names the structure"]
+    for fine in ({"A": 0.05, "B": 0.1}, {"A": 0.9, "B": 0.8}, None):  # one group at 0.1 segments something
+        assert weight_notes(["site"], ["A", "B"], six, {"A": 0.5, "B": 0.5}, "labeled", fine)[1] == []
+
 def test_the_console_says_no_groups_were_given_and_warns_of_small_groups(study, tmp_path):
     args = ["query", str(study), "--budget", "2", "--profile", "smoke", "--quiet"]
     for k, v in FAST.items():

@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)  # progress, for a server's log (fairal que
 
 #: Fewest labeled cases per group for a group Dice worth weighing by: fewer, and a warning says so.
 MIN_LABELED_PER_GROUP = 3
+#: Below this mean Dice in every group the model segments next to nothing (untrained, or the wrong class): a warning
+#: says that its weights are noise.
+LOW_DICE = 0.1
 #: The profile settings a query uses: it trains once (or not at all) and ranks; it has no active-learning schedule
 #: and simulates nothing, so the other settings would do nothing and are refused (:func:`query_profile`).
 QUERY_SETTINGS = ("steps", "epochs", "lr", "batch_size", "device", "bf16", "features", "crop_margin", "roi_dilation",
@@ -371,12 +374,18 @@ def predict_image(model_file: str | Path, image: str | Path, target: str | Path,
     return Path(target)
 
 
-def weight_notes(group_by: list, order: list, labeled_groups: list, weights: dict, group_dice: str
-                 ) -> tuple[list[str], list[str]]:
+def weight_notes(group_by: list, order: list, labeled_groups: list, weights: dict, group_dice: str,
+                 mean_dice: dict | None = None) -> tuple[list[str], list[str]]:
     """What the console and ``query.json`` say about the group weights of a weighted strategy: notes (no groups
     given, one group, equal weights) and warnings (a group with fewer than :data:`MIN_LABELED_PER_GROUP` labeled
-    cases, whose Dice, and so its weight, rests on those few)."""
+    cases, whose Dice, and so its weight, rests on those few; every group's mean Dice, ``mean_dice``, below
+    :data:`LOW_DICE`: Eq. 2 divides the groups' deficits by the Dice's spread, so a model that segments nothing
+    still gets unequal weights, from noise)."""
     notes, warnings = [], []
+    if mean_dice and len(mean_dice) > 1 and max(mean_dice.values()) < LOW_DICE:
+        warnings.append(f"the model's mean Dice on the labeled cases is below {LOW_DICE} in every group (best "
+                        f"{max(mean_dice.values()):.3f}): the group weights come from noise, not from a gap; check "
+                        "that the model is trained and that --class (or --label-value) names the structure")
     if not group_by:
         notes.append("no groups given (--group-by): every case is in one group, so there are no weights to steer "
                      "by and the ranking is the unweighted score's")
@@ -403,15 +412,16 @@ def query_info(q: Query, rnd, n_labeled: int) -> dict:
     behind = q.cases["labeled"] & q.cases["case_id"].isin(dice_ids)  # dice_ids: in the CSV's order
     lab_table = q.cases.loc[behind, ["case_id", "group"]].assign(dice=rnd.weight_dice)
     gm = q.gm
+    mean_dice = {g: float(d.mean()) for g, d in lab_table.groupby("group")["dice"]}
     notes, warnings = weight_notes(q.group_by, q.order, [q.records[c].group for c in dice_ids], rnd.weights,
-                                   q.group_dice) if q.strat.steered else ([], [])
+                                   q.group_dice, mean_dice) if q.strat.steered else ([], [])
     return {
         "csv": str(q.csv_path.resolve()), "strategy": q.strat.name, "budget": q.budget, "seed": q.seed,
         "group_by": q.group_by, "groups": [str(g) for g in q.order],
         "weights": {str(g): rnd.weights[g] for g in q.order} if q.strat.steered else None,
         "notes": notes, "warnings": warnings,
         "temperature": q.strat.temperature or q.profile.temperature, "group_dice": q.group_dice,
-        "labeled_dice": {str(g): float(d.mean()) for g, d in lab_table.groupby("group")["dice"]},
+        "labeled_dice": {str(g): d for g, d in mean_dice.items()},
         "labeled_case_dice": {c: float(d) for c, d in zip(dice_ids, rnd.weight_dice, strict=True)},
         "unknown_groups": {"n_unlabeled_unknown": int((~q.known_u).sum()), "method": gm.method,
                            "classifier_cv_accuracy": gm.cv_accuracy, "majority_rate": gm.chance_accuracy,
