@@ -9,8 +9,12 @@ folder, its ``study.json`` and marker (so that ``fairal study`` takes the folder
 for the same records. Restored, a finished run is found finished and not run again (a finished run's state is not
 compared with the data's file times; a run that had not finished is never archived)::
 
-    python scripts/task_archive.py save OUT FILE       # every finished task of OUT
+    python scripts/task_archive.py save OUT FILE [--leave-out NAME ...]   # every finished task of OUT
     python scripts/task_archive.py restore FILE OUT    # those OUT lacks; nothing is overwritten
+
+``--leave-out NAME`` (repeatable) leaves the files of that name out of every run folder, e.g. ``selections.csv``
+(every pool case's scores of every round, most of a finished run's bytes): a run restored without it is still
+finished, and its ``rounds.csv`` and ``cases.csv`` (what ``scripts/study_records.py`` and the report read) are whole.
 
 Runs resumed this way on another machine are the same runs (data, initial sets and every random draw are the
 same), but a CPU of another kind may round the training's floating point differently.
@@ -64,9 +68,10 @@ def archived_tasks(path: Path) -> list[str]:
         return tar.extractfile(first).read().decode().splitlines()
 
 
-def save_tasks(out: Path, path: Path, folders: list[Path]) -> None:
-    """``folders`` (task folders under ``out``) and ``out``'s own files (:data:`TOP`) as the archive ``path``; no
-    folder, no file (an archive of an earlier session is removed)."""
+def save_tasks(out: Path, path: Path, folders: list[Path], leave_out: tuple[str, ...] = ()) -> None:
+    """``folders`` (task folders under ``out``) and ``out``'s own files (:data:`TOP`) as the archive ``path``, without
+    the run folders' files named in ``leave_out``; no folder, no file (an archive of an earlier session is
+    removed)."""
     if not folders:
         path.unlink(missing_ok=True)
         return
@@ -85,10 +90,10 @@ def save_tasks(out: Path, path: Path, folders: list[Path]) -> None:
             folder = out / name
             # a calibration's datasets are made again from its settings; its records and models are kept
             skipped = {"checkpoints", *(("data",) if name.startswith("calibration/") else ())}
+            left = (*SKIPPED, *(leave_out if name.startswith("runs/") else ()))
             for f in sorted(folder.rglob("*")):
                 inner = f.relative_to(folder).parts
-                if f.is_file() and not skipped & set(inner) and f.name not in SKIPPED and \
-                        not f.name.endswith(".part"):
+                if f.is_file() and not skipped & set(inner) and f.name not in left and not f.name.endswith(".part"):
                     tar.add(f, arcname=f.relative_to(out).as_posix(), recursive=False, filter=_plain)
     part.replace(path)
 
@@ -146,6 +151,8 @@ def main() -> None:
     save = sub.add_parser("save", help="archive every finished task of OUT into FILE")
     save.add_argument("out", type=Path)
     save.add_argument("file", type=Path)
+    save.add_argument("--leave-out", action="append", default=[], metavar="NAME",
+                      help="leave the files of this name out of every run folder (repeatable), e.g. selections.csv")
     restore = sub.add_parser("restore", help="put the tasks of FILE that OUT lacks into OUT")
     restore.add_argument("file", type=Path)
     restore.add_argument("out", type=Path)
@@ -154,8 +161,11 @@ def main() -> None:
         if not args.out.is_dir():
             raise SystemExit(f"{args.out}: no such results folder")
         folders = finished_tasks(args.out)
-        save_tasks(args.out, args.file, folders)
-        print(f"{len(folders)} finished tasks of {args.out} in {args.file}" if folders else
+        if bad := [n for n in args.leave_out if n in ("state.json", "rounds.csv", "cases.csv", ".fairal")]:
+            raise SystemExit(f"--leave-out {bad[0]}: a finished run needs it")
+        save_tasks(args.out, args.file, folders, tuple(args.leave_out))
+        print(f"{len(folders)} finished tasks of {args.out} in {args.file}"
+              + (f" (without {', '.join(args.leave_out)})" if args.leave_out else "") if folders else
               f"{args.out} has no finished task; no archive")
     else:
         restored, kept = restore_tasks(args.file, args.out)

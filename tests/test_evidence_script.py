@@ -166,6 +166,38 @@ def test_a_study_folder_travels_with_its_study_json(archive, tmp_path):
     assert not (new / ".fairal.lock").exists()
 
 
+def test_files_left_out_of_the_run_folders_only(archive, tmp_path):
+    """``--leave-out selections.csv`` drops that file from every run folder (a calibration's file of the same name
+    stays); the restored run is still finished; a file a finished run needs cannot be left out."""
+    import subprocess
+    import sys
+    import tarfile
+
+    out = tmp_path / "study"
+    run = _task(out / "runs" / "site" / "balanced" / "random" / "seed-0")
+    (run / "selections.csv").write_text("round,case_id,score\n1,a,0.3\n")
+    cal = out / "calibration" / "caudate"
+    cal.mkdir(parents=True)
+    (cal / "calibration.json").write_text("{}")
+    (cal / "selections.csv").write_text("kept")
+    path = tmp_path / "study.tar.gz"
+    archive.save_tasks(out, path, archive.finished_tasks(out), ("selections.csv",))
+    with tarfile.open(path) as tar:
+        assert tar.getnames() == ["TASKS", "calibration/caudate/calibration.json", "calibration/caudate/selections.csv",
+                                  "runs/site/balanced/random/seed-0/.fairal",
+                                  "runs/site/balanced/random/seed-0/rounds.csv",
+                                  "runs/site/balanced/random/seed-0/state.json"]
+    new = tmp_path / "again"
+    archive.restore_tasks(path, new)
+    assert [f.relative_to(new).as_posix() for f in archive.finished_tasks(new)] == [
+        "runs/site/balanced/random/seed-0", "calibration/caudate"]
+    script = Path(__file__).parents[1] / "scripts" / "task_archive.py"
+    done = subprocess.run([sys.executable, script, "save", out, tmp_path / "x.tar.gz", "--leave-out", "rounds.csv"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "--leave-out rounds.csv: a finished run needs it" in done.stderr
+    assert not (tmp_path / "x.tar.gz").exists()
+
+
 def test_a_ladder_s_calibration_travels_without_its_datasets(archive, tmp_path):
     """The knob of a target gap is fixed by the calibration's records: they travel (calibration.json, levels,
     settings, models, marker); its datasets, made again from its settings, do not."""
