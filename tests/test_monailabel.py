@@ -34,6 +34,7 @@ from fairal.data.cohort import read_cases
 from fairal.errors import FairalError
 from fairal.owndata.serving import (
     AUTO_CROSS_VALIDATED_MIN,
+    FoldDice,
     Leases,
     StoredScores,
     file_version,
@@ -261,6 +262,16 @@ def _a_second_click_and_a_saved_label(served, first: dict, expected: pd.DataFram
     assert second["fairal_scores"] == "computed" and second["fairal_n_labeled"] == first["fairal_n_labeled"] + 1
     assert second["fairal_weights"] != pytest.approx(first["fairal_weights"])
     assert second["id"] not in (first["id"], again["id"]) and second["fairal_held"] == 2
+    # the saved label is out of sample for the model: measured by it; the training images' folds are not trained
+    # again (the first click's, kept under the model's version)
+    assert any("1 case labeled after the model was trained measured by the model itself" in n
+               and "the folds of an earlier ranking with this model" in n for n in second["fairal_notes"]), \
+        second["fairal_notes"]
+    log = (served.root / "server.log").read_text()
+    assert log.count("cross-validated group Dice: 5 folds in") == 1, log
+    assert "group Dice of 6 training images out of fold (folds reused" in log
+    kept = json.loads((served.app / "work" / "fold-dice.json").read_text())
+    assert kept["model_version"] == version and len(kept["cases"]) == 6
     _training_and_other_strategies(served, second)
 
 
@@ -467,6 +478,32 @@ def test_stored_scores_are_keyed_by_model_labels_images_and_groups(tmp_path):
         (tmp_path / "work" / "query-x" / name).write_text("")
     assert stored.get(STRATEGY, first)["n_labeled"] == 3 and stored.get(STRATEGY, key(regrouped)) is None
     assert stored.get("entropy", first) is None
+
+
+def test_kept_fold_dice_only_for_today_s_model_settings_files_and_groups(tmp_path):
+    """The app's kept out-of-fold Dice comes back only under the model version and settings it was kept with, and
+    for an image only while its image file, final label and group are the ones it was kept with."""
+    import threading
+
+    files = {}
+    for c in ("a", "b", "c"):
+        for kind in ("img", "lab"):
+            files[c, kind] = tmp_path / f"{c}-{kind}.nii.gz"
+            files[c, kind].write_text(c)
+    cases = pd.DataFrame({"case_id": ["a", "b", "c"], "image_path": [str(files[c, "img"]) for c in "abc"],
+                          "label_path": [str(files[c, "lab"]) for c in "abc"], "group": ["F", "M", "M"]})
+    kept = FoldDice(tmp_path / "work" / "fold-dice.json", threading.RLock())
+    assert kept.get("sha256:1", {"seed": 0}, cases) == {}  # nothing kept yet
+    kept.put("sha256:1", {"seed": 0}, cases, {"a": 0.8, "b": 0.6, "zz": 0.1})  # zz: not an image of the study
+    assert kept.get("sha256:1", {"seed": 0}, cases) == {"a": 0.8, "b": 0.6}
+    assert kept.get("sha256:2", {"seed": 0}, cases) == {} and kept.get("sha256:1", {"seed": 1}, cases) == {}
+    time.sleep(0.01)
+    files["a", "lab"].write_text("redrawn")  # a's label saved again
+    regrouped = cases.assign(group=["F", "F", "M"])  # b's group changed
+    assert kept.get("sha256:1", {"seed": 0}, regrouped) == {}
+    assert kept.get("sha256:1", {"seed": 0}, cases) == {"b": 0.6}
+    (tmp_path / "work" / "fold-dice.json").write_text("{not json")  # edited by hand: nothing kept
+    assert kept.get("sha256:1", {"seed": 0}, cases) == {}
 
 
 def test_auto_group_dice_is_out_of_fold_from_enough_labeled_images_per_group():

@@ -329,3 +329,61 @@ def test_empty_label_maps_are_named_as_such(tmp_path):
         nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), path)
     with pytest.raises(FairalError, match=r"every label map of the 3 labeled cases is empty \(no voxel is 1\)"):
         structure_grid(t, spacing=2.0, margin_mm=4.0)
+
+
+def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_model(study, tmp_path, monkeypatch):
+    """Out of fold with ``--model``: the model's training cases get the folds (trained once, or given back from an
+    earlier query of it); a case labeled after the model was trained is out of sample for it and keeps the model's
+    own Dice; the note says so. A model that records no training cases: folds over every labeled case."""
+    import torch
+
+    from fairal.acquisition import group_weights
+    from fairal.owndata import query as query_module
+    from fairal.owndata.query import train_query_model
+
+    prof = _profile()
+    full = pd.read_csv(study)
+    for col in ("image", "label"):
+        full[col] = [str(study.parent / v) if isinstance(v, str) else v for v in full[col]]
+    later = ["a03", "b03", "c03"]  # labeled after the model was trained
+    early = full.assign(label=full["label"].where(~full["case_id"].isin(later)))
+    early.to_csv(tmp_path / "early.csv", index=False)
+    full.to_csv(tmp_path / "now.csv", index=False)
+    model = tmp_path / "model.pt"
+    train_query_model(tmp_path / "early.csv", model, prof, group_by=["site"])
+    trained = [f"{s}0{i}" for s in "abc" for i in range(3)]
+    calls = []
+    fixed = {"A": 0.9, "B": 0.7, "C": 0.5}
+
+    def folds(vol, rows, groups, *args, **kwargs):
+        calls.append(list(rows))
+        return [fixed[g] for g in groups]
+
+    monkeypatch.setattr(query_module, "out_of_fold_dice", folds)
+    own = run_query(tmp_path / "now.csv", 2, "weighted-localized-entropy", tmp_path / "own", prof, group_by=["site"],
+                    model_path=model, progress=False).attrs["query"]["labeled_case_dice"]
+    kw = {"group_by": ["site"], "model_path": model, "progress": False, "group_dice": "cross-validated"}
+    first = run_query(tmp_path / "now.csv", 2, "weighted-localized-entropy", tmp_path / "cv", prof, **kw).attrs["query"]
+    assert len(calls) == 1 and len(calls[0]) == 9  # the folds: over the 9 training cases only
+    expected = {c: fixed[c[0].upper()] if c in trained else own[c] for c in own}
+    assert first["labeled_case_dice"] == pytest.approx(expected)
+    assert first["group_dice_sources"] == {"out_of_fold": 9, "out_of_sample": 3, "folds": "trained"}
+    assert first["fold_dice"] == pytest.approx({c: fixed[c[0].upper()] for c in trained})
+    assert any("3 cases labeled after the model was trained measured by the model itself" in n
+               for n in first["notes"]), first["notes"]
+    groups = [c[0].upper() for c in expected]
+    want = group_weights(list(expected.values()), groups, ["A", "B", "C"], prof.temperature)
+    assert first["weights"] == pytest.approx(want)
+    again = run_query(tmp_path / "now.csv", 2, "weighted-localized-entropy", tmp_path / "cv2", prof,
+                      fold_dice=first["fold_dice"], **kw).attrs["query"]
+    assert len(calls) == 1 and again["group_dice_sources"]["folds"] == "reused"  # no fold trained again
+    assert again["weights"] == pytest.approx(first["weights"])
+    assert any("the folds of an earlier ranking with this model" in n for n in again["notes"])
+    saved = torch.load(model, weights_only=True)
+    assert sorted(saved["meta"]["trained_on"]) == trained
+    saved["meta"].pop("trained_on")  # a model saved before fairal recorded its training cases
+    torch.save(saved, tmp_path / "old.pt")
+    old = run_query(tmp_path / "now.csv", 2, "weighted-localized-entropy", tmp_path / "old", prof,
+                    **{**kw, "model_path": tmp_path / "old.pt"}).attrs["query"]
+    assert len(calls[-1]) == 12 and old["group_dice_sources"] == {"out_of_fold": 12, "out_of_sample": 0,
+                                                                  "folds": "trained"}

@@ -673,8 +673,8 @@ def query(
     spacing: Annotated[float, typer.Option(help="Voxel size (mm) of the common grid the images are resampled to.")]
     = 2.0,
     group_dice: Annotated[str, typer.Option(metavar="labeled|cross-validated", help="Dice of the group weights: "
-                                            "labeled (the model on its training cases, the paper) or "
-                                            "cross-validated (5 folds, out-of-fold).")]
+                                            "labeled (the model on its training cases, the paper) or cross-validated "
+                                            "(5 folds over those; a case labeled since --model was trained: by it).")]
     = "labeled",
     seed: Annotated[int, typer.Option(help="Seed of training and of every random draw.")] = 0,
     label_value: Annotated[float | None, typer.Option(help="The structure's value in multi-label maps (e.g. 11 "

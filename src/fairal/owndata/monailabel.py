@@ -71,8 +71,10 @@ from fairal.io import is_fairal_folder, within, write_csv
 from fairal.owndata.query import predict_image, run_query, train_query_model
 from fairal.owndata.serving import (
     DEFAULT_LEASE_MINUTES,
+    FOLD_DICE_FILE,
     LEASES_FILE,
     SCORES_FILE,
+    FoldDice,
     Leases,
     StoredScores,
     check_app_settings,
@@ -131,6 +133,7 @@ class FairalContext:
         self.lock = threading.RLock()
         self.leases = Leases(self.work / LEASES_FILE, self.lease_minutes, self.lock)
         self.scores = StoredScores(self.work / SCORES_FILE, self.lock)
+        self.folds = FoldDice(self.work / FOLD_DICE_FILE, self.lock)
         self._checked: dict[str, tuple[tuple, str]] = {}  # image id: (its files' stamps, the problem or "")
 
     # --- the study as fairal reads it --------------------------------------------------------------------------
@@ -238,7 +241,7 @@ class FairalContext:
                 logger.info("fairal: %s: reused the stored scores (model %s, %d labeled images: no label saved and "
                             "no new model since %s)", strat.name, version, entry["n_labeled"], entry["scored_at"])
             else:
-                table, how = self._score(csv, strat.name, out, group_dice, cases), "computed"
+                table, how = self._score(csv, strat.name, out, group_dice, cases, version), "computed"
                 entry = self.scores.put(strat.name, key, model_version=version, n_labeled=int(cases["labeled"].sum()),
                                         group_dice=group_dice, folder=out.name)
             info = table.attrs.setdefault("query", {})
@@ -259,14 +262,25 @@ class FairalContext:
         os.utime(out)  # the folder asked for last: pruned last
         return table
 
-    def _score(self, csv: Path, strategy: str, out: Path, group_dice: str, cases: pd.DataFrame) -> pd.DataFrame:
-        """One ``fairal query`` of budget 1 with the app's model, its records in ``out``."""
+    def _score(self, csv: Path, strategy: str, out: Path, group_dice: str, cases: pd.DataFrame,
+               version: str) -> pd.DataFrame:
+        """One ``fairal query`` of budget 1 with the app's model, its records in ``out``; out of fold, with the
+        kept folds of this model (:class:`fairal.owndata.serving.FoldDice`), and those it trained kept."""
         logger.info("fairal: %s: scoring %d unlabeled images (%d labeled; group Dice %s)", strategy,
                     int((~cases["labeled"]).sum()), int(cases["labeled"].sum()), group_dice)
         start = time.monotonic()
+        kept = self.folds.get(version, self.settings, cases) if group_dice == "cross-validated" else None
         table = run_query(csv, 1, strategy, out, self.profile, group_by=self.group_by, model_path=self.model_file,
                           seed=self.seed, spacing=self.spacing, overwrite=True, montage_cases=1, progress=False,
-                          group_dice=group_dice, label_value=self.label_value)
+                          group_dice=group_dice, label_value=self.label_value, fold_dice=kept)
+        info = table.attrs.get("query", {})
+        sources = info.get("group_dice_sources") or {}
+        if sources.get("folds") == "trained" and info.get("fold_dice"):
+            self.folds.put(version, self.settings, cases, info["fold_dice"])
+        if sources.get("folds"):
+            logger.info("fairal: %s: group Dice of %d training images out of fold (folds %s, model %s), %d images "
+                        "labeled since measured by the model", strategy, sources.get("out_of_fold", 0),
+                        sources["folds"], version, sources.get("out_of_sample", 0))
         prune_query_folders(self.work, MAX_QUERY_FOLDERS)
         logger.info("fairal: %s: scored %d unlabeled images in %.1f s", strategy, len(table), time.monotonic() - start)
         return table

@@ -141,6 +141,9 @@ class Query:
     gm: GroupModel = None
     voxel_ml: dict = field(default_factory=dict)  # case id -> its voxel's volume (a ranking on each scan's own grid)
     dice_ids: list | None = None  # the labeled cases behind the group Dice (default: every labeled case)
+    trained_on: list | None = None  # the cases the model was trained on (None: not recorded, a model saved earlier)
+    fold_dice: dict | None = None  # out-of-fold Dice of the model's training cases, from an earlier query of it
+    dice_sources: dict = field(default_factory=dict)  # where each labeled case's Dice behind the weights came from
 
     @property
     def labeled_ids(self) -> list[str]:
@@ -163,17 +166,21 @@ def run_query(
     csv_path: str | Path, budget: int, strategy: str | Strategy, out: str | Path, profile: Profile,
     group_by: list[str] | tuple[str, ...] = (), model_path: str | Path | None = None, seed: int = 0,
     spacing: float = 2.0, overwrite: bool = False, montage_cases: int = 16, progress: bool = True,
-    group_dice: str = "labeled", label_value: float | None = None,
+    group_dice: str = "labeled", label_value: float | None = None, fold_dice: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Rank the unlabeled cases of ``csv_path`` for annotation; write the records into ``out``. Returns the
     ranked table (``query.csv``; ``table.attrs["query"]`` holds what ``query.json`` says).
 
     ``group_dice``: where the Dice of the group weights comes from: ``labeled``, the model's Dice on the cases it
-    was trained on (the paper), or ``cross-validated``, each labeled case's Dice from a model trained without it
-    (5 folds; five more trainings), which keeps the weights informative when the model fits its training cases
-    perfectly."""
+    was trained on (the paper), or ``cross-validated``, each labeled case's Dice from a model trained without it,
+    which keeps the weights informative when the model fits its training cases perfectly: a case labeled after
+    ``model_path`` was trained is out of sample for it and measured by the model itself; the model's own training
+    cases by 5 folds over them (five more trainings). ``fold_dice``: those folds' Dice from an earlier query with
+    the same model, cases and labels (the caller vouches for that, e.g. the MONAI Label app); the folds are trained
+    again unless it holds every training case that is still labeled. ``query.json`` gives them back
+    (``fold_dice``)."""
     q = Query(Path(csv_path), budget, parse_strategy(strategy), Path(out), profile, list(group_by), model_path,
-               seed, group_dice, label_value, progress)
+               seed, group_dice, label_value, progress, fold_dice=fold_dice)
     _check_query(q, overwrite)
     _query_model(q, spacing)
     unlabeled_groups(q, lambda: case_features(q.model, q.vol.images), q.vol.index.__getitem__)
@@ -233,6 +240,10 @@ def _query_model(q: Query, spacing: float) -> None:
     meta: dict = {}
     if q.model_path is not None:
         q.model, meta = load_query_model(Path(q.model_path), q.profile, q.dropout)
+        trained_on = meta.get("trained_on")
+        q.trained_on = [str(c) for c in trained_on] if isinstance(trained_on, list) else None
+    else:
+        q.trained_on = q.labeled_ids
     margin = float(q.profile.crop_margin if q.profile.crop_margin is not None else 12)
     q.grid = (Grid.from_meta(meta["grid"], q.model_path) if "grid" in meta
               else structure_grid(q.cases, spacing, margin, q.label_value))
@@ -276,13 +287,30 @@ def unlabeled_groups(q: Query, features: Callable[[], np.ndarray] | None = None,
 
 
 def _weight_dice(q: Query, labeled_dice: list[float]) -> list[float]:
-    """The Dice behind the group weights: the labeled cases' own, or out of fold (``--group-dice``)."""
+    """The Dice behind the group weights: the labeled cases' own, or out of fold (``--group-dice``). Out of fold,
+    a case the model was not trained on keeps the model's own Dice (it is out of sample); the model's training
+    cases get 5 folds over them, or the folds of an earlier query (``fold_dice``). A model that does not record its
+    training cases, or fewer than 2 of them still labeled: folds over every labeled case."""
+    labeled = q.labeled_ids
     if q.group_dice != "cross-validated" or not q.strat.steered:
+        q.dice_sources = {"own": len(labeled)}
         return labeled_dice
-    records_of = q.records
-    lab_groups = [records_of[c].group for c in q.labeled_ids]
-    return out_of_fold_dice(q.vol, q.vol.rows(q.labeled_ids), lab_groups, q.profile, q.seed, q.dropout,
-                            progress=q.progress)
+    trained = set(labeled if q.trained_on is None else q.trained_on)
+    inside = [c for c in labeled if c in trained]
+    if len(inside) < 2:
+        inside = labeled
+    given = q.fold_dice or {}
+    reused = all(c in given for c in inside)
+    if reused:
+        folds = {c: float(given[c]) for c in inside}
+    else:
+        oof = out_of_fold_dice(q.vol, q.vol.rows(inside), [q.records[c].group for c in inside], q.profile, q.seed,
+                               q.dropout, progress=q.progress)
+        folds = dict(zip(inside, oof, strict=True))
+    q.fold_dice = folds
+    q.dice_sources = {"out_of_fold": len(inside), "out_of_sample": len(labeled) - len(inside),
+                      "folds": "reused" if reused else "trained"}
+    return [folds.get(c, own) for c, own in zip(labeled, labeled_dice, strict=True)]
 
 
 def query_table(q: Query, rnd) -> pd.DataFrame:
@@ -335,7 +363,7 @@ def _model_meta(q: Query, n_labeled: int) -> dict:
     and how it was trained."""
     return {"grid": q.grid.as_meta(), "features": list(q.profile.features), "dropout": float(q.dropout),
             "profile": q.profile.name, "group_by": q.group_by, "n_labeled": n_labeled, "seed": q.seed,
-            **network_meta(q.profile)}
+            **({"trained_on": list(q.trained_on)} if q.trained_on is not None else {}), **network_meta(q.profile)}
 
 
 def train_query_model(csv_path: str | Path, model_file: str | Path, profile: Profile,
@@ -405,6 +433,21 @@ def weight_notes(group_by: list, order: list, labeled_groups: list, weights: dic
     return notes, warnings
 
 
+def sources_note(sources: dict) -> str | None:
+    """What the out-of-fold group Dice came from, where it is more than 5 folds trained over every labeled case: a
+    case labeled after the model was trained, measured by the model itself, or folds reused (None otherwise)."""
+    outside, reused = int(sources.get("out_of_sample", 0)), sources.get("folds") == "reused"
+    if not outside and not reused:
+        return None
+    inside = int(sources.get("out_of_fold", 0))
+    text = (f"group Dice: {inside} of the model's training cases out of fold ("
+            + ("the folds of an earlier ranking with this model" if reused else "5 folds over them") + ")")
+    if outside:
+        text += (f", {outside} case{'' if outside == 1 else 's'} labeled after the model was trained measured by "
+                 "the model itself (out of sample)")
+    return text
+
+
 def query_info(q: Query, rnd, n_labeled: int) -> dict:
     """``query.json``: the settings, the group weights and the Dice behind them, the unknown groups' method, the
     model, the grid, the counts, the profile and the versions."""
@@ -415,12 +458,14 @@ def query_info(q: Query, rnd, n_labeled: int) -> dict:
     mean_dice = {g: float(d.mean()) for g, d in lab_table.groupby("group")["dice"]}
     notes, warnings = weight_notes(q.group_by, q.order, [q.records[c].group for c in dice_ids], rnd.weights,
                                    q.group_dice, mean_dice) if q.strat.steered else ([], [])
+    notes += [n for n in [sources_note(q.dice_sources)] if n and q.strat.steered]
     return {
         "csv": str(q.csv_path.resolve()), "strategy": q.strat.name, "budget": q.budget, "seed": q.seed,
         "group_by": q.group_by, "groups": [str(g) for g in q.order],
         "weights": {str(g): rnd.weights[g] for g in q.order} if q.strat.steered else None,
         "notes": notes, "warnings": warnings,
         "temperature": q.strat.temperature or q.profile.temperature, "group_dice": q.group_dice,
+        "group_dice_sources": q.dice_sources, "fold_dice": q.fold_dice if q.dice_sources.get("folds") else None,
         "labeled_dice": {str(g): d for g, d in mean_dice.items()},
         "labeled_case_dice": {c: float(d) for c, d in zip(dice_ids, rnd.weight_dice, strict=True)},
         "unknown_groups": {"n_unlabeled_unknown": int((~q.known_u).sum()), "method": gm.method,

@@ -10,7 +10,10 @@ weights comes from. Apart from MONAI Label (this module does not import it), so 
   whose key is the stored one reuses the ranking (``APP/work/query-NAME/``) instead of predicting every image again.
 - **Group Dice** ``auto``: out of fold (``fairal query --group-dice cross-validated``) once every group of a labeled
   image has :data:`AUTO_CROSS_VALIDATED_MIN` labeled images, else the labeled images' own Dice, with a note saying
-  why.
+  why. Out of fold, an image labeled after the app's model was trained is out of sample for it (the model's own
+  Dice); the model's training images need 5 folds, whose Dice is kept (``APP/work/fold-dice.json``, under the model
+  version, the settings and each image's and label's stamp) so that they are trained once per model, not once per
+  saved label.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ AUTO_CROSS_VALIDATED_MIN = MIN_LABELED_PER_GROUP
 DEFAULT_LEASE_MINUTES = 30.0
 LEASES_FILE = "leases.json"
 SCORES_FILE = "scores.json"
+FOLD_DICE_FILE = "fold-dice.json"
 
 
 def check_app_settings(group_dice: str, lease_minutes: float) -> None:
@@ -71,7 +75,8 @@ def resolve_group_dice(setting: str, cases: pd.DataFrame, steered: bool) -> tupl
                            "a model that fits its own labels gives equal weights"]
     return "cross-validated", [f"group Dice: cross-validated (group_dice auto: every group has at least "
                                f"{AUTO_CROSS_VALIDATED_MIN} labeled images), each labeled image's Dice from a model "
-                               "trained without it (5 folds, five more trainings when the labels or the model change)"]
+                               "trained without it (5 folds over the model's training images, five more trainings "
+                               "once per model; an image labeled since the model was trained is measured by it)"]
 
 
 def file_stamp(path: str | Path) -> tuple | None:
@@ -205,6 +210,45 @@ class StoredScores:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_json(self.path, stored)
             return entry
+
+
+class FoldDice:
+    """The out-of-fold Dice of the app model's training images (``fold-dice.json``: the model version, the key of
+    the settings, and per image its Dice with its image's and final label's stamps and its group), written whole
+    under ``lock``. Only entries whose model, settings, files and group are today's are given back: a new model, a
+    replaced label or a changed group trains the folds again."""
+
+    def __init__(self, path: str | Path, lock):
+        self.path, self.lock = Path(path), lock
+
+    @staticmethod
+    def _of(cases: pd.DataFrame) -> dict[str, list]:
+        return {str(c): [file_stamp(img), file_stamp(lab) if lab else None, str(g)]
+                for c, img, lab, g in zip(cases["case_id"], cases["image_path"], cases["label_path"], cases["group"],
+                                          strict=True)}
+
+    @staticmethod
+    def _settings_key(settings: dict) -> str:
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get(self, model_version: str, settings: dict, cases: pd.DataFrame) -> dict[str, float]:
+        """The kept Dice of the images whose model, settings, files and group are today's ``cases``'."""
+        with self.lock:
+            kept = _read_json(self.path, "out-of-fold Dice")
+        if kept.get("model_version") != model_version or kept.get("settings") != self._settings_key(settings):
+            return {}
+        now = json.loads(json.dumps(self._of(cases)))  # stamps as JSON has them (lists)
+        entries = kept.get("cases") if isinstance(kept.get("cases"), dict) else {}
+        return {c: float(e["dice"]) for c, e in entries.items()
+                if isinstance(e, dict) and isinstance(e.get("dice"), int | float) and now.get(c) == e.get("files")}
+
+    def put(self, model_version: str, settings: dict, cases: pd.DataFrame, dice: dict[str, float]) -> None:
+        files = self._of(cases)
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, {"model_version": model_version, "settings": self._settings_key(settings),
+                                   "cases": {c: {"dice": float(d), "files": files[c]} for c, d in dice.items()
+                                             if c in files}})
 
 
 def load_ranking(folder: str | Path) -> pd.DataFrame:
