@@ -172,6 +172,8 @@ calibration = {{ levels = [0, 12], seeds = 1, eval_per_group = 4 }}
     assert set(table["dataset"]) == {"strong", "caudate-gap0.05"}
     assert set(table["family"]) == {"dose-primary", "dose-described"}
     assert (out / "report" / "dose_caudate.png").is_file()
+    assert (out / "report" / "calibration_caudate.png").stat().st_size > 10_000  # the curve, its rungs marked
+    assert "calibration_caudate" in (out / "report" / "report.html").read_text()
     import json
 
     resolved = {d["name"]: d for d in json.loads((out / "study.json").read_text())["study"]["datasets"]}
@@ -211,3 +213,24 @@ def test_a_kept_subject_is_the_one_the_whole_dataset_holds(tiny_config, tmp_path
             y = np.asarray(nib.load(part / kind / f"{case}.nii.gz").dataobj)
             np.testing.assert_array_equal(x, y)
     assert json.loads((part / "dataset.json").read_text())["subset"] == {"kept": len(b), "drawn": 8 + 4}
+
+
+def test_calibrate_harm_command_draws_its_curve(tmp_path):
+    """``fairal calibrate-harm``: the levels, the anatomy and the figure of the curve (smoke scale)."""
+    from typer.testing import CliRunner
+
+    from fairal.cli import app
+
+    from .conftest import LABEL_VALUE, OUT_SHAPE, make_template
+
+    tpl, lab = make_template(tmp_path)
+    args = ["calibrate-harm", str(tmp_path / "cal"), "--sim", "bias=strong", "--sim", f"template={tpl}", "--sim",
+            f"label={lab}", "--sim", f"label_value={LABEL_VALUE}", "--levels", "0,12", "--seeds", "1",
+            "--eval-per-group", "4", "--profile", "smoke", "--set", "steps=40", "--set",
+            f"sim_shape={','.join(map(str, OUT_SHAPE))}", "--set", "crop_margin=4", "--set", "downsample=1",
+            "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    levels = pd.read_csv(tmp_path / "cal" / "levels.csv")
+    assert levels["level"].tolist() == [0.0, 12.0] and levels["volume_change_sd"].iloc[1] < 0
+    assert "figure:" in res.output and (tmp_path / "cal" / "calibration.png").stat().st_size > 10_000

@@ -386,7 +386,12 @@ def calibrate_harm(
         c = t["checked"]
         stdout.print(f"target gap {t['target_gap']:g}: {knob} = {t['value']:g}, measured there {c['gap']:.4f} "
                      f"[{c['gap_ci_low']:.4f}, {c['gap_ci_high']:.4f}]")
-    stdout.print(f"calibration: {out / 'calibration.json'}")
+    from fairal.report.dose import calibration_figure
+
+    marks = [{"dataset": f"target {t['target_gap']:g}", "value": t["value"], **t["checked"]}
+             for t in curve.targets.values()]
+    figure = calibration_figure(curve.levels, out / "calibration.png", knob, marks)
+    stdout.print(f"calibration: {out / 'calibration.json'}; figure: {figure}")
 
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", metavar="NAME",

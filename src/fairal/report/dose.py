@@ -12,6 +12,8 @@ run at every rung of a ladder is ``exploratory``: in a family of its own.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -237,10 +239,67 @@ def dose_figure(table: pd.DataFrame, out, ladder: str):
     return path
 
 
-def dose_tables(results: Results, info: dict, splits: dict[str, str], out, withheld: bool):
-    """What the report shows of the study's ladders: the rungs' calibration (a table), ``dose_response.csv`` and
-    ``dose_trend.csv`` (written; their columns only while runs of the plan are missing) and the figures; None when
-    the study has no ladder."""
+def calibration_figure(levels: pd.DataFrame, path, knob: str = "bias_mean", marks: list[dict] = (),
+                       title: str = "") -> Path:
+    """A harm calibration (``levels.csv``) as a figure: left, the gap of the Group 2-only model against the knob
+    (mean, 95% CI; a level whose Group 1 structure vanished drawn hollow); right, Group 1's structure change in
+    Group 2's SDs (its % of volume on the points). ``marks``: the rungs (``dataset``, ``value``, ``gap`` and its
+    CI, ``volume_change_sd``), drawn as stars on both panels with their names."""
+    lv = levels.sort_values("level")
+    usable = lv["usable"].astype(bool) if "usable" in lv else pd.Series(True, index=lv.index)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.0))
+    left.plot(lv["level"], lv["gap"], color="0.6", lw=1, zorder=1)
+    for ok, face in ((True, "C0"), (False, "white")):
+        part = lv[usable == ok]
+        if part.empty:
+            continue
+        left.errorbar(part["level"], part["gap"], yerr=[part["gap"] - part["gap_ci_low"],
+                                                        part["gap_ci_high"] - part["gap"]],
+                      fmt="o", color="C0", mfc=face, capsize=3, zorder=2,
+                      label="calibration level" if ok else "structure vanished")
+    right.plot(lv["level"], lv["volume_change_sd"], "o-", color="C2")
+    for _, r in lv.iterrows():
+        right.annotate(f"{r['volume_change_pct']:+.0f}%", (r["level"], r["volume_change_sd"]), fontsize=7,
+                       xytext=(4, 4), textcoords="offset points")
+    for m in marks:
+        left.errorbar([m["value"]], [m["gap"]], yerr=[[m["gap"] - m["gap_ci_low"]], [m["gap_ci_high"] - m["gap"]]],
+                      fmt="*", ms=11, color="C3", capsize=3, zorder=3)
+        left.annotate(str(m["dataset"]), (m["value"], m["gap"]), fontsize=8, xytext=(6, -10),
+                      textcoords="offset points", color="C3")
+        right.plot([m["value"]], [m["volume_change_sd"]], "*", ms=11, color="C3")
+    if marks:
+        left.plot([], [], "*", ms=11, color="C3", label="rung (measured again at its knob)")
+    left.set_xlabel(knob)
+    left.set_ylabel("gap: Dice G2 − Dice G1 (Group 2-only model)")
+    left.legend(fontsize=8)
+    right.axhline(0, color="0.5", lw=0.8)
+    right.set_xlabel(knob)
+    right.set_ylabel("Group 1 volume change (Group 2 SDs)")
+    fig.suptitle(title or f"harm calibration: the gap against {knob}, and what it does to the anatomy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def calibration_figures(folder, ladders: dict[str, list[dict]], out) -> list[Path]:
+    """``calibration_LADDER.png`` of each ladder whose calibration records (``folder/calibration/LADDER/levels.csv``,
+    as ``fairal study`` and ``scripts/study_records.py`` keep them) are there, its rungs marked."""
+    figs = []
+    for ladder, members in ladders.items():
+        levels = Path(folder) / "calibration" / ladder / "levels.csv" if folder is not None else None
+        if levels is None or not levels.is_file():
+            continue
+        knob = str(members[0].get("knob", "bias_mean")) if members else "bias_mean"
+        figs.append(calibration_figure(pd.read_csv(levels), within(out, f"calibration_{ladder}.png"), knob, members,
+                                       f"ladder {ladder}: the gap of a Group 2-only model, and the anatomy"))
+    return figs
+
+
+def dose_tables(results: Results, info: dict, splits: dict[str, str], out, withheld: bool, folder=None):
+    """What the report shows of the study's ladders: the rungs' calibration (a table, and its figure where the
+    results ``folder`` holds the calibration's records), ``dose_response.csv`` and ``dose_trend.csv`` (written; their
+    columns only while runs of the plan are missing) and the figures; None when the study has no ladder."""
     ladders = rungs(info)
     if not ladders:
         return None
@@ -252,5 +311,6 @@ def dose_tables(results: Results, info: dict, splits: dict[str, str], out, withh
                                                                    "gap_ci_low", "gap_ci_high", "volume_change_sd",
                                                                    "volume_change_pct", "g1_min_voxels")}}
                           for lad, members in ladders.items() for r in members])
-    figs = [p for lad in ladders for p in [dose_figure(table, out, lad)] if p is not None]
+    figs = [*calibration_figures(folder, ladders, out),
+            *(p for lad in ladders for p in [dose_figure(table, out, lad)] if p is not None)]
     return calib, table, trend, figs

@@ -332,7 +332,8 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
              html_table(paired, digits=4)]
     for p in figs:
         parts.append(f"<h3>{html.escape(p.stem)}</h3>" + _figure(p))
-    parts += _dose_section(dose_tables(results, info, splits, out, withheld=bool(withheld) or results.rounds.empty),
+    parts += _dose_section(dose_tables(results, info, splits, out, withheld=bool(withheld) or results.rounds.empty,
+                                       folder=folder),
                            bool(withheld) or results.rounds.empty)
     parts += ["<h2>The study file</h2>", "<pre>" + html.escape(study.get("text") or json.dumps(study, indent=1))
               + "</pre>", *settings_section(results), "</body></html>"]
