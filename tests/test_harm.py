@@ -173,6 +173,9 @@ calibration = {{ levels = [0, 12], seeds = 1, eval_per_group = 4 }}
     assert set(table["family"]) == {"dose-primary", "dose-described"}
     assert (out / "report" / "dose_caudate.png").is_file()
     assert (out / "report" / "calibration_caudate.png").stat().st_size > 10_000  # the curve, its rungs marked
+    onset = pd.read_csv(out / "report" / "dose_onset.csv")
+    assert onset["comparison"].tolist() == ["weighted-localized-entropy - random"]
+    assert onset["onset_dataset"].isna().all()  # one seed: no verdict, so no rung from which it is confirmed
     assert "calibration_caudate" in (out / "report" / "report.html").read_text()
     import json
 
@@ -234,3 +237,35 @@ def test_calibrate_harm_command_draws_its_curve(tmp_path):
     levels = pd.read_csv(tmp_path / "cal" / "levels.csv")
     assert levels["level"].tolist() == [0.0, 12.0] and levels["volume_change_sd"].iloc[1] < 0
     assert "figure:" in res.output and (tmp_path / "cal" / "calibration.png").stat().st_size > 10_000
+
+
+def test_the_onset_is_the_lowest_rung_from_which_every_higher_one_is_confirmed():
+    from fairal.report.dose import DOSE_COLUMNS, onset_sentence, onset_table
+
+    gaps = {"r1": 0.03, "r2": 0.06, "r3": 0.10, "r4": 0.18}
+
+    def rows(comparison, family, verdicts, metric="essp", values=None):
+        return [{"ladder": "L", "dataset": d, "gap": g, "comparison": comparison, "family": family, "metric": metric,
+                 "verdict": v, "value": (values or {}).get(d, 0.0), "ci_low": -1.0, "ci_high": 1.0}
+                for (d, g), v in zip(gaps.items(), verdicts, strict=True)]
+
+    wle = "weighted-localized-entropy - random"
+    table = pd.DataFrame(
+        rows(wle, "dose-primary", ["confirmed", "inconclusive", "confirmed", "confirmed"])  # r1 alone: no onset
+        + rows(wle, "dose-described", [""] * 4, metric="dice_all", values={"r3": -0.004})
+        + rows("worst-group-random - random", "dose-secondary", ["confirmed"] * 3 + ["equivalent"])
+        + rows("group-drawn-random - random", "dose-secondary", ["confirmed"] * 4)
+        + rows("worst-group-random - random", "dose-described", ["", "", "", ""], metric="delta"),
+        columns=[c for c in DOSE_COLUMNS if c in ("ladder", "dataset", "gap", "comparison", "family", "metric",
+                                                   "verdict", "value", "ci_low", "ci_high")])
+    onset = onset_table(table).set_index("comparison")
+    assert onset.loc[wle, ["onset_dataset", "onset_gap", "confirmed_from", "rungs"]].tolist() == ["r3", 0.10, 2, 4]
+    assert onset.loc[wle, "dice_difference"] == -0.004  # what it costs in Dice there
+    assert onset.loc["worst-group-random - random", "onset_dataset"] == ""  # the top rung is not confirmed
+    assert onset.loc["worst-group-random - random", "confirmed_from"] == 0
+    assert onset.loc["group-drawn-random - random", "onset_dataset"] == "r1"
+    assert np.isnan(onset.loc["group-drawn-random - random", "dice_difference"])  # no Dice row given
+    assert len(onset) == 3  # the described rows are no comparison of their own
+    text = onset_sentence(onset.reset_index().iloc[0])
+    assert "confirmed from rung r3 (gap 0.100) upward, 2 of 4 rungs; final Dice difference there -0.0040" in text
+    assert "at no gap of this ladder" in onset_sentence(onset.reset_index().iloc[1])

@@ -142,6 +142,49 @@ def dose_table(results: Results, info: dict, splits: dict[str, str]) -> pd.DataF
     return pd.DataFrame(rows)[DOSE_COLUMNS]
 
 
+ONSET_COLUMNS = ["ladder", "comparison", "family", "onset_dataset", "onset_gap", "confirmed_from", "rungs",
+                 "dice_difference", "dice_ci_low", "dice_ci_high"]
+
+
+def onset_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``dose_onset.csv``: per ladder and judged comparison (final ESSP, dose-primary and dose-secondary), the lowest
+    rung from which the comparison is ``confirmed`` at every higher rung too (docs/analysis-plan-v3.md §4: "at which
+    gap WLE starts to beat random"), with the final Dice difference there (mean, 95% CI: what it costs or gains);
+    ``onset_dataset`` empty and ``confirmed_from`` 0 where the highest rung is not confirmed."""
+    rows = []
+    judged = table[(table["metric"] == PRIMARY) & table["family"].isin(["dose-primary", "dose-secondary"])]
+    for (ladder, comparison), g in judged.groupby(["ladder", "comparison"], sort=False):
+        g = g.sort_values("gap")
+        confirmed = (g["verdict"] == "confirmed").to_numpy()
+        first = len(confirmed)
+        while first > 0 and confirmed[first - 1]:
+            first -= 1
+        row = {"ladder": ladder, "comparison": comparison, "family": g["family"].iloc[0], "onset_dataset": "",
+               "onset_gap": float("nan"), "confirmed_from": len(confirmed) - first, "rungs": len(confirmed),
+               "dice_difference": float("nan"), "dice_ci_low": float("nan"), "dice_ci_high": float("nan")}
+        if first < len(confirmed):
+            at = g.iloc[first]
+            dice = table[(table["ladder"] == ladder) & (table["comparison"] == comparison)
+                         & (table["metric"] == DICE.name) & (table["dataset"] == at["dataset"])]
+            row.update(onset_dataset=at["dataset"], onset_gap=float(at["gap"]))
+            if len(dice):
+                row.update(dice_difference=float(dice["value"].iloc[0]), dice_ci_low=float(dice["ci_low"].iloc[0]),
+                           dice_ci_high=float(dice["ci_high"].iloc[0]))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=ONSET_COLUMNS)
+
+
+def onset_sentence(row: pd.Series) -> str:
+    """One sentence of a row of :func:`onset_table`."""
+    if not row["onset_dataset"]:
+        return (f"{row['comparison']} ({row['ladder']}): not confirmed at the highest of its {row['rungs']} rungs, so "
+                "at no gap of this ladder from which every higher rung is confirmed.")
+    dice = (f"; final Dice difference there {row['dice_difference']:+.4f} [{row['dice_ci_low']:+.4f}, "
+            f"{row['dice_ci_high']:+.4f}]" if np.isfinite(row["dice_difference"]) else "")
+    return (f"{row['comparison']} ({row['ladder']}): confirmed from rung {row['onset_dataset']} (gap "
+            f"{row['onset_gap']:.3f}) upward, {row['confirmed_from']} of {row['rungs']} rungs{dice}.")
+
+
 def random_penalty(final: pd.DataFrame, dataset: str, split: str) -> float | None:
     """``mean(dice_all - essp)`` of random's final rounds (``final``: the last round of each finished run) of
     ``dataset`` on ``split`` (None without random)."""
@@ -298,19 +341,22 @@ def calibration_figures(folder, ladders: dict[str, list[dict]], out) -> list[Pat
 
 def dose_tables(results: Results, info: dict, splits: dict[str, str], out, withheld: bool, folder=None):
     """What the report shows of the study's ladders: the rungs' calibration (a table, and its figure where the
-    results ``folder`` holds the calibration's records), ``dose_response.csv`` and ``dose_trend.csv`` (written; their
-    columns only while runs of the plan are missing) and the figures; None when the study has no ladder."""
+    results ``folder`` holds the calibration's records), ``dose_response.csv``, ``dose_trend.csv`` and
+    ``dose_onset.csv`` (written; their columns only while runs of the plan are missing) and the figures; None when
+    the study has no ladder."""
     ladders = rungs(info)
     if not ladders:
         return None
     table = dose_table(results, info, splits) if not withheld else pd.DataFrame(columns=DOSE_COLUMNS)
     trend = trend_table(results, info, splits) if not withheld else pd.DataFrame(columns=TREND_COLUMNS)
+    onset = onset_table(table)
     write_csv(within(out, "dose_response.csv"), table)
     write_csv(within(out, "dose_trend.csv"), trend)
+    write_csv(within(out, "dose_onset.csv"), onset)
     calib = pd.DataFrame([{"ladder": lad, **{k: r.get(k) for k in ("dataset", "knob", "value", "target_gap", "gap",
                                                                    "gap_ci_low", "gap_ci_high", "volume_change_sd",
                                                                    "volume_change_pct", "g1_min_voxels")}}
                           for lad, members in ladders.items() for r in members])
     figs = [*calibration_figures(folder, ladders, out),
             *(p for lad in ladders for p in [dose_figure(table, out, lad)] if p is not None)]
-    return calib, table, trend, figs
+    return calib, table, trend, onset, figs

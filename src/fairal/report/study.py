@@ -38,7 +38,7 @@ from fairal.records import (  # noqa: E402
     study_measures,
 )
 from fairal.report.claims import table1  # noqa: E402
-from fairal.report.dose import dose_tables  # noqa: E402
+from fairal.report.dose import dose_tables, onset_sentence  # noqa: E402
 from fairal.report.figures import colours_for, label, literal  # noqa: E402
 from fairal.report.html import HEAD, banner, html_table, settings_section  # noqa: E402
 from fairal.report.plan import (  # noqa: E402
@@ -346,7 +346,7 @@ def _dose_section(dose, withheld: bool) -> list[str]:
     """The dose-response view of :func:`fairal.report.dose.dose_tables` (nothing without a ladder)."""
     if dose is None:
         return []
-    calib, table, trend, figs = dose
+    calib, table, trend, onset, figs = dose
     parts = ["<h2>Dose-response: the strategies against the harm</h2>",
              "<p>Each rung of a ladder is one dataset of one recipe; its gap is the calibration's (a model trained "
              "on Group 2 alone: mean Dice of Group 2 − of Group 1 on held-out subjects, 95% CI), with Group 1's "
@@ -356,7 +356,9 @@ def _dose_section(dose, withheld: bool) -> list[str]:
              "of gap.</p>", html_table(calib, digits=4)]
     if not withheld:
         parts += [html_table(table.drop(columns=["gap_ci_low", "gap_ci_high"]), digits=4),
-                  "<h3>Trend over the gap</h3>", html_table(trend, digits=4)]
+                  "<h3>Trend over the gap</h3>", html_table(trend, digits=4),
+                  "<h3>From which gap on</h3><ul>"
+                  + "".join(f"<li>{html.escape(onset_sentence(r))}</li>" for _, r in onset.iterrows()) + "</ul>"]
     return parts + [f"<h3>{html.escape(p.stem)}</h3>" + _figure(p) for p in figs]
 
 
