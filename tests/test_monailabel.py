@@ -270,8 +270,11 @@ def _a_second_click_and_a_saved_label(served, first: dict, expected: pd.DataFram
     log = (served.root / "server.log").read_text()
     assert log.count("cross-validated group Dice: 5 folds in") == 1, log
     assert "group Dice of 6 training images out of fold (folds reused" in log
-    kept = json.loads((served.app / "work" / "fold-dice.json").read_text())
-    assert kept["model_version"] == version and len(kept["cases"]) == 6
+    (kept,) = json.loads((served.app / "work" / "fold-dice.json").read_text()).values()
+    assert kept["model_version"] == version and len(kept["cases"]) == 6 and first["id"] not in kept["cases"]
+    used = json.loads((served.app / "work" / f"query-{STRATEGY}" / "query.json").read_text())["labeled_case_dice"]
+    assert {c: used[c] for c in kept["cases"]} == pytest.approx({c: e["dice"] for c, e in kept["cases"].items()})
+    assert set(used) == {*kept["cases"], first["id"]}  # the saved label: its Dice by the model, beside the folds'
     _training_and_other_strategies(served, second)
 
 
@@ -283,6 +286,11 @@ def _training_and_other_strategies(served, second: dict) -> None:
     bald = client.post("/activelearning/bald", json={})
     assert bald.status_code == 200 and bald.json()["fairal_strategy"] == "bald", bald.text
     assert bald.json()["fairal_scores"] == "computed" and bald.json()["fairal_held"] == 3
+    # a weighted strategy whose folds train with MC dropout: folds of its own, kept beside the first ones
+    wbald = client.post("/activelearning/weighted-bald", json={})
+    assert wbald.status_code == 200 and wbald.json()["fairal_group_dice_method"] == "cross-validated", wbald.text
+    assert (served.root / "server.log").read_text().count("cross-validated group Dice: 5 folds in") == 2
+    assert len(json.loads((served.app / "work" / "fold-dice.json").read_text())) == 2
     bad = client.post("/activelearning/weighted-localised-entropy", json={})
     assert bad.status_code == 400 and "did you mean 'weighted-localized-entropy'" in bad.text, bad.text
     before = (served.app / "model" / "model.pt").read_bytes()
@@ -481,8 +489,9 @@ def test_stored_scores_are_keyed_by_model_labels_images_and_groups(tmp_path):
 
 
 def test_kept_fold_dice_only_for_today_s_model_settings_files_and_groups(tmp_path):
-    """The app's kept out-of-fold Dice comes back only under the model version and settings it was kept with, and
-    for an image only while its image file, final label and group are the ones it was kept with."""
+    """The app's kept out-of-fold Dice comes back whole or not at all: only under the model version and the
+    settings its folds were trained with (one entry per setting, e.g. with and without MC dropout), and only while
+    every image it covers has the image file, final label and group it was kept with."""
     import threading
 
     files = {}
@@ -492,18 +501,23 @@ def test_kept_fold_dice_only_for_today_s_model_settings_files_and_groups(tmp_pat
             files[c, kind].write_text(c)
     cases = pd.DataFrame({"case_id": ["a", "b", "c"], "image_path": [str(files[c, "img"]) for c in "abc"],
                           "label_path": [str(files[c, "lab"]) for c in "abc"], "group": ["F", "M", "M"]})
+    plain, dropout = {"seed": 0, "mc_dropout": False}, {"seed": 0, "mc_dropout": True}
     kept = FoldDice(tmp_path / "work" / "fold-dice.json", threading.RLock())
-    assert kept.get("sha256:1", {"seed": 0}, cases) == {}  # nothing kept yet
-    kept.put("sha256:1", {"seed": 0}, cases, {"a": 0.8, "b": 0.6, "zz": 0.1})  # zz: not an image of the study
-    assert kept.get("sha256:1", {"seed": 0}, cases) == {"a": 0.8, "b": 0.6}
-    assert kept.get("sha256:2", {"seed": 0}, cases) == {} and kept.get("sha256:1", {"seed": 1}, cases) == {}
-    time.sleep(0.01)
-    files["a", "lab"].write_text("redrawn")  # a's label saved again
-    regrouped = cases.assign(group=["F", "F", "M"])  # b's group changed
-    assert kept.get("sha256:1", {"seed": 0}, regrouped) == {}
-    assert kept.get("sha256:1", {"seed": 0}, cases) == {"b": 0.6}
+    assert kept.get("sha256:1", plain, cases) == {}  # nothing kept yet
+    kept.put("sha256:1", plain, cases, {"a": 0.8, "b": 0.6, "zz": 0.1})  # zz: not an image of the study
+    kept.put("sha256:1", dropout, cases, {"a": 0.7, "b": 0.5})
+    assert kept.get("sha256:1", plain, cases) == {"a": 0.8, "b": 0.6}
+    assert kept.get("sha256:1", dropout, cases) == {"a": 0.7, "b": 0.5}  # each setting its own folds
+    assert kept.get("sha256:2", plain, cases) == {} and kept.get("sha256:1", {"seed": 1}, cases) == {}
+    assert kept.get("sha256:1", plain, cases.assign(group=["F", "F", "M"])) == {}  # b's group changed
+    assert kept.get("sha256:1", plain, cases.assign(group=["F", "M", "F"])) == {"a": 0.8, "b": 0.6}  # c: not covered
+    assert kept.get("sha256:1", plain, cases.assign(label_path=["", str(files["b", "lab"]), ""])) == {}  # a unlabeled
+    files["a", "lab"].write_text("redrawn")  # a's label saved again: the folds trained on the old one
+    assert kept.get("sha256:1", plain, cases) == {}
+    kept.put("sha256:2", plain, cases, {"a": 0.9, "b": 0.6})  # a new model: the old model's entries go
+    assert json.loads((tmp_path / "work" / "fold-dice.json").read_text()).keys() == {FoldDice._key(plain)}
     (tmp_path / "work" / "fold-dice.json").write_text("{not json")  # edited by hand: nothing kept
-    assert kept.get("sha256:1", {"seed": 0}, cases) == {}
+    assert kept.get("sha256:2", plain, cases) == {}
 
 
 def test_auto_group_dice_is_out_of_fold_from_enough_labeled_images_per_group():

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from fairal.cli import app
 from fairal.config import get_profile
-from fairal.data.cohort import load_cases, read_cases, structure_grid
+from fairal.data.cohort import Grid, load_cases, read_cases, structure_grid
 from fairal.errors import FairalError
 from fairal.owndata.query import MIN_PER_GROUP, group_probabilities, run_query, weight_notes
 
@@ -332,9 +332,10 @@ def test_empty_label_maps_are_named_as_such(tmp_path):
 
 
 def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_model(study, tmp_path, monkeypatch):
-    """Out of fold with ``--model``: the model's training cases get the folds (trained once, or given back from an
-    earlier query of it); a case labeled after the model was trained is out of sample for it and keeps the model's
-    own Dice; the note says so. A model that records no training cases: folds over every labeled case."""
+    """Out of fold with ``--model``: the folds run over the model's training cases still labeled (trained, or given
+    back from an earlier query whose folds ran over exactly those); a case labeled after the model was trained is
+    out of sample for it and keeps the model's own Dice; the note says so. Training cases too few in a group, or a
+    model that records none: folds over every labeled case."""
     import torch
 
     from fairal.acquisition import group_weights
@@ -345,45 +346,62 @@ def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_model(st
     full = pd.read_csv(study)
     for col in ("image", "label"):
         full[col] = [str(study.parent / v) if isinstance(v, str) else v for v in full[col]]
-    later = ["a03", "b03", "c03"]  # labeled after the model was trained
-    early = full.assign(label=full["label"].where(~full["case_id"].isin(later)))
-    early.to_csv(tmp_path / "early.csv", index=False)
     full.to_csv(tmp_path / "now.csv", index=False)
-    model = tmp_path / "model.pt"
-    train_query_model(tmp_path / "early.csv", model, prof, group_by=["site"])
-    trained = [f"{s}0{i}" for s in "abc" for i in range(3)]
-    calls = []
-    fixed = {"A": 0.9, "B": 0.7, "C": 0.5}
 
-    def folds(vol, rows, groups, *args, **kwargs):
-        calls.append(list(rows))
-        return [fixed[g] for g in groups]
+    def model_on(cases: list[str], name: str):
+        full.assign(label=full["label"].where(full["case_id"].isin(cases))).to_csv(tmp_path / f"{name}.csv",
+                                                                                   index=False)
+        train_query_model(tmp_path / f"{name}.csv", tmp_path / f"{name}.pt", prof, group_by=["site"])
+        return tmp_path / f"{name}.pt"
+
+    trained = [f"{s}0{i}" for s in "abc" for i in range(3)]  # a03, b03, c03: labeled after the model was trained
+    model = model_on(trained, "early")
+    calls = []
+
+    def folds(vol, rows, groups, *args, **kwargs):  # a value of its own for each case: 0.5 + its row / 100
+        ids = {r: c for c, r in vol.index.items()}
+        calls.append(sorted(ids[r] for r in rows))
+        return [0.5 + r / 100 for r in rows]
 
     monkeypatch.setattr(query_module, "out_of_fold_dice", folds)
-    own = run_query(tmp_path / "now.csv", 2, "weighted-localized-entropy", tmp_path / "own", prof, group_by=["site"],
-                    model_path=model, progress=False).attrs["query"]["labeled_case_dice"]
-    kw = {"group_by": ["site"], "model_path": model, "progress": False, "group_dice": "cross-validated"}
-    first = run_query(tmp_path / "now.csv", 2, "weighted-localized-entropy", tmp_path / "cv", prof, **kw).attrs["query"]
-    assert len(calls) == 1 and len(calls[0]) == 9  # the folds: over the 9 training cases only
-    expected = {c: fixed[c[0].upper()] if c in trained else own[c] for c in own}
-    assert first["labeled_case_dice"] == pytest.approx(expected)
-    assert first["group_dice_sources"] == {"out_of_fold": 9, "out_of_sample": 3, "folds": "trained"}
-    assert first["fold_dice"] == pytest.approx({c: fixed[c[0].upper()] for c in trained})
+    wle = "weighted-localized-entropy"
+    own = run_query(tmp_path / "now.csv", 2, wle, tmp_path / "own", prof, group_by=["site"], model_path=model,
+                    progress=False).attrs["query"]["labeled_case_dice"]
+    kw = {"group_by": ["site"], "progress": False, "group_dice": "cross-validated"}
+    first = run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv", prof, model_path=model, **kw)
+    info = first.attrs["query"]
+    assert calls == [trained]  # the folds: over the 9 training cases, no other
+    vol_rows = load_cases(read_cases(tmp_path / "now.csv", ["site"]), Grid.from_meta(
+        torch.load(model, weights_only=True)["meta"]["grid"], model)).index
+    expected = {c: 0.5 + vol_rows[c] / 100 if c in trained else own[c] for c in own}
+    assert info["labeled_case_dice"] == pytest.approx(expected)  # each case its own value, in its place
+    assert info["group_dice_sources"] == {"out_of_fold": 9, "out_of_sample": 3, "folds": "trained",
+                                          "folds_over": "training cases"}
+    assert info["fold_dice"] == pytest.approx({c: expected[c] for c in trained})
     assert any("3 cases labeled after the model was trained measured by the model itself" in n
-               for n in first["notes"]), first["notes"]
-    groups = [c[0].upper() for c in expected]
-    want = group_weights(list(expected.values()), groups, ["A", "B", "C"], prof.temperature)
-    assert first["weights"] == pytest.approx(want)
-    again = run_query(tmp_path / "now.csv", 2, "weighted-localized-entropy", tmp_path / "cv2", prof,
-                      fold_dice=first["fold_dice"], **kw).attrs["query"]
+               for n in info["notes"]), info["notes"]
+    want = group_weights(list(expected.values()), [c[0].upper() for c in expected], ["A", "B", "C"],
+                         prof.temperature)
+    assert info["weights"] == pytest.approx(want)
+    again = run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv2", prof, model_path=model,
+                      fold_dice=info["fold_dice"], **kw).attrs["query"]
     assert len(calls) == 1 and again["group_dice_sources"]["folds"] == "reused"  # no fold trained again
-    assert again["weights"] == pytest.approx(first["weights"])
+    assert again["weights"] == pytest.approx(info["weights"])
     assert any("the folds of an earlier ranking with this model" in n for n in again["notes"])
+    partial = dict(list(info["fold_dice"].items())[:-1])  # folds of another set of cases: trained again
+    run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv3", prof, model_path=model, fold_dice=partial, **kw)
+    assert calls[-1] == trained and len(calls) == 2
+    labeled = sorted(own)
+    few = model_on(["a00", "a01", *trained[3:]], "few")  # site A: 2 training cases of its 4 labeled
+    short = run_query(tmp_path / "now.csv", 2, wle, tmp_path / "few", prof, model_path=few, **kw).attrs["query"]
+    assert calls[-1] == labeled and short["group_dice_sources"]["out_of_sample"] == 0
+    assert any("too few to cross-validate" in n for n in short["notes"]), short["notes"]
     saved = torch.load(model, weights_only=True)
     assert sorted(saved["meta"]["trained_on"]) == trained
     saved["meta"].pop("trained_on")  # a model saved before fairal recorded its training cases
     torch.save(saved, tmp_path / "old.pt")
-    old = run_query(tmp_path / "now.csv", 2, "weighted-localized-entropy", tmp_path / "old", prof,
-                    **{**kw, "model_path": tmp_path / "old.pt"}).attrs["query"]
-    assert len(calls[-1]) == 12 and old["group_dice_sources"] == {"out_of_fold": 12, "out_of_sample": 0,
-                                                                  "folds": "trained"}
+    old = run_query(tmp_path / "now.csv", 2, wle, tmp_path / "old", prof, model_path=tmp_path / "old.pt",
+                    **kw).attrs["query"]
+    assert calls[-1] == labeled and old["group_dice_sources"] == {
+        "out_of_fold": 12, "out_of_sample": 0, "folds": "trained", "folds_over": "every labeled case"}
+    assert not any("group Dice:" in n for n in old["notes"])  # folds over every labeled case, as without --model

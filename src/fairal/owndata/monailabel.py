@@ -269,17 +269,19 @@ class FairalContext:
         logger.info("fairal: %s: scoring %d unlabeled images (%d labeled; group Dice %s)", strategy,
                     int((~cases["labeled"]).sum()), int(cases["labeled"].sum()), group_dice)
         start = time.monotonic()
-        kept = self.folds.get(version, self.settings, cases) if group_dice == "cross-validated" else None
+        folds_with = {**self.settings, "mc_dropout": parse_strategy(strategy).needs_dropout}  # the folds' training
+        kept = self.folds.get(version, folds_with, cases) if group_dice == "cross-validated" else None
         table = run_query(csv, 1, strategy, out, self.profile, group_by=self.group_by, model_path=self.model_file,
                           seed=self.seed, spacing=self.spacing, overwrite=True, montage_cases=1, progress=False,
                           group_dice=group_dice, label_value=self.label_value, fold_dice=kept)
         info = table.attrs.get("query", {})
         sources = info.get("group_dice_sources") or {}
         if sources.get("folds") == "trained" and info.get("fold_dice"):
-            self.folds.put(version, self.settings, cases, info["fold_dice"])
+            self.folds.put(version, folds_with, cases, info["fold_dice"])
         if sources.get("folds"):
-            logger.info("fairal: %s: group Dice of %d training images out of fold (folds %s, model %s), %d images "
-                        "labeled since measured by the model", strategy, sources.get("out_of_fold", 0),
+            logger.info("fairal: %s: group Dice of %d %s out of fold (folds %s, model %s), %d images labeled since "
+                        "measured by the model", strategy, sources.get("out_of_fold", 0),
+                        "training images" if sources.get("folds_over") == "training cases" else "labeled images",
                         sources["folds"], version, sources.get("out_of_sample", 0))
         prune_query_folders(self.work, MAX_QUERY_FOLDERS)
         logger.info("fairal: %s: scored %d unlabeled images in %.1f s", strategy, len(table), time.monotonic() - start)

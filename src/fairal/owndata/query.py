@@ -286,21 +286,32 @@ def unlabeled_groups(q: Query, features: Callable[[], np.ndarray] | None = None,
                 q.p_group[i] = q.gm.proba[at[row_of(cid)]]
 
 
+def _fold_cases(q: Query, labeled: list[str]) -> list[str]:
+    """The labeled cases the folds run over: the model's training cases still labeled, unless the model does not
+    record them, or they are too few to cross-validate (fewer than 2, or a group with fewer of them than
+    min(:data:`MIN_LABELED_PER_GROUP`, its labeled cases)): then every labeled case, as without ``--model``."""
+    if q.trained_on is None:
+        return labeled
+    trained = set(q.trained_on)
+    inside = [c for c in labeled if c in trained]
+    groups = pd.Series([q.records[c].group for c in labeled], dtype=object)
+    have = groups[[c in trained for c in labeled]].value_counts()
+    short = [g for g, n in groups.value_counts().items() if have.get(g, 0) < min(MIN_LABELED_PER_GROUP, n)]
+    return labeled if len(inside) < 2 or short else inside
+
+
 def _weight_dice(q: Query, labeled_dice: list[float]) -> list[float]:
     """The Dice behind the group weights: the labeled cases' own, or out of fold (``--group-dice``). Out of fold,
-    a case the model was not trained on keeps the model's own Dice (it is out of sample); the model's training
-    cases get 5 folds over them, or the folds of an earlier query (``fold_dice``). A model that does not record its
-    training cases, or fewer than 2 of them still labeled: folds over every labeled case."""
+    a case the model was not trained on keeps the model's own Dice (it is out of sample); the folds run over the
+    rest (:func:`_fold_cases`), or come from an earlier query (``fold_dice``) whose folds ran over exactly these
+    cases."""
     labeled = q.labeled_ids
     if q.group_dice != "cross-validated" or not q.strat.steered:
         q.dice_sources = {"own": len(labeled)}
         return labeled_dice
-    trained = set(labeled if q.trained_on is None else q.trained_on)
-    inside = [c for c in labeled if c in trained]
-    if len(inside) < 2:
-        inside = labeled
+    inside = _fold_cases(q, labeled)
     given = q.fold_dice or {}
-    reused = all(c in given for c in inside)
+    reused = set(given) == set(inside)
     if reused:
         folds = {c: float(given[c]) for c in inside}
     else:
@@ -309,7 +320,11 @@ def _weight_dice(q: Query, labeled_dice: list[float]) -> list[float]:
         folds = dict(zip(inside, oof, strict=True))
     q.fold_dice = folds
     q.dice_sources = {"out_of_fold": len(inside), "out_of_sample": len(labeled) - len(inside),
-                      "folds": "reused" if reused else "trained"}
+                      "folds": "reused" if reused else "trained",
+                      "folds_over": "every labeled case" if len(inside) == len(labeled) else "training cases"}
+    if q.trained_on is not None and inside is labeled and not set(labeled) <= set(q.trained_on):
+        q.dice_sources["why"] = (f"the model's training cases still labeled are too few to cross-validate (fewer "
+                                 f"than 2, or a group with fewer than {MIN_LABELED_PER_GROUP})")
     return [folds.get(c, own) for c, own in zip(labeled, labeled_dice, strict=True)]
 
 
@@ -437,11 +452,15 @@ def sources_note(sources: dict) -> str | None:
     """What the out-of-fold group Dice came from, where it is more than 5 folds trained over every labeled case: a
     case labeled after the model was trained, measured by the model itself, or folds reused (None otherwise)."""
     outside, reused = int(sources.get("out_of_sample", 0)), sources.get("folds") == "reused"
+    how = "the folds of an earlier ranking with this model" if reused else "5 folds over them"
+    if "why" in sources:
+        return (f"group Dice: every labeled case ({sources['out_of_fold']}) out of fold ({how}), those labeled after "
+                f"the model was trained included: {sources['why']}")
     if not outside and not reused:
         return None
     inside = int(sources.get("out_of_fold", 0))
-    text = (f"group Dice: {inside} of the model's training cases out of fold ("
-            + ("the folds of an earlier ranking with this model" if reused else "5 folds over them") + ")")
+    whose = "of the model's training cases" if sources.get("folds_over") == "training cases" else "labeled cases"
+    text = f"group Dice: {inside} {whose} out of fold ({how})"
     if outside:
         text += (f", {outside} case{'' if outside == 1 else 's'} labeled after the model was trained measured by "
                  "the model itself (out of sample)")

@@ -227,6 +227,7 @@ def run_saved_query(
     unlabeled_groups(q)
     dice_ids, dice_values, left_out = _saved_dice(q, probs, segs, fg_class, reader)
     q.dice_ids = dice_ids
+    q.dice_sources = {"own": len(dice_ids)}
     if q.strat.steered and not any(q.records[c].group is not None for c in dice_ids):
         raise FairalError(f"strategy {q.strat.name} weighs groups by the model's Dice on the labeled cases, but no "
                           "labeled case of known group has a saved segmentation (--segmentations) or probabilities")

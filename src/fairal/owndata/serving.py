@@ -213,42 +213,53 @@ class StoredScores:
 
 
 class FoldDice:
-    """The out-of-fold Dice of the app model's training images (``fold-dice.json``: the model version, the key of
-    the settings, and per image its Dice with its image's and final label's stamps and its group), written whole
-    under ``lock``. Only entries whose model, settings, files and group are today's are given back: a new model, a
-    replaced label or a changed group trains the folds again."""
+    """The out-of-fold Dice of the app model's training images (``fold-dice.json``: per key of the settings the
+    folds were trained with, e.g. with or without MC dropout, the model version and per image its Dice with its
+    image's and final label's stamps and its group), written whole under ``lock``. An entry is given back whole or
+    not at all: only while its model and settings are today's and every image it covers still has the files and the
+    group it had (a new model, a label saved again over a training image's or removed, a training image's changed
+    group trains the folds again). Entries of another model version are dropped when one is kept."""
 
     def __init__(self, path: str | Path, lock):
         self.path, self.lock = Path(path), lock
 
     @staticmethod
     def _of(cases: pd.DataFrame) -> dict[str, list]:
-        return {str(c): [file_stamp(img), file_stamp(lab) if lab else None, str(g)]
-                for c, img, lab, g in zip(cases["case_id"], cases["image_path"], cases["label_path"], cases["group"],
-                                          strict=True)}
+        files = {str(c): [file_stamp(img), file_stamp(lab) if lab else None, str(g)]
+                 for c, img, lab, g in zip(cases["case_id"], cases["image_path"], cases["label_path"],
+                                           cases["group"], strict=True)}
+        return json.loads(json.dumps(files))  # stamps as JSON has them (lists)
 
     @staticmethod
-    def _settings_key(settings: dict) -> str:
+    def _key(settings: dict) -> str:
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
     def get(self, model_version: str, settings: dict, cases: pd.DataFrame) -> dict[str, float]:
-        """The kept Dice of the images whose model, settings, files and group are today's ``cases``'."""
+        """The kept Dice of the folds trained with ``settings`` on this model, if every image they cover is as it
+        was (``cases``: today's); else nothing."""
         with self.lock:
-            kept = _read_json(self.path, "out-of-fold Dice")
-        if kept.get("model_version") != model_version or kept.get("settings") != self._settings_key(settings):
+            kept = _read_json(self.path, "out-of-fold Dice").get(self._key(settings))
+        if not isinstance(kept, dict) or kept.get("model_version") != model_version \
+                or not isinstance(kept.get("cases"), dict):
             return {}
-        now = json.loads(json.dumps(self._of(cases)))  # stamps as JSON has them (lists)
-        entries = kept.get("cases") if isinstance(kept.get("cases"), dict) else {}
-        return {c: float(e["dice"]) for c, e in entries.items()
-                if isinstance(e, dict) and isinstance(e.get("dice"), int | float) and now.get(c) == e.get("files")}
+        now = self._of(cases)
+        entries = kept["cases"]
+        if not all(isinstance(e, dict) and isinstance(e.get("dice"), int | float) and now.get(c) == e.get("files")
+                   for c, e in entries.items()):
+            return {}
+        return {c: float(e["dice"]) for c, e in entries.items()}
 
     def put(self, model_version: str, settings: dict, cases: pd.DataFrame, dice: dict[str, float]) -> None:
         files = self._of(cases)
         with self.lock:
+            stored = _read_json(self.path, "out-of-fold Dice")
+            stored = {k: v for k, v in stored.items()
+                      if isinstance(v, dict) and v.get("model_version") == model_version}
+            stored[self._key(settings)] = {"model_version": model_version,
+                                           "cases": {c: {"dice": float(d), "files": files[c]}
+                                                     for c, d in dice.items() if c in files}}
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(self.path, {"model_version": model_version, "settings": self._settings_key(settings),
-                                   "cases": {c: {"dice": float(d), "files": files[c]} for c, d in dice.items()
-                                             if c in files}})
+            write_json(self.path, stored)
 
 
 def load_ranking(folder: str | Path) -> pd.DataFrame:
