@@ -262,9 +262,9 @@ def _a_second_click_and_a_saved_label(served, first: dict, expected: pd.DataFram
     assert second["fairal_scores"] == "computed" and second["fairal_n_labeled"] == first["fairal_n_labeled"] + 1
     assert second["fairal_weights"] != pytest.approx(first["fairal_weights"])
     assert second["id"] not in (first["id"], again["id"]) and second["fairal_held"] == 2
-    # the saved label is out of sample for the model: measured by it; the training images' folds are not trained
-    # again (the first click's, kept under the model's version)
-    assert any("1 case labeled after the model was trained measured by the model itself" in n
+    # the saved label is out of sample for the fold models: measured by them; the training images' folds are not
+    # trained again (the first click's, kept under the model's version)
+    assert any("1 case labeled after the model was trained measured by the fold models" in n
                and "the folds of an earlier ranking with this model" in n for n in second["fairal_notes"]), \
         second["fairal_notes"]
     log = (served.root / "server.log").read_text()
@@ -274,7 +274,7 @@ def _a_second_click_and_a_saved_label(served, first: dict, expected: pd.DataFram
     assert kept["model_version"] == version and len(kept["cases"]) == 6 and first["id"] not in kept["cases"]
     used = json.loads((served.app / "work" / f"query-{STRATEGY}" / "query.json").read_text())["labeled_case_dice"]
     assert {c: used[c] for c in kept["cases"]} == pytest.approx({c: e["dice"] for c, e in kept["cases"].items()})
-    assert set(used) == {*kept["cases"], first["id"]}  # the saved label: its Dice by the model, beside the folds'
+    assert set(used) == {*kept["cases"], first["id"]}  # the saved label: its Dice by the fold models
     _training_and_other_strategies(served, second)
 
 
@@ -489,10 +489,13 @@ def test_stored_scores_are_keyed_by_model_labels_images_and_groups(tmp_path):
 
 
 def test_kept_fold_dice_only_for_today_s_model_settings_files_and_groups(tmp_path):
-    """The app's kept out-of-fold Dice comes back whole or not at all: only under the model version and the
-    settings its folds were trained with (one entry per setting, e.g. with and without MC dropout), and only while
-    every image it covers has the image file, final label and group it was kept with."""
+    """The app's kept folds come back whole or not at all: only under the model version and the settings they were
+    trained with (one entry per setting, e.g. with and without MC dropout), with their fold models there, and only
+    while every image they cover has the image file, final label and group it had. A new model's folds replace the
+    old model's, folders included."""
     import threading
+
+    from fairal.owndata.query import Folds
 
     files = {}
     for c in ("a", "b", "c"):
@@ -501,23 +504,33 @@ def test_kept_fold_dice_only_for_today_s_model_settings_files_and_groups(tmp_pat
             files[c, kind].write_text(c)
     cases = pd.DataFrame({"case_id": ["a", "b", "c"], "image_path": [str(files[c, "img"]) for c in "abc"],
                           "label_path": [str(files[c, "lab"]) for c in "abc"], "group": ["F", "M", "M"]})
+    (tmp_path / "q" / "folds").mkdir(parents=True)
+    models = [tmp_path / "q" / "folds" / f"fold-{k}.pt" for k in (1, 2)]
+    for m in models:
+        m.write_bytes(m.name.encode())
     plain, dropout = {"seed": 0, "mc_dropout": False}, {"seed": 0, "mc_dropout": True}
-    kept = FoldDice(tmp_path / "work" / "fold-dice.json", threading.RLock())
-    assert kept.get("sha256:1", plain, cases) == {}  # nothing kept yet
-    kept.put("sha256:1", plain, cases, {"a": 0.8, "b": 0.6, "zz": 0.1})  # zz: not an image of the study
-    kept.put("sha256:1", dropout, cases, {"a": 0.7, "b": 0.5})
-    assert kept.get("sha256:1", plain, cases) == {"a": 0.8, "b": 0.6}
-    assert kept.get("sha256:1", dropout, cases) == {"a": 0.7, "b": 0.5}  # each setting its own folds
-    assert kept.get("sha256:2", plain, cases) == {} and kept.get("sha256:1", {"seed": 1}, cases) == {}
-    assert kept.get("sha256:1", plain, cases.assign(group=["F", "F", "M"])) == {}  # b's group changed
-    assert kept.get("sha256:1", plain, cases.assign(group=["F", "M", "F"])) == {"a": 0.8, "b": 0.6}  # c: not covered
-    assert kept.get("sha256:1", plain, cases.assign(label_path=["", str(files["b", "lab"]), ""])) == {}  # a unlabeled
+    work = tmp_path / "work"
+    kept = FoldDice(work / "fold-dice.json", threading.RLock())
+    assert kept.get("sha256:1", plain, cases) is None  # nothing kept yet
+    kept.put("sha256:1", plain, cases, Folds({"a": 0.8, "b": 0.6, "zz": 0.1}, models))  # zz: not of the study
+    kept.put("sha256:1", dropout, cases, Folds({"a": 0.7, "b": 0.5}, models))
+    got = kept.get("sha256:1", plain, cases)
+    assert got.dice == {"a": 0.8, "b": 0.6} and [m.read_bytes() for m in got.models] == [b"fold-1.pt", b"fold-2.pt"]
+    assert got.models[0].parent.parent == work  # copies in the app's work folder: the query folder may go
+    assert kept.get("sha256:1", dropout, cases).dice == {"a": 0.7, "b": 0.5}  # each setting its own folds
+    assert kept.get("sha256:2", plain, cases) is None and kept.get("sha256:1", {"seed": 1}, cases) is None
+    assert kept.get("sha256:1", plain, cases.assign(group=["F", "F", "M"])) is None  # b's group changed
+    assert kept.get("sha256:1", plain, cases.assign(group=["F", "M", "F"])).dice == {"a": 0.8, "b": 0.6}  # c: not
+    assert kept.get("sha256:1", plain, cases.assign(label_path=["", str(files["b", "lab"]), ""])) is None
     files["a", "lab"].write_text("redrawn")  # a's label saved again: the folds trained on the old one
-    assert kept.get("sha256:1", plain, cases) == {}
-    kept.put("sha256:2", plain, cases, {"a": 0.9, "b": 0.6})  # a new model: the old model's entries go
-    assert json.loads((tmp_path / "work" / "fold-dice.json").read_text()).keys() == {FoldDice._key(plain)}
-    (tmp_path / "work" / "fold-dice.json").write_text("{not json")  # edited by hand: nothing kept
-    assert kept.get("sha256:2", plain, cases) == {}
+    assert kept.get("sha256:1", plain, cases) is None
+    kept.put("sha256:2", plain, cases, Folds({"a": 0.9, "b": 0.6}, models))  # a new model: the old model's go
+    assert json.loads((work / "fold-dice.json").read_text()).keys() == {FoldDice._key(plain)}
+    assert sorted(p.name for p in work.glob("folds-*")) == [f"folds-{FoldDice._key(plain)[:16]}"]
+    next(work.glob("folds-*/fold-2.pt")).unlink()  # a fold model removed by hand: nothing kept
+    assert kept.get("sha256:2", plain, cases) is None
+    (work / "fold-dice.json").write_text("{not json")  # edited by hand: nothing kept
+    assert kept.get("sha256:2", plain, cases) is None
 
 
 def test_auto_group_dice_is_out_of_fold_from_enough_labeled_images_per_group():

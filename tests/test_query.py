@@ -340,7 +340,7 @@ def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_model(st
 
     from fairal.acquisition import group_weights
     from fairal.owndata import query as query_module
-    from fairal.owndata.query import train_query_model
+    from fairal.owndata.query import Folds, train_query_model
 
     prof = _profile()
     full = pd.read_csv(study)
@@ -358,9 +358,10 @@ def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_model(st
     model = model_on(trained, "early")
     calls = []
 
-    def folds(vol, rows, groups, *args, **kwargs):  # a value of its own for each case: 0.5 + its row / 100
+    def folds(vol, rows, groups, *args, models=None, **kwargs):  # each case a value of its own: 0.5 + its row / 100
         ids = {r: c for c, r in vol.index.items()}
         calls.append(sorted(ids[r] for r in rows))
+        models.extend(query_module.load_query_model(model, prof, 0.0)[0] for _ in range(5))  # 5 copies of the model
         return [0.5 + r / 100 for r in rows]
 
     monkeypatch.setattr(query_module, "out_of_fold_dice", folds)
@@ -373,23 +374,29 @@ def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_model(st
     assert calls == [trained]  # the folds: over the 9 training cases, no other
     vol_rows = load_cases(read_cases(tmp_path / "now.csv", ["site"]), Grid.from_meta(
         torch.load(model, weights_only=True)["meta"]["grid"], model)).index
+    # each training case its own fold value, in its place; a case labeled since: the mean of the 5 fold models'
+    # Dice, here 5 copies of the model itself, so its own Dice
     expected = {c: 0.5 + vol_rows[c] / 100 if c in trained else own[c] for c in own}
-    assert info["labeled_case_dice"] == pytest.approx(expected)  # each case its own value, in its place
+    assert info["labeled_case_dice"] == pytest.approx(expected)
     assert info["group_dice_sources"] == {"out_of_fold": 9, "out_of_sample": 3, "folds": "trained",
                                           "folds_over": "training cases"}
     assert info["fold_dice"] == pytest.approx({c: expected[c] for c in trained})
-    assert any("3 cases labeled after the model was trained measured by the model itself" in n
+    assert info["fold_models"] == [f"folds/fold-{k}.pt" for k in range(1, 6)]
+    assert all((tmp_path / "cv" / m).is_file() for m in info["fold_models"])
+    assert any("3 cases labeled after the model was trained measured by the fold models" in n
                for n in info["notes"]), info["notes"]
     want = group_weights(list(expected.values()), [c[0].upper() for c in expected], ["A", "B", "C"],
                          prof.temperature)
     assert info["weights"] == pytest.approx(want)
     again = run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv2", prof, model_path=model,
-                      fold_dice=info["fold_dice"], **kw).attrs["query"]
+                      folds=Folds.of_query(tmp_path / "cv"), **kw).attrs["query"]
     assert len(calls) == 1 and again["group_dice_sources"]["folds"] == "reused"  # no fold trained again
     assert again["weights"] == pytest.approx(info["weights"])
+    assert again["labeled_case_dice"] == pytest.approx(expected)  # the fold models, loaded, measure the same
     assert any("the folds of an earlier ranking with this model" in n for n in again["notes"])
-    partial = dict(list(info["fold_dice"].items())[:-1])  # folds of another set of cases: trained again
-    run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv3", prof, model_path=model, fold_dice=partial, **kw)
+    kept = Folds.of_query(tmp_path / "cv")
+    partial = Folds(dict(list(kept.dice.items())[:-1]), kept.models)  # folds of another set of cases: trained again
+    run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv3", prof, model_path=model, folds=partial, **kw)
     assert calls[-1] == trained and len(calls) == 2
     labeled = sorted(own)
     few = model_on(["a00", "a01", *trained[3:]], "few")  # site A: 2 training cases of its 4 labeled

@@ -68,7 +68,7 @@ from fairal.data.cohort import check_case, read_cases
 from fairal.data.volumes import CASE_ID_RULES, names_a_file
 from fairal.errors import FairalError
 from fairal.io import is_fairal_folder, within, write_csv
-from fairal.owndata.query import predict_image, run_query, train_query_model
+from fairal.owndata.query import Folds, predict_image, run_query, train_query_model
 from fairal.owndata.serving import (
     DEFAULT_LEASE_MINUTES,
     FOLD_DICE_FILE,
@@ -273,14 +273,14 @@ class FairalContext:
         kept = self.folds.get(version, folds_with, cases) if group_dice == "cross-validated" else None
         table = run_query(csv, 1, strategy, out, self.profile, group_by=self.group_by, model_path=self.model_file,
                           seed=self.seed, spacing=self.spacing, overwrite=True, montage_cases=1, progress=False,
-                          group_dice=group_dice, label_value=self.label_value, fold_dice=kept)
+                          group_dice=group_dice, label_value=self.label_value, folds=kept)
         info = table.attrs.get("query", {})
         sources = info.get("group_dice_sources") or {}
-        if sources.get("folds") == "trained" and info.get("fold_dice"):
-            self.folds.put(version, folds_with, cases, info["fold_dice"])
+        if sources.get("folds") == "trained" and info.get("fold_models"):
+            self.folds.put(version, folds_with, cases, Folds.of_query(out))
         if sources.get("folds"):
             logger.info("fairal: %s: group Dice of %d %s out of fold (folds %s, model %s), %d images labeled since "
-                        "measured by the model", strategy, sources.get("out_of_fold", 0),
+                        "measured by the fold models", strategy, sources.get("out_of_fold", 0),
                         "training images" if sources.get("folds_over") == "training cases" else "labeled images",
                         sources["folds"], version, sources.get("out_of_sample", 0))
         prune_query_folders(self.work, MAX_QUERY_FOLDERS)

@@ -15,6 +15,7 @@ next time) and ``query.json`` (settings, group weights, the classifier's cross-v
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -77,10 +78,10 @@ GROUP_DICE = ("labeled", "cross-validated")
 
 
 def out_of_fold_dice(vol, rows: list[int], groups: list, profile: Profile, seed: int, dropout: float,
-                     folds: int = 5, progress: bool = False) -> list[float]:
+                     folds: int = 5, progress: bool = False, models: list | None = None) -> list[float]:
     """Dice of each labeled case from a model that did not train on it: ``folds``-fold cross-validation,
     stratified by group (cases of one group dealt round-robin over the folds in a seeded order). Each fold trains
-    with the profile's settings."""
+    with the profile's settings; ``models``, where given, gets the fold models."""
     k = min(folds, len(rows))
     if k < 2:
         raise FairalError("cross-validated group Dice needs at least 2 labeled cases")
@@ -100,6 +101,8 @@ def out_of_fold_dice(vol, rows: list[int], groups: list, profile: Profile, seed:
         result = train_model(vol.images[train], vol.labels[train], config,
                              model_factory(profile, vol, train, dropout=dropout), progress=progress)
         dice[held] = evaluate(result.model, vol, [rows[i] for i in held], batch_size=8)
+        if models is not None:
+            models.append(result.model)
     logger.info("cross-validated group Dice: %d folds in %.1f s", k, time.monotonic() - start)
     return dice.tolist()
 
@@ -113,6 +116,24 @@ def load_query_model(path: Path, profile: Profile, dropout: float) -> tuple[torc
         raise FairalError(f"{path} is not a model saved by fairal query (it carries no analysis grid); use the "
                           "model.pt of an earlier query's output folder")
     return model, meta
+
+
+@dataclass
+class Folds:
+    """The folds of an earlier query with the same model, cases and labels: the out-of-fold Dice of the cases they
+    ran over (``query.json``'s ``fold_dice``) and the fold models (``folds/fold-K.pt`` of its folder)."""
+
+    dice: dict[str, float]
+    models: list[Path]
+
+    @classmethod
+    def of_query(cls, folder: str | Path) -> Folds | None:
+        """The folds a query folder kept (None where it kept none)."""
+        info = json.loads((Path(folder) / "query.json").read_text())
+        if not info.get("fold_dice") or not info.get("fold_models"):
+            return None
+        return cls({str(c): float(d) for c, d in info["fold_dice"].items()},
+                   [Path(folder) / m for m in info["fold_models"]])
 
 
 @dataclass
@@ -142,7 +163,8 @@ class Query:
     voxel_ml: dict = field(default_factory=dict)  # case id -> its voxel's volume (a ranking on each scan's own grid)
     dice_ids: list | None = None  # the labeled cases behind the group Dice (default: every labeled case)
     trained_on: list | None = None  # the cases the model was trained on (None: not recorded, a model saved earlier)
-    fold_dice: dict | None = None  # out-of-fold Dice of the model's training cases, from an earlier query of it
+    folds: Folds | None = None  # the folds of an earlier query with this model (given), or of this one
+    fold_models: list = field(default_factory=list)  # the fold models (trained here, or loaded from ``folds``)
     dice_sources: dict = field(default_factory=dict)  # where each labeled case's Dice behind the weights came from
 
     @property
@@ -166,21 +188,21 @@ def run_query(
     csv_path: str | Path, budget: int, strategy: str | Strategy, out: str | Path, profile: Profile,
     group_by: list[str] | tuple[str, ...] = (), model_path: str | Path | None = None, seed: int = 0,
     spacing: float = 2.0, overwrite: bool = False, montage_cases: int = 16, progress: bool = True,
-    group_dice: str = "labeled", label_value: float | None = None, fold_dice: dict[str, float] | None = None,
+    group_dice: str = "labeled", label_value: float | None = None, folds: Folds | None = None,
 ) -> pd.DataFrame:
     """Rank the unlabeled cases of ``csv_path`` for annotation; write the records into ``out``. Returns the
     ranked table (``query.csv``; ``table.attrs["query"]`` holds what ``query.json`` says).
 
     ``group_dice``: where the Dice of the group weights comes from: ``labeled``, the model's Dice on the cases it
     was trained on (the paper), or ``cross-validated``, each labeled case's Dice from a model trained without it,
-    which keeps the weights informative when the model fits its training cases perfectly: a case labeled after
-    ``model_path`` was trained is out of sample for it and measured by the model itself; the model's own training
-    cases by 5 folds over them (five more trainings). ``fold_dice``: those folds' Dice from an earlier query with
-    the same model, cases and labels (the caller vouches for that, e.g. the MONAI Label app); the folds are trained
-    again unless it holds every training case that is still labeled. ``query.json`` gives them back
-    (``fold_dice``)."""
+    which keeps the weights informative when the model fits its training cases perfectly: with ``model_path``, 5
+    folds over the model's training cases (five more trainings), and a case labeled after it was trained, out of
+    sample for the fold models too, measured by each of them (the mean). ``folds``: the folds of an earlier query
+    with the same model, cases and labels (:meth:`Folds.of_query`; the caller vouches for that, e.g. the MONAI
+    Label app), used where they ran over exactly the training cases still labeled. The query keeps its folds
+    (``query.json``'s ``fold_dice`` and ``fold_models``, ``folds/fold-K.pt``)."""
     q = Query(Path(csv_path), budget, parse_strategy(strategy), Path(out), profile, list(group_by), model_path,
-               seed, group_dice, label_value, progress, fold_dice=fold_dice)
+               seed, group_dice, label_value, progress, folds=folds)
     _check_query(q, overwrite)
     _query_model(q, spacing)
     unlabeled_groups(q, lambda: case_features(q.model, q.vol.images), q.vol.index.__getitem__)
@@ -302,30 +324,37 @@ def _fold_cases(q: Query, labeled: list[str]) -> list[str]:
 
 def _weight_dice(q: Query, labeled_dice: list[float]) -> list[float]:
     """The Dice behind the group weights: the labeled cases' own, or out of fold (``--group-dice``). Out of fold,
-    a case the model was not trained on keeps the model's own Dice (it is out of sample); the folds run over the
-    rest (:func:`_fold_cases`), or come from an earlier query (``fold_dice``) whose folds ran over exactly these
-    cases."""
+    the folds run over the model's training cases still labeled (:func:`_fold_cases`), or come from an earlier
+    query (``folds``) whose folds ran over exactly these cases; a case the model was not trained on is out of
+    sample for every fold model as well and gets the mean of their Dice: every labeled case is measured by models
+    of the same kind, trained on four fifths of the training cases, none on it."""
     labeled = q.labeled_ids
     if q.group_dice != "cross-validated" or not q.strat.steered:
         q.dice_sources = {"own": len(labeled)}
         return labeled_dice
     inside = _fold_cases(q, labeled)
-    given = q.fold_dice or {}
-    reused = set(given) == set(inside)
+    outside = [c for c in labeled if c not in set(inside)]
+    given = q.folds
+    reused = given is not None and set(given.dice) == set(inside) and bool(given.models)
     if reused:
-        folds = {c: float(given[c]) for c in inside}
+        dice = {c: float(given.dice[c]) for c in inside}
+        q.fold_models = [load_query_model(Path(m), q.profile, q.dropout)[0] for m in given.models]
     else:
+        q.fold_models = []
         oof = out_of_fold_dice(q.vol, q.vol.rows(inside), [q.records[c].group for c in inside], q.profile, q.seed,
-                               q.dropout, progress=q.progress)
-        folds = dict(zip(inside, oof, strict=True))
-    q.fold_dice = folds
-    q.dice_sources = {"out_of_fold": len(inside), "out_of_sample": len(labeled) - len(inside),
+                               q.dropout, progress=q.progress, models=q.fold_models)
+        dice = dict(zip(inside, oof, strict=True))
+    q.folds = Folds(dict(dice), [])  # the training cases' only
+    if outside:
+        each = [evaluate(m, q.vol, q.vol.rows(outside), batch_size=8) for m in q.fold_models]
+        dice.update(zip(outside, np.mean(each, axis=0).tolist(), strict=True))
+    q.dice_sources = {"out_of_fold": len(inside), "out_of_sample": len(outside),
                       "folds": "reused" if reused else "trained",
-                      "folds_over": "every labeled case" if len(inside) == len(labeled) else "training cases"}
+                      "folds_over": "every labeled case" if not outside else "training cases"}
     if q.trained_on is not None and inside is labeled and not set(labeled) <= set(q.trained_on):
         q.dice_sources["why"] = (f"the model's training cases still labeled are too few to cross-validate (fewer "
                                  f"than 2, or a group with fewer than {MIN_LABELED_PER_GROUP})")
-    return [folds.get(c, own) for c, own in zip(labeled, labeled_dice, strict=True)]
+    return [dice[c] for c in labeled]
 
 
 def query_table(q: Query, rnd) -> pd.DataFrame:
@@ -369,8 +398,21 @@ def _write_query(q: Query, rnd, table: pd.DataFrame, montage_cases: int) -> None
         save_checkpoint(q.model, within(tmp, "model.pt"), _model_meta(q, n_labeled))
         write_handoff(tmp, [(c, records_of[c].image, to_case_grid(p, q.grid, records_of[c].image, c))
                             for c, p in zip(batch, probas, strict=True)], q.label_value, final=q.out)
+        _write_folds(q, tmp, n_labeled)
         table.attrs["query"] = info = query_info(q, rnd, n_labeled)
         write_json(within(tmp, "query.json"), info)
+
+
+def _write_folds(q: Query, folder: Path, n_labeled: int) -> None:
+    """The fold models of an out-of-fold group Dice, ``folds/fold-K.pt`` (a later query with the same model uses
+    them again: :class:`Folds`)."""
+    if not q.fold_models:
+        return
+    within(folder, "folds").mkdir()
+    meta = {k: v for k, v in _model_meta(q, n_labeled).items() if k != "trained_on"}
+    for k, model in enumerate(q.fold_models, 1):
+        save_checkpoint(model, within(folder, "folds", f"fold-{k}.pt"), {**meta, "fold": k})
+    q.folds.models = [Path("folds") / f"fold-{k}.pt" for k in range(1, len(q.fold_models) + 1)]
 
 
 def _model_meta(q: Query, n_labeled: int) -> dict:
@@ -450,7 +492,7 @@ def weight_notes(group_by: list, order: list, labeled_groups: list, weights: dic
 
 def sources_note(sources: dict) -> str | None:
     """What the out-of-fold group Dice came from, where it is more than 5 folds trained over every labeled case: a
-    case labeled after the model was trained, measured by the model itself, or folds reused (None otherwise)."""
+    case labeled after the model was trained, measured by the fold models, or folds reused (None otherwise)."""
     outside, reused = int(sources.get("out_of_sample", 0)), sources.get("folds") == "reused"
     how = "the folds of an earlier ranking with this model" if reused else "5 folds over them"
     if "why" in sources:
@@ -463,7 +505,7 @@ def sources_note(sources: dict) -> str | None:
     text = f"group Dice: {inside} {whose} out of fold ({how})"
     if outside:
         text += (f", {outside} case{'' if outside == 1 else 's'} labeled after the model was trained measured by "
-                 "the model itself (out of sample)")
+                 "the fold models (out of sample for each, their mean)")
     return text
 
 
@@ -484,7 +526,9 @@ def query_info(q: Query, rnd, n_labeled: int) -> dict:
         "weights": {str(g): rnd.weights[g] for g in q.order} if q.strat.steered else None,
         "notes": notes, "warnings": warnings,
         "temperature": q.strat.temperature or q.profile.temperature, "group_dice": q.group_dice,
-        "group_dice_sources": q.dice_sources, "fold_dice": q.fold_dice if q.dice_sources.get("folds") else None,
+        "group_dice_sources": q.dice_sources,
+        "fold_dice": q.folds.dice if q.dice_sources.get("folds") and q.folds else None,
+        "fold_models": [m.as_posix() for m in q.folds.models] if q.dice_sources.get("folds") and q.folds else None,
         "labeled_dice": {str(g): d for g, d in mean_dice.items()},
         "labeled_case_dice": {c: float(d) for c, d in zip(dice_ids, rnd.weight_dice, strict=True)},
         "unknown_groups": {"n_unlabeled_unknown": int((~q.known_u).sum()), "method": gm.method,

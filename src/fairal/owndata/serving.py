@@ -10,10 +10,10 @@ weights comes from. Apart from MONAI Label (this module does not import it), so 
   whose key is the stored one reuses the ranking (``APP/work/query-NAME/``) instead of predicting every image again.
 - **Group Dice** ``auto``: out of fold (``fairal query --group-dice cross-validated``) once every group of a labeled
   image has :data:`AUTO_CROSS_VALIDATED_MIN` labeled images, else the labeled images' own Dice, with a note saying
-  why. Out of fold, an image labeled after the app's model was trained is out of sample for it (the model's own
-  Dice); the model's training images need 5 folds, whose Dice is kept (``APP/work/fold-dice.json``, under the model
-  version, the settings and each image's and label's stamp) so that they are trained once per model, not once per
-  saved label.
+  why. Out of fold, the folds run over the app model's training images, and an image labeled since is out of
+  sample for every fold model (the mean of their Dice); the folds (their Dice and models, :class:`FoldDice`) are
+  kept under the model version, the settings and each image's and label's stamp, so that they are trained once per
+  model, not once per saved label.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from datetime import datetime
@@ -32,7 +33,7 @@ import pandas as pd
 
 from fairal.errors import FairalError
 from fairal.io import write_json
-from fairal.owndata.query import GROUP_DICE, MIN_LABELED_PER_GROUP
+from fairal.owndata.query import GROUP_DICE, MIN_LABELED_PER_GROUP, Folds
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def resolve_group_dice(setting: str, cases: pd.DataFrame, steered: bool) -> tupl
     return "cross-validated", [f"group Dice: cross-validated (group_dice auto: every group has at least "
                                f"{AUTO_CROSS_VALIDATED_MIN} labeled images), each labeled image's Dice from a model "
                                "trained without it (5 folds over the model's training images, five more trainings "
-                               "once per model; an image labeled since the model was trained is measured by it)"]
+                               "once per model; an image labeled since is measured by the fold models)"]
 
 
 def file_stamp(path: str | Path) -> tuple | None:
@@ -213,12 +214,13 @@ class StoredScores:
 
 
 class FoldDice:
-    """The out-of-fold Dice of the app model's training images (``fold-dice.json``: per key of the settings the
-    folds were trained with, e.g. with or without MC dropout, the model version and per image its Dice with its
-    image's and final label's stamps and its group), written whole under ``lock``. An entry is given back whole or
-    not at all: only while its model and settings are today's and every image it covers still has the files and the
-    group it had (a new model, a label saved again over a training image's or removed, a training image's changed
-    group trains the folds again). Entries of another model version are dropped when one is kept."""
+    """The folds of the app model's training images (``fold-dice.json``: per key of the settings the folds were
+    trained with, e.g. with or without MC dropout, the model version, the fold models, ``folds-KEY/fold-K.pt``, and
+    per image its out-of-fold Dice with its image's and final label's stamps and its group), written whole under
+    ``lock``. An entry is given back whole or not at all: only while its model and settings are today's, its fold
+    models are there and every image it covers still has the files and the group it had (a new model, a label saved
+    again over a training image's or removed, a training image's changed group trains the folds again). Entries of
+    another model version, and their folders, go when one is kept."""
 
     def __init__(self, path: str | Path, lock):
         self.path, self.lock = Path(path), lock
@@ -234,31 +236,41 @@ class FoldDice:
     def _key(settings: dict) -> str:
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
-    def get(self, model_version: str, settings: dict, cases: pd.DataFrame) -> dict[str, float]:
-        """The kept Dice of the folds trained with ``settings`` on this model, if every image they cover is as it
-        was (``cases``: today's); else nothing."""
+    def get(self, model_version: str, settings: dict, cases: pd.DataFrame) -> Folds | None:
+        """The kept folds trained with ``settings`` on this model, if every image they cover is as it was
+        (``cases``: today's) and the fold models are there; else None."""
         with self.lock:
-            kept = _read_json(self.path, "out-of-fold Dice").get(self._key(settings))
+            kept = _read_json(self.path, "kept folds").get(self._key(settings))
         if not isinstance(kept, dict) or kept.get("model_version") != model_version \
-                or not isinstance(kept.get("cases"), dict):
-            return {}
-        now = self._of(cases)
-        entries = kept["cases"]
-        if not all(isinstance(e, dict) and isinstance(e.get("dice"), int | float) and now.get(c) == e.get("files")
-                   for c, e in entries.items()):
-            return {}
-        return {c: float(e["dice"]) for c, e in entries.items()}
+                or not isinstance(kept.get("cases"), dict) or not isinstance(kept.get("models"), list):
+            return None
+        now, entries = self._of(cases), kept["cases"]
+        models = [self.path.parent / str(m) for m in kept["models"]]
+        if not entries or not models or not all(m.is_file() for m in models) or not all(
+                isinstance(e, dict) and isinstance(e.get("dice"), int | float) and now.get(c) == e.get("files")
+                for c, e in entries.items()):
+            return None
+        return Folds({c: float(e["dice"]) for c, e in entries.items()}, models)
 
-    def put(self, model_version: str, settings: dict, cases: pd.DataFrame, dice: dict[str, float]) -> None:
-        files = self._of(cases)
+    def put(self, model_version: str, settings: dict, cases: pd.DataFrame, folds: Folds) -> None:
+        """Keep ``folds`` (of a query folder, :meth:`Folds.of_query`): their models copied into a folder of the
+        app's work folder, their Dice and the images' stamps into ``fold-dice.json``."""
+        files, key = self._of(cases), self._key(settings)
         with self.lock:
-            stored = _read_json(self.path, "out-of-fold Dice")
-            stored = {k: v for k, v in stored.items()
-                      if isinstance(v, dict) and v.get("model_version") == model_version}
-            stored[self._key(settings)] = {"model_version": model_version,
-                                           "cases": {c: {"dice": float(d), "files": files[c]}
-                                                     for c, d in dice.items() if c in files}}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            stored = _read_json(self.path, "kept folds")
+            for k, v in list(stored.items()):
+                if not isinstance(v, dict) or v.get("model_version") != model_version or k == key:
+                    shutil.rmtree(self.path.parent / f"folds-{k[:16]}", ignore_errors=True)
+                    del stored[k]
+            folder = self.path.parent / f"folds-{key[:16]}"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            for m in folds.models:
+                shutil.copyfile(m, folder / Path(m).name)
+            stored[key] = {"model_version": model_version,
+                           "models": [f"{folder.name}/{Path(m).name}" for m in folds.models],
+                           "cases": {c: {"dice": float(d), "files": files[c]} for c, d in folds.dice.items()
+                                     if c in files}}
             write_json(self.path, stored)
 
 
