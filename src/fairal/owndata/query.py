@@ -9,7 +9,8 @@ frequencies among the cases of known group.
 
 Writes, into a folder that appears whole or not at all: ``query.csv`` (every unlabeled case, ranked), ``montage.png``
 (the top cases with their predicted structure and ROI), ``model.pt`` (the model and its grid, for ``--model``
-next time) and ``query.json`` (settings, group weights, the classifier's cross-validated accuracy, versions).
+next time), ``query.json`` (settings, group weights, the classifier's cross-validated accuracy, versions) and, with
+a cross-validated group Dice, ``folds/fold-K.pt`` (the fold models, for :class:`Folds` next time).
 """
 
 from __future__ import annotations
