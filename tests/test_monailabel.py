@@ -504,20 +504,21 @@ def test_kept_fold_dice_only_for_today_s_model_settings_files_and_groups(tmp_pat
             files[c, kind].write_text(c)
     cases = pd.DataFrame({"case_id": ["a", "b", "c"], "image_path": [str(files[c, "img"]) for c in "abc"],
                           "label_path": [str(files[c, "lab"]) for c in "abc"], "group": ["F", "M", "M"]})
-    (tmp_path / "q" / "folds").mkdir(parents=True)
-    models = [tmp_path / "q" / "folds" / f"fold-{k}.pt" for k in (1, 2)]
-    for m in models:
-        m.write_bytes(m.name.encode())
+    models, others = ([tmp_path / q / "folds" / f"fold-{k}.pt" for k in (1, 2)] for q in ("q", "q2"))
+    for m in [*models, *others]:
+        m.parent.mkdir(parents=True, exist_ok=True)
+        m.write_bytes(f"{m.parent.parent.name} {m.name}".encode())
     plain, dropout = {"seed": 0, "mc_dropout": False}, {"seed": 0, "mc_dropout": True}
     work = tmp_path / "work"
     kept = FoldDice(work / "fold-dice.json", threading.RLock())
     assert kept.get("sha256:1", plain, cases) is None  # nothing kept yet
     kept.put("sha256:1", plain, cases, Folds({"a": 0.8, "b": 0.6, "zz": 0.1}, models))  # zz: not of the study
-    kept.put("sha256:1", dropout, cases, Folds({"a": 0.7, "b": 0.5}, models))
+    kept.put("sha256:1", dropout, cases, Folds({"a": 0.7, "b": 0.5}, others))
     got = kept.get("sha256:1", plain, cases)
-    assert got.dice == {"a": 0.8, "b": 0.6} and [m.read_bytes() for m in got.models] == [b"fold-1.pt", b"fold-2.pt"]
+    assert got.dice == {"a": 0.8, "b": 0.6} and [m.read_bytes() for m in got.models] == [b"q fold-1.pt", b"q fold-2.pt"]
     assert got.models[0].parent.parent == work  # copies in the app's work folder: the query folder may go
-    assert kept.get("sha256:1", dropout, cases).dice == {"a": 0.7, "b": 0.5}  # each setting its own folds
+    with_dropout = kept.get("sha256:1", dropout, cases)  # each setting its own folds and models
+    assert with_dropout.dice == {"a": 0.7, "b": 0.5} and with_dropout.models[0].read_bytes() == b"q2 fold-1.pt"
     assert kept.get("sha256:2", plain, cases) is None and kept.get("sha256:1", {"seed": 1}, cases) is None
     assert kept.get("sha256:1", plain, cases.assign(group=["F", "F", "M"])) is None  # b's group changed
     assert kept.get("sha256:1", plain, cases.assign(group=["F", "M", "F"])).dice == {"a": 0.8, "b": 0.6}  # c: not
@@ -526,7 +527,9 @@ def test_kept_fold_dice_only_for_today_s_model_settings_files_and_groups(tmp_pat
     assert kept.get("sha256:1", plain, cases) is None
     kept.put("sha256:2", plain, cases, Folds({"a": 0.9, "b": 0.6}, models))  # a new model: the old model's go
     assert json.loads((work / "fold-dice.json").read_text()).keys() == {FoldDice._key(plain)}
-    assert sorted(p.name for p in work.glob("folds-*")) == [f"folds-{FoldDice._key(plain)[:16]}"]
+    (left,) = work.glob("folds-*")  # the old model's folders are gone, the new one's is there
+    assert left.name.startswith(f"folds-{FoldDice._key(plain)[:12]}-") and kept.get("sha256:2", plain, cases).models[
+        0].parent == left
     next(work.glob("folds-*/fold-2.pt")).unlink()  # a fold model removed by hand: nothing kept
     assert kept.get("sha256:2", plain, cases) is None
     (work / "fold-dice.json").write_text("{not json")  # edited by hand: nothing kept

@@ -331,16 +331,17 @@ def test_empty_label_maps_are_named_as_such(tmp_path):
         structure_grid(t, spacing=2.0, margin_mm=4.0)
 
 
-def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_model(study, tmp_path, monkeypatch):
+def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_fold_models(study, tmp_path, monkeypatch):
     """Out of fold with ``--model``: the folds run over the model's training cases still labeled (trained, or given
-    back from an earlier query whose folds ran over exactly those); a case labeled after the model was trained is
-    out of sample for it and keeps the model's own Dice; the note says so. Training cases too few in a group, or a
-    model that records none: folds over every labeled case."""
+    back from an earlier query whose folds ran over exactly those, their models loaded from its folder); a case
+    labeled after the model was trained is out of sample for every fold model and gets the mean of their Dice; the
+    note says so. Training cases too few in a group, or a model that records none: folds over every labeled case."""
     import torch
 
     from fairal.acquisition import group_weights
     from fairal.owndata import query as query_module
     from fairal.owndata.query import Folds, train_query_model
+    from fairal.run.rounds import evaluate
 
     prof = _profile()
     full = pd.read_csv(study)
@@ -358,10 +359,18 @@ def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_model(st
     model = model_on(trained, "early")
     calls = []
 
+    def perturbed(k: int):  # a fold model of its own: the model's weights with seeded noise
+        net = query_module.load_query_model(model, prof, 0.0)[0]
+        gen = torch.Generator().manual_seed(k)
+        with torch.no_grad():
+            for w in net.parameters():
+                w.add_(0.3 * w.abs().mean() * torch.randn(w.shape, generator=gen))
+        return net
+
     def folds(vol, rows, groups, *args, models=None, **kwargs):  # each case a value of its own: 0.5 + its row / 100
         ids = {r: c for c, r in vol.index.items()}
         calls.append(sorted(ids[r] for r in rows))
-        models.extend(query_module.load_query_model(model, prof, 0.0)[0] for _ in range(5))  # 5 copies of the model
+        models.extend(perturbed(k) for k in range(5))
         return [0.5 + r / 100 for r in rows]
 
     monkeypatch.setattr(query_module, "out_of_fold_dice", folds)
@@ -372,11 +381,13 @@ def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_model(st
     first = run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv", prof, model_path=model, **kw)
     info = first.attrs["query"]
     assert calls == [trained]  # the folds: over the 9 training cases, no other
-    vol_rows = load_cases(read_cases(tmp_path / "now.csv", ["site"]), Grid.from_meta(
-        torch.load(model, weights_only=True)["meta"]["grid"], model)).index
-    # each training case its own fold value, in its place; a case labeled since: the mean of the 5 fold models'
-    # Dice, here 5 copies of the model itself, so its own Dice
-    expected = {c: 0.5 + vol_rows[c] / 100 if c in trained else own[c] for c in own}
+    vol = load_cases(read_cases(tmp_path / "now.csv", ["site"]), Grid.from_meta(
+        torch.load(model, weights_only=True)["meta"]["grid"], model))
+    later = ["a03", "b03", "c03"]
+    by_fold = np.mean([evaluate(perturbed(k), vol, vol.rows(later), batch_size=8) for k in range(5)], axis=0)
+    assert np.abs(by_fold - [own[c] for c in later]).max() > 1e-3  # the fold models measure otherwise than the model
+    # each training case its own fold value, in its place; a case labeled since: the mean of the 5 fold models' Dice
+    expected = {c: 0.5 + vol.index[c] / 100 if c in trained else float(by_fold[later.index(c)]) for c in own}
     assert info["labeled_case_dice"] == pytest.approx(expected)
     assert info["group_dice_sources"] == {"out_of_fold": 9, "out_of_sample": 3, "folds": "trained",
                                           "folds_over": "training cases"}
@@ -398,6 +409,12 @@ def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_model(st
     partial = Folds(dict(list(kept.dice.items())[:-1]), kept.models)  # folds of another set of cases: trained again
     run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv3", prof, model_path=model, folds=partial, **kw)
     assert calls[-1] == trained and len(calls) == 2
+    superset = Folds({**kept.dice, "a03": 0.5}, kept.models)
+    run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv4", prof, model_path=model, folds=superset, **kw)
+    assert len(calls) == 3
+    (tmp_path / "cv" / "folds" / "fold-3.pt").write_bytes(b"PK\x03\x04 damaged")  # unreadable: trained again
+    run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv5", prof, model_path=model, folds=kept, **kw)
+    assert len(calls) == 4
     labeled = sorted(own)
     few = model_on(["a00", "a01", *trained[3:]], "few")  # site A: 2 training cases of its 4 labeled
     short = run_query(tmp_path / "now.csv", 2, wle, tmp_path / "few", prof, model_path=few, **kw).attrs["query"]

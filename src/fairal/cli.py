@@ -679,7 +679,7 @@ def query(
     = 2.0,
     group_dice: Annotated[str, typer.Option(metavar="labeled|cross-validated", help="Dice of the group weights: "
                                             "labeled (the model on its training cases, the paper) or cross-validated "
-                                            "(5 folds over those; a case labeled after --model: by the fold models).")]
+                                            "(5 folds over those; a case labeled after --model: the folds' mean).")]
     = "labeled",
     seed: Annotated[int, typer.Option(help="Seed of training and of every random draw.")] = 0,
     label_value: Annotated[float | None, typer.Option(help="The structure's value in multi-label maps (e.g. 11 "

@@ -323,12 +323,29 @@ def _fold_cases(q: Query, labeled: list[str]) -> list[str]:
     return labeled if len(inside) < 2 or short else inside
 
 
+def _given_fold_models(q: Query, given: Folds) -> list:
+    """The fold models of ``given``, loaded; none (the folds are trained again, with a warning in the log) where one
+    cannot be read (removed or replaced meanwhile) or was trained on another grid."""
+    models = []
+    for m in given.models:
+        try:
+            model, meta = load_query_model(Path(m), q.profile, q.dropout)
+        except (FairalError, OSError) as err:
+            logger.warning("the kept fold models cannot be used (%s): training the folds again", err)
+            return []
+        if meta.get("grid") != q.grid.as_meta():
+            logger.warning("the kept fold model %s was trained on another grid: training the folds again", m)
+            return []
+        models.append(model)
+    return models
+
+
 def _weight_dice(q: Query, labeled_dice: list[float]) -> list[float]:
     """The Dice behind the group weights: the labeled cases' own, or out of fold (``--group-dice``). Out of fold,
     the folds run over the model's training cases still labeled (:func:`_fold_cases`), or come from an earlier
     query (``folds``) whose folds ran over exactly these cases; a case the model was not trained on is out of
     sample for every fold model as well and gets the mean of their Dice: every labeled case is measured by models
-    of the same kind, trained on four fifths of the training cases, none on it."""
+    of the same kind, each trained on all but one fold of the training cases, none on it."""
     labeled = q.labeled_ids
     if q.group_dice != "cross-validated" or not q.strat.steered:
         q.dice_sources = {"own": len(labeled)}
@@ -339,8 +356,9 @@ def _weight_dice(q: Query, labeled_dice: list[float]) -> list[float]:
     reused = given is not None and set(given.dice) == set(inside) and bool(given.models)
     if reused:
         dice = {c: float(given.dice[c]) for c in inside}
-        q.fold_models = [load_query_model(Path(m), q.profile, q.dropout)[0] for m in given.models]
-    else:
+        q.fold_models = _given_fold_models(q, given)
+        reused = bool(q.fold_models)
+    if not reused:
         q.fold_models = []
         oof = out_of_fold_dice(q.vol, q.vol.rows(inside), [q.records[c].group for c in inside], q.profile, q.seed,
                                q.dropout, progress=q.progress, models=q.fold_models)

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import threading
 import time
 from datetime import datetime
@@ -215,7 +216,7 @@ class StoredScores:
 
 class FoldDice:
     """The folds of the app model's training images (``fold-dice.json``: per key of the settings the folds were
-    trained with, e.g. with or without MC dropout, the model version, the fold models, ``folds-KEY/fold-K.pt``, and
+    trained with, e.g. with or without MC dropout, the model version, the fold models, ``folds-KEY-*/fold-K.pt``, and
     per image its out-of-fold Dice with its image's and final label's stamps and its group), written whole under
     ``lock``. An entry is given back whole or not at all: only while its model and settings are today's, its fold
     models are there and every image it covers still has the files and the group it had (a new model, a label saved
@@ -253,18 +254,17 @@ class FoldDice:
         return Folds({c: float(e["dice"]) for c, e in entries.items()}, models)
 
     def put(self, model_version: str, settings: dict, cases: pd.DataFrame, folds: Folds) -> None:
-        """Keep ``folds`` (of a query folder, :meth:`Folds.of_query`): their models copied into a folder of the
-        app's work folder, their Dice and the images' stamps into ``fold-dice.json``."""
+        """Keep ``folds`` (of a query folder, :meth:`Folds.of_query`): their models copied into a new folder of the
+        app's work folder, then their Dice and the images' stamps into ``fold-dice.json``, then the ``folds-*``
+        folders it no longer names removed (a reader of the last entry never finds its folder half written; one
+        that loses the race trains its folds again)."""
         files, key = self._of(cases), self._key(settings)
         with self.lock:
             stored = _read_json(self.path, "kept folds")
-            for k, v in list(stored.items()):
-                if not isinstance(v, dict) or v.get("model_version") != model_version or k == key:
-                    shutil.rmtree(self.path.parent / f"folds-{k[:16]}", ignore_errors=True)
-                    del stored[k]
-            folder = self.path.parent / f"folds-{key[:16]}"
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            stored = {k: v for k, v in stored.items() if isinstance(v, dict) and v.get("model_version") == model_version
+                      and k != key}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix=f"folds-{key[:12]}-", dir=self.path.parent))
             for m in folds.models:
                 shutil.copyfile(m, folder / Path(m).name)
             stored[key] = {"model_version": model_version,
@@ -272,6 +272,10 @@ class FoldDice:
                            "cases": {c: {"dice": float(d), "files": files[c]} for c, d in folds.dice.items()
                                      if c in files}}
             write_json(self.path, stored)
+            named = {str(m).split("/")[0] for v in stored.values() for m in v.get("models", [])}
+            for old in self.path.parent.glob("folds-*"):
+                if old.is_dir() and old.name not in named:
+                    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_ranking(folder: str | Path) -> pd.DataFrame:
