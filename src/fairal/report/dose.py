@@ -259,22 +259,28 @@ def dose_figure(table: pd.DataFrame, out, ladder: str):
     names = list(dict.fromkeys(c.split(" - ")[0] if not against.empty else c.split(" - ")[1]
                                for c in rows["comparison"]))
     colours = colours_for(names)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.2, 4.2 + 0.22 * len(names)))
     margin = equivalence_margin(PRIMARY)
     ax.axhspan(-margin, margin, color="0.9", label=f"±{margin:g} margin")
     ax.axhline(0, color="0.5", lw=0.8)
-    for name in names:
+    # arms at one rung sit side by side (a dodge of 1% of the gaps' span each), so that their CIs do not overlap
+    dodge = 0.01 * max(rows["gap_ci_high"].max() - rows["gap_ci_low"].min(), 1e-9)
+    for i, name in enumerate(names):
         r = rows[rows["comparison"].str.startswith(f"{name} - ")] if not against.empty else \
             rows[rows["comparison"].str.endswith(f" - {name}")]
         r = r.sort_values("gap")
-        ax.errorbar(r["gap"], r["value"], yerr=[r["value"] - r["ci_low"], r["ci_high"] - r["value"]],
+        x = r["gap"] + (i - (len(names) - 1) / 2) * dodge
+        described = r["family"].iloc[0] == "exploratory"  # not at every rung: no verdict, drawn hollow
+        label = r["comparison"].iloc[0] + (f" (exploratory, {int(r['n'].max())} seeds)" if described else "")
+        ax.errorbar(x, r["value"], yerr=[r["value"] - r["ci_low"], r["ci_high"] - r["value"]],
                     xerr=[r["gap"] - r["gap_ci_low"], r["gap_ci_high"] - r["gap"]], marker="o", capsize=3,
-                    color=colours[name], label=r["comparison"].iloc[0])
+                    color=colours[name], mfc="white" if described else colours[name],
+                    lw=2.2 if r["family"].iloc[0] == "dose-primary" else 1.2, label=label)
     split = ", ".join({"eval": "evaluation", "test": "test"}.get(x, x) for x in sorted(set(rows["split"])))
     ax.set_xlabel("gap of a Group 2-only model (calibrated: Dice G2 − G1)")
     ax.set_ylabel(f"final ESSP difference ({split} split)")
     ax.set_title(f"ladder {ladder}: paired difference against the gap (mean, 95% CI)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     fig.tight_layout()
     path = within(out, f"dose_{ladder}.png")
     fig.savefig(path, dpi=120)
