@@ -269,3 +269,41 @@ def test_the_onset_is_the_lowest_rung_from_which_every_higher_one_is_confirmed()
     text = onset_sentence(onset.reset_index().iloc[0])
     assert "confirmed from rung r3 (gap 0.100) upward, 2 of 4 rungs; final Dice difference there -0.0040" in text
     assert "at no gap of this ladder" in onset_sentence(onset.reset_index().iloc[1])
+
+
+def test_dose_tables_print_the_report_s_numbers(tmp_path, capsys):
+    from fairal.report.dose import DOSE_COLUMNS
+
+    from .conftest import load_script
+
+    script = load_script("dose_tables")
+    assert script.main([str(tmp_path)]) == 2  # no report: refused, naming the file
+    assert "dose_response.csv is missing" in capsys.readouterr().err
+    base = dict.fromkeys(DOSE_COLUMNS, float("nan")) | {"ladder": "L", "split": "eval", "n": 10}
+    wle, wg = "weighted-localized-entropy - random", "worst-group-random - random"
+    rows = [base | {"dataset": "r1", "gap": 0.031, "gap_ci_low": 0.026, "gap_ci_high": 0.036, "volume_change_sd": -1.7,
+                    "family": "dose-primary", "comparison": wle, "metric": "essp", "value": 0.0123, "ci_low": 0.0045,
+                    "ci_high": 0.0201, "p_value": 0.002, "p_holm": 0.004, "p_tost_holm": 0.9, "verdict": "confirmed",
+                    "within_margin": False, "random_penalty": 0.0125, "margin_share_of_penalty": 0.4},
+            base | {"dataset": "r1", "gap": 0.031, "family": "dose-secondary", "comparison": wg, "metric": "essp",
+                    "value": -0.001, "ci_low": -0.003, "ci_high": 0.001, "p_holm": 0.5, "p_tost_holm": 0.01,
+                    "verdict": "equivalent", "within_margin": True},
+            base | {"dataset": "r2", "gap": 0.18, "family": "exploratory", "n": 5, "metric": "delta",
+                    "comparison": "fair-influence - random", "value": -0.02, "ci_low": -0.03, "ci_high": -0.01}]
+    pd.DataFrame(rows, columns=DOSE_COLUMNS).to_csv(tmp_path / "dose_response.csv", index=False)
+    pd.DataFrame([{"ladder": "L", "comparison": wle, "role": "test", "metric": "essp", "slope_per_0.1_gap": 0.0031,
+                   "ci_low": -0.0002, "ci_high": 0.0064, "p_value": 0.06, "n": 10, "rungs": 4}]).to_csv(
+        tmp_path / "dose_trend.csv", index=False)
+    pd.DataFrame([{"ladder": "L", "comparison": wle, "family": "dose-primary", "onset_dataset": float("nan"),
+                   "onset_gap": float("nan"), "confirmed_from": 0, "rungs": 4, "dice_difference": float("nan"),
+                   "dice_ci_low": float("nan"), "dice_ci_high": float("nan")}]).to_csv(
+        tmp_path / "dose_onset.csv", index=False)
+    assert script.main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| `r1` | 0.031 [0.026, 0.036] | -1.70 | +0.0123 [+0.0045, +0.0201] | 0.002 | 0.004 | 0.90 | 0.0125 | 40% " \
+           "| **confirmed** |" in lines
+    assert "| `L` | weighted-localized-entropy - random | test | +0.0031 [-0.0002, +0.0064] | 0.06 | 10 | 4 |" in lines
+    assert "| `r1` | worst-group-random - random | -0.0010 [-0.0030, +0.0010] | 0.50 | 0.01 | **equivalent** " \
+           "(within margin) |" in lines
+    assert "| `r2` | fair-influence - random | 5 | -0.0200 [-0.0300, -0.0100] |" in lines
+    assert any("at no gap of this ladder" in line for line in lines)  # the onset read back from CSV (NaN: none)

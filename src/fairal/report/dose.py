@@ -176,7 +176,7 @@ def onset_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def onset_sentence(row: pd.Series) -> str:
     """One sentence of a row of :func:`onset_table`."""
-    if not row["onset_dataset"]:
+    if not isinstance(row["onset_dataset"], str) or not row["onset_dataset"]:  # "" (or NaN, read from CSV)
         return (f"{row['comparison']} ({row['ladder']}): not confirmed at the highest of its {row['rungs']} rungs, so "
                 "at no gap of this ladder from which every higher rung is confirmed.")
     dice = (f"; final Dice difference there {row['dice_difference']:+.4f} [{row['dice_ci_low']:+.4f}, "
