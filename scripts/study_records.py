@@ -3,13 +3,13 @@
 
     python scripts/study_records.py STUDY OUT DEST --commit SHA [--reuse-records TIDY]
 
-DEST gets ``rounds.csv`` (every round of the finished runs), ``cases.csv.gz`` (the final round's per-case Dice on the
-test and the evaluation split), ``test_cases.csv.gz`` (every round's per-case test Dice), ``baselines.csv`` and
+DEST gets ``rounds.csv`` (every round of the finished runs), ``cases.csv.gz`` (the final round's per-case Dice on
+the test and the evaluation split), ``test_cases.csv.gz`` (every round's per-case test Dice), ``baselines.csv`` and
 ``baseline_cases.csv`` (where the study has baselines), ``datasets.csv`` (each dataset's cases: group, split, label
-volume), ``study.json`` (OUT's, with the study file's arms), ``calibration/LADDER/`` (a ladder's harm calibration:
-``calibration.json``, ``levels.csv``, ``dice.csv``, ``settings.json``) and ``settings.json`` (the profile, device and
-versions the runs recorded, and
-``sources``: which records came from where, at which commit).
+volume), ``study.json`` (OUT's, with the study file's arms and seeds, whichever the last command ran),
+``calibration/LADDER/`` (a ladder's harm calibration: ``calibration.json``, ``levels.csv``, ``dice.csv``,
+``settings.json``) and ``settings.json`` (the profile, device and versions the runs recorded, and ``sources``: which
+records came from where, at which commit).
 
 ``--reuse-records TIDY``: arms of the study that another experiment's tidy records already hold (a pre-registered
 study may compare against earlier records instead of running them again): the rows of TIDY's runs of the study's
@@ -69,7 +69,7 @@ def same_cases(mine: pd.DataFrame, theirs: pd.DataFrame) -> bool:
 
 def _study(study_file: Path, out: Path):
     from fairal.config import get_profile
-    from fairal.grid.spec import load_study
+    from fairal.grid.spec import load_study, study_seeds
 
     try:
         info = json.loads((out / "study.json").read_text())
@@ -80,6 +80,8 @@ def _study(study_file: Path, out: Path):
     if study.text != recorded_text:
         raise SystemExit(f"{out} holds the records of another study than {study_file} (study.json's text differs)")
     base = get_profile(profile_name)
+    # study.json says what the last command ran (--seeds, --strategies); the records are the study file's plan
+    info["seeds"] = study_seeds(study, base, None)
     return study, info, base
 
 
@@ -221,6 +223,7 @@ def export(study_file: Path, out: Path, dest: Path, commit: str, reuse: Path | N
     recorded_study = json.loads((out / "study.json").read_text())
     if study.arms is not None:  # the study file's arms, whichever of them the last command ran (--strategies)
         recorded_study["study"]["arms"] = [dataclasses.asdict(a) for a in study.arms]
+    recorded_study["seeds"] = info["seeds"]  # and its seeds, whichever the last command ran (--seeds)
     (part / "study.json").write_text(json.dumps(recorded_study, indent=2, default=str) + "\n")
     for cal in sorted(out.glob("calibration/*/calibration.json")):  # a ladder's harm calibration: its records
         target = part / "calibration" / cal.parent.name

@@ -129,12 +129,17 @@ def test_an_arm_run_on_some_datasets_is_taken_from_earlier_records_on_the_others
     study.write_text(study.read_text() + two)
     _run(study, tmp_path / "b", "--strategies", "random", "--datasets", "copy")
     _run(study, tmp_path / "b", "--strategies", "entropy")
+    # last, an exploratory arm beyond the study file's on one dataset and fewer seeds: its study.json says 1 seed
+    _run(study, tmp_path / "b", "--strategies", "localized-entropy", "--datasets", "copy", "--seeds", "1")
+    assert json.loads((tmp_path / "b" / "study.json").read_text())["seeds"] == 1
     dest = tmp_path / "records"
     records.export(study, tmp_path / "b", dest, commit="b" * 40, reuse=tmp_path / "tidy")
     rounds = pd.read_csv(dest / "rounds.csv")
     runs = rounds.groupby(["dataset", "strategy"])["seed"].nunique().to_dict()
-    assert runs == {("copy", "entropy"): 2, ("copy", "random"): 2, ("tiny", "entropy"): 2, ("tiny", "random"): 2}
-    sources = json.loads((dest / "settings.json").read_text())["sources"]
-    assert sources[1]["runs"] == {"tiny": ["random"]}
-    arms = [a["name"] for a in json.loads((dest / "study.json").read_text())["study"]["arms"]]
-    assert arms == ["entropy", "random"]
+    assert runs == {("copy", "entropy"): 2, ("copy", "random"): 2, ("tiny", "entropy"): 2, ("tiny", "random"): 2,
+                    ("copy", "localized-entropy"): 1}
+    settings = json.loads((dest / "settings.json").read_text())
+    assert settings["sources"][1]["runs"] == {"tiny": ["random"]}
+    assert settings["seeds"] == settings["sources"][1]["seeds"] == [0, 1]  # the study file's seeds, not the last
+    recorded = json.loads((dest / "study.json").read_text())  # command's
+    assert [a["name"] for a in recorded["study"]["arms"]] == ["entropy", "random"] and recorded["seeds"] == 2
