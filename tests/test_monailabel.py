@@ -72,6 +72,15 @@ def test_the_app_folder_is_written_whole_and_checked(tmp_path):
         assert not (tmp_path / "bad").exists()
     res = runner.invoke(app, ["monailabel-app", str(tmp_path / "app")])
     assert res.exit_code == 2 and "not empty" in res.output
+    # --overwrite replaces what the command wrote, never what the server made there since (a trained model, work)
+    (tmp_path / "app" / "work").mkdir()
+    (tmp_path / "app" / "work" / "leases.json").write_text("{}")
+    res = runner.invoke(app, ["monailabel-app", str(tmp_path / "app"), "--overwrite", "--lease-minutes", "5"])
+    assert res.exit_code == 2 and "holds 1 file(s) fairal did not write there" in res.output, res.output
+    assert "work/leases.json" in res.output and (tmp_path / "app" / "work" / "leases.json").is_file()
+    (tmp_path / "app" / "work" / "leases.json").unlink()
+    res = runner.invoke(app, ["monailabel-app", str(tmp_path / "app"), "--overwrite", "--lease-minutes", "5"])
+    assert res.exit_code == 0 and json.loads((tmp_path / "app" / "fairal.json").read_text())["lease_minutes"] == 5
 
 
 def _studies(tmp_path: Path) -> tuple[Path, pd.DataFrame]:

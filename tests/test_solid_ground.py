@@ -80,6 +80,21 @@ def test_query_never_removes_the_users_data(study, tmp_path):
     run_query(study, 2, "entropy", out, get_profile("smoke", FAST), group_by=["site"], progress=False)
     run_query(study, 3, "entropy", out, get_profile("smoke", FAST), group_by=["site"], overwrite=True, progress=False)
     assert pd.read_csv(out / "query.csv")["selected"].sum() == 3
+    # but not over a file of the user's put into it, or one fairal wrote and the user changed (a corrected mask)
+    prediction = next((out / "predictions").iterdir())
+    for mine, undo in ((out / "predictions" / "corrected.nii.gz", lambda f: f.unlink()), (prediction, None)):
+        kept = prediction.read_bytes()
+        if undo:
+            mine.write_bytes(b"the annotator's")
+        else:
+            os.utime(mine, ns=(mine.stat().st_atime_ns, mine.stat().st_mtime_ns + 10**9))  # saved again
+        with pytest.raises(FairalError, match=f"holds 1 file.s. fairal did not write there, or that changed since "
+                                              f"\\(predictions/{mine.name}\\)"):
+            run_query(study, 2, "entropy", out, get_profile("smoke", FAST), group_by=["site"], overwrite=True,
+                      progress=False)
+        assert mine.exists() and prediction.read_bytes() == kept and len(pd.read_csv(out / "query.csv")) > 0
+        if undo:
+            undo(mine)
 
 
 # 2. two writers of one run folder ---------------------------------------------------------------------------------

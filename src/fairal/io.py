@@ -31,6 +31,9 @@ from fairal.errors import FairalError
 
 MARKER = ".fairal"
 LOCK = ".fairal.lock"
+#: What :func:`publish_folder` wrote into a folder: each file's relative path, size and modification time, so that
+#: ``--overwrite`` replaces only that (a file put there since, or changed, is the user's).
+WRITTEN = ".fairal-files.json"
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)(?P<rest>.*)$")
 
 
@@ -255,6 +258,36 @@ def check_replaceable(out: str | Path, overwrite: bool, inputs: list[str | Path]
     if not is_fairal_folder(out):
         raise FairalError(f"{what} {out} was not made by fairal (no {MARKER} marker): --overwrite only replaces "
                           f"fairal's own output folders; remove it yourself or choose another {what}")
+    if foreign := files_not_written(out):
+        named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise FairalError(f"{what} {out} holds {len(foreign)} file(s) fairal did not write there, or that changed "
+                          f"since ({named}): --overwrite replaces only what fairal wrote; move them out of it or "
+                          f"choose another {what}")
+
+
+def _listing(folder: Path) -> dict[str, list[int]]:
+    """Every file (or link) under ``folder`` but fairal's marker, lock and listing: ``{relative path: [size,
+    mtime_ns]}``."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            if rel in (MARKER, LOCK, WRITTEN):
+                continue
+            st = path.lstat()
+            found[rel] = [st.st_size, st.st_mtime_ns]
+    return found
+
+
+def files_not_written(folder: Path) -> list[str]:
+    """The files of a folder :func:`publish_folder` made that it did not write, or that changed since (sorted);
+    none for a folder made before fairal kept the listing (it cannot tell)."""
+    try:
+        written = json.loads((folder / WRITTEN).read_text())
+    except (OSError, ValueError):
+        return []
+    return sorted(rel for rel, stamp in _listing(folder).items() if written.get(rel) != stamp)
 
 
 @contextlib.contextmanager
@@ -272,6 +305,7 @@ def publish_folder(out: str | Path, kind: str) -> Iterator[Path]:
     try:
         yield tmp
         mark(tmp, kind)
+        (tmp / WRITTEN).write_text(json.dumps(_listing(tmp), sort_keys=True))
         if out.exists():
             old = out.with_name(f".{out.name}.partial-{os.getpid()}-old")
             os.replace(out, old)
