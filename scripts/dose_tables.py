@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reproduction_tables import pval, table  # noqa: E402
 
 FILES = ("dose_response.csv", "dose_trend.csv", "dose_onset.csv")
+DESCRIBED = "Final Δ and Dice on the evaluation split, a − b of each comparison (Δ: negative, a fairer; no verdict)"
 
 
 def ci(row: pd.Series, value: str = "value", low: str = "ci_low", high: str = "ci_high", digits: int = 4,
@@ -108,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     dose, trends, onsets = (pd.read_csv(args.report / name) for name in FILES)
     sections = [("Primary endpoint per rung", primary(dose)), ("Trend over the rungs", trend(trends)),
                 ("Secondary", secondary(dose)),
-                ("Δ and Dice, described", described(dose, "dose-described",
-                                                    "Final Δ and Dice on the evaluation split (no verdict)")),
+                ("Δ and Dice, described", described(dose, "dose-described", DESCRIBED)),
                 ("Exploratory", described(dose, "exploratory", "Arms not at every rung: described, no verdict")),
                 ("From which gap", onset(onsets))]
     print("\n\n".join(f"### {title}\n\n{body}" for title, body in sections))

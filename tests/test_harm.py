@@ -171,6 +171,11 @@ calibration = {{ levels = [0, 12], seeds = 1, eval_per_group = 4 }}
     table = pd.read_csv(out / "report" / "dose_response.csv")
     assert set(table["dataset"]) == {"strong", "caudate-gap0.05"}
     assert set(table["family"]) == {"dose-primary", "dose-described"}
+    row = table[(table["metric"] == "delta") & (table["dataset"] == "strong")].iloc[0]  # a − b as named, Δ too
+    a, b = row["comparison"].split(" - ")
+    last = {s: pd.read_csv(out / "runs" / "strong" / "balanced" / s / "seed-0" / "rounds.csv").iloc[-1] for s in (a, b)}
+    column = "eval_delta" if row["split"] == "eval" else "delta"
+    assert row["value"] == pytest.approx(last[a][column] - last[b][column])
     assert (out / "report" / "dose_caudate.png").is_file()
     assert (out / "report" / "calibration_caudate.png").stat().st_size > 10_000  # the curve, its rungs marked
     onset = pd.read_csv(out / "report" / "dose_onset.csv")

@@ -7,7 +7,8 @@ arm, and each arm against ``random`` where the study has it. Families (Holm with
 superiority and the TOST p-values, docs/analysis-plan-v3.md): ``dose-primary``, the reference − random at every
 rung (the reference against each arm where there is no random); ``dose-secondary``, the other final-ESSP
 comparisons; ``dose-described``, final Δ and Dice (described, never a verdict of the plan). An arm that has not
-run at every rung of a ladder is ``exploratory``: in a family of its own.
+run at every rung of a ladder is ``exploratory``: in a family of its own. Every value is the comparison's
+a − b as its name says, Δ too (negative: a fairer).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from fairal.records import (  # noqa: E402
     WLE,
     auc_column,
     equivalence_margin,
-    measure,
     split_column,
     study_measures,
 )
@@ -40,7 +40,6 @@ from fairal.report.plan import (  # noqa: E402
     Part,
     al_measure,
     match,
-    paired_statistic,
     verdict_rows,
 )
 from fairal.report.tidy import Results, finished_rounds, of_datasets  # noqa: E402
@@ -103,14 +102,14 @@ def dose_parts(results: Results, info: dict, splits: dict[str, str]) -> tuple[li
             analysis = Analysis(m, splits[d], seed=0)
             for a, b in comparisons(arms, reference):
                 for metric in view():
-                    pairs = match(m, {"strategy": a}, {"strategy": b}, AL_ON, sign=measure(metric).sign,
-                                  where={"dataset": d})
+                    # a − b as the comparison's name says, for Δ too (negative: a fairer); Δ is described only
+                    pairs = match(m, {"strategy": a}, {"strategy": b}, AL_ON, where={"dataset": d})
                     if not len(pairs.ia):
                         continue
                     family = _family(a, b, reference, arms, complete, metric)
                     pid = f"{ladder}:{d}:{a}:{b}:{metric}"
-                    parts.append(analysis.run(Part(pid, f"{a} vs {b}", paired_statistic(metric, a, b), metric,
-                                                   pairs, family),
+                    parts.append(analysis.run(Part(pid, f"{a} vs {b}", f"{study_measures()[metric]}: {a} - {b}",
+                                                   metric, pairs, family),
                                               two_level_ci=False))
                     where[pid] = (ladder, d)
     return parts, where
