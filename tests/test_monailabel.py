@@ -32,12 +32,12 @@ from typer.testing import CliRunner
 from fairal.cli import app
 from fairal.data.cohort import read_cases
 from fairal.errors import FairalError
+from fairal.io import file_version
 from fairal.owndata.serving import (
     AUTO_CROSS_VALIDATED_MIN,
     FoldDice,
     Leases,
     StoredScores,
-    file_version,
     ranking_key,
     resolve_group_dice,
 )

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -18,6 +19,7 @@ from fairal.cli import app
 from fairal.config import get_profile
 from fairal.data.cohort import Grid, load_cases, read_cases, structure_grid
 from fairal.errors import FairalError
+from fairal.io import file_version
 from fairal.owndata.query import MIN_PER_GROUP, group_probabilities, run_query, weight_notes
 
 from .own_data import make_study
@@ -405,16 +407,31 @@ def test_out_of_fold_dice_measures_cases_labeled_after_the_model_by_the_fold_mod
     assert again["weights"] == pytest.approx(info["weights"])
     assert again["labeled_case_dice"] == pytest.approx(expected)  # the fold models, loaded, measure the same
     assert any("the folds of an earlier ranking with this model" in n for n in again["notes"])
+    saved = torch.load(model, weights_only=True)
+    saved["meta"]["another"] = True  # the same training cases, another model file: the kept folds are not its
+    torch.save(saved, tmp_path / "another.pt")
+    run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv-other", prof, model_path=tmp_path / "another.pt",
+              folds=Folds.of_query(tmp_path / "cv"), **kw)
+    assert len(calls) == 2 and calls[-1] == trained
+    relabeled = full.copy()  # a training case's label saved again (another file): trained again
+    (tmp_path / "a00-again.nii.gz").write_bytes(Path(relabeled.loc[relabeled["case_id"] == "a00", "label"].iloc[0])
+                                                .read_bytes())
+    relabeled.loc[relabeled["case_id"] == "a00", "label"] = str(tmp_path / "a00-again.nii.gz")
+    relabeled.to_csv(tmp_path / "relabeled.csv", index=False)
+    run_query(tmp_path / "relabeled.csv", 2, wle, tmp_path / "cv-relabeled", prof, model_path=model,
+              folds=Folds.of_query(tmp_path / "cv"), **kw)
+    assert len(calls) == 3
+    assert json.loads((tmp_path / "cv" / "query.json").read_text())["fold_key"]["models"][0] == file_version(model)
     kept = Folds.of_query(tmp_path / "cv")
     partial = Folds(dict(list(kept.dice.items())[:-1]), kept.models)  # folds of another set of cases: trained again
     run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv3", prof, model_path=model, folds=partial, **kw)
-    assert calls[-1] == trained and len(calls) == 2
+    assert calls[-1] == trained and len(calls) == 4
     superset = Folds({**kept.dice, "a03": 0.5}, kept.models)
     run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv4", prof, model_path=model, folds=superset, **kw)
-    assert len(calls) == 3
+    assert len(calls) == 5
     (tmp_path / "cv" / "folds" / "fold-3.pt").write_bytes(b"PK\x03\x04 damaged")  # unreadable: trained again
     run_query(tmp_path / "now.csv", 2, wle, tmp_path / "cv5", prof, model_path=model, folds=kept, **kw)
-    assert len(calls) == 4
+    assert len(calls) == 6
     labeled = sorted(own)
     few = model_on(["a00", "a01", *trained[3:]], "few")  # site A: 2 training cases of its 4 labeled
     short = run_query(tmp_path / "now.csv", 2, wle, tmp_path / "few", prof, model_path=few, **kw).attrs["query"]

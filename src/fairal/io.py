@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -359,3 +361,35 @@ class FolderLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def file_stamp(path: str | Path) -> tuple | None:
+    """What changes when a file is replaced or rewritten (None: no such file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+_VERSIONS: dict[str, tuple[tuple | None, str]] = {}  # path: (its stamp, its version), hashed once per stamp
+_VERSIONS_LOCK = threading.Lock()
+
+
+def file_version(path: str | Path) -> str:
+    """``sha256:`` and the first 12 hex digits of the file's SHA-256 (read again only when the file's stamp
+    changes): the model version the app's rankings are stored under and its answers name."""
+    path = str(path)
+    stamp = file_stamp(path)
+    with _VERSIONS_LOCK:
+        known = _VERSIONS.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    version = f"sha256:{digest.hexdigest()[:12]}"
+    with _VERSIONS_LOCK:
+        _VERSIONS[path] = (stamp, version)
+    return version

@@ -67,7 +67,7 @@ from fairal.config import get_profile
 from fairal.data.cohort import check_case, read_cases
 from fairal.data.volumes import CASE_ID_RULES, names_a_file
 from fairal.errors import FairalError
-from fairal.io import is_fairal_folder, within, write_csv
+from fairal.io import file_stamp, file_version, is_fairal_folder, within, write_csv
 from fairal.owndata.query import Folds, predict_image, run_query, train_query_model
 from fairal.owndata.serving import (
     DEFAULT_LEASE_MINUTES,
@@ -78,8 +78,6 @@ from fairal.owndata.serving import (
     Leases,
     StoredScores,
     check_app_settings,
-    file_stamp,
-    file_version,
     load_ranking,
     ranking_key,
     resolve_group_dice,

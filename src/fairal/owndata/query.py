@@ -34,7 +34,7 @@ from fairal.config import Profile, get_profile, setting_name
 from fairal.data.cohort import Grid, check_label_value, load_cases, read_cases, structure_grid, to_case_grid
 from fairal.data.volumes import case_records
 from fairal.errors import FairalError
-from fairal.io import check_replaceable, publish_folder, within, write_csv, write_json
+from fairal.io import check_replaceable, file_stamp, file_version, publish_folder, within, write_csv, write_json
 from fairal.owndata.montage import write_montage
 from fairal.run.group_model import MIN_PER_GROUP, GroupModel, case_features, group_probabilities  # noqa: F401
 from fairal.run.network import load_network, network_meta, network_of
@@ -122,19 +122,47 @@ def load_query_model(path: Path, profile: Profile, dropout: float) -> tuple[torc
 @dataclass
 class Folds:
     """The folds of an earlier query with the same model, cases and labels: the out-of-fold Dice of the cases they
-    ran over (``query.json``'s ``fold_dice``) and the fold models (``folds/fold-K.pt`` of its folder)."""
+    ran over (``query.json``'s ``fold_dice``), the fold models (``folds/fold-K.pt`` of its folder) and what they
+    ran with (``key``, :func:`fold_key`: the model's versions, each case's image, label and group; None where the
+    caller has checked that itself, as the MONAI Label app does)."""
 
     dice: dict[str, float]
     models: list[Path]
+    key: dict | None = None
 
     @classmethod
     def of_query(cls, folder: str | Path) -> Folds | None:
-        """The folds a query folder kept (None where it kept none)."""
+        """The folds a query folder kept (None where it kept none, or without what they ran with)."""
         info = json.loads((Path(folder) / "query.json").read_text())
-        if not info.get("fold_dice") or not info.get("fold_models"):
+        if not info.get("fold_dice") or not info.get("fold_models") or not info.get("fold_key"):
             return None
         return cls({str(c): float(d) for c, d in info["fold_dice"].items()},
-                   [Path(folder) / m for m in info["fold_models"]])
+                   [Path(folder) / m for m in info["fold_models"]], info["fold_key"])
+
+
+def case_stamps(rows) -> dict[str, list]:
+    """``{case: [its image's file stamp, its label's (None: none), its group (None: unknown)]}`` of the rows
+    ``(case, image, label, group)``, as JSON has them: what a case's files and group were when folds ran over it."""
+    files = {str(c): [file_stamp(img), file_stamp(lab) if lab else None, None if g is None else str(g)]
+             for c, img, lab, g in rows}
+    return json.loads(json.dumps(files))
+
+
+def fold_key(records: dict, cases: list[str], models: list[str]) -> dict:
+    """What folds ran with: the versions of the model (:func:`fairal.io.file_version`: the file given and the one
+    saved) and each case's files and group (:func:`case_stamps`)."""
+    rows = [(c, records[c].image, records[c].label, records[c].group) for c in sorted(cases)]
+    return {"models": list(models), "cases": case_stamps(rows)}
+
+
+def _same_run(given: Folds, q: Query, cases: list[str]) -> bool:
+    """``given`` ran with this model and these cases' files and groups (or says nothing of it: checked by its
+    caller)."""
+    if given.key is None:
+        return True
+    now = fold_key(q.records, cases, [])
+    model = file_version(q.model_path) if q.model_path else None
+    return model in given.key.get("models", []) and given.key.get("cases") == now["cases"]
 
 
 @dataclass
@@ -354,6 +382,10 @@ def _weight_dice(q: Query, labeled_dice: list[float]) -> list[float]:
     outside = [c for c in labeled if c not in set(inside)]
     given = q.folds
     reused = given is not None and set(given.dice) == set(inside) and bool(given.models)
+    if reused and not _same_run(given, q, inside):
+        logger.warning("the kept folds ran with another model, or a case's image, label or group has changed "
+                       "since: training the folds again")
+        reused = False
     if reused:
         dice = {c: float(given.dice[c]) for c in inside}
         q.fold_models = _given_fold_models(q, given)
@@ -415,6 +447,9 @@ def _write_query(q: Query, rnd, table: pd.DataFrame, montage_cases: int) -> None
         write_montage(within(tmp, "montage.png"), [q.vol.images[q.vol.index[c], 0].numpy() for c in top],
                       probas[:len(top)], rois[:len(top)], titles)
         save_checkpoint(q.model, within(tmp, "model.pt"), _model_meta(q, n_labeled))
+        if q.folds is not None and q.dice_sources.get("folds"):  # the folds are of the model given and of its copy
+            q.folds.key = fold_key(q.records, list(q.folds.dice), list(dict.fromkeys(
+                [file_version(m) for m in (q.model_path, within(tmp, "model.pt")) if m])))
         write_handoff(tmp, [(c, records_of[c].image, to_case_grid(p, q.grid, records_of[c].image, c))
                             for c, p in zip(batch, probas, strict=True)], q.label_value, final=q.out)
         _write_folds(q, tmp, n_labeled)
@@ -548,6 +583,7 @@ def query_info(q: Query, rnd, n_labeled: int) -> dict:
         "group_dice_sources": q.dice_sources,
         "fold_dice": q.folds.dice if q.dice_sources.get("folds") and q.folds else None,
         "fold_models": [m.as_posix() for m in q.folds.models] if q.dice_sources.get("folds") and q.folds else None,
+        "fold_key": q.folds.key if q.dice_sources.get("folds") and q.folds else None,
         "labeled_dice": {str(g): d for g, d in mean_dice.items()},
         "labeled_case_dice": {c: float(d) for c, d in zip(dice_ids, rnd.weight_dice, strict=True)},
         "unknown_groups": {"n_unlabeled_unknown": int((~q.known_u).sum()), "method": gm.method,

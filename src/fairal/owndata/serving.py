@@ -22,10 +22,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -33,8 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 from fairal.errors import FairalError
-from fairal.io import write_json
-from fairal.owndata.query import GROUP_DICE, MIN_LABELED_PER_GROUP, Folds
+from fairal.io import file_stamp, write_json
+from fairal.owndata.query import GROUP_DICE, MIN_LABELED_PER_GROUP, Folds, case_stamps
 
 logger = logging.getLogger(__name__)
 
@@ -79,38 +77,6 @@ def resolve_group_dice(setting: str, cases: pd.DataFrame, steered: bool) -> tupl
                                f"{AUTO_CROSS_VALIDATED_MIN} labeled images), each labeled image's Dice from a model "
                                "trained without it (5 folds over the model's training images, five more trainings "
                                "once per model; an image labeled since is measured by the fold models)"]
-
-
-def file_stamp(path: str | Path) -> tuple | None:
-    """What changes when a file is replaced or rewritten (None: no such file)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
-_VERSIONS: dict[str, tuple[tuple | None, str]] = {}  # path: (its stamp, its version), hashed once per stamp
-_VERSIONS_LOCK = threading.Lock()
-
-
-def file_version(path: str | Path) -> str:
-    """``sha256:`` and the first 12 hex digits of the file's SHA-256 (read again only when the file's stamp
-    changes): the model version the app's rankings are stored under and its answers name."""
-    path = str(path)
-    stamp = file_stamp(path)
-    with _VERSIONS_LOCK:
-        known = _VERSIONS.get(path)
-        if known is not None and known[0] == stamp:
-            return known[1]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    version = f"sha256:{digest.hexdigest()[:12]}"
-    with _VERSIONS_LOCK:
-        _VERSIONS[path] = (stamp, version)
-    return version
 
 
 def ranking_key(strategy: str, group_dice: str, model_version: str, cases: pd.DataFrame, settings: dict) -> str:
@@ -228,10 +194,8 @@ class FoldDice:
 
     @staticmethod
     def _of(cases: pd.DataFrame) -> dict[str, list]:
-        files = {str(c): [file_stamp(img), file_stamp(lab) if lab else None, str(g)]
-                 for c, img, lab, g in zip(cases["case_id"], cases["image_path"], cases["label_path"],
-                                           cases["group"], strict=True)}
-        return json.loads(json.dumps(files))  # stamps as JSON has them (lists)
+        return case_stamps(zip(cases["case_id"], cases["image_path"], cases["label_path"], cases["group"],
+                               strict=True))
 
     @staticmethod
     def _key(settings: dict) -> str:
