@@ -29,6 +29,11 @@ def test_a_gap_growing_with_the_knob_gives_a_monotone_curve_and_the_knob_of_a_ta
         knob_for(levels, 0.20)
     with pytest.raises(FairalError, match="out of reach"):
         knob_for(levels, 0.005)
+    # a gap falling as the knob rises (a model that has not learned): pooled into one value, refused as such
+    falling = _levels({0: 0.002, 4: -0.05, 8: -0.12, 12: -0.27})
+    np.testing.assert_allclose(monotone_fit(falling), [-0.1095] * 4)
+    with pytest.raises(FairalError, match=r"does not grow with bias_mean over the levels 0\.\.12"):
+        knob_for(falling, -0.1095)
 
 
 def test_gap_and_its_two_level_bootstrap_by_hand():
@@ -105,6 +110,14 @@ def test_ladder_refusals(tmp_path):
         _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong"}\ntarget_gap = 1.5\n')
     with pytest.raises(FairalError, match="belongs to a simulated dataset"):
         _study(tmp_path, '[datasets.a]\nfolder = "x"\ntarget_gap = 0.1\n')
+    for cal, message in (('levels = "0,4"', "levels must be a list"),
+                         ('levels = ["a", 1]', "levels must be finite numbers"),
+                         ('seeds = "x"', "seeds must be a whole number"), ("seeds = 2.7", "seeds must be a whole"),
+                         ("eval_per_group = true", "eval_per_group must be a whole"),
+                         ("seeds = 0", "seeds must be >= 1")):
+        with pytest.raises(FairalError, match=f"dataset a, calibration: {message}"):
+            _study(tmp_path, f'[datasets.a]\nsimulate = {{bias = "strong"}}\ntarget_gap = 0.1\n'
+                             f'calibration = {{ {cal} }}\n')
     with pytest.raises(FairalError, match="what target_gap sets"):
         _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong", bias_mean = 3}\ntarget_gap = 0.1\n')
     s = _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong"}\ntarget_gap = 0.1\n'

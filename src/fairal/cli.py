@@ -357,6 +357,7 @@ def calibrate_harm(
     held-out subjects) over a ladder of one knob of a simulation recipe, with CIs and each level's anatomy, and the
     knob for each --target-gap (interpolated, then measured again). A study asks for it with target_gap."""
     import json
+    import math
 
     from fairal.config import get_profile, parse_overrides
     from fairal.grid.harm import HarmSettings, measure
@@ -368,7 +369,13 @@ def calibrate_harm(
             recipe[key] = json.loads(value)
         except ValueError:
             recipe[key] = value
-    values = tuple(float(v) for v in levels.split(",")) if levels else ()
+    try:
+        values = tuple(float(v) for v in levels.split(",")) if levels is not None else ()
+    except ValueError:
+        raise FairalError(f"--levels takes comma-separated numbers (knob values), got {levels!r}") from None
+    for t in target_gap or ():
+        if not (math.isfinite(t) and 0 < t < 1):
+            raise FairalError(f"--target-gap is a Dice difference in (0, 1), got {t:g}")
     settings = HarmSettings(recipe, knob, values, seeds=seeds, eval_per_group=eval_per_group,
                             subject_seed=stream_seed(seed, "harm-subjects", "calibrate-harm"))
     curve = measure(settings, get_profile(profile, parse_overrides(set_)), out, target_gap or (),
@@ -386,6 +393,9 @@ def calibrate_harm(
         c = t["checked"]
         stdout.print(f"target gap {t['target_gap']:g}: {knob} = {t['value']:g}, measured there {c['gap']:.4f} "
                      f"[{c['gap_ci_low']:.4f}, {c['gap_ci_high']:.4f}]")
+        if not t.get("target_within_ci", True):
+            _warn(f"target gap {t['target_gap']:g}: its CI measured again at {knob} = {t['value']:g} does not "
+                  "hold the target (more seeds or levels near it narrow it)")
     from fairal.report.dose import calibration_figure
 
     marks = [{"dataset": f"target {t['target_gap']:g}", "value": t["value"], **t["checked"]}

@@ -131,6 +131,11 @@ def knob_for(levels: pd.DataFrame, target: float, knob: str = "bias_mean") -> fl
     usable = levels[levels["usable"]].sort_values("level")
     fit = monotone_fit(levels)
     x = usable["level"].to_numpy(float)
+    if fit.max() - fit.min() <= 1e-9:  # a gap that never grows: the isotonic fit pools it into one value
+        raise FairalError(f"the gap does not grow with {knob} over the levels {x.min():g}..{x.max():g} (gaps "
+                          f"{', '.join(f'{g:.4f}' for g in usable['gap'])}; Group 2's Dice "
+                          f"{usable['dice_g2'].mean():.3f}): no knob can be found for a gap on it (a model that has "
+                          "not learned the structure, e.g. at the smoke profile, gives such a curve: train longer)")
     if not (math.isfinite(target) and fit.min() - 1e-9 <= target <= fit.max() + 1e-9):
         vanished = levels.loc[~levels["usable"], "level"].tolist()
         note = (f" (levels {', '.join(f'{v:g}' for v in vanished)} left out: the structure vanishes)"
@@ -259,8 +264,9 @@ def measure(settings: HarmSettings, profile: Profile, out: str | Path, targets: 
             raise FairalError(f"{err} (each level's gap: {within(out, 'levels.csv')})") from None
         d1, ids1, voxels, g1 = _level(out, settings, profile, value, models, progress)
         checked = level_row(value, d1, d2, anatomy(g1, g2, voxels), _rng(settings, f"check-{value:g}"))
+        within_ci = bool(checked["gap_ci_low"] <= float(target) <= checked["gap_ci_high"])
         curve.targets[f"{float(target):g}"] = {"target_gap": float(target), "knob": settings.knob, "value": value,
-                                               "checked": checked}
+                                               "checked": checked, "target_within_ci": within_ci}
         dice_rows += _dice_rows(f"check-{value:g}", ids1, d1, GROUP_HARMED)
         _write(out, curve, profile, dice_rows)  # each target kept as it is found
     return curve

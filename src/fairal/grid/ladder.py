@@ -76,8 +76,8 @@ def ladder_settings(name: str, members: list[DatasetSpec], profile: Profile) -> 
     cal = lead.calibration
     fixed = [v for v in (knob_value(d) for d in members) if v is not None]
     levels = sorted(set(float(v) for v in cal.get("levels", KNOBS[lead.knob][1])) | set(fixed))
-    return HarmSettings(recipe(lead), lead.knob, tuple(levels), seeds=int(cal.get("seeds", DEFAULT_SEEDS)),
-                        eval_per_group=int(cal.get("eval_per_group", profile.eval_per_group or DEFAULT_EVAL)),
+    return HarmSettings(recipe(lead), lead.knob, tuple(levels), seeds=cal.get("seeds", DEFAULT_SEEDS),
+                        eval_per_group=cal.get("eval_per_group", profile.eval_per_group or DEFAULT_EVAL),
                         subject_seed=stream_seed(0, "harm-subjects", name))
 
 

@@ -365,12 +365,25 @@ def _harm(where: str, table: dict) -> dict:
         _folder_name(where, "ladder", out["ladder"])
     cal = _typed(where, "calibration", table.get("calibration", {}), dict, "a table (levels, seeds, eval_per_group)")
     _unknown(f"{where}, calibration", cal, CALIBRATION_KEYS)
+    _calibration_types(f"{where}, calibration", cal)
     if cal and not gaps and "ladder" not in table:
         raise _fail(where, "calibration settings need a target_gap(s) or a ladder to calibrate")
     out["calibration"] = dict(cal)
     if knob in table["simulate"] and gaps:
         raise _fail(where, f"simulate.{knob} is what target_gap sets: give one of them")
     return out
+
+
+def _calibration_types(where: str, cal: dict) -> None:
+    """A calibration table's values as written: ``levels`` a list of numbers, ``seeds`` and ``eval_per_group``
+    whole numbers (never a string, a boolean or a fraction taken for one)."""
+    levels = cal.get("levels", [0, 1])
+    _typed(where, "levels", levels, list, "a list of knob values")
+    if any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in levels):
+        raise _fail(where, f"levels must be finite numbers, got {levels!r}")
+    for key, low in (("seeds", 1), ("eval_per_group", 2)):
+        if key in cal and (_typed(where, key, cal[key], int, "a whole number") < low):
+            raise _fail(where, f"{key} must be >= {low}, got {cal[key]!r}")
 
 
 def _simulation(where: str, table, base: Path) -> dict:
