@@ -105,8 +105,12 @@ def test_grammar_names_and_refusals():
     assert parse_strategy("fair-influence").spec.statistic == "fair_influence"
     names = strategy_names()
     assert "worst-group-random" in names and "stochastic-balanced-entropy" not in names
+    assert "worst-group-fair-influence" in names and "weighted-fair-influence" not in names
+    assert parse_strategy("stochastic-fair-influence").selection == "stochastic"  # a batch's mean: signed is fine
     for bad, why in (("stochastic-balanced-entropy", "cannot fill slots group by group"),
-                     ("power-random", "is just 'random'"), ("entropy-t2", "needs group weights")):
+                     ("power-random", "is just 'random'"), ("entropy-t2", "needs group weights"),
+                     ("weighted-fair-influence", "signed .* weighted- needs scores >= 0"),
+                     ("power-worst-group-fair-influence", "signed .* power- needs scores >= 0")):
         with pytest.raises(FairalError, match=why):
             parse_strategy(bad)
     with pytest.raises(FairalError, match="needs each candidate's group"):

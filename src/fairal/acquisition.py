@@ -145,6 +145,7 @@ class Base:
     label: str
     reason: str
     pool: PoolScore | None = None
+    signed: bool = False  # its scores may be negative: no rule that multiplies them or draws in proportion to them
 
     @property
     def needs_dropout(self) -> bool:
@@ -232,11 +233,16 @@ class Strategy:
 
 def strategy_names() -> list[str]:
     """Every strategy name without a temperature: ``[SELECTION-][STEERING-]BASE`` for each part of the tables
-    (random candidate batches of random scores excepted)."""
-    return [f"{sel.prefix}{steer.prefix}{base}" for sel in SELECTIONS.values() for steer in STEERINGS.values()
-            for base in BASES if not (sel.name and base == "random" and not steer.name)
-            and not (sel.order is None and steer.by_group is not None)
-            and not (BASES[base].chooses and (sel.name or steer.name))]
+    that :func:`parse_strategy` accepts (a well-formed name, so its refusals are the only ones left out)."""
+    names = []
+    for sel in SELECTIONS.values():
+        for steer in STEERINGS.values():
+            for base in BASES:
+                try:
+                    names.append(parse_strategy(f"{sel.prefix}{steer.prefix}{base}").name)
+                except FairalError:
+                    continue
+    return names
 
 
 def did_you_mean(name: str) -> str:
@@ -290,6 +296,13 @@ def parse_strategy(name: str | Strategy) -> Strategy:
     if selection == "stochastic" and STEERINGS[steering].by_group is not None:
         raise FairalError(f"strategy {name!r}: stochastic batches pick a whole batch, not an order of cases, so "
                           f"they cannot fill slots group by group ({steering}-); use power- or the top k")
+    scaled = [p for p, yes in ((STEERINGS[steering].prefix, STEERINGS[steering].scales_scores),
+                               (SELECTIONS[selection].prefix, selection == "power")) if yes]
+    if BASES[base].signed and scaled:
+        raise FairalError(f"strategy {name!r}: {base}'s scores are signed (negative where a case is expected to "
+                          f"widen the gap), and {' and '.join(scaled)} needs scores >= 0 (it multiplies them or draws "
+                          f"in proportion to them); steer it by the order within groups: worst-group-, balanced- or "
+                          f"group-drawn-")
     if BASES[base].chooses and (selection or steering):
         parts = " and ".join(p for p in (SELECTIONS[selection].prefix, STEERINGS[steering].prefix) if p)
         raise FairalError(f"strategy {name!r}: {base} chooses the whole batch itself from the pool (a pool-wide "
@@ -429,7 +442,7 @@ BASES: dict[str, Base] = {b.name: b for b in (
     Base("localized-entropy", "localized_entropy", "localized entropy", "localized entropy"),
     Base("bald", "bald", "BALD", "BALD (mutual information in the ROI)"),
     Base("fair-influence", "fair_influence", "fairness influence",
-         "expected reduction of the labeled set's group gap (first-order influence)"),
+         "expected reduction of the labeled set's group gap (first-order influence)", signed=True),
     Base("core-set", None, "core-set", "far from the labeled cases and the batch (greedy k-center)",
          pool=PoolScore("core_set", _core_set, "greedy k-center on the network's predicted maps", chooses=True)),
 )}

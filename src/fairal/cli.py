@@ -364,7 +364,7 @@ def calibrate_harm(
     from fairal.sampling import stream_seed
 
     recipe = {}
-    for key, value in parse_overrides(sim).items():
+    for key, value in parse_overrides(sim, "--sim").items():
         try:
             recipe[key] = json.loads(value)
         except ValueError:
@@ -441,9 +441,11 @@ def baseline(
 def run(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder (from fairal simulate).")],
     strategy: Annotated[str, typer.Option(metavar="NAME", help="random, entropy, localized-entropy, "
-                                          "weighted-localized-entropy, or [stochastic-][weighted-]BASE[-tT] "
-                                          "(BASE: random, entropy, localized-entropy, bald, or a plugin's; `fairal "
-                                          "strategies` lists them all; docs/own-data.md, section 7).")],
+                                          "weighted-localized-entropy, or [SELECTION-][STEERING-]BASE[-tT] "
+                                          "(SELECTION: stochastic-, power-; STEERING: weighted-, worst-group-, "
+                                          "balanced-, group-drawn-; BASE: random, entropy, localized-entropy, bald, "
+                                          "fair-influence, core-set, or a plugin's; `fairal strategies` lists them "
+                                          "all; docs/own-data.md, section 7).")],
     init: Annotated[str, typer.Option(metavar="NAME", help="Initial labeled set: balanced, g1-heavy or g2-heavy "
                                       "(any gX-heavy).")],
     out: Annotated[Path, typer.Option(help="Run folder (records; resumed if it holds this run).")],

@@ -291,12 +291,13 @@ def setting_name(key: str) -> str:
     return key.strip().replace("-", "_")
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, str]:
-    """``["steps=200", "downsample=1"]`` -> ``{"steps": "200", "downsample": "1"}``."""
+def parse_overrides(items: list[str] | None, option: str = "--set") -> dict[str, str]:
+    """``["steps=200", "downsample=1"]`` -> ``{"steps": "200", "downsample": "1"}`` (``option``: the option the
+    messages name)."""
     out: dict[str, str] = {}
     for item in items or []:
         if "=" not in item:
-            raise FairalError(f"--set takes KEY=VALUE, got {item!r}")
+            raise FairalError(f"{option} takes KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip()] = value
     return out

@@ -241,7 +241,9 @@ def measure(settings: HarmSettings, profile: Profile, out: str | Path, targets: 
     ``dice.csv``, ``calibration.json``): the gap at every level, and for each of ``targets`` the knob (rounded to
     3 decimals, the value a study simulates) and the gap measured again at it (``checked_gap``)."""
     check_profile(profile)
-    out = check_own_folder(out, KIND)
+    for value in settings.levels:  # every level's simulation, checked before the folder is made or written
+        _config(settings, profile, value)
+    out = check_own_folder(out, KIND, what="OUT")
     _same_calibration(out, settings, profile)
     make_own_folder(out, KIND)
     write_json(within(out, "settings.json"), {"settings": settings.as_dict(),

@@ -528,6 +528,9 @@ def expand_ladders(where: str, datasets: tuple[DatasetSpec, ...]) -> tuple[Datas
         members = [d for d in out if d.ladder == name]
         if len({d.knob for d in members}) > 1:
             raise _fail(where, f"the datasets of ladder {name} turn different knobs: one knob a ladder")
+        if len(members) == 1 and members[0].target_gap is None:  # a name joined by nothing: a misspelling?
+            raise _fail(where, f"dataset {members[0].name} joins ladder {name!r}, which no other dataset of the "
+                               "study is on and none names with target_gap(s): a ladder needs two rungs or a target")
         given = [d.calibration for d in members if d.calibration]
         if any(c != given[0] for c in given):
             raise _fail(where, f"the datasets of ladder {name} give different calibration settings: give them once")
