@@ -118,6 +118,15 @@ def test_ladder_refusals(tmp_path):
         with pytest.raises(FairalError, match=f"dataset a, calibration: {message}"):
             _study(tmp_path, f'[datasets.a]\nsimulate = {{bias = "strong"}}\ntarget_gap = 0.1\n'
                              f'calibration = {{ {cal} }}\n')
+    with pytest.raises(FairalError, match="joins ladder 'nothere', which no other dataset"):  # a misspelling
+        _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong"}\nladder = "nothere"\n')
+    from fairal.grid.harm import HarmSettings, measure
+
+    for recipe, knob, levels, message in (({}, "inu", (0, 150), "inu must be <= 100"),
+                                          ({"nonsense": 1}, "bias_mean", (0, 4), "unknown key 'nonsense'")):
+        with pytest.raises(FairalError, match=message):  # refused before the calibration's folder is made
+            measure(HarmSettings(recipe, knob, levels), get_profile("smoke"), tmp_path / "cal")
+        assert not (tmp_path / "cal").exists()
     with pytest.raises(FairalError, match="what target_gap sets"):
         _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong", bias_mean = 3}\ntarget_gap = 0.1\n')
     s = _study(tmp_path, '[datasets.a]\nsimulate = {bias = "strong"}\ntarget_gap = 0.1\n'
