@@ -315,6 +315,10 @@ def test_the_console_says_no_groups_were_given_and_warns_of_small_groups(study, 
     assert len(info["warnings"]) == 6  # 4 labeled cases per site, 2 of each sex: six groups of 2
     assert all(f"warning: {w}" in res.output for w in info["warnings"])
     assert "group A/F has 2 labeled cases" in res.output
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "quiet"), "--group-by", "site", "--group-by",
+                                   "sex"])  # --quiet: no table, the warnings all the same
+    assert res.exit_code == 0 and "annotate next" not in res.output, res.output
+    assert all(f"warning: {w}" in res.output for w in info["warnings"])
 
 
 def test_an_absent_label_value_is_named(study, tmp_path):

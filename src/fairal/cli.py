@@ -651,8 +651,6 @@ def _print_query(table, strat, budget: int, group_dice: str) -> None:
         stdout.print(f"group Dice ({group_dice}): {dice}; group weights: {weights}")
         for note in info["notes"]:
             stdout.print(note)
-        for warning in info["warnings"]:
-            _warn(warning)
     unknown = info["unknown_groups"]
     if unknown["n_unlabeled_unknown"]:
         acc = (f", cross-validated accuracy {unknown['classifier_cv_accuracy']:.2f} against a majority rate of "
@@ -713,7 +711,7 @@ def query(
     profile: ProfileOpt = "standard",
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that fairal made.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or table (warnings are still printed).")] = False,
 ) -> None:
     """Rank the unlabeled cases of your own data for annotation, fairness-aware: the top --budget cases first."""
     from fairal.acquisition import parse_strategy
@@ -732,6 +730,8 @@ def query(
                           label_value=label_value)
     if not quiet:
         _print_query(table, strat, budget, table.attrs["query"]["group_dice"])
+    for warning in table.attrs["query"]["warnings"]:  # --quiet or not: what the ranking rests on
+        _warn(warning)
     _query_done(out)
 
 
