@@ -133,3 +133,6 @@ def test_datasets_load_in_monai_and_export_to_nnunet(tiny_dataset, tmp_path):
     assert list(groups.columns) == ["case_id", "group", "split"] and len(groups) == 24
     with pytest.raises(FairalError, match="dataset-id"):
         export_nnunet(tiny_dataset, tmp_path / "raw", 1000)
+    with pytest.raises(FairalError, match=f"--dataset-id 7 is taken in .* by {ds.name}"):  # one folder per id
+        export_nnunet(tiny_dataset, tmp_path / "raw", 7, name="Another")
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == [ds.name]

@@ -69,7 +69,11 @@ def export_nnunet(data_dir: str | Path, out: str | Path, dataset_id: int, name: 
         raise FairalError(f"--name may hold letters, digits, '_' and '-' only, got {name!r}")
     manifest = read_manifest(data_dir)
     target = Path(out) / f"Dataset{dataset_id:03d}_{name}"
-    check_replaceable(target, overwrite, [data_dir], what="the export folder")
+    taken = sorted(p.name for p in Path(out).glob(f"Dataset{dataset_id:03d}_*") if p.name != target.name)
+    if taken:  # nnU-Net finds a dataset by its id: two folders of one id stop every nnUNetv2_ command
+        raise FairalError(f"--dataset-id {dataset_id} is taken in {out} by {taken[0]}: nnU-Net needs one folder per "
+                          f"id; choose another --dataset-id (or --name {taken[0][11:]!r} to replace that export)")
+    check_replaceable(target, overwrite, [data_dir], what="export folder")
     cases = list(zip(manifest["case_id"], manifest["split"], manifest["image_path"], manifest["label_path"],
                      strict=True))
     for case, _, img, lab in cases:  # only images and labels are linked or copied, never another file
