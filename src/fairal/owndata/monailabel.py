@@ -311,7 +311,9 @@ class FairalContext:
                                   "which trains one on the saved labels")
             out = self.work / "infer"
             out.mkdir(parents=True, exist_ok=True)
-            target = within(out, Path(image).name.split(".")[0] + ".nii.gz")
+            name = Path(image).name  # the image's whole name but its NIfTI ending: ids sub.1 and sub.2 are two
+            stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else name.removesuffix(".nii")
+            target = within(out, stem + ".nii.gz")
             predict_image(self.model_file, image, target, self.profile, label_value=self.label_value)
             return str(target)
 
