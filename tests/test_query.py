@@ -285,8 +285,8 @@ def test_weight_notes_say_when_there_is_nothing_to_weigh_or_too_little():
     assert notes == [] and warnings == [
         "group x/B has 2 labeled cases: its Dice, and so its weight (0.500), rests on them; label at least 3 of "
         "each group, or group more coarsely",
-        "group y/A has 0 labeled cases: its Dice, and so its weight (0.300), rests on them; label at least 3 of "
-        "each group, or group more coarsely"]
+        "group y/A has no labeled case: its Dice is taken as the worst labeled case's, which gives it a high weight "
+        "(0.300) and brings its cases forward; label a few of group y/A to measure it"]
 
 
 

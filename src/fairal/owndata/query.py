@@ -537,7 +537,11 @@ def weight_notes(group_by: list, order: list, labeled_groups: list, weights: dic
     counts = pd.Series(labeled_groups, dtype=object).value_counts()
     for g in order if len(order) > 1 else []:
         n = int(counts.get(g, 0))
-        if n < MIN_LABELED_PER_GROUP:
+        if n == 0:  # Eq. 2 needs a Dice of every group: the worst labeled case's stands in (acquisition.py)
+            warnings.append(f"group {g} has no labeled case: its Dice is taken as the worst labeled case's, which "
+                            f"gives it a high weight ({weights[g]:.3f}) and brings its cases forward; label a few of "
+                            f"group {g} to measure it")
+        elif n < MIN_LABELED_PER_GROUP:
             warnings.append(f"group {g} has {n} labeled case{'' if n == 1 else 's'}: its Dice, and so its weight "
                             f"({weights[g]:.3f}), rests on {'it' if n == 1 else 'them'}; label at least "
                             f"{MIN_LABELED_PER_GROUP} of each group, or group more coarsely")
