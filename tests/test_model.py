@@ -193,6 +193,10 @@ def test_build_unet_is_the_paper_network_and_load_network_reads_its_checkpoint(t
     assert meta == {"round": 2} and loaded.dropout == 0.2
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    with pytest.raises(FairalError, match="model.pt does not match the model's architecture"):
+    with pytest.raises(FairalError, match="model.pt does not match the model's architecture") as err:
+        load_network(path, get_profile("smoke", {"features": "4,8"}))
+    assert "\n" not in str(err.value) and "size mismatch for" in str(err.value) and "more)" in str(err.value)
+    save_checkpoint(model, path, {"features": [8, 16]})  # as a query's model says what it was trained with
+    with pytest.raises(FairalError, match=r"trained with features \[8, 16\]"):
         load_network(path, get_profile("smoke", {"features": "4,8"}))
 

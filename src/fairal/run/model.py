@@ -306,8 +306,15 @@ def load_weights(payload: dict, model: nn.Module, path: str | os.PathLike) -> di
     A model of another architecture is refused naming the file."""
     try:
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise FairalError(f"checkpoint file {Path(path)} does not match the model's architecture: {exc}") from exc
+    except RuntimeError as exc:  # torch lists every mismatched tensor: the first is named, the rest counted
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        meta = payload["meta"] if isinstance(payload["meta"], dict) else {}
+        hint = (f"; it was trained with features {meta['features']} (a --set features or a profile of other "
+                "features differs)" if "features" in meta else "")
+        raise FairalError(f"checkpoint file {Path(path)} does not match the model's architecture: {first}{more}"
+                          f"{hint}") from None
     return payload["meta"]
 
 
