@@ -204,6 +204,7 @@ calibration = {{ levels = [0, 12], seeds = 1, eval_per_group = 4 }}
     assert onset["comparison"].tolist() == ["weighted-localized-entropy - random"]
     assert onset["onset_dataset"].isna().all()  # one seed: no verdict, so no rung from which it is confirmed
     assert "calibration_caudate" in (out / "report" / "report.html").read_text()
+    assert "No trend: a slope needs two rungs and at least 2 seeds" in (out / "report" / "report.html").read_text()
     import json
 
     resolved = {d["name"]: d for d in json.loads((out / "study.json").read_text())["study"]["datasets"]}

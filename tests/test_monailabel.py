@@ -374,6 +374,15 @@ def test_hostile_requests_get_400_and_write_nothing(served):
         assert res.status_code == 400 and res.json()["detail"].startswith("fairal: "), (params, name, res.text)
         assert says in res.json()["detail"], (params, name, res.text)
         assert sorted((root / "tmp").rglob("*")) == temp_before, f"{params} {name}: an upload was left behind"
+    # MONAI Label's model upload and sessions are off in a fairal app: refused before anything is written
+    model = (served.app / "model" / "model.pt").read_bytes()
+    for method, endpoint, files in (("PUT", "/model/fairal", {"file": ("evil.pt", b"x" * 4096)}),
+                                    ("DELETE", "/model/fairal", None),
+                                    ("PUT", "/session/", {"files": ("s.nii.gz", b"y" * 4096)})):
+        res = client.request(method, endpoint, files=files)
+        assert res.status_code in (404, 405, 406), (endpoint, res.status_code, res.text)
+        assert sorted((root / "tmp").rglob("*")) == temp_before, f"{method} {endpoint}: a file was left behind"
+    assert (served.app / "model" / "model.pt").read_bytes() == model
     for endpoint, params in (("/datastore/image", {"id": "../app/main"}),
                              ("/datastore/label", {"id": served.cases["case_id"].iloc[0], "tag": "../../.."})):
         res = client.delete(endpoint, params=params)

@@ -584,6 +584,20 @@ class FairalDatastore(LocalDatastore):
             super().remove_label(label_id, label_tag)
 
 
+def _drop_model_uploads() -> None:
+    """Inside the server, remove MONAI Label's PUT and DELETE ``/model/NAME``: the upload is written to a temporary
+    file before the app is asked, and left there when it refuses. fairal's model is trained by the app (POST
+    /train/fairal) or given with ``fairal monailabel-app --model``, never uploaded or deleted by a client."""
+    server = sys.modules.get("monailabel.app")
+    if server is None or not hasattr(server, "app"):
+        return
+    def writes_the_model(route) -> bool:
+        return str(getattr(route, "path", "")).endswith("/model/{model}") and \
+            bool(set(getattr(route, "methods", None) or ()) & {"PUT", "DELETE"})
+
+    server.app.router.routes[:] = [r for r in server.app.router.routes if not writes_the_model(r)]
+
+
 class FairalApp(MONAILabelApp):
     """A MONAI Label app of fairal's strategies (the settings in ``APP/fairal.json``)."""
 
@@ -595,6 +609,12 @@ class FairalApp(MONAILabelApp):
         # MONAI Label scores every image again after each request by default, in another process: with fairal
         # that is a second full ranking per click. Off unless the server is started with --conf auto_scoring true.
         self._auto_update_scoring = str(conf.get("auto_scoring", "false")).lower() in ("1", "true", "yes")
+        _drop_model_uploads()
+
+    def _load_sessions(self, load=False):
+        """No sessions: /infer segments the datastore's images only, so a client's uploaded images (PUT /session/)
+        would be kept for nothing; MONAI Label answers 406 and stores nothing."""
+        return None
 
     def init_datastore(self):
         if str(self.studies).startswith(("http://", "https://")):

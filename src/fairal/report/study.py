@@ -370,7 +370,10 @@ def _dose_section(dose, withheld: bool) -> list[str]:
              "of gap.</p>", html_table(calib, digits=4)]
     if not withheld:
         parts += [html_table(table.drop(columns=["gap_ci_low", "gap_ci_high"]), digits=4),
-                  "<h3>Trend over the gap</h3>", html_table(trend, digits=4),
+                  "<h3>Trend over the gap</h3>",
+                  html_table(trend, digits=4) if not trend.empty else
+                  "<p>No trend: a slope needs two rungs and at least 2 seeds with a pair of every initial set at "
+                  "every rung (the seeds' slopes are its units).</p>",
                   "<h3>From which gap on</h3><ul>"
                   + "".join(f"<li>{html.escape(onset_sentence(r))}</li>" for _, r in onset.iterrows()) + "</ul>"]
     return parts + [f"<h3>{html.escape(p.stem)}</h3>" + _figure(p) for p in figs]
