@@ -591,11 +591,18 @@ def _drop_model_uploads() -> None:
     server = sys.modules.get("monailabel.app")
     if server is None or not hasattr(server, "app"):
         return
+
     def writes_the_model(route) -> bool:
         return str(getattr(route, "path", "")).endswith("/model/{model}") and \
             bool(set(getattr(route, "methods", None) or ()) & {"PUT", "DELETE"})
 
-    server.app.router.routes[:] = [r for r in server.app.router.routes if not writes_the_model(r)]
+    # the app's routes (FastAPI copied an included router's there) and the model router's own (newer FastAPI
+    # keeps the included router and caches its routes by a version: told that they changed)
+    for router in (server.app.router, getattr(sys.modules.get("monailabel.endpoints.model"), "router", None)):
+        if router is not None:
+            router.routes[:] = [r for r in router.routes if not writes_the_model(r)]
+            if callable(getattr(router, "_mark_routes_changed", None)):
+                router._mark_routes_changed()
 
 
 class FairalApp(MONAILabelApp):
