@@ -331,6 +331,30 @@ def calibrate(
         write_json(within(out.parent, out.name), cal.as_dict())
 
 
+def _harm_inputs(sim: list[str] | None, levels: str | None, target_gap: list[float] | None) -> tuple[dict, tuple]:
+    """calibrate-harm's recipe (``--sim`` values read as JSON where they are, else as text) and knob levels,
+    checked with its targets before any work."""
+    import json
+    import math
+
+    from fairal.config import parse_overrides
+
+    recipe = {}
+    for key, value in parse_overrides(sim, "--sim").items():
+        try:
+            recipe[key] = json.loads(value)
+        except ValueError:
+            recipe[key] = value
+    try:
+        values = tuple(float(v) for v in levels.split(",")) if levels is not None else ()
+    except ValueError:
+        raise FairalError(f"--levels takes comma-separated numbers (knob values), got {levels!r}") from None
+    for t in target_gap or ():
+        if not (math.isfinite(t) and 0 < t < 1):
+            raise FairalError(f"--target-gap is a Dice difference in (0, 1), got {t:g}")
+    return recipe, values
+
+
 @app.command("calibrate-harm")
 @_clear_errors
 def calibrate_harm(
@@ -356,26 +380,12 @@ def calibrate_harm(
     """Harm as a setting: the gap of a model trained on Group 2 alone (mean Dice of Group 2 - of Group 1 on
     held-out subjects) over a ladder of one knob of a simulation recipe, with CIs and each level's anatomy, and the
     knob for each --target-gap (interpolated, then measured again). A study asks for it with target_gap."""
-    import json
-    import math
 
     from fairal.config import get_profile, parse_overrides
     from fairal.grid.harm import HarmSettings, measure
     from fairal.sampling import stream_seed
 
-    recipe = {}
-    for key, value in parse_overrides(sim, "--sim").items():
-        try:
-            recipe[key] = json.loads(value)
-        except ValueError:
-            recipe[key] = value
-    try:
-        values = tuple(float(v) for v in levels.split(",")) if levels is not None else ()
-    except ValueError:
-        raise FairalError(f"--levels takes comma-separated numbers (knob values), got {levels!r}") from None
-    for t in target_gap or ():
-        if not (math.isfinite(t) and 0 < t < 1):
-            raise FairalError(f"--target-gap is a Dice difference in (0, 1), got {t:g}")
+    recipe, values = _harm_inputs(sim, levels, target_gap)
     settings = HarmSettings(recipe, knob, values, seeds=seeds, eval_per_group=eval_per_group,
                             subject_seed=stream_seed(seed, "harm-subjects", "calibrate-harm"))
     curve = measure(settings, get_profile(profile, parse_overrides(set_)), out, target_gap or (),
@@ -730,12 +740,13 @@ def query(
                           label_value=label_value)
     if not quiet:
         _print_query(table, strat, budget, table.attrs["query"]["group_dice"])
-    for warning in table.attrs["query"]["warnings"]:  # --quiet or not: what the ranking rests on
+    _query_done(out, table.attrs["query"]["warnings"])
+
+
+def _query_done(out: Path, warnings: list[str]) -> None:
+    """The warnings the ranking rests on (--quiet or not), then where everything went."""
+    for warning in warnings:
         _warn(warning)
-    _query_done(out)
-
-
-def _query_done(out: Path) -> None:
     stdout.print(f"ranked list in {out}/query.csv, pictures in {out}/montage.png; for the annotators: "
                  f"{out}/predictions/ (each scan's prediction on its own grid), open_in_slicer.py, open_in_itksnap.sh")
 

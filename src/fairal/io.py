@@ -33,7 +33,7 @@ from fairal.errors import FairalError
 
 MARKER = ".fairal"
 LOCK = ".fairal.lock"
-#: What :func:`publish_folder` wrote into a folder: each file's relative path, size and modification time, so that
+#: What :func:`publish_folder` wrote into a folder: each file's relative path, size and SHA-256, so that
 #: ``--overwrite`` replaces only that (a file put there since, or changed, is the user's).
 WRITTEN = ".fairal-files.json"
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)(?P<rest>.*)$")
@@ -267,9 +267,9 @@ def check_replaceable(out: str | Path, overwrite: bool, inputs: list[str | Path]
                           f"choose another {what}")
 
 
-def _listing(folder: Path) -> dict[str, list[int]]:
+def _listing(folder: Path) -> dict[str, list]:
     """Every file (or link) under ``folder`` but fairal's marker, lock and listing: ``{relative path: [size,
-    mtime_ns]}``."""
+    SHA-256]}`` (a link: its target's text), so that the same work lists the same bytes."""
     found = {}
     for root, _, files in os.walk(folder):
         for name in files:
@@ -277,8 +277,14 @@ def _listing(folder: Path) -> dict[str, list[int]]:
             rel = path.relative_to(folder).as_posix()
             if rel in (MARKER, LOCK, WRITTEN):
                 continue
-            st = path.lstat()
-            found[rel] = [st.st_size, st.st_mtime_ns]
+            if path.is_symlink():
+                found[rel] = [-1, os.readlink(path)]
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            found[rel] = [path.stat().st_size, digest.hexdigest()]
     return found
 
 
