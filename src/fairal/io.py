@@ -280,11 +280,7 @@ def _listing(folder: Path) -> dict[str, list]:
             if path.is_symlink():
                 found[rel] = [-1, os.readlink(path)]
                 continue
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            found[rel] = [path.stat().st_size, digest.hexdigest()]
+            found[rel] = [path.stat().st_size, sha256(path)]
     return found
 
 
@@ -369,6 +365,15 @@ class FolderLock:
             self._fd = None
 
 
+def sha256(path: str | Path) -> str:
+    """The file's SHA-256 (hex), read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_stamp(path: str | Path) -> tuple | None:
     """What changes when a file is replaced or rewritten (None: no such file)."""
     try:
@@ -391,11 +396,7 @@ def file_version(path: str | Path) -> str:
         known = _VERSIONS.get(path)
         if known is not None and known[0] == stamp:
             return known[1]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    version = f"sha256:{digest.hexdigest()[:12]}"
+    version = f"sha256:{sha256(path)[:12]}"
     with _VERSIONS_LOCK:
         _VERSIONS[path] = (stamp, version)
     return version

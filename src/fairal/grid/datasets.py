@@ -16,13 +16,13 @@ from fairal.errors import FairalError
 from fairal.grid.spec import DatasetSpec, Study, check_cohort, cohort_splits, paper_study
 from fairal.io import (
     publish_folder,
+    sha256,
     within,
     write_json,
 )
 from fairal.records import POOL, SPLITS, TEST
 from fairal.run.loop import initial_counts
 from fairal.simulate.dataset import same_settings, simulate_dataset, simulation_config
-from fairal.simulate.template import sha256
 
 #: The paper's datasets: name -> (bias preset, subject seed). Different seeds: the two share no subject draw, so
 #: a claim pooled over them counts independent data (the deformation models, the population, are shared).

@@ -17,7 +17,7 @@ import pandas as pd
 from fairal import sampling, versions
 from fairal.data.export import decathlon_json
 from fairal.errors import FairalError, SettingError
-from fairal.io import check_output_folder, is_fairal_folder, publish_folder, within
+from fairal.io import check_output_folder, is_fairal_folder, publish_folder, sha256, within
 from fairal.limits import check_room
 from fairal.records import ACQUISITION_COLUMNS, EVAL, POOL, TEST
 from fairal.simulate.deformation import DeformationModel, default_global_model, default_local_model
@@ -25,7 +25,7 @@ from fairal.simulate.groups import Group
 from fairal.simulate.preview import write_preview
 from fairal.simulate.scanner import WHITE_MATTER_METHOD, acquire, white_matter_intensity
 from fairal.simulate.settings import SimulationConfig, build_config
-from fairal.simulate.template import Template, crop_box, harvard_oxford_index, load_template, sha256
+from fairal.simulate.template import Template, crop_box, harvard_oxford_index, load_template
 from fairal.simulate.warp import deformed_points, field_on_grid, integrate, output_points, warp_template
 
 

