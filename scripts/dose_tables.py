@@ -94,7 +94,7 @@ def described(dose: pd.DataFrame, family: str, title: str) -> str:
 def onset(onsets: pd.DataFrame) -> str:
     from fairal.report.dose import onset_sentence
 
-    return "\n".join(f"- {onset_sentence(r)}" for _, r in onsets.fillna({"onset_dataset": ""}).iterrows())
+    return "\n".join(f"- {onset_sentence(r)}" for _, r in onsets.iterrows())  # no onset: NaN, said as none
 
 
 def main(argv: list[str] | None = None) -> int:
