@@ -306,12 +306,3 @@ def test_each_dataset_is_measured_on_its_own_split_and_the_plan_counts_the_runs(
     page = (tmp_path / "report.html").read_text()
     assert "12 finished runs of 12 expected" in page and "1 finished run(s) beyond the plan" in page
     assert "pipeline check" not in page
-    # an arm the records hold beyond the study's plan: compared, described, never judged nor in the plan's Holm
-    only_wle = {**info, "study": {**info["study"], "arms": [{"name": "wle"}]}}
-    build_study_report(tmp_path, tmp_path, results, only_wle)
-    paired = pd.read_csv(tmp_path / "study_paired.csv")
-    assert set(paired["family"]) == {"beyond-plan"}
-    assert paired["verdict"].isna().all() and paired["p_holm"].isna().all()
-    essp = paired[paired["id"].str.contains(":essp:")].set_index("dataset")
-    assert essp["value"].to_numpy() == pytest.approx([0.02, 0.02]) and set(essp["init"]) == {"pooled"}
-    assert set(paired.loc[paired["id"].str.contains(":balanced:"), "init"]) == {"balanced"}

@@ -143,22 +143,16 @@ def baseline_table(results: Results, split: str) -> pd.DataFrame:
     return t.reset_index(drop=True)
 
 
-#: The family of a comparison with an arm beyond the study's plan (runs the records hold besides): described.
-BEYOND_PLAN = "beyond-plan"
-
-
-def paired_parts(m, reference: str, others: list[str], planned: set[str] | None = None) -> list[Part]:
+def paired_parts(m, reference: str, others: list[str]) -> list[Part]:
     """The reference against each other strategy: the primary endpoint (final ESSP) pooled per dataset and per
     scenario, and the secondary measures (the other measures of :func:`fairal.records.study_measures`) pooled per
-    dataset; a measure where lower is better (Δ) has its difference flipped. A strategy outside ``planned`` (the
-    study's arms; None: every strategy is) is compared in the family :data:`BEYOND_PLAN`: described, no verdict."""
+    dataset; a measure where lower is better (Δ) has its difference flipped."""
     parts = []
     for d in ordered(set(m.runs["dataset"]), []):
         inits = ordered(set(m.runs.loc[m.runs["dataset"] == d, "init"]), [])
         for other in others:
-            beyond = planned is not None and other not in planned
             for metric in study_measures():
-                family = BEYOND_PLAN if beyond else "pooled" if metric == PRIMARY else "secondary"
+                family = "pooled" if metric == PRIMARY else "secondary"
                 pairs = match(m, {"strategy": reference}, {"strategy": other}, AL_ON, sign=measure(metric).sign,
                               where={"dataset": d})
                 if len(pairs.ia):
@@ -169,18 +163,14 @@ def paired_parts(m, reference: str, others: list[str], planned: set[str] | None 
                               where={"dataset": d, "init": init})
                 if len(pairs.ia):
                     parts.append(Part(f"{d}:{init}:{other}", f"{reference} vs {other}",
-                                      paired_statistic(PRIMARY, reference, other), PRIMARY, pairs,
-                                      BEYOND_PLAN if beyond else "scenario"))
+                                      paired_statistic(PRIMARY, reference, other), PRIMARY, pairs, "scenario"))
     return parts
 
 
-def paired_table(results: Results, reference: str, split: str | dict[str, str],
-                 planned: list[str] | None = None) -> pd.DataFrame:
+def paired_table(results: Results, reference: str, split: str | dict[str, str]) -> pd.DataFrame:
     """``study_paired.csv``: every comparison of :func:`paired_parts` with its verdict, each dataset measured on
     its split (``split``: one for all, or each dataset's, :func:`fairal.report.tidy.dataset_splits`); Holm's
-    correction within each family over all the datasets. A strategy the records hold beyond the study's
-    ``planned`` arms is described (family :data:`BEYOND_PLAN`): its estimate and CI, no p-value adjusted with the
-    plan's and no verdict."""
+    correction within each family over all the datasets."""
     rounds = finished_rounds(results)
     if rounds.empty or reference not in set(rounds["strategy"]):
         return pd.DataFrame(columns=PAIRED_COLUMNS)
@@ -191,18 +181,14 @@ def paired_table(results: Results, reference: str, split: str | dict[str, str],
         m = al_measure(finished_rounds(sub), sub.cases, sub.round_cases, s)
         others = [x for x in ordered(set(m.runs["strategy"]), []) if x != reference]
         a = Analysis(m, s, seed=0)
-        parts += [a.run(p, two_level_ci=s == TEST) for p in paired_parts(m, reference, others,
-                                                                          set(planned) if planned else None)]
+        parts += [a.run(p, two_level_ci=s == TEST) for p in paired_parts(m, reference, others)]
     rows = verdict_rows(parts)  # grouped by family: matched to their parts by id
     by_id = {p.id: p for p in parts}
     for r in rows:
         p = by_id[r["id"]]
         dataset, scope, _ = p.id.split(":")
         r.update({"dataset": dataset, "split": splits[dataset], "metric": p.metric,
-                  "init": scope if p.family == "scenario" or p.family == BEYOND_PLAN and scope not in
-                  study_measures() else "pooled"})
-        if p.family == BEYOND_PLAN:
-            r.update(verdict="", within_margin=None, p_holm=float("nan"), p_tost_holm=float("nan"))
+                  "init": "pooled" if p.family != "scenario" else scope})
     return pd.DataFrame(rows)[PAIRED_COLUMNS] if rows else pd.DataFrame(columns=PAIRED_COLUMNS)
 
 
@@ -320,7 +306,7 @@ def build_study_report(folder: Path, out: Path, results: Results, info: dict) ->
     splits = {d: found[d] for d in ordered(set(found), [d["name"] for d in study.get("datasets", [])])}
     summary = per_split(results, splits, summary_table)
     withheld = withheld_note(missing_runs(results, info), info)
-    paired = (paired_table(results, reference, splits, planned_arms(info)) if not results.rounds.empty and not withheld
+    paired = (paired_table(results, reference, splits) if not results.rounds.empty and not withheld
               else pd.DataFrame(columns=PAIRED_COLUMNS))
     write_csv(within(out, "study_summary.csv"), summary)
     write_csv(within(out, "study_paired.csv"), paired)
@@ -399,8 +385,7 @@ def _counts(results: Results, info: dict, splits: dict[str, str]) -> str:
     where = "; ".join(f"{html.escape(d)}: the {SPLIT_NAMES[s]}" + (" (it has no evaluation split)" if s == TEST
                                                                     else "") for d, s in splits.items())
     return (f"<p>{len(done)} finished runs of {expected} expected (the study's plan), {seeds} seed(s)"
-            + (f"; {extra} finished run(s) beyond the plan (other arms or seeds) are in the records: not counted "
-               "here, and compared without a verdict" if extra > 0 else "")
+            + (f"; {extra} finished run(s) beyond the plan are in the records (not counted)" if extra > 0 else "")
             + (f". Measured per dataset on {where}.</p>" if where else ".</p>"))
 
 
