@@ -107,10 +107,17 @@ def test_grammar_names_and_refusals():
     assert "worst-group-random" in names and "stochastic-balanced-entropy" not in names
     assert "worst-group-fair-influence" in names and "weighted-fair-influence" not in names
     assert parse_strategy("stochastic-fair-influence").selection == "stochastic"  # a batch's mean: signed is fine
+    assert parse_strategy("power-weighted-random").selection == "power"  # draws ∝ (u w_g)^(1/T): not random's
+    assert parse_strategy("group-drawn-random-t2").temperature == 2.0  # the draw's shares follow the values
     for bad, why in (("stochastic-balanced-entropy", "cannot fill slots group by group"),
                      ("power-random", "is just 'random'"), ("entropy-t2", "needs group weights"),
                      ("weighted-fair-influence", "signed .* weighted- needs scores >= 0"),
-                     ("power-worst-group-fair-influence", "signed .* power- needs scores >= 0")):
+                     ("power-worst-group-fair-influence", "signed .* power- needs scores >= 0"),
+                     ("power-worst-group-random", "is just 'worst-group-random' \\(a random order within each"),
+                     ("power-group-drawn-random", "is just 'group-drawn-random'"),
+                     ("worst-group-random-t2", "worst-group- follows only the order of the group weights"),
+                     ("balanced-entropy-t0.5", "balanced- follows only the order"),
+                     ("weighted-random-t-1", "the softmax temperature must be > 0")):
         with pytest.raises(FairalError, match=why):
             parse_strategy(bad)
     with pytest.raises(FairalError, match="needs each candidate's group"):

@@ -187,6 +187,7 @@ calibration = {{ levels = [0, 12], seeds = 1, eval_per_group = 4 }}
         assert "levels.csv" in res.output  # the calibration's own answer, with its curve kept
         pytest.skip("the smoke calibration did not reach 0.05 on this machine")
     assert res.exit_code == 0, res.output
+    assert "final budget (" in res.output  # --quiet: no progress, the final table all the same
     levels = pd.read_csv(out / "calibration" / "caudate" / "levels.csv")
     assert levels["level"].tolist() == [0.0, 4.0, 12.0]  # the strong preset's mu is one of the levels
     assert (levels["volume_change_sd"].diff().dropna() < 0).all()  # a larger mu shrinks Group 1's caudate more
@@ -265,6 +266,17 @@ def test_calibrate_harm_command_draws_its_curve(tmp_path):
     levels = pd.read_csv(tmp_path / "cal" / "levels.csv")
     assert levels["level"].tolist() == [0.0, 12.0] and levels["volume_change_sd"].iloc[1] < 0
     assert "figure:" in res.output and (tmp_path / "cal" / "calibration.png").stat().st_size > 10_000
+    assert "4 evaluation subject(s) per group: the gaps' CIs are wide" in res.output
+    # a target out of reach: refused with the range, the curve kept and drawn all the same (its models reused)
+    (tmp_path / "cal" / "calibration.png").unlink()
+    res = CliRunner().invoke(app, [*args, "--target-gap", "0.99"])
+    assert res.exit_code == 2 and ("a gap of 0.99 is out of reach of this recipe" in res.output
+                                   or "the gap does not grow with bias_mean" in res.output), res.output  # smoke noise
+    assert (tmp_path / "cal" / "calibration.png").is_file()
+    for bad, message in ((["--levels", ""], "--levels takes comma-separated numbers (knob values), got ''"),
+                         (["--sim", "bias=weak"], "--sim gives bias twice ('strong' and 'weak'): give it once")):
+        res = CliRunner().invoke(app, [*args, *bad])
+        assert res.exit_code == 2 and message in res.output, res.output
 
 
 def test_the_onset_is_the_lowest_rung_from_which_every_higher_one_is_confirmed():

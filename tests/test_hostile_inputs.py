@@ -536,6 +536,11 @@ def test_duplicate_column_names_are_refused(data, tmp_path):
     study.write_text("\n".join([lines[0] + ",site"] + [line + ",Z" for line in lines[1:]]) + "\n")
     res = _query(study, tmp_path / "q")
     _one_line_error(res, "study.csv: column 'site' appears more than once")
+    for sep in (";", "\t"):  # a spreadsheet's export in a locale that separates lists otherwise
+        study.write_text("\n".join(line.replace(",", sep) for line in lines) + "\n")
+        res = _query(study, tmp_path / "q")
+        _one_line_error(res, f"study.csv: its columns are separated by {sep!r}, not commas (header "
+                             f"{('case_id' + sep + 'image')!r}"[:-1])
 
 
 # 9. the smaller ones --------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from fairal.owndata.serving import (
     FoldDice,
     Leases,
     StoredScores,
+    prediction_name,
     ranking_key,
     resolve_group_dice,
 )
@@ -431,6 +432,11 @@ def test_strategy_names_and_their_query_folders_are_bounded(tmp_path):
     removed = prune_query_folders(tmp_path, 2)
     assert sorted(p.name for p in removed) == ["query-s0", "query-s1", "query-s2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["query-mine", "query-s3", "query-s4"]
+
+
+def test_each_image_gets_its_own_prediction_file():
+    names = [prediction_name(p) for p in ("/data/sub.1.nii.gz", "/data/sub.2.nii.gz", "sub.3.nii", "a/sub")]
+    assert names == ["sub.1.nii.gz", "sub.2.nii.gz", "sub.3.nii.gz", "sub.nii.gz"]
 
 
 class _Clock:

@@ -139,6 +139,12 @@ def test_query_command_and_clear_errors(study, tmp_path):
     fails(base.assign(label=""), "no labeled case in any group")
     fails(base, "impossible budget: 20 cases asked for", extra=["--budget", "20"])
     fails(base, "no column 'scanner' for --group-by", extra=["--group-by", "scanner"])
+    fails(base, "--group-by names the column 'image', which says where a case is, not its group",
+          extra=["--group-by", "image"])
+    fails(base, "--spacing and --model: the model keeps the grid it was trained on",
+          extra=["--model", str(tmp_path / "q" / "model.pt"), "--spacing", "1.5"])
+    fails(base, "--spacing and --probabilities: the saved outputs are read on each scan's own voxels",
+          extra=["--probabilities", str(tmp_path), "--spacing", "2"])
     fails(base.drop(columns=["label"]), "lacks the column(s) label")
     fails(base, "unknown strategy 'coreset'", extra=["--strategy", "coreset"])
     corrupt = tmp_path / "corrupt.nii.gz"

@@ -217,6 +217,10 @@ def test_a_pickle_is_never_opened(cohort, tmp_path):
     run_saved_query(root / "cases.csv", 2, STRATEGY, tmp_path / "out", _profile(), folder, [root / "validation"],
                     group_by=["site"], progress=False)
     assert not marker.exists()
+    background = run_saved_query(root / "cases.csv", 2, STRATEGY, tmp_path / "class0", _profile(), folder,
+                                 [root / "validation"], fg_class=0, group_by=["site"], progress=False)
+    assert "--class 0 is the background in nnU-Net's outputs and label maps" in " ".join(
+        background.attrs["query"]["warnings"])
     np.savez(folder / "u1.npz", probabilities=np.array([_Planted(marker)], dtype=object))  # a pickle in the .npz
     with pytest.raises(FairalError, match="u1.npz is not a plain array file.*never unpickles"):
         run_saved_query(root / "cases.csv", 2, STRATEGY, tmp_path / "out2", _profile(), folder, [root / "validation"],
@@ -229,6 +233,8 @@ def test_a_pickle_is_never_opened(cohort, tmp_path):
     (None, {"fg_class": 2}, r"holds 2 classes \(0 to 1\): there is no class 2"),
     (lambda s: s * 4 - 1, {}, r"u0.npz class 1 holds values from -1 to 2.9\d*, outside \[0, 1\]"),
     (lambda s: np.where(s > 0.9, np.nan, s), {}, r"u0.npz holds NaN or infinite values"),
+    (lambda s: np.round(s * 255), {}, r"class 1 holds values from 0 to 25\d, .*look like probabilities saved scaled"),
+    (lambda s: s[1], {}, r"u0.npz holds one volume of shape \(12, 16, 14\), no class axis"),
     (None, {"fg_class": -1}, r"--class must be a whole number >= 0"),
 ])
 def test_refusals_name_the_file_and_write_nothing(cohort, tmp_path, edit, kwargs, message):

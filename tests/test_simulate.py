@@ -261,8 +261,20 @@ def test_existing_output_needs_overwrite(tiny_config, tmp_path):
     out = simulate_dataset(tiny_config(n_subjects=2), tmp_path / "d", progress=False)
     with pytest.raises(FairalError, match="already exists"):
         simulate_dataset(tiny_config(n_subjects=2), out, progress=False)
+    (out / "cache").mkdir()
+    (out / "cache" / "volumes-0123.pt").write_bytes(b"fairal's volume cache")  # fairal's own, added later
     simulate_dataset(tiny_config(n_subjects=4), out, overwrite=True, progress=False)
-    assert len(pd.read_csv(out / "manifest.csv")) == 4
+    assert len(pd.read_csv(out / "manifest.csv")) == 4 and not (out / "cache").exists()
+    # a file of the user's put into the dataset, or a label the user corrected: kept, the dataset not replaced
+    label = sorted((out / "labels").iterdir())[0]
+    for mine in (out / "notes.txt", label):
+        mine.write_bytes(b"the user's")
+        with pytest.raises(FairalError, match=f"holds 1 file.s. fairal did not write there, or that changed since "
+                                              f"\\({mine.relative_to(out).as_posix()}\\)"):
+            simulate_dataset(tiny_config(n_subjects=2), out, overwrite=True, progress=False)
+        assert mine.read_bytes() == b"the user's" and len(pd.read_csv(out / "manifest.csv")) == 4
+        if mine != label:
+            mine.unlink()
 
 
 def test_label_value_must_exist(tiny_template):

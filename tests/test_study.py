@@ -405,7 +405,13 @@ def test_beyond_tables_print_the_study_reports_numbers(tmp_path, capsys):
         assert ("no paired comparison: withheld" in capsys.readouterr().err) == withheld
 
 
-def test_a_study_whose_seeds_cannot_reach_a_verdict_is_warned_before_any_work(tmp_path):
+def _checked_then_stop(*args, checked, **kwargs):
+    """In place of ``run_study``: the study's checks have passed, so its warnings are printed; then no run."""
+    checked()
+    raise FairalError("stopped before the grid")
+
+
+def test_a_study_whose_seeds_cannot_reach_a_verdict_is_warned_before_any_work(tmp_path, monkeypatch):
     from fairal.grid.spec import seeds_warning
 
     study = _write(tmp_path / "s.toml", """
@@ -425,10 +431,13 @@ simulate = { bias = "weak" }
     assert seeds_warning(parsed, get_profile("smoke"), 8) == ""
     users = tmp_path / "mine"
     users.mkdir()
-    (users / "notes.txt").write_text("keep")  # a folder fairal did not make: refused after the warning
+    (users / "notes.txt").write_text("keep")  # a folder fairal did not make: refused, with no warning
     res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet"])
-    assert res.exit_code != 0 and "cannot give a verdict of superiority" in res.output
+    assert res.exit_code == 2 and "cannot give a verdict" not in res.output, res.output
     assert (users / "notes.txt").read_text() == "keep" and sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+    monkeypatch.setattr("fairal.grid.driver.run_study", _checked_then_stop)
+    res = CliRunner().invoke(app, ["study", str(study), str(tmp_path / "out"), "--quiet"])
+    assert "cannot give a verdict of superiority" in res.output and "stopped before the grid" in res.output
 
 
 def test_names_settings_and_paths_a_study_file_cannot_hold_are_refused(tmp_path):
@@ -495,7 +504,7 @@ def test_what_the_datasets_cannot_give_is_refused_before_any_dataset_is_made(tmp
     assert res.exit_code == 2 and "group 3 has no test case" in res.output, res.output
 
 
-def test_the_reference_and_the_seeds_warning_follow_the_strategies_run(tmp_path):
+def test_the_reference_and_the_seeds_warning_follow_the_strategies_run(tmp_path, monkeypatch):
     sim = '[datasets.a]\nsimulate = { bias = "strong" }\n'
     res = _cli_refused(tmp_path, 'profile = "smoke"\nreference = "weighted-localised-entropy"\n' + sim)
     assert res.exit_code == 2 and "the reference 'weighted-localised-entropy' is not among the strategies run" \
@@ -504,19 +513,24 @@ def test_the_reference_and_the_seeds_warning_follow_the_strategies_run(tmp_path)
     assert res.exit_code == 2 and "--set strategies" in res.output and "--strategies" in res.output
     users = tmp_path / "mine"
     users.mkdir()
-    (users / "notes.txt").write_text("keep")  # refused after the warnings: a folder fairal did not make
+    (users / "notes.txt").write_text("keep")  # a folder fairal did not make: refused, and only that is printed
     four = ('profile = "smoke"\nseeds = 6\nstrategies = ["random", "entropy", "localized-entropy", '
             '"weighted-localized-entropy"]\n' + sim)
     study = _write(tmp_path / "s.toml", four)
-    res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet"])  # 3 comparisons: 3 x 2/64 > 0.05
+    res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet"])
+    assert res.exit_code == 2 and "was not made by fairal" in res.output and "warning" not in res.output, res.output
+    assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+
+    monkeypatch.setattr("fairal.grid.driver.run_study", _checked_then_stop)
+    out = str(tmp_path / "out")
+    res = CliRunner().invoke(app, ["study", str(study), out, "--quiet"])  # 3 comparisons: 3 x 2/64 > 0.05
     assert "cannot give a verdict" in res.output and "after Holm over the 3 comparison(s)" in res.output
-    res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet", "--strategies",
+    res = CliRunner().invoke(app, ["study", str(study), out, "--quiet", "--strategies",
                                    "random,weighted-localized-entropy"])  # 1 comparison: 2/64 < 0.05
-    assert res.exit_code == 2 and "cannot give a verdict" not in res.output, res.output
-    res = CliRunner().invoke(app, ["study", str(study), str(users), "--quiet", "--strategies", "random,entropy"])
+    assert "stopped before the grid" in res.output and "cannot give a verdict" not in res.output, res.output
+    res = CliRunner().invoke(app, ["study", str(study), out, "--quiet", "--strategies", "random,entropy"])
     assert "the reference 'weighted-localized-entropy' is not among the strategies run (random, entropy): the " \
            "report has no paired comparisons" in res.output, res.output
-    assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]
 
 
 def test_grid_settings_data_settings_and_folder_names_are_refused_where_they_cannot_apply(tmp_path, tiny_dataset):

@@ -168,6 +168,7 @@ class Steering:
     label: str
     scales_scores: bool = False
     by_group: Callable | None = None
+    by_value: bool = False  # the weights' values steer, not only their order (so a temperature matters)
 
     @property
     def prefix(self) -> str:
@@ -257,7 +258,7 @@ def did_you_mean(name: str) -> str:
 
 def _split_name(text: str) -> tuple[str, str, str, str | None] | None:
     """``(selection, steering, base, temperature text)`` of a name, by the tables' prefixes; None if no base."""
-    t = re.search(r"-t([0-9.]+)$", text)
+    t = re.search(r"-t(-?[0-9.]+)$", text)
     stem, temp = (text[:t.start()], t.group(1)) if t else (text, None)
     selection = next((k for k, v in SELECTIONS.items() if k and stem.startswith(v.prefix)), "")
     stem = stem[len(SELECTIONS[selection].prefix):]
@@ -291,8 +292,13 @@ def parse_strategy(name: str | Strategy) -> Strategy:
                               f"{', '.join(v.prefix for v in STEERINGS.values() if v.name)})")
         if not temperature > 0 or not math.isfinite(temperature):
             raise FairalError(f"strategy {name!r}: the softmax temperature must be > 0")
-    if selection and base == "random" and not steering:
-        raise FairalError(f"strategy {name!r}: {SELECTIONS[selection].prefix} on random scores is just 'random'")
+        if not STEERINGS[steering].by_value:
+            raise FairalError(f"strategy {name!r}: {steering}- follows only the order of the group weights, which "
+                              f"a temperature does not change: leave -t{temp} out")
+    if selection and base == "random" and (not steering or STEERINGS[steering].by_group is not None):
+        within_groups = " within each group" if steering else ""
+        raise FairalError(f"strategy {name!r}: {SELECTIONS[selection].prefix} on random scores is just "
+                          f"'{STEERINGS[steering].prefix}random' (a random order{within_groups})")
     if selection == "stochastic" and STEERINGS[steering].by_group is not None:
         raise FairalError(f"strategy {name!r}: stochastic batches pick a whole batch, not an order of cases, so "
                           f"they cannot fill slots group by group ({steering}-); use power- or the top k")
@@ -828,10 +834,10 @@ def _power(case_ids: Sequence[str], scores: Sequence[float], rng: np.random.Gene
 #: The group steerings of the strategy grammar: adding one is one entry.
 STEERINGS: dict[str, Steering] = {st.name: st for st in (
     Steering("", ""),
-    Steering("weighted", "weighted", scales_scores=True),
+    Steering("weighted", "weighted", scales_scores=True, by_value=True),
     Steering("worst-group", "worst-group", by_group=worst_group_order),
     Steering("balanced", "group-balanced", by_group=balanced_order),
-    Steering("group-drawn", "group-drawn", by_group=group_drawn_order),
+    Steering("group-drawn", "group-drawn", by_group=group_drawn_order, by_value=True),
 )}
 #: The selection rules of the strategy grammar.
 SELECTIONS: dict[str, Selection] = {sel.name: sel for sel in (

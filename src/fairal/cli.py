@@ -347,7 +347,7 @@ def _harm_inputs(sim: list[str] | None, levels: str | None, target_gap: list[flo
             recipe[key] = value
     try:
         values = tuple(float(v) for v in levels.split(",")) if levels is not None else ()
-    except ValueError:
+    except ValueError:  # "" too: an empty --levels is not the default ladder
         raise FairalError(f"--levels takes comma-separated numbers (knob values), got {levels!r}") from None
     for t in target_gap or ():
         if not (math.isfinite(t) and 0 < t < 1):
@@ -369,7 +369,8 @@ def calibrate_harm(
     target_gap: Annotated[list[float] | None, typer.Option("--target-gap", help="A gap to find the knob for "
                                                            "(repeatable).")] = None,
     seeds: Annotated[int, typer.Option(help="Training seeds of the Group 2-only model.")] = 3,
-    eval_per_group: Annotated[int, typer.Option(help="Evaluation subjects per group.")] = 150,
+    eval_per_group: Annotated[int | None, typer.Option(help="Evaluation subjects per group (default: the "
+                                                       "profile's, 150 at standard).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the calibration's own subjects (stream harm-subjects).")] = 0,
     profile: Annotated[str, typer.Option("--profile", "-p", metavar="NAME", help="Settings profile (its grid and "
                                          "training).")] = "standard",
@@ -382,14 +383,34 @@ def calibrate_harm(
     knob for each --target-gap (interpolated, then measured again). A study asks for it with target_gap."""
 
     from fairal.config import get_profile, parse_overrides
-    from fairal.grid.harm import HarmSettings, measure
+    from fairal.grid.harm import HarmSettings, OutOfReach, measure
     from fairal.sampling import stream_seed
 
     recipe, values = _harm_inputs(sim, levels, target_gap)
-    settings = HarmSettings(recipe, knob, values, seeds=seeds, eval_per_group=eval_per_group,
+    prof = get_profile(profile, parse_overrides(set_))
+    per_group = prof.eval_per_group if eval_per_group is None else eval_per_group
+    settings = HarmSettings(recipe, knob, values, seeds=seeds, eval_per_group=per_group,
                             subject_seed=stream_seed(seed, "harm-subjects", "calibrate-harm"))
-    curve = measure(settings, get_profile(profile, parse_overrides(set_)), out, target_gap or (),
-                    progress=not quiet)
+    try:
+        curve = measure(settings, prof, out, target_gap or (), progress=not quiet)
+    except OutOfReach as err:
+        _print_curve(err.curve, knob, seeds, out, [])
+        raise
+    _print_curve(curve, knob, seeds, out, [{"dataset": f"target {t['target_gap']:g}", "value": t["value"],
+                                            **t["checked"]} for t in curve.targets.values()])
+    for t in curve.targets.values():
+        c = t["checked"]
+        stdout.print(f"target gap {t['target_gap']:g}: {knob} = {t['value']:g}, measured there {c['gap']:.4f} "
+                     f"[{c['gap_ci_low']:.4f}, {c['gap_ci_high']:.4f}]")
+        if not t.get("target_within_ci", True):
+            _warn(f"target gap {t['target_gap']:g}: its CI measured again at {knob} = {t['value']:g} does not "
+                  "hold the target (more seeds or levels near it narrow it)")
+
+
+def _print_curve(curve, knob: str, seeds: int, out: Path, marks: list[dict]) -> None:
+    """A calibration's levels as a table on the console, and its figure (``OUT/calibration.png``)."""
+    from fairal.report.dose import calibration_figure
+
     view = Table(title=f"gap of a Group 2-only model against {knob} ({len(curve.levels)} levels, {seeds} seeds)")
     for col in (knob, "gap", "95% CI", "Dice G1", "Dice G2", "G1 volume (SDs)", "G1 volume", "smallest G1 label"):
         view.add_column(col, justify="right")
@@ -399,17 +420,9 @@ def calibrate_harm(
                      f"{r['volume_change_pct']:+.0f}%", f"{int(r['g1_min_voxels'])} vx" + ("" if r["usable"]
                                                                                           else " (vanished)"))
     Console(width=max(stdout.width, 120), markup=False, highlight=False).print(view)
-    for t in curve.targets.values():
-        c = t["checked"]
-        stdout.print(f"target gap {t['target_gap']:g}: {knob} = {t['value']:g}, measured there {c['gap']:.4f} "
-                     f"[{c['gap_ci_low']:.4f}, {c['gap_ci_high']:.4f}]")
-        if not t.get("target_within_ci", True):
-            _warn(f"target gap {t['target_gap']:g}: its CI measured again at {knob} = {t['value']:g} does not "
-                  "hold the target (more seeds or levels near it narrow it)")
-    from fairal.report.dose import calibration_figure
-
-    marks = [{"dataset": f"target {t['target_gap']:g}", "value": t["value"], **t["checked"]}
-             for t in curve.targets.values()]
+    if (per_group := curve.settings.eval_per_group) < 30:
+        _warn(f"{per_group} evaluation subject(s) per group: the gaps' CIs are wide, and the SDs of G1 volume are "
+              "those of so few subjects (150, the standard profile's, measures both)")
     figure = calibration_figure(curve.levels, out / "calibration.png", knob, marks)
     stdout.print(f"calibration: {out / 'calibration.json'}; figure: {figure}")
 
@@ -508,7 +521,7 @@ PackOpt = Annotated[str, typer.Option(metavar="auto|on|off", help="Train the run
                                       "lockstep as one task: auto (when they train on a GPU), on or off.")]
 PackSizeOpt = Annotated[int, typer.Option(help="At most this many runs per lockstep task (0: all of a dataset "
                                           "and seed).")]
-QuietOpt = Annotated[bool, typer.Option(help="No progress output.")]
+QuietOpt = Annotated[bool, typer.Option(help="No progress output (the final table is still printed).")]
 
 
 @app.command()
@@ -588,28 +601,28 @@ def _run_study(the_study, out, profile, seeds, jobs, executor, address, cpus_per
         else:
             the_study = dataclasses.replace(the_study, arms=chosen)
     check_settings(the_study, base, cli)  # a bad --set before any warning about the runs it would change
+    warnings: list[str] = []  # printed once every check of the study and its folder has passed
     if the_study.source != PAPER_SOURCE:  # the paper's study has its own plan (docs/analysis-plan.md)
         names = [a.name for a in the_study.resolved_arms(base)]
         if names == [the_study.reference]:
-            _warn(f"only the reference {the_study.reference!r} runs: the report has no paired comparisons")
+            warnings.append(f"only the reference {the_study.reference!r} runs: the report has no paired comparisons")
         elif the_study.reference not in names:  # a file's typo is refused; a subset of arms runs, unpaired
             problem = (f"the reference {the_study.reference!r} is not among the strategies run "
                        f"({', '.join(names)})")
             if strategies is None:
                 raise FairalError(f"{the_study.source}: {problem} at profile {base.name}")
-            _warn(f"{problem}: the report has no paired comparisons")
+            warnings.append(f"{problem}: the report has no paired comparisons")
         elif warning := seeds_warning(the_study, base, study_seeds(the_study, base, seeds)):
-            _warn(warning)
+            warnings.append(warning)
     run_study(the_study, out, base, cli=cli, seeds=seeds, jobs=jobs, progress=not quiet, executor=executor,
               address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, pack=pack,
-              pack_size=pack_size, reuse=reuse, only=only)
+              pack_size=pack_size, reuse=reuse, only=only, checked=lambda: [_warn(w) for w in warnings])
     from fairal.report import build_report
     from fairal.report.tidy import load_results
 
     results = load_results(out)
     path = build_report(out, results=results)
-    if not quiet:
-        _print_final(results, base.with_overrides(cli) if cli else base)
+    _print_final(results, base.with_overrides(cli) if cli else base)
     stdout.print(f"report: {path} (tables and figures beside it)")
 
 
@@ -695,8 +708,7 @@ def query(
     ] = None,
     model: Annotated[Path | None, typer.Option(help="A trained model (model.pt of an earlier query) instead of "
                                                "training on the labeled cases.")] = None,
-    spacing: Annotated[float, typer.Option(help="Voxel size (mm) of the common grid the images are resampled to.")]
-    = 2.0,
+    spacing: Annotated[float | None, typer.Option(help="Voxel size (mm) of the common grid; default 2.0.")] = None,
     group_dice: Annotated[str, typer.Option(metavar="labeled|cross-validated", help="Dice of the group weights: "
                                             "labeled (the model on its training cases, the paper) or cross-validated "
                                             "(5 folds over those; a case labeled after --model: the folds' mean).")]
@@ -730,14 +742,15 @@ def query(
 
     prof = query_profile(profile, parse_overrides(set_))
     strat = parse_strategy(strategy)
+    _refuse_spacing(spacing, model, probabilities)
     if probabilities is not None:
         table = _saved_query(data, budget, strat, out, prof, probabilities, segmentations or [], class_, nnunet_plans,
                              model, group_dice, group_by or [], seed, overwrite, quiet, label_value)
     else:
         _refuse_saved_options(segmentations, class_, nnunet_plans)
         table = run_query(data, budget, strat, out, prof, group_by=group_by or [], model_path=model, seed=seed,
-                          spacing=spacing, overwrite=overwrite, progress=not quiet, group_dice=group_dice,
-                          label_value=label_value)
+                          spacing=2.0 if spacing is None else spacing, overwrite=overwrite, progress=not quiet,
+                          group_dice=group_dice, label_value=label_value)
     if not quiet:
         _print_query(table, strat, budget, table.attrs["query"]["group_dice"])
     _query_done(out, table.attrs["query"]["warnings"])
@@ -749,6 +762,14 @@ def _query_done(out: Path, warnings: list[str]) -> None:
         _warn(warning)
     stdout.print(f"ranked list in {out}/query.csv, pictures in {out}/montage.png; for the annotators: "
                  f"{out}/predictions/ (each scan's prediction on its own grid), open_in_slicer.py, open_in_itksnap.sh")
+
+
+def _refuse_spacing(spacing, model, probabilities) -> None:
+    """--spacing where no grid is made: refused, not ignored."""
+    if spacing is not None and (model is not None or probabilities is not None):
+        raise FairalError(f"--spacing and {'--model' if model is not None else '--probabilities'}: "
+                          + ("the model keeps the grid it was trained on" if model is not None else
+                             "the saved outputs are read on each scan's own voxels") + "; leave --spacing out")
 
 
 def _refuse_saved_options(segmentations, class_, nnunet_plans) -> None:

@@ -299,5 +299,7 @@ def parse_overrides(items: list[str] | None, option: str = "--set") -> dict[str,
         if "=" not in item:
             raise FairalError(f"{option} takes KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
+        if key.strip() in out and out[key.strip()] != value:
+            raise FairalError(f"{option} gives {key.strip()} twice ({out[key.strip()]!r} and {value!r}): give it once")
         out[key.strip()] = value
     return out

@@ -260,7 +260,14 @@ def check_replaceable(out: str | Path, overwrite: bool, inputs: list[str | Path]
     if not is_fairal_folder(out):
         raise FairalError(f"{what} {out} was not made by fairal (no {MARKER} marker): --overwrite only replaces "
                           f"fairal's own output folders; remove it yourself or choose another {what}")
-    if foreign := files_not_written(out):
+    check_written(out, what)
+
+
+def check_written(out: Path, what: str, own: tuple[str, ...] = ()) -> None:
+    """A folder :func:`publish_folder` made may be replaced only while it holds what fairal wrote there, unchanged;
+    ``own``: the folders fairal adds to it later (a dataset's volume cache, ``cache/``), whose files are its own."""
+    foreign = [f for f in files_not_written(out) if not f.startswith(tuple(f"{o}/" for o in own))]
+    if foreign:
         named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise FairalError(f"{what} {out} holds {len(foreign)} file(s) fairal did not write there, or that changed "
                           f"since ({named}): --overwrite replaces only what fairal wrote; move them out of it or "

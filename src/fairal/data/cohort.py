@@ -83,6 +83,9 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = (),
     twice = [c for c in dict.fromkeys(group_by) if list(group_by).count(c) > 1]
     if twice:
         raise FairalError(f"{path}: {group_key} names the column {twice[0]!r} twice")
+    if own := [c for c in group_by if c in OWN_COLUMNS]:
+        raise FairalError(f"{path}: {group_key} names the column {own[0]!r}, which says where a case is, not its "
+                          f"group: give a sensitive-attribute column (columns: {', '.join(t.columns)})")
     absent = [c for c in group_by if c not in t.columns]
     if absent:
         raise FairalError(f"{path}: no column {', '.join(map(repr, absent))} for {group_key} (columns: "

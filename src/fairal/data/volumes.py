@@ -139,6 +139,10 @@ def read_table(path: Path, dtype) -> pd.DataFrame:
                              encoding="utf-8-sig").iloc[0].tolist()
     except Exception as err:
         raise FairalError(f"{path} is not a readable CSV file: {err}") from err
+    separator = next((c for c in ";\t" if len(header) == 1 and c in str(header[0])), None)
+    if separator is not None:  # a spreadsheet's export in a locale whose list separator is not the comma
+        raise FairalError(f"{path}: its columns are separated by {separator!r}, not commas (header "
+                          f"{str(header[0])[:80]!r}): save it as a comma-separated CSV")
     twice = next((c for i, c in enumerate(header) if c in header[:i]), None)
     if twice is not None:
         raise FairalError(f"{path}: column {twice!r} appears more than once in the header: give each column its own "

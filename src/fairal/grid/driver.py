@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +192,7 @@ def run_study(
     jobs: int = 0, progress: bool = True, executor: str | Executor = "local", address: str | None = None,
     cpus_per_task: int = 1, gpus_per_task: float = 0.0, max_retries: int = 3, pack: str = "auto",
     pack_size: int = 0, reuse: str | Path | None = None, only: list[str] | None = None,
+    checked: Callable[[], object] | None = None,
 ) -> None:
     """A study (:mod:`fairal.grid.spec`): its datasets, their baselines if it has them, and its grid of AL runs (its
     datasets x initial sets x strategies x seeds), skipping finished work. A ladder's calibration
@@ -209,7 +211,9 @@ def run_study(
     round) become one task that trains them in lockstep on one device (:func:`fairal.run.loop.run_lockstep`), at most
     ``pack_size`` runs a task (0: all of them). ``"auto"`` packs when the runs train on a GPU; on a CPU packing is
     slower than a process per core. ``reuse``: another results folder; its finished runs of identical settings on
-    the same data files are linked into ``out`` instead of run again (:func:`reuse_run`).
+    the same data files are linked into ``out`` instead of run again (:func:`reuse_run`). ``checked``: called once
+    every check has passed, before anything is written (the command line prints its warnings there, so a refused
+    study prints only its refusal).
     """
     cli = cli or {}
     seeds = study_seeds(study, profile, seeds)
@@ -230,6 +234,8 @@ def run_study(
     runs = study_grid(out, study, profile, seeds, cli)  # every run typed once; a calibration moves no run
     check_before_writing(out, study, runs)
     _check_datasets_in(out, study, profile, cli)
+    if checked is not None:
+        checked()
     with FolderLock(out, f"fairal study {study.name}"):
         make_own_folder(out, RESULTS)
         study = ladder.resolve(out, study, profile, cli, compute=True, progress=progress)

@@ -96,6 +96,14 @@ class HarmCurve:
         return float(fit.min()), float(fit.max())
 
 
+class OutOfReach(FairalError):
+    """A target gap the measured curve does not reach; ``curve``: that curve (kept in the folder all the same)."""
+
+    def __init__(self, message: str, curve: HarmCurve):
+        super().__init__(message)
+        self.curve = curve
+
+
 LEVEL_COLUMNS = ["level", "gap", "gap_ci_low", "gap_ci_high", "dice_g1", "dice_g2", "g1_volume_mm3",
                  "g2_volume_mm3", "g2_volume_sd_mm3", "volume_change_sd", "volume_change_pct", "g1_min_voxels",
                  "g1_empty", "usable"]
@@ -263,7 +271,7 @@ def measure(settings: HarmSettings, profile: Profile, out: str | Path, targets: 
         try:
             value = round(knob_for(curve.levels, float(target), settings.knob), 3)
         except FairalError as err:
-            raise FairalError(f"{err} (each level's gap: {within(out, 'levels.csv')})") from None
+            raise OutOfReach(f"{err} (each level's gap: {within(out, 'levels.csv')})", curve) from None
         d1, ids1, voxels, g1 = _level(out, settings, profile, value, models, progress)
         checked = level_row(value, d1, d2, anatomy(g1, g2, voxels), _rng(settings, f"check-{value:g}"))
         within_ci = bool(checked["gap_ci_low"] <= float(target) <= checked["gap_ci_high"])

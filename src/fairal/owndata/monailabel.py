@@ -79,6 +79,7 @@ from fairal.owndata.serving import (
     StoredScores,
     check_app_settings,
     load_ranking,
+    prediction_name,
     ranking_key,
     resolve_group_dice,
 )
@@ -311,9 +312,7 @@ class FairalContext:
                                   "which trains one on the saved labels")
             out = self.work / "infer"
             out.mkdir(parents=True, exist_ok=True)
-            name = Path(image).name  # the image's whole name but its NIfTI ending: ids sub.1 and sub.2 are two
-            stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else name.removesuffix(".nii")
-            target = within(out, stem + ".nii.gz")
+            target = within(out, prediction_name(image))
             predict_image(self.model_file, image, target, self.profile, label_value=self.label_value)
             return str(target)
 

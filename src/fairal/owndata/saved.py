@@ -132,6 +132,10 @@ def _nnunet_on_scan(path: Path, scan: nib.Nifti1Image, image, fg_class: int, rea
     for axis, (to, _flip) in enumerate(ornt):
         read_shape[int(to)] = shape[axis]
     expected = tuple(read_shape[::-1])
+    if stack.ndim == 3 and tuple(stack.shape) == expected:
+        raise FairalError(f"case {case}: {path} holds one volume of shape {tuple(stack.shape)}, no class axis: "
+                          "nnUNetv2_predict --save_probabilities writes (classes, *volume); save every class, or "
+                          "give the structure's probability as a 3D NIfTI map (CASE.nii.gz)")
     if stack.ndim != 4 or tuple(stack.shape[1:]) != expected:
         raise FairalError(f"case {case}: {path} holds probabilities of shape {tuple(stack.shape)} (classes first, then "
                           f"nnU-Net's axis order), but its scan {image} of shape {shape} reads through "
@@ -183,8 +187,11 @@ def read_probabilities(path: Path, image: str | Path, fg_class: int, reader: str
         raise FairalError(f"case {case}: {path} holds NaN or infinite values")
     low, high = float(volume.min()), float(volume.max())
     if low < -TOLERANCE or high > 1 + TOLERANCE:
+        scaled = low >= -TOLERANCE and high <= 255 + TOLERANCE and np.array_equal(volume, np.round(volume))
         raise FairalError(f"case {case}: {path} class {fg_class} holds values from {low:.4g} to {high:.4g}, outside "
-                          "[0, 1]: probabilities, not logits, are needed (nnUNetv2_predict --save_probabilities)")
+                          "[0, 1]: probabilities, not logits, are needed (nnUNetv2_predict --save_probabilities)"
+                          + ("; whole numbers up to 255 or 100 look like probabilities saved scaled (as 8-bit or "
+                             "percent): save them as fractions in [0, 1]" if scaled else ""))
     return np.clip(volume, 0.0, 1.0)
 
 
@@ -251,6 +258,9 @@ def run_saved_query(
              "dice_from": {c: "segmentation" if c in segs else "probabilities" for c in dice_ids}}
     warnings = [f"{len(left_out)} labeled case(s) have no saved segmentation or probabilities and are left out of "
                 f"the group Dice: {', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}"] if left_out else []
+    if fg_class == 0:
+        warnings.append("--class 0 is the background in nnU-Net's outputs and label maps (its segmentations' value 0 "
+                        "is everything but the structure): give the structure's class, e.g. --class 1")
     _write_saved(q, rnd, table, probs, fg_class, reader, montage_cases, saved, warnings)
     return table
 

@@ -242,6 +242,14 @@ class FoldDice:
                     shutil.rmtree(old, ignore_errors=True)
 
 
+def prediction_name(image: str | Path) -> str:
+    """The file name of ``/infer``'s segmentation of ``image``: the image's whole name but its NIfTI ending, then
+    ``.nii.gz`` (the images ``sub.1.nii.gz`` and ``sub.2.nii.gz`` get two files, not one ``sub.nii.gz``)."""
+    name = Path(image).name
+    stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else name.removesuffix(".nii")
+    return f"{stem}.nii.gz"
+
+
 def load_ranking(folder: str | Path) -> pd.DataFrame:
     """The ranked table of a query folder (``query.csv``, with ``query.json`` as ``attrs["query"]``), as
     :func:`fairal.owndata.query.run_query` returned it."""

@@ -17,7 +17,7 @@ import pandas as pd
 from fairal import sampling, versions
 from fairal.data.export import decathlon_json
 from fairal.errors import FairalError, SettingError
-from fairal.io import check_output_folder, is_fairal_folder, publish_folder, sha256, within
+from fairal.io import check_output_folder, check_written, is_fairal_folder, publish_folder, sha256, within
 from fairal.limits import check_room
 from fairal.records import ACQUISITION_COLUMNS, EVAL, POOL, TEST
 from fairal.simulate.deformation import DeformationModel, default_global_model, default_local_model
@@ -278,6 +278,8 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, overwrite: bool = F
         raise FairalError(f"{out} already exists; choose another folder or pass --overwrite")
     if out.exists() and not is_fairal_folder(out) and not (out / "dataset.json").is_file():
         raise FairalError(f"{out} is not a fairal dataset: --overwrite only replaces folders fairal made")
+    if out.exists():
+        check_written(out, "OUT", own=("cache",))
     check_room(cfg.total_subjects(), cfg.shape, out.parent, "the dataset")
     state = prepare(cfg)
     subjects = draw_subjects(cfg, state["global_model"].n_components)
