@@ -304,6 +304,13 @@ def _lying_nifti(path: Path, shape=(1000, 1000, 1000)) -> Path:
     return path
 
 
+def test_a_gzip_of_too_few_voxels_is_named_on_one_line(tmp_path):
+    short = _lying_nifti(tmp_path / "short.nii.gz", shape=(10, 10, 10))  # 68 bytes of 4000
+    with pytest.raises(FairalError) as err:
+        read_image(short)
+    assert "short.nii.gz is corrupt (truncated or damaged): " in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_header_that_claims_a_huge_image_is_refused_before_reading(tmp_path):
     bomb = _lying_nifti(tmp_path / "bomb.nii.gz")
     assert bomb.stat().st_size < 1000
@@ -633,6 +640,20 @@ def test_one_image_under_two_ids_is_refused(tmp_path):
     _edit_csv(study, lambda t: t.__setitem__("image", t["image"].where(t.index != 1, "images/again.nii.gz")))
     before = _hashes(tmp_path)
     _one_line_error(_query(study, tmp_path / "q"), "cases a00 and a01 have the same image", "images/again.nii.gz")
+    assert _hashes(tmp_path) == before and not (tmp_path / "q").exists()
+
+
+def test_one_label_of_two_cases_or_an_image_that_is_its_label_is_refused(tmp_path):
+    study = make_study(tmp_path / "study", per_site=2, labeled_per_site=2, unknown=1)
+    t = pd.read_csv(study, dtype=str, keep_default_na=False)
+    first, second = t.index[t["label"] != ""][:2]
+    a, b = t.loc[first, "case_id"], t.loc[second, "case_id"]
+    _edit_csv(study, lambda t: t.__setitem__("label", t["label"].where(t.index != second, t.loc[first, "label"])))
+    with pytest.raises(FairalError, match=f"case {b}'s label \\({t.loc[first, 'label']}\\) is case {a}'s label"):
+        read_cases(study, ["site"])
+    _edit_csv(study, lambda t: t.__setitem__("label", t["label"].where(t.index != second, t.loc[second, "image"])))
+    before = _hashes(tmp_path)
+    _one_line_error(_query(study, tmp_path / "q"), f"case {b}: its image and its label are the same file")
     assert _hashes(tmp_path) == before and not (tmp_path / "q").exists()
 
 

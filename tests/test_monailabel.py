@@ -65,6 +65,7 @@ def test_the_app_folder_is_written_whole_and_checked(tmp_path):
     for bad, message in ((["--strategy", "weighted-localised-entropy"], "did you mean"),
                          (["--set", "final_size=5"], "does not use the setting final_size"),
                          (["--model", str(tmp_path / "none.pt")], "checkpoint file not found"),
+                         (["--model", str(tmp_path)], f"checkpoint {tmp_path} is a folder, not a model file"),
                          (["--group-dice", "leave-one-out"], "--group-dice must be one of labeled, cross-validated"),
                          (["--lease-minutes", "0"], "--lease-minutes must be a number of minutes > 0"),
                          (["--lease-minutes", "nan"], "--lease-minutes must be a number of minutes > 0")):

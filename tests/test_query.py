@@ -20,7 +20,13 @@ from fairal.config import get_profile
 from fairal.data.cohort import Grid, load_cases, read_cases, structure_grid
 from fairal.errors import FairalError
 from fairal.io import file_version
-from fairal.owndata.query import MIN_PER_GROUP, group_probabilities, run_query, weight_notes
+from fairal.owndata.query import (
+    MIN_PER_GROUP,
+    group_probabilities,
+    missing_mark_warnings,
+    run_query,
+    weight_notes,
+)
 
 from .own_data import make_study
 from .test_hostile_inputs import SLICER_STUB
@@ -274,6 +280,14 @@ def test_the_slicer_script_runs_as_the_docs_say_from_any_folder(handoff, tmp_pat
         assert "no predictions/ folder in" in message and "__file__=PATH" in message
     finally:
         shutil.move(moved, out)
+
+
+def test_a_group_named_as_a_missing_value_is_warned_about():
+    assert missing_mark_warnings(["NA", "F/NA", "B", "NAB", "A/F"]) == [
+        "group NA: 'NA' is a value of its own here (values are taken as written), not a missing one; leave the cell "
+        "empty where the group is unknown",
+        "group F/NA: 'NA' is a value of its own here (values are taken as written), not a missing one; leave the "
+        "cell empty where the group is unknown"]
 
 
 def test_weight_notes_say_when_there_is_nothing_to_weigh_or_too_little():

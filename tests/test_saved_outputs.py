@@ -226,6 +226,12 @@ def test_a_pickle_is_never_opened(cohort, tmp_path):
         run_saved_query(root / "cases.csv", 2, STRATEGY, tmp_path / "out2", _profile(), folder, [root / "validation"],
                         group_by=["site"], progress=False)
     assert not marker.exists() and not (tmp_path / "out2").exists()
+    for wrong in (b"case_id,score\n", pickle.dumps(_Planted(marker))):  # a text file, a bare pickle named .npz
+        (folder / "u1.npz").write_bytes(wrong)
+        with pytest.raises(FairalError, match="u1.npz is not a .npz file \\(a zip archive of arrays"):
+            run_saved_query(root / "cases.csv", 2, STRATEGY, tmp_path / "out2", _profile(), folder,
+                            [root / "validation"], group_by=["site"], progress=False)
+    assert not marker.exists() and not (tmp_path / "out2").exists()
 
 
 @pytest.mark.parametrize(("edit", "kwargs", "message"), [

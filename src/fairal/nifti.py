@@ -24,6 +24,11 @@ def _who(what: str, path: str | Path, case: str | None) -> str:
     return f"case {case}: {what} {path}" if case else f"{what} {path}"
 
 
+def _reason(err: BaseException) -> str:
+    """A library's error as one line (nibabel's and gzip's may hold line breaks), or its type where it is silent."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def load_nifti(path: str | Path, what: str, case: str | None = None, read: bool = True) -> nib.Nifti1Image:
     """Open a NIfTI image (and with ``read``, read its data now, so that a truncated file fails here)."""
     path = Path(path)
@@ -32,7 +37,7 @@ def load_nifti(path: str | Path, what: str, case: str | None = None, read: bool 
     try:
         img = nib.load(str(path))
     except Exception as err:  # nibabel raises many types for corrupt files
-        raise FairalError(f"{_who(what, path, case)} is not a readable NIfTI image: {err}") from err
+        raise FairalError(f"{_who(what, path, case)} is not a readable NIfTI image: {_reason(err)}") from err
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise FairalError(f"{_who(what, path, case)} is not a NIfTI image")
     check_voxels(img.shape if read else img.shape[:3], _who(what, path, case))  # a 4D atlas: one volume is read
@@ -42,7 +47,7 @@ def load_nifti(path: str | Path, what: str, case: str | None = None, read: bool 
         try:
             np.asarray(img.dataobj)
         except Exception as err:
-            raise FairalError(f"{_who(what, path, case)} is not a readable NIfTI image: {err}") from err
+            raise FairalError(f"{_who(what, path, case)} is not a readable NIfTI image: {_reason(err)}") from err
     return img
 
 
@@ -61,7 +66,7 @@ def _finite(img: nib.Nifti1Image, what: str, path: str | Path, case: str | None)
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as err:  # a truncated file: EOFError, often without a message
         raise FairalError(f"{_who(what, path, case)} is corrupt (truncated or damaged): "
-                          f"{str(err) or type(err).__name__}") from err
+                          f"{_reason(err)}") from err
     if not np.isfinite(data).all():
         raise FairalError(f"{_who(what, path, case)} holds NaN or infinite values")
     return data

@@ -118,12 +118,12 @@ def read_cases(csv_path: str | Path, group_by: list[str] | tuple[str, ...] = (),
 
 def _case_files(t: pd.DataFrame, path: Path) -> None:
     """Each case's image and label as absolute paths (``image_path``, ``label_path``), checked: an image for every
-    case, every file there and a file, and no image under two case ids (one scan could then be in the test split
-    and in the pool)."""
+    case, every file there and a file, and no file given twice: no image under two case ids (one scan could then
+    be in the test split and in the pool), no label of two cases, no image that is a label."""
     base = path.resolve().parent
     for col in ("image", "label"):
         t[f"{col}_path"] = ["" if not p.strip() else str((base / p.strip()).resolve()) for p in t[col]]
-    images: dict[tuple[int, int], tuple[str, str]] = {}  # (device, inode) -> the case and the file as written
+    files: dict[tuple[int, int], tuple[str, str, str]] = {}  # (device, inode) -> case, image or label, as written
     for case, img, lab, rel_img, rel_lab in zip(t["case_id"], t["image_path"], t["label_path"], t["image"],
                                                 t["label"], strict=True):
         if not img:
@@ -133,12 +133,26 @@ def _case_files(t: pd.DataFrame, path: Path) -> None:
                 raise FairalError(f"{path}: case {case}: the {what} {rel} is a folder, not a NIfTI file ({full})")
             if full and not Path(full).is_file():
                 raise FairalError(f"case {case}: {what} file not found: {rel} (looked for {full})")
-        info = Path(img).stat()  # the file itself: a second path, a link or a hard link to it is the same scan
-        first = images.setdefault((info.st_dev, info.st_ino), (case, rel_img))
-        if first[0] != case:
-            raise FairalError(f"{path}: cases {first[0]} and {case} have the same image ({first[1]}, {rel_img}): "
-                              "one scan under two ids could be in the test split and in the pool; give each case "
-                              "its own image")
+        for what, full, rel in (("image", img, rel_img), ("label", lab, rel_lab)):
+            if not full:
+                continue
+            info = Path(full).stat()  # the file itself: a second path, a link or a hard link to it is the same file
+            first = files.setdefault((info.st_dev, info.st_ino), (case, what, rel))
+            if first != (case, what, rel):
+                _same_file(path, first, (case, what, rel))
+
+
+def _same_file(path: Path, first: tuple[str, str, str], second: tuple[str, str, str]) -> None:
+    """Refuse one file given twice: ``(case, "image" or "label", the path as written)`` of each."""
+    (a, what_a, rel_a), (b, what_b, rel_b) = first, second
+    if what_a == what_b == "image":
+        raise FairalError(f"{path}: cases {a} and {b} have the same image ({rel_a}, {rel_b}): one scan under two ids "
+                          "could be in the test split and in the pool; give each case its own image")
+    if a == b:
+        raise FairalError(f"{path}: case {a}: its image and its label are the same file ({rel_a}): the label is "
+                          "the structure's mask, a file of its own")
+    raise FairalError(f"{path}: case {b}'s {what_b} ({rel_b}) is case {a}'s {what_a} ({rel_a}): give each case its "
+                      "own image and label")
 
 
 def _load(path: str, case: str, what: str) -> nib.Nifti1Image:

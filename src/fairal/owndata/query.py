@@ -31,7 +31,15 @@ import torch
 from fairal import versions
 from fairal.acquisition import STATISTICS, Strategy, parse_strategy, roi_mask
 from fairal.config import Profile, get_profile, setting_name
-from fairal.data.cohort import Grid, check_label_value, load_cases, read_cases, structure_grid, to_case_grid
+from fairal.data.cohort import (
+    GROUP_SEPARATOR,
+    Grid,
+    check_label_value,
+    load_cases,
+    read_cases,
+    structure_grid,
+    to_case_grid,
+)
 from fairal.data.volumes import case_records
 from fairal.errors import FairalError
 from fairal.io import check_replaceable, file_stamp, file_version, publish_folder, within, write_csv, write_json
@@ -513,6 +521,10 @@ def predict_image(model_file: str | Path, image: str | Path, target: str | Path,
     return Path(target)
 
 
+#: How other tools write a missing value: a group of that name is warned about (:func:`weight_notes`).
+MISSING_MARKS = frozenset({"NA", "N/A", "NaN", "nan", "null", "NULL", "None", "none", "missing", "#N/A"})
+
+
 def weight_notes(group_by: list, order: list, labeled_groups: list, weights: dict, group_dice: str,
                  mean_dice: dict | None = None) -> tuple[list[str], list[str]]:
     """What the console and ``query.json`` say about the group weights of a weighted strategy: notes (no groups
@@ -548,6 +560,17 @@ def weight_notes(group_by: list, order: list, labeled_groups: list, weights: dic
     return notes, warnings
 
 
+def missing_mark_warnings(order: list) -> list[str]:
+    """A group named as other tools write a missing value (R's ``NA``, ...): a group of its own here, since values
+    are taken as written; said, for every strategy."""
+    warnings = []
+    for g in order:
+        if missing := [v for v in str(g).split(GROUP_SEPARATOR) if v in MISSING_MARKS]:
+            warnings.append(f"group {g}: {missing[0]!r} is a value of its own here (values are taken as written), "
+                            "not a missing one; leave the cell empty where the group is unknown")
+    return warnings
+
+
 def sources_note(sources: dict) -> str | None:
     """What the out-of-fold group Dice came from, where it is more than 5 folds trained over every labeled case: a
     case labeled after the model was trained, measured by the fold models, or folds reused (None otherwise)."""
@@ -577,6 +600,7 @@ def query_info(q: Query, rnd, n_labeled: int) -> dict:
     mean_dice = {g: float(d.mean()) for g, d in lab_table.groupby("group")["dice"]}
     notes, warnings = weight_notes(q.group_by, q.order, [q.records[c].group for c in dice_ids], rnd.weights,
                                    q.group_dice, mean_dice) if q.strat.steered else ([], [])
+    warnings += missing_mark_warnings(q.order)
     notes += [n for n in [sources_note(q.dice_sources)] if n and q.strat.steered]
     return {
         "csv": str(q.csv_path.resolve()), "strategy": q.strat.name, "budget": q.budget, "seed": q.seed,

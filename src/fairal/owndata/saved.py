@@ -104,6 +104,9 @@ def find_outputs(folders: list[Path], cases: list[str], endings: tuple[str, ...]
 def _npz_classes(path: Path, case: str) -> np.ndarray:
     """nnU-Net's ``probabilities`` array, read without unpickling anything."""
     try:
+        if not zipfile.is_zipfile(path):  # np.load would take any other file for a pickle (or a lone .npy)
+            raise FairalError(f"case {case}: {path} is not a .npz file (a zip archive of arrays, as "
+                              "nnUNetv2_predict --save_probabilities writes)")
         with np.load(path, allow_pickle=False) as z:
             if "probabilities" not in z.files:
                 raise FairalError(f"case {case}: {path} holds no 'probabilities' array (it holds {', '.join(z.files)})"

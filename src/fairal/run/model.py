@@ -276,6 +276,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         FairalError: naming the file if it is missing, unreadable or not a fairal checkpoint.
     """
     source = Path(path)
+    if source.is_dir():
+        raise FairalError(f"checkpoint {source} is a folder, not a model file (e.g. {source / 'model.pt'})")
     if not source.is_file():
         raise FairalError(f"checkpoint file not found: {source}")
     with open(source, "rb") as f:
