@@ -884,9 +884,10 @@ def strategies() -> None:
     stdout.print(view)
     stdout.print("STEERING: weighted- (times the group weight of Eq. 2), worst-group- (the group of the largest weight "
                  "first), balanced- (groups interleaved, the largest weight first), group-drawn- (each slot's group "
-                 "drawn with probability w_g); -tT: the weights' softmax temperature T; SELECTION: stochastic- (the "
-                 "best of random candidate batches), power- (drawn with probability ∝ score^(1/T), T the setting "
-                 "power_temperature). The paper's four: " + ", ".join(acquisition.PAPER_STRATEGIES))
+                 "drawn with probability w_g); -tT: the weights' softmax temperature T (weighted-, group-drawn-); "
+                 "SELECTION: stochastic- (the best of random candidate batches), power- (drawn with probability ∝ "
+                 "score^(1/T), T the setting power_temperature). The paper's four: "
+                 + ", ".join(acquisition.PAPER_STRATEGIES))
     view = Table(title="metrics: columns of rounds.csv and the baselines' table (eval_ on the evaluation split)")
     for col in ("metric", "label", "better", "from"):
         view.add_column(col)
