@@ -273,10 +273,8 @@ def test_calibrate_harm_command_draws_its_curve(tmp_path):
     assert res.exit_code == 2 and ("a gap of 0.99 is out of reach of this recipe" in res.output
                                    or "the gap does not grow with bias_mean" in res.output), res.output  # smoke noise
     assert (tmp_path / "cal" / "calibration.png").is_file()
-    for bad, message in ((["--levels", ""], "--levels takes comma-separated numbers (knob values), got ''"),
-                         (["--sim", "bias=weak"], "--sim gives bias twice ('strong' and 'weak'): give it once")):
-        res = CliRunner().invoke(app, [*args, *bad])
-        assert res.exit_code == 2 and message in res.output, res.output
+    res = CliRunner().invoke(app, [*args, "--levels", ""])
+    assert res.exit_code == 2 and "--levels takes comma-separated numbers (knob values), got ''" in res.output
 
 
 def test_the_onset_is_the_lowest_rung_from_which_every_higher_one_is_confirmed():

@@ -293,13 +293,11 @@ def setting_name(key: str) -> str:
 
 def parse_overrides(items: list[str] | None, option: str = "--set") -> dict[str, str]:
     """``["steps=200", "downsample=1"]`` -> ``{"steps": "200", "downsample": "1"}`` (``option``: the option the
-    messages name)."""
+    messages name); a key given again takes its last value, as a script's defaults followed by a user's choice."""
     out: dict[str, str] = {}
     for item in items or []:
         if "=" not in item:
             raise FairalError(f"{option} takes KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        if key.strip() in out and out[key.strip()] != value:
-            raise FairalError(f"{option} gives {key.strip()} twice ({out[key.strip()]!r} and {value!r}): give it once")
         out[key.strip()] = value
     return out
