@@ -66,7 +66,7 @@ def test_a_csv_cohort_without_labels_or_groups_is_refused(tmp_path, tiny_dataset
     rows.to_csv(tmp_path / "c.csv", index=False)
     text = '[datasets.lab]\ncsv = "c.csv"\ngroup_by = ["site"]\n'
     _refused(tmp_path, text, "c.csv", "every case needs a label", "1 have none", rows["case_id"][2])
-    rows.loc[2, "label"] = rows.loc[3, "label"]
+    rows.loc[2, "label"] = str(tiny_dataset / m["label"][2])
     rows.loc[4, "site"] = ""
     rows.to_csv(tmp_path / "c.csv", index=False)
     _refused(tmp_path, text, "have no group in site")
