@@ -394,10 +394,10 @@ def calibrate_harm(
     try:
         curve = measure(settings, prof, out, target_gap or (), progress=not quiet)
     except OutOfReach as err:
-        _print_curve(err.curve, knob, seeds, out, [])
+        _print_curve(err.curve, out, [])
         raise
-    _print_curve(curve, knob, seeds, out, [{"dataset": f"target {t['target_gap']:g}", "value": t["value"],
-                                            **t["checked"]} for t in curve.targets.values()])
+    _print_curve(curve, out, [{"dataset": f"target {t['target_gap']:g}", "value": t["value"], **t["checked"]}
+                              for t in curve.targets.values()])
     for t in curve.targets.values():
         c = t["checked"]
         stdout.print(f"target gap {t['target_gap']:g}: {knob} = {t['value']:g}, measured there {c['gap']:.4f} "
@@ -407,11 +407,13 @@ def calibrate_harm(
                   "hold the target (more seeds or levels near it narrow it)")
 
 
-def _print_curve(curve, knob: str, seeds: int, out: Path, marks: list[dict]) -> None:
+def _print_curve(curve, out: Path, marks: list[dict]) -> None:
     """A calibration's levels as a table on the console, and its figure (``OUT/calibration.png``)."""
     from fairal.report.dose import calibration_figure
 
-    view = Table(title=f"gap of a Group 2-only model against {knob} ({len(curve.levels)} levels, {seeds} seeds)")
+    knob = curve.settings.knob
+    view = Table(title=f"gap of a Group 2-only model against {knob} ({len(curve.levels)} levels, "
+                       f"{curve.settings.seeds} seeds)")
     for col in (knob, "gap", "95% CI", "Dice G1", "Dice G2", "G1 volume (SDs)", "G1 volume", "smallest G1 label"):
         view.add_column(col, justify="right")
     for _, r in curve.levels.iterrows():

@@ -521,7 +521,7 @@ def predict_image(model_file: str | Path, image: str | Path, target: str | Path,
     return Path(target)
 
 
-#: How other tools write a missing value: a group of that name is warned about (:func:`weight_notes`).
+#: How other tools write a missing value: a group of that name is warned about (:func:`missing_mark_warnings`).
 MISSING_MARKS = frozenset({"NA", "N/A", "NaN", "nan", "null", "NULL", "None", "none", "missing", "#N/A"})
 
 
