@@ -78,8 +78,8 @@ G1_RATIO = "g1_ratio"
 
 def selection_columns(statistics: Sequence[str]) -> list[str]:
     """Columns of ``selections.csv``: round, case_id, group, one per statistic of the strategy table
-    (``statistics``: :data:`fairal.acquisition.STATISTICS`' names, entropy, localized_entropy, bald), weight, score,
-    selected."""
+    (``statistics``: :data:`fairal.acquisition.STATISTICS`' names, entropy, localized_entropy, bald, fair_influence,
+    and a plugin's own), weight, score, selected."""
     return ["round", "case_id", "group", *statistics, "weight", "score", "selected"]
 
 

@@ -10,8 +10,10 @@ the group weights from your model's Dice on the labeled scans.
 >>> w = fairal.group_weights([0.92, 0.90, 0.75, 0.80], ["F", "F", "M", "M"], ["F", "M"])
 >>> table = fairal.rank_for_annotation(probas, {"scan0": "F", "scan1": "M", "scan2": "M", "scan3": None}, w,
 ...                                    budget=2, p_group={"scan3": {"F": 0.5, "M": 0.5}})
->>> list(table.columns[:6])
-['rank', 'case_id', 'group', 'score', 'localized_entropy', 'weight']
+>>> list(table.columns)
+['rank', 'case_id', 'group', 'score', 'weight', 'entropy', 'localized_entropy', 'selected']
+>>> int(table["selected"].sum())
+2
 """
 
 from __future__ import annotations
