@@ -121,6 +121,14 @@ def test_report_regenerates_claims_from_the_committed_seeds(tmp_path):
     claims = pd.read_csv(tmp_path / "report" / "claims.csv")
     assert list(claims.columns[:10]) == CLAIM_COLUMNS
     assert set(claims["verdict"]) <= {"confirmed", "refuted", "inconclusive"}
+    # every v1 verdict docs/REPRODUCTION.md prints (the claims table's last column) is the one recomputed here
+    text = (RESULTS.parents[2] / "docs" / "REPRODUCTION.md").read_text()
+    table = text[text.index("| id | claim | statistic |"):text.index("The parts of the conjunctions")]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| C")]
+    printed = {cells[0]: cells[-1].strip("*").split(" (")[0] for cells in rows}
+    assert len(printed) == 14
+    assert printed == claims.set_index("id")["verdict"].reindex(list(printed)).to_dict()
     assert claims.set_index("id").loc["C1", "n"] >= 30  # >= 5 seeds x 6 scenarios
     seeds = pd.read_csv(RESULTS / "rounds.csv").groupby(["dataset", "init", "strategy"])["seed"].nunique()
     assert seeds.min() >= 5 and len(seeds) == 24

@@ -35,6 +35,11 @@ def _commands(group, path=()) -> list[list[str]]:
 COMMANDS = _commands(typer.main.get_command(app))
 
 
+def test_every_command_is_found():
+    # the parametrized checks below run once per command: an empty walk would make them vacuous
+    assert {("study",), ("query",), ("calibrate-harm",), ("export", "nnunet")} <= {tuple(c) for c in COMMANDS}
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_help_speaks_no_python(command):
     res = runner.invoke(app, [*command, "--help"], terminal_width=120, prog_name="fairal")

@@ -35,6 +35,13 @@ def test_streams_are_named_and_distinct():
     assert entropy(0, "initial-set", "g12-heavy") != entropy(0, "initial-set", "g21-heavy")
     # NumPy pads entropy with zeros: [s, n] and [s, n, 0] draw alike, so a stream appends its key count.
     assert entropy(0, "training", 0) == [0, STREAMS["training"][0], 0, 2]
+    # the layout by hand (a change would silently move every initial set and every round's training):
+    # [seed, 0xFA1A0000 + the stream's number, keys (text: the first 8 bytes of its SHA-256, little-endian), count]
+    import hashlib
+
+    word = int.from_bytes(hashlib.sha256(b"g12-heavy").digest()[:8], "little")
+    assert entropy(0, "initial-set", "g12-heavy") == [0, 0xFA1A0000 + 20, word, 2]
+    assert entropy(7, "training", 2) == [7, 0xFA1A0000 + 21, 2, 2]
     assert stream(0, "training", 0).random() != stream(0, "training").random()
     assert stream(7, "selection", 2).random() == stream(7, "selection", 2).random()
 

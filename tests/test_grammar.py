@@ -88,13 +88,16 @@ def test_power_sampling_by_hand():
 
 
 def test_power_steered_by_group_orders_each_group_by_its_draw():
-    # groups by weight: 2 (c, d, e) then 1 (a, b, f); one Gumbel draw per case, group 2's first
-    rng = np.random.default_rng(2)
-    g2 = power_order(["c", "d", "e"], [0.5, 0.7, 0.3], rng, 1.0)
-    g1 = power_order(["a", "b", "f"], [0.9, 0.1, 0.4], rng, 1.0)
+    # groups by weight: 2 (c, d, e) then 1 (a, b, f); one Gumbel draw per case, group 2's first:
+    # default_rng(2).gumbel(size=6) = 1.193079, 1.036986, -0.520710, 2.339059, 0.087147, -0.265449; T = 1:
+    # c: ln 0.5 + 1.193079 = 0.499932, d: ln 0.7 + 1.036986 = 0.680311, e: ln 0.3 - 0.520710 = -1.724683 -> d, c, e;
+    # a: ln 0.9 + 2.339059 = 2.233698, b: ln 0.1 + 0.087147 = -2.215438, f: ln 0.4 - 0.265449 = -1.181740 -> a, f, b
     got = select("power-worst-group-entropy", IDS, SCORES, 4, 1, np.random.default_rng(2), groups=GROUPS,
                  weights=WEIGHTS, power_temperature=1.0)
-    assert got == (g2 + g1)[:4]
+    assert got == ["d", "c", "e", "a"]
+    got = select("power-balanced-entropy", IDS, SCORES, 4, 1, np.random.default_rng(2), groups=GROUPS,
+                 weights=WEIGHTS, power_temperature=1.0)
+    assert got == ["d", "a", "c", "f"]  # the same draws, the groups interleaved, worst first
 
 
 def test_grammar_names_and_refusals():

@@ -153,6 +153,56 @@ def test_the_trend_is_each_seed_s_slope_over_the_gap(monkeypatch):
     assert row["p_value"] == pytest.approx(0.5)
 
 
+def test_the_trend_is_an_ols_slope_over_three_rungs_and_drops_an_incomplete_seed(monkeypatch):
+    """Three rungs at gaps 0.05, 0.10, 0.20 (x - mean: -1/15, -1/60, 1/12; Sxx = 7/600). Seed 0: WLE - random =
+    0, 0.02, 0.03 (Sxy = 13/6000: 0.185714 per unit gap, 13/700 = 0.018571 per 0.1); seed 1: 0.01, 0.03, 0.03
+    (Sxy = 8/6000: 8/700 = 0.011429 per 0.1). An endpoint slope would give 0.02 and 0.0133. Mean 0.015, SE = half
+    their difference = 2.5/700, t(0.975, 1) = 12.706205. Seed 2 lacks one initial set at the top rung: left out."""
+    from fairal.report import dose
+
+    diffs = {0: (0.0, 0.02, 0.03), 1: (0.01, 0.03, 0.03), 2: (0.05, 0.05, 0.05)}
+    names, rows = ("r1", "r2", "r3"), []
+    for seed, ds in diffs.items():
+        for d, diff in zip(names, ds, strict=True):
+            for init in ("balanced", "g1-heavy"):
+                if (seed, d, init) == (2, "r3", "g1-heavy"):
+                    continue
+                # worst-group-random sits halfway between: described, not the plan's test
+                for s, v in (("wle", 0.80 + diff), ("random", 0.80), ("worst-group-random", 0.80 + diff / 2)):
+                    rows.append({"dataset": d, "init": init, "strategy": s, "seed": seed, "round": 0, "eval_essp": v})
+    monkeypatch.setattr(dose, "_final", lambda results: pd.DataFrame(rows))
+    info = {"study": {"reference": "wle", "inits": ["balanced", "g1-heavy"], "datasets": [
+        {"name": d, "harm": {"ladder": "l", "gap": g}} for d, g in zip(names, (0.05, 0.10, 0.20), strict=True)]}}
+    trend = dose.trend_table(None, info, dict.fromkeys(names, "eval")).set_index("comparison")
+    row = trend.loc["wle - random"]
+    assert row["slope_per_0.1_gap"] == pytest.approx(0.015) and (row["n"], row["rungs"], row["role"]) == (2, 3, "test")
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.015 - 12.706205 * 2.5 / 700,
+                                                             0.015 + 12.706205 * 2.5 / 700))
+    assert trend.loc["worst-group-random - random", "slope_per_0.1_gap"] == pytest.approx(0.0075)
+    assert trend.loc["worst-group-random - random", "role"] == "described"
+    assert trend.loc["wle - worst-group-random", "role"] == "described"
+
+
+def test_families_and_random_s_penalty_by_hand():
+    """The plan's families (docs/analysis-plan-v3.md): the reference - random is primary, the other final-ESSP
+    comparisons secondary, Δ and Dice described, an arm missing at a rung exploratory; without random the reference
+    against each arm is primary. Random's Δ penalty: the mean of its final Dice - ESSP."""
+    from fairal.report.dose import _family, random_penalty
+
+    arms, complete = ["random", "wle", "wgr", "fi"], {"random", "wle", "wgr"}
+    assert _family("wle", "random", "wle", arms, complete, "essp") == "dose-primary"
+    assert _family("wgr", "random", "wle", arms, complete, "essp") == "dose-secondary"
+    assert _family("wle", "wgr", "wle", arms, complete, "essp") == "dose-secondary"
+    assert _family("wle", "random", "wle", arms, complete, "delta") == "dose-described"
+    assert _family("fi", "random", "wle", arms, complete, "essp") == "exploratory"  # fi is not at every rung
+    assert _family("wle", "wgr", "wle", ["wle", "wgr"], {"wle", "wgr"}, "essp") == "dose-primary"  # no random
+    final = pd.DataFrame({"dataset": ["a", "a", "a", "b"], "strategy": ["random", "random", "wle", "random"],
+                          "eval_dice_all": [0.90, 0.92, 0.95, 0.5], "eval_essp": [0.88, 0.89, 0.95, 0.1]})
+    # random's rows of a: 0.90 - 0.88 = 0.02 and 0.92 - 0.89 = 0.03 -> 0.025; WLE's and b's rows do not count
+    assert random_penalty(final, "a", "eval") == pytest.approx(0.025)
+    assert random_penalty(final[final["strategy"] == "wle"], "a", "eval") is None
+
+
 def test_a_smoke_ladder_study_runs_to_its_dose_response_view(tmp_path):
     from typer.testing import CliRunner
 
@@ -194,6 +244,8 @@ calibration = {{ levels = [0, 12], seeds = 1, eval_per_group = 4 }}
     table = pd.read_csv(out / "report" / "dose_response.csv")
     assert set(table["dataset"]) == {"strong", "caudate-gap0.05"}
     assert set(table["family"]) == {"dose-primary", "dose-described"}
+    essp = table[table["metric"] == "essp"].iloc[0]  # the ESSP margin against random's Δ penalty at the rung
+    assert essp["margin_share_of_penalty"] == pytest.approx(0.005 / essp["random_penalty"])
     row = table[(table["metric"] == "delta") & (table["dataset"] == "strong")].iloc[0]  # a − b as named, Δ too
     a, b = row["comparison"].split(" - ")
     last = {s: pd.read_csv(out / "runs" / "strong" / "balanced" / s / "seed-0" / "rounds.csv").iloc[-1] for s in (a, b)}

@@ -357,3 +357,47 @@ def test_evaluation_curves_come_before_the_test_splits():
     keys = ["fig1_essp", "fig2_delta_dice_strong", "fig10_examples", "fig1_essp_eval", "fig2_delta_eval"]
     assert figure_order(dict.fromkeys(keys)) == ["fig1_essp_eval", "fig1_essp", "fig2_delta_eval",
                                                  "fig2_delta_dice_strong", "fig10_examples"]
+
+
+def test_one_scenario_against_refutes_a_pooled_win():
+    """Rule 5: WLE ahead pooled over the six scenarios, but one scenario's own CI below 0, is ``refuted``. The
+    random effect is the mean of the six scenario means with a t interval over them (5 df), and the seed variance
+    of the decomposition is var(seed means) / n; both recomputed here from the rounds table."""
+    lifts = {(d, i): 0.03 for d in ("strong", "weak") for i in ("balanced", "g1-heavy", "g2-heavy")}
+    lifts[("weak", "g2-heavy")] = -0.03  # every seed of this scenario loses
+    rounds, cases, round_cases = _records(seeds=10, lift=lifts, seed_noise=0.004, case_sd=0.01)
+    tables = plan_tables(rounds, cases, round_cases, pd.DataFrame(), None)
+    c1a = tables.claims.set_index(["split", "id"]).loc[("eval", "C1a")]
+    assert c1a["ci_low"] > 0 and c1a["p_holm"] < 0.05  # pooled, a clear win ...
+    assert c1a["verdict"] == "refuted"  # ... that one scenario against overrides
+    final = rounds[rounds["round"] == rounds["round"].max()].set_index(["dataset", "init", "seed", "strategy"])
+    diff = (final["eval_essp"].xs("weighted-localized-entropy", level="strategy")
+            - final["eval_essp"].xs("random", level="strategy"))
+    scenario_means = diff.groupby(level=["dataset", "init"]).mean().to_numpy()
+    assert scenario_means.min() < 0 < scenario_means.mean()
+    half = 2.570582 * scenario_means.std(ddof=1) / math.sqrt(6)  # t(0.975, 5)
+    assert c1a["re_value"] == pytest.approx(scenario_means.mean())
+    assert (c1a["re_ci_low"], c1a["re_ci_high"]) == pytest.approx((scenario_means.mean() - half,
+                                                                    scenario_means.mean() + half))
+    seed_means = diff.groupby(level="seed").mean().to_numpy()
+    d = tables.decomposition.set_index(["split", "id"]).loc[("eval", "C1a")]
+    assert d["seed_var"] == pytest.approx(seed_means.var(ddof=1) / 10)
+    assert d["seed_sd"] == pytest.approx(seed_means.std(ddof=1))
+    assert d["case_share"] == pytest.approx(d["case_var"] / (d["case_var"] + d["seed_var"]))
+
+
+def test_the_reduction_and_its_seed_bootstrap_by_hand():
+    """Rule 7 on the evaluation split: Δ(WLE) 0.01 in every scenario of seed 0 and 0.03 of seed 1, Δ(entropy) 0.04:
+    1 - 0.02 / 0.04 = 0.5. Resampling two seeds gives 1 - 0.01/0.04, 1 - 0.02/0.04 or 1 - 0.03/0.04 with
+    probabilities 1/4, 1/2, 1/4: the 95% interval is [0.25, 0.75]."""
+    rounds, cases, round_cases = _records(seeds=2)
+    strong = rounds["dataset"] == "strong"
+    rounds.loc[strong & (rounds["strategy"] == "entropy"), "eval_delta"] = 0.04
+    for seed, delta in ((0, 0.01), (1, 0.03)):
+        rounds.loc[strong & (rounds["strategy"] == "weighted-localized-entropy") & (rounds["seed"] == seed),
+                   "eval_delta"] = delta
+    c4 = plan_tables(rounds, cases, round_cases, pd.DataFrame(), None).claims.set_index(["split", "id"]).loc[
+        ("eval", "C4")]
+    assert c4["value"] == pytest.approx(0.5)
+    assert (c4["ci_low"], c4["ci_high"]) == pytest.approx((0.25, 0.75))
+    assert c4["n"] == 2 and c4["verdict"] == ""  # two seeds: no verdict

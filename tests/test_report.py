@@ -55,6 +55,19 @@ def test_area_under_curve_by_hand():
     assert area_under_curve(np.array([10, 14, 18]), np.array([0.6, 0.7, 0.8])) == pytest.approx(0.7)
     assert area_under_curve(np.array([18, 10, 14]), np.array([0.8, 0.6, 0.7])) == pytest.approx(0.7)  # any order
     assert area_under_curve(np.array([10]), np.array([0.5])) == 0.5
+    # uneven sizes weigh each step by its width: ((0.6 + 0.8) / 2 * 2 + (0.8 + 0.7) / 2 * 8) / 10 = (1.4 + 6.0) / 10;
+    # equal steps would give 0.725, the plain mean 0.7
+    assert area_under_curve(np.array([10, 12, 20]), np.array([0.6, 0.8, 0.7])) == pytest.approx(0.74)
+
+
+def test_the_resampled_auc_weighs_as_the_trapezoid():
+    from fairal.report.plan import _auc_weights
+
+    # sizes 10, 12, 20: half-steps 1 and 4 -> weights (1, 1 + 4, 4) / 10; they turn 0.6, 0.8, 0.7 into 0.74 as above
+    w = _auc_weights(np.array([10, 12, 20]))
+    assert w == pytest.approx([0.1, 0.5, 0.4])
+    assert w @ np.array([0.6, 0.8, 0.7]) == pytest.approx(0.74)
+    assert _auc_weights(np.array([10])).tolist() == [1.0]
 
 
 def test_seed_band():

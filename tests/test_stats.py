@@ -43,8 +43,13 @@ def test_sign_flip_test_by_hand():
     assert sign_flip_test([1.0, -1.0]) == 1.0
     assert sign_flip_test([0.0, 0.0]) == 1.0
     # n > 16: seeded Monte Carlo; all 20 differences positive -> exact p would be 2 / 2^20
-    p = sign_flip_test([1.0] * 20)
-    assert p < 1e-3 and p == sign_flip_test([1.0] * 20)
+    # (hits + 1) / (100,000 + 1): with seed 0 no random pattern reaches the all-positive mean (expected 0.19 hits)
+    assert sign_flip_test([1.0] * 20) == pytest.approx(1 / 100_001)
+    # 17 differences of +-1 summing to 1: every sign pattern's sum is odd, so |sum| >= 1 always: p = 1 exactly
+    assert sign_flip_test([1.0, -1.0] * 8 + [1.0]) == 1.0
+    # 17 differences of +-1 summing to 3 (10 positive): |sum| >= 3 unless 8 or 9 of 17 are positive, so the exact
+    # p = 1 - 2 C(17, 8) / 2^17 = 1 - 48620 / 131072 = 0.629059; the Monte Carlo estimate's SE is 0.0015
+    assert abs(sign_flip_test([1.0] * 10 + [-1.0] * 7) - 0.629059) < 0.006
 
 
 def test_paired_and_one_sample_by_hand():
@@ -64,9 +69,9 @@ def test_reduction_by_hand():
     # Delta 0.01 and 0.03 against entropy's 0.04 and 0.04: 1 - 0.02 / 0.04 = 0.5; b - a = 0.03, 0.01 -> p = 2/4
     e = reduction([0.01, 0.03], [0.04, 0.04])
     assert e.mean == pytest.approx(0.5)
-    assert e.ci_low <= 0.5 <= e.ci_high
-    # bootstrap resamples of two pairs: reductions 1 - 0.01/0.04, 1 - 0.02/0.04, 1 - 0.03/0.04 only
-    assert e.ci_low >= 0.25 - 1e-12 and e.ci_high <= 0.75 + 1e-12
+    # bootstrap resamples of two pairs: reductions 1 - 0.01/0.04, 1 - 0.02/0.04, 1 - 0.03/0.04 with probabilities
+    # 1/4, 1/2, 1/4, so the 2.5th and 97.5th percentiles are the outer two (no resampling would give 0.5, 0.5)
+    assert (e.ci_low, e.ci_high) == pytest.approx((0.25, 0.75))
     assert e.p_value == pytest.approx(0.5)
     const = reduction([0.01, 0.01], [0.04, 0.04])
     assert (const.mean, const.ci_low, const.ci_high) == pytest.approx((0.75, 0.75, 0.75))
