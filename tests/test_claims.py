@@ -122,7 +122,7 @@ def test_report_regenerates_claims_from_the_committed_seeds(tmp_path):
     assert list(claims.columns[:10]) == CLAIM_COLUMNS
     assert set(claims["verdict"]) <= {"confirmed", "refuted", "inconclusive"}
     # every v1 verdict docs/REPRODUCTION.md prints (the claims table's last column) is the one recomputed here
-    text = (RESULTS.parents[2] / "docs" / "REPRODUCTION.md").read_text()
+    text = (RESULTS.parents[2] / "docs" / "REPRODUCTION.md").read_text(encoding="utf-8")
     table = text[text.index("| id | claim | statistic |"):text.index("The parts of the conjunctions")]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()
             if line.startswith("| C")]

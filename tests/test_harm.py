@@ -245,6 +245,7 @@ calibration = {{ levels = [0, 12], seeds = 1, eval_per_group = 4 }}
     assert set(table["dataset"]) == {"strong", "caudate-gap0.05"}
     assert set(table["family"]) == {"dose-primary", "dose-described"}
     essp = table[table["metric"] == "essp"].iloc[0]  # the ESSP margin against random's Δ penalty at the rung
+    assert essp["random_penalty"] > 0
     assert essp["margin_share_of_penalty"] == pytest.approx(0.005 / essp["random_penalty"])
     row = table[(table["metric"] == "delta") & (table["dataset"] == "strong")].iloc[0]  # a − b as named, Δ too
     a, b = row["comparison"].split(" - ")

@@ -173,9 +173,14 @@ def test_a_run_with_three_groups_and_new_strategies(tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["worst-group-random", "group-drawn-localized-entropy",
                                       "power-weighted-localized-entropy", "fair-influence"])
-def test_the_new_parts_of_the_grammar_run_a_whole_run(tiny_dataset, tmp_path, strategy):
+def test_the_new_parts_of_the_grammar_run_a_whole_run(tiny_dataset, tmp_path, strategy, monkeypatch):
     """Each steering, selection and base of the grammar through the round engine: a run's records, the steered
     choice drawn from the group the weights name, the fair-influence statistic recorded where it ranks."""
+    if strategy == "worst-group-random":  # the tiny model's Dice are all equal (weights tie): fix them unequal
+        import fairal.run.rounds
+
+        monkeypatch.setattr(fairal.run.rounds, "group_weights", lambda dice, groups, all_groups, *a, **k:
+                            {g: 0.7 if str(g) == "2" else 0.3 for g in all_groups})
     run = ActiveLearningRun(_spec(tiny_dataset, strategy, init="balanced"), tmp_path / "run")
     rounds = run.run()
     assert rounds["n_labeled"].tolist() == [4, 6, 8]
@@ -183,10 +188,11 @@ def test_the_new_parts_of_the_grammar_run_a_whole_run(tiny_dataset, tmp_path, st
     picked = sel[sel["selected"]]
     assert picked.groupby("round").size().tolist() == [2, 2] and picked["case_id"].is_unique
     assert sel["fair_influence"].notna().all() == (strategy == "fair-influence")
-    if strategy == "worst-group-random":  # min-max: one group's cases, the largest weight's (a tie: one drawn)
+    if strategy == "worst-group-random":  # min-max: the cases of the group of the largest weight, Group 2's
         for rnd, chosen in picked.groupby("round"):
             r, offered = rounds.iloc[rnd], sel[sel["round"] == rnd]
             top = {g for g in (1, 2) if r[f"w_g{g}"] == max(r["w_g1"], r["w_g2"])}
+            assert top == {2}  # the weights the run recorded are the ones it steered by
             assert all((offered["group"] == g).sum() >= len(chosen) for g in top)  # each could fill the batch
             assert chosen["group"].nunique() == 1 and chosen["group"].iloc[0] in top
             # within the group, random's top-k: the highest of its uniform scores

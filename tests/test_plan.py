@@ -387,7 +387,8 @@ def test_one_scenario_against_refutes_a_pooled_win():
 
 
 def test_the_reduction_and_its_seed_bootstrap_by_hand():
-    """Rule 7 on the evaluation split: Δ(WLE) 0.01 in every scenario of seed 0 and 0.03 of seed 1, Δ(entropy) 0.04:
+    """Rule 7 (C4, strong bias) on the evaluation split: Δ(WLE) 0.01 in every strong-bias scenario of seed 0 and 0.03
+    of seed 1, Δ(entropy) 0.04:
     1 - 0.02 / 0.04 = 0.5. Resampling two seeds gives 1 - 0.01/0.04, 1 - 0.02/0.04 or 1 - 0.03/0.04 with
     probabilities 1/4, 1/2, 1/4: the 95% interval is [0.25, 0.75]."""
     rounds, cases, round_cases = _records(seeds=2)
