@@ -135,19 +135,25 @@ def test_ladder_refusals(tmp_path):
         ladder_settings("a", ladders(s)["a"], get_profile("smoke"))
 
 
+def _trend(monkeypatch, rows: list[dict], gaps: dict[str, float], inits: list[str] | None = None) -> pd.DataFrame:
+    """``dose_trend.csv`` of one ladder ``l`` (reference ``wle``) whose runs' final rounds are ``rows`` and whose
+    rungs have ``gaps``, each on the evaluation split; by comparison."""
+    from fairal.report import dose
+
+    monkeypatch.setattr(dose, "_final", lambda results: pd.DataFrame(rows))
+    study = {"reference": "wle", "datasets": [{"name": d, "harm": {"ladder": "l", "gap": g}} for d, g in gaps.items()]}
+    if inits is not None:
+        study["inits"] = inits
+    return dose.trend_table(None, {"study": study}, dict.fromkeys(gaps, "eval")).set_index("comparison")
+
+
 def test_the_trend_is_each_seed_s_slope_over_the_gap(monkeypatch):
     """Two rungs at gaps 0.05 and 0.15, two seeds, one initial set. Seed 0: WLE - random = 0.00 then 0.02 (slope
     0.2 per unit gap, 0.02 per 0.1); seed 1: 0.01 then 0.05 (0.04 per 0.1). Mean 0.03 per 0.1 of gap."""
-    from fairal.report import dose
-
     essp = {("low", 0): (0.80, 0.80), ("high", 0): (0.82, 0.80), ("low", 1): (0.81, 0.80), ("high", 1): (0.85, 0.80)}
     rows = [{"dataset": d, "init": "balanced", "strategy": s, "seed": seed, "round": 0, "eval_essp": v}
             for (d, seed), pair in essp.items() for s, v in zip(("wle", "random"), pair, strict=True)]
-    monkeypatch.setattr(dose, "_final", lambda results: pd.DataFrame(rows))
-    info = {"study": {"reference": "wle", "datasets": [
-        {"name": "low", "harm": {"ladder": "l", "gap": 0.05}}, {"name": "high", "harm": {"ladder": "l", "gap": 0.15}}]}}
-    trend = dose.trend_table(None, info, {"low": "eval", "high": "eval"})
-    row = trend.set_index("comparison").loc["wle - random"]
+    row = _trend(monkeypatch, rows, {"low": 0.05, "high": 0.15}).loc["wle - random"]
     assert row["slope_per_0.1_gap"] == pytest.approx(0.03) and (row["n"], row["rungs"]) == (2, 2)
     # two seeds of the same sign: the exact sign-flip p is 2 / 2^2
     assert row["p_value"] == pytest.approx(0.5)
@@ -158,8 +164,6 @@ def test_the_trend_is_an_ols_slope_over_three_rungs_and_drops_an_incomplete_seed
     0, 0.02, 0.03 (Sxy = 13/6000: 0.185714 per unit gap, 13/700 = 0.018571 per 0.1); seed 1: 0.01, 0.03, 0.03
     (Sxy = 8/6000: 8/700 = 0.011429 per 0.1). An endpoint slope would give 0.02 and 0.0133. Mean 0.015, SE = half
     their difference = 2.5/700, t(0.975, 1) = 12.706205. Seed 2 lacks one initial set at the top rung: left out."""
-    from fairal.report import dose
-
     diffs = {0: (0.0, 0.02, 0.03), 1: (0.01, 0.03, 0.03), 2: (0.05, 0.05, 0.05)}
     names, rows = ("r1", "r2", "r3"), []
     for seed, ds in diffs.items():
@@ -170,10 +174,7 @@ def test_the_trend_is_an_ols_slope_over_three_rungs_and_drops_an_incomplete_seed
                 # worst-group-random sits halfway between: described, not the plan's test
                 for s, v in (("wle", 0.80 + diff), ("random", 0.80), ("worst-group-random", 0.80 + diff / 2)):
                     rows.append({"dataset": d, "init": init, "strategy": s, "seed": seed, "round": 0, "eval_essp": v})
-    monkeypatch.setattr(dose, "_final", lambda results: pd.DataFrame(rows))
-    info = {"study": {"reference": "wle", "inits": ["balanced", "g1-heavy"], "datasets": [
-        {"name": d, "harm": {"ladder": "l", "gap": g}} for d, g in zip(names, (0.05, 0.10, 0.20), strict=True)]}}
-    trend = dose.trend_table(None, info, dict.fromkeys(names, "eval")).set_index("comparison")
+    trend = _trend(monkeypatch, rows, dict(zip(names, (0.05, 0.10, 0.20), strict=True)), ["balanced", "g1-heavy"])
     row = trend.loc["wle - random"]
     assert row["slope_per_0.1_gap"] == pytest.approx(0.015) and (row["n"], row["rungs"], row["role"]) == (2, 3, "test")
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.015 - 12.706205 * 2.5 / 700,

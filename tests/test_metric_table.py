@@ -39,10 +39,14 @@ def _worst(overall, means):
     return means.min(axis=-1)
 
 
+def _worst_dice() -> Metric:
+    return Metric("worst_dice", "worst-group Dice", True, _worst, (0.0, 1.0), 0.02)
+
+
 @pytest.fixture
 def worst_dice():
     """Worst-group Dice, registered by one entry (and gone afterwards)."""
-    yield register_metric(Metric("worst_dice", "worst-group Dice", True, _worst, (0.0, 1.0), 0.02))
+    yield register_metric(_worst_dice())
     unregister_metric("worst_dice")
 
 
@@ -148,7 +152,7 @@ def test_a_registered_metric_reaches_the_study_report_and_the_plan(worst_dice, t
 def test_unregistered_afterwards():
     """A metric registered then unregistered is gone from the table and from every summary (checked within this
     test, whichever worker ran the others)."""
-    register_metric(Metric("worst_dice", "worst-group Dice", True, _worst, (0.0, 1.0), 0.02))
+    register_metric(_worst_dice())
     try:
         assert "worst_dice" in METRICS and "worst_dice" in fairness_summary(DICES, GROUPS)
     finally:
